@@ -1,0 +1,53 @@
+# Hangar: `make demo` runs the platform with an example app; `make test` runs the tests.
+# Both install what they need first (Debian packages and a virtual environment).
+
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: deps apt venv check fmt test test-fast demo bench lock clean
+
+deps: apt venv
+
+apt:
+	@scripts/apt-deps.sh
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet --require-hashes -r requirements.lock
+	$(VENV)/bin/pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+check: venv
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy
+
+fmt: venv
+	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+
+test: deps
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-fast: venv
+	$(VENV)/bin/pytest -m "not slow and not postgres" $(PYTEST_ARGS)
+
+demo: deps
+	@scripts/demo.sh
+
+bench: deps
+	$(PY) benchmarks/api_throughput.py
+
+# Re-pin every dependency (with hashes) after editing pyproject.toml.
+lock: venv
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
+		--generate-hashes --no-header -o requirements.lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

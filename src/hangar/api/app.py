@@ -1,0 +1,45 @@
+"""The FastAPI application: routers, middleware, problem handlers, lifecycle."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+import hangar
+from hangar.api.guard import assert_routes_guarded
+from hangar.api.middleware import RequestContextMiddleware
+from hangar.api.problems import install_problem_handlers
+from hangar.api.routers import apps, audit, health, orgs, tokens
+from hangar.controlplane.state import ControlPlane
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("hangar.api")
+
+
+def create_app(cp: ControlPlane) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        # A signed checkpoint on shutdown makes a later cut of the tail detectable.
+        with cp.db.write() as session:
+            signed = cp.audit.checkpoint_all(session)
+        log.info("signed %d audit checkpoint(s) on shutdown", signed)
+
+    app = FastAPI(
+        title="Hangar API",
+        version=hangar.__version__,
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.cp = cp
+    for module in (health, orgs, apps, tokens, audit):
+        app.include_router(module.router)
+    install_problem_handlers(app)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=cp.settings.max_body_bytes)
+    assert_routes_guarded(app)
+    return app

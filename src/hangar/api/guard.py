@@ -1,0 +1,240 @@
+"""Authentication and authorization as FastAPI dependencies; default deny.
+
+Every API route must depend on exactly one ``Guard`` (it names the route's
+permission) or on ``Public`` (it says, visibly, that the route needs none).
+``GuardedRouter`` refuses to register a route that has neither, and
+``assert_routes_guarded`` checks a whole app the same way.
+
+A guard authenticates the bearer token (auditing failures), then, when the
+path names an ``{org}`` or an ``{app}``, loads it and checks the permission
+against it before the handler runs. Objects of an organization the token
+cannot see answer 404, exactly as objects that do not exist.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
+from sqlalchemy import select
+from starlette.routing import BaseRoute
+
+from hangar.audit.log import AuditContext
+from hangar.auth.rbac import Permission
+from hangar.auth.tokens import Principal
+from hangar.controlplane.state import ControlPlane
+from hangar.crypto.macaroons import Macaroon
+from hangar.errors import AuthError, HangarError, NotFound, PermissionDenied
+from hangar.store.tables import App, Org
+
+__all__ = [
+    "PUBLIC",
+    "Access",
+    "Guard",
+    "GuardedRouter",
+    "Public",
+    "assert_routes_guarded",
+    "iter_routes",
+    "requires",
+]
+
+# Plain Starlette routes FastAPI adds itself; nothing else may bypass a guard.
+PLAIN_ROUTES = frozenset({"/openapi.json"})
+
+
+def control_plane(request: Request) -> ControlPlane:
+    cp = request.app.state.cp
+    assert isinstance(cp, ControlPlane)
+    return cp
+
+
+def _client(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def _claimed_token_id(token: str) -> str | None:
+    try:
+        tid = json.loads(Macaroon.parse(token).identifier).get("tid")
+    except (AuthError, ValueError, AttributeError):
+        return None
+    return tid[:32] if isinstance(tid, str) else None
+
+
+def authenticate(request: Request, cp: ControlPlane) -> Principal:
+    """The caller's principal; every failure is audited on the system chain."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    try:
+        if not header:
+            raise AuthError(
+                "no credentials: send Authorization: Bearer <token>",
+                hint="run `hangar auth login`",
+            )
+        if scheme.lower() != "bearer" or not token:
+            raise AuthError("expected Authorization: Bearer <token>")
+        with cp.db.read() as session:
+            return cp.tokens.authenticate(session, token)
+    except AuthError as exc:
+        ctx = AuditContext(
+            actor="anonymous",
+            token_id=_claimed_token_id(token) if token else None,
+            request_id=getattr(request.state, "request_id", None),
+            client_addr=_client(request),
+        )
+        with cp.db.write() as session:
+            cp.audit.record(
+                session,
+                ctx,
+                org_id=None,
+                action="auth.authenticate",
+                target=f"{request.method} {request.url.path}"[:300],
+                outcome="failure",
+                detail={"reason": exc.message},
+            )
+        raise
+
+
+@dataclass
+class Access:
+    """What a guarded handler receives: who is calling, and the checked target."""
+
+    cp: ControlPlane
+    principal: Principal
+    perm: Permission
+    ctx: AuditContext
+    org: Org | None = None
+    app: App | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def check(
+        self, perm: Permission, *, org: Org | None, app: str | None = None, shown: str = ""
+    ) -> None:
+        """Raise (after auditing the refusal) unless ``perm`` holds on the target."""
+        try:
+            self.principal.check(perm, org_id=org.id if org else None, app=app)
+        except (PermissionDenied, NotFound) as exc:
+            with self.cp.db.write() as session:
+                self.cp.audit.record(
+                    session,
+                    self.ctx,
+                    org_id=org.id if org else None,
+                    action=perm.label,
+                    target=shown or (org.name if org else "-"),
+                    outcome="denied",
+                    detail={"reason": exc.message},
+                )
+            if isinstance(exc, NotFound):
+                raise NotFound(f"{shown or 'object'} not found") from None
+            raise
+
+    def allows(self, perm: Permission, *, org_id: str, app: str | None = None) -> bool:
+        """For filtering listings: no audit, no exception."""
+        try:
+            self.principal.check(perm, org_id=org_id, app=app)
+        except HangarError:
+            return False
+        return True
+
+
+class Guard:
+    """``Depends(Guard(Permission.X))``: the route needs permission X."""
+
+    def __init__(self, perm: Permission) -> None:
+        self.perm = perm
+
+    def __call__(self, request: Request) -> Access:
+        cp = control_plane(request)
+        principal = authenticate(request, cp)
+        ctx = AuditContext(
+            actor=principal.email,
+            token_id=principal.token_id,
+            request_id=getattr(request.state, "request_id", None),
+            client_addr=_client(request),
+        )
+        access = Access(cp=cp, principal=principal, perm=self.perm, ctx=ctx)
+        params = request.path_params
+        if "app" in params:
+            name = str(params["app"])
+            with cp.db.read() as session:
+                row = session.execute(
+                    select(App, Org).join(Org, Org.id == App.org_id).where(App.name == name)
+                ).one_or_none()
+            if row is None:
+                raise NotFound(f"app {name!r} not found")
+            access.app, access.org = row
+            access.check(self.perm, org=access.org, app=name, shown=f"app {name!r}")
+        elif "org" in params:
+            name = str(params["org"])
+            with cp.db.read() as session:
+                org = session.execute(select(Org).where(Org.name == name)).scalar_one_or_none()
+            if org is None:
+                raise NotFound(f"organization {name!r} not found")
+            access.org = org
+            access.check(self.perm, org=org, shown=f"organization {name!r}")
+        return access
+
+
+class Public:
+    """``Depends(Public())``: the route deliberately needs no credentials."""
+
+    def __call__(self) -> None:
+        return None
+
+
+def requires(perm: Permission) -> Any:
+    return Depends(Guard(perm))
+
+
+PUBLIC: Any = Depends(Public())
+
+
+def _calls(dependant: Dependant) -> Iterator[Callable[..., Any] | None]:
+    for dep in dependant.dependencies:
+        yield dep.call
+        yield from _calls(dep)
+
+
+def _check_route(route: APIRoute) -> None:
+    markers = [c for c in _calls(route.dependant) if isinstance(c, Guard | Public)]
+    if len(markers) != 1:
+        methods = ",".join(sorted(route.methods or []))
+        raise RuntimeError(
+            f"route {methods} {route.path} must declare exactly one permission "
+            f"(Guard or Public); it declares {len(markers)}"
+        )
+
+
+class GuardedRouter(APIRouter):
+    """An APIRouter that will not register a route without a declared permission."""
+
+    def add_api_route(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().add_api_route(path, endpoint, **kwargs)
+        route = self.routes[-1]
+        assert isinstance(route, APIRoute)
+        _check_route(route)
+
+
+def iter_routes(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+    """Every route, looking inside included routers (which FastAPI nests lazily)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if isinstance(inner, APIRouter):
+            yield from iter_routes(inner.routes)
+        else:
+            yield route
+
+
+def assert_routes_guarded(app: FastAPI) -> None:
+    for route in iter_routes(app.routes):
+        if isinstance(route, APIRoute):
+            _check_route(route)
+        elif getattr(route, "path", None) not in PLAIN_ROUTES:
+            raise RuntimeError(
+                f"route {getattr(route, 'path', route)!r} is not a guarded API route"
+            )

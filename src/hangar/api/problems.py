@@ -1,0 +1,91 @@
+"""RFC 7807 problem responses, from one place."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from hangar.errors import HangarError
+
+__all__ = ["install_problem_handlers", "problem"]
+
+log = logging.getLogger("hangar.api")
+MEDIA_TYPE = "application/problem+json"
+
+
+def problem(
+    request: Request | None,
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    code: str,
+    hint: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": f"https://hangar.dev/problems/{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if hint:
+        body["hint"] = hint
+    request_id = getattr(request.state, "request_id", None) if request else None
+    if request_id:
+        body["request_id"] = request_id
+    if extra:
+        body.update(extra)
+    headers = {"WWW-Authenticate": 'Bearer realm="hangar"'} if status == 401 else None
+    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+async def _hangar_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HangarError)
+    if exc.status >= 500:
+        log.error("request failed: %s", exc.message)
+    return problem(request, exc.status, exc.title, exc.message, code=exc.code, hint=exc.hint)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        errors.append({"field": loc, "message": str(err.get("msg", "invalid"))})
+    first = errors[0] if errors else {"field": "", "message": "invalid request"}
+    return problem(
+        request,
+        422,
+        "Invalid request",
+        f"{first['field']}: {first['message']}",
+        code="validation",
+        extra={"errors": errors},
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    titles = {404: "Not found", 405: "Method not allowed", 400: "Bad request"}
+    title = titles.get(exc.status_code, "Error")
+    return problem(request, exc.status_code, title, str(exc.detail), code=f"http-{exc.status_code}")
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # Never echo an unexpected exception: it may carry data from the request.
+    log.exception("unhandled error")
+    return problem(
+        request, 500, "Internal error", "the server hit an unexpected error", code="internal"
+    )
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(HangarError, _hangar_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,138 @@
+"""Apps: created in an organization, named by a DNS label unique per installation."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+from fastapi import Query
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from hangar.api.guard import Access, GuardedRouter, requires
+from hangar.api.pagination import Limit, Page, decode_cursor, encode_cursor
+from hangar.auth.rbac import Permission
+from hangar.auth.tokens import new_id
+from hangar.domain.names import validate_dns_label
+from hangar.errors import Conflict, NotFound, ValidationError
+from hangar.store.tables import App, Org
+
+router = GuardedRouter(prefix="/v1/apps", tags=["apps"])
+
+
+class AppOut(BaseModel):
+    id: str
+    name: str
+    org: str
+    created_at: dt.datetime
+
+
+class AppCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=63)
+    org: str | None = Field(default=None, min_length=1, max_length=63)
+
+
+def _resolve_org(access: Access, name: str | None) -> Org:
+    """The named organization, or the caller's only one; 404 if not visible."""
+    with access.cp.db.read() as session:
+        if name is not None:
+            org = session.execute(select(Org).where(Org.name == name)).scalar_one_or_none()
+            if org is None:
+                raise NotFound(f"organization {name!r} not found")
+            return org
+        visible = access.principal.visible_orgs()
+        if len(visible) != 1:
+            raise ValidationError(
+                "you belong to several organizations: say which one",
+                hint="pass --org NAME",
+            )
+        org = session.get(Org, visible[0])
+        assert org is not None
+        return org
+
+
+@router.get("", response_model=Page[AppOut], summary="List apps")
+def list_apps(
+    access: Annotated[Access, requires(Permission.APPS_READ)],
+    org: Annotated[str | None, Query(max_length=63)] = None,
+    limit: Limit = 50,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> Page[AppOut]:
+    after = decode_cursor(cursor, str)
+    if org is not None:
+        target = _resolve_org(access, org)
+        access.check(Permission.APPS_READ, org=target, shown=f"organization {org!r}")
+        org_ids = [target.id]
+    else:
+        org_ids = access.principal.visible_orgs()
+    query = (
+        select(App.id, App.name, Org.name, App.created_at)
+        .join(Org, Org.id == App.org_id)
+        .where(App.org_id.in_(org_ids))
+        .order_by(App.name)
+        .limit(limit + 1)
+    )
+    apps = access.principal.scope.apps
+    if apps is not None:
+        query = query.where(App.name.in_(sorted(apps)))
+    if after is not None:
+        query = query.where(App.name > after)
+    with access.cp.db.read() as session:
+        rows = session.execute(query).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(
+        items=[AppOut(id=r[0], name=r[1], org=r[2], created_at=r[3]) for r in rows],
+        next_cursor=encode_cursor(rows[-1][1]) if more else None,
+    )
+
+
+@router.post("", response_model=AppOut, status_code=201, summary="Create an app")
+def create_app(
+    body: AppCreate, access: Annotated[Access, requires(Permission.APPS_CREATE)]
+) -> AppOut:
+    name = validate_dns_label(body.name, what="app name")
+    org = _resolve_org(access, body.org)
+    access.check(Permission.APPS_CREATE, org=org, shown=f"organization {org.name!r}")
+    now = dt.datetime.now(dt.UTC)
+    with access.cp.db.write() as session:
+        if session.execute(select(App.id).where(App.name == name)).first():
+            raise Conflict(
+                f"app name {name!r} is taken",
+                hint="app names are unique per installation; choose another",
+            )
+        app = App(
+            id=new_id("app"),
+            org_id=org.id,
+            name=name,
+            created_by=access.principal.user_id,
+            created_at=now,
+        )
+        session.add(app)
+        access.cp.audit.record(session, access.ctx, org_id=org.id, action="app.create", target=name)
+    return AppOut(id=app.id, name=name, org=org.name, created_at=now)
+
+
+@router.get("/{app}", response_model=AppOut, summary="Show an app")
+def show_app(app: str, access: Annotated[Access, requires(Permission.APPS_READ)]) -> AppOut:
+    assert access.app is not None and access.org is not None
+    return AppOut(
+        id=access.app.id,
+        name=access.app.name,
+        org=access.org.name,
+        created_at=access.app.created_at,
+    )
+
+
+@router.delete("/{app}", status_code=204, summary="Destroy an app")
+def destroy_app(app: str, access: Annotated[Access, requires(Permission.APPS_DELETE)]) -> None:
+    assert access.app is not None and access.org is not None
+    with access.cp.db.write() as session:
+        row = session.get(App, access.app.id)
+        if row is None:
+            raise NotFound(f"app {app!r} not found")
+        session.delete(row)
+        access.cp.audit.record(
+            session, access.ctx, org_id=access.org.id, action="app.destroy", target=app
+        )

@@ -1,0 +1,51 @@
+"""Liveness (public) and the caller's own identity."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel
+
+import hangar
+from hangar.api.guard import PUBLIC, Access, GuardedRouter, requires
+from hangar.auth.rbac import Permission, Role
+
+router = GuardedRouter(prefix="/v1", tags=["health"])
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+
+
+class WhoAmI(BaseModel):
+    user_id: str
+    email: str
+    operator: bool
+    token_id: str
+    roles: dict[str, Role]
+    orgs: list[str] | None
+    apps: list[str] | None
+    actions: list[str]
+    expires: int | None
+
+
+@router.get("/healthz", response_model=Health, summary="Is the API up")
+def healthz(_: Annotated[None, PUBLIC]) -> Health:
+    return Health(status="ok", version=hangar.__version__)
+
+
+@router.get("/whoami", response_model=WhoAmI, summary="Who this token acts for, and its scope")
+def whoami(access: Annotated[Access, requires(Permission.WHOAMI)]) -> WhoAmI:
+    p, scope = access.principal, access.principal.scope
+    return WhoAmI(
+        user_id=p.user_id,
+        email=p.email,
+        operator=p.is_operator,
+        token_id=p.token_id,
+        roles={k: v for k, v in p.roles.items() if k in p.visible_orgs()},
+        orgs=sorted(scope.orgs) if scope.orgs is not None else None,
+        apps=sorted(scope.apps) if scope.apps is not None else None,
+        actions=sorted(a.value for a in scope.actions),
+        expires=scope.expires,
+    )

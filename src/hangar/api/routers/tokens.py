@@ -1,0 +1,185 @@
+"""API tokens: create (the token is shown once), list, revoke."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Annotated, Literal
+
+from fastapi import Query
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from hangar.api.guard import Access, GuardedRouter, requires
+from hangar.auth.rbac import Permission, Role
+from hangar.errors import NotFound, PermissionDenied, ValidationError
+from hangar.store.tables import App, Org, Token
+
+router = GuardedRouter(prefix="/v1/tokens", tags=["tokens"])
+
+MAX_TTL = dt.timedelta(days=366)
+
+
+class TokenOut(BaseModel):
+    id: str
+    name: str
+    kind: str
+    org: str | None
+    caveats: list[str]
+    created_at: dt.datetime
+    expires_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="the token itself; it is shown only in this response")
+
+
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["user", "org", "app", "readonly"]
+    org: str | None = Field(default=None, min_length=1, max_length=63)
+    app: str | None = Field(default=None, min_length=1, max_length=63)
+    expiry_seconds: int | None = Field(default=86400, ge=60, le=int(MAX_TTL.total_seconds()))
+    name: str = Field(default="", max_length=64)
+
+
+def _out(tok: Token, org_names: dict[str, str]) -> TokenOut:
+    return TokenOut(
+        id=tok.id,
+        name=tok.name,
+        kind=tok.kind,
+        org=org_names.get(tok.org_id) if tok.org_id else None,
+        caveats=json.loads(tok.caveats),
+        created_at=tok.created_at,
+        expires_at=tok.expires_at,
+        revoked_at=tok.revoked_at,
+    )
+
+
+def _org_by_name(access: Access, name: str) -> Org:
+    with access.cp.db.read() as session:
+        org = session.execute(select(Org).where(Org.name == name)).scalar_one_or_none()
+    if org is None:
+        raise NotFound(f"organization {name!r} not found")
+    return org
+
+
+@router.get("", response_model=list[TokenOut], summary="List tokens")
+def list_tokens(
+    access: Annotated[Access, requires(Permission.TOKENS_READ)],
+    org: Annotated[str | None, Query(max_length=63)] = None,
+) -> list[TokenOut]:
+    """Your own user tokens, or an organization's tokens (admins see everyone's)."""
+    query = select(Token).order_by(Token.created_at)
+    names: dict[str, str] = {}
+    if org is None:
+        query = query.where(Token.org_id.is_(None), Token.user_id == access.principal.user_id)
+    else:
+        target = _org_by_name(access, org)
+        access.check(Permission.TOKENS_READ, org=target, shown=f"organization {org!r}")
+        names[target.id] = target.name
+        query = query.where(Token.org_id == target.id)
+        if access.principal.roles.get(target.id) is not Role.ADMIN:
+            query = query.where(Token.user_id == access.principal.user_id)
+    with access.cp.db.read() as session:
+        return [_out(t, names) for t in session.execute(query).scalars()]
+
+
+@router.post("", response_model=TokenCreated, status_code=201, summary="Create a token")
+def create_token(
+    body: TokenCreate, access: Annotated[Access, requires(Permission.TOKENS_CREATE)]
+) -> TokenCreated:
+    principal = access.principal
+    scope = principal.scope
+    # A narrowed token must not mint a wider one: attenuate it instead.
+    if not scope.unrestricted_in_org:
+        raise PermissionDenied(
+            "this token is limited to some apps or actions and cannot create tokens",
+            hint="narrow it offline with `hangar tokens attenuate`",
+        )
+    ttl = dt.timedelta(seconds=body.expiry_seconds) if body.expiry_seconds else None
+    if scope.expires is not None:
+        # Nor outlive the token that made it.
+        remaining = dt.datetime.fromtimestamp(scope.expires, dt.UTC) - dt.datetime.now(dt.UTC)
+        ttl = min(ttl, remaining) if ttl is not None else remaining
+    org: Org | None = None
+    if body.kind == "user":
+        if scope.orgs is not None:
+            raise PermissionDenied("an organization token cannot create a user token")
+    else:
+        if body.org is None:
+            visible = principal.visible_orgs()
+            if len(visible) != 1:
+                raise ValidationError(
+                    "say which organization the token is for", hint="pass --org NAME"
+                )
+            with access.cp.db.read() as session:
+                org = session.get(Org, visible[0])
+        else:
+            org = _org_by_name(access, body.org)
+        assert org is not None
+        access.check(
+            Permission.TOKENS_CREATE, org=org, app=body.app, shown=f"organization {org.name!r}"
+        )
+        if body.kind == "app":
+            if body.app is None:
+                raise ValidationError("an app token needs an app", hint="pass --app NAME")
+            with access.cp.db.read() as session:
+                found = session.execute(
+                    select(App.id).where(App.name == body.app, App.org_id == org.id)
+                ).first()
+            if found is None:
+                raise NotFound(f"app {body.app!r} not found")
+    with access.cp.db.write() as session:
+        row, token = access.cp.tokens.mint(
+            session,
+            user_id=principal.user_id,
+            kind=body.kind,
+            org_id=org.id if org else None,
+            app=body.app if body.kind == "app" else None,
+            ttl=ttl,
+            name=body.name,
+        )
+        access.cp.audit.record(
+            session,
+            access.ctx,
+            org_id=org.id if org else None,
+            action="token.create",
+            target=row.id,
+            detail={"kind": body.kind, "name": row.name, "caveats": json.loads(row.caveats)},
+        )
+    out = _out(row, {org.id: org.name} if org else {})
+    return TokenCreated(**out.model_dump(), token=token)
+
+
+@router.delete("/{token_id}", status_code=204, summary="Revoke a token (takes effect at once)")
+def revoke_token(
+    token_id: str, access: Annotated[Access, requires(Permission.TOKENS_REVOKE)]
+) -> None:
+    principal = access.principal
+    with access.cp.db.read() as session:
+        tok = session.get(Token, token_id[:32])
+        org = session.get(Org, tok.org_id) if tok is not None and tok.org_id else None
+    if tok is None:
+        raise NotFound(f"token {token_id!r} not found")
+    own = tok.user_id == principal.user_id
+    if org is None:
+        if not own:
+            raise NotFound(f"token {token_id!r} not found")
+    else:
+        access.check(Permission.TOKENS_REVOKE, org=org, shown=f"token {token_id!r}")
+        if not own and principal.roles.get(org.id) is not Role.ADMIN:
+            raise PermissionDenied("only an admin can revoke another member's token")
+    with access.cp.db.write() as session:
+        row = session.get(Token, tok.id)
+        assert row is not None
+        if row.revoked_at is None:
+            row.revoked_at = dt.datetime.now(dt.UTC)
+        access.cp.audit.record(
+            session,
+            access.ctx,
+            org_id=org.id if org else None,
+            action="token.revoke",
+            target=tok.id,
+        )

@@ -1,0 +1,276 @@
+"""API tokens: scopes from caveats, minting, authentication and authorization.
+
+A token acts for the user who made it, never with more than that user's role
+in an organization, and never with more than its caveats allow. Caveats
+understood here (every one present must hold; any other caveat makes the whole
+token invalid)::
+
+    org = <org id>               only this organization
+    apps = <name>[,<name>...]    only these apps
+    actions = read[,write,...]   only these actions
+    expires = <unix seconds>     not at or after this time
+    not-before = <unix seconds>  not before this time
+
+Authorization failures for objects of an organization the token cannot see
+raise ``NotFound``, so an id of another organization reveals nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from hangar.auth.rbac import Action, Permission, Role
+from hangar.crypto.macaroons import Macaroon, TokenKeys
+from hangar.errors import AuthError, NotFound, PermissionDenied, ValidationError
+from hangar.store.tables import Membership, RootKey, Token, User
+
+__all__ = ["TOKEN_KINDS", "Principal", "Scope", "TokenService", "new_id", "parse_caveats"]
+
+TOKEN_KINDS = ("user", "org", "app", "readonly")
+ALL_ACTIONS = frozenset(Action)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(8)}"
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The intersection of a token's caveats."""
+
+    orgs: frozenset[str] | None = None
+    apps: frozenset[str] | None = None
+    actions: frozenset[Action] = ALL_ACTIONS
+    expires: int | None = None
+    not_before: int | None = None
+
+    @property
+    def unrestricted_in_org(self) -> bool:
+        return self.apps is None and self.actions == ALL_ACTIONS
+
+
+def _narrow(current: frozenset[str] | None, values: frozenset[str]) -> frozenset[str]:
+    return values if current is None else current & values
+
+
+def parse_caveats(caveats: tuple[str, ...]) -> Scope:
+    """Fold caveats into a Scope; AuthError on anything not understood."""
+    scope = Scope()
+    for caveat in caveats:
+        key, sep, value = caveat.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not value:
+            raise AuthError(f"the token has a malformed caveat {caveat!r}")
+        items = frozenset(v.strip() for v in value.split(",") if v.strip())
+        if key == "org":
+            scope = _replace(scope, orgs=_narrow(scope.orgs, items))
+        elif key == "apps":
+            scope = _replace(scope, apps=_narrow(scope.apps, items))
+        elif key == "actions":
+            try:
+                acts = frozenset(Action(a) for a in items)
+            except ValueError as exc:
+                raise AuthError(f"the token has an unknown action in {caveat!r}") from exc
+            scope = _replace(scope, actions=scope.actions & acts)
+        elif key in ("expires", "not-before"):
+            try:
+                when = int(value)
+            except ValueError as exc:
+                raise AuthError(f"the token has a malformed caveat {caveat!r}") from exc
+            if key == "expires":
+                scope = _replace(scope, expires=min(when, scope.expires or when))
+            else:
+                scope = _replace(scope, not_before=max(when, scope.not_before or when))
+        else:
+            raise AuthError(f"the token has a caveat this server does not know: {key!r}")
+    return scope
+
+
+def _replace(scope: Scope, **changes: object) -> Scope:
+    return Scope(**{**scope.__dict__, **changes})
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller: the token's user, narrowed by the token's scope."""
+
+    user_id: str
+    email: str
+    is_operator: bool
+    token_id: str
+    scope: Scope
+    roles: dict[str, Role] = field(default_factory=dict)
+
+    def visible_orgs(self) -> list[str]:
+        """Organizations this token may see at all."""
+        return [o for o in self.roles if self.scope.orgs is None or o in self.scope.orgs]
+
+    def check(self, perm: Permission, *, org_id: str | None, app: str | None = None) -> None:
+        """Raise unless this principal may use ``perm`` on the target.
+
+        ``org_id`` is the organization owning the target (None for
+        installation-wide actions); ``app`` the app name when one is targeted.
+        """
+        if perm.action not in self.scope.actions:
+            raise PermissionDenied(
+                f"this token does not allow the {perm.action} action ({perm.label})",
+                hint="create a token with more actions: `hangar tokens create`",
+            )
+        if perm is Permission.WHOAMI:
+            return
+        if perm.least_role is None:
+            if not self.is_operator or self.scope.orgs is not None or self.scope.apps is not None:
+                raise PermissionDenied(f"{perm.label} needs an installation operator's user token")
+            return
+        if org_id is None:
+            raise PermissionDenied(f"{perm.label} needs an organization")
+        if org_id not in self.visible_orgs():
+            raise NotFound("not found")
+        role = self.roles[org_id]
+        if not perm.granted_to(role):
+            raise PermissionDenied(
+                f"{perm.label} needs the {perm.least_role} role; you are {role}",
+            )
+        if self.scope.apps is not None:
+            if app is None and perm is not Permission.APPS_READ:
+                raise PermissionDenied(
+                    f"this token is limited to apps {', '.join(sorted(self.scope.apps))}"
+                )
+            if app is not None and app not in self.scope.apps:
+                raise PermissionDenied(f"this token does not cover app {app!r}")
+
+
+class TokenService:
+    def __init__(self, keys: TokenKeys) -> None:
+        self._keys = keys
+
+    def root_key_for(self, session: Session, org_id: str | None) -> RootKey:
+        """The newest root key of an organization (or the user-token key), made if absent."""
+        row = session.execute(
+            select(RootKey)
+            .where(RootKey.org_id.is_(None) if org_id is None else RootKey.org_id == org_id)
+            .order_by(RootKey.created_at.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+        if row is None:
+            key_id = new_id("key")
+            row = RootKey(
+                id=key_id,
+                org_id=org_id,
+                wrapped=self._keys.new_root_key(key_id),
+                created_at=_utcnow(),
+            )
+            session.add(row)
+            session.flush()
+        return row
+
+    def mint(
+        self,
+        session: Session,
+        *,
+        user_id: str,
+        kind: str,
+        org_id: str | None,
+        app: str | None = None,
+        ttl: dt.timedelta | None = None,
+        name: str = "",
+    ) -> tuple[Token, str]:
+        """Create a token row and return it with the serialized token (shown once)."""
+        if kind not in TOKEN_KINDS:
+            raise ValidationError(f"unknown token kind {kind!r}; use one of {TOKEN_KINDS}")
+        if kind != "user" and org_id is None:
+            raise ValidationError(f"a {kind} token needs an organization")
+        if kind == "app" and not app:
+            raise ValidationError("an app token needs --app")
+        now = _utcnow()
+        expires = now + ttl if ttl is not None else None
+        caveats: list[str] = []
+        if org_id is not None:
+            caveats.append(f"org = {org_id}")
+        if kind == "app":
+            caveats.append(f"apps = {app}")
+        if kind == "readonly":
+            caveats.append("actions = read")
+        if expires is not None:
+            caveats.append(f"expires = {int(expires.timestamp())}")
+        key = self.root_key_for(session, org_id if kind != "user" else None)
+        token_id = new_id("tok")
+        row = Token(
+            id=token_id,
+            org_id=org_id if kind != "user" else None,
+            user_id=user_id,
+            key_id=key.id,
+            kind=kind,
+            name=name or f"{kind} token",
+            caveats=json.dumps(caveats),
+            created_at=now,
+            expires_at=expires,
+            revoked_at=None,
+        )
+        session.add(row)
+        identifier = json.dumps({"v": 1, "tid": token_id, "kid": key.id}, separators=(",", ":"))
+        macaroon = self._keys.mint(key.id, key.wrapped, identifier, tuple(caveats))
+        return row, macaroon.serialize()
+
+    def authenticate(
+        self, session: Session, token: str, now: dt.datetime | None = None
+    ) -> Principal:
+        """Verify a serialized token end to end; AuthError on any failure."""
+        now = now or _utcnow()
+        macaroon = Macaroon.parse(token)
+        try:
+            ident = json.loads(macaroon.identifier)
+            token_id, key_id = str(ident["tid"]), str(ident["kid"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise AuthError("the token is malformed") from exc
+        row = session.execute(
+            select(Token, RootKey.wrapped, User)
+            .join(RootKey, RootKey.id == Token.key_id)
+            .join(User, User.id == Token.user_id)
+            .where(Token.id == token_id)
+        ).one_or_none()
+        if row is None:
+            raise AuthError("the token is not known to this server", hint="run `hangar auth login`")
+        tok, wrapped, user = row
+        if tok.key_id != key_id:
+            raise AuthError("the token is not valid")
+        scope = parse_caveats(self._keys.verify(macaroon, key_id, wrapped))
+        if tok.revoked_at is not None:
+            raise AuthError("the token was revoked", hint="create a new one or log in again")
+        stamp = int(now.timestamp())
+        if (scope.expires is not None and stamp >= scope.expires) or (
+            tok.expires_at is not None and now >= tok.expires_at
+        ):
+            raise AuthError(
+                "the token has expired", hint="run `hangar auth login` with a new token"
+            )
+        if scope.not_before is not None and stamp < scope.not_before:
+            raise AuthError("the token is not valid yet")
+        if tok.org_id is not None and (scope.orgs is None or scope.orgs - {tok.org_id}):
+            # Every organization token is minted with its org caveat; a token
+            # whose caveats name another organization is forged or corrupt.
+            raise AuthError("the token is not valid")
+        roles = {
+            m.org_id: Role(m.role)
+            for m in session.execute(
+                select(Membership).where(Membership.user_id == user.id)
+            ).scalars()
+        }
+        return Principal(
+            user_id=user.id,
+            email=user.email,
+            is_operator=user.is_operator,
+            token_id=tok.id,
+            scope=scope,
+            roles=roles,
+        )

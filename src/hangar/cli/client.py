@@ -1,0 +1,107 @@
+"""The CLI's HTTP client and its login file."""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from hangar.config.settings import ClientSettings, client_config_path, load_settings
+from hangar.errors import ApiError, AuthError, ConfigError, HangarError
+
+__all__ = ["Client", "load_client_settings", "save_login"]
+
+
+def load_client_settings(flags: dict[str, Any] | None = None) -> ClientSettings:
+    """Defaults < the login file < HANGAR_* environment < flags."""
+    path = client_config_path()
+    return load_settings(ClientSettings, file=path if path.exists() else None, flags=flags)
+
+
+def save_login(settings: ClientSettings) -> Path:
+    """Write the login file with mode 0600 in a 0700 directory."""
+    path = client_config_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    data = settings.model_dump(mode="json", exclude_none=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2)
+    os.chmod(path, 0o600)
+    return path
+
+
+def _verify(settings: ClientSettings) -> ssl.SSLContext | bool:
+    if settings.ca_cert is None:
+        return True
+    if not settings.ca_cert.exists():
+        raise ConfigError(f"CA certificate {settings.ca_cert} does not exist")
+    context = ssl.create_default_context(cafile=str(settings.ca_cert))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+class Client:
+    def __init__(self, settings: ClientSettings, *, need_token: bool = True) -> None:
+        if need_token and not settings.token:
+            raise AuthError(
+                "you are not logged in", hint="run `hangar auth login --api URL --token TOKEN`"
+            )
+        headers = {"User-Agent": "hangar-cli"}
+        if settings.token:
+            headers["Authorization"] = f"Bearer {settings.token}"
+        self.settings = settings
+        self._http = httpx.Client(
+            base_url=settings.api_url.rstrip("/"),
+            headers=headers,
+            verify=_verify(settings),
+            timeout=settings.timeout,
+        )
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.ConnectError as exc:
+            raise HangarError(
+                f"cannot reach the Hangar API at {self.settings.api_url}: {exc}",
+                hint="is `hangar server run` running, and is --api right?",
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise HangarError(f"request to {self.settings.api_url} failed: {exc}") from exc
+        if response.status_code >= 400:
+            raise _problem(response)
+        if response.status_code == 204 or not response.content:
+            return None
+        if response.headers.get("content-type", "").startswith("application/json"):
+            return response.json()
+        return response.text
+
+    def get(self, path: str, **params: Any) -> Any:
+        clean = {k: v for k, v in params.items() if v is not None}
+        return self.request("GET", path, params=clean)
+
+    def paged(self, path: str, **params: Any) -> list[Any]:
+        """Every item of a paginated listing."""
+        items: list[Any] = []
+        cursor = None
+        while True:
+            page = self.get(path, cursor=cursor, **params)
+            items.extend(page["items"])
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return items
+
+
+def _problem(response: httpx.Response) -> ApiError:
+    try:
+        body = response.json()
+        detail = str(body.get("detail") or body.get("title") or response.reason_phrase)
+        hint = body.get("hint")
+    except ValueError:
+        detail, hint = f"{response.status_code} {response.reason_phrase}", None
+    if response.status_code == 401 and not hint:
+        hint = "run `hangar auth login`"
+    return ApiError(response.status_code, detail, hint=hint)

@@ -1,0 +1,150 @@
+"""``hangar server``: set up and run the control plane on this host."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from hangar.cli.common import JsonOpt
+from hangar.cli.output import emit
+from hangar.config.appconfig import parse_duration
+from hangar.config.settings import ServerSettings, load_settings
+from hangar.errors import ConfigError
+
+app = typer.Typer(name="server", help="Initialise and run a Hangar server.", no_args_is_help=True)
+
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="where keys and the database live ($HANGAR_DATA_DIR)"),
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", help="server settings file (TOML; default DATA_DIR/server.toml if present)"
+    ),
+]
+DbOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="SQLAlchemy URL; default SQLite in the data dir, or postgresql+psycopg://…",
+    ),
+]
+KekOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--kek-file", help="key-encryption key file (default DATA_DIR/kek.key, mode 0600)"
+    ),
+]
+
+
+def server_settings(data_dir: Path | None, config: Path | None, **flags: Any) -> ServerSettings:
+    data = data_dir or (
+        Path(os.environ["HANGAR_DATA_DIR"]) if os.environ.get("HANGAR_DATA_DIR") else None
+    )
+    if data is None:
+        raise ConfigError("no data directory", hint="pass --data-dir DIR")
+    if config is None and (data / "server.toml").exists():
+        config = data / "server.toml"
+    return load_settings(ServerSettings, file=config, flags={"data_dir": data, **flags})
+
+
+@app.command()
+def init(
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    database_url: DbOpt = None,
+    kek_file: KekOpt = None,
+    org: Annotated[str, typer.Option(help="the first organization's name")] = "default",
+    admin_email: Annotated[
+        str, typer.Option(help="the first admin's email")
+    ] = "admin@localhost.localdomain",
+    token_expiry: Annotated[str, typer.Option(help="admin token lifetime, e.g. 24h, 30d")] = "30d",  # noqa: S107 - a lifetime
+    token_file: Annotated[
+        Path | None,
+        typer.Option(help="write the admin token to this file (0600) instead of printing it"),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="destroy an existing installation here")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Create keys, the internal CA, the database, the first organization and its admin.
+
+    Prints a one-time admin token: it is not stored anywhere and cannot be shown again.
+    """
+    from hangar.controlplane.bootstrap import init_server
+
+    settings = server_settings(data_dir, config, database_url=database_url, kek_file=kek_file)
+    try:
+        ttl = dt.timedelta(seconds=parse_duration(token_expiry))
+    except ValueError as exc:
+        raise ConfigError(f"--token-expiry: {exc}") from exc
+    result = init_server(
+        settings, org_name=org, admin_email=admin_email, token_ttl=ttl, force=force
+    )
+    if token_file is not None:
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(result.token + "\n")
+    shown = None if token_file else result.token
+    api = f"https://{settings.listen_host}:{settings.listen_port}"
+    if json_out:
+        emit(
+            {
+                "data_dir": str(result.data_dir),
+                "org": result.org,
+                "admin": result.admin_email,
+                "token": shown,
+                "token_id": result.token_id,
+                "token_file": str(token_file or ""),
+                "ca_cert": str(result.ca_cert),
+                "kek_file": str(result.kek_file),
+                "api": api,
+            }
+        )
+        return
+    typer.echo(f"Initialised Hangar in {result.data_dir}")
+    typer.echo(f"  organization   {result.org}")
+    typer.echo(f"  admin          {result.admin_email}")
+    typer.echo(f"  CA certificate {result.ca_cert}")
+    typer.echo(f"  KEK            {result.kek_file}  (back it up apart from the database)")
+    if shown:
+        typer.echo(
+            f"\nAdmin token (shown once, never stored; expires in {token_expiry}):\n\n  {shown}\n"
+        )
+    else:
+        typer.echo(f"\nAdmin token written to {token_file} (mode 0600).\n")
+    typer.echo("Next:")
+    typer.echo(f"  hangar server run --data-dir {result.data_dir}")
+    typer.echo(
+        f"  hangar auth login --api {api} --ca-cert {result.ca_cert} --token "
+        f"{'$(cat ' + str(token_file) + ')' if token_file else '<token>'}"
+    )
+
+
+@app.command()
+def run(
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    database_url: DbOpt = None,
+    kek_file: KekOpt = None,
+    listen_host: Annotated[str | None, typer.Option(help="address to listen on")] = None,
+    listen_port: Annotated[int | None, typer.Option(help="port to listen on")] = None,
+    log_level: Annotated[str | None, typer.Option(help="critical|error|warning|info|debug")] = None,
+) -> None:
+    """Run the control plane's HTTPS API on this host until interrupted."""
+    from hangar.controlplane.serve import serve
+
+    settings = server_settings(
+        data_dir,
+        config,
+        database_url=database_url,
+        kek_file=kek_file,
+        listen_host=listen_host,
+        listen_port=listen_port,
+        log_level=log_level,
+    )
+    serve(settings)

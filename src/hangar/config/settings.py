@@ -1,0 +1,123 @@
+"""Settings for the server and the CLI, read in one place, in one order.
+
+Order (later wins): defaults < config file < ``HANGAR_*`` environment < flags.
+A field ``listen_port`` is set in the file as ``listen_port = 8443``, in the
+environment as ``HANGAR_LISTEN_PORT=8443`` and by the flag ``--listen-port``.
+Unknown keys in the file are errors, as are values of the wrong type.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+from hangar.errors import ConfigError
+
+__all__ = ["ClientSettings", "ServerSettings", "client_config_path", "load_settings"]
+
+ENV_PREFIX = "HANGAR_"
+
+
+class ServerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data_dir: Path
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(default=8443, ge=0, le=65535)
+    database_url: str = ""
+    kek_file: Path | None = None
+    audit_checkpoint_every: int = Field(default=100, ge=1, le=1_000_000)
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
+    tls_hostnames: list[str] = ["localhost", "127.0.0.1", "::1"]
+    log_level: str = Field(default="info", pattern="^(critical|error|warning|info|debug)$")
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'hangar.db'}"
+
+    @property
+    def effective_kek_file(self) -> Path:
+        return self.kek_file or self.data_dir / "kek.key"
+
+
+class ClientSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    api_url: str = "https://127.0.0.1:8443"
+    token: str | None = None
+    ca_cert: Path | None = None
+    timeout: float = Field(default=30.0, gt=0)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a table of settings")
+    return data
+
+
+def load_settings(
+    model: type[M],
+    *,
+    file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> M:
+    """Merge defaults < file < environment < flags into ``model``.
+
+    ``flags`` holds only options the user actually gave (None values are
+    ignored), so an unset flag never hides the environment.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    if file is not None:
+        for key, value in _read_file(file).items():
+            values[key] = value
+            source[key] = str(file)
+    for name, info in model.model_fields.items():
+        env_name = ENV_PREFIX + name.upper()
+        if env_name in environ:
+            raw = environ[env_name]
+            annotation = str(info.annotation)
+            values[name] = json.loads(raw) if "list" in annotation and raw.startswith("[") else raw
+            source[name] = env_name
+    for name, value in (flags or {}).items():
+        if value is not None:
+            values[name] = value
+            source[name] = "--" + name.replace("_", "-")
+    try:
+        return model.model_validate(values)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "(settings)"
+        where = source.get(str(first["loc"][0]) if first["loc"] else "", "defaults")
+        if first["type"] == "extra_forbidden":
+            raise ConfigError(f"{where}: unknown setting {key!r}") from exc
+        raise ConfigError(f"{where}: setting {key!r}: {first['msg']}") from exc
+
+
+def client_config_path(environ: Mapping[str, str] | None = None) -> Path:
+    """Where the CLI keeps its login: ``$HANGAR_CONFIG_DIR`` or the XDG config dir."""
+    environ = os.environ if environ is None else environ
+    if environ.get("HANGAR_CONFIG_DIR"):
+        return Path(environ["HANGAR_CONFIG_DIR"]) / "config.json"
+    base = environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "hangar" / "config.json"

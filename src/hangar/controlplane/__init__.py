@@ -1,0 +1,1 @@
+"""Control-plane services: composition, bootstrap and the server process."""

@@ -1,0 +1,60 @@
+"""The control plane's parts, opened once from an initialised data directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from hangar.audit.log import AuditLog
+from hangar.auth.tokens import TokenService
+from hangar.config.settings import ServerSettings
+from hangar.crypto.ca import InternalCA
+from hangar.crypto.keyring import FileKekProvider, Keyring
+from hangar.crypto.macaroons import TokenKeys
+from hangar.crypto.signing import AuditSigner
+from hangar.errors import ConfigError
+from hangar.store.db import Database
+
+__all__ = ["ControlPlane"]
+
+
+@dataclass
+class ControlPlane:
+    settings: ServerSettings
+    db: Database
+    keyring: Keyring
+    tokens: TokenService
+    audit: AuditLog
+    audit_public_pem: bytes
+
+    @classmethod
+    def open(cls, settings: ServerSettings, *, migrate: bool = True) -> ControlPlane:
+        """Load keys (refusing loose or wrong ones), connect, migrate."""
+        data_dir = settings.data_dir
+        if not (data_dir / "ca.crt").exists():
+            raise ConfigError(
+                f"{data_dir} is not an initialised Hangar data directory",
+                hint=f"run `hangar server init --data-dir {data_dir}`",
+            )
+        keyring = Keyring(FileKekProvider(settings.effective_kek_file))
+        # Unwrapping proves this is the KEK the installation was made with.
+        signer = AuditSigner.load(data_dir, keyring)
+        InternalCA.load(data_dir, keyring)
+        db = Database(settings.effective_database_url)
+        if migrate:
+            db.migrate()
+        return cls(
+            settings=settings,
+            db=db,
+            keyring=keyring,
+            tokens=TokenService(TokenKeys(keyring)),
+            audit=AuditLog(signer, checkpoint_every=settings.audit_checkpoint_every),
+            audit_public_pem=signer.public_pem(),
+        )
+
+    @property
+    def data_dir(self) -> Path:
+        return self.settings.data_dir
+
+    def close(self) -> None:
+        self.db.dispose()

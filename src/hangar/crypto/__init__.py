@@ -1,0 +1,1 @@
+"""Key material and cryptographic primitives: the only package that touches them."""

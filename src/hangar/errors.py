@@ -1,0 +1,142 @@
+"""Every error a Hangar user can see.
+
+The tree::
+
+    HangarError                       exit 1, HTTP 500 unless a subclass says otherwise
+    ├── ConfigError                   a setting or hangar.toml is wrong (exit 2)
+    ├── ValidationError               a request or argument is malformed (HTTP 400/422)
+    │   └── PayloadTooLarge           a body over the cap (HTTP 413)
+    ├── AuthError                     no usable credentials (HTTP 401)
+    ├── PermissionDenied              credentials valid, action not allowed (HTTP 403)
+    ├── NotFound                      no such object, or not yours (HTTP 404)
+    ├── Conflict                      the object exists or the change races another (HTTP 409)
+    ├── KeyMaterialError              a key file is missing, loose or does not decrypt
+    ├── IntegrityError                stored data fails its cryptographic check
+    ├── StoreError                    the database refused or is unreachable (HTTP 503)
+    ├── CommandError                  a host command failed; names it and its stderr
+    └── ApiError                      the CLI got a problem response from the API
+
+Each error carries a message a person can act on and, where useful, a hint
+naming the command that helps. The API renders them as RFC 7807 problem JSON;
+the CLI prints ``error: <message>`` and ``hint: <hint>`` and exits non-zero.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ApiError",
+    "AuthError",
+    "CommandError",
+    "ConfigError",
+    "Conflict",
+    "HangarError",
+    "IntegrityError",
+    "KeyMaterialError",
+    "NotFound",
+    "PayloadTooLarge",
+    "PermissionDenied",
+    "StoreError",
+    "ValidationError",
+]
+
+
+class HangarError(Exception):
+    """Base of every error Hangar shows a person."""
+
+    status: int = 500
+    title: str = "Internal error"
+    code: str = "internal"
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(HangarError):
+    status = 400
+    title = "Invalid configuration"
+    code = "config"
+    exit_code = 2
+
+
+class ValidationError(HangarError):
+    status = 422
+    title = "Invalid request"
+    code = "validation"
+    exit_code = 2
+
+
+class PayloadTooLarge(ValidationError):
+    status = 413
+    title = "Request body too large"
+    code = "payload-too-large"
+
+
+class AuthError(HangarError):
+    status = 401
+    title = "Authentication required"
+    code = "unauthenticated"
+
+
+class PermissionDenied(HangarError):
+    status = 403
+    title = "Permission denied"
+    code = "forbidden"
+
+
+class NotFound(HangarError):
+    status = 404
+    title = "Not found"
+    code = "not-found"
+
+
+class Conflict(HangarError):
+    status = 409
+    title = "Conflict"
+    code = "conflict"
+
+
+class KeyMaterialError(HangarError):
+    title = "Key material unusable"
+    code = "key-material"
+
+
+class IntegrityError(HangarError):
+    title = "Integrity check failed"
+    code = "integrity"
+
+
+class StoreError(HangarError):
+    status = 503
+    title = "Store unavailable"
+    code = "store"
+
+
+class CommandError(HangarError):
+    """A host command failed; the message names the command and its stderr."""
+
+    title = "Host command failed"
+    code = "command"
+
+    def __init__(self, argv: list[str], returncode: int, stderr: str) -> None:
+        shown = " ".join(argv)
+        detail = stderr.strip() or "(no output)"
+        super().__init__(f"`{shown}` exited {returncode}: {detail}")
+        self.argv = argv
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+class ApiError(HangarError):
+    """The API answered with a problem document."""
+
+    code = "api"
+
+    def __init__(self, status: int, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
