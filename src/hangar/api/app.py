@@ -11,7 +11,7 @@ from fastapi import FastAPI
 import hangar
 from hangar.api.guard import assert_routes_guarded
 from hangar.api.middleware import RequestContextMiddleware
-from hangar.api.problems import install_problem_handlers
+from hangar.api.problems import PROBLEM_RESPONSES, install_problem_handlers
 from hangar.api.routers import apps, audit, health, orgs, tokens
 from hangar.controlplane.state import ControlPlane
 
@@ -38,7 +38,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
     )
     app.state.cp = cp
     for module in (health, orgs, apps, tokens, audit):
-        app.include_router(module.router)
+        app.include_router(module.router, responses=PROBLEM_RESPONSES)
     install_problem_handlers(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=cp.settings.max_body_bytes)
     assert_routes_guarded(app)

@@ -8,14 +8,47 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hangar.errors import HangarError
 
-__all__ = ["install_problem_handlers", "problem"]
+__all__ = ["PROBLEM_RESPONSES", "Problem", "install_problem_handlers", "problem"]
 
 log = logging.getLogger("hangar.api")
 MEDIA_TYPE = "application/problem+json"
+
+
+class Problem(BaseModel):
+    """An RFC 7807 problem document, as every error is answered."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    hint: str | None = None
+    request_id: str | None = None
+    errors: list[dict[str, str]] | None = None
+
+
+def _doc(description: str) -> dict[str, Any]:
+    return {
+        "model": Problem,
+        "description": description,
+        "content": {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+
+
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: _doc("No valid credentials"),
+    403: _doc("Credentials valid, action not allowed"),
+    404: _doc("No such object, or not yours"),
+    409: _doc("Conflicts with existing data"),
+    413: _doc("Request body too large"),
+    422: _doc("The request is malformed"),
+    500: _doc("Unexpected server error"),
+    503: _doc("The store is unavailable"),
+}
 
 
 def problem(

@@ -1,0 +1,261 @@
+"""The CLI driving a real `hangar server run` over HTTPS, as a person would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import ssl
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+HANGAR = [sys.executable, "-m", "hangar.cli.main"]
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Server:
+    data_dir: Path
+    api: str
+    token: str
+    env: dict[str, str]
+    process: subprocess.Popen[bytes]
+
+    def cli(
+        self, *args: str, token: str | None = None, stdin: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        env = dict(self.env)
+        if token is not None:
+            env["HANGAR_TOKEN"] = token
+        result = subprocess.run(
+            [*HANGAR, *args], env=env, input=stdin or "", text=True, capture_output=True, timeout=60
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"hangar {' '.join(args)} failed:\n{result.stderr}")
+        return result
+
+    def json(self, *args: str, token: str | None = None) -> object:
+        return json.loads(self.cli(*args, "--json", token=token).stdout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(data_dir: Path, env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    with open(data_dir.parent / "server.log", "ab") as log:  # the child keeps its own copy
+        proc = subprocess.Popen(
+            [*HANGAR, "server", "run", "--data-dir", str(data_dir), "--listen-port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    trust = ssl.create_default_context(cafile=str(data_dir / "ca.crt"))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"https://127.0.0.1:{port}/v1/healthz", verify=trust, timeout=1)
+            return proc
+        except httpx.HTTPError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    raise AssertionError((data_dir.parent / "server.log").read_text())
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HANGAR_")}
+    env["HANGAR_CONFIG_DIR"] = str(tmp_path / "cli")
+    data_dir = tmp_path / "data"
+    token_file = tmp_path / "admin.token"
+    init = subprocess.run(
+        [
+            *HANGAR,
+            "server",
+            "init",
+            "--data-dir",
+            str(data_dir),
+            "--org",
+            "acme",
+            "--admin-email",
+            "admin@example.com",
+            "--token-file",
+            str(token_file),
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(init.stdout)["token"] is None  # written to the file, not printed
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    port = free_port()
+    proc = start(data_dir, env, port)
+    srv = Server(data_dir, f"https://127.0.0.1:{port}", token_file.read_text().strip(), env, proc)
+    try:
+        yield srv
+    finally:
+        stop(srv.process)  # a test may have restarted it
+
+
+def login(server: Server) -> None:
+    out = server.cli(
+        "--api",
+        server.api,
+        "auth",
+        "login",
+        "--ca-cert",
+        str(server.data_dir / "ca.crt"),
+        "--token",
+        "-",
+        stdin=server.token + "\n",
+    )
+    assert "Logged in" in out.stdout and "admin@example.com" in out.stdout
+
+
+def test_the_whole_flow(server: Server, tmp_path: Path) -> None:
+    login(server)
+    config = Path(server.env["HANGAR_CONFIG_DIR"]) / "config.json"
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+
+    assert [o["name"] for o in server.json("orgs", "list")] == ["acme"]  # type: ignore[union-attr,index]
+    server.cli("apps", "create", "clinic-api")
+    server.cli("apps", "create", "billing")
+    apps = server.json("apps", "list")
+    assert sorted(a["name"] for a in apps) == ["billing", "clinic-api"]  # type: ignore[union-attr,index]
+    assert server.json("apps", "show", "billing")["org"] == "acme"  # type: ignore[index]
+
+    bad = server.cli("apps", "create", "Not_A_Label", check=False)
+    assert bad.returncode != 0 and bad.stderr.startswith("error: app name 'Not_A_Label'")
+    assert "Traceback" not in bad.stderr
+
+    no_yes = server.cli("apps", "destroy", "billing", check=False)
+    assert no_yes.returncode != 0 and "--yes" in no_yes.stderr
+    server.cli("apps", "destroy", "billing", "--yes")
+    assert [a["name"] for a in server.json("apps", "list")] == ["clinic-api"]  # type: ignore[union-attr,index]
+
+    server.cli("orgs", "members", "add", "acme", "bob@example.com", "--role", "viewer")
+    server.cli("orgs", "members", "set-role", "acme", "bob@example.com", "member")
+    members = {m["email"]: m["role"] for m in server.json("orgs", "members", "list", "acme")}  # type: ignore[union-attr]
+    assert members == {"admin@example.com": "admin", "bob@example.com": "member"}
+    server.cli("orgs", "members", "remove", "acme", "bob@example.com", "--yes")
+
+    readonly = server.json("tokens", "create", "readonly", "--org", "acme", "--expiry", "1h")
+    ro_token = readonly["token"]  # type: ignore[index]
+    assert server.json("apps", "list", token=ro_token)
+    denied = server.cli("apps", "create", "nope", token=ro_token, check=False)
+    assert denied.returncode == 1 and "does not allow the create action" in denied.stderr
+
+    narrowed = server.cli(
+        "tokens", "attenuate", "--app", "clinic-api", "--actions", "read", "--expiry", "10m"
+    ).stdout.strip()
+    me = server.json("auth", "whoami", token=narrowed)
+    assert me["apps"] == ["clinic-api"] and me["actions"] == ["read"]  # type: ignore[index]
+    assert server.cli("apps", "show", "clinic-api", token=narrowed).returncode == 0
+
+    server.cli("tokens", "revoke", readonly["id"], "--yes")  # type: ignore[index]
+    revoked = server.cli("apps", "list", token=ro_token, check=False)
+    assert revoked.returncode == 1 and "revoked" in revoked.stderr
+    listed = {t["id"]: t for t in server.json("tokens", "list", "--org", "acme")}  # type: ignore[union-attr]
+    assert listed[readonly["id"]]["revoked_at"] is not None  # type: ignore[index]
+
+    events = server.json("audit", "list", "--org", "acme")
+    actions = [e["action"] for e in events]  # type: ignore[union-attr]
+    for expected in (
+        "app.create",
+        "app.destroy",
+        "member.add",
+        "member.set_role",
+        "member.remove",
+        "token.create",
+        "token.revoke",
+        "apps:create",
+    ):
+        assert expected in actions
+    verify = server.cli("audit", "verify", "--org", "acme")
+    assert verify.stdout.startswith("ok")
+    assert server.cli("audit", "verify", "--system").stdout.startswith("ok")
+
+    good = tmp_path / "hangar.toml"
+    good.write_text('app = "clinic-api"\n[http_service]\ninternal_port = 8080\n')
+    assert "is valid" in server.cli("config", "validate", str(good)).stdout
+    good.write_text('app = "clinic-api"\n[http_service]\ninternal_prot = 8080\n')
+    invalid = server.cli("config", "validate", str(good), check=False)
+    assert invalid.returncode == 2
+    assert f"{good}:3: unknown key 'http_service.internal_prot'" in invalid.stderr
+
+
+def test_tampering_is_reported_with_its_sequence_number(server: Server) -> None:
+    login(server)
+    for i in range(5):
+        server.cli("apps", "create", f"app-{i}")
+    org_id = server.json("orgs", "show", "acme")["id"]  # type: ignore[index]
+    stop(server.process)  # writes a signed checkpoint of every chain's head
+    db = sqlite3.connect(server.data_dir / "hangar.db")
+    db.execute("UPDATE audit_events SET target = 'innocent' WHERE chain = ? AND seq = 3", (org_id,))
+    db.commit()
+    db.close()
+    offline = server.cli("audit", "verify", "--data-dir", str(server.data_dir), check=False)
+    assert offline.returncode == 1
+    assert f"FAILED  chain {org_id}: first bad event 3" in offline.stdout
+
+    port = int(server.api.rsplit(":", 1)[1])
+    server.process = start(server.data_dir, server.env, port)
+    online = server.cli("audit", "verify", "--org", "acme", "--json", check=False)
+    assert online.returncode == 1
+    assert json.loads(online.stdout)[0]["first_bad_seq"] == 3
+
+
+def test_errors_are_one_clear_line(server: Server) -> None:
+    out = server.cli("apps", "list", check=False)
+    assert out.returncode == 1
+    assert out.stderr.splitlines() == [
+        "error: you are not logged in",
+        "hint: run `hangar auth login --api URL --token TOKEN`",
+    ]
+    debug = server.cli("--debug", "apps", "list", check=False)
+    assert "Traceback" in debug.stderr
+    unreachable = server.cli(
+        "--api", f"https://127.0.0.1:{free_port()}", "apps", "list", token=server.token, check=False
+    )
+    assert unreachable.returncode == 1 and "cannot reach the Hangar API" in unreachable.stderr
+    bad_login = server.cli(
+        "--api",
+        server.api,
+        "auth",
+        "login",
+        "--ca-cert",
+        str(server.data_dir / "ca.crt"),
+        "--token",
+        "hm1_nope",
+        check=False,
+    )
+    assert bad_login.returncode == 1 and "error: the token is malformed" in bad_login.stderr
+    assert not (Path(server.env["HANGAR_CONFIG_DIR"]) / "config.json").exists()

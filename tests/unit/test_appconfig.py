@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+import pytest
+
+from hangar.config.appconfig import parse_app_config, parse_duration
+from hangar.errors import ConfigError
+
+FLY_STYLE = """
+app = "clinic-api"
+primary_region = "fra"
+kill_signal = "SIGTERM"
+kill_timeout = "30s"
+
+[build]
+  image = "oci:./image:latest"
+
+[env]
+  LOG_LEVEL = "info"
+  PORT = "8080"
+
+[http_service]
+  internal_port = 8080
+  force_https = true
+  hsts = { max_age = 63072000, include_subdomains = true, preload = false }
+  [http_service.concurrency]
+    type = "requests"
+    soft_limit = 200
+    hard_limit = 250
+  [[http_service.checks]]
+    grace_period = "10s"
+    interval = "30s"
+    method = "GET"
+    timeout = "5s"
+    path = "/healthz"
+    [http_service.checks.headers]
+      X-Health = "1"
+
+[[services]]
+  protocol = "tcp"
+  internal_port = 5432
+  [[services.ports]]
+    port = 5432
+    handlers = ["proxy_proto"]
+  [[services.tcp_checks]]
+    interval = "15s"
+    timeout = "2s"
+
+[checks]
+  [checks.db]
+    type = "tcp"
+    port = 5432
+    interval = "10s"
+
+[[mounts]]
+  source = "data"
+  destination = "/data"
+
+[deploy]
+  strategy = "rolling"
+  max_unavailable = 1
+  release_command = "bin/migrate"
+  wait_timeout = "5m"
+
+[[vm]]
+  cpus = 2
+  memory = "1gb"
+
+[[restart]]
+  policy = "on-failure"
+  retries = 5
+
+[metrics]
+  port = 9091
+  path = "/metrics"
+
+[processes]
+  web = "bin/server"
+  worker = "bin/worker"
+"""
+
+
+def test_fly_style_config_parses() -> None:
+    cfg = parse_app_config(FLY_STYLE)
+    assert cfg.app == "clinic-api"
+    assert cfg.kill_timeout == 30.0
+    assert cfg.http_service is not None
+    assert cfg.http_service.checks[0].interval == 30.0
+    assert cfg.http_service.hsts.max_age == 63072000
+    assert cfg.services[0].ports[0].handlers == ["proxy_proto"]
+    assert cfg.vm[0].memory == 1024
+    assert cfg.deploy.wait_timeout == 300.0
+    assert cfg.processes == {"web": "bin/server", "worker": "bin/worker"}
+
+
+def test_minimal_config_gets_secure_defaults() -> None:
+    cfg = parse_app_config('app = "web"\n[http_service]\ninternal_port = 3000\n')
+    assert cfg.http_service is not None
+    assert cfg.http_service.force_https is True
+    assert cfg.http_service.hsts.enabled is True
+    assert cfg.services == []
+
+
+def test_hsts_can_be_switched_off_with_a_bool() -> None:
+    cfg = parse_app_config('app = "web"\n[http_service]\nhsts = false\n')
+    assert cfg.http_service is not None and cfg.http_service.hsts.enabled is False
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            'app = "web"\n[http_service]\ninternal_port = 80\nforse_https = true\n',
+            "hangar.toml:4: unknown key 'http_service.forse_https'",
+        ),
+        (
+            'app = "web"\n\n[[http_service.checks]]\ninterval = "5 parsecs"\n',
+            "hangar.toml:4: http_service.checks[0].interval: invalid duration",
+        ),
+        ('app = "Web_App"\n', "hangar.toml:1: app: app name 'Web_App' is not a DNS label"),
+        ('primary_region = "fra"\n', "app: required key is missing"),
+        (
+            'app = "web"\n[http_service]\ninternal_port = 70000\n',
+            "hangar.toml:3: http_service.internal_port: Input should be less than or equal",
+        ),
+        ('app = "web"\n[[vm]]\nmemory = "12"\n', "hangar.toml:3: vm[0].memory"),
+        ('app = "web"\n[env]\nHANGAR_X = "1"\n', "names starting HANGAR_ are reserved"),
+        ('app = "web"\n[deploy]\nstrategy = "yolo"\n', "hangar.toml:3: deploy.strategy"),
+        ('app = "web"\n[[services]]\ninternal_port = 1\nports = []\n', "services[0].ports"),
+        (
+            'app = "web"\n[http_service.concurrency]\nsoft_limit = 9\nhard_limit = 2\n',
+            "soft_limit must not exceed hard_limit",
+        ),
+        ('app = "web\n', "hangar.toml:"),
+    ],
+)
+def test_errors_name_the_line_and_key(text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_app_config(text)
+    assert expected in info.value.message
+
+
+def test_second_table_in_array_is_located() -> None:
+    text = 'app = "web"\n[[vm]]\ncpus = 1\n[[vm]]\ncpus = 0\n'
+    with pytest.raises(ConfigError, match=r"hangar.toml:5: vm\[1\].cpus"):
+        parse_app_config(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("500ms", 0.5), ("10s", 10), ("2m", 120), ("1h", 3600), ("1d", 86400), (3, 3.0)],
+)
+def test_durations(text: str | int, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "10 parsecs", "-1s", True, "1y"])
+def test_bad_durations(text: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)

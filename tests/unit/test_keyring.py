@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from hangar.crypto.keyring import FileKekProvider, Keyring, generate_kek_file
+from hangar.errors import IntegrityError, KeyMaterialError
+
+
+@pytest.fixture
+def kek(tmp_path: Path) -> Path:
+    path = tmp_path / "kek.key"
+    generate_kek_file(path)
+    return path
+
+
+def test_kek_file_is_private(kek: Path) -> None:
+    assert (kek.stat().st_mode & 0o777) == 0o600
+
+
+def test_generate_refuses_to_overwrite(kek: Path) -> None:
+    with pytest.raises(FileExistsError):
+        generate_kek_file(kek)
+
+
+def test_wrap_roundtrip_and_nonce_is_fresh(kek: Path) -> None:
+    ring = Keyring(FileKekProvider(kek))
+    a, b = ring.wrap(b"secret", purpose="p"), ring.wrap(b"secret", purpose="p")
+    assert a != b
+    assert ring.unwrap(a, purpose="p") == b"secret"
+    assert b"secret" not in a
+
+
+def test_purpose_binds_the_blob(kek: Path) -> None:
+    ring = Keyring(FileKekProvider(kek))
+    blob = ring.wrap(b"secret", purpose="org-root-key:a")
+    with pytest.raises(IntegrityError):
+        ring.unwrap(blob, purpose="org-root-key:b")
+
+
+def test_flipped_byte_fails_authentication(kek: Path) -> None:
+    ring = Keyring(FileKekProvider(kek))
+    blob = bytearray(ring.wrap(b"secret", purpose="p"))
+    blob[-1] ^= 1
+    with pytest.raises(IntegrityError):
+        ring.unwrap(bytes(blob), purpose="p")
+
+
+def test_wrong_kek_is_named(kek: Path, tmp_path: Path) -> None:
+    blob = Keyring(FileKekProvider(kek)).wrap(b"secret", purpose="p")
+    other = tmp_path / "other.key"
+    generate_kek_file(other)
+    with pytest.raises(KeyMaterialError, match="another key-encryption key"):
+        Keyring(FileKekProvider(other)).unwrap(blob, purpose="p")
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o660])
+def test_loose_kek_file_is_refused(kek: Path, mode: int) -> None:
+    os.chmod(kek, mode)
+    with pytest.raises(KeyMaterialError, match="readable by its owner only") as info:
+        FileKekProvider(kek).load()
+    assert info.value.hint == f"chmod 600 {kek}"
+
+
+@pytest.mark.parametrize("content", ["nothex", "00" * 16, ""])
+def test_malformed_kek_is_refused(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "k"
+    path.write_text(content)
+    os.chmod(path, 0o600)
+    with pytest.raises(KeyMaterialError):
+        FileKekProvider(path).load()
+
+
+def test_missing_kek_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(KeyMaterialError) as info:
+        FileKekProvider(tmp_path / "none").load()
+    assert info.value.hint and "server init" in info.value.hint
