@@ -78,8 +78,8 @@ def authenticate(request: Request, cp: ControlPlane) -> Principal:
             )
         if scheme.lower() != "bearer" or not token:
             raise AuthError("expected Authorization: Bearer <token>")
-        with cp.db.read() as session:
-            return cp.tokens.authenticate(session, token)
+        with cp.db.connect() as conn:
+            return cp.tokens.authenticate(conn, token)
     except AuthError as exc:
         ctx = AuditContext(
             actor="anonymous",
@@ -148,7 +148,11 @@ class Guard:
     def __init__(self, perm: Permission) -> None:
         self.perm = perm
 
-    def __call__(self, request: Request) -> Access:
+    async def __call__(self, request: Request) -> Access:
+        # Runs on the event loop, not in the thread pool: its store reads are
+        # single indexed statements of well under a millisecond, and handing
+        # them to a worker thread cost more (thread switch and GIL convoy)
+        # than running them. Handlers that can run long stay synchronous.
         cp = control_plane(request)
         principal = authenticate(request, cp)
         ctx = AuditContext(

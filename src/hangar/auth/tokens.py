@@ -18,11 +18,12 @@ raise ``NotFound``, so an id of another organization reveals nothing.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import secrets
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
 from hangar.auth.rbac import Action, Permission, Role
@@ -34,6 +35,26 @@ __all__ = ["TOKEN_KINDS", "Principal", "Scope", "TokenService", "new_id", "parse
 
 TOKEN_KINDS = ("user", "org", "app", "readonly")
 ALL_ACTIONS = frozenset(Action)
+
+
+_AUTH_QUERY = (
+    select(
+        Token.key_id,
+        Token.org_id,
+        Token.revoked_at,
+        Token.expires_at,
+        RootKey.wrapped,
+        User.id.label("user_id"),
+        User.email,
+        User.is_operator,
+        Membership.org_id.label("member_org"),
+        Membership.role,
+    )
+    .join(RootKey, RootKey.id == Token.key_id)
+    .join(User, User.id == Token.user_id)
+    .outerjoin(Membership, Membership.user_id == User.id)
+    .where(Token.id == bindparam("token_id"))
+)
 
 
 def new_id(prefix: str) -> str:
@@ -150,9 +171,24 @@ class Principal:
                 raise PermissionDenied(f"this token does not cover app {app!r}")
 
 
+@functools.lru_cache(maxsize=4096)
+def _decode(token: str) -> tuple[Macaroon, str, str]:
+    """A token's macaroon, token id and key id (structure only; not verified)."""
+    macaroon = Macaroon.parse(token)
+    try:
+        ident = json.loads(macaroon.identifier)
+        return macaroon, str(ident["tid"]), str(ident["kid"])
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise AuthError("the token is malformed") from exc
+
+
 class TokenService:
     def __init__(self, keys: TokenKeys) -> None:
         self._keys = keys
+        # Token string -> its scope, once its signature has verified. A token's
+        # caveats and its root key never change, so this only skips repeating
+        # the same HMAC chain; revocation and expiry are checked every time.
+        self._verified: dict[str, Scope] = {}
 
     def root_key_for(self, session: Session, org_id: str | None) -> RootKey:
         """The newest root key of an organization (or the user-token key), made if absent."""
@@ -223,54 +259,46 @@ class TokenService:
         return row, macaroon.serialize()
 
     def authenticate(
-        self, session: Session, token: str, now: dt.datetime | None = None
+        self, conn: Connection, token: str, now: dt.datetime | None = None
     ) -> Principal:
         """Verify a serialized token end to end; AuthError on any failure."""
         now = now or _utcnow()
-        macaroon = Macaroon.parse(token)
-        try:
-            ident = json.loads(macaroon.identifier)
-            token_id, key_id = str(ident["tid"]), str(ident["kid"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise AuthError("the token is malformed") from exc
-        row = session.execute(
-            select(Token, RootKey.wrapped, User)
-            .join(RootKey, RootKey.id == Token.key_id)
-            .join(User, User.id == Token.user_id)
-            .where(Token.id == token_id)
-        ).one_or_none()
-        if row is None:
+        macaroon, token_id, key_id = _decode(token)
+        # One round trip: the token, its user, its root key and the user's roles.
+        rows = conn.execute(_AUTH_QUERY, {"token_id": token_id}).all()
+        if not rows:
             raise AuthError("the token is not known to this server", hint="run `hangar auth login`")
-        tok, wrapped, user = row
-        if tok.key_id != key_id:
+        first = rows[0]
+        if first.key_id != key_id:
             raise AuthError("the token is not valid")
-        scope = parse_caveats(self._keys.verify(macaroon, key_id, wrapped))
-        if tok.revoked_at is not None:
+        scope = self._verified.get(token)
+        if scope is None:
+            scope = parse_caveats(self._keys.verify(macaroon, key_id, first.wrapped))
+            if len(self._verified) >= 4096:
+                self._verified.clear()
+            self._verified[token] = scope
+        if first.revoked_at is not None:
             raise AuthError("the token was revoked", hint="create a new one or log in again")
+        expires_at = first.expires_at
         stamp = int(now.timestamp())
         if (scope.expires is not None and stamp >= scope.expires) or (
-            tok.expires_at is not None and now >= tok.expires_at
+            expires_at is not None and now >= expires_at
         ):
             raise AuthError(
                 "the token has expired", hint="run `hangar auth login` with a new token"
             )
         if scope.not_before is not None and stamp < scope.not_before:
             raise AuthError("the token is not valid yet")
-        if tok.org_id is not None and (scope.orgs is None or scope.orgs - {tok.org_id}):
+        if first.org_id is not None and (scope.orgs is None or scope.orgs - {first.org_id}):
             # Every organization token is minted with its org caveat; a token
             # whose caveats name another organization is forged or corrupt.
             raise AuthError("the token is not valid")
-        roles = {
-            m.org_id: Role(m.role)
-            for m in session.execute(
-                select(Membership).where(Membership.user_id == user.id)
-            ).scalars()
-        }
+        roles = {r.member_org: Role(r.role) for r in rows if r.member_org is not None}
         return Principal(
-            user_id=user.id,
-            email=user.email,
-            is_operator=user.is_operator,
-            token_id=tok.id,
+            user_id=first.user_id,
+            email=first.email,
+            is_operator=bool(first.is_operator),
+            token_id=token_id,
             scope=scope,
             roles=roles,
         )

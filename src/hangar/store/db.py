@@ -2,12 +2,14 @@
 
 SQLite runs in WAL mode with foreign keys on. Its writers open their
 transaction with ``BEGIN IMMEDIATE`` so that two writers queue on the busy
-timeout instead of failing when a read lock cannot be upgraded. PostgreSQL
+timeout instead of failing when a read lock cannot be upgraded; its readers
+run each statement in its own implicit transaction. PostgreSQL
 runs the same code; audit appends serialise on a row lock of the chain head.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any
 import sqlalchemy.exc
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session
 
 from hangar.errors import Conflict, StoreError
@@ -24,6 +26,7 @@ from hangar.errors import Conflict, StoreError
 __all__ = ["Database"]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
+POOL_SIZE = 40  # the size of the API's worker thread pool
 
 
 class Database:
@@ -35,14 +38,23 @@ class Database:
             if self.is_sqlite:
                 self.engine = self._sqlite_engine(url)
             else:
-                self.engine = create_engine(url, pool_pre_ping=True, pool_size=10)
+                self.engine = create_engine(
+                    url, pool_pre_ping=True, pool_size=10, max_overflow=POOL_SIZE - 10
+                )
         except (sqlalchemy.exc.ArgumentError, ModuleNotFoundError) as exc:
             raise StoreError(f"cannot use database URL {parsed!r}: {exc}") from exc
         self._writer = self.engine.execution_options(hangar_write=True)
+        self._readers = threading.local()
+        self._readers_lock = threading.Lock()
+        self._all_readers: set[Connection] = set()
 
     @staticmethod
     def _sqlite_engine(url: str) -> Engine:
-        engine = create_engine(url, connect_args={"timeout": 30})
+        # Sized for the API's worker threads so connections are reused, not
+        # reopened (each open runs the PRAGMAs below).
+        engine = create_engine(
+            url, connect_args={"timeout": 30}, pool_size=POOL_SIZE, max_overflow=POOL_SIZE
+        )
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -57,8 +69,11 @@ class Database:
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
-            write = conn.get_execution_options().get("hangar_write", False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+            # Writers take the write lock up front. Readers issue no BEGIN:
+            # each of their statements is its own consistent snapshot, which
+            # is all a read here needs, and saves a round trip per request.
+            if conn.get_execution_options().get("hangar_write", False):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
 
@@ -83,6 +98,31 @@ class Database:
                 raise StoreError(f"database error: {exc.orig}") from exc
 
     @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """An autocommit connection for hot, single-statement reads.
+
+        Each thread keeps one open, so the API's authentication and listing
+        reads skip the pool; in autocommit mode no transaction stays open
+        between statements. A connection that fails is dropped and the next
+        call opens a fresh one.
+        """
+        conn: Connection | None = getattr(self._readers, "conn", None)
+        if conn is None or conn.closed:
+            conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            self._readers.conn = conn
+            with self._readers_lock:
+                self._all_readers.add(conn)
+        try:
+            yield conn
+        except sqlalchemy.exc.DBAPIError as exc:
+            self._readers.conn = None
+            conn.invalidate()
+            conn.close()
+            if isinstance(exc, sqlalchemy.exc.OperationalError):
+                raise StoreError(f"database error: {exc.orig}") from exc
+            raise
+
+    @contextmanager
     def write(self) -> Iterator[Session]:
         """A transaction that commits if the block finishes and rolls back if it raises."""
         with Session(self._writer, expire_on_commit=False) as session:
@@ -95,4 +135,9 @@ class Database:
                 raise StoreError(f"database error: {exc.orig}") from exc
 
     def dispose(self) -> None:
+        with self._readers_lock:
+            for conn in self._all_readers:
+                conn.close()
+            self._all_readers.clear()
+        self._readers = threading.local()
         self.engine.dispose()

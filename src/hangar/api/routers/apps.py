@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from hangar.api.guard import Access, GuardedRouter, requires
 from hangar.api.pagination import Limit, Page, decode_cursor, encode_cursor
@@ -18,6 +18,18 @@ from hangar.errors import Conflict, NotFound, ValidationError
 from hangar.store.tables import App, Org
 
 router = GuardedRouter(prefix="/v1/apps", tags=["apps"])
+
+
+# Built once: listing apps is the hottest read, and building a statement per
+# request costs more than running it.
+_LIST = (
+    select(App.id, App.name, Org.name, App.created_at)
+    .join(Org, Org.id == App.org_id)
+    .where(App.org_id.in_(bindparam("orgs", expanding=True)), App.name > bindparam("after"))
+    .order_by(App.name)
+    .limit(bindparam("limit"))
+)
+_LIST_SOME = _LIST.where(App.name.in_(bindparam("apps", expanding=True)))
 
 
 class AppOut(BaseModel):
@@ -53,7 +65,7 @@ def _resolve_org(access: Access, name: str | None) -> Org:
 
 
 @router.get("", response_model=Page[AppOut], summary="List apps")
-def list_apps(
+async def list_apps(
     access: Annotated[Access, requires(Permission.APPS_READ)],
     org: Annotated[str | None, Query(max_length=63)] = None,
     limit: Limit = 50,
@@ -66,20 +78,13 @@ def list_apps(
         org_ids = [target.id]
     else:
         org_ids = access.principal.visible_orgs()
-    query = (
-        select(App.id, App.name, Org.name, App.created_at)
-        .join(Org, Org.id == App.org_id)
-        .where(App.org_id.in_(org_ids))
-        .order_by(App.name)
-        .limit(limit + 1)
-    )
     apps = access.principal.scope.apps
-    if apps is not None:
-        query = query.where(App.name.in_(sorted(apps)))
-    if after is not None:
-        query = query.where(App.name > after)
-    with access.cp.db.read() as session:
-        rows = session.execute(query).all()
+    params = {"orgs": org_ids, "after": after or "", "limit": limit + 1}
+    with access.cp.db.connect() as conn:
+        if apps is None:
+            rows = conn.execute(_LIST, params).all()
+        else:
+            rows = conn.execute(_LIST_SOME, {**params, "apps": sorted(apps)}).all()
     more = len(rows) > limit
     rows = rows[:limit]
     return Page(
@@ -89,7 +94,7 @@ def list_apps(
 
 
 @router.post("", response_model=AppOut, status_code=201, summary="Create an app")
-def create_app(
+async def create_app(
     body: AppCreate, access: Annotated[Access, requires(Permission.APPS_CREATE)]
 ) -> AppOut:
     name = validate_dns_label(body.name, what="app name")

@@ -1,0 +1,235 @@
+"""API throughput: authenticated, audited Hangar routes against bare FastAPI.
+
+Starts a real ``hangar server run`` (SQLite, one worker, TLS) and, in the same
+run, a bare FastAPI app on the same uvicorn/TLS stack; drives each with wrk
+over HTTPS keep-alive and prints requests/s and the ratio.
+
+    GET  /v1/apps   authenticated list (token verified, membership loaded)
+    POST /v1/apps   authenticated create, audited in the same transaction
+
+Usage: python benchmarks/api_throughput.py [--seconds 10] [--connections 8]
+Targets on a 2-core machine: reads >= 1,500/s, creates >= 300/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+
+LIST_LUA = """
+wrk.headers["Authorization"] = "Bearer {token}"
+"""
+
+CREATE_LUA = """
+local counter = 0
+local prefix = ""
+function setup(thread)
+  thread:set("id", tostring(math.random(100000, 999999)))
+end
+function init(args)
+  prefix = "b" .. (id or "0") .. "-"
+end
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {token}"
+request = function()
+  counter = counter + 1
+  return wrk.format(nil, nil, nil, '{{"name": "' .. prefix .. counter .. '"}}')
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_up(url: str, ca: Path, proc: subprocess.Popen[bytes]) -> None:
+    context = ssl.create_default_context(cafile=str(ca))
+    for _ in range(150):
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited early ({proc.returncode})")
+        try:
+            httpx.get(url, verify=context, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise SystemExit(f"{url} did not come up")
+
+
+def wrk(url: str, script: str, seconds: int, connections: int, workdir: Path) -> dict[str, float]:
+    lua = workdir / f"s{abs(hash(script))}.lua"
+    lua.write_text(script)
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(lua), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:.*", out)
+    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    return {
+        "rps": rps,
+        "non_2xx": float(non2xx.group(1)) if non2xx else 0.0,
+        "socket_errors": 1.0 if errors else 0.0,
+        "p50_ms": float(p50.group(1)) * scale[p50.group(2)] if p50 else float("nan"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: run `make deps` (Debian package wrk)")
+
+    work = Path(tempfile.mkdtemp(prefix="hangar-bench-"))
+    data = work / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HANGAR_")}
+    hangar = [sys.executable, "-m", "hangar.cli.main"]
+    subprocess.run(
+        [
+            *hangar,
+            "server",
+            "init",
+            "--data-dir",
+            str(data),
+            "--org",
+            "acme",
+            "--admin-email",
+            "bench@example.com",
+            "--token-file",
+            str(work / "token"),
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    token = (work / "token").read_text().strip()
+    hangar_port, bare_port = free_port(), free_port()
+    log = (work / "servers.log").open("ab")
+    procs = [
+        subprocess.Popen(
+            [
+                *hangar,
+                "server",
+                "run",
+                "--data-dir",
+                str(data),
+                "--listen-port",
+                str(hangar_port),
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        ),
+        subprocess.Popen(
+            [sys.executable, str(HERE / "_bare_app.py"), str(data), str(bare_port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        ),
+    ]
+    log.close()
+    try:
+        wait_up(f"https://127.0.0.1:{hangar_port}/v1/healthz", data / "ca.crt", procs[0])
+        wait_up(f"https://127.0.0.1:{bare_port}/bare", data / "ca.crt", procs[1])
+        httpx.post(
+            f"https://127.0.0.1:{hangar_port}/v1/apps",
+            json={"name": "bench"},
+            headers={"Authorization": f"Bearer {token}"},
+            verify=ssl.create_default_context(cafile=str(data / "ca.crt")),
+        )
+        lua_list = LIST_LUA.format(token=token)
+        lua_create = CREATE_LUA.format(token=token)
+        run = {
+            "bare_get": wrk(
+                f"https://127.0.0.1:{bare_port}/bare",
+                lua_list,
+                args.seconds,
+                args.connections,
+                work,
+            ),
+            "hangar_get": wrk(
+                f"https://127.0.0.1:{hangar_port}/v1/apps",
+                lua_list,
+                args.seconds,
+                args.connections,
+                work,
+            ),
+            "bare_post": wrk(
+                f"https://127.0.0.1:{bare_port}/bare",
+                lua_create,
+                args.seconds,
+                args.connections,
+                work,
+            ),
+            "hangar_post": wrk(
+                f"https://127.0.0.1:{hangar_port}/v1/apps",
+                lua_create,
+                args.seconds,
+                args.connections,
+                work,
+            ),
+        }
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(timeout=30)
+    failed = [name for name, f in run.items() if f["non_2xx"] or f["socket_errors"]]
+    if failed:
+        print(
+            f"error: {', '.join(failed)} had non-2xx responses or socket errors, so the "
+            f"figures mean nothing; server output: {work / 'servers.log'}",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
+    read_ratio = run["hangar_get"]["rps"] / run["bare_get"]["rps"]
+    create_ratio = run["hangar_post"]["rps"] / run["bare_post"]["rps"]
+    if args.json:
+        print(json.dumps({**run, "read_ratio": read_ratio, "create_ratio": create_ratio}, indent=2))
+    else:
+        print(f"{'':22}{'bare FastAPI':>14}{'Hangar':>12}{'ratio':>8}{'target':>12}")
+        print(
+            f"{'GET  /v1/apps (auth)':22}{run['bare_get']['rps']:>12.0f}/s"
+            f"{run['hangar_get']['rps']:>10.0f}/s{read_ratio:>8.2f}{'>= 1500/s':>12}"
+        )
+        print(
+            f"{'POST /v1/apps (audit)':22}{run['bare_post']['rps']:>12.0f}/s"
+            f"{run['hangar_post']['rps']:>10.0f}/s{create_ratio:>8.2f}{'>= 300/s':>12}"
+        )
+        print(
+            f"p50 latency: GET {run['hangar_get']['p50_ms']:.2f} ms "
+            f"(bare {run['bare_get']['p50_ms']:.2f}), POST {run['hangar_post']['p50_ms']:.2f} ms "
+            f"(bare {run['bare_post']['p50_ms']:.2f}); {args.connections} connections, "
+            f"{args.seconds}s each, one server worker, HTTPS keep-alive"
+        )
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
