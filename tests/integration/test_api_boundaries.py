@@ -295,27 +295,47 @@ def test_duplicate_app_name_conflicts_across_orgs(
     assert r.status_code == 409 and "taken" in r.json()["detail"]
 
 
-def test_pagination_walks_every_app_once(api: TestClient, installation: Installation) -> None:
+def walk(api: TestClient, path: str, headers: dict[str, str], **params: Any) -> list[Any]:
+    seen: list[Any] = []
+    cursor = None
+    while True:
+        query: dict[str, Any] = {"limit": 3, **params}
+        if cursor:
+            query["cursor"] = cursor
+        response = api.get(path, headers=headers, params=query)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        assert len(page["items"]) <= 3
+        seen += page["items"]
+        cursor = page["next_cursor"]
+        if not cursor:
+            return seen
+
+
+def test_pagination_walks_every_item_once(api: TestClient, installation: Installation) -> None:
     h = installation.headers
     names = {f"app-{i:02d}" for i in range(7)}
     for name in names:
         assert api.post("/v1/apps", headers=h, json={"name": name}).status_code == 201
-    seen: list[str] = []
-    cursor = None
-    while True:
-        params: dict[str, Any] = {"limit": 3}
-        if cursor:
-            params["cursor"] = cursor
-        page = api.get("/v1/apps", headers=h, params=params).json()
-        seen += [a["name"] for a in page["items"]]
-        cursor = page["next_cursor"]
-        if not cursor:
-            break
-    assert sorted(seen) == sorted(names) and len(seen) == len(names)
-    assert api.get("/v1/apps", headers=h, params={"cursor": "!!"}).status_code == 422
-    assert (
-        api.get("/v1/apps", headers=h, params={"cursor": "eyJhZnRlciI6IHt9fQ"}).status_code == 422
-    )
+    apps = [a["name"] for a in walk(api, "/v1/apps", h)]
+    assert sorted(apps) == sorted(names) and len(apps) == len(names)
+
+    emails = {f"m{i}@example.com" for i in range(5)} | {"admin@example.com"}
+    for email in emails - {"admin@example.com"}:
+        api.post("/v1/orgs/acme/members", headers=h, json={"email": email, "role": "viewer"})
+    members = [m["email"] for m in walk(api, "/v1/orgs/acme/members", h)]
+    assert sorted(members) == sorted(emails) and len(members) == len(emails)
+
+    made = {
+        api.post("/v1/tokens", headers=h, json={"kind": "readonly", "org": "acme"}).json()["id"]
+        for _ in range(7)
+    }
+    tokens = [t["id"] for t in walk(api, "/v1/tokens", h, org="acme")]
+    assert sorted(tokens) == sorted(made) and len(tokens) == len(made)
+
+    for bad in ("!!", "eyJhZnRlciI6IHt9fQ"):  # not base64; {"after": {}}
+        assert api.get("/v1/apps", headers=h, params={"cursor": bad}).status_code == 422
+        assert api.get("/v1/tokens", headers=h, params={"cursor": bad}).status_code == 422
 
 
 def test_unknown_route_and_method_are_problems(api: TestClient, installation: Installation) -> None:

@@ -48,7 +48,7 @@ def create(ctx: typer.Context, name: Org, json_out: JsonOpt = False) -> None:
 @members.command("list")
 def members_list(ctx: typer.Context, org: Org, json_out: JsonOpt = False) -> None:
     """Members of an organization and their roles."""
-    items = client(ctx).get(f"/v1/orgs/{org}/members")
+    items = client(ctx).paged(f"/v1/orgs/{org}/members", limit=200)
     if json_out:
         emit(items)
     else:

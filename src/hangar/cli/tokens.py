@@ -65,7 +65,7 @@ def create(
 @app.command("list")
 def list_(ctx: typer.Context, org: OrgOpt = None, json_out: JsonOpt = False) -> None:
     """Your user tokens, or an organization's tokens with --org (admins see all)."""
-    items = client(ctx).get("/v1/tokens", org=org)
+    items = client(ctx).paged("/v1/tokens", org=org, limit=200)
     if json_out:
         emit(items)
         return

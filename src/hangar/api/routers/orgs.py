@@ -114,22 +114,35 @@ def show_org(org: str, access: Annotated[Access, requires(Permission.ORGS_READ)]
     return _org_out(access.org, access)
 
 
-@router.get("/{org}/members", response_model=list[MemberOut], summary="List members")
+@router.get("/{org}/members", response_model=Page[MemberOut], summary="List members")
 def list_members(
-    org: str, access: Annotated[Access, requires(Permission.MEMBERS_READ)]
-) -> list[MemberOut]:
+    org: str,
+    access: Annotated[Access, requires(Permission.MEMBERS_READ)],
+    limit: Limit = 50,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> Page[MemberOut]:
     assert access.org is not None
+    after = decode_cursor(cursor, str)
+    query = (
+        select(Membership, User)
+        .join(User, User.id == Membership.user_id)
+        .where(Membership.org_id == access.org.id)
+        .order_by(User.email)
+        .limit(limit + 1)
+    )
+    if after is not None:
+        query = query.where(User.email > after)
     with access.cp.db.read() as session:
-        rows = session.execute(
-            select(Membership, User)
-            .join(User, User.id == Membership.user_id)
-            .where(Membership.org_id == access.org.id)
-            .order_by(User.email)
-        ).all()
-    return [
-        MemberOut(user_id=u.id, email=u.email, role=Role(m.role), created_at=m.created_at)
-        for m, u in rows
-    ]
+        rows = session.execute(query).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(
+        items=[
+            MemberOut(user_id=u.id, email=u.email, role=Role(m.role), created_at=m.created_at)
+            for m, u in rows
+        ],
+        next_cursor=encode_cursor(rows[-1][1].email) if more else None,
+    )
 
 
 def _admins_left(session: Session, org_id: str, without: str) -> int:

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from hangar.api.guard import Access, GuardedRouter, requires
+from hangar.api.pagination import Limit, Page, decode_cursor, encode_cursor
 from hangar.auth.rbac import Permission, Role
 from hangar.errors import NotFound, PermissionDenied, ValidationError
 from hangar.store.tables import App, Org, Token
@@ -65,13 +66,18 @@ def _org_by_name(access: Access, name: str) -> Org:
     return org
 
 
-@router.get("", response_model=list[TokenOut], summary="List tokens")
+@router.get("", response_model=Page[TokenOut], summary="List tokens")
 def list_tokens(
     access: Annotated[Access, requires(Permission.TOKENS_READ)],
     org: Annotated[str | None, Query(max_length=63)] = None,
-) -> list[TokenOut]:
+    limit: Limit = 50,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> Page[TokenOut]:
     """Your own user tokens, or an organization's tokens (admins see everyone's)."""
-    query = select(Token).order_by(Token.created_at)
+    after = decode_cursor(cursor, str)
+    query = select(Token).order_by(Token.id).limit(limit + 1)
+    if after is not None:
+        query = query.where(Token.id > after)
     names: dict[str, str] = {}
     if org is None:
         query = query.where(Token.org_id.is_(None), Token.user_id == access.principal.user_id)
@@ -83,7 +89,13 @@ def list_tokens(
         if access.principal.roles.get(target.id) is not Role.ADMIN:
             query = query.where(Token.user_id == access.principal.user_id)
     with access.cp.db.read() as session:
-        return [_out(t, names) for t in session.execute(query).scalars()]
+        rows = list(session.execute(query).scalars())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(
+        items=[_out(t, names) for t in rows],
+        next_cursor=encode_cursor(rows[-1].id) if more else None,
+    )
 
 
 @router.post("", response_model=TokenCreated, status_code=201, summary="Create a token")
