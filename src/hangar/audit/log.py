@@ -50,7 +50,7 @@ class AuditContext:
     client_addr: str | None
 
 
-def _row_to_event(row: AuditEvent) -> Event:
+def row_to_event(row: AuditEvent) -> Event:
     return Event(
         chain=row.chain,
         seq=row.seq,
@@ -171,7 +171,7 @@ def iter_events(
             .all()
         )
         for row in rows:
-            yield _row_to_event(row)
+            yield row_to_event(row)
         if len(rows) < batch:
             return
         after_seq = rows[-1].seq
@@ -195,7 +195,3 @@ def verify_stored_chain(session: Session, chain: str, signer_public: Any) -> Ver
     return verify_chain(
         chain, iter_events(session, chain), load_checkpoints(session, chain), signer_public
     )
-
-
-def event_to_dict(event: Event) -> dict[str, Any]:
-    return dict(event.__dict__)

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import bindparam, select
 
 from hangar.api.guard import Access, GuardedRouter, requires
-from hangar.api.pagination import Limit, Page, decode_cursor, encode_cursor
+from hangar.api.pagination import Limit, Page, decode_cursor, page_of
 from hangar.auth.rbac import Permission
 from hangar.auth.tokens import new_id
 from hangar.domain.names import validate_dns_label
@@ -85,11 +85,8 @@ async def list_apps(
             rows = conn.execute(_LIST, params).all()
         else:
             rows = conn.execute(_LIST_SOME, {**params, "apps": sorted(apps)}).all()
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return Page(
-        items=[AppOut(id=r[0], name=r[1], org=r[2], created_at=r[3]) for r in rows],
-        next_cursor=encode_cursor(rows[-1][1]) if more else None,
+    return page_of(
+        rows, limit, lambda r: AppOut(id=r[0], name=r[1], org=r[2], created_at=r[3]), lambda r: r[1]
     )
 
 

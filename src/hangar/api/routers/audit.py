@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Query
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel
 from sqlalchemy import select
 
 from hangar.api.guard import Access, GuardedRouter, requires
-from hangar.api.pagination import Limit, Page, decode_cursor, encode_cursor
-from hangar.audit.chain import SYSTEM_CHAIN
-from hangar.audit.log import load_checkpoints, verify_stored_chain
+from hangar.api.pagination import Limit, Page, decode_cursor, page_of
+from hangar.audit.chain import SYSTEM_CHAIN, Checkpoint, Event, VerifyResult
+from hangar.audit.log import load_checkpoints, row_to_event, verify_stored_chain
 from hangar.auth.rbac import Permission
 from hangar.crypto.signing import public_key_from_pem
 from hangar.errors import NotFound, PermissionDenied, ValidationError
@@ -24,39 +22,6 @@ router = GuardedRouter(prefix="/v1/audit", tags=["audit"])
 
 OrgParam = Annotated[str | None, Query(max_length=63, description="organization name")]
 SystemParam = Annotated[bool, Query(description="the installation's own chain (operators)")]
-
-
-class EventOut(BaseModel):
-    chain: str
-    seq: int
-    time: str
-    actor: str
-    token_id: str | None
-    action: str
-    target: str
-    outcome: str
-    request_id: str | None
-    client_addr: str | None
-    detail: dict[str, Any]
-    prev_hash: str
-    hash: str
-
-
-class CheckpointOut(BaseModel):
-    chain: str
-    seq: int
-    head_hash: str
-    time: str
-    signature: str
-
-
-class VerifyOut(BaseModel):
-    chain: str
-    ok: bool
-    events: int
-    checkpoints: int
-    first_bad_seq: int | None
-    reason: str
 
 
 def _chain(access: Access, org: str | None, system: bool) -> str:
@@ -85,7 +50,7 @@ def _chain(access: Access, org: str | None, system: bool) -> str:
     return target.id
 
 
-@router.get("/events", response_model=Page[EventOut], summary="List audit events")
+@router.get("/events", response_model=Page[Event], summary="List audit events")
 def list_events(
     access: Annotated[Access, requires(Permission.AUDIT_READ)],
     org: OrgParam = None,
@@ -93,7 +58,7 @@ def list_events(
     since: Annotated[dt.datetime | None, Query(description="only events at or after")] = None,
     limit: Limit = 100,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
-) -> Page[EventOut]:
+) -> Page[Event]:
     chain = _chain(access, org, system)
     after = decode_cursor(cursor, int) or 0
     query = (
@@ -108,39 +73,18 @@ def list_events(
         query = query.where(AuditEvent.time >= since.astimezone(dt.UTC).isoformat())
     with access.cp.db.read() as session:
         rows = list(session.execute(query).scalars())
-    more = len(rows) > limit
-    rows = rows[:limit]
-
-    items = [
-        EventOut(
-            chain=r.chain,
-            seq=r.seq,
-            time=r.time,
-            actor=r.actor,
-            token_id=r.token_id,
-            action=r.action,
-            target=r.target,
-            outcome=r.outcome,
-            request_id=r.request_id,
-            client_addr=r.client_addr,
-            detail=json.loads(r.detail),
-            prev_hash=r.prev_hash,
-            hash=r.hash,
-        )
-        for r in rows
-    ]
-    return Page(items=items, next_cursor=encode_cursor(rows[-1].seq) if more else None)
+    return page_of(rows, limit, row_to_event, lambda r: r.seq)
 
 
-@router.get("/checkpoints", response_model=list[CheckpointOut], summary="Signed checkpoints")
+@router.get("/checkpoints", response_model=list[Checkpoint], summary="Signed checkpoints")
 def list_checkpoints(
     access: Annotated[Access, requires(Permission.AUDIT_READ)],
     org: OrgParam = None,
     system: SystemParam = False,
-) -> list[CheckpointOut]:
+) -> list[Checkpoint]:
     chain = _chain(access, org, system)
     with access.cp.db.read() as session:
-        return [CheckpointOut(**c.__dict__) for c in load_checkpoints(session, chain)]
+        return load_checkpoints(session, chain)
 
 
 @router.get(
@@ -152,14 +96,13 @@ def public_key(access: Annotated[Access, requires(Permission.AUDIT_READ)]) -> st
     return access.cp.audit_public_pem.decode()
 
 
-@router.get("/verify", response_model=VerifyOut, summary="Verify a chain on the server")
+@router.get("/verify", response_model=VerifyResult, summary="Verify a chain on the server")
 def verify(
     access: Annotated[Access, requires(Permission.AUDIT_READ)],
     org: OrgParam = None,
     system: SystemParam = False,
-) -> VerifyOut:
+) -> VerifyResult:
     chain = _chain(access, org, system)
     key = public_key_from_pem(access.cp.audit_public_pem)
     with access.cp.db.read() as session:
-        result = verify_stored_chain(session, chain, key)
-    return VerifyOut(**result.as_dict())
+        return verify_stored_chain(session, chain, key)

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from hangar.api.guard import Access, GuardedRouter, requires
-from hangar.api.pagination import Limit, Page, decode_cursor, encode_cursor
+from hangar.api.pagination import Limit, Page, decode_cursor, page_of
 from hangar.auth.rbac import Permission, Role
 from hangar.auth.tokens import new_id
 from hangar.domain.names import validate_dns_label, validate_email
@@ -75,12 +75,7 @@ def list_orgs(
         query = query.where(Org.name > after)
     with access.cp.db.read() as session:
         rows = list(session.execute(query).scalars())
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return Page(
-        items=[_org_out(o, access) for o in rows],
-        next_cursor=encode_cursor(rows[-1].name) if more else None,
-    )
+    return page_of(rows, limit, lambda o: _org_out(o, access), lambda o: o.name)
 
 
 @router.post("", response_model=OrgOut, status_code=201, summary="Create an organization")
@@ -134,14 +129,13 @@ def list_members(
         query = query.where(User.email > after)
     with access.cp.db.read() as session:
         rows = session.execute(query).all()
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return Page(
-        items=[
-            MemberOut(user_id=u.id, email=u.email, role=Role(m.role), created_at=m.created_at)
-            for m, u in rows
-        ],
-        next_cursor=encode_cursor(rows[-1][1].email) if more else None,
+    return page_of(
+        rows,
+        limit,
+        lambda r: MemberOut(
+            user_id=r[1].id, email=r[1].email, role=Role(r[0].role), created_at=r[0].created_at
+        ),
+        lambda r: r[1].email,
     )
 
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from hangar.api.guard import Access, GuardedRouter, requires
-from hangar.api.pagination import Limit, Page, decode_cursor, encode_cursor
+from hangar.api.pagination import Limit, Page, decode_cursor, page_of
 from hangar.auth.rbac import Permission, Role
 from hangar.errors import NotFound, PermissionDenied, ValidationError
 from hangar.store.tables import App, Org, Token
@@ -90,12 +90,7 @@ def list_tokens(
             query = query.where(Token.user_id == access.principal.user_id)
     with access.cp.db.read() as session:
         rows = list(session.execute(query).scalars())
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return Page(
-        items=[_out(t, names) for t in rows],
-        next_cursor=encode_cursor(rows[-1].id) if more else None,
-    )
+    return page_of(rows, limit, lambda t: _out(t, names), lambda t: t.id)
 
 
 @router.post("", response_model=TokenCreated, status_code=201, summary="Create a token")
