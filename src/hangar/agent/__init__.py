@@ -1,0 +1,1 @@
+"""The host agent: runs machines, their networks and volumes on one host."""

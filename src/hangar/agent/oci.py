@@ -1,0 +1,332 @@
+"""OCI image layouts on disk: read them (verifying every blob) and write them.
+
+Hangar reads images as OCI image layouts (``oci-layout``, ``index.json``,
+``blobs/sha256/…``). Every blob read is checked against its digest and size,
+so a corrupt or substituted layer is an error, never a machine.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import tarfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from hangar.errors import IntegrityError, NotFound, ValidationError
+
+__all__ = [
+    "ImageConfig",
+    "ImageRef",
+    "Layer",
+    "Manifest",
+    "build_layout",
+    "open_blob",
+    "parse_image_ref",
+    "read_manifest",
+]
+
+MANIFEST_TYPES = {
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+}
+INDEX_TYPES = {
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+}
+LAYER_TYPES = {
+    "application/vnd.oci.image.layer.v1.tar": "tar",
+    "application/vnd.oci.image.layer.v1.tar+gzip": "gzip",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": "gzip",
+    "application/vnd.docker.image.rootfs.diff.tar": "tar",
+}
+REF_NAME = "org.opencontainers.image.ref.name"
+MAX_JSON_BLOB = 4 << 20
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """Where an image comes from: an OCI layout on disk, or a registry (copied with skopeo)."""
+
+    kind: str  # "oci" or "docker"
+    path: Path | None = None
+    tag: str | None = None
+    reference: str = ""
+
+    def __str__(self) -> str:
+        if self.kind == "docker":
+            return f"docker://{self.reference}"
+        return f"oci:{self.path}" + (f":{self.tag}" if self.tag else "")
+
+
+def parse_image_ref(text: str) -> ImageRef:
+    """``PATH``, ``oci:PATH[:TAG]`` or ``docker://REF``."""
+    if not text:
+        raise ValidationError("no image given", hint="--image PATH, oci:PATH:TAG or docker://REF")
+    if text.startswith("docker://"):
+        reference = text.removeprefix("docker://")
+        if not reference:
+            raise ValidationError(f"image {text!r} names no repository")
+        return ImageRef("docker", reference=reference)
+    body = text.removeprefix("oci:")
+    tag: str | None = None
+    if text.startswith("oci:") and ":" in body:
+        body, tag = body.rsplit(":", 1)
+        if not tag:
+            raise ValidationError(f"image {text!r} has an empty tag")
+    return ImageRef("oci", path=Path(body), tag=tag)
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """What the image says about how to run it."""
+
+    entrypoint: list[str] = field(default_factory=list)
+    cmd: list[str] = field(default_factory=list)
+    env: list[str] = field(default_factory=list)
+    working_dir: str = "/"
+    user: str = ""
+    exposed_ports: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ImageConfig:
+        cfg = data.get("config") or {}
+        return cls(
+            entrypoint=list(cfg.get("Entrypoint") or []),
+            cmd=list(cfg.get("Cmd") or []),
+            env=list(cfg.get("Env") or []),
+            working_dir=cfg.get("WorkingDir") or "/",
+            user=cfg.get("User") or "",
+            exposed_ports=sorted((cfg.get("ExposedPorts") or {}).keys()),
+        )
+
+
+@dataclass(frozen=True)
+class Layer:
+    digest: str
+    size: int
+    compression: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    digest: str
+    config: ImageConfig
+    layers: list[Layer]
+
+
+def _blob_path(layout: Path, digest: str) -> Path:
+    algorithm, _, hexdigest = digest.partition(":")
+    if (
+        algorithm != "sha256"
+        or len(hexdigest) != 64
+        or not all(c in "0123456789abcdef" for c in hexdigest)
+    ):
+        raise IntegrityError(f"unsupported or malformed digest {digest!r}")
+    return layout / "blobs" / "sha256" / hexdigest
+
+
+class _VerifyingReader(io.RawIOBase):
+    """Reads a blob and raises IntegrityError at EOF unless size and digest match."""
+
+    def __init__(self, handle: IO[bytes], digest: str, size: int | None) -> None:
+        self._handle = handle
+        self._hash = hashlib.sha256()
+        self._digest = digest
+        self._size = size
+        self._seen = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        chunk = self._handle.read(len(buffer))
+        if not chunk:
+            self._finish()
+            return 0
+        self._seen += len(chunk)
+        if self._size is not None and self._seen > self._size:
+            raise IntegrityError(f"blob {self._digest} is larger than its descriptor says")
+        self._hash.update(chunk)
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+    def _finish(self) -> None:
+        if self._size is not None and self._seen != self._size:
+            raise IntegrityError(
+                f"blob {self._digest} is {self._seen} bytes, expected {self._size}"
+            )
+        if "sha256:" + self._hash.hexdigest() != self._digest:
+            raise IntegrityError(f"blob {self._digest} does not match its digest")
+
+
+@contextmanager
+def open_blob(layout: Path, digest: str, size: int | None = None) -> Iterator[IO[bytes]]:
+    path = _blob_path(layout, digest)
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError as exc:
+        raise IntegrityError(f"image layout {layout} lacks blob {digest}") from exc
+    with handle:
+        yield io.BufferedReader(_VerifyingReader(handle, digest, size))
+
+
+def _read_json_blob(layout: Path, digest: str, size: int | None) -> dict[str, Any]:
+    if size is not None and size > MAX_JSON_BLOB:
+        raise IntegrityError(f"blob {digest} is too large for a manifest or config")
+    with open_blob(layout, digest, size) as handle:
+        data = handle.read(MAX_JSON_BLOB + 1)
+        handle.read()  # reach EOF so the digest is checked
+    try:
+        parsed = json.loads(data)
+    except ValueError as exc:
+        raise IntegrityError(f"blob {digest} is not JSON") from exc
+    if not isinstance(parsed, dict):
+        raise IntegrityError(f"blob {digest} is not a JSON object")
+    return parsed
+
+
+def _pick(index: Mapping[str, Any], tag: str | None, where: str) -> Mapping[str, Any]:
+    manifests = [m for m in index.get("manifests") or [] if isinstance(m, dict)]
+    if tag is not None:
+        tagged = [m for m in manifests if (m.get("annotations") or {}).get(REF_NAME) == tag]
+        if not tagged:
+            names = sorted({(m.get("annotations") or {}).get(REF_NAME, "") for m in manifests})
+            known = ", ".join(n for n in names if n) or "none"
+            raise NotFound(f"image {where} has no tag {tag!r} (tags: {known})")
+        return tagged[0]
+    if len(manifests) != 1:
+        raise ValidationError(
+            f"image {where} holds {len(manifests)} manifests: name a tag",
+            hint=f"use oci:{where}:TAG",
+        )
+    return manifests[0]
+
+
+def read_manifest(ref: ImageRef) -> Manifest:
+    """Resolve ``ref`` to a manifest in its layout, verifying what it reads."""
+    assert ref.kind == "oci" and ref.path is not None
+    layout = ref.path
+    marker = layout / "oci-layout"
+    try:
+        version = json.loads(marker.read_text()).get("imageLayoutVersion")
+    except FileNotFoundError as exc:
+        raise NotFound(
+            f"{layout} is not an OCI image layout (no oci-layout file)",
+            hint="build one with examples/hello/build.py, or copy with skopeo",
+        ) from exc
+    except ValueError as exc:
+        raise IntegrityError(f"{marker} is not JSON") from exc
+    if version != "1.0.0":
+        raise ValidationError(f"{layout}: unsupported image layout version {version!r}")
+    try:
+        index = json.loads((layout / "index.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise IntegrityError(f"{layout}/index.json is missing or not JSON") from exc
+    descriptor = _pick(index, ref.tag, str(layout))
+    for _ in range(4):  # nested indexes, as multi-platform images have
+        media = descriptor.get("mediaType")
+        body = _read_json_blob(layout, str(descriptor.get("digest")), descriptor.get("size"))
+        if media in INDEX_TYPES:
+            platforms = [
+                m
+                for m in body.get("manifests") or []
+                if (m.get("platform") or {}).get("architecture") in (None, "amd64")
+                and (m.get("platform") or {}).get("os") in (None, "linux")
+            ]
+            if not platforms:
+                raise NotFound(f"image {ref} has no linux/amd64 manifest")
+            descriptor = platforms[0]
+            continue
+        if media not in MANIFEST_TYPES and body.get("mediaType") not in MANIFEST_TYPES:
+            raise ValidationError(f"image {ref}: unsupported manifest type {media!r}")
+        config_desc = body.get("config") or {}
+        config = _read_json_blob(layout, str(config_desc.get("digest")), config_desc.get("size"))
+        layers = []
+        for layer in body.get("layers") or []:
+            compression = LAYER_TYPES.get(layer.get("mediaType"))
+            if compression is None:
+                raise ValidationError(
+                    f"image {ref}: unsupported layer type {layer.get('mediaType')!r}"
+                )
+            layers.append(Layer(str(layer.get("digest")), int(layer.get("size", -1)), compression))
+        return Manifest(str(descriptor["digest"]), ImageConfig.from_json(config), layers)
+    raise ValidationError(f"image {ref}: indexes nested too deeply")
+
+
+# Writing layouts: for the example app and for tests.
+
+
+def _write_blob(layout: Path, data: bytes) -> dict[str, Any]:
+    digest = hashlib.sha256(data).hexdigest()
+    blobs = layout / "blobs" / "sha256"
+    blobs.mkdir(parents=True, exist_ok=True)
+    (blobs / digest).write_bytes(data)
+    return {"digest": f"sha256:{digest}", "size": len(data)}
+
+
+def layer_tar(entries: list[tarfile.TarInfo | tuple[tarfile.TarInfo, bytes]]) -> bytes:
+    """A gzip-compressed tar of ``entries`` (TarInfo, or TarInfo with file content)."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for entry in entries:
+            if isinstance(entry, tuple):
+                info, content = entry
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+            else:
+                tar.addfile(entry)
+    return gzip.compress(raw.getvalue(), mtime=0)
+
+
+def build_layout(
+    layout: Path,
+    layers: list[bytes],
+    *,
+    tag: str = "latest",
+    config: Mapping[str, Any] | None = None,
+) -> str:
+    """Write an OCI layout with gzip ``layers``; returns the manifest digest."""
+    layout.mkdir(parents=True, exist_ok=True)
+    (layout / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+    diff_ids = ["sha256:" + hashlib.sha256(gzip.decompress(b)).hexdigest() for b in layers]
+    image_config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": dict(config or {}),
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }
+    config_desc = _write_blob(layout, json.dumps(image_config).encode())
+    layer_descs = [
+        {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **_write_blob(layout, b)}
+        for b in layers
+    ]
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config_desc},
+        "layers": layer_descs,
+    }
+    manifest_desc = _write_blob(layout, json.dumps(manifest).encode())
+    index_path = layout / "index.json"
+    old: list[dict[str, Any]] = (
+        json.loads(index_path.read_text())["manifests"] if index_path.exists() else []
+    )
+    manifests = [m for m in old if (m.get("annotations") or {}).get(REF_NAME) != tag]
+    manifests.append(
+        {
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            **manifest_desc,
+            "annotations": {REF_NAME: tag},
+        }
+    )
+    tmp = index_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"schemaVersion": 2, "manifests": manifests}))
+    os.replace(tmp, index_path)
+    return str(manifest_desc["digest"])

@@ -1,0 +1,1 @@
+"""Machine runtimes behind one protocol (runc now; microVMs later)."""
