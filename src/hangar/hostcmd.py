@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Mapping, Sequence
+from typing import IO
 
 from hangar.errors import CommandError
 
@@ -22,8 +23,8 @@ def run(
     timeout: float = 60.0,
     env: Mapping[str, str] | None = None,
     check: bool = True,
-    stdout: int | None = subprocess.PIPE,
-    stderr: int | None = subprocess.PIPE,
+    stdout: int | IO[bytes] | None = subprocess.PIPE,
+    stderr: int | IO[bytes] | None = subprocess.PIPE,
     pass_fds: Sequence[int] = (),
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``argv`` (never through a shell); raise CommandError if it fails."""

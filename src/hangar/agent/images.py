@@ -27,9 +27,9 @@ from pathlib import Path, PurePosixPath
 
 from hangar import hostcmd
 from hangar.agent.oci import ImageConfig, ImageRef, Layer, Manifest, open_blob, read_manifest
-from hangar.errors import IntegrityError, ValidationError
+from hangar.errors import ConfigError, IntegrityError, ValidationError
 
-__all__ = ["Image", "ImageStore", "unpack_layer"]
+__all__ = ["Image", "ImageStore", "require_traversable", "unpack_layer"]
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -159,6 +159,22 @@ def unpack_layer(
             os.utime(target, (member.mtime, member.mtime), follow_symlinks=False)
 
 
+def require_traversable(path: Path) -> None:
+    """ConfigError unless every directory above ``path`` lets others search it.
+
+    A machine's init runs as an unprivileged host uid and must walk to its
+    root filesystem; a 0700 ancestor makes every machine fail to start.
+    """
+    for directory in [path, *path.resolve().parents]:
+        mode = directory.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            raise ConfigError(
+                f"{directory} is not searchable by others (mode {stat.S_IMODE(mode):04o}), so "
+                f"machines cannot reach images under {path}",
+                hint=f"chmod o+x {directory}, or keep Hangar's state elsewhere",
+            )
+
+
 class ImageStore:
     """Unpacked images under ``root``, keyed by manifest digest."""
 
@@ -178,6 +194,7 @@ class ImageStore:
         # Search-only for others: machines' init (in their user namespace)
         # must traverse to their root filesystem; nobody may list it.
         os.chmod(root, 0o711)  # noqa: S103 - search-only, see above
+        require_traversable(root)
 
     def _dir(self, digest: str) -> Path:
         return self.root / digest.replace(":", "-")

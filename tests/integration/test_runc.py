@@ -1,0 +1,327 @@
+"""Machines under real runc, attacked from inside as a tenant would."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hangar.agent.images import Image, ImageStore
+from hangar.agent.oci import ImageRef, build_layout, layer_tar
+from hangar.agent.runtimes.base import MachineSpec
+from hangar.agent.runtimes.runc import CAPABILITIES, RuncRuntime
+from hangar.errors import CommandError, Conflict, ValidationError
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="runc machines need root on the host"),
+]
+APPLETS = [
+    "sh",
+    "id",
+    "cat",
+    "echo",
+    "ls",
+    "sleep",
+    "mount",
+    "touch",
+    "unshare",
+    "ps",
+    "head",
+    "tr",
+    "grep",
+    "true",
+    "wc",
+]
+BASE_UID = 100000
+_CAP_BITS = {
+    "CAP_CHOWN": 0,
+    "CAP_DAC_OVERRIDE": 1,
+    "CAP_FOWNER": 3,
+    "CAP_FSETID": 4,
+    "CAP_KILL": 5,
+    "CAP_SETGID": 6,
+    "CAP_SETUID": 7,
+    "CAP_SETPCAP": 8,
+    "CAP_NET_BIND_SERVICE": 10,
+}
+
+
+def busybox_layer() -> bytes:
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    if not Path(busybox).exists():
+        pytest.fail("busybox is not installed: run `make deps` (Debian package busybox-static)")
+    entries: list[object] = []
+    for name in ("bin", "etc", "proc", "sys", "dev", "tmp", "run", "root", "mnt"):
+        info = tarfile.TarInfo(name)
+        info.type, info.mode = tarfile.DIRTYPE, 0o755
+        entries.append(info)
+    binary = tarfile.TarInfo("bin/busybox")
+    binary.mode = 0o755
+    entries.append((binary, Path(busybox).read_bytes()))
+    for applet in APPLETS:
+        link = tarfile.TarInfo(f"bin/{applet}")
+        link.type, link.linkname = tarfile.SYMTYPE, "busybox"
+        entries.append(link)
+    return layer_tar(entries)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def base_dir() -> Iterator[Path]:
+    if shutil.which("runc") is None:
+        pytest.fail("runc is not installed: run `make deps`")
+    # Under /var/tmp, searchable by the machines' unprivileged uid (pytest's
+    # own temporary directories are 0700).
+    base = Path(tempfile.mkdtemp(prefix="hangar-runc-", dir="/var/tmp"))
+    base.chmod(0o711)
+    yield base
+    subprocess.run(["umount", str(base / "bundles")], capture_output=True)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def image(base_dir: Path) -> Image:
+    build_layout(base_dir / "layout", [busybox_layer()])
+    return ImageStore(base_dir / "images", uid_base=BASE_UID).pull(
+        ImageRef("oci", path=base_dir / "layout")
+    )
+
+
+@pytest.fixture(scope="module")
+def runtime(base_dir: Path) -> RuncRuntime:
+    return RuncRuntime(base_dir / "state", base_dir / "bundles", uid_base=BASE_UID)
+
+
+@pytest.fixture
+def machines(runtime: RuncRuntime) -> Iterator[list[str]]:
+    started: list[str] = []
+    yield started
+    for machine_id in started:
+        runtime.remove(machine_id)
+
+
+def spec(image: Image, machine_id: str, script: str, **kw: object) -> MachineSpec:
+    return MachineSpec(id=machine_id, rootfs=image.rootfs, args=["/bin/sh", "-c", script], **kw)  # type: ignore[arg-type]
+
+
+def leftovers(runtime: RuncRuntime, machine_id: str) -> list[str]:
+    found = [
+        str(p)
+        for p in (
+            runtime.state_dir / "machines" / machine_id,
+            runtime.bundles_dir / machine_id,
+            runtime.runc_root / machine_id,
+        )
+        if p.exists()
+    ]
+    found += [str(p) for p in Path("/sys/fs/cgroup").glob(f"*/hangar/{machine_id}")]
+    return found
+
+
+def wait_for(predicate: object, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def output(runtime: RuncRuntime, machine_id: str) -> str:
+    return "\n".join(r["line"] for r in runtime.logs(machine_id))
+
+
+def run_to_end(runtime: RuncRuntime, machines: list[str], machine: MachineSpec) -> tuple[int, str]:
+    machines.append(machine.id)
+    runtime.start(machine)  # may return already stopped: the machine ran
+    wait_for(lambda: runtime.state(machine.id).status == "stopped", 60)
+    code = runtime.state(machine.id).exit_code
+    assert code is not None
+    return code, output(runtime, machine.id)
+
+
+def test_bundles_live_on_a_private_tmpfs(runtime: RuncRuntime) -> None:
+    mounts = Path("/proc/self/mounts").read_text().splitlines()
+    line = next(m for m in mounts if m.split()[1] == str(runtime.bundles_dir))
+    assert line.split()[2] == "tmpfs"
+    assert "mode=700" in line or "mode=711" in line
+    assert "noexec" in line
+
+
+def test_runs_captures_output_and_reports_exit(
+    runtime: RuncRuntime, image: Image, machines: list[str]
+) -> None:
+    code, out = run_to_end(
+        runtime, machines, spec(image, "m-out", "echo hello; echo oops >&2; exit 3")
+    )
+    assert code == 3
+    records = runtime.logs("m-out")
+    assert {"stream": "stdout", "line": "hello"}.items() <= records[0].items()
+    assert any(r["stream"] == "stderr" and r["line"] == "oops" for r in records)
+    assert all("ts" in r for r in records)
+    assert out.count("hello") == 1
+
+
+def test_isolation_from_inside(runtime: RuncRuntime, image: Image, machines: list[str]) -> None:
+    script = "; ".join(
+        [
+            "mount -t tmpfs x /mnt && echo MOUNTED || echo mount=denied",
+            "touch /owned && echo WROTE-ROOT || echo rootfs=readonly",
+            "echo 1 > /proc/sys/kernel/domainname && echo WROTE-PROCSYS || echo procsys=readonly",
+            "unshare -U true && echo NEW-USERNS || echo userns=denied",
+            "grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status",
+            "echo masked=$(grep -cE ' /proc/(keys|timer_list|acpi) ' /proc/self/mountinfo)",
+            "touch /tmp/ok && echo tmp=writable",
+            "echo uid=$(id -u)",
+        ]
+    )
+    code, out = run_to_end(runtime, machines, spec(image, "m-iso", script))
+    assert code == 0, out
+    for expected in (
+        "mount=denied",
+        "rootfs=readonly",
+        "procsys=readonly",
+        "userns=denied",
+        "tmp=writable",
+        "NoNewPrivs:\t1",
+        "Seccomp:\t2",
+    ):
+        assert expected in out, out
+    for forbidden in ("MOUNTED", "WROTE-ROOT", "WROTE-PROCSYS", "NEW-USERNS"):
+        assert forbidden not in out
+    cap_eff = int(
+        next(line for line in out.splitlines() if line.startswith("CapEff")).split()[1], 16
+    )
+    assert cap_eff == sum(1 << _CAP_BITS[c] for c in CAPABILITIES)
+    assert "uid=0" in out  # root inside (and host uid 100000 outside: the next test)
+    assert "masked=3" in out  # /proc/keys, /proc/timer_list, /proc/acpi covered
+
+
+def test_root_inside_is_unprivileged_outside(
+    runtime: RuncRuntime, image: Image, machines: list[str]
+) -> None:
+    machines.append("m-uid")
+    state = runtime.start(spec(image, "m-uid", "sleep 60"))
+    assert state.pid is not None
+    status = Path(f"/proc/{state.pid}/status").read_text()
+    uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+    assert uid_line.split()[1:] == [str(BASE_UID)] * 4
+    uid_map = Path(f"/proc/{state.pid}/uid_map").read_text().split()
+    assert uid_map == ["0", str(BASE_UID), "65536"]
+
+
+def test_fork_bomb_stops_at_the_pids_limit(
+    runtime: RuncRuntime, image: Image, machines: list[str]
+) -> None:
+    machines.append("m-bomb")
+    runtime.start(spec(image, "m-bomb", "bomb() { bomb | bomb & }; bomb; sleep 60", pids_limit=40))
+    pids = next(Path("/sys/fs/cgroup/pids").glob("hangar/m-bomb"))
+    wait_for(lambda: int((pids / "pids.max").read_text()) == 40)
+    time.sleep(2)
+    assert int((pids / "pids.current").read_text()) <= 40
+    assert int((pids / "pids.events").read_text().split()[1]) > 0  # forks were refused
+    assert subprocess.run(["true"]).returncode == 0  # the host still forks
+    final = runtime.stop("m-bomb", signal="SIGKILL", timeout=5)
+    assert final.status == "stopped"
+
+
+def test_memory_over_the_limit_kills_the_machine(
+    runtime: RuncRuntime, image: Image, machines: list[str]
+) -> None:
+    code, _ = run_to_end(
+        runtime,
+        machines,
+        spec(
+            image,
+            "m-oom",
+            "x=$(head -c 300000000 /dev/zero | tr '\\0' x); echo survived",
+            memory_mb=64,
+        ),
+    )
+    assert code == 137  # SIGKILL from the OOM killer
+
+
+def test_machines_cannot_see_each_other(
+    runtime: RuncRuntime, image: Image, machines: list[str]
+) -> None:
+    machines += ["m-a", "m-b"]
+    runtime.start(spec(image, "m-a", "echo secret > /tmp/a-secret; sleep 60"))
+    runtime.start(spec(image, "m-b", "sleep 60"))
+    wait_for(lambda: runtime.exec("m-a", ["cat", "/tmp/a-secret"]).stdout == b"secret\n")
+    ps = runtime.exec("m-b", ["ps"]).stdout.decode()
+    assert "sleep 60" in ps and "a-secret" not in ps
+    assert len([line for line in ps.splitlines()[1:] if line.strip()]) == 2  # sleep and ps
+    peek = runtime.exec("m-b", ["cat", "/tmp/a-secret"])
+    assert peek.exit_code != 0
+
+
+def test_stop_sends_the_signal_then_kills(
+    runtime: RuncRuntime, image: Image, machines: list[str]
+) -> None:
+    machines += ["m-term", "m-stubborn"]
+    runtime.start(spec(image, "m-term", "trap 'echo got-term; exit 0' TERM; sleep 60 & wait"))
+    stopped = runtime.stop("m-term", signal="SIGTERM", timeout=10)
+    assert stopped.exit_code == 0 and "got-term" in output(runtime, "m-term")
+    runtime.start(spec(image, "m-stubborn", "trap '' TERM; sleep 60"))
+    started = time.monotonic()
+    stopped = runtime.stop("m-stubborn", signal="SIGTERM", timeout=1)
+    assert stopped.exit_code == 137 and time.monotonic() - started < 15
+
+
+def test_bad_input_creates_nothing(runtime: RuncRuntime, image: Image) -> None:
+    with pytest.raises(ValidationError, match="below the minimum"):
+        runtime.start(spec(image, "m-small", "true", memory_mb=8))
+    assert leftovers(runtime, "m-small") == []
+    with pytest.raises(ValidationError, match="no command"):
+        runtime.start(MachineSpec(id="m-nocmd", rootfs=image.rootfs, args=[]))
+    assert leftovers(runtime, "m-nocmd") == []
+    with pytest.raises(CommandError) as info:
+        runtime.start(MachineSpec(id="m-missing", rootfs=image.rootfs, args=["/bin/nope"]))
+    assert "nope" in str(info.value)
+    runtime.remove("m-missing")
+    assert leftovers(runtime, "m-missing") == []
+    with pytest.raises(ValidationError):
+        runtime.start(MachineSpec(id="../escape", rootfs=image.rootfs, args=["true"]))
+
+
+def test_exec_on_a_stopped_machine_is_refused(
+    runtime: RuncRuntime, image: Image, machines: list[str]
+) -> None:
+    run_to_end(runtime, machines, spec(image, "m-done", "true"))
+    with pytest.raises(Conflict, match="not running"):
+        runtime.exec("m-done", ["true"])
+
+
+def test_a_restarted_agent_adopts_running_machines(
+    runtime: RuncRuntime, image: Image, base_dir: Path, machines: list[str]
+) -> None:
+    """Start a machine from a process that then dies, as a killed agent would."""
+    machines.append("m-adopt")
+    starter = f"""
+import sys
+from pathlib import Path
+from hangar.agent.runtimes.base import MachineSpec
+from hangar.agent.runtimes.runc import RuncRuntime
+rt = RuncRuntime(Path({str(base_dir / "state")!r}), Path({str(base_dir / "bundles")!r}),
+                 uid_base={BASE_UID})
+rt.start(MachineSpec(id="m-adopt", rootfs=Path({str(image.rootfs)!r}),
+         args=["/bin/sh", "-c", "while true; do echo tick; sleep 0.2; done"]))
+"""
+    subprocess.run([sys.executable, "-c", starter], check=True, timeout=60)
+    adopted = RuncRuntime(base_dir / "state", base_dir / "bundles", uid_base=BASE_UID)
+    assert "m-adopt" in adopted.list()
+    assert adopted.state("m-adopt").status == "running"
+    before = len(adopted.logs("m-adopt"))
+    wait_for(lambda: len(adopted.logs("m-adopt")) > before + 2)  # output still captured
+    assert adopted.stop("m-adopt", timeout=5).status == "stopped"
+    handle = json.loads((base_dir / "state/machines/m-adopt/handle.json").read_text())
+    assert handle["version"] == 1 and handle["runtime"] == "runc"

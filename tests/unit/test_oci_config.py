@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hangar.agent.runtimes.base import MachineSpec
+from hangar.agent.runtimes.runc import CAPABILITIES, DENIED_SYSCALLS, oci_config
+from hangar.errors import ValidationError
+
+FILES = Path("/run/hangar/bundles/m1/files")
+
+
+def config(**kw: object) -> dict[str, object]:
+    spec = MachineSpec(id="m1", rootfs=Path("/images/x/rootfs"), args=["/app"], **kw)  # type: ignore[arg-type]
+    return oci_config(spec, uid_base=100000, id_range=65536, files_dir=FILES)
+
+
+def test_hardening_defaults() -> None:
+    c = config()
+    linux, process = c["linux"], c["process"]
+    assert c["root"] == {"path": "/images/x/rootfs", "readonly": True}
+    assert process["noNewPrivileges"] is True
+    assert process["capabilities"]["bounding"] == CAPABILITIES
+    assert "CAP_SYS_ADMIN" not in process["capabilities"]["effective"]
+    assert "CAP_NET_RAW" not in CAPABILITIES and "CAP_MKNOD" not in CAPABILITIES
+    kinds = {n["type"] for n in linux["namespaces"]}
+    assert kinds == {"pid", "ipc", "uts", "mount", "cgroup", "user", "network"}
+    assert linux["uidMappings"] == [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    assert "/proc/sys" in linux["readonlyPaths"] and "/proc/kcore" in linux["maskedPaths"]
+    denied = linux["seccomp"]["syscalls"][0]["names"]
+    for name in ("mount", "ptrace", "bpf", "keyctl", "kexec_load", "init_module", "unshare"):
+        assert name in denied
+    assert set(denied) == set(DENIED_SYSCALLS)
+    clone = linux["seccomp"]["syscalls"][1]
+    assert clone["names"] == ["clone"] and clone["args"][0]["value"] == 0x10000000
+    mounts = {m["destination"]: m for m in c["mounts"]}
+    assert "nosuid" in mounts["/tmp"]["options"] and mounts["/tmp"]["type"] == "tmpfs"
+    assert mounts["/etc/hosts"]["source"] == str(FILES / "hosts")
+    assert "ro" in mounts["/sys"]["options"]
+
+
+@given(st.integers(32, 65536), st.integers(1, 64), st.integers(1, 100000))
+def test_limits_follow_the_spec(memory: int, cpus: int, pids: int) -> None:
+    r = config(memory_mb=memory, cpus=cpus, pids_limit=pids)["linux"]["resources"]
+    assert r["memory"]["limit"] == memory * 1024 * 1024
+    assert r["cpu"]["quota"] == cpus * r["cpu"]["period"]
+    assert r["pids"]["limit"] == pids
+    assert r["devices"] == [{"allow": False, "access": "rwm"}]
+
+
+def test_network_namespace_is_joined_when_given() -> None:
+    nets = [
+        n
+        for n in config(netns=Path("/run/netns/m1"))["linux"]["namespaces"]
+        if n["type"] == "network"
+    ]
+    assert nets == [{"type": "network", "path": "/run/netns/m1"}]
+
+
+def test_environment_overrides_defaults_and_names_the_host() -> None:
+    env = config(env={"PATH": "/custom", "A": "1"})["process"]["env"]
+    assert "PATH=/custom" in env and "A=1" in env and "HOSTNAME=m1" in env
+
+
+@pytest.mark.parametrize(("kw", "message"), [({"memory_mb": 16}, "below the minimum")])
+def test_bad_specs(kw: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        config(**kw)
