@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import tarfile
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from hangar.agent.images import ImageStore
 from hangar.agent.oci import ImageRef, build_layout, layer_tar, parse_image_ref, read_manifest
-from hangar.errors import IntegrityError, NotFound, ValidationError
+from hangar.errors import ConfigError, IntegrityError, NotFound, ValidationError
 
 BASE = 200000
 
@@ -37,8 +40,24 @@ def link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tarfile.TarIn
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> ImageStore:
-    return ImageStore(tmp_path / "images", uid_base=BASE)
+def searchable() -> Iterator[Path]:
+    """A directory machines could traverse to (pytest's own are 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="hangar-images-", dir="/var/tmp"))
+    path.chmod(0o711)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def store(searchable: Path) -> ImageStore:
+    return ImageStore(searchable / "images", uid_base=BASE)
+
+
+def test_a_store_machines_cannot_reach_is_refused(tmp_path: Path) -> None:
+    tmp_path.chmod(0o700)
+    with pytest.raises(ConfigError, match="not searchable by others") as info:
+        ImageStore(tmp_path / "images")
+    assert info.value.hint == f"chmod o+x {tmp_path}, or keep Hangar's state elsewhere"
 
 
 def make(tmp_path: Path, *layers: list[object], tag: str = "latest", **config: object) -> ImageRef:
@@ -156,8 +175,8 @@ def test_corrupt_blob_is_refused(tmp_path: Path, store: ImageStore) -> None:
     assert list(store.root.iterdir()) == []
 
 
-def test_oversized_image_is_refused(tmp_path: Path) -> None:
-    small = ImageStore(tmp_path / "images", uid_base=BASE, max_bytes=1000)
+def test_oversized_image_is_refused(tmp_path: Path, searchable: Path) -> None:
+    small = ImageStore(searchable / "images", uid_base=BASE, max_bytes=1000)
     with pytest.raises(IntegrityError, match="unpack limit"):
         small.pull(make(tmp_path, [f("big", b"x" * 5000)]))
     assert list(small.root.iterdir()) == []

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import pytest
@@ -51,13 +52,12 @@ def test_limits_follow_the_spec(memory: int, cpus: int, pids: int) -> None:
     assert r["devices"] == [{"allow": False, "access": "rwm"}]
 
 
-def test_network_namespace_is_joined_when_given() -> None:
-    nets = [
-        n
-        for n in config(netns=Path("/run/netns/m1"))["linux"]["namespaces"]
-        if n["type"] == "network"
-    ]
-    assert nets == [{"type": "network", "path": "/run/netns/m1"}]
+def test_a_private_address_adds_the_network_hook() -> None:
+    assert config()["hooks"] == {}
+    hook = config(address=ipaddress.IPv6Address("fd00::5"))["hooks"]["createRuntime"][0]
+    assert hook["args"][1:] == ["-m", "hangar.net.hook", "fd00::5"]
+    nets = [n for n in config()["linux"]["namespaces"] if n["type"] == "network"]
+    assert nets == [{"type": "network"}]  # runc makes it; the hook plumbs it
 
 
 def test_environment_overrides_defaults_and_names_the_host() -> None:

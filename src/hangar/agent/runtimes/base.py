@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from ipaddress import IPv6Address
 from pathlib import Path
 from typing import Protocol
 
@@ -23,7 +24,7 @@ class MachineSpec:
     cpus: int = 1
     memory_mb: int = 256
     pids_limit: int = 512
-    netns: Path | None = None
+    address: IPv6Address | None = None  # private address; None: no network but loopback
     tmpfs_mb: int = 64
     hosts: dict[str, str] = field(default_factory=dict)
     nameservers: list[str] = field(default_factory=list)

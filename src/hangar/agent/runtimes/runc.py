@@ -31,6 +31,7 @@ from typing import Any
 from hangar import hostcmd
 from hangar.agent.runtimes.base import ExecResult, MachineSpec, RuntimeState
 from hangar.errors import CommandError, Conflict, NotFound, ValidationError
+from hangar.net import netns
 
 __all__ = ["CAPABILITIES", "RuncRuntime", "oci_config", "seccomp_profile"]
 
@@ -101,7 +102,13 @@ def seccomp_profile() -> dict[str, Any]:
 
 
 def oci_config(
-    spec: MachineSpec, *, uid_base: int, id_range: int, files_dir: Path, nofile: int = 65536
+    spec: MachineSpec,
+    *,
+    uid_base: int,
+    id_range: int,
+    files_dir: Path,
+    nofile: int = 65536,
+    python: str = sys.executable,
 ) -> dict[str, Any]:
     """The OCI runtime config for ``spec`` (pure; see the module docstring)."""
     if spec.memory_mb < MIN_MEMORY_MB:
@@ -118,12 +125,13 @@ def oci_config(
     env.update(spec.env)
     caps = list(CAPABILITIES)
     tmpfs = f"size={spec.tmpfs_mb}m"
-    namespaces: list[dict[str, str]] = [
-        {"type": t} for t in ("pid", "ipc", "uts", "mount", "cgroup", "user")
-    ]
-    namespaces.append(
-        {"type": "network", "path": str(spec.netns)} if spec.netns else {"type": "network"}
-    )
+    namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount", "cgroup", "user", "network")]
+    hooks: dict[str, list[dict[str, Any]]] = {}
+    if spec.address is not None:
+        # Plumbed from the host once runc has made the namespaces, before the
+        # machine's process runs (see hangar.net.netns).
+        argv = [python, "-m", "hangar.net.hook", str(spec.address)]
+        hooks["createRuntime"] = [{"path": python, "args": argv, "timeout": 30}]
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -139,6 +147,7 @@ def oci_config(
             "oomScoreAdj": 500,
         },
         "root": {"path": str(spec.rootfs), "readonly": True},
+        "hooks": hooks,
         "hostname": spec.id,
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc",
@@ -467,6 +476,7 @@ class RuncRuntime:
             time.sleep(0.02)
         shutil.rmtree(self._bundle(machine_id), ignore_errors=True)
         shutil.rmtree(machine, ignore_errors=True)
+        netns.detach(machine_id)
         for cgroup in self._cgroup_dirs(machine_id):
             with contextlib.suppress(OSError):
                 cgroup.rmdir()

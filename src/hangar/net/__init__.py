@@ -1,0 +1,1 @@
+"""Private networking: addressing, namespaces, isolation, the mesh, DNS."""
