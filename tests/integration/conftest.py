@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -36,6 +37,7 @@ APPLETS = [
     "wc",
 ]
 BASE_UID = 100000
+ROOT = Path(__file__).resolve().parents[2]
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="runc machines need root on the host")
 
 
@@ -130,3 +132,15 @@ def run_to_end(runtime: RuncRuntime, machines: list[str], machine: MachineSpec) 
     code = runtime.state(machine.id).exit_code
     assert code is not None
     return code, output(runtime, machine.id)
+
+
+@pytest.fixture(scope="session")
+def hello(base_dir: Path) -> Image:
+    spec = importlib.util.spec_from_file_location("hello_build", ROOT / "examples/hello/build.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.build(base_dir / "hello")
+    return ImageStore(base_dir / "images", uid_base=BASE_UID).pull(
+        ImageRef("oci", path=base_dir / "hello", tag="latest")
+    )

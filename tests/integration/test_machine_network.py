@@ -2,38 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 import socket
-from pathlib import Path
 
 import pytest
 
 from hangar import hostcmd
-from hangar.agent.images import Image, ImageStore
-from hangar.agent.oci import ImageRef
+from hangar.agent.images import Image
 from hangar.agent.runtimes.base import MachineSpec
 from hangar.agent.runtimes.runc import RuncRuntime
 from hangar.errors import CommandError
 from hangar.net import netns
 from hangar.net.addressing import host_slice, machine_address, network_prefix
-from tests.integration.conftest import BASE_UID, leftovers, needs_root, wait_for
+from tests.integration.conftest import leftovers, needs_root, wait_for
 
 pytestmark = [pytest.mark.slow, needs_root]
-ROOT = Path(__file__).resolve().parents[2]
 SLICE = host_slice(network_prefix(ipaddress.IPv6Network("fd42:4242::/32"), 1), 1)
-
-
-@pytest.fixture(scope="module")
-def hello(base_dir: Path) -> Image:
-    spec = importlib.util.spec_from_file_location("hello_build", ROOT / "examples/hello/build.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.build(base_dir / "hello")
-    return ImageStore(base_dir / "images", uid_base=BASE_UID).pull(
-        ImageRef("oci", path=base_dir / "hello", tag="latest")
-    )
 
 
 def http_get(address: ipaddress.IPv6Address, port: int, path: str) -> bytes:

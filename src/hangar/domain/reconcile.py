@@ -52,7 +52,7 @@ class Desired:
     machine_id: str
     version: int
     state: str  # "started", "stopped" or "destroyed"
-    restart: RestartPolicy = RestartPolicy()
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
 
 
 @dataclass(frozen=True)

@@ -281,57 +281,86 @@ class RuncRuntime:
         machine = self._machine_dir(spec.id)
         if machine.exists():
             raise Conflict(f"machine {spec.id} already exists on this host")
-        files = self._bundle(spec.id) / "files"
-        # A machine cannot be given more open files than the agent may have.
-        nofile = min(65536, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
-        config = oci_config(
-            spec, uid_base=self.uid_base, id_range=self.id_range, files_dir=files, nofile=nofile
-        )
+        config = self._config(spec)
         try:
             machine.mkdir(mode=0o700)
-            bundle = self._bundle(spec.id)
-            bundle.mkdir(mode=0o700)
-            files.mkdir(mode=0o700)
-            for name, content in _etc_files(spec).items():
-                (files / name).write_text(content)
-                os.chmod(files / name, 0o444)
-            # The machine's own root (host uid_base) reads these; nobody else.
-            os.chown(files, self.uid_base, self.uid_base)
-            os.chmod(bundle, 0o711)  # noqa: S103 - search-only, to reach files/
-            fd = os.open(bundle / "config.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                json.dump(config, handle)
             (machine / "handle.json").write_text(
                 json.dumps(
                     {
                         "version": HANDLE_VERSION,
                         "runtime": self.name,
                         "id": spec.id,
-                        "bundle": str(bundle),
+                        "bundle": str(self._bundle(spec.id)),
                         "created_at": _now(),
                     }
                 )
             )
-            with (machine / "shim.err").open("ab") as shim_err:
-                # Returns once the detached shim has written its pid file.
-                hostcmd.run(
-                    [
-                        sys.executable,
-                        "-m",
-                        "hangar.agent.runtimes.shim",
-                        str(self.runc_root),
-                        str(bundle),
-                        spec.id,
-                        str(machine),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=shim_err,
-                    timeout=30,
-                )
-            return self._wait_started(spec.id)
+            return self._launch(spec, config)
         except BaseException:
             self._cleanup(spec.id)
             raise
+
+    def restart(self, spec: MachineSpec) -> RuntimeState:
+        """Start a stopped machine again in place, keeping its handle and logs."""
+        machine = self._machine_dir(spec.id)
+        state = self.state(spec.id)
+        if state.status == "absent":
+            raise NotFound(f"machine {spec.id} not found on this host")
+        if state.status == "running":
+            raise Conflict(f"machine {spec.id} is running; stop it first")
+        config = self._config(spec)
+        with contextlib.suppress(CommandError):
+            self._runc("delete", "--force", spec.id)
+        shutil.rmtree(self._bundle(spec.id), ignore_errors=True)
+        for name in ("exit.json", "container.pid", "shim.pid"):
+            (machine / name).unlink(missing_ok=True)
+        netns.detach(spec.id)
+        return self._launch(spec, config)
+
+    def _config(self, spec: MachineSpec) -> dict[str, Any]:
+        # A machine cannot be given more open files than the agent may have.
+        nofile = min(65536, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+        return oci_config(
+            spec,
+            uid_base=self.uid_base,
+            id_range=self.id_range,
+            files_dir=self._bundle(spec.id) / "files",
+            nofile=nofile,
+        )
+
+    def _launch(self, spec: MachineSpec, config: dict[str, Any]) -> RuntimeState:
+        """Write the bundle and start the shim; the machine dir must exist."""
+        machine = self._machine_dir(spec.id)
+        bundle = self._bundle(spec.id)
+        files = bundle / "files"
+        bundle.mkdir(mode=0o700)
+        files.mkdir(mode=0o700)
+        for name, content in _etc_files(spec).items():
+            (files / name).write_text(content)
+            os.chmod(files / name, 0o444)
+        # The machine's own root (host uid_base) reads these; nobody else.
+        os.chown(files, self.uid_base, self.uid_base)
+        os.chmod(bundle, 0o711)  # noqa: S103 - search-only, to reach files/
+        fd = os.open(bundle / "config.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(config, handle)
+        with (machine / "shim.err").open("ab") as shim_err:
+            # Returns once the detached shim has written its pid file.
+            hostcmd.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "hangar.agent.runtimes.shim",
+                    str(self.runc_root),
+                    str(bundle),
+                    spec.id,
+                    str(machine),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=shim_err,
+                timeout=30,
+            )
+        return self._wait_started(spec.id)
 
     def _wait_started(self, machine_id: str) -> RuntimeState:
         deadline = time.monotonic() + 30

@@ -1,0 +1,212 @@
+"""The agent's reconciler, applying half: turn plans into runtime calls.
+
+``Reconciler.reconcile(assignments, now)`` observes the runtime, asks the pure
+planner (``domain.reconcile.plan``) what to do, and does it. Each machine's
+version, restart times and failure are kept in a small JSON file beside the
+runtime's handles, so an agent restarted in the middle of anything adopts
+what runs without touching it and keeps counting restarts where it left off.
+One machine's failure is recorded and does not stop the others.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hangar.agent.health import CheckSpec, HealthMonitor
+from hangar.agent.images import ImageStore
+from hangar.agent.oci import parse_image_ref
+from hangar.agent.runtimes.base import MachineSpec
+from hangar.agent.runtimes.runc import RuncRuntime
+from hangar.domain.reconcile import Action, ActionKind, Desired, Observed, RestartPolicy, plan
+from hangar.errors import HangarError, ValidationError
+
+__all__ = ["Assignment", "Outcome", "Reconciler"]
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """One machine the control plane wants on this host, at one version."""
+
+    machine_id: str
+    app: str
+    version: int
+    state: str  # "started", "stopped" or "destroyed"
+    image: str
+    args: list[str] | None = None  # None: the image's entrypoint and command
+    env: dict[str, str] = field(default_factory=dict)
+    cpus: int = 1
+    memory_mb: int = 256
+    address: str | None = None
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+    kill_signal: str = "SIGINT"
+    kill_timeout: float = 5.0
+    checks: list[CheckSpec] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    action: Action
+    ok: bool
+    error: str = ""
+
+
+def _parse_user(user: str, rootfs: Path) -> tuple[int, int]:
+    """An image's ``User`` ("", "uid", "uid:gid" or a name in its /etc/passwd)."""
+    if not user:
+        return 0, 0
+    name, _, group = user.partition(":")
+    if name.isdigit():
+        uid = int(name)
+        return uid, int(group) if group.isdigit() else uid
+    try:
+        for line in (rootfs / "etc/passwd").read_text().splitlines():
+            fields = line.split(":")
+            if len(fields) >= 4 and fields[0] == name:
+                return int(fields[2]), int(group) if group.isdigit() else int(fields[3])
+    except OSError:
+        pass
+    raise ValidationError(f"the image's user {user!r} is not in its /etc/passwd")
+
+
+class Reconciler:
+    def __init__(
+        self,
+        runtime: RuncRuntime,
+        images: ImageStore,
+        state_dir: Path,
+        health: HealthMonitor | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.images = images
+        self.meta_dir = state_dir / "assignments"
+        self.meta_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.health = health or HealthMonitor()
+
+    # what this host remembers per machine
+
+    def _meta(self, machine_id: str) -> dict[str, Any]:
+        path = self.meta_dir / f"{machine_id}.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def _save_meta(self, machine_id: str, meta: dict[str, Any]) -> None:
+        path = self.meta_dir / f"{machine_id}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(meta))
+        os.replace(tmp, path)
+
+    def observe(self) -> dict[str, Observed]:
+        observed = {}
+        for machine_id in self.runtime.list():
+            state = self.runtime.state(machine_id)
+            meta = self._meta(machine_id)
+            finished = None
+            if state.finished_at:
+                finished = dt.datetime.fromisoformat(state.finished_at).timestamp()
+            observed[machine_id] = Observed(
+                machine_id,
+                meta.get("version"),
+                "running" if state.status == "running" else state.status,
+                exit_code=state.exit_code,
+                finished_at=finished,
+                restarts=tuple(meta.get("restarts", ())),
+                failed=bool(meta.get("failed", False)),
+            )
+        return observed
+
+    # applying
+
+    def reconcile(self, assignments: Sequence[Assignment], now: float) -> list[Outcome]:
+        by_id = {a.machine_id: a for a in assignments}
+        desired = {
+            a.machine_id: Desired(a.machine_id, a.version, a.state, a.restart) for a in assignments
+        }
+        outcomes = []
+        for action in plan(desired, self.observe(), now):
+            try:
+                self._apply(action, by_id.get(action.machine_id), now)
+            except HangarError as exc:
+                outcomes.append(Outcome(action, False, exc.message))
+            else:
+                outcomes.append(Outcome(action, True))
+        return outcomes
+
+    def _apply(self, action: Action, want: Assignment | None, now: float) -> None:
+        kind, machine_id = action.kind, action.machine_id
+        if kind is ActionKind.WAIT:
+            return
+        if kind is ActionKind.REMOVE:
+            self.health.forget(machine_id)
+            self.runtime.remove(machine_id)
+            (self.meta_dir / f"{machine_id}.json").unlink(missing_ok=True)
+            return
+        assert want is not None
+        if kind is ActionKind.STOP:
+            self.health.forget(machine_id)
+            self.runtime.stop(machine_id, signal=want.kill_signal, timeout=want.kill_timeout)
+        elif kind is ActionKind.FAIL:
+            meta = self._meta(machine_id)
+            self._save_meta(machine_id, {**meta, "failed": True, "reason": action.reason})
+        elif kind in (ActionKind.START, ActionKind.REPLACE):
+            if kind is ActionKind.REPLACE:
+                self.runtime.remove(machine_id)
+            spec = self._spec(want)
+            self._save_meta(
+                machine_id,
+                {"version": want.version, "restarts": [], "failed": False, "app": want.app},
+            )
+            self.runtime.start(spec)
+            self._watch(want, now)
+        elif kind is ActionKind.RESTART:
+            meta = self._meta(machine_id)
+            restarts = [*meta.get("restarts", []), now]
+            self._save_meta(machine_id, {**meta, "restarts": restarts[-100:]})
+            self.runtime.restart(self._spec(want))
+            self._watch(want, now)
+
+    def _watch(self, want: Assignment, now: float) -> None:
+        if want.address is not None:
+            self.health.watch(
+                want.machine_id, ipaddress.IPv6Address(want.address), want.checks, now
+            )
+
+    def _spec(self, want: Assignment) -> MachineSpec:
+        image = self.images.pull(parse_image_ref(want.image))
+        cfg = image.config
+        args = want.args if want.args is not None else cfg.entrypoint + cfg.cmd
+        uid, gid = _parse_user(cfg.user, image.rootfs)
+        env = dict(e.split("=", 1) for e in cfg.env if "=" in e)
+        env.update(want.env)
+        hosts: dict[str, str] = {}
+        if want.address is not None:
+            env["HANGAR_PRIVATE_IP"] = want.address
+            hosts[f"{want.machine_id}.vm.{want.app}.internal"] = want.address
+        return MachineSpec(
+            id=want.machine_id,
+            rootfs=image.rootfs,
+            args=args,
+            env=env,
+            cwd=cfg.working_dir,
+            uid=uid,
+            gid=gid,
+            cpus=want.cpus,
+            memory_mb=want.memory_mb,
+            address=ipaddress.IPv6Address(want.address) if want.address else None,
+            hosts=hosts,
+        )
+
+    def describe(self, machine_id: str) -> dict[str, Any]:
+        """What this host knows of a machine, for status reports."""
+        state = self.runtime.state(machine_id)
+        return {
+            **self._meta(machine_id),
+            **asdict(state),
+            "healthy": self.health.healthy(machine_id),
+            "checks": [asdict(r) for r in self.health.results(machine_id)],
+        }
