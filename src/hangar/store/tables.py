@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -30,9 +31,14 @@ __all__ = [
     "AuditEvent",
     "AuditHead",
     "Base",
+    "Host",
+    "Machine",
     "Membership",
+    "Network",
     "Org",
+    "Release",
     "RootKey",
+    "Setting",
     "Token",
     "User",
 ]
@@ -160,3 +166,66 @@ class AuditCheckpoint(Base):
     head_hash: Mapped[str] = mapped_column(String(64))
     time: Mapped[str] = mapped_column(String(40))
     signature: Mapped[str] = mapped_column(String(128))
+
+
+class Setting(Base):
+    """Installation-wide facts chosen once (the private address prefix, …)."""
+
+    __tablename__ = "settings"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Network(Base):
+    """A private network: an organization's default one, or a named one."""
+
+    __tablename__ = "networks"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id"), index=True)
+    name: Mapped[str] = mapped_column(String(63))
+    number: Mapped[int] = mapped_column(Integer, unique=True)
+
+
+class Host(Base):
+    __tablename__ = "hosts"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    region: Mapped[str] = mapped_column(String(32))
+    number: Mapped[int] = mapped_column(Integer, unique=True)
+    state: Mapped[str] = mapped_column(String(16))  # active, cordoned
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    last_seen: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class Release(Base):
+    __tablename__ = "releases"
+    __table_args__ = (UniqueConstraint("app_id", "version"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    image: Mapped[str] = mapped_column(String(1000))
+    config: Mapped[str] = mapped_column(Text)  # validated hangar.toml, as JSON
+    strategy: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))  # pending, running, complete, failed
+    detail: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[str] = mapped_column(String(254))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class Machine(Base):
+    __tablename__ = "machines"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id"), index=True)
+    host_id: Mapped[str] = mapped_column(ForeignKey("hosts.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)  # the release it should run
+    desired: Mapped[str] = mapped_column(String(16))  # started, stopped, destroyed
+    state: Mapped[str] = mapped_column(String(16))  # the lifecycle state last reported
+    running_version: Mapped[int | None] = mapped_column(Integer)
+    healthy: Mapped[bool | None] = mapped_column(Boolean)
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    address: Mapped[str] = mapped_column(String(64), unique=True)
+    detail: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

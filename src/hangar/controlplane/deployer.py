@@ -1,0 +1,179 @@
+"""The deployer: rolls releases out to machines, health-gated, and rolls back.
+
+``step`` advances one release by one move and is idempotent: its progress
+lives in the release row, so a control plane killed mid-deploy resumes (or
+rolls back) where it was. Per release:
+
+1. pending: remember the version running now; an app with no machines gets
+   its first one (at the new version);
+2. running: wait until the current batch runs the new version, started and
+   healthy (every check passing, if the app has checks); then move the next
+   batch: every machine for ``immediate``, ``max_unavailable`` of them for
+   ``rolling``;
+3. a batch that fails (a machine fails, or ``wait_timeout`` passes) puts the
+   previous version back on every machine the release touched, and the
+   release is ``failed``; when no machine is left on an old version, it is
+   ``complete``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from hangar.audit.log import AuditContext, AuditLog
+from hangar.controlplane.machines import active_machines, create_machine, release_config
+from hangar.store.tables import App, Machine, Release
+
+__all__ = ["DEPLOYER", "step", "step_all"]
+
+log = logging.getLogger("hangar.deployer")
+DEPLOYER = AuditContext(actor="deployer", token_id=None, request_id=None, client_addr=None)
+
+
+def _batch_ready(machine: Machine, version: int, needs_health: bool) -> bool:
+    return (
+        machine.running_version == version
+        and machine.state == "started"
+        and (machine.healthy is True if needs_health else machine.healthy is not False)
+    )
+
+
+def _finish(
+    session: Session,
+    audit: AuditLog,
+    app: App,
+    release: Release,
+    status: str,
+    detail: dict[str, Any],
+    reason: str = "",
+) -> None:
+    release.status = status
+    release.finished_at = dt.datetime.now(dt.UTC)
+    detail["reason"] = reason
+    release.detail = json.dumps(detail)
+    audit.record(
+        session,
+        DEPLOYER,
+        org_id=app.org_id,
+        action=f"release.{status}",
+        target=f"{app.name} v{release.version}",
+        outcome="success" if status == "complete" else "failure",
+        detail={"reason": reason} if reason else {},
+    )
+    log.info("%s v%d %s %s", app.name, release.version, status, reason)
+
+
+def step(session: Session, audit: AuditLog, release: Release, now: float) -> None:
+    app = session.get(App, release.app_id)
+    assert app is not None
+    cfg = release_config(release)
+    detail: dict[str, Any] = json.loads(release.detail or "{}")
+    needs_health = bool(
+        (cfg.http_service and cfg.http_service.checks)
+        or cfg.checks
+        or any(s.tcp_checks or s.http_checks for s in cfg.services)
+    )
+    machines = active_machines(session, app.id)
+
+    if release.status == "pending":
+        previous = session.execute(
+            select(Release.version)
+            .where(Release.app_id == app.id, Release.status == "complete")
+            .order_by(Release.version.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+        detail = {"previous": previous, "touched": [], "batch": [], "batch_started": now}
+        if not machines:
+            machine = create_machine(session, app, release.version, cfg.primary_region)
+            detail["touched"] = detail["batch"] = [machine.id]
+        release.status = "running"
+        release.detail = json.dumps(detail)
+        audit.record(
+            session,
+            DEPLOYER,
+            org_id=app.org_id,
+            action="release.start",
+            target=f"{app.name} v{release.version}",
+            detail={"strategy": release.strategy, "image": release.image},
+        )
+        return
+
+    batch = [m for m in machines if m.id in detail.get("batch", [])]
+    if batch:
+        if all(_batch_ready(m, release.version, needs_health) for m in batch):
+            detail["batch"] = []
+        else:
+            failed = [m for m in batch if m.state == "failed"]
+            waited = now - float(detail.get("batch_started", now))
+            if failed or waited > cfg.deploy.wait_timeout:
+                _roll_back(session, audit, app, release, detail, machines, failed, waited)
+                return
+            release.detail = json.dumps(detail)
+            return
+
+    remaining = [m for m in machines if m.version != release.version]
+    if not remaining:
+        _finish(session, audit, app, release, "complete", detail)
+        return
+    if release.strategy == "immediate":
+        size = len(remaining)
+    else:
+        unavailable = cfg.deploy.max_unavailable
+        size = max(
+            1, math.ceil(unavailable * len(machines)) if unavailable < 1 else int(unavailable)
+        )
+    for machine in remaining[:size]:
+        machine.version = release.version
+        machine.desired = "started"
+        detail["touched"].append(machine.id)
+    detail["batch"] = [m.id for m in remaining[:size]]
+    detail["batch_started"] = now
+    release.detail = json.dumps(detail)
+
+
+def _roll_back(
+    session: Session,
+    audit: AuditLog,
+    app: App,
+    release: Release,
+    detail: dict[str, Any],
+    machines: list[Machine],
+    failed: list[Machine],
+    waited: float,
+) -> None:
+    previous = detail.get("previous")
+    for machine in machines:
+        if machine.id not in detail["touched"]:
+            continue
+        if previous is None:
+            machine.desired = "destroyed"  # a first deploy has nothing to go back to
+        else:
+            machine.version = previous
+    if failed:
+        first = failed[0]
+        reason = f"machine {first.id} failed: {first.detail or f'exit {first.exit_code}'}"
+    else:
+        reason = f"machines were not healthy within {waited:.0f}s"
+    rolled = f"; rolled back to v{previous}" if previous is not None else ""
+    _finish(session, audit, app, release, "failed", detail, reason + rolled)
+
+
+def step_all(session: Session, audit: AuditLog, now: float) -> int:
+    """Advance every unfinished release by one move; returns how many there were."""
+    releases = list(
+        session.execute(
+            select(Release)
+            .where(Release.status.in_(("pending", "running")))
+            .order_by(Release.created_at)
+        ).scalars()
+    )
+    for release in releases:
+        step(session, audit, release, now)
+    return len(releases)

@@ -1,0 +1,203 @@
+"""Machines and releases in the store: addresses, placement, deploys.
+
+The control plane is the only writer of desired state: this module creates
+releases and machines, places machines on hosts, gives them private
+addresses, and records what agents report back.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import socket
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from hangar.auth.tokens import new_id
+from hangar.config.appconfig import AppConfig
+from hangar.errors import Conflict, NotFound
+from hangar.net import addressing
+from hangar.store.tables import App, Host, Machine, Network, Release, Setting
+
+__all__ = [
+    "active_machines",
+    "create_machine",
+    "create_release",
+    "installation_prefix",
+    "org_network",
+    "register_local_host",
+]
+
+PREFIX_KEY = "private_prefix"
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def installation_prefix(session: Session) -> ipaddress.IPv6Network:
+    """The installation's private /32, chosen at random the first time it is needed."""
+    row = session.get(Setting, PREFIX_KEY)
+    if row is None:
+        row = Setting(key=PREFIX_KEY, value=str(addressing.new_installation_prefix()))
+        session.add(row)
+        session.flush()
+    return addressing.parse_installation_prefix(row.value)
+
+
+def org_network(session: Session, org_id: str, name: str = "default") -> Network:
+    network = session.execute(
+        select(Network).where(Network.org_id == org_id, Network.name == name)
+    ).scalar_one_or_none()
+    if network is None:
+        highest = session.execute(select(func.max(Network.number))).scalar_one_or_none() or 0
+        network = Network(id=new_id("net"), org_id=org_id, name=name, number=highest + 1)
+        session.add(network)
+        session.flush()
+    return network
+
+
+def register_local_host(
+    session: Session, *, name: str | None = None, region: str = "local", memory_mb: int = 0
+) -> Host:
+    """The all-in-one host (number 1), made on first start."""
+    name = name or socket.gethostname().split(".")[0].lower() or "local"
+    host = session.execute(select(Host).where(Host.name == name)).scalar_one_or_none()
+    if host is None:
+        highest = session.execute(select(func.max(Host.number))).scalar_one_or_none() or 0
+        host = Host(
+            id=new_id("host"),
+            name=name,
+            region=region,
+            number=highest + 1,
+            state="active",
+            memory_mb=memory_mb,
+            created_at=_now(),
+            last_seen=_now(),
+        )
+        session.add(host)
+        session.flush()
+    return host
+
+
+def _place(session: Session, region: str | None) -> Host:
+    """An active host, in the region if one is asked for, with the fewest machines."""
+    query = select(Host).where(Host.state == "active")
+    if region and region != "local":
+        query = query.where(Host.region == region)
+    hosts = list(session.execute(query).scalars())
+    if not hosts:
+        raise Conflict(
+            "no active host can take a machine" + (f" in {region}" if region else ""),
+            hint="uncordon a host, or add one with `hangar hosts join-token`",
+        )
+    counts = dict(
+        session.execute(
+            select(Machine.host_id, func.count())
+            .where(Machine.desired != "destroyed")
+            .group_by(Machine.host_id)
+        ).all()
+    )
+    return min(hosts, key=lambda h: (counts.get(h.id, 0), h.number))
+
+
+def _address(session: Session, app: App, host: Host) -> str:
+    network = org_network(session, app.org_id)
+    slice_ = addressing.host_slice(
+        addressing.network_prefix(installation_prefix(session), network.number), host.number
+    )
+    taken = {
+        int(ipaddress.IPv6Address(a)) & 0xFFFFFFFF
+        for a in session.execute(
+            select(Machine.address).where(Machine.host_id == host.id)
+        ).scalars()
+        if ipaddress.IPv6Address(a) in slice_
+    }
+    index = max(taken, default=addressing.FIRST_MACHINE - 1) + 1
+    return str(addressing.machine_address(slice_, index))
+
+
+def create_machine(session: Session, app: App, version: int, region: str | None) -> Machine:
+    host = _place(session, region)
+    now = _now()
+    machine = Machine(
+        id=new_id("m"),
+        app_id=app.id,
+        host_id=host.id,
+        version=version,
+        desired="started",
+        state="created",
+        running_version=None,
+        healthy=None,
+        exit_code=None,
+        address=_address(session, app, host),
+        detail="",
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(machine)
+    session.flush()
+    return machine
+
+
+def active_machines(session: Session, app_id: str) -> list[Machine]:
+    return list(
+        session.execute(
+            select(Machine)
+            .where(Machine.app_id == app_id, Machine.desired != "destroyed")
+            .order_by(Machine.created_at, Machine.id)
+        ).scalars()
+    )
+
+
+def create_release(
+    session: Session, app: App, *, image: str, config: AppConfig, strategy: str | None, actor: str
+) -> Release:
+    """A new pending release; the deployer rolls it out."""
+    busy = session.execute(
+        select(Release.version).where(
+            Release.app_id == app.id, Release.status.in_(("pending", "running"))
+        )
+    ).first()
+    if busy is not None:
+        raise Conflict(
+            f"app {app.name} is already deploying release v{busy[0]}",
+            hint="wait for it: `hangar releases`",
+        )
+    last = (
+        session.execute(
+            select(func.max(Release.version)).where(Release.app_id == app.id)
+        ).scalar_one_or_none()
+        or 0
+    )
+    release = Release(
+        id=new_id("rel"),
+        app_id=app.id,
+        version=last + 1,
+        image=image,
+        config=config.model_dump_json(),
+        strategy=strategy or config.deploy.strategy,
+        status="pending",
+        detail="",
+        created_by=actor,
+        created_at=_now(),
+        finished_at=None,
+    )
+    session.add(release)
+    session.flush()
+    return release
+
+
+def release_config(release: Release) -> AppConfig:
+    return AppConfig.model_validate(json.loads(release.config))
+
+
+def get_release(session: Session, app_id: str, version: int) -> Release:
+    release = session.execute(
+        select(Release).where(Release.app_id == app_id, Release.version == version)
+    ).scalar_one_or_none()
+    if release is None:
+        raise NotFound(f"release v{version} not found")
+    return release

@@ -1,0 +1,160 @@
+"""Releases rolled out by the deployer to machines the agent runs (real runc)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from hangar.agent.images import Image, ImageStore
+from hangar.agent.reconciler import Reconciler
+from hangar.agent.runtimes.runc import RuncRuntime
+from hangar.agent.service import LocalAgent
+from hangar.config.appconfig import AppConfig, parse_app_config
+from hangar.controlplane.deployer import step_all
+from hangar.controlplane.machines import (
+    active_machines,
+    create_machine,
+    create_release,
+    register_local_host,
+)
+from hangar.controlplane.state import ControlPlane
+from hangar.store.tables import App, AuditEvent, Machine, Org, Release
+from tests.conftest import make_installation
+from tests.integration.conftest import BASE_UID, needs_root
+
+pytestmark = [pytest.mark.slow, needs_root]
+
+
+def config(check_path: str = "/healthz", greeting: str = "v1", wait: str = "20s") -> AppConfig:
+    return parse_app_config(f"""
+app = "hello"
+[env]
+  GREETING = "{greeting}"
+[http_service]
+  internal_port = 8080
+  [[http_service.checks]]
+    grace_period = "0.1s"
+    interval = "0.2s"
+    timeout = "1s"
+    path = "{check_path}"
+[deploy]
+  strategy = "rolling"
+  max_unavailable = 1
+  wait_timeout = "{wait}"
+[[vm]]
+  memory = "64mb"
+""")
+
+
+class World:
+    def __init__(self, cp: ControlPlane, agent: LocalAgent, app: App, image: str) -> None:
+        self.cp, self.agent, self.app, self.image = cp, agent, app, image
+        self.healthy_floor: int | None = None
+
+    def release(self, cfg: AppConfig, strategy: str | None = None) -> int:
+        with self.cp.db.write() as s:
+            app = s.get(App, self.app.id)
+            assert app is not None
+            return create_release(
+                s, app, image=self.image, config=cfg, strategy=strategy, actor="test"
+            ).version
+
+    def machines(self) -> list[Machine]:
+        with self.cp.db.read() as s:
+            return active_machines(s, self.app.id)
+
+    def run_until_done(self, version: int, timeout: float = 90) -> Release:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.cp.db.write() as s:
+                step_all(s, self.cp.audit, time.time())
+            self.agent.tick(time.time())
+            healthy = sum(1 for m in self.machines() if m.healthy and m.state == "started")
+            self.healthy_floor = (
+                healthy if self.healthy_floor is None else min(self.healthy_floor, healthy)
+            )
+            with self.cp.db.read() as s:
+                release = s.execute(
+                    select(Release).where(Release.app_id == self.app.id, Release.version == version)
+                ).scalar_one()
+            if release.status in ("complete", "failed"):
+                return release
+            time.sleep(0.1)
+        raise AssertionError(f"release v{version} did not finish")
+
+
+@pytest.fixture
+def world(tmp_path: Path, runtime: RuncRuntime, base_dir: Path, hello: Image) -> Iterator[World]:
+    inst = make_installation(tmp_path / "data")
+    cp = ControlPlane.open(inst.settings)
+    with cp.db.write() as s:
+        org = s.execute(select(Org)).scalar_one()
+        app = App(
+            id="app_hello",
+            org_id=org.id,
+            name="hello",
+            created_by="test",
+            created_at=org.created_at,
+        )
+        s.add(app)
+        host = register_local_host(s, name="test-host")
+    images = ImageStore(base_dir / "images", uid_base=BASE_UID)
+    agent = LocalAgent(
+        cp.db, Reconciler(runtime, images, base_dir / f"agent-{tmp_path.name}"), host.id
+    )
+    w = World(cp, agent, app, f"oci:{base_dir / 'hello'}:latest")
+    yield w
+    for machine_id in runtime.list():
+        if machine_id.startswith("m_"):
+            runtime.remove(machine_id)
+    cp.close()
+
+
+def test_first_deploy_rolling_deploy_and_rollback(world: World, runtime: RuncRuntime) -> None:
+    v1 = world.run_until_done(world.release(config()))
+    assert v1.status == "complete", v1.detail
+    (first,) = world.machines()
+    assert first.state == "started" and first.healthy and first.running_version == 1
+
+    # Two more machines at v1, then a rolling release across all three.
+    with world.cp.db.write() as s:
+        app = s.get(App, world.app.id)
+        assert app is not None
+        for _ in range(2):
+            create_machine(s, app, 1, None)
+    world.run_until_done(1)  # settles: nothing pending, just let the agent start them
+    deadline = time.monotonic() + 60
+    while not all(m.healthy for m in world.machines()) and time.monotonic() < deadline:
+        world.agent.tick(time.time())
+        time.sleep(0.1)
+    assert len(world.machines()) == 3 and all(m.healthy for m in world.machines())
+
+    world.healthy_floor = None
+    v2 = world.run_until_done(world.release(config(greeting="v2")))
+    assert v2.status == "complete", v2.detail
+    assert world.healthy_floor is not None and world.healthy_floor >= 2  # one at a time
+    for machine in world.machines():
+        assert machine.running_version == 2
+        assert b"GREETING=v2" in runtime.exec(machine.id, ["/bin/env"]).stdout
+
+    # A release whose check never passes is rolled back to v2.
+    v3 = world.run_until_done(world.release(config(check_path="/nope", wait="3s")))
+    assert v3.status == "failed"
+    assert "not healthy" in json.loads(v3.detail)["reason"]
+    assert "rolled back to v2" in json.loads(v3.detail)["reason"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not all(
+        m.running_version == 2 and m.healthy for m in world.machines()
+    ):
+        world.agent.tick(time.time())
+        time.sleep(0.1)
+    assert all(m.version == 2 and m.running_version == 2 and m.healthy for m in world.machines())
+
+    with world.cp.db.read() as s:
+        actions = [e.action for e in s.execute(select(AuditEvent)).scalars()]
+    assert actions.count("release.complete") == 2 and "release.failed" in actions
