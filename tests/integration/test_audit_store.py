@@ -6,9 +6,11 @@ import threading
 from pathlib import Path
 
 import pytest
+from alembic.script import ScriptDirectory
 from fastapi.testclient import TestClient
 from sqlalchemy import delete, select, text, update
 
+import hangar.store
 from hangar.api.app import create_app
 from hangar.audit.log import chains, verify_stored_chain
 from hangar.controlplane.state import ControlPlane
@@ -204,7 +206,7 @@ def test_sqlite_store_runs_in_wal_mode(tmp_path: Path) -> None:
 def test_migrations_are_idempotent(control_plane: ControlPlane) -> None:
     control_plane.db.migrate()
     control_plane.db.migrate()
+    script = ScriptDirectory(str(Path(hangar.store.__file__).parent / "migrations"))
     with control_plane.db.read() as session:
-        assert (
-            session.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0001"
-        )
+        current = session.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+    assert current == script.get_current_head() == "0002"
