@@ -141,6 +141,7 @@ def main() -> None:
                 str(hangar_port),
                 "--log-level",
                 "warning",
+                "--no-agent",
             ],
             env=env,
             stdout=log,

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# `make demo`: initialise a throwaway installation under .demo/, run it, log in,
-# create an example app and print what to try. Ctrl-C stops the server.
+# `make demo`: initialise a throwaway installation under .demo/, run it with this
+# host's agent, log in, deploy the example app (examples/hello) and print what to
+# try. Ctrl-C stops the server; the app's machine keeps running until `hangar apps
+# destroy hello`, and a restarted server adopts it.
 # DEMO_ONESHOT=1 stops after the tour (for scripted checks).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +20,9 @@ if [ ! -f "$demo/data/ca.crt" ]; then
   echo "Initialised a demo installation in $demo/data"
 fi
 
-"$hangar" server run --data-dir "$demo/data" --listen-port "$port" >"$demo/server.log" 2>&1 &
+mkdir -p "$demo/agent" && chmod 711 "$demo" "$demo/agent"
+"$hangar" server run --data-dir "$demo/data" --listen-port "$port" --agent-dir "$demo/agent" \
+  >"$demo/server.log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null || true' EXIT
 
@@ -34,8 +38,21 @@ done
 
 "$hangar" --api "$api" auth login --ca-cert "$demo/data/ca.crt" --token - <"$demo/admin.token"
 "$hangar" apps show hello >/dev/null 2>&1 || "$hangar" apps create hello --org demo
+"$PWD/.venv/bin/python" examples/hello/build.py
+"$hangar" deploy --config examples/hello/hangar.toml
 echo
-"$hangar" apps list
+"$hangar" status --app hello
+address=$("$hangar" machines list --app hello --json | "$PWD/.venv/bin/python" -c \
+  'import json, sys; print(json.load(sys.stdin)[0]["address"])')
+echo
+echo "The app answers on its private address:"
+"$PWD/.venv/bin/python" - "$address" <<'PY'
+import socket, sys
+with socket.create_connection((sys.argv[1], 8080), timeout=5) as s:
+    s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    body = b"".join(iter(lambda: s.recv(65536), b""))
+print("  " + body.split(b"\r\n\r\n", 1)[1].decode().strip().splitlines()[-1])
+PY
 echo
 "$hangar" audit verify --org demo
 
@@ -45,15 +62,19 @@ Hangar is running at $api (log: $demo/server.log).
 In another terminal, point the CLI at this demo and try:
 
   export HANGAR_CONFIG_DIR=$demo/cli
+  .venv/bin/hangar status --app hello
+  .venv/bin/hangar releases --app hello
+  .venv/bin/hangar deploy --config examples/hello/hangar.toml --strategy immediate
+  .venv/bin/hangar machines list --app hello
   .venv/bin/hangar auth whoami
-  .venv/bin/hangar apps create clinic-api
   .venv/bin/hangar tokens create readonly --org demo --expiry 1h
   .venv/bin/hangar tokens attenuate --app hello --actions read --expiry 10m
   .venv/bin/hangar audit list --org demo
   .venv/bin/hangar audit verify --org demo
   .venv/bin/hangar config validate examples/hangar.toml
 
-Ctrl-C stops the server; \`rm -rf .demo\` forgets the installation.
+Ctrl-C stops the server. To remove everything: \`.venv/bin/hangar apps destroy hello --yes\`
+while it runs, then \`umount .demo/agent/bundles; rm -rf .demo\`.
 EOF
 
 if [ "${DEMO_ONESHOT:-}" = 1 ]; then

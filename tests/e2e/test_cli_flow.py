@@ -57,7 +57,16 @@ def free_port() -> int:
 def start(data_dir: Path, env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     with open(data_dir.parent / "server.log", "ab") as log:  # the child keeps its own copy
         proc = subprocess.Popen(
-            [*HANGAR, "server", "run", "--data-dir", str(data_dir), "--listen-port", str(port)],
+            [
+                *HANGAR,
+                "server",
+                "run",
+                "--data-dir",
+                str(data_dir),
+                "--listen-port",
+                str(port),
+                "--no-agent",
+            ],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -3,27 +3,50 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from hangar.agent.runtimes.runc import RuncRuntime
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture
+def demo_dir() -> Iterator[Path]:
+    """Where machines can reach their images (pytest's temporary dirs are 0700)."""
+    base = Path(tempfile.mkdtemp(prefix="hangar-demo-", dir="/var/tmp"))
+    base.chmod(0o711)
+    yield base / "demo"
+    state = base / "demo/agent/state"
+    if state.exists():
+        runtime = RuncRuntime(state, base / "demo/agent/bundles", mount_tmpfs=False)
+        for machine_id in runtime.list():
+            runtime.remove(machine_id)
+    subprocess.run(["umount", str(base / "demo/agent/bundles")], capture_output=True)
+    shutil.rmtree(base, ignore_errors=True)
+
+
 @pytest.mark.slow
-def test_demo_script_runs_end_to_end(tmp_path: Path) -> None:
+@pytest.mark.skipif(os.geteuid() != 0, reason="the demo's agent runs machines as root")
+def test_demo_script_runs_end_to_end(demo_dir: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("HANGAR_")}
-    env.update(DEMO_ONESHOT="1", DEMO_DIR=str(tmp_path / "demo"), DEMO_PORT=str(port))
+    env.update(DEMO_ONESHOT="1", DEMO_DIR=str(demo_dir), DEMO_PORT=str(port))
     first = subprocess.run(
         [str(ROOT / "scripts" / "demo.sh")], env=env, capture_output=True, text=True, timeout=120
     )
     assert first.returncode == 0, first.stdout + first.stderr
     assert "Created app hello in demo." in first.stdout
+    assert "Release v1 is live." in first.stdout
+    assert "served by a machine" in first.stdout  # the page, fetched from the machine
     assert f"Hangar is running at https://127.0.0.1:{port}" in first.stdout
     assert "\nok      chain org_" in first.stdout
     # A second run reuses the installation instead of failing on it.
@@ -31,4 +54,4 @@ def test_demo_script_runs_end_to_end(tmp_path: Path) -> None:
         [str(ROOT / "scripts" / "demo.sh")], env=env, capture_output=True, text=True, timeout=120
     )
     assert again.returncode == 0, again.stderr
-    assert "Created app" not in again.stdout and "hello" in again.stdout
+    assert "Created app" not in again.stdout and "Release v2 is live." in again.stdout

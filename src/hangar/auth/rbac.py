@@ -49,6 +49,8 @@ class Permission(Enum):
     APPS_READ = ("apps:read", Action.READ, Role.VIEWER)
     APPS_CREATE = ("apps:create", Action.CREATE, Role.MEMBER)
     APPS_DELETE = ("apps:delete", Action.DELETE, Role.ADMIN)
+    APPS_DEPLOY = ("apps:deploy", Action.WRITE, Role.MEMBER)
+    MACHINES_CONTROL = ("machines:control", Action.CONTROL, Role.MEMBER)
     TOKENS_READ = ("tokens:read", Action.READ, Role.MEMBER)
     TOKENS_CREATE = ("tokens:create", Action.CREATE, Role.MEMBER)
     TOKENS_REVOKE = ("tokens:revoke", Action.DELETE, Role.MEMBER)

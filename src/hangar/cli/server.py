@@ -134,8 +134,18 @@ def run(
     listen_host: Annotated[str | None, typer.Option(help="address to listen on")] = None,
     listen_port: Annotated[int | None, typer.Option(help="port to listen on")] = None,
     log_level: Annotated[str | None, typer.Option(help="critical|error|warning|info|debug")] = None,
+    agent: Annotated[
+        bool | None,
+        typer.Option(
+            "--agent/--no-agent", help="also run this host's agent (runs machines; needs root)"
+        ),
+    ] = None,
+    agent_dir: Annotated[
+        Path | None,
+        typer.Option(help="the agent's images, machines and logs (default: DATA_DIR-agent)"),
+    ] = None,
 ) -> None:
-    """Run the control plane's HTTPS API on this host until interrupted."""
+    """Run the control plane (API, deployer) and this host's agent until interrupted."""
     from hangar.controlplane.serve import serve
 
     settings = server_settings(
@@ -146,5 +156,7 @@ def run(
         listen_host=listen_host,
         listen_port=listen_port,
         log_level=log_level,
+        agent=agent,
+        agent_dir=agent_dir,
     )
     serve(settings)

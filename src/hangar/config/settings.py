@@ -37,6 +37,16 @@ class ServerSettings(BaseModel):
     max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
     tls_hostnames: list[str] = ["localhost", "127.0.0.1", "::1"]
     log_level: str = Field(default="info", pattern="^(critical|error|warning|info|debug)$")
+    agent: bool = True
+    agent_dir: Path | None = None
+    host_name: str = ""
+    region: str = Field(default="local", pattern=r"^[a-z][a-z0-9-]{0,31}$")
+    tick_seconds: float = Field(default=0.5, gt=0, le=60)
+
+    @property
+    def effective_agent_dir(self) -> Path:
+        """Outside the 0700 data dir: machines' unprivileged uid must reach images in it."""
+        return self.agent_dir or self.data_dir.with_name(self.data_dir.name + "-agent")
 
     @property
     def effective_database_url(self) -> str:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, delete, select
 
 from hangar.api.guard import Access, GuardedRouter, requires
 from hangar.api.pagination import Limit, Page, decode_cursor, page_of
@@ -15,7 +15,7 @@ from hangar.auth.rbac import Permission
 from hangar.auth.tokens import new_id
 from hangar.domain.names import validate_dns_label
 from hangar.errors import Conflict, NotFound, ValidationError
-from hangar.store.tables import App, Org
+from hangar.store.tables import App, Machine, Org, Release
 
 router = GuardedRouter(prefix="/v1/apps", tags=["apps"])
 
@@ -134,6 +134,9 @@ def destroy_app(app: str, access: Annotated[Access, requires(Permission.APPS_DEL
         row = session.get(App, access.app.id)
         if row is None:
             raise NotFound(f"app {app!r} not found")
+        # Its machines' rows go; agents then remove the machines as unassigned.
+        session.execute(delete(Machine).where(Machine.app_id == row.id))
+        session.execute(delete(Release).where(Release.app_id == row.id))
         session.delete(row)
         access.cp.audit.record(
             session, access.ctx, org_id=access.org.id, action="app.destroy", target=app

@@ -1,0 +1,245 @@
+"""Deploying the example app through the CLI to a real server and agent (root, runc)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_cli_flow import HANGAR, Server, free_port, login, stop
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the agent runs machines as root"),
+]
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = """
+app = "hello"
+kill_signal = "SIGTERM"
+[build]
+  image = "oci:{image}:latest"
+[http_service]
+  internal_port = 8080
+  [[http_service.checks]]
+    grace_period = "0.2s"
+    interval = "0.5s"
+    timeout = "1s"
+    path = "{path}"
+[deploy]
+  strategy = "rolling"
+  wait_timeout = "{wait}"
+[[vm]]
+  memory = "64mb"
+"""
+
+
+def start_server(
+    data_dir: Path, agent_dir: Path, env: dict[str, str], port: int
+) -> subprocess.Popen[bytes]:
+    with open(data_dir.parent / "server.log", "ab") as log:
+        proc = subprocess.Popen(
+            [
+                *HANGAR,
+                "server",
+                "run",
+                "--data-dir",
+                str(data_dir),
+                "--listen-port",
+                str(port),
+                "--agent-dir",
+                str(agent_dir),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    raise AssertionError((data_dir.parent / "server.log").read_text())
+
+
+@pytest.fixture
+def deployed(tmp_path: Path) -> Iterator[tuple[Server, Path, Path]]:
+    agent_root = Path(tempfile.mkdtemp(prefix="hangar-e2e-", dir="/var/tmp"))
+    agent_root.chmod(0o711)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HANGAR_")}
+    env["HANGAR_CONFIG_DIR"] = str(tmp_path / "cli")
+    data_dir, token_file = tmp_path / "data", tmp_path / "admin.token"
+    subprocess.run(
+        [
+            *HANGAR,
+            "server",
+            "init",
+            "--data-dir",
+            str(data_dir),
+            "--org",
+            "acme",
+            "--admin-email",
+            "admin@example.com",
+            "--token-file",
+            str(token_file),
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    proc = start_server(data_dir, agent_root / "agent", env, port)
+    srv = Server(data_dir, f"https://127.0.0.1:{port}", token_file.read_text().strip(), env, proc)
+    spec = importlib.util.spec_from_file_location("hello_build", ROOT / "examples/hello/build.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.build(tmp_path / "image")
+    try:
+        login(srv)
+        srv.cli("apps", "create", "hello")
+        yield srv, tmp_path, agent_root
+    finally:
+        srv.cli("apps", "destroy", "hello", "--yes", check=False)
+        machines = agent_root / "agent/state/machines"
+        deadline = time.monotonic() + 30
+        while machines.exists() and any(machines.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        stop(srv.process)
+        subprocess.run(["umount", str(agent_root / "agent/bundles")], capture_output=True)
+        shutil.rmtree(agent_root, ignore_errors=True)
+
+
+def write_config(tmp: Path, name: str, path: str = "/healthz", wait: str = "30s") -> Path:
+    config = tmp / name
+    config.write_text(CONFIG.format(image=tmp / "image", path=path, wait=wait))
+    return config
+
+
+def page(address: str) -> bytes:
+    with socket.create_connection((address, 8080), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def machines(srv: Server) -> list[dict[str, object]]:
+    return srv.json("machines", "list", "--app", "hello")  # type: ignore[return-value]
+
+
+def test_deploy_fail_roll_back_and_control(deployed: tuple[Server, Path, Path]) -> None:
+    srv, tmp, _ = deployed
+    good = write_config(tmp, "good.toml")
+    out = srv.cli("deploy", "--config", str(good))
+    assert "Release v1 of hello created" in out.stdout and "Release v1 is live." in out.stdout
+    (machine,) = machines(srv)
+    assert machine["state"] == "started" and machine["healthy"] is True
+    assert b"Hello from Hangar" in page(str(machine["address"]))
+
+    bad = write_config(tmp, "bad.toml", path="/nope", wait="3s")
+    failed = srv.cli("deploy", "--config", str(bad), check=False)
+    assert failed.returncode == 1
+    assert "release v2 failed: machines were not healthy" in failed.stderr
+    assert "rolled back to v1" in failed.stderr
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        (machine,) = machines(srv)
+        if machine["running_version"] == 1 and machine["healthy"]:
+            break
+        time.sleep(0.3)
+    assert machine["running_version"] == 1 and machine["healthy"] is True
+    releases = srv.json("releases", "--app", "hello")
+    assert [r["status"] for r in releases] == ["failed", "complete"]  # type: ignore[index]
+
+    srv.cli("machines", "stop", str(machine["id"]), "--app", "hello")
+    deadline = time.monotonic() + 30
+    while machines(srv)[0]["state"] != "stopped" and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert machines(srv)[0]["state"] == "stopped"
+    srv.cli("machines", "start", str(machine["id"]), "--app", "hello")
+    deadline = time.monotonic() + 30
+    while machines(srv)[0]["state"] != "started" and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert machines(srv)[0]["state"] == "started"
+
+    # Bad input: a clear error, and no release made.
+    other = tmp / "other.toml"
+    other.write_text(good.read_text().replace('app = "hello"', 'app = "other"'))
+    wrong_app = srv.cli("deploy", "--config", str(other), "--app", "hello", check=False)
+    assert wrong_app.returncode != 0 and "is for app 'other'" in wrong_app.stderr
+    no_layout = srv.cli("deploy", "--config", str(good), "--image", str(tmp), check=False)
+    assert no_layout.returncode != 0 and "not an OCI image layout" in no_layout.stderr
+    registry = srv.cli(
+        "deploy", "--config", str(good), "--image", "docker://debian:12", check=False
+    )
+    assert registry.returncode != 0 and "copied to a local layout" in registry.stderr
+    assert len(srv.json("releases", "--app", "hello")) == 2  # type: ignore[arg-type]
+    status = srv.json("status", "--app", "hello")
+    assert status["release"]["version"] == 2  # type: ignore[index]
+    events = [e["action"] for e in srv.json("audit", "list", "--org", "acme")]  # type: ignore[union-attr]
+    for action in (
+        "release.create",
+        "release.start",
+        "release.complete",
+        "release.failed",
+        "machine.stop",
+        "machine.start",
+    ):
+        assert action in events
+
+
+def test_server_killed_mid_deploy_finishes_it(deployed: tuple[Server, Path, Path]) -> None:
+    srv, tmp, agent_root = deployed
+    srv.cli("deploy", "--config", str(write_config(tmp, "good.toml")))
+    srv.cli("deploy", "--config", str(write_config(tmp, "again.toml")), "--detach")
+    time.sleep(0.3)
+    srv.process.send_signal(signal.SIGKILL)  # no shutdown of any kind
+    srv.process.wait()
+    (machine,) = machines_via_store(tmp / "data")
+    port = int(srv.api.rsplit(":", 1)[1])
+    srv.process = start_server(tmp / "data", agent_root / "agent", srv.env, port)
+    deadline = time.monotonic() + 60
+    release: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        release = srv.json("releases", "--app", "hello")[0]  # type: ignore[index]
+        if release["status"] in ("complete", "failed"):
+            break
+        time.sleep(0.3)
+    assert release["status"] == "complete" and release["version"] == 2
+    (after,) = machines(srv)
+    assert after["id"] == machine and after["running_version"] == 2 and after["healthy"]
+    on_host = sorted(p.name for p in (agent_root / "agent/state/machines").iterdir())
+    assert on_host == [after["id"]]  # nothing orphaned
+
+
+def machines_via_store(data_dir: Path) -> list[str]:
+    import sqlite3
+
+    db = sqlite3.connect(data_dir / "hangar.db")
+    try:
+        return [row[0] for row in db.execute("SELECT id FROM machines")]
+    finally:
+        db.close()
+
+
+def test_json_of_status_is_machine_readable(deployed: tuple[Server, Path, Path]) -> None:
+    srv, tmp, _ = deployed
+    srv.cli("deploy", "--config", str(write_config(tmp, "good.toml")), "--json")
+    data = json.loads(srv.cli("status", "--app", "hello", "--json").stdout)
+    assert data["app"] == "hello" and data["machines"][0]["state"] == "started"
