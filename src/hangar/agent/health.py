@@ -110,6 +110,11 @@ class HealthMonitor:
                 produced.append(result)
         return produced
 
+    def next_due(self) -> float | None:
+        """When the next check is due, if any machine has checks."""
+        times = [t for watched in self._machines.values() for t in watched.due.values()]
+        return min(times) if times else None
+
     def results(self, machine_id: str) -> list[CheckResult]:
         watched = self._machines.get(machine_id)
         return list(watched.results.values()) if watched else []

@@ -115,14 +115,18 @@ class LocalAgent:
             ).all()
         return [assignment_for(m, a, r) for m, a, r in rows]
 
-    def tick(self, now: float) -> None:
+    def tick(self, now: float) -> float | None:
+        """One round; returns when something is next due (a check, a restart), if known."""
         assignments = self._assignments()
         outcomes = self.reconciler.reconcile(assignments, now)
+        waits = [o.action.at for o in outcomes if o.action.at is not None]
         errors = {o.action.machine_id: o.error for o in outcomes if not o.ok}
         for machine_id, error in errors.items():
             log.warning("machine %s: %s", machine_id, error)
         self.reconciler.health.tick(now)
         self._report(errors)
+        due = [t for t in (*waits, self.reconciler.health.next_due()) if t is not None]
+        return min(due) if due else None
 
     def _report(self, errors: dict[str, str]) -> None:
         with self.db.write() as session:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -110,7 +110,6 @@ class Access:
     ctx: AuditContext
     org: Org | None = None
     app: App | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def check(
         self, perm: Permission, *, org: Org | None, app: str | None = None, shown: str = ""

@@ -22,6 +22,19 @@ def list_(ctx: typer.Context, app_: AppOpt = None, json_out: JsonOpt = False) ->
 
 
 @app.command()
+def create(
+    ctx: typer.Context,
+    app_: AppOpt = None,
+    region: Annotated[str | None, typer.Option(help="region to place it in")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Add a machine running the app's current release."""
+    params = f"?region={region}" if region else ""
+    data = client(ctx).request("POST", f"/v1/apps/{app_name(app_)}/machines{params}")
+    emit(data) if json_out else typer.echo(f"Created machine {data['id']} ({data['address']}).")
+
+
+@app.command()
 def show(
     ctx: typer.Context, machine_id: MachineId, app_: AppOpt = None, json_out: JsonOpt = False
 ) -> None:

@@ -53,23 +53,38 @@ class Loops:
         self.cp = cp
         self.agent = agent
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hangar-loops", daemon=True)
+
+    def wake(self) -> None:
+        """Run the loops now: desired state just changed."""
+        self._wake.set()
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.cp.settings.tick_seconds):
+        timeout = self.cp.settings.tick_seconds
+        while not self._stop.is_set():
+            self._wake.wait(timeout)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             now = time.time()
+            timeout = self.cp.settings.tick_seconds
             try:
                 with self.cp.db.write() as session:
                     step_all(session, self.cp.audit, now)
                 if self.agent is not None:
-                    self.agent.tick(now)
+                    due = self.agent.tick(now)
+                    if due is not None:
+                        # Look again when a check or restart is due, if that is sooner.
+                        timeout = min(timeout, max(0.0, due - time.time()))
             except Exception:
                 # One bad tick must not end the loops; the next one tries again.
                 log.exception("background loop failed; continuing")
@@ -103,6 +118,7 @@ def serve(settings: ServerSettings) -> None:
     cp = ControlPlane.open(settings)
     loops = Loops(cp, local_agent(cp) if settings.agent else None)
     app = create_app(cp)
+    app.state.wake = loops.wake
     config = _TLSConfig(
         app,
         host=settings.listen_host,

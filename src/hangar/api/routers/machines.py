@@ -6,7 +6,7 @@ import datetime as dt
 import json
 from typing import Annotated, Any, Literal
 
-from fastapi import Query
+from fastapi import Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
@@ -14,8 +14,8 @@ from hangar.agent.oci import parse_image_ref, read_manifest
 from hangar.api.guard import Access, GuardedRouter, requires
 from hangar.auth.rbac import Permission
 from hangar.config.appconfig import parse_app_config
-from hangar.controlplane.machines import create_release, get_release
-from hangar.errors import NotFound, ValidationError
+from hangar.controlplane.machines import create_machine, create_release, get_release
+from hangar.errors import Conflict, NotFound, ValidationError
 from hangar.store.tables import App, Host, Machine, Release
 
 router = GuardedRouter(prefix="/v1/apps/{app}", tags=["machines"])
@@ -94,7 +94,10 @@ def _machine_out(m: Machine, h: Host) -> MachineOut:
     summary="Deploy: a new release, rolled out by the deployer",
 )
 def deploy(
-    app: str, body: ReleaseIn, access: Annotated[Access, requires(Permission.APPS_DEPLOY)]
+    app: str,
+    body: ReleaseIn,
+    request: Request,
+    access: Annotated[Access, requires(Permission.APPS_DEPLOY)],
 ) -> ReleaseOut:
     assert access.app is not None and access.org is not None
     config = parse_app_config(body.config)
@@ -128,7 +131,15 @@ def deploy(
             target=f"{app} v{release.version}",
             detail={"image": str(ref), "strategy": release.strategy},
         )
+    _wake(request)
     return _release_out(release)
+
+
+def _wake(request: Request) -> None:
+    """Tell this host's loops that desired state changed (no-op without them)."""
+    wake = getattr(request.app.state, "wake", None)
+    if wake is not None:
+        wake()
 
 
 @router.get("/releases", response_model=list[ReleaseOut], summary="Releases, newest first")
@@ -193,7 +204,9 @@ def show_machine(
     return _machine_out(machine, host)
 
 
-def _set_desired(access: Access, machine_id: str, desired: str, action: str) -> MachineOut:
+def _set_desired(
+    access: Access, request: Request, machine_id: str, desired: str, action: str
+) -> MachineOut:
     assert access.org is not None
     machine, host = _machine(access, machine_id)
     with access.cp.db.write() as session:
@@ -205,21 +218,69 @@ def _set_desired(access: Access, machine_id: str, desired: str, action: str) -> 
         access.cp.audit.record(
             session, access.ctx, org_id=access.org.id, action=action, target=row.id
         )
-        return _machine_out(row, host)
+        out = _machine_out(row, host)
+    _wake(request)
+    return out
+
+
+@router.post(
+    "/machines",
+    response_model=MachineOut,
+    status_code=201,
+    summary="Add a machine running the app's current release",
+)
+def create_machine_route(
+    app: str,
+    request: Request,
+    access: Annotated[Access, requires(Permission.APPS_DEPLOY)],
+    region: Annotated[str | None, Query(max_length=32)] = None,
+) -> MachineOut:
+    assert access.app is not None and access.org is not None
+    with access.cp.db.write() as session:
+        current = session.execute(
+            select(Release.version)
+            .where(Release.app_id == access.app.id, Release.status == "complete")
+            .order_by(Release.version.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+        if current is None:
+            raise Conflict(f"app {app!r} has no live release", hint="hangar deploy first")
+        row = session.get(App, access.app.id)
+        assert row is not None
+        machine = create_machine(session, row, current, region)
+        host = session.get(Host, machine.host_id)
+        assert host is not None
+        access.cp.audit.record(
+            session,
+            access.ctx,
+            org_id=access.org.id,
+            action="machine.create",
+            target=machine.id,
+            detail={"version": current},
+        )
+        out = _machine_out(machine, host)
+    _wake(request)
+    return out
 
 
 @router.post("/machines/{machine_id}/stop", response_model=MachineOut, summary="Stop a machine")
 def stop_machine(
-    app: str, machine_id: str, access: Annotated[Access, requires(Permission.MACHINES_CONTROL)]
+    app: str,
+    machine_id: str,
+    request: Request,
+    access: Annotated[Access, requires(Permission.MACHINES_CONTROL)],
 ) -> MachineOut:
-    return _set_desired(access, machine_id, "stopped", "machine.stop")
+    return _set_desired(access, request, machine_id, "stopped", "machine.stop")
 
 
 @router.post("/machines/{machine_id}/start", response_model=MachineOut, summary="Start a machine")
 def start_machine(
-    app: str, machine_id: str, access: Annotated[Access, requires(Permission.MACHINES_CONTROL)]
+    app: str,
+    machine_id: str,
+    request: Request,
+    access: Annotated[Access, requires(Permission.MACHINES_CONTROL)],
 ) -> MachineOut:
-    return _set_desired(access, machine_id, "started", "machine.start")
+    return _set_desired(access, request, machine_id, "started", "machine.start")
 
 
 @router.delete(
@@ -228,6 +289,9 @@ def start_machine(
     summary="Destroy a machine (the agent removes it)",
 )
 def destroy_machine(
-    app: str, machine_id: str, access: Annotated[Access, requires(Permission.APPS_DELETE)]
+    app: str,
+    machine_id: str,
+    request: Request,
+    access: Annotated[Access, requires(Permission.APPS_DELETE)],
 ) -> MachineOut:
-    return _set_desired(access, machine_id, "destroyed", "machine.destroy")
+    return _set_desired(access, request, machine_id, "destroyed", "machine.destroy")
