@@ -10,6 +10,7 @@ The tree::
     ├── PermissionDenied              credentials valid, action not allowed (HTTP 403)
     ├── NotFound                      no such object, or not yours (HTTP 404)
     ├── Conflict                      the object exists or the change races another (HTTP 409)
+    ├── WaitTimeout                   what was waited for did not happen in time (HTTP 408)
     ├── KeyMaterialError              a key file is missing, loose or does not decrypt
     ├── IntegrityError                stored data fails its cryptographic check
     ├── StoreError                    the database refused or is unreachable (HTTP 503)
@@ -37,6 +38,7 @@ __all__ = [
     "PermissionDenied",
     "StoreError",
     "ValidationError",
+    "WaitTimeout",
 ]
 
 
@@ -99,6 +101,12 @@ class Conflict(HangarError):
     status = 409
     title = "Conflict"
     code = "conflict"
+
+
+class WaitTimeout(HangarError):
+    status = 408
+    title = "Timed out waiting"
+    code = "timeout"
 
 
 class KeyMaterialError(HangarError):

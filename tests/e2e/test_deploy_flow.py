@@ -243,3 +243,89 @@ def test_json_of_status_is_machine_readable(deployed: tuple[Server, Path, Path])
     srv.cli("deploy", "--config", str(write_config(tmp, "good.toml")), "--json")
     data = json.loads(srv.cli("status", "--app", "hello", "--json").stdout)
     assert data["app"] == "hello" and data["machines"][0]["state"] == "started"
+
+
+def test_machine_controls_logs_exec_and_leases(deployed: tuple[Server, Path, Path]) -> None:
+    srv, tmp, _ = deployed
+    srv.cli("deploy", "--config", str(write_config(tmp, "good.toml")))
+    (machine,) = machines(srv)
+    mid = str(machine["id"])
+    page(str(machine["address"]))  # httpd -v logs the request
+
+    uid = srv.cli("machines", "exec", mid, "--app", "hello", "--", "id", "-u")
+    assert uid.stdout.strip() == "1000"
+    code = srv.cli(
+        "machines", "exec", mid, "--app", "hello", "--", "sh", "-c", "exit 3", check=False
+    )
+    assert code.returncode == 3
+
+    lines = [
+        json.loads(line) for line in srv.cli("logs", "--app", "hello", "--json").stdout.splitlines()
+    ]
+    assert lines and all(r["machine"] == mid and r["app"] == "hello" for r in lines)
+    assert any("response:200" in r["line"] for r in lines)  # httpd -v logs each request
+    follower = subprocess.Popen(
+        [*HANGAR, "logs", "--app", "hello", "-f"],
+        env=srv.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.5)
+    page(str(machine["address"]))
+    time.sleep(1.0)
+    follower.terminate()
+    followed, _ = follower.communicate(timeout=10)
+    assert mid in followed and followed.count("\n") >= len(lines)
+
+    srv.cli("machines", "restart", mid, "--app", "hello")
+    srv.cli("machines", "wait", mid, "--app", "hello", "--state", "started", "--timeout", "30s")
+    srv.cli("machines", "stop", mid, "--app", "hello", "--signal", "SIGKILL", "--timeout", "1")
+    srv.cli("machines", "wait", mid, "--app", "hello", "--state", "stopped", "--timeout", "30s")
+    too_soon = srv.cli(
+        "machines",
+        "wait",
+        mid,
+        "--app",
+        "hello",
+        "--state",
+        "started",
+        "--timeout",
+        "1s",
+        check=False,
+    )
+    assert too_soon.returncode == 1 and "not started" in too_soon.stderr
+    kinds = [e["kind"] for e in srv.json("machines", "events", mid, "--app", "hello")]  # type: ignore[union-attr]
+    for kind in ("restart", "stop", "stopped", "started"):
+        assert kind in kinds
+
+    # Leases: while one is held, changes without its nonce are refused.
+    import ssl
+
+    import httpx
+
+    http = httpx.Client(
+        base_url=srv.api,
+        headers={"Authorization": f"Bearer {srv.token}"},
+        verify=ssl.create_default_context(cafile=str(srv.data_dir / "ca.crt")),
+    )
+    lease = http.post(f"/v1/apps/hello/machines/{mid}/lease", json={"ttl": 60})
+    assert lease.status_code == 201
+    nonce = lease.json()["nonce"]
+    refused = srv.cli("machines", "start", mid, "--app", "hello", check=False)
+    assert refused.returncode == 1 and "is leased by admin@example.com" in refused.stderr
+    second = http.post(f"/v1/apps/hello/machines/{mid}/lease", json={"ttl": 60})
+    assert second.status_code == 409
+    ok = http.post(f"/v1/apps/hello/machines/{mid}/start", headers={"Hangar-Lease-Nonce": nonce})
+    assert ok.status_code == 200
+    assert (
+        http.request(
+            "DELETE", f"/v1/apps/hello/machines/{mid}/lease", headers={"Hangar-Lease-Nonce": nonce}
+        ).status_code
+        == 204
+    )
+    srv.cli("machines", "wait", mid, "--app", "hello", "--state", "started", "--timeout", "30s")
+    events = [e["action"] for e in srv.json("audit", "list", "--org", "acme", "--limit", "1000")]  # type: ignore[union-attr]
+    for action in ("machine.exec", "machine.restart", "machine.lease", "machine.lease_release"):
+        assert action in events
+    http.close()

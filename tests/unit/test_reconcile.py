@@ -184,3 +184,10 @@ def test_only_destroying_leads_to_destroyed() -> None:
     for state in MachineState:
         if state not in (MachineState.DESTROYING, MachineState.DESTROYED):
             assert not can_transition(state, MachineState.DESTROYED)
+
+
+def test_a_new_generation_restarts_in_place() -> None:
+    want = {"m": Desired("m", 1, "started", generation=2)}
+    seen = {"m": Observed("m", 1, "running", generation=1)}
+    assert plan(want, seen, 0) == [Action(ActionKind.REPLACE, "m", "restart requested")]
+    assert plan(want, {"m": Observed("m", 1, "running", generation=2)}, 0) == []

@@ -48,6 +48,7 @@ class Assignment:
     kill_signal: str = "SIGINT"
     kill_timeout: float = 5.0
     checks: list[CheckSpec] = field(default_factory=list)
+    generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ class Reconciler:
                 finished_at=finished,
                 restarts=tuple(meta.get("restarts", ())),
                 failed=bool(meta.get("failed", False)),
+                generation=int(meta.get("generation", 0)),
             )
         return observed
 
@@ -125,7 +127,8 @@ class Reconciler:
     def reconcile(self, assignments: Sequence[Assignment], now: float) -> list[Outcome]:
         by_id = {a.machine_id: a for a in assignments}
         desired = {
-            a.machine_id: Desired(a.machine_id, a.version, a.state, a.restart) for a in assignments
+            a.machine_id: Desired(a.machine_id, a.version, a.state, a.restart, a.generation)
+            for a in assignments
         }
         outcomes = []
         for action in plan(desired, self.observe(), now):
@@ -159,7 +162,13 @@ class Reconciler:
             spec = self._spec(want)
             self._save_meta(
                 machine_id,
-                {"version": want.version, "restarts": [], "failed": False, "app": want.app},
+                {
+                    "version": want.version,
+                    "generation": want.generation,
+                    "restarts": [],
+                    "failed": False,
+                    "app": want.app,
+                },
             )
             self.runtime.start(spec)
             self._watch(want, now)

@@ -22,7 +22,7 @@ from hangar.config.appconfig import AppConfig
 from hangar.controlplane.machines import release_config
 from hangar.domain.reconcile import RestartPolicy
 from hangar.store.db import Database
-from hangar.store.tables import App, Host, Machine, Release
+from hangar.store.tables import App, Host, Machine, MachineEvent, Release
 
 __all__ = ["LocalAgent", "assignment_for"]
 
@@ -90,9 +90,10 @@ def assignment_for(machine: Machine, app: App, release: Release) -> Assignment:
         memory_mb=vm.memory if vm else 256,
         address=machine.address,
         restart=RestartPolicy(restart.policy, restart.retries) if restart else RestartPolicy(),
-        kill_signal=cfg.kill_signal,
-        kill_timeout=cfg.kill_timeout,
+        kill_signal=machine.stop_signal or cfg.kill_signal,
+        kill_timeout=machine.stop_timeout if machine.stop_timeout is not None else cfg.kill_timeout,
         checks=_checks(cfg),
+        generation=machine.generation,
     )
 
 
@@ -147,6 +148,18 @@ class LocalAgent:
                     state = "failed" if info.get("failed") else "stopped"
                 else:
                     state = "failed" if machine.id in errors else "starting"
+                if state != machine.state:
+                    reason = errors.get(machine.id) or info.get("reason", "")
+                    if not reason and state != "started" and info["exit_code"] is not None:
+                        reason = f"exit {info['exit_code']}"
+                    session.add(
+                        MachineEvent(
+                            machine_id=machine.id,
+                            time=dt.datetime.now(dt.UTC),
+                            kind=state,
+                            detail=reason or "",
+                        )
+                    )
                 changed = (state, info.get("version"), info["healthy"], info["exit_code"])
                 if (
                     changed

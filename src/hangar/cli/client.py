@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import ssl
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,20 @@ class Client:
         if response.headers.get("content-type", "").startswith("application/json"):
             return response.json()
         return response.text
+
+    def stream_lines(self, path: str, params: dict[str, str]) -> Iterator[str]:
+        """The lines of a streamed (NDJSON) response, as they arrive."""
+        try:
+            with self._http.stream("GET", path, params=params, timeout=None) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _problem(response)
+                yield from (line for line in response.iter_lines() if line)
+        except httpx.ConnectError as exc:
+            raise HangarError(
+                f"cannot reach the Hangar API at {self.settings.api_url}: {exc}",
+                hint="is `hangar server run` running?",
+            ) from exc
 
     def get(self, path: str, **params: Any) -> Any:
         clean = {k: v for k, v in params.items() if v is not None}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -138,3 +139,26 @@ def status(ctx: typer.Context, app: AppOpt = None, json_out: JsonOpt = False) ->
     else:
         typer.echo(f"{name}: never deployed")
     table(machines, MACHINE_COLUMNS)
+
+
+def logs(
+    ctx: typer.Context,
+    app: AppOpt = None,
+    machine: Annotated[str | None, typer.Option("--machine", "-m", help="one machine")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep streaming")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Machines' output (stdout and stderr), with time, machine, region and stream."""
+    api = client(ctx)
+    params = {"follow": "true" if follow else "false"}
+    if machine:
+        params["machine"] = machine
+    for line in api.stream_lines(f"/v1/apps/{app_name(app)}/logs", params):
+        if json_out:
+            typer.echo(line)
+            continue
+        record = json.loads(line)
+        stream = "" if record["stream"] == "stdout" else f" [{record['stream']}]"
+        typer.echo(
+            f"{record['ts']} {record['machine']} {record['region']}{stream} {record['line']}"
+        )

@@ -9,6 +9,7 @@ import typer
 from hangar.cli.common import JsonOpt, YesOpt, client
 from hangar.cli.deploy import MACHINE_COLUMNS, AppOpt, app_name
 from hangar.cli.output import confirm, emit, table
+from hangar.config.appconfig import parse_duration
 
 app = typer.Typer(name="machines", help="An app's machines.", no_args_is_help=True)
 MachineId = Annotated[str, typer.Argument(help="machine id")]
@@ -60,21 +61,94 @@ def show(
             typer.echo(f"{key:<16}{data.get(key)}")
 
 
-def _verb(ctx: typer.Context, verb: str, machine_id: str, app_: str | None) -> None:
-    data = client(ctx).request("POST", f"/v1/apps/{app_name(app_)}/machines/{machine_id}/{verb}")
+def _verb(
+    ctx: typer.Context,
+    verb: str,
+    machine_id: str,
+    app_: str | None,
+    body: dict[str, object] | None = None,
+) -> None:
+    data = client(ctx).request(
+        "POST", f"/v1/apps/{app_name(app_)}/machines/{machine_id}/{verb}", json=body
+    )
     typer.echo(f"{data['id']}: {verb} requested (now {data['state']}).")
 
 
 @app.command()
-def stop(ctx: typer.Context, machine_id: MachineId, app_: AppOpt = None) -> None:
-    """Stop a machine (with the app's kill_signal, then SIGKILL after kill_timeout)."""
-    _verb(ctx, "stop", machine_id, app_)
+def stop(
+    ctx: typer.Context,
+    machine_id: MachineId,
+    app_: AppOpt = None,
+    signal: Annotated[
+        str | None,
+        typer.Option(
+            "--signal", "-s", help="signal to send first (default: the app's kill_signal)"
+        ),
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="seconds before SIGKILL (default: the app's kill_timeout)")
+    ] = None,
+) -> None:
+    """Stop a machine: the signal, then SIGKILL after the timeout."""
+    _verb(ctx, "stop", machine_id, app_, {"signal": signal, "timeout": timeout})
 
 
 @app.command()
 def start(ctx: typer.Context, machine_id: MachineId, app_: AppOpt = None) -> None:
     """Start a stopped machine."""
     _verb(ctx, "start", machine_id, app_)
+
+
+@app.command()
+def restart(ctx: typer.Context, machine_id: MachineId, app_: AppOpt = None) -> None:
+    """Restart a machine in place."""
+    _verb(ctx, "restart", machine_id, app_)
+
+
+@app.command()
+def wait(
+    ctx: typer.Context,
+    machine_id: MachineId,
+    app_: AppOpt = None,
+    state: Annotated[str, typer.Option(help="started, stopped, failed or destroyed")] = "started",
+    timeout: Annotated[str, typer.Option(help="how long, e.g. 30s (at most 60s)")] = "30s",
+) -> None:
+    """Wait until a machine reaches a state; exit 1 if it does not in time."""
+    seconds = parse_duration(timeout)
+    data = client(ctx).get(
+        f"/v1/apps/{app_name(app_)}/machines/{machine_id}/wait", state=state, timeout=seconds
+    )
+    typer.echo(f"{data['id']} is {data['state']}.")
+
+
+@app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def exec_(
+    ctx: typer.Context,
+    machine_id: MachineId,
+    command: Annotated[list[str], typer.Argument(help="the command, after --")],
+    app_: AppOpt = None,
+    timeout: Annotated[float, typer.Option(help="seconds")] = 30,
+) -> None:
+    """Run a command in a running machine (audited); exits with its exit code."""
+    result = client(ctx).request(
+        "POST",
+        f"/v1/apps/{app_name(app_)}/machines/{machine_id}/exec",
+        json={"cmd": command, "timeout": timeout},
+    )
+    typer.echo(result["stdout"], nl=False)
+    typer.echo(result["stderr"], nl=False, err=True)
+    raise typer.Exit(result["exit_code"])
+
+
+@app.command()
+def events(
+    ctx: typer.Context, machine_id: MachineId, app_: AppOpt = None, json_out: JsonOpt = False
+) -> None:
+    """What happened to a machine, newest first."""
+    items = client(ctx).get(f"/v1/apps/{app_name(app_)}/machines/{machine_id}/events")
+    emit(items) if json_out else table(
+        items, [("time", "TIME"), ("kind", "EVENT"), ("detail", "DETAIL")]
+    )
 
 
 @app.command()

@@ -26,6 +26,7 @@ for module in (server, auth, orgs, apps, machines, tokens, audit, config):
 app.command()(deploy.deploy)
 app.command()(deploy.releases)
 app.command()(deploy.status)
+app.command()(deploy.logs)
 
 
 def _version(value: bool) -> None:

@@ -122,6 +122,12 @@ def step(session: Session, audit: AuditLog, release: Release, now: float) -> Non
     if not remaining:
         _finish(session, audit, app, release, "complete", detail)
         return
+    # A leased machine is someone else's to drive until the lease ends.
+    now_dt = dt.datetime.now(dt.UTC)
+    remaining = [m for m in remaining if m.lease_expires_at is None or m.lease_expires_at <= now_dt]
+    if not remaining:
+        release.detail = json.dumps(detail)
+        return
     if release.strategy == "immediate":
         size = len(remaining)
     else:

@@ -119,6 +119,7 @@ def serve(settings: ServerSettings) -> None:
     loops = Loops(cp, local_agent(cp) if settings.agent else None)
     app = create_app(cp)
     app.state.wake = loops.wake
+    app.state.agent = loops.agent
     config = _TLSConfig(
         app,
         host=settings.listen_host,

@@ -11,7 +11,8 @@ Rules, per machine:
 - desired ``destroyed``: ``remove`` if anything is there;
 - desired ``stopped``: ``stop`` if running;
 - desired ``started``:
-  absent: ``start``; running an old version: ``replace``; running: nothing;
+  absent: ``start``; running an old version (or generation: a restart was
+  asked for): ``replace``; running: nothing;
   stopped at an old version: ``replace``; stopped otherwise: the restart policy
   decides: ``restart`` (after an exponential backoff: ``wait`` until then), or
   nothing (policy ``no``, or ``on-failure`` after a clean exit), or ``fail``
@@ -53,6 +54,7 @@ class Desired:
     version: int
     state: str  # "started", "stopped" or "destroyed"
     restart: RestartPolicy = field(default_factory=RestartPolicy)
+    generation: int = 0  # bumped to restart the machine in place
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class Observed:
     finished_at: float | None = None
     restarts: Sequence[float] = field(default_factory=tuple)  # when each restart happened
     failed: bool = False  # the restart policy already gave up on it
+    generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,8 @@ def plan(
             actions.append(
                 Action(ActionKind.REPLACE, machine_id, f"version {seen.version} -> {want.version}")
             )
+        elif seen.generation != want.generation:
+            actions.append(Action(ActionKind.REPLACE, machine_id, "restart requested"))
         elif seen.status == "stopped" and not seen.failed:
             decision = _restart_decision(want, seen, now)
             if decision is not None:

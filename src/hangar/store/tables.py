@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import (
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     LargeBinary,
@@ -33,6 +34,7 @@ __all__ = [
     "Base",
     "Host",
     "Machine",
+    "MachineEvent",
     "Membership",
     "Network",
     "Org",
@@ -229,3 +231,21 @@ class Machine(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    # Bumped to restart the machine in place (the agent replaces it).
+    generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    stop_signal: Mapped[str | None] = mapped_column(String(16))
+    stop_timeout: Mapped[float | None] = mapped_column(Float)
+    lease_nonce_hash: Mapped[str | None] = mapped_column(String(64))
+    lease_owner: Mapped[str | None] = mapped_column(String(254))
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class MachineEvent(Base):
+    """What happened to a machine: state changes and requests, for `machines events`."""
+
+    __tablename__ = "machine_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    machine_id: Mapped[str] = mapped_column(String(32), index=True)
+    time: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    kind: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text, default="")

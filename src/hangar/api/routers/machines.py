@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import hashlib
+import hmac
 import json
+import secrets
+import time
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import Query, Request
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from hangar.agent.oci import parse_image_ref, read_manifest
+from hangar.agent.service import LocalAgent
 from hangar.api.guard import Access, GuardedRouter, requires
 from hangar.auth.rbac import Permission
 from hangar.config.appconfig import parse_app_config
 from hangar.controlplane.machines import create_machine, create_release, get_release
-from hangar.errors import Conflict, NotFound, ValidationError
-from hangar.store.tables import App, Host, Machine, Release
+from hangar.errors import Conflict, NotFound, ValidationError, WaitTimeout
+from hangar.store.tables import App, Host, Machine, MachineEvent, Release
 
 router = GuardedRouter(prefix="/v1/apps/{app}", tags=["machines"])
 
@@ -204,19 +213,53 @@ def show_machine(
     return _machine_out(machine, host)
 
 
-def _set_desired(
-    access: Access, request: Request, machine_id: str, desired: str, action: str
+LEASE_HEADER = "Hangar-Lease-Nonce"
+
+
+def _nonce_hash(nonce: str) -> str:
+    return hashlib.sha256(nonce.encode()).hexdigest()
+
+
+def _check_lease(machine: Machine, request: Request) -> None:
+    """Conflict if someone else holds an unexpired lease on the machine."""
+    expires = machine.lease_expires_at
+    if machine.lease_nonce_hash is None or expires is None or expires <= dt.datetime.now(dt.UTC):
+        return
+    nonce = request.headers.get(LEASE_HEADER, "")
+    if not hmac.compare_digest(_nonce_hash(nonce), machine.lease_nonce_hash):
+        raise Conflict(
+            f"machine {machine.id} is leased by {machine.lease_owner} until "
+            f"{expires.isoformat(timespec='seconds')}",
+            hint=f"wait, or send the lease's nonce in the {LEASE_HEADER} header",
+        )
+
+
+def _event(session: Session, machine_id: str, kind: str, detail: str = "") -> None:
+    session.add(
+        MachineEvent(machine_id=machine_id, time=dt.datetime.now(dt.UTC), kind=kind, detail=detail)
+    )
+
+
+def _change(
+    access: Access, request: Request, machine_id: str, action: str, **values: Any
 ) -> MachineOut:
+    """Change a machine's desired state (lease permitting), audited and recorded."""
     assert access.org is not None
     machine, host = _machine(access, machine_id)
     with access.cp.db.write() as session:
         row = session.get(Machine, machine.id)
         if row is None:
             raise NotFound(f"machine {machine_id!r} not found")
-        row.desired = desired
+        _check_lease(row, request)
+        for key, value in values.items():
+            setattr(row, key, value)
         row.updated_at = dt.datetime.now(dt.UTC)
+        detail = {k: v for k, v in values.items() if k != "generation"}
+        _event(
+            session, row.id, action.removeprefix("machine."), json.dumps(detail) if detail else ""
+        )
         access.cp.audit.record(
-            session, access.ctx, org_id=access.org.id, action=action, target=row.id
+            session, access.ctx, org_id=access.org.id, action=action, target=row.id, detail=detail
         )
         out = _machine_out(row, host)
     _wake(request)
@@ -263,14 +306,30 @@ def create_machine_route(
     return out
 
 
+class StopIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    signal: Literal["SIGINT", "SIGTERM", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGKILL"] | None = None
+    timeout: float | None = Field(default=None, ge=0, le=3600)
+
+
 @router.post("/machines/{machine_id}/stop", response_model=MachineOut, summary="Stop a machine")
 def stop_machine(
     app: str,
     machine_id: str,
     request: Request,
     access: Annotated[Access, requires(Permission.MACHINES_CONTROL)],
+    body: StopIn | None = None,
 ) -> MachineOut:
-    return _set_desired(access, request, machine_id, "stopped", "machine.stop")
+    body = body or StopIn()
+    return _change(
+        access,
+        request,
+        machine_id,
+        "machine.stop",
+        desired="stopped",
+        stop_signal=body.signal,
+        stop_timeout=body.timeout,
+    )
 
 
 @router.post("/machines/{machine_id}/start", response_model=MachineOut, summary="Start a machine")
@@ -280,7 +339,29 @@ def start_machine(
     request: Request,
     access: Annotated[Access, requires(Permission.MACHINES_CONTROL)],
 ) -> MachineOut:
-    return _set_desired(access, request, machine_id, "started", "machine.start")
+    return _change(access, request, machine_id, "machine.start", desired="started")
+
+
+@router.post(
+    "/machines/{machine_id}/restart",
+    response_model=MachineOut,
+    summary="Restart a machine in place",
+)
+def restart_machine(
+    app: str,
+    machine_id: str,
+    request: Request,
+    access: Annotated[Access, requires(Permission.MACHINES_CONTROL)],
+) -> MachineOut:
+    machine, _ = _machine(access, machine_id)
+    return _change(
+        access,
+        request,
+        machine_id,
+        "machine.restart",
+        desired="started",
+        generation=machine.generation + 1,
+    )
 
 
 @router.delete(
@@ -294,4 +375,241 @@ def destroy_machine(
     request: Request,
     access: Annotated[Access, requires(Permission.APPS_DELETE)],
 ) -> MachineOut:
-    return _set_desired(access, request, machine_id, "destroyed", "machine.destroy")
+    return _change(access, request, machine_id, "machine.destroy", desired="destroyed")
+
+
+@router.get(
+    "/machines/{machine_id}/wait",
+    response_model=MachineOut,
+    summary="Wait until a machine reaches a state (408 if it does not in time)",
+)
+async def wait_machine(
+    app: str,
+    machine_id: str,
+    access: Annotated[Access, requires(Permission.APPS_READ)],
+    state: Literal["started", "stopped", "failed", "destroyed"] = "started",
+    timeout: Annotated[float, Query(ge=0, le=60)] = 30,
+) -> MachineOut:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            machine, host = _machine(access, machine_id)
+        except NotFound:
+            if state == "destroyed":
+                raise NotFound(f"machine {machine_id!r} is destroyed") from None
+            raise
+        if machine.state == state:
+            return _machine_out(machine, host)
+        if time.monotonic() >= deadline:
+            raise WaitTimeout(
+                f"machine {machine_id} is {machine.state}, not {state}, after {timeout:g}s"
+            )
+        await asyncio.sleep(0.05)
+
+
+class EventOut(BaseModel):
+    time: dt.datetime
+    kind: str
+    detail: str
+
+
+@router.get(
+    "/machines/{machine_id}/events",
+    response_model=list[EventOut],
+    summary="What happened to a machine, newest first",
+)
+def machine_events(
+    app: str,
+    machine_id: str,
+    access: Annotated[Access, requires(Permission.APPS_READ)],
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> list[EventOut]:
+    machine, _ = _machine(access, machine_id)
+    with access.cp.db.read() as session:
+        rows = session.execute(
+            select(MachineEvent)
+            .where(MachineEvent.machine_id == machine.id)
+            .order_by(MachineEvent.id.desc())
+            .limit(limit)
+        ).scalars()
+        return [EventOut(time=e.time, kind=e.kind, detail=e.detail) for e in rows]
+
+
+class LeaseIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ttl: int = Field(default=30, ge=1, le=3600)
+
+
+class LeaseOut(BaseModel):
+    nonce: str = Field(description="send as the Hangar-Lease-Nonce header; shown only now")
+    owner: str
+    expires_at: dt.datetime
+
+
+@router.post(
+    "/machines/{machine_id}/lease",
+    response_model=LeaseOut,
+    status_code=201,
+    summary="Take a lease: only its holder may change the machine until it expires",
+)
+def take_lease(
+    app: str,
+    machine_id: str,
+    request: Request,
+    access: Annotated[Access, requires(Permission.MACHINES_CONTROL)],
+    body: LeaseIn | None = None,
+) -> LeaseOut:
+    ttl = (body or LeaseIn()).ttl
+    machine, _ = _machine(access, machine_id)
+    nonce = secrets.token_urlsafe(24)
+    with access.cp.db.write() as session:
+        row = session.get(Machine, machine.id)
+        assert row is not None
+        _check_lease(row, request)
+        row.lease_nonce_hash = _nonce_hash(nonce)
+        row.lease_owner = access.principal.email
+        row.lease_expires_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=ttl)
+        assert access.org is not None
+        access.cp.audit.record(
+            session,
+            access.ctx,
+            org_id=access.org.id,
+            action="machine.lease",
+            target=row.id,
+            detail={"ttl": ttl},
+        )
+        return LeaseOut(nonce=nonce, owner=row.lease_owner, expires_at=row.lease_expires_at)
+
+
+@router.delete("/machines/{machine_id}/lease", status_code=204, summary="Release a lease")
+def release_lease(
+    app: str,
+    machine_id: str,
+    request: Request,
+    access: Annotated[Access, requires(Permission.MACHINES_CONTROL)],
+) -> None:
+    machine, _ = _machine(access, machine_id)
+    with access.cp.db.write() as session:
+        row = session.get(Machine, machine.id)
+        assert row is not None
+        _check_lease(row, request)
+        row.lease_nonce_hash = row.lease_owner = row.lease_expires_at = None
+        assert access.org is not None
+        access.cp.audit.record(
+            session, access.ctx, org_id=access.org.id, action="machine.lease_release", target=row.id
+        )
+
+
+def _local_agent(request: Request, host: Host) -> LocalAgent:
+    agent = getattr(request.app.state, "agent", None)
+    if agent is None or agent.host_id != host.id:
+        raise Conflict(
+            f"machine is on host {host.name}, which this server does not run",
+            hint="exec and logs reach machines on this server's own host",
+        )
+    assert isinstance(agent, LocalAgent)
+    return agent
+
+
+class ExecIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cmd: list[str] = Field(min_length=1, max_length=256)
+    timeout: float = Field(default=30, gt=0, le=300)
+
+
+class ExecOut(BaseModel):
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@router.post(
+    "/machines/{machine_id}/exec",
+    response_model=ExecOut,
+    summary="Run a command in a running machine (audited)",
+)
+def exec_machine(
+    app: str,
+    machine_id: str,
+    body: ExecIn,
+    request: Request,
+    access: Annotated[Access, requires(Permission.MACHINES_CONTROL)],
+) -> ExecOut:
+    assert access.org is not None
+    machine, host = _machine(access, machine_id)
+    agent = _local_agent(request, host)
+    with access.cp.db.write() as session:
+        # Audited before it runs: a command that never returns is still on record.
+        access.cp.audit.record(
+            session,
+            access.ctx,
+            org_id=access.org.id,
+            action="machine.exec",
+            target=machine.id,
+            detail={"cmd": body.cmd},
+        )
+    result = agent.reconciler.runtime.exec(machine.id, body.cmd, timeout=body.timeout)
+    cap = 1 << 20
+    return ExecOut(
+        exit_code=result.exit_code,
+        stdout=result.stdout[:cap].decode(errors="replace"),
+        stderr=result.stderr[:cap].decode(errors="replace"),
+    )
+
+
+@router.get(
+    "/logs",
+    response_class=StreamingResponse,
+    summary="Machines' output as NDJSON, oldest first; follow=true keeps streaming",
+    responses={200: {"content": {"application/x-ndjson": {}}, "description": "NDJSON lines"}},
+)
+async def logs(
+    app: str,
+    request: Request,
+    access: Annotated[Access, requires(Permission.APPS_READ)],
+    machine: Annotated[str | None, Query(max_length=32)] = None,
+    follow: bool = False,
+) -> StreamingResponse:
+    assert access.app is not None
+    with access.cp.db.read() as session:
+        query = (
+            select(Machine, Host)
+            .join(Host, Host.id == Machine.host_id)
+            .where(Machine.app_id == access.app.id)
+        )
+        if machine is not None:
+            query = query.where(Machine.id == machine)
+        rows = session.execute(query).all()
+    if machine is not None and not rows:
+        raise NotFound(f"machine {machine!r} not found in app {app!r}")
+    agent = _local_agent(request, rows[0][1]) if rows else None
+    targets = [(m.id, h.region) for m, h in rows]
+
+    async def stream() -> AsyncIterator[bytes]:
+        sent: dict[str, int] = {}
+        while True:
+            for machine_id, region in targets:
+                assert agent is not None
+                try:
+                    records = agent.reconciler.runtime.logs(machine_id)
+                except NotFound:
+                    continue
+                start = sent.get(machine_id, 0)
+                if start > len(records):  # rotated away under us: start over
+                    start = 0
+                for record in records[start:]:
+                    line = {
+                        "ts": record["ts"],
+                        "machine": machine_id,
+                        "app": app,
+                        "region": region,
+                        "stream": record["stream"],
+                        "line": record["line"],
+                    }
+                    yield (json.dumps(line) + "\n").encode()
+                sent[machine_id] = len(records)
+            if not follow or await request.is_disconnected():
+                return
+            await asyncio.sleep(0.3)
+
+    return StreamingResponse(stream(), media_type="application/x-ndjson")
