@@ -43,6 +43,7 @@ demo: deps
 
 bench: deps
 	$(PY) benchmarks/api_throughput.py
+	$(PY) benchmarks/machine_start.py
 
 # Re-pin every dependency (with hashes) after editing pyproject.toml.
 lock: venv

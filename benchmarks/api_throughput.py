@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -28,6 +27,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from _support import HANGAR, free_port, init_installation
 
 HERE = Path(__file__).resolve().parent
 
@@ -52,12 +53,6 @@ request = function()
   return wrk.format(nil, nil, nil, '{{"name": "' .. prefix .. counter .. '"}}')
 end
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_up(url: str, ca: Path, proc: subprocess.Popen[bytes]) -> None:
@@ -107,26 +102,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="hangar-bench-"))
     data = work / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("HANGAR_")}
-    hangar = [sys.executable, "-m", "hangar.cli.main"]
-    subprocess.run(
-        [
-            *hangar,
-            "server",
-            "init",
-            "--data-dir",
-            str(data),
-            "--org",
-            "acme",
-            "--admin-email",
-            "bench@example.com",
-            "--token-file",
-            str(work / "token"),
-        ],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-    token = (work / "token").read_text().strip()
+    hangar = HANGAR
+    token = init_installation(work, env)
     hangar_port, bare_port = free_port(), free_port()
     log = (work / "servers.log").open("ab")
     procs = [

@@ -22,7 +22,6 @@ import socket
 import ssl
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,8 +29,9 @@ from typing import Any
 
 import httpx
 
+from _support import HANGAR, free_port, init_installation
+
 ROOT = Path(__file__).resolve().parents[1]
-HANGAR = [sys.executable, "-m", "hangar.cli.main"]
 CONFIG = """
 app = "bench"
 kill_signal = "SIGTERM"
@@ -52,12 +52,6 @@ kill_timeout = "2s"
 [[vm]]
   memory = "64mb"
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def first_byte(address: str, deadline: float) -> bool:
@@ -116,24 +110,7 @@ def main() -> None:
     hello = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hello)
     hello.build(work / "image")
-    subprocess.run(
-        [
-            *HANGAR,
-            "server",
-            "init",
-            "--data-dir",
-            str(work / "data"),
-            "--org",
-            "acme",
-            "--admin-email",
-            "bench@example.com",
-            "--token-file",
-            str(work / "token"),
-        ],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
+    token = init_installation(work, env)
     port = free_port()
     log = (work / "server.log").open("ab")
     server = subprocess.Popen(
@@ -155,9 +132,7 @@ def main() -> None:
         stderr=subprocess.STDOUT,
     )
     log.close()
-    api = Api(
-        f"https://127.0.0.1:{port}", (work / "token").read_text().strip(), work / "data/ca.crt"
-    )
+    api = Api(f"https://127.0.0.1:{port}", token, work / "data/ca.crt")
     raw_ids: list[str] = []
     try:
         for _ in range(300):

@@ -54,7 +54,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(data_dir: Path, env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+def start(data_dir: Path, env: dict[str, str], port: int, *options: str) -> subprocess.Popen[bytes]:
+    """`hangar server run` on ``port`` (with ``options``), once it answers over TLS."""
     with open(data_dir.parent / "server.log", "ab") as log:  # the child keeps its own copy
         proc = subprocess.Popen(
             [
@@ -65,7 +66,7 @@ def start(data_dir: Path, env: dict[str, str], port: int) -> subprocess.Popen[by
                 str(data_dir),
                 "--listen-port",
                 str(port),
-                "--no-agent",
+                *(options or ("--no-agent",)),
             ],
             env=env,
             stdout=log,
@@ -86,24 +87,9 @@ def start(data_dir: Path, env: dict[str, str], port: int) -> subprocess.Popen[by
     raise AssertionError((data_dir.parent / "server.log").read_text())
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HANGAR_")}
-    env["HANGAR_CONFIG_DIR"] = str(tmp_path / "cli")
-    data_dir = tmp_path / "data"
-    token_file = tmp_path / "admin.token"
-    init = subprocess.run(
+def init(data_dir: Path, token_file: Path, env: dict[str, str]) -> dict[str, object]:
+    """`hangar server init` for org acme, admin@example.com; the token goes to a file."""
+    result = subprocess.run(
         [
             *HANGAR,
             "server",
@@ -123,7 +109,28 @@ def server(tmp_path: Path) -> Iterator[Server]:
         text=True,
         check=True,
     )
-    assert json.loads(init.stdout)["token"] is None  # written to the file, not printed
+    return dict(json.loads(result.stdout))
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HANGAR_")}
+    env["HANGAR_CONFIG_DIR"] = str(tmp_path / "cli")
+    data_dir = tmp_path / "data"
+    token_file = tmp_path / "admin.token"
+    made = init(data_dir, token_file, env)
+    assert made["token"] is None  # written to the file, not printed
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     port = free_port()
     proc = start(data_dir, env, port)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_cli_flow import HANGAR, Server, free_port, login, stop
+from tests.e2e.test_cli_flow import HANGAR, Server, free_port, init, login, start, stop
 
 pytestmark = [
     pytest.mark.slow,
@@ -46,34 +46,7 @@ kill_signal = "SIGTERM"
 def start_server(
     data_dir: Path, agent_dir: Path, env: dict[str, str], port: int
 ) -> subprocess.Popen[bytes]:
-    with open(data_dir.parent / "server.log", "ab") as log:
-        proc = subprocess.Popen(
-            [
-                *HANGAR,
-                "server",
-                "run",
-                "--data-dir",
-                str(data_dir),
-                "--listen-port",
-                str(port),
-                "--agent-dir",
-                str(agent_dir),
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc
-        if proc.poll() is not None:
-            break
-        time.sleep(0.2)
-    proc.kill()
-    proc.wait()
-    raise AssertionError((data_dir.parent / "server.log").read_text())
+    return start(data_dir, env, port, "--agent-dir", str(agent_dir))
 
 
 @pytest.fixture
@@ -83,24 +56,7 @@ def deployed(tmp_path: Path) -> Iterator[tuple[Server, Path, Path]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HANGAR_")}
     env["HANGAR_CONFIG_DIR"] = str(tmp_path / "cli")
     data_dir, token_file = tmp_path / "data", tmp_path / "admin.token"
-    subprocess.run(
-        [
-            *HANGAR,
-            "server",
-            "init",
-            "--data-dir",
-            str(data_dir),
-            "--org",
-            "acme",
-            "--admin-email",
-            "admin@example.com",
-            "--token-file",
-            str(token_file),
-        ],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
+    init(data_dir, token_file, env)
     port = free_port()
     proc = start_server(data_dir, agent_root / "agent", env, port)
     srv = Server(data_dir, f"https://127.0.0.1:{port}", token_file.read_text().strip(), env, proc)
@@ -329,3 +285,54 @@ def test_machine_controls_logs_exec_and_leases(deployed: tuple[Server, Path, Pat
     for action in ("machine.exec", "machine.restart", "machine.lease", "machine.lease_release"):
         assert action in events
     http.close()
+
+
+def test_release_command_and_one_off_machines(deployed: tuple[Server, Path, Path]) -> None:
+    srv, tmp, _ = deployed
+    srv.cli("deploy", "--config", str(write_config(tmp, "good.toml")))
+    (serving,) = machines(srv)
+
+    good = write_config(tmp, "migrate.toml")
+    good.write_text(
+        good.read_text().replace(
+            "[deploy]", "[deploy]\n  release_command = \"sh -c 'echo migrating; exit 0'\""
+        )
+    )
+    assert "Release v2 is live." in srv.cli("deploy", "--config", str(good)).stdout
+
+    bad = write_config(tmp, "broken.toml")
+    bad.write_text(
+        bad.read_text().replace(
+            "[deploy]", "[deploy]\n  release_command = \"sh -c 'echo boom >&2; exit 4'\""
+        )
+    )
+    failed = srv.cli("deploy", "--config", str(bad), check=False)
+    assert failed.returncode == 1 and "release_command exited 4" in failed.stderr
+    (after,) = machines(srv)  # serving machines untouched by the aborted deploy
+    assert after["id"] == serving["id"] and after["running_version"] == 2
+    events = [e["action"] for e in srv.json("audit", "list", "--org", "acme", "--limit", "1000")]  # type: ignore[union-attr]
+    assert events.count("release.command") == 2
+
+    out = srv.cli(
+        "machines",
+        "run",
+        f"oci:{tmp / 'image'}:latest",
+        "--app",
+        "hello",
+        "--",
+        "sh",
+        "-c",
+        "echo one-off says hi",
+    )
+    one_off = out.stdout.split()[3].rstrip(";")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        shown = srv.json("machines", "show", one_off, "--app", "hello")
+        if shown["state"] == "stopped":  # type: ignore[index]
+            break
+        time.sleep(0.3)
+    assert shown["exit_code"] == 0 and shown["one_off"] is True  # type: ignore[index]
+    logged = srv.cli("logs", "--app", "hello", "-m", one_off).stdout
+    assert "one-off says hi" in logged
+    time.sleep(2)
+    assert srv.json("machines", "show", one_off, "--app", "hello")["state"] == "stopped"  # type: ignore[index]

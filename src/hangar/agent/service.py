@@ -75,24 +75,30 @@ def _checks(cfg: AppConfig) -> list[CheckSpec]:
     return checks
 
 
-def assignment_for(machine: Machine, app: App, release: Release) -> Assignment:
-    cfg = release_config(release)
+def assignment_for(machine: Machine, app: App, release: Release | None) -> Assignment | None:
+    """What the agent should run for ``machine``; None if it has nothing to run."""
+    cfg = release_config(release) if release is not None else AppConfig(app=app.name)
+    image = machine.image or (release.image if release is not None else None)
+    if image is None:
+        return None
     vm = cfg.vm[0] if cfg.vm else None
     restart = cfg.restart[0] if cfg.restart else None
+    policy = RestartPolicy(restart.policy, restart.retries) if restart else RestartPolicy()
     return Assignment(
         machine_id=machine.id,
         app=app.name,
         version=machine.version,
         state=machine.desired,
-        image=release.image,
+        image=image,
+        args=json.loads(machine.args) if machine.args else None,
         env=dict(cfg.env),
         cpus=vm.cpus if vm else 1,
         memory_mb=vm.memory if vm else 256,
         address=machine.address,
-        restart=RestartPolicy(restart.policy, restart.retries) if restart else RestartPolicy(),
+        restart=RestartPolicy("no") if machine.one_off else policy,
         kill_signal=machine.stop_signal or cfg.kill_signal,
         kill_timeout=machine.stop_timeout if machine.stop_timeout is not None else cfg.kill_timeout,
-        checks=_checks(cfg),
+        checks=[] if machine.one_off else _checks(cfg),
         generation=machine.generation,
     )
 
@@ -108,13 +114,14 @@ class LocalAgent:
             rows = session.execute(
                 select(Machine, App, Release)
                 .join(App, App.id == Machine.app_id)
-                .join(
+                .outerjoin(
                     Release,
                     (Release.app_id == Machine.app_id) & (Release.version == Machine.version),
                 )
                 .where(Machine.host_id == self.host_id)
             ).all()
-        return [assignment_for(m, a, r) for m, a, r in rows]
+        found = [assignment_for(m, a, r) for m, a, r in rows]
+        return [a for a in found if a is not None]
 
     def tick(self, now: float) -> float | None:
         """One round; returns when something is next due (a check, a restart), if known."""

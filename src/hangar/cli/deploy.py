@@ -38,7 +38,7 @@ def app_name(app: str | None, config: Path = Path("hangar.toml")) -> str:
     raise ConfigError("which app?", hint="pass --app NAME, or run where hangar.toml is")
 
 
-def _absolute(image: str) -> str:
+def absolute_image(image: str) -> str:
     """Make an oci: path absolute (the server reads it), leaving docker:// alone."""
     if image.startswith("docker://"):
         return image
@@ -74,7 +74,7 @@ def deploy(
     release = api.request(
         "POST",
         f"/v1/apps/{name}/releases",
-        json={"image": _absolute(chosen), "config": config.read_text(), "strategy": strategy},
+        json={"image": absolute_image(chosen), "config": config.read_text(), "strategy": strategy},
     )
     version = release["version"]
     if not json_out:

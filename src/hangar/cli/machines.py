@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from hangar.cli.common import JsonOpt, YesOpt, client
-from hangar.cli.deploy import MACHINE_COLUMNS, AppOpt, app_name
+from hangar.cli.deploy import MACHINE_COLUMNS, AppOpt, absolute_image, app_name
 from hangar.cli.output import confirm, emit, table
 from hangar.config.appconfig import parse_duration
 
@@ -159,3 +159,19 @@ def destroy(
     confirm(f"Destroy machine {machine_id}?", yes)
     client(ctx).request("DELETE", f"/v1/apps/{app_name(app_)}/machines/{machine_id}")
     typer.echo(f"{machine_id}: destroy requested.")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def run(
+    ctx: typer.Context,
+    image: Annotated[str, typer.Argument(help="PATH or oci:PATH:TAG")],
+    command: Annotated[list[str] | None, typer.Argument(help="the command, after --")] = None,
+    app_: AppOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run a one-off machine (never restarted) from an image, optionally with a command."""
+    body = {"image": absolute_image(image), "cmd": command or None}
+    data = client(ctx).request("POST", f"/v1/apps/{app_name(app_)}/machines", json=body)
+    emit(data) if json_out else typer.echo(
+        f"Started one-off machine {data['id']}; `hangar logs -m {data['id']}` shows its output."
+    )

@@ -22,12 +22,14 @@ import datetime as dt
 import json
 import logging
 import math
+import shlex
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hangar.audit.log import AuditContext, AuditLog
+from hangar.config.appconfig import AppConfig
 from hangar.controlplane.machines import active_machines, create_machine, release_config
 from hangar.store.tables import App, Machine, Release
 
@@ -82,6 +84,10 @@ def step(session: Session, audit: AuditLog, release: Release, now: float) -> Non
     )
     machines = active_machines(session, app.id)
 
+    if release.status == "pending" and cfg.deploy.release_command:
+        if not _release_command_done(session, audit, app, release, detail, cfg, now):
+            return
+        detail = {}
     if release.status == "pending":
         previous = session.execute(
             select(Release.version)
@@ -142,6 +148,65 @@ def step(session: Session, audit: AuditLog, release: Release, now: float) -> Non
     detail["batch"] = [m.id for m in remaining[:size]]
     detail["batch_started"] = now
     release.detail = json.dumps(detail)
+
+
+def _release_command_done(
+    session: Session,
+    audit: AuditLog,
+    app: App,
+    release: Release,
+    detail: dict[str, Any],
+    cfg: AppConfig,
+    now: float,
+) -> bool:
+    """Run release_command once in a one-off machine; True once it exited 0.
+
+    Any other exit (or no exit within wait_timeout) fails the release before
+    a single machine is replaced.
+    """
+    assert cfg.deploy.release_command is not None
+    machine_id = detail.get("release_machine")
+    if machine_id is None:
+        made = create_machine(
+            session,
+            app,
+            release.version,
+            cfg.primary_region,
+            image=release.image,
+            args=shlex.split(cfg.deploy.release_command),
+        )
+        release.detail = json.dumps({"release_machine": made.id, "release_started": now})
+        audit.record(
+            session,
+            DEPLOYER,
+            org_id=app.org_id,
+            action="release.command",
+            target=f"{app.name} v{release.version}",
+            detail={"machine": made.id, "command": cfg.deploy.release_command},
+        )
+        return False
+    machine = session.get(Machine, machine_id)
+    waited = now - float(detail.get("release_started", now))
+    if machine is not None and machine.state not in ("stopped", "failed"):
+        if waited <= cfg.deploy.wait_timeout:
+            return False
+        reason = f"release_command did not finish within {waited:.0f}s"
+    elif machine is not None and machine.state == "stopped" and machine.exit_code == 0:
+        machine.desired = "destroyed"
+        return True
+    elif machine is None:
+        reason = "release_command's machine disappeared"
+    else:
+        reason = (
+            f"release_command exited {machine.exit_code}"
+            if machine.exit_code is not None
+            else f"release_command could not run: {machine.detail}"
+        )
+        reason += f" (see `hangar logs -m {machine.id}`)"
+    if machine is not None:
+        machine.desired = "destroyed"
+    _finish(session, audit, app, release, "failed", detail, reason)
+    return False
 
 
 def _roll_back(

@@ -119,10 +119,23 @@ def _address(session: Session, app: App, host: Host) -> str:
     return str(addressing.machine_address(slice_, index))
 
 
-def create_machine(session: Session, app: App, version: int, region: str | None) -> Machine:
+def create_machine(
+    session: Session,
+    app: App,
+    version: int,
+    region: str | None,
+    *,
+    image: str | None = None,
+    args: list[str] | None = None,
+) -> Machine:
+    """A machine of ``app``; with ``image`` or ``args`` it is a one-off (never restarted)."""
     host = _place(session, region)
     now = _now()
+    one_off = image is not None or args is not None
     machine = Machine(
+        one_off=one_off,
+        image=image,
+        args=json.dumps(args) if args is not None else None,
         id=new_id("m"),
         app_id=app.id,
         host_id=host.id,
@@ -143,10 +156,13 @@ def create_machine(session: Session, app: App, version: int, region: str | None)
 
 
 def active_machines(session: Session, app_id: str) -> list[Machine]:
+    """The app's serving machines (one-offs are not deployed to)."""
     return list(
         session.execute(
             select(Machine)
-            .where(Machine.app_id == app_id, Machine.desired != "destroyed")
+            .where(
+                Machine.app_id == app_id, Machine.desired != "destroyed", Machine.one_off.is_(False)
+            )
             .order_by(Machine.created_at, Machine.id)
         ).scalars()
     )

@@ -238,6 +238,11 @@ class Machine(Base):
     lease_nonce_hash: Mapped[str | None] = mapped_column(String(64))
     lease_owner: Mapped[str | None] = mapped_column(String(254))
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # One-off machines (`machines run`, release commands): their own image and
+    # command, never restarted, never moved by a deploy.
+    one_off: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    image: Mapped[str | None] = mapped_column(String(1000))
+    args: Mapped[str | None] = mapped_column(Text)
 
 
 class MachineEvent(Base):

@@ -50,6 +50,7 @@ class ReleaseOut(BaseModel):
 
 class MachineOut(BaseModel):
     id: str
+    one_off: bool
     state: str
     desired: str
     version: int
@@ -81,6 +82,7 @@ def _release_out(r: Release) -> ReleaseOut:
 def _machine_out(m: Machine, h: Host) -> MachineOut:
     return MachineOut(
         id=m.id,
+        one_off=m.one_off,
         state=m.state,
         desired=m.desired,
         version=m.version,
@@ -266,19 +268,34 @@ def _change(
     return out
 
 
+class MachineIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image: str | None = Field(default=None, min_length=1, max_length=1000)
+    cmd: list[str] | None = Field(default=None, min_length=1, max_length=256)
+
+
 @router.post(
     "/machines",
     response_model=MachineOut,
     status_code=201,
-    summary="Add a machine running the app's current release",
+    summary="Add a machine: the current release's, or a one-off with its own image or command",
 )
 def create_machine_route(
     app: str,
     request: Request,
     access: Annotated[Access, requires(Permission.APPS_DEPLOY)],
     region: Annotated[str | None, Query(max_length=32)] = None,
+    body: MachineIn | None = None,
 ) -> MachineOut:
     assert access.app is not None and access.org is not None
+    body = body or MachineIn()
+    image = None
+    if body.image is not None:
+        ref = parse_image_ref(body.image)
+        if ref.kind != "oci" or ref.path is None or not ref.path.is_absolute():
+            raise ValidationError("a one-off machine's image must be an absolute oci: path")
+        read_manifest(ref)
+        image = str(ref)
     with access.cp.db.write() as session:
         current = session.execute(
             select(Release.version)
@@ -286,11 +303,14 @@ def create_machine_route(
             .order_by(Release.version.desc())
             .limit(1)
         ).scalar_one_or_none()
-        if current is None:
-            raise Conflict(f"app {app!r} has no live release", hint="hangar deploy first")
+        if current is None and image is None:
+            raise Conflict(
+                f"app {app!r} has no live release",
+                hint="hangar deploy first, or give the machine an image",
+            )
         row = session.get(App, access.app.id)
         assert row is not None
-        machine = create_machine(session, row, current, region)
+        machine = create_machine(session, row, current or 0, region, image=image, args=body.cmd)
         host = session.get(Host, machine.host_id)
         assert host is not None
         access.cp.audit.record(

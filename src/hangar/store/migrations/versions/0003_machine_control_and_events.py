@@ -45,10 +45,16 @@ def upgrade() -> None:
                 "lease_expires_at", hangar.store.tables.UTCDateTime(timezone=True), nullable=True
             )
         )
+        batch_op.add_column(sa.Column("one_off", sa.Boolean(), server_default="0", nullable=False))
+        batch_op.add_column(sa.Column("image", sa.String(length=1000), nullable=True))
+        batch_op.add_column(sa.Column("args", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("machines", schema=None) as batch_op:
+        batch_op.drop_column("args")
+        batch_op.drop_column("image")
+        batch_op.drop_column("one_off")
         batch_op.drop_column("lease_expires_at")
         batch_op.drop_column("lease_owner")
         batch_op.drop_column("lease_nonce_hash")
