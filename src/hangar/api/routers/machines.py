@@ -243,9 +243,19 @@ def _event(session: Session, machine_id: str, kind: str, detail: str = "") -> No
 
 
 def _change(
-    access: Access, request: Request, machine_id: str, action: str, **values: Any
+    access: Access,
+    request: Request,
+    machine_id: str,
+    action: str,
+    *,
+    restart: bool = False,
+    **values: Any,
 ) -> MachineOut:
-    """Change a machine's desired state (lease permitting), audited and recorded."""
+    """Change a machine's desired state (lease permitting), audited and recorded.
+
+    ``restart`` bumps the machine's generation in the same transaction, so
+    two restarts never read the same generation.
+    """
     assert access.org is not None
     machine, host = _machine(access, machine_id)
     with access.cp.db.write() as session:
@@ -255,8 +265,10 @@ def _change(
         _check_lease(row, request)
         for key, value in values.items():
             setattr(row, key, value)
+        if restart:
+            row.generation += 1
         row.updated_at = dt.datetime.now(dt.UTC)
-        detail = {k: v for k, v in values.items() if k != "generation"}
+        detail = dict(values)
         _event(
             session, row.id, action.removeprefix("machine."), json.dumps(detail) if detail else ""
         )
@@ -373,15 +385,7 @@ def restart_machine(
     request: Request,
     access: Annotated[Access, requires(Permission.MACHINES_CONTROL)],
 ) -> MachineOut:
-    machine, _ = _machine(access, machine_id)
-    return _change(
-        access,
-        request,
-        machine_id,
-        "machine.restart",
-        desired="started",
-        generation=machine.generation + 1,
-    )
+    return _change(access, request, machine_id, "machine.restart", restart=True, desired="started")
 
 
 @router.delete(
