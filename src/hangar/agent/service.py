@@ -137,14 +137,23 @@ class LocalAgent:
         return min(due) if due else None
 
     def _report(self, errors: dict[str, str]) -> None:
+        # Read the runtime's files before taking the store's write lock, so
+        # API writes and the deployer never wait on this host's disk.
+        with self.db.read() as session:
+            ids = (
+                session.execute(select(Machine.id).where(Machine.host_id == self.host_id))
+                .scalars()
+                .all()
+            )
+        infos = {machine_id: self.reconciler.describe(machine_id) for machine_id in ids}
         with self.db.write() as session:
             host = session.get(Host, self.host_id)
             if host is not None:
                 host.last_seen = dt.datetime.now(dt.UTC)
             for machine in session.execute(
-                select(Machine).where(Machine.host_id == self.host_id)
+                select(Machine).where(Machine.id.in_(list(infos)))
             ).scalars():
-                info = self.reconciler.describe(machine.id)
+                info = infos[machine.id]
                 status = info["status"]
                 if status == "absent" and machine.desired == "destroyed":
                     session.delete(machine)  # destroyed: nothing left on the host
