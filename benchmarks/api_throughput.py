@@ -116,6 +116,8 @@ def main() -> None:
                 str(data),
                 "--listen-port",
                 str(hangar_port),
+                "--agent-listen-port",
+                "0",
                 "--log-level",
                 "warning",
                 "--no-agent",

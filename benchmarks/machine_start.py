@@ -122,6 +122,8 @@ def main() -> None:
             str(work / "data"),
             "--listen-port",
             str(port),
+            "--agent-listen-port",
+            "0",
             "--agent-dir",
             str(work / "agent"),
             "--log-level",

@@ -22,7 +22,7 @@ fi
 
 mkdir -p "$demo/agent" && chmod 711 "$demo" "$demo/agent"
 "$hangar" server run --data-dir "$demo/data" --listen-port "$port" --agent-dir "$demo/agent" \
-  >"$demo/server.log" 2>&1 &
+  --agent-listen-port "${DEMO_AGENT_PORT:-$((port + 1))}" >"$demo/server.log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null || true' EXIT
 

@@ -66,6 +66,7 @@ def start(data_dir: Path, env: dict[str, str], port: int, *options: str) -> subp
                 str(data_dir),
                 "--listen-port",
                 str(port),
+                *(() if "--agent-listen-port" in options else ("--agent-listen-port", "0")),
                 *(options or ("--no-agent",)),
             ],
             env=env,

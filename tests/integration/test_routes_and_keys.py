@@ -11,8 +11,15 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from sqlalchemy import make_url
 
-from hangar.api.app import create_app
-from hangar.api.guard import Guard, GuardedRouter, Public, assert_routes_guarded, iter_routes
+from hangar.api.app import create_agent_app, create_app
+from hangar.api.guard import (
+    Guard,
+    GuardedRouter,
+    HostGuard,
+    Public,
+    assert_routes_guarded,
+    iter_routes,
+)
 from hangar.controlplane.state import ControlPlane
 from hangar.errors import ConfigError, KeyMaterialError
 from tests.conftest import Installation, make_installation
@@ -23,7 +30,7 @@ def _markers(route: APIRoute) -> list[object]:
     stack = list(route.dependant.dependencies)
     while stack:
         dep = stack.pop()
-        if isinstance(dep.call, Guard | Public):
+        if isinstance(dep.call, Guard | HostGuard | Public):
             out.append(dep.call)
         stack.extend(dep.dependencies)
     return out
@@ -37,9 +44,21 @@ def test_every_route_declares_exactly_one_permission(control_plane: ControlPlane
     for route in api_routes:
         markers = _markers(route)
         assert len(markers) == 1, route.path
+        assert not isinstance(markers[0], HostGuard), f"agents' route on the public API: {route}"
         if isinstance(markers[0], Public):
             public.append(route.path)
-    assert public == ["/v1/healthz"]
+    # The join route's credential is the join token in its body.
+    assert sorted(public) == ["/v1/ca", "/v1/healthz", "/v1/hosts/join"]
+
+
+def test_the_agents_api_has_only_host_guarded_routes(control_plane: ControlPlane) -> None:
+    app = create_agent_app(control_plane)
+    routes = list(iter_routes(app.routes))
+    assert len(routes) >= 5
+    for route in routes:
+        assert isinstance(route, APIRoute), route  # no docs, no schema on this listener
+        markers = _markers(route)
+        assert len(markers) == 1 and isinstance(markers[0], HostGuard), route.path
 
 
 def test_a_route_without_a_permission_cannot_be_registered() -> None:

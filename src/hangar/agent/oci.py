@@ -13,7 +13,7 @@ import io
 import json
 import os
 import tarfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +30,11 @@ __all__ = [
     "open_blob",
     "parse_image_ref",
     "read_manifest",
+    "receive_blob",
+    "write_index",
 ]
 
+MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 MANIFEST_TYPES = {
     "application/vnd.oci.image.manifest.v1+json",
     "application/vnd.docker.distribution.manifest.v2+json",
@@ -119,6 +122,16 @@ class Manifest:
     digest: str
     config: ImageConfig
     layers: list[Layer]
+    media_type: str = MANIFEST_MEDIA_TYPE
+    size: int = -1
+    config_digest: str = ""
+    config_size: int = -1
+
+    def blobs(self) -> dict[str, int]:
+        """Every blob this manifest needs, digest → size (the manifest itself included)."""
+        found = {self.digest: self.size, self.config_digest: self.config_size}
+        found.update((layer.digest, layer.size) for layer in self.layers)
+        return found
 
 
 def _blob_path(layout: Path, digest: str) -> Path:
@@ -256,7 +269,15 @@ def read_manifest(ref: ImageRef) -> Manifest:
                     f"image {ref}: unsupported layer type {layer.get('mediaType')!r}"
                 )
             layers.append(Layer(str(layer.get("digest")), int(layer.get("size", -1)), compression))
-        return Manifest(str(descriptor["digest"]), ImageConfig.from_json(config), layers)
+        return Manifest(
+            str(descriptor["digest"]),
+            ImageConfig.from_json(config),
+            layers,
+            media_type=str(media or body.get("mediaType")),
+            size=int(descriptor.get("size", -1)),
+            config_digest=str(config_desc.get("digest")),
+            config_size=int(config_desc.get("size", -1)),
+        )
     raise ValidationError(f"image {ref}: indexes nested too deeply")
 
 
@@ -330,3 +351,39 @@ def build_layout(
     tmp.write_text(json.dumps({"schemaVersion": 2, "manifests": manifests}))
     os.replace(tmp, index_path)
     return str(manifest_desc["digest"])
+
+
+def receive_blob(layout: Path, digest: str, size: int, chunks: Iterable[bytes]) -> None:
+    """Write a blob that arrives in ``chunks`` into ``layout``, checking size and digest.
+
+    The blob appears under its name only once it is whole and verified.
+    """
+    target = _blob_path(layout, digest)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        return
+    hasher = hashlib.sha256()
+    written = 0
+    tmp = target.with_name(target.name + ".partial")
+    try:
+        with open(tmp, "wb") as handle:
+            for chunk in chunks:
+                written += len(chunk)
+                if size >= 0 and written > size:
+                    raise IntegrityError(f"blob {digest} is larger than its {size} bytes")
+                hasher.update(chunk)
+                handle.write(chunk)
+        if size >= 0 and written != size:
+            raise IntegrityError(f"blob {digest} has {written} bytes, not {size}")
+        if "sha256:" + hasher.hexdigest() != digest:
+            raise IntegrityError(f"blob {digest} does not match its digest")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_index(layout: Path, manifest: Mapping[str, Any]) -> None:
+    """Make ``layout`` an image layout whose only manifest is ``manifest`` (a descriptor)."""
+    layout.mkdir(parents=True, exist_ok=True)
+    (layout / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [manifest]}))

@@ -14,20 +14,20 @@ import datetime as dt
 import ipaddress
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hangar.agent.health import CheckSpec, HealthMonitor
-from hangar.agent.images import ImageStore
-from hangar.agent.oci import parse_image_ref
+from hangar.agent.images import Image, ImageStore
+from hangar.agent.oci import ImageRef, parse_image_ref
 from hangar.agent.runtimes.base import MachineSpec
 from hangar.agent.runtimes.runc import RuncRuntime
 from hangar.domain.reconcile import Action, ActionKind, Desired, Observed, RestartPolicy, plan
-from hangar.errors import HangarError, ValidationError
+from hangar.errors import HangarError, IntegrityError, ValidationError
 
-__all__ = ["Assignment", "Outcome", "Reconciler"]
+__all__ = ["Assignment", "ImageSource", "Outcome", "Reconciler"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,33 @@ class Assignment:
     kill_timeout: float = 5.0
     checks: list[CheckSpec] = field(default_factory=list)
     generation: int = 0
+    image_digest: str | None = None  # the manifest digest the release pinned
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Assignment:
+        """An assignment as the control plane sent it; ValidationError if malformed."""
+        try:
+            fields = dict(data)
+            fields["restart"] = RestartPolicy(**fields.get("restart", {}))
+            fields["checks"] = [
+                CheckSpec(**{**c, "headers": dict(c.get("headers", {}))})
+                for c in fields.get("checks", [])
+            ]
+            return cls(**fields)
+        except (TypeError, AttributeError) as exc:
+            raise ValidationError(f"malformed assignment from the control plane: {exc}") from exc
+
+
+ImageSource = Callable[[Assignment], ImageRef]
+"""Where this host gets an assignment's image as a local layout."""
+
+
+def _local_layout(want: Assignment) -> ImageRef:
+    """On the control plane's own host, the release's layout is on this disk."""
+    return parse_image_ref(want.image)
 
 
 @dataclass(frozen=True)
@@ -83,9 +110,11 @@ class Reconciler:
         images: ImageStore,
         state_dir: Path,
         health: HealthMonitor | None = None,
+        image_source: ImageSource | None = None,
     ) -> None:
         self.runtime = runtime
         self.images = images
+        self.image_source: ImageSource = image_source or _local_layout
         self.meta_dir = state_dir / "assignments"
         self.meta_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.health = health or HealthMonitor()
@@ -185,8 +214,23 @@ class Reconciler:
                 want.machine_id, ipaddress.IPv6Address(want.address), want.checks, now
             )
 
+    def _image(self, want: Assignment) -> Image:
+        """The unpacked image, exactly the digest the release pinned (if it pinned one)."""
+        if want.image_digest is not None:
+            known = self.images.get(want.image_digest)
+            if known is not None:
+                return known
+        image = self.images.pull(self.image_source(want))
+        if want.image_digest is not None and image.digest != want.image_digest:
+            raise IntegrityError(
+                f"image {want.image} is now {image.digest}, not the {want.image_digest}"
+                " the release pinned",
+                hint="deploy again to run the image as it is now",
+            )
+        return image
+
     def _spec(self, want: Assignment) -> MachineSpec:
-        image = self.images.pull(parse_image_ref(want.image))
+        image = self._image(want)
         cfg = image.config
         args = want.args if want.args is not None else cfg.entrypoint + cfg.cmd
         uid, gid = _parse_user(cfg.user, image.rootfs)

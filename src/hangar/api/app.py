@@ -12,10 +12,10 @@ import hangar
 from hangar.api.guard import assert_routes_guarded
 from hangar.api.middleware import RequestContextMiddleware
 from hangar.api.problems import PROBLEM_RESPONSES, install_problem_handlers
-from hangar.api.routers import apps, audit, health, hosts, machines, orgs, tokens
+from hangar.api.routers import agent, apps, audit, health, hosts, machines, orgs, tokens
 from hangar.controlplane.state import ControlPlane
 
-__all__ = ["create_app"]
+__all__ = ["create_agent_app", "create_app"]
 
 log = logging.getLogger("hangar.api")
 
@@ -39,6 +39,23 @@ def create_app(cp: ControlPlane) -> FastAPI:
     app.state.cp = cp
     for module in (health, orgs, apps, machines, hosts, tokens, audit):
         app.include_router(module.router, responses=PROBLEM_RESPONSES)
+    install_problem_handlers(app)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=cp.settings.max_body_bytes)
+    assert_routes_guarded(app)
+    return app
+
+
+def create_agent_app(cp: ControlPlane) -> FastAPI:
+    """The agents' API, for the mutual-TLS listener only (no docs, no schema)."""
+    app = FastAPI(
+        title="Hangar agent API",
+        version=hangar.__version__,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.cp = cp
+    app.include_router(agent.router, responses=PROBLEM_RESPONSES)
     install_problem_handlers(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=cp.settings.max_body_bytes)
     assert_routes_guarded(app)

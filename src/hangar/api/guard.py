@@ -1,7 +1,8 @@
 """Authentication and authorization as FastAPI dependencies; default deny.
 
 Every API route must depend on exactly one ``Guard`` (it names the route's
-permission) or on ``Public`` (it says, visibly, that the route needs none).
+permission), ``HostGuard`` (the caller is a joined host, known by its client
+certificate) or ``Public`` (it says, visibly, that the route needs none).
 ``GuardedRouter`` refuses to register a route that has neither, and
 ``assert_routes_guarded`` checks a whole app the same way.
 
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography import x509
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
@@ -28,15 +30,20 @@ from hangar.audit.log import AuditContext
 from hangar.auth.rbac import Permission
 from hangar.auth.tokens import Principal
 from hangar.controlplane.state import ControlPlane
+from hangar.crypto.ca import host_id_of
 from hangar.crypto.macaroons import Macaroon
 from hangar.errors import AuthError, HangarError, NotFound, PermissionDenied
-from hangar.store.tables import App, Org
+from hangar.store.tables import App, Host, Org
 
 __all__ = [
+    "HOST",
+    "PEER_CERT_SCOPE_KEY",
     "PUBLIC",
     "Access",
     "Guard",
     "GuardedRouter",
+    "HostAccess",
+    "HostGuard",
     "Public",
     "assert_routes_guarded",
     "iter_routes",
@@ -183,6 +190,70 @@ class Guard:
         return access
 
 
+# Where the agent listener's protocol puts the verified client certificate (DER).
+PEER_CERT_SCOPE_KEY = "hangar.peer_cert"
+
+
+@dataclass
+class HostAccess:
+    """What a host-guarded handler receives: the calling host, known by its certificate."""
+
+    cp: ControlPlane
+    host: Host
+    ctx: AuditContext
+
+
+class HostGuard:
+    """``Depends(HostGuard())``: the caller is a joined host with a current certificate.
+
+    TLS has already verified the chain to the internal CA, the validity dates
+    and client-auth usage; this checks that the certificate is one the store
+    still accepts for that host (not removed, not replaced by a renewal).
+    """
+
+    async def __call__(self, request: Request) -> HostAccess:
+        cp = control_plane(request)
+        der = request.scope.get(PEER_CERT_SCOPE_KEY)
+        if not isinstance(der, bytes):
+            raise AuthError("a host client certificate is required")
+        cert = x509.load_der_x509_certificate(der)
+        host_id = host_id_of(cert)
+        serial = format(cert.serial_number, "x")
+        ctx = AuditContext(
+            actor=f"host:{host_id or '?'}",
+            token_id=None,
+            request_id=getattr(request.state, "request_id", None),
+            client_addr=_client(request),
+        )
+        with cp.db.read() as session:
+            host = session.get(Host, host_id) if host_id else None
+        accepted = host is not None and host.state != "removed"
+        if host is not None and serial not in (host.cert_serial, host.prev_cert_serial):
+            accepted = False
+        if not accepted or host is None:
+            with cp.db.write() as session:
+                cp.audit.record(
+                    session,
+                    ctx,
+                    org_id=None,
+                    action="host.authenticate",
+                    target=host_id or "-",
+                    outcome="denied",
+                    detail={"serial": serial, "reason": "certificate not accepted"},
+                )
+            raise PermissionDenied(
+                "this host's certificate is no longer accepted",
+                hint="the host was removed or its certificate replaced; join it again",
+            )
+        if serial == host.cert_serial and host.prev_cert_serial is not None:
+            # The renewed certificate is in use: the one before it is done.
+            with cp.db.write() as session:
+                row = session.get(Host, host.id)
+                if row is not None and row.cert_serial == serial:
+                    row.prev_cert_serial = None
+        return HostAccess(cp=cp, host=host, ctx=ctx)
+
+
 class Public:
     """``Depends(Public())``: the route deliberately needs no credentials."""
 
@@ -195,6 +266,7 @@ def requires(perm: Permission) -> Any:
 
 
 PUBLIC: Any = Depends(Public())
+HOST: Any = Depends(HostGuard())
 
 
 def _calls(dependant: Dependant) -> Iterator[Callable[..., Any] | None]:
@@ -204,12 +276,12 @@ def _calls(dependant: Dependant) -> Iterator[Callable[..., Any] | None]:
 
 
 def _check_route(route: APIRoute) -> None:
-    markers = [c for c in _calls(route.dependant) if isinstance(c, Guard | Public)]
+    markers = [c for c in _calls(route.dependant) if isinstance(c, Guard | HostGuard | Public)]
     if len(markers) != 1:
         methods = ",".join(sorted(route.methods or []))
         raise RuntimeError(
             f"route {methods} {route.path} must declare exactly one permission "
-            f"(Guard or Public); it declares {len(markers)}"
+            f"(Guard, HostGuard or Public); it declares {len(markers)}"
         )
 
 

@@ -106,13 +106,19 @@ def deploy(
 
 
 def releases(ctx: typer.Context, app: AppOpt = None, json_out: JsonOpt = False) -> None:
-    """Releases of an app, newest first: version, status, image, who, when."""
+    """Releases of an app, newest first: version, status, image digest, who, when."""
     items = client(ctx).get(f"/v1/apps/{app_name(app)}/releases")
-    emit(items) if json_out else table(
+    if json_out:
+        emit(items)
+        return
+    for item in items:
+        item["digest"] = (item.get("image_digest") or "-")[:19]
+    table(
         items,
         [
             ("version", "VERSION"),
             ("status", "STATUS"),
+            ("digest", "DIGEST"),
             ("strategy", "STRATEGY"),
             ("created_by", "BY"),
             ("created_at", "CREATED"),

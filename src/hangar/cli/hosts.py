@@ -6,8 +6,10 @@ from typing import Annotated
 
 import typer
 
-from hangar.cli.common import JsonOpt, client
+from hangar.cli.common import JsonOpt, YesOpt, client
 from hangar.cli.output import emit, table
+from hangar.config.appconfig import parse_duration
+from hangar.errors import HangarError
 
 app = typer.Typer(name="hosts", help="Hosts (installation operators).", no_args_is_help=True)
 HostArg = Annotated[str, typer.Argument(help="host name")]
@@ -50,3 +52,37 @@ def uncordon(ctx: typer.Context, host: HostArg) -> None:
     """Let a cordoned host take new machines again."""
     data = client(ctx).request("POST", f"/v1/hosts/{host}/uncordon")
     typer.echo(f"{data['name']} takes machines again.")
+
+
+@app.command("join-token")
+def join_token(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Option(help="the name the new host must take")] = None,
+    region: Annotated[str, typer.Option(help="the new host's region")] = "local",
+    expires: Annotated[str, typer.Option(help="how long the token lasts (30s to 24h)")] = "15m",
+    json_out: JsonOpt = False,
+) -> None:
+    """A one-time token for a new host: `hangar agent run --api URL --join TOKEN`."""
+    seconds = int(parse_duration(expires))
+    data = client(ctx).request(
+        "POST",
+        "/v1/hosts/join-tokens",
+        json={"name": name, "region": region, "expires_in": seconds},
+    )
+    if json_out:
+        emit(data)
+        return
+    typer.echo(f"Join token (shown once; one host; expires {data['expires_at']}):\n")
+    typer.echo(f"  {data['token']}\n")
+    typer.echo("On the new host, as root:")
+    api = client(ctx).settings.api_url
+    typer.echo(f"  hangar agent run --api {api} --join <token>")
+
+
+@app.command()
+def remove(ctx: typer.Context, host: HostArg, yes: YesOpt = False) -> None:
+    """Remove a host with no machines left; its certificate stops working at once."""
+    if not yes and not typer.confirm(f"Remove host {host}?"):
+        raise HangarError("not removed")
+    client(ctx).request("DELETE", f"/v1/hosts/{host}")
+    typer.echo(f"Host {host} is removed.")

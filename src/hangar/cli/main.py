@@ -10,7 +10,19 @@ import click
 import typer
 
 import hangar
-from hangar.cli import apps, audit, auth, config, deploy, hosts, machines, orgs, server, tokens
+from hangar.cli import (
+    agent,
+    apps,
+    audit,
+    auth,
+    config,
+    deploy,
+    hosts,
+    machines,
+    orgs,
+    server,
+    tokens,
+)
 from hangar.cli.output import print_error
 from hangar.errors import HangarError
 
@@ -21,7 +33,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-for module in (server, auth, orgs, apps, machines, hosts, tokens, audit, config):
+for module in (server, agent, auth, orgs, apps, machines, hosts, tokens, audit, config):
     app.add_typer(module.app)
 app.command()(deploy.deploy)
 app.command()(deploy.releases)

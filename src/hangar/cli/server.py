@@ -133,6 +133,10 @@ def run(
     kek_file: KekOpt = None,
     listen_host: Annotated[str | None, typer.Option(help="address to listen on")] = None,
     listen_port: Annotated[int | None, typer.Option(help="port to listen on")] = None,
+    agent_listen_port: Annotated[
+        int | None,
+        typer.Option(help="port for other hosts' agents (mutual TLS only; 0: none)"),
+    ] = None,
     log_level: Annotated[str | None, typer.Option(help="critical|error|warning|info|debug")] = None,
     agent: Annotated[
         bool | None,
@@ -155,6 +159,7 @@ def run(
         kek_file=kek_file,
         listen_host=listen_host,
         listen_port=listen_port,
+        agent_listen_port=agent_listen_port,
         log_level=log_level,
         agent=agent,
         agent_dir=agent_dir,

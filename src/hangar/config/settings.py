@@ -42,6 +42,9 @@ class ServerSettings(BaseModel):
     host_name: str = ""
     region: str = Field(default="local", pattern=r"^[a-z][a-z0-9-]{0,31}$")
     tick_seconds: float = Field(default=0.5, gt=0, le=60)
+    # Agents of other hosts reach the control plane here, over mutual TLS only.
+    agent_listen_port: int = Field(default=8444, ge=0, le=65535)
+    host_cert_seconds: int = Field(default=7 * 86400, ge=30, le=366 * 86400)
 
     @property
     def effective_agent_dir(self) -> Path:

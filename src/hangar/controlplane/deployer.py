@@ -173,6 +173,7 @@ def _release_command_done(
             release.version,
             cfg.primary_region,
             image=release.image,
+            image_digest=release.image_digest,
             args=shlex.split(cfg.deploy.release_command),
         )
         release.detail = json.dumps({"release_machine": made.id, "release_started": now})

@@ -126,6 +126,7 @@ def create_machine(
     region: str | None,
     *,
     image: str | None = None,
+    image_digest: str | None = None,
     args: list[str] | None = None,
 ) -> Machine:
     """A machine of ``app``; with ``image`` or ``args`` it is a one-off (never restarted)."""
@@ -135,6 +136,7 @@ def create_machine(
     machine = Machine(
         one_off=one_off,
         image=image,
+        image_digest=image_digest if image is not None else None,
         args=json.dumps(args) if args is not None else None,
         id=new_id("m"),
         app_id=app.id,
@@ -169,7 +171,14 @@ def active_machines(session: Session, app_id: str) -> list[Machine]:
 
 
 def create_release(
-    session: Session, app: App, *, image: str, config: AppConfig, strategy: str | None, actor: str
+    session: Session,
+    app: App,
+    *,
+    image: str,
+    config: AppConfig,
+    strategy: str | None,
+    actor: str,
+    image_digest: str | None = None,
 ) -> Release:
     """A new pending release; the deployer rolls it out."""
     busy = session.execute(
@@ -193,6 +202,7 @@ def create_release(
         app_id=app.id,
         version=last + 1,
         image=image,
+        image_digest=image_digest,
         config=config.model_dump_json(),
         strategy=strategy or config.deploy.strategy,
         status="pending",

@@ -1,21 +1,33 @@
-"""``hangar server run``: the HTTPS API (and, later, agent and edge) on this host."""
+"""``hangar server run``: the HTTPS API, the agents' mTLS API, and this host's agent.
+
+Two listeners: the public API (bearer tokens) on ``listen_port``, and the
+agents' API on ``agent_listen_port``, which completes a TLS handshake only
+with a client certificate from the internal CA. The agents' routes exist only
+on the second listener.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import shutil
 import ssl
 import threading
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from hangar.agent.images import ImageStore
 from hangar.agent.reconciler import Reconciler
 from hangar.agent.runtimes.runc import RuncRuntime
 from hangar.agent.service import LocalAgent
-from hangar.api.app import create_app
+from hangar.api.app import create_agent_app, create_app
+from hangar.api.guard import PEER_CERT_SCOPE_KEY
 from hangar.config.settings import ServerSettings
 from hangar.controlplane.deployer import step_all
 from hangar.controlplane.machines import register_local_host
@@ -44,6 +56,36 @@ class _TLSConfig(uvicorn.Config):
         super().load()
         assert self.ssl is not None
         self.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+
+
+class PeerCertProtocol(H11Protocol):
+    """HTTP/1.1 that hands the verified client certificate to the app in its scope.
+
+    uvicorn does not put the peer certificate in the ASGI scope; the TLS
+    handshake is complete by ``connection_made``, so it is read there, once
+    per connection, and added to every request's scope on that connection.
+    """
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        inner = self.app
+
+        async def with_peer(scope: Any, receive: Any, send: Any) -> None:
+            if der is not None:
+                scope = {**scope, PEER_CERT_SCOPE_KEY: der}
+            await inner(scope, receive, send)
+
+        self.app = with_peer
+
+
+class _Secondary(uvicorn.Server):
+    """A server that leaves signal handling to the primary one."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 class Loops:
@@ -110,6 +152,23 @@ def local_agent(cp: ControlPlane) -> LocalAgent:
     return LocalAgent(cp.db, Reconciler(runtime, images, root / "state"), host.id)
 
 
+def _tls_config(app: Any, settings: ServerSettings, port: int, **extra: Any) -> _TLSConfig:
+    return _TLSConfig(
+        app,
+        host=settings.listen_host,
+        port=port,
+        ssl_certfile=str(settings.data_dir / "api.crt"),
+        ssl_keyfile=str(settings.data_dir / "api.key"),
+        ssl_ciphers=TLS12_CIPHERS,
+        log_level=settings.log_level,
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=10,
+        **extra,
+    )
+
+
 def serve(settings: ServerSettings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -120,29 +179,46 @@ def serve(settings: ServerSettings) -> None:
     app = create_app(cp)
     app.state.wake = loops.wake
     app.state.agent = loops.agent
-    config = _TLSConfig(
-        app,
-        host=settings.listen_host,
-        port=settings.listen_port,
-        ssl_certfile=str(settings.data_dir / "api.crt"),
-        ssl_keyfile=str(settings.data_dir / "api.key"),
-        ssl_ciphers=TLS12_CIPHERS,
-        log_level=settings.log_level,
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,
-        timeout_graceful_shutdown=10,
-    )
-    server = uvicorn.Server(config)
-    logging.getLogger("hangar").info(
+    server = uvicorn.Server(_tls_config(app, settings, settings.listen_port))
+    agents: uvicorn.Server | None = None
+    if settings.agent_listen_port:
+        agent_app = create_agent_app(cp)
+        agent_app.state.wake = loops.wake
+        agents = _Secondary(
+            _tls_config(
+                agent_app,
+                settings,
+                settings.agent_listen_port,
+                http=PeerCertProtocol,
+                ssl_cert_reqs=ssl.CERT_REQUIRED,
+                ssl_ca_certs=str(settings.data_dir / "ca.crt"),
+            )
+        )
+    log.info(
         "Hangar API listening on https://%s:%d (data dir %s)",
         settings.listen_host,
         settings.listen_port,
         settings.data_dir,
     )
+    if agents is not None:
+        log.info(
+            "agents' API (mutual TLS) on https://%s:%d",
+            settings.listen_host,
+            settings.agent_listen_port,
+        )
+
+    async def run_all() -> None:
+        task = asyncio.create_task(agents.serve()) if agents is not None else None
+        try:
+            await server.serve()
+        finally:
+            if task is not None and agents is not None:
+                agents.should_exit = True
+                await task
+
     loops.start()
     try:
-        server.run()
+        asyncio.run(run_all())
     finally:
         loops.stop()
         cp.close()

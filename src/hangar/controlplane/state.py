@@ -26,6 +26,7 @@ class ControlPlane:
     tokens: TokenService
     audit: AuditLog
     audit_public_pem: bytes
+    ca: InternalCA
 
     @classmethod
     def open(cls, settings: ServerSettings, *, migrate: bool = True) -> ControlPlane:
@@ -39,7 +40,7 @@ class ControlPlane:
         keyring = Keyring(FileKekProvider(settings.effective_kek_file))
         # Unwrapping proves this is the KEK the installation was made with.
         signer = AuditSigner.load(data_dir, keyring)
-        InternalCA.load(data_dir, keyring)
+        ca = InternalCA.load(data_dir, keyring)
         db = Database(settings.effective_database_url)
         if migrate:
             db.migrate()
@@ -50,6 +51,7 @@ class ControlPlane:
             tokens=TokenService(TokenKeys(keyring)),
             audit=AuditLog(signer, checkpoint_every=settings.audit_checkpoint_every),
             audit_public_pem=signer.public_pem(),
+            ca=ca,
         )
 
     @property

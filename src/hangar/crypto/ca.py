@@ -14,14 +14,17 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from hangar.crypto.keyring import Keyring
+from hangar.errors import ValidationError
 
-__all__ = ["InternalCA", "write_private"]
+__all__ = ["HOST_URI_PREFIX", "InternalCA", "host_id_of", "write_private"]
 
 _CA_PURPOSE = "internal-ca-key"
+# A host's client certificate names it by this URI in its subjectAltName.
+HOST_URI_PREFIX = "hangar://host/"
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -123,3 +126,66 @@ class InternalCA:
             serialization.NoEncryption(),
         )
         return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+    def pem(self) -> str:
+        return self.cert.public_bytes(serialization.Encoding.PEM).decode()
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the CA certificate (DER), hex: what a join token pins."""
+        return self.cert.fingerprint(hashes.SHA256()).hex()
+
+    def issue_host_cert(
+        self, csr_pem: bytes, host_id: str, *, lifetime: dt.timedelta
+    ) -> x509.Certificate:
+        """Sign a host's CSR as a client certificate naming ``host_id``.
+
+        Only the CSR's public key is used: the name, usage and lifetime come
+        from here, so a CSR cannot ask for a CA certificate or another host.
+        """
+        try:
+            csr = x509.load_pem_x509_csr(csr_pem)
+        except ValueError as exc:
+            raise ValidationError("the certificate request is not a PEM CSR") from exc
+        if not csr.is_signature_valid:
+            raise ValidationError("the certificate request's signature does not verify")
+        public = csr.public_key()
+        if not isinstance(public, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
+            raise ValidationError("a host key must be ECDSA (P-256 or stronger) or Ed25519")
+        if isinstance(public, ec.EllipticCurvePublicKey) and public.curve.key_size < 256:
+            raise ValidationError("a host key must be ECDSA (P-256 or stronger) or Ed25519")
+        now = _now()
+        # A little slack for clocks; small against the lifetime, whose last third
+        # is when the host renews.
+        slack = min(dt.timedelta(minutes=5), lifetime * 0.05)
+        return (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host_id)]))
+            .issuer_name(self.cert.subject)
+            .public_key(public)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - slack)
+            .not_valid_after(now + lifetime)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.UniformResourceIdentifier(HOST_URI_PREFIX + host_id)]
+                ),
+                critical=False,
+            )
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()), False
+            )
+            .sign(self._key, hashes.SHA256())
+        )
+
+
+def host_id_of(cert: x509.Certificate) -> str | None:
+    """The host a client certificate names, or None if it names none."""
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    uris = [u for u in sans.get_values_for_type(x509.UniformResourceIdentifier)]
+    hosts = [u.removeprefix(HOST_URI_PREFIX) for u in uris if u.startswith(HOST_URI_PREFIX)]
+    return hosts[0] if len(hosts) == 1 else None

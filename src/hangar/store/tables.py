@@ -33,6 +33,7 @@ __all__ = [
     "AuditHead",
     "Base",
     "Host",
+    "JoinToken",
     "Machine",
     "MachineEvent",
     "Membership",
@@ -194,10 +195,33 @@ class Host(Base):
     name: Mapped[str] = mapped_column(String(63), unique=True)
     region: Mapped[str] = mapped_column(String(32))
     number: Mapped[int] = mapped_column(Integer, unique=True)
-    state: Mapped[str] = mapped_column(String(16))  # active, cordoned
+    state: Mapped[str] = mapped_column(String(16))  # active, cordoned, removed
     memory_mb: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     last_seen: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # A joined host's client certificate: only these serials are accepted (the
+    # previous one until the host first uses its renewed certificate).
+    cert_serial: Mapped[str | None] = mapped_column(String(40))
+    prev_cert_serial: Mapped[str | None] = mapped_column(String(40))
+    cert_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class JoinToken(Base):
+    """A one-time, short-lived token a new host trades for its client certificate.
+
+    Only a hash of the secret is stored; the token itself is shown once.
+    """
+
+    __tablename__ = "join_tokens"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str | None] = mapped_column(String(63))
+    region: Mapped[str] = mapped_column(String(32))
+    created_by: Mapped[str] = mapped_column(String(254))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    host_id: Mapped[str | None] = mapped_column(String(32))
 
 
 class Release(Base):
@@ -207,6 +231,9 @@ class Release(Base):
     app_id: Mapped[str] = mapped_column(ForeignKey("apps.id"), index=True)
     version: Mapped[int] = mapped_column(Integer)
     image: Mapped[str] = mapped_column(String(1000))
+    # The manifest digest the image resolved to when the release was made:
+    # machines run exactly this, even if the tag later moves.
+    image_digest: Mapped[str | None] = mapped_column(String(80))
     config: Mapped[str] = mapped_column(Text)  # validated hangar.toml, as JSON
     strategy: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16))  # pending, running, complete, failed
@@ -242,6 +269,7 @@ class Machine(Base):
     # command, never restarted, never moved by a deploy.
     one_off: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     image: Mapped[str | None] = mapped_column(String(1000))
+    image_digest: Mapped[str | None] = mapped_column(String(80))
     args: Mapped[str | None] = mapped_column(Text)
 
 

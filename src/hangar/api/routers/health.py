@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from fastapi import Request
 from pydantic import BaseModel
 
 import hangar
@@ -33,6 +34,17 @@ class WhoAmI(BaseModel):
 @router.get("/healthz", response_model=Health, summary="Is the API up")
 def healthz(_: Annotated[None, PUBLIC]) -> Health:
     return Health(status="ok", version=hangar.__version__)
+
+
+class CaOut(BaseModel):
+    certificate: str
+    fingerprint: str
+
+
+@router.get("/ca", response_model=CaOut, summary="The installation's CA certificate (public)")
+def ca(request: Request, _: Annotated[None, PUBLIC]) -> CaOut:
+    internal = request.app.state.cp.ca
+    return CaOut(certificate=internal.pem(), fingerprint=internal.fingerprint())
 
 
 @router.get("/whoami", response_model=WhoAmI, summary="Who this token acts for, and its scope")

@@ -5,12 +5,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-from pydantic import BaseModel
+from fastapi import Request
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
-from hangar.api.guard import Access, GuardedRouter, requires
+from hangar.api.guard import PUBLIC, Access, GuardedRouter, requires
+from hangar.audit.log import AuditContext
 from hangar.auth.rbac import Permission
-from hangar.errors import NotFound
+from hangar.controlplane.hosts import make_join_token, redeem_join_token, remove_host
+from hangar.errors import HangarError, NotFound
 from hangar.store.tables import Host, Machine
 
 router = GuardedRouter(prefix="/v1/hosts", tags=["hosts"])
@@ -72,7 +75,7 @@ def _set_state(access: Access, name: str, state: str) -> HostOut:
     access.check(access.perm, org=None, shown=f"host {name!r}")
     with access.cp.db.write() as session:
         host = session.execute(select(Host).where(Host.name == name)).scalar_one_or_none()
-        if host is None:
+        if host is None or host.state == "removed":
             raise NotFound(f"host {name!r} not found")
         host.state = state
         access.cp.audit.record(
@@ -93,3 +96,143 @@ def cordon(host: str, access: Annotated[Access, requires(Permission.HOSTS_WRITE)
 @router.post("/{host}/uncordon", response_model=HostOut, summary="Let a host take machines again")
 def uncordon(host: str, access: Annotated[Access, requires(Permission.HOSTS_WRITE)]) -> HostOut:
     return _set_state(access, host, "active")
+
+
+class JoinTokenIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(default=None, max_length=63)
+    region: str = Field(default="local", pattern=r"^[a-z][a-z0-9-]{0,31}$")
+    expires_in: int = Field(default=900, ge=30, le=86400, description="seconds")
+
+
+class JoinTokenOut(BaseModel):
+    id: str
+    token: str
+    name: str | None
+    region: str
+    expires_at: dt.datetime
+
+
+@router.post(
+    "/join-tokens",
+    response_model=JoinTokenOut,
+    status_code=201,
+    summary="A one-time token a new host joins with (shown once)",
+)
+def create_join_token(
+    access: Annotated[Access, requires(Permission.HOSTS_WRITE)], body: JoinTokenIn | None = None
+) -> JoinTokenOut:
+    access.check(access.perm, org=None, shown="hosts")
+    body = body or JoinTokenIn()
+    with access.cp.db.write() as session:
+        row, token = make_join_token(
+            session,
+            access.cp.ca,
+            name=body.name,
+            region=body.region,
+            ttl=dt.timedelta(seconds=body.expires_in),
+            actor=access.principal.email,
+        )
+        access.cp.audit.record(
+            session,
+            access.ctx,
+            org_id=None,
+            action="host.join_token",
+            target=row.id,
+            detail={"name": body.name, "region": body.region, "expires_in": body.expires_in},
+        )
+    return JoinTokenOut(
+        id=row.id, token=token, name=row.name, region=row.region, expires_at=row.expires_at
+    )
+
+
+class JoinIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    token: str = Field(max_length=256)
+    csr: str = Field(max_length=16_384)
+    name: str = Field(max_length=63)
+
+
+class JoinOut(BaseModel):
+    host_id: str
+    name: str
+    region: str
+    certificate: str
+    ca_certificate: str
+    expires_at: dt.datetime
+    agent_port: int
+
+
+@router.post(
+    "/join",
+    response_model=JoinOut,
+    status_code=201,
+    summary="A new host trades a join token and a CSR for its client certificate",
+)
+def join(body: JoinIn, request: Request, _: Annotated[None, PUBLIC]) -> JoinOut:
+    """Public: the join token is the credential. Refusals are audited."""
+    cp = request.app.state.cp
+    ctx = AuditContext(
+        actor=f"host:{body.name}",
+        token_id=None,
+        request_id=getattr(request.state, "request_id", None),
+        client_addr=request.client.host if request.client else None,
+    )
+    try:
+        with cp.db.write() as session:
+            host, issued = redeem_join_token(
+                session,
+                cp.ca,
+                body.token,
+                body.csr,
+                name=body.name,
+                lifetime=dt.timedelta(seconds=cp.settings.host_cert_seconds),
+            )
+            cp.audit.record(
+                session,
+                ctx,
+                org_id=None,
+                action="host.join",
+                target=host.name,
+                detail={"host_id": host.id, "region": host.region, "serial": issued.serial},
+            )
+    except HangarError as exc:
+        with cp.db.write() as session:
+            cp.audit.record(
+                session,
+                ctx,
+                org_id=None,
+                action="host.join",
+                target=body.name,
+                outcome="denied",
+                detail={"reason": exc.message},
+            )
+        raise
+    return JoinOut(
+        host_id=host.id,
+        name=host.name,
+        region=host.region,
+        certificate=issued.pem,
+        ca_certificate=cp.ca.pem(),
+        expires_at=issued.expires_at,
+        agent_port=cp.settings.agent_listen_port,
+    )
+
+
+@router.delete(
+    "/{host}",
+    status_code=204,
+    summary="Remove a host (with no machines left): its certificate stops working",
+)
+def remove(host: str, access: Annotated[Access, requires(Permission.HOSTS_WRITE)]) -> None:
+    access.check(access.perm, org=None, shown=f"host {host!r}")
+    with access.cp.db.write() as session:
+        row = remove_host(session, host)
+        access.cp.audit.record(
+            session,
+            access.ctx,
+            org_id=None,
+            action="host.remove",
+            target=host,
+            detail={"host_id": row.id},
+        )

@@ -42,6 +42,7 @@ class ReleaseOut(BaseModel):
     status: str
     strategy: str
     image: str
+    image_digest: str | None
     reason: str
     created_by: str
     created_at: dt.datetime
@@ -72,6 +73,7 @@ def _release_out(r: Release) -> ReleaseOut:
         status=r.status,
         strategy=r.strategy,
         image=r.image,
+        image_digest=r.image_digest,
         reason=str(detail.get("reason", "")),
         created_by=r.created_by,
         created_at=r.created_at,
@@ -122,7 +124,8 @@ def deploy(
         )
     if ref.path is None or not ref.path.is_absolute():
         raise ValidationError("the image path must be absolute on the server")
-    read_manifest(ref)  # fail now, with the reason, rather than on every machine
+    # Fail now, with the reason, rather than on every machine; and pin the digest.
+    manifest = read_manifest(ref)
     with access.cp.db.write() as session:
         row = session.get(App, access.app.id)
         assert row is not None
@@ -130,6 +133,7 @@ def deploy(
             session,
             row,
             image=str(ref),
+            image_digest=manifest.digest,
             config=config,
             strategy=body.strategy,
             actor=access.principal.email,
@@ -140,7 +144,7 @@ def deploy(
             org_id=access.org.id,
             action="release.create",
             target=f"{app} v{release.version}",
-            detail={"image": str(ref), "strategy": release.strategy},
+            detail={"image": str(ref), "digest": manifest.digest, "strategy": release.strategy},
         )
     _wake(request)
     return _release_out(release)
@@ -301,12 +305,12 @@ def create_machine_route(
 ) -> MachineOut:
     assert access.app is not None and access.org is not None
     body = body or MachineIn()
-    image = None
+    image = digest = None
     if body.image is not None:
         ref = parse_image_ref(body.image)
         if ref.kind != "oci" or ref.path is None or not ref.path.is_absolute():
             raise ValidationError("a one-off machine's image must be an absolute oci: path")
-        read_manifest(ref)
+        digest = read_manifest(ref).digest
         image = str(ref)
     with access.cp.db.write() as session:
         current = session.execute(
@@ -322,7 +326,9 @@ def create_machine_route(
             )
         row = session.get(App, access.app.id)
         assert row is not None
-        machine = create_machine(session, row, current or 0, region, image=image, args=body.cmd)
+        machine = create_machine(
+            session, row, current or 0, region, image=image, image_digest=digest, args=body.cmd
+        )
         host = session.get(Host, machine.host_id)
         assert host is not None
         access.cp.audit.record(

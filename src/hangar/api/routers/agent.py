@@ -1,0 +1,187 @@
+"""The agents' API: served only on the mutual-TLS listener, never on the public one.
+
+A joined host long-polls its assignments, reports what it observed, fetches
+the images its machines need (only those), and renews its certificate. Every
+route knows the host by its client certificate (``HostGuard``) and can see
+or change only that host's machines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from hangar.agent.oci import open_blob, parse_image_ref, read_manifest
+from hangar.agent.reconciler import Assignment
+from hangar.api.guard import HOST, GuardedRouter, HostAccess
+from hangar.controlplane.hostlink import apply_report, assignments_version, host_assignments
+from hangar.controlplane.hosts import renew_host_cert
+from hangar.errors import Conflict, IntegrityError, NotFound
+from hangar.store.tables import Machine
+
+router = GuardedRouter(prefix="/agent/v1", tags=["agent"])
+
+POLL_STEP = 0.25
+
+
+class AssignmentsOut(BaseModel):
+    version: str
+    host_id: str
+    assignments: list[dict[str, Any]]
+
+
+class ReportIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    machines: dict[str, dict[str, Any]] = Field(max_length=10_000)
+    errors: dict[str, str] = Field(default_factory=dict, max_length=10_000)
+
+
+class RenewIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    csr: str = Field(max_length=16_384)
+
+
+class CertOut(BaseModel):
+    host_id: str
+    name: str
+    certificate: str
+    ca_certificate: str
+    expires_at: dt.datetime
+
+
+class ImageOut(BaseModel):
+    manifest: dict[str, Any]
+    blobs: dict[str, int]
+
+
+def _read(access: HostAccess) -> list[Assignment]:
+    with access.cp.db.read() as session:
+        return host_assignments(session, access.host.id)
+
+
+@router.get("/assignments", response_model=AssignmentsOut, summary="This host's assignments")
+async def assignments(
+    access: Annotated[HostAccess, HOST],
+    after: Annotated[str | None, Query(max_length=64)] = None,
+    wait: Annotated[float, Query(ge=0, le=60)] = 0,
+) -> AssignmentsOut:
+    """With ``after``, waits up to ``wait`` seconds for a version other than ``after``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        found = await run_in_threadpool(_read, access)
+        version = assignments_version(found)
+        if version != after or loop.time() >= deadline:
+            return AssignmentsOut(
+                version=version,
+                host_id=access.host.id,
+                assignments=[a.to_json() for a in found],
+            )
+        await asyncio.sleep(min(POLL_STEP, max(0.0, deadline - loop.time())))
+
+
+@router.post("/report", status_code=204, summary="What this host observed of its machines")
+def report(body: ReportIn, request: Request, access: Annotated[HostAccess, HOST]) -> None:
+    with access.cp.db.write() as session:
+        apply_report(session, access.host.id, body.machines, body.errors)
+    wake = getattr(request.app.state, "wake", None)
+    if wake is not None:
+        wake()  # the deployer may be waiting on these machines
+
+
+@router.post("/renew", response_model=CertOut, summary="A new client certificate for this host")
+def renew(body: RenewIn, access: Annotated[HostAccess, HOST]) -> CertOut:
+    settings = access.cp.settings
+    with access.cp.db.write() as session:
+        issued = renew_host_cert(
+            session,
+            access.cp.ca,
+            access.host.id,
+            body.csr,
+            lifetime=dt.timedelta(seconds=settings.host_cert_seconds),
+        )
+        access.cp.audit.record(
+            session,
+            access.ctx,
+            org_id=None,
+            action="host.renew",
+            target=access.host.name,
+            detail={"serial": issued.serial, "expires_at": issued.expires_at.isoformat()},
+        )
+    return CertOut(
+        host_id=access.host.id,
+        name=access.host.name,
+        certificate=issued.pem,
+        ca_certificate=access.cp.ca.pem(),
+        expires_at=issued.expires_at,
+    )
+
+
+def _machine_image(access: HostAccess, machine_id: str) -> tuple[str, str | None]:
+    with access.cp.db.read() as session:
+        found = [a for a in host_assignments(session, access.host.id) if a.machine_id == machine_id]
+        # Hosts see only their own machines; others' are "not found", as on the public API.
+        if not found or session.get(Machine, machine_id) is None:
+            raise NotFound(f"machine {machine_id!r} is not assigned to this host")
+    return found[0].image, found[0].image_digest
+
+
+@router.get(
+    "/machines/{machine_id}/image",
+    response_model=ImageOut,
+    summary="The pinned manifest of a machine's image, and the blobs it needs",
+)
+def machine_image(machine_id: str, access: Annotated[HostAccess, HOST]) -> ImageOut:
+    image, digest = _machine_image(access, machine_id)
+    manifest = read_manifest(parse_image_ref(image))
+    if digest is not None and manifest.digest != digest:
+        raise Conflict(
+            f"image {image} is now {manifest.digest}, not the {digest} its release pinned",
+            hint="deploy again to run the image as it is now",
+        )
+    return ImageOut(
+        manifest={
+            "mediaType": manifest.media_type,
+            "digest": manifest.digest,
+            "size": manifest.size,
+        },
+        blobs=manifest.blobs(),
+    )
+
+
+@router.get(
+    "/machines/{machine_id}/image/blobs/{digest}",
+    response_class=StreamingResponse,
+    summary="One blob of a machine's image (only blobs its manifest names)",
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "the blob"}},
+)
+def machine_image_blob(
+    machine_id: str, digest: str, access: Annotated[HostAccess, HOST]
+) -> StreamingResponse:
+    image, pinned = _machine_image(access, machine_id)
+    ref = parse_image_ref(image)
+    manifest = read_manifest(ref)
+    if pinned is not None and manifest.digest != pinned:
+        raise Conflict(f"image {image} no longer has the digest its release pinned")
+    blobs = manifest.blobs()
+    if digest not in blobs:
+        raise NotFound(f"blob {digest} is not part of machine {machine_id}'s image")
+    assert ref.path is not None
+    layout, size = ref.path, blobs[digest]
+
+    def chunks() -> Iterator[bytes]:
+        try:
+            with open_blob(layout, digest, size) as handle:
+                while chunk := handle.read(1 << 16):
+                    yield chunk
+        except IntegrityError:
+            return  # a short or corrupt stream: the agent's digest check refuses it
+
+    return StreamingResponse(chunks(), media_type="application/octet-stream")

@@ -1,0 +1,73 @@
+"""``hangar agent``: run the agent of a host that joins an installation."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hangar.errors import ConfigError
+
+app = typer.Typer(
+    name="agent", help="Run machines on this host for a Hangar installation.", no_args_is_help=True
+)
+
+
+@app.command()
+def run(
+    api: Annotated[
+        str | None,
+        typer.Option("--api", help="the control plane's API URL (needed to join)"),
+    ] = None,
+    join_token: Annotated[
+        str | None,
+        typer.Option(
+            "--join",
+            help="one-time token from `hangar hosts join-token` (first start only)",
+            envvar="HANGAR_JOIN_TOKEN",
+        ),
+    ] = None,
+    agent_dir: Annotated[
+        Path,
+        typer.Option(help="this host's identity, images, machines and logs"),
+    ] = Path("/var/lib/hangar-agent"),
+    name: Annotated[
+        str | None,
+        typer.Option(help="this host's name (default: its hostname; the token may fix it)"),
+    ] = None,
+    poll: Annotated[
+        float, typer.Option(help="seconds to wait for new assignments before looking again")
+    ] = 2.0,
+    log_level: Annotated[str, typer.Option(help="critical|error|warning|info|debug")] = "info",
+) -> None:
+    """Join (the first time, with --api and --join) and run this host's machines.
+
+    The join token buys a client certificate for a key made on this host;
+    from then on the agent talks to the control plane over mutual TLS only,
+    and renews its certificate before it expires. Machines keep running
+    while the agent is stopped and are adopted when it starts again.
+    """
+    from hangar.agent.remote import Identity, join, run_agent
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if os.geteuid() != 0:
+        raise ConfigError("the agent runs machines with runc and needs root")
+    identity = Identity.load(agent_dir)
+    if identity is None:
+        if not api or not join_token:
+            raise ConfigError(
+                f"{agent_dir} holds no host identity yet",
+                hint="join with --api URL --join TOKEN (`hangar hosts join-token` makes one)",
+            )
+        host_name = name or socket.gethostname().split(".")[0].lower()
+        identity = join(api, join_token, agent_dir, name=host_name)
+        typer.echo(f"Joined as host {identity.name} ({identity.host_id}).")
+    elif join_token:
+        typer.echo(f"Already joined as host {identity.name}; ignoring --join.", err=True)
+    raise typer.Exit(run_agent(identity, agent_dir, poll_seconds=poll))

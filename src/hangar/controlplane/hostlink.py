@@ -1,0 +1,180 @@
+"""What a host is told to run, and what it says back (control-plane side).
+
+``host_assignments`` is a host's desired state: its machines, each with the
+release's image (pinned by digest) and the configuration the agent needs.
+``apply_report`` records what a host observed: lifecycle state, the version
+running, health, exit code, and a machine event for each change of state.
+The agent on the control plane's own host calls these in-process; agents of
+other hosts reach them through the mutual-TLS agent API. A report can only
+touch machines assigned to the host that sends it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from hangar.agent.health import CheckSpec
+from hangar.agent.reconciler import Assignment
+from hangar.config.appconfig import AppConfig
+from hangar.controlplane.machines import release_config
+from hangar.domain.reconcile import RestartPolicy
+from hangar.store.tables import App, Host, Machine, MachineEvent, Release
+
+__all__ = ["apply_report", "assignment_for", "assignments_version", "host_assignments"]
+
+
+def _checks(cfg: AppConfig) -> list[CheckSpec]:
+    checks: list[CheckSpec] = []
+    if cfg.http_service is not None:
+        for n, c in enumerate(cfg.http_service.checks):
+            checks.append(
+                CheckSpec(
+                    f"http-{n}",
+                    "http",
+                    cfg.http_service.internal_port,
+                    c.interval,
+                    c.timeout,
+                    c.grace_period,
+                    c.method,
+                    c.path,
+                    dict(c.headers),
+                )
+            )
+    for name, named in sorted(cfg.checks.items()):
+        checks.append(
+            CheckSpec(
+                name,
+                named.type,
+                named.port,
+                named.interval,
+                named.timeout,
+                named.grace_period,
+                named.method,
+                named.path,
+                dict(named.headers),
+            )
+        )
+    for service in cfg.services:
+        for n, t in enumerate(service.tcp_checks):
+            checks.append(
+                CheckSpec(
+                    f"tcp-{service.internal_port}-{n}",
+                    "tcp",
+                    service.internal_port,
+                    t.interval,
+                    t.timeout,
+                    t.grace_period,
+                )
+            )
+    return checks
+
+
+def assignment_for(machine: Machine, app: App, release: Release | None) -> Assignment | None:
+    """What the agent should run for ``machine``; None if it has nothing to run."""
+    cfg = release_config(release) if release is not None else AppConfig(app=app.name)
+    image = machine.image or (release.image if release is not None else None)
+    image_digest = release.image_digest if release is not None else None
+    if image is None:
+        return None
+    vm = cfg.vm[0] if cfg.vm else None
+    restart = cfg.restart[0] if cfg.restart else None
+    policy = RestartPolicy(restart.policy, restart.retries) if restart else RestartPolicy()
+    return Assignment(
+        machine_id=machine.id,
+        app=app.name,
+        version=machine.version,
+        state=machine.desired,
+        image=image,
+        args=json.loads(machine.args) if machine.args else None,
+        env=dict(cfg.env),
+        cpus=vm.cpus if vm else 1,
+        memory_mb=vm.memory if vm else 256,
+        address=machine.address,
+        restart=RestartPolicy("no") if machine.one_off else policy,
+        kill_signal=machine.stop_signal or cfg.kill_signal,
+        kill_timeout=machine.stop_timeout if machine.stop_timeout is not None else cfg.kill_timeout,
+        checks=[] if machine.one_off else _checks(cfg),
+        generation=machine.generation,
+        image_digest=machine.image_digest if machine.image else image_digest,
+    )
+
+
+def host_assignments(session: Session, host_id: str) -> list[Assignment]:
+    rows = session.execute(
+        select(Machine, App, Release)
+        .join(App, App.id == Machine.app_id)
+        .outerjoin(
+            Release,
+            (Release.app_id == Machine.app_id) & (Release.version == Machine.version),
+        )
+        .where(Machine.host_id == host_id)
+        .order_by(Machine.id)
+    ).all()
+    found = [assignment_for(m, a, r) for m, a, r in rows]
+    return [a for a in found if a is not None]
+
+
+def assignments_version(assignments: list[Assignment]) -> str:
+    """A short digest of a host's desired state: it changes when anything in it does."""
+    canonical = json.dumps([a.to_json() for a in assignments], sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:20]
+
+
+def apply_report(
+    session: Session,
+    host_id: str,
+    infos: Mapping[str, Mapping[str, Any]],
+    errors: Mapping[str, str],
+) -> None:
+    """Record a host's observations of its machines (others' machines are ignored)."""
+    host = session.get(Host, host_id)
+    if host is not None:
+        host.last_seen = dt.datetime.now(dt.UTC)
+    for machine in session.execute(
+        select(Machine).where(Machine.id.in_(list(infos)), Machine.host_id == host_id)
+    ).scalars():
+        info = infos[machine.id]
+        status = info["status"]
+        if status == "absent" and machine.desired == "destroyed":
+            session.delete(machine)  # destroyed: nothing left on the host
+            continue
+        if status == "running":
+            state = "started"
+        elif status == "stopped":
+            state = "failed" if info.get("failed") else "stopped"
+        else:
+            state = "failed" if machine.id in errors else "starting"
+        if state != machine.state:
+            reason = errors.get(machine.id) or info.get("reason", "")
+            if not reason and state != "started" and info["exit_code"] is not None:
+                reason = f"exit {info['exit_code']}"
+            session.add(
+                MachineEvent(
+                    machine_id=machine.id,
+                    time=dt.datetime.now(dt.UTC),
+                    kind=state,
+                    detail=reason or "",
+                )
+            )
+        changed = (state, info.get("version"), info["healthy"], info["exit_code"])
+        if (
+            changed != (machine.state, machine.running_version, machine.healthy, machine.exit_code)
+            or machine.id in errors
+        ):
+            machine.state = state
+            machine.running_version = info.get("version") if status != "absent" else None
+            machine.healthy = info["healthy"]
+            machine.exit_code = info["exit_code"]
+            machine.detail = errors.get(machine.id) or info.get("reason", "") or ""
+            machine.updated_at = dt.datetime.now(dt.UTC)
+            if info["checks"]:
+                machine.detail = machine.detail or json.dumps(
+                    [{k: c[k] for k in ("name", "passing", "output")} for c in info["checks"]]
+                )

@@ -1,0 +1,184 @@
+"""Hosts joining, renewing and leaving: join tokens and client certificates.
+
+A join token is made by an operator, shown once, and stored only as a hash;
+it expires quickly and buys exactly one host. The host sends a certificate
+request for a key it made itself; the internal CA signs it as a client
+certificate that names the host. From then on the host is known by that
+certificate alone, and only the serials recorded here are accepted: removing
+a host, or renewing its certificate, ends the old one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import re
+import secrets
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from hangar.crypto.ca import InternalCA
+from hangar.domain.jointoken import JoinToken as TokenText
+from hangar.domain.jointoken import format_join_token, parse_join_token
+from hangar.errors import AuthError, Conflict, NotFound, ValidationError
+from hangar.store.tables import Host, JoinToken, Machine
+
+__all__ = [
+    "IssuedCert",
+    "make_join_token",
+    "redeem_join_token",
+    "remove_host",
+    "renew_host_cert",
+    "serial_hex",
+]
+
+HOST_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def serial_hex(cert: x509.Certificate) -> str:
+    return format(cert.serial_number, "x")
+
+
+def validate_host_name(name: str) -> str:
+    if not HOST_NAME.fullmatch(name):
+        raise ValidationError(
+            f"host name {name!r} is not valid: 1-63 lowercase letters, digits and hyphens,"
+            " starting with a letter"
+        )
+    return name
+
+
+def make_join_token(
+    session: Session,
+    ca: InternalCA,
+    *,
+    name: str | None,
+    region: str,
+    ttl: dt.timedelta,
+    actor: str,
+) -> tuple[JoinToken, str]:
+    """A new one-time join token: its row, and its text (shown once, never stored)."""
+    if name is not None:
+        validate_host_name(name)
+        if session.execute(select(Host.id).where(Host.name == name)).first() is not None:
+            raise Conflict(f"a host named {name!r} already exists")
+    token = TokenText(
+        id=f"jt_{secrets.token_hex(8)}", secret=secrets.token_urlsafe(32), pin=ca.fingerprint()
+    )
+    now = _now()
+    row = JoinToken(
+        id=token.id,
+        secret_hash=_hash(token.secret),
+        name=name,
+        region=region,
+        created_by=actor,
+        created_at=now,
+        expires_at=now + ttl,
+        used_at=None,
+        host_id=None,
+    )
+    session.add(row)
+    session.flush()
+    return row, format_join_token(token)
+
+
+class IssuedCert:
+    def __init__(self, cert: x509.Certificate) -> None:
+        self.cert = cert
+        self.pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+        self.serial = serial_hex(cert)
+        self.expires_at = cert.not_valid_after_utc
+
+
+def redeem_join_token(
+    session: Session,
+    ca: InternalCA,
+    text: str,
+    csr_pem: str,
+    *,
+    name: str,
+    lifetime: dt.timedelta,
+) -> tuple[Host, IssuedCert]:
+    """Trade a join token for a new host and its client certificate.
+
+    Raises AuthError for a token that is unknown, wrong, used or expired; the
+    caller audits the refusal. Nothing is written unless all of it succeeds.
+    """
+    parsed = parse_join_token(text)
+    row = session.execute(
+        select(JoinToken).where(JoinToken.id == parsed.id).with_for_update()
+    ).scalar_one_or_none()
+    if row is None or not hmac.compare_digest(_hash(parsed.secret), row.secret_hash):
+        raise AuthError("the join token is not valid")
+    if row.used_at is not None:
+        raise AuthError("the join token was already used", hint="make a new one")
+    now = _now()
+    if row.expires_at <= now:
+        raise AuthError("the join token has expired", hint="make a new one")
+    name = validate_host_name(row.name or name)
+    if session.execute(select(Host.id).where(Host.name == name)).first() is not None:
+        raise Conflict(f"a host named {name!r} already exists", hint="join with another --name")
+    highest = session.execute(select(func.max(Host.number))).scalar_one_or_none() or 0
+    host = Host(
+        id=f"host_{secrets.token_hex(8)}",
+        name=name,
+        region=row.region,
+        number=highest + 1,
+        state="active",
+        memory_mb=0,
+        created_at=now,
+        last_seen=now,
+    )
+    issued = IssuedCert(ca.issue_host_cert(csr_pem.encode(), host.id, lifetime=lifetime))
+    host.cert_serial = issued.serial
+    host.cert_expires_at = issued.expires_at
+    session.add(host)
+    row.used_at = now
+    row.host_id = host.id
+    session.flush()
+    return host, issued
+
+
+def renew_host_cert(
+    session: Session, ca: InternalCA, host_id: str, csr_pem: str, *, lifetime: dt.timedelta
+) -> IssuedCert:
+    """A new certificate for a joined host; the current one stays valid until it is used."""
+    host = session.get(Host, host_id)
+    if host is None or host.state == "removed":
+        raise AuthError("this host is not part of the installation")
+    issued = IssuedCert(ca.issue_host_cert(csr_pem.encode(), host.id, lifetime=lifetime))
+    host.prev_cert_serial = host.cert_serial
+    host.cert_serial = issued.serial
+    host.cert_expires_at = issued.expires_at
+    return issued
+
+
+def remove_host(session: Session, name: str) -> Host:
+    """Take a host out of the installation: its certificates stop working at once."""
+    host = session.execute(select(Host).where(Host.name == name)).scalar_one_or_none()
+    if host is None or host.state == "removed":
+        raise NotFound(f"host {name!r} not found")
+    # Destroyed machines count until the host reports them gone.
+    live = session.execute(
+        select(func.count()).select_from(Machine).where(Machine.host_id == host.id)
+    ).scalar_one()
+    if live:
+        raise Conflict(
+            f"host {name!r} still has {live} machine(s)",
+            hint="cordon it, then destroy or replace its machines first",
+        )
+    host.state = "removed"
+    host.cert_serial = host.prev_cert_serial = None
+    return host
