@@ -175,3 +175,35 @@ def run(
     emit(data) if json_out else typer.echo(
         f"Started one-off machine {data['id']}; `hangar logs -m {data['id']}` shows its output."
     )
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def update(
+    ctx: typer.Context,
+    machine_id: MachineId,
+    command: Annotated[list[str] | None, typer.Argument(help="a new command, after --")] = None,
+    version: Annotated[int | None, typer.Option(help="run this release instead")] = None,
+    image: Annotated[str | None, typer.Option(help="a new image (one-off machines only)")] = None,
+    signal: Annotated[str | None, typer.Option(help="stop signal, e.g. SIGTERM")] = None,
+    timeout: Annotated[str | None, typer.Option(help="stop timeout, e.g. 10s")] = None,
+    app_: AppOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Change a machine's configuration. A new release, image or command replaces it."""
+    body: dict[str, object] = {}
+    if command:
+        body["cmd"] = command
+    if version is not None:
+        body["version"] = version
+    if image is not None:
+        body["image"] = absolute_image(image)
+    if signal is not None:
+        body["stop_signal"] = (
+            signal.upper() if signal.upper().startswith("SIG") else f"SIG{signal.upper()}"
+        )
+    if timeout is not None:
+        body["stop_timeout"] = parse_duration(timeout)
+    data = client(ctx).request(
+        "PATCH", f"/v1/apps/{app_name(app_)}/machines/{machine_id}", json=body
+    )
+    emit(data) if json_out else typer.echo(f"{machine_id}: updated.")

@@ -344,6 +344,63 @@ def create_machine_route(
     return out
 
 
+class MachineUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int | None = Field(default=None, ge=1, description="run this release instead")
+    image: str | None = Field(
+        default=None, min_length=1, max_length=1000, description="one-off machines only"
+    )
+    cmd: list[str] | None = Field(default=None, min_length=1, max_length=256)
+    stop_signal: Literal["SIGINT", "SIGTERM", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGKILL"] | None = (
+        None
+    )
+    stop_timeout: float | None = Field(default=None, ge=0, le=3600)
+
+
+@router.patch(
+    "/machines/{machine_id}",
+    response_model=MachineOut,
+    summary="Update a machine's configuration; the agent replaces it to apply a new one",
+)
+def update_machine(
+    app: str,
+    machine_id: str,
+    body: MachineUpdate,
+    request: Request,
+    access: Annotated[Access, requires(Permission.MACHINES_CONTROL)],
+) -> MachineOut:
+    assert access.app is not None
+    values: dict[str, Any] = {
+        k: v for k, v in body.model_dump(exclude_none=True).items() if k != "image"
+    }
+    if body.cmd is not None:
+        values["args"] = json.dumps(values.pop("cmd"))
+    machine, _ = _machine(access, machine_id)
+    if body.image is not None:
+        if not machine.one_off:
+            raise ValidationError(
+                "only a one-off machine has its own image",
+                hint="deploy a new release to change the app's image",
+            )
+        ref = parse_image_ref(body.image)
+        if ref.kind != "oci" or ref.path is None or not ref.path.is_absolute():
+            raise ValidationError("a one-off machine's image must be an absolute oci: path")
+        values["image_digest"] = read_manifest(ref).digest
+        values["image"] = str(ref)
+    if body.version is not None:
+        if machine.one_off:
+            raise ValidationError("a one-off machine runs its own image, not a release")
+        with access.cp.db.read() as session:
+            get_release(session, access.app.id, body.version)  # NotFound names it
+    if not values:
+        raise ValidationError(
+            "nothing to update", hint="give version, image, cmd, stop_signal or stop_timeout"
+        )
+    # A new image, command or release means a new container; stop settings do not.
+    replace = bool({"version", "image", "args"} & set(values))
+    return _change(access, request, machine_id, "machine.update", restart=replace, **values)
+
+
 class StopIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     signal: Literal["SIGINT", "SIGTERM", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGKILL"] | None = None
