@@ -109,6 +109,14 @@ class WaitTimeout(HangarError):
     code = "timeout"
 
 
+class UpstreamError(HangarError):
+    """Something Hangar depends on outside itself (a registry) failed."""
+
+    status = 502
+    title = "Upstream failed"
+    code = "upstream"
+
+
 class KeyMaterialError(HangarError):
     title = "Key material unusable"
     code = "key-material"

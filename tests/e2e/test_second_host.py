@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.util
+import json
 import os
 import shutil
 import ssl
@@ -203,6 +204,21 @@ def test_a_second_host_joins_runs_machines_renews_and_leaves(installation: Insta
         assert b"Hello from Hangar" in page(str(machine["address"]))
         assert (inst.root / "b/state/machines" / str(machine["id"])).exists()
         assert not (inst.root / "a/state/machines" / str(machine["id"])).exists()
+
+        # Its output is shipped up by host-b's agent: `hangar logs` shows the request.
+        def logged() -> list[dict[str, object]]:
+            out = srv.cli("logs", "--app", "hello", "--json").stdout
+            return [json.loads(line) for line in out.splitlines()]
+
+        wait_for(
+            "host-b's agent to ship the machine's output",
+            lambda: any("response:200" in str(r["line"]) for r in logged()),
+        )
+        assert {r["machine"] for r in logged()} == {machine["id"]}
+        remote_exec = srv.cli(
+            "machines", "exec", str(machine["id"]), "--app", "hello", "--", "id", check=False
+        )
+        assert remote_exec.returncode != 0 and "host-b" in remote_exec.stderr
         release = srv.json("releases", "--app", "hello")[0]  # type: ignore[index]
         pinned = str(release["image_digest"])
         assert (inst.root / "b/images" / pinned.replace(":", "-") / "rootfs").is_dir()

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from hangar.agent.images import ImageStore
+from hangar.agent.logfiles import read_since
 from hangar.agent.oci import ImageRef, receive_blob, write_index
 from hangar.agent.reconciler import Assignment, Reconciler
 from hangar.agent.runtimes.runc import RuncRuntime
@@ -155,12 +156,66 @@ def join(api_url: str, token: str, agent_dir: Path, *, name: str, timeout: float
     return identity
 
 
+class LogShipper:
+    """Machines' output, sent up with each report from where the last one left off.
+
+    Cursors are saved only after the control plane took the lines, so a
+    crash resends rather than loses (a line may arrive twice, never not).
+    """
+
+    BUDGET = 256 << 10  # bytes of log per report, well under the API's body cap
+
+    def __init__(self, runtime: RuncRuntime, path: Path) -> None:
+        self.runtime = runtime
+        self.path = path
+        self.cursors: dict[str, dict[str, int]] = (
+            json.loads(path.read_text()) if path.exists() else {}
+        )
+        self._pending: dict[str, dict[str, int]] = {}
+        self.backlog = False
+
+    def collect(self, machine_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        shipped: dict[str, list[dict[str, Any]]] = {}
+        self._pending = {}
+        budget = self.BUDGET
+        self.backlog = False
+        for machine_id in machine_ids:
+            log_file = self.runtime.log_path(machine_id)
+            if not log_file.parent.exists():
+                continue
+            if budget <= 0:
+                self.backlog = True
+                break
+            records, cursor = read_since(log_file, self.cursors.get(machine_id), budget)
+            if records:
+                shipped[machine_id] = records
+                budget -= sum(len(str(r.get("line", ""))) + 80 for r in records)
+            if cursor is not None:
+                self._pending[machine_id] = cursor
+        return shipped
+
+    def commit(self, present: list[str]) -> None:
+        self.cursors.update(self._pending)
+        self.cursors = {k: v for k, v in self.cursors.items() if k in present}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.cursors))
+        os.replace(tmp, self.path)
+
+
 class ApiLink:
     """The ``Link`` of a joined host: the agents' API over mutual TLS."""
 
-    def __init__(self, identity: Identity, *, layouts: Path, timeout: float = 30) -> None:
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        layouts: Path,
+        shipper: LogShipper | None = None,
+        timeout: float = 30,
+    ) -> None:
         self.identity = identity
         self.layouts = layouts
+        self.shipper = shipper
         self.timeout = timeout
         self.version: str | None = None
         self._http = self._client()
@@ -199,7 +254,13 @@ class ApiLink:
         return [Assignment.from_json(a) for a in body["assignments"]]
 
     def report(self, infos: Mapping[str, Mapping[str, Any]], errors: Mapping[str, str]) -> None:
-        self._call("POST", "/agent/v1/report", json={"machines": infos, "errors": errors})
+        ids = sorted(infos)
+        logs = self.shipper.collect(ids) if self.shipper is not None else {}
+        self._call(
+            "POST", "/agent/v1/report", json={"machines": infos, "errors": errors, "logs": logs}
+        )
+        if self.shipper is not None:
+            self.shipper.commit(ids)
 
     def fetch_image(self, want: Assignment) -> ImageRef:
         """The machine's image as a local layout, fetched blob by blob and verified."""
@@ -262,8 +323,9 @@ def run_agent(
     os.chmod(agent_dir, 0o711)  # noqa: S103 - search-only: machines reach their images through it
     layouts = agent_dir / "layouts"
     layouts.mkdir(mode=0o700, exist_ok=True)
-    link = ApiLink(identity, layouts=layouts)
     runtime = RuncRuntime(agent_dir / "state", agent_dir / "bundles")
+    shipper = LogShipper(runtime, agent_dir / "state" / "log-cursors.json")
+    link = ApiLink(identity, layouts=layouts, shipper=shipper)
     reconciler = Reconciler(
         runtime,
         ImageStore(agent_dir / "images"),
@@ -283,6 +345,8 @@ def run_agent(
                 now = time.time()
                 wait = poll_seconds if due is None else max(0.0, min(poll_seconds, due - now))
                 due = agent.tick(now, wait)
+                if shipper.backlog:
+                    due = time.time()  # more output waiting to be sent: go again now
                 backoff = 1.0
             except ApiError as exc:
                 if exc.status == 403:

@@ -71,10 +71,16 @@ def deploy(
     if not chosen:
         raise ConfigError("no image to deploy", hint="pass --image, or set [build] image")
     api = client(ctx)
+    extra: dict[str, Any] = {}
+    if chosen.startswith("docker://"):
+        extra["timeout"] = 1800  # the server copies a registry image before it answers
+        if not json_out:
+            typer.echo(f"Copying {chosen} to the server (this can take a while)...")
     release = api.request(
         "POST",
         f"/v1/apps/{name}/releases",
         json={"image": absolute_image(chosen), "config": config.read_text(), "strategy": strategy},
+        **extra,
     )
     version = release["version"]
     if not json_out:

@@ -45,6 +45,9 @@ class ServerSettings(BaseModel):
     # Agents of other hosts reach the control plane here, over mutual TLS only.
     agent_listen_port: int = Field(default=8444, ge=0, le=65535)
     host_cert_seconds: int = Field(default=7 * 86400, ge=30, le=366 * 86400)
+    # Registries (host:port) copied from without TLS verification: for a test
+    # registry on loopback only.
+    insecure_registries: list[str] = []
 
     @property
     def effective_agent_dir(self) -> Path:

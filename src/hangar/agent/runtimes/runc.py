@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from hangar import hostcmd
+from hangar.agent.logfiles import read_all
 from hangar.agent.runtimes.base import ExecResult, MachineSpec, RuntimeState
 from hangar.errors import CommandError, Conflict, NotFound, ValidationError
 from hangar.net import netns
@@ -488,12 +489,11 @@ class RuncRuntime:
         machine = self._machine_dir(machine_id)
         if not machine.exists():
             raise NotFound(f"machine {machine_id} not found on this host")
-        files = sorted(machine.glob("output.log.*"), key=lambda p: -int(p.suffix[1:]))
-        records = []
-        for path in [*files, machine / "output.log"]:
-            if path.exists():
-                records += [json.loads(line) for line in path.read_text().splitlines() if line]
-        return records
+        return read_all(machine / "output.log")
+
+    def log_path(self, machine_id: str) -> Path:
+        """The machine's current output log (rotated ones lie beside it)."""
+        return self._machine_dir(machine_id) / "output.log"
 
     def remove(self, machine_id: str) -> None:
         if self.state(machine_id).status == "running":

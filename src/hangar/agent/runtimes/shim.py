@@ -22,44 +22,12 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import IO
 
-__all__ = ["LOG_KEEP", "LOG_MAX_BYTES", "main"]
+from hangar.agent.logfiles import RotatingLog
 
-LOG_MAX_BYTES = 8 << 20
-LOG_KEEP = 3
+__all__ = ["main"]
+
 MAX_LINE = 16 << 10
-
-
-class RotatingLog:
-    def __init__(self, path: Path, max_bytes: int = LOG_MAX_BYTES, keep: int = LOG_KEEP) -> None:
-        self.path = path
-        self.max_bytes = max_bytes
-        self.keep = keep
-        self._handle: IO[bytes] = path.open("ab")
-
-    def write(self, stream: str, line: bytes) -> None:
-        record = {
-            "ts": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
-            "stream": stream,
-            "line": line.decode(errors="replace"),
-        }
-        self._handle.write(json.dumps(record).encode() + b"\n")
-        self._handle.flush()
-        if self._handle.tell() >= self.max_bytes:
-            self._rotate()
-
-    def _rotate(self) -> None:
-        self._handle.close()
-        for n in range(self.keep - 1, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{n}")
-            if older.exists():
-                os.replace(older, self.path.with_name(f"{self.path.name}.{n + 1}"))
-        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-        self._handle = self.path.open("ab")
-
-    def close(self) -> None:
-        self._handle.close()
 
 
 def pump(proc: subprocess.Popen[bytes], log: RotatingLog) -> None:

@@ -11,18 +11,20 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
 
 from hangar.agent.oci import open_blob, parse_image_ref, read_manifest
 from hangar.agent.reconciler import Assignment
 from hangar.api.guard import HOST, GuardedRouter, HostAccess
 from hangar.controlplane.hostlink import apply_report, assignments_version, host_assignments
 from hangar.controlplane.hosts import renew_host_cert
+from hangar.controlplane.logstore import LogStore
 from hangar.errors import Conflict, IntegrityError, NotFound
 from hangar.store.tables import Machine
 
@@ -37,10 +39,18 @@ class AssignmentsOut(BaseModel):
     assignments: list[dict[str, Any]]
 
 
+class LogRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ts: str = Field(max_length=40)
+    stream: Literal["stdout", "stderr"]
+    line: str = Field(max_length=64 << 10)
+
+
 class ReportIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     machines: dict[str, dict[str, Any]] = Field(max_length=10_000)
     errors: dict[str, str] = Field(default_factory=dict, max_length=10_000)
+    logs: dict[str, list[LogRecord]] = Field(default_factory=dict, max_length=10_000)
 
 
 class RenewIn(BaseModel):
@@ -89,6 +99,19 @@ async def assignments(
 
 @router.post("/report", status_code=204, summary="What this host observed of its machines")
 def report(body: ReportIn, request: Request, access: Annotated[HostAccess, HOST]) -> None:
+    if body.logs:
+        # Logs first: a report can delete a destroyed machine, and its last lines count.
+        with access.cp.db.read() as session:
+            mine = set(
+                session.execute(
+                    select(Machine.id).where(
+                        Machine.id.in_(list(body.logs)), Machine.host_id == access.host.id
+                    )
+                ).scalars()
+            )
+        store = LogStore(access.cp.data_dir / "logs")
+        for machine_id in sorted(mine):  # only this host's machines: others' are dropped
+            store.append(machine_id, [r.model_dump() for r in body.logs[machine_id]])
     with access.cp.db.write() as session:
         apply_report(session, access.host.id, body.machines, body.errors)
     wake = getattr(request.app.state, "wake", None)

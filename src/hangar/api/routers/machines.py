@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
 import json
+import re
 import secrets
+import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import Query, Request
@@ -18,11 +22,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from hangar.agent.images import copy_from_registry
 from hangar.agent.oci import parse_image_ref, read_manifest
 from hangar.agent.service import LocalAgent
 from hangar.api.guard import Access, GuardedRouter, requires
 from hangar.auth.rbac import Permission
 from hangar.config.appconfig import parse_app_config
+from hangar.controlplane.logstore import LogStore
 from hangar.controlplane.machines import create_machine, create_release, get_release
 from hangar.errors import Conflict, NotFound, ValidationError, WaitTimeout
 from hangar.store.tables import App, Host, Machine, MachineEvent, Release
@@ -116,24 +122,14 @@ def deploy(
     config = parse_app_config(body.config)
     if config.app != app:
         raise ValidationError(f"hangar.toml is for app {config.app!r}, not {app!r}")
-    ref = parse_image_ref(body.image)
-    if ref.kind != "oci":
-        raise ValidationError(
-            f"{body.image}: registry images are copied to a local layout first",
-            hint="skopeo copy docker://… oci:DIR:TAG, then --image oci:DIR:TAG",
-        )
-    if ref.path is None or not ref.path.is_absolute():
-        raise ValidationError("the image path must be absolute on the server")
-    # Fail now, with the reason, rather than on every machine; and pin the digest.
-    manifest = read_manifest(ref)
-    with access.cp.db.write() as session:
+    with _resolved_image(access, body.image) as (image, digest), access.cp.db.write() as session:
         row = session.get(App, access.app.id)
         assert row is not None
         release = create_release(
             session,
             row,
-            image=str(ref),
-            image_digest=manifest.digest,
+            image=image,
+            image_digest=digest,
             config=config,
             strategy=body.strategy,
             actor=access.principal.email,
@@ -144,10 +140,39 @@ def deploy(
             org_id=access.org.id,
             action="release.create",
             target=f"{app} v{release.version}",
-            detail={"image": str(ref), "digest": manifest.digest, "strategy": release.strategy},
+            detail={
+                "image": body.image,
+                "layout": image,
+                "digest": digest,
+                "strategy": release.strategy,
+            },
         )
     _wake(request)
     return _release_out(release)
+
+
+@contextlib.contextmanager
+def _resolved_image(access: Access, text: str) -> Iterator[tuple[str, str]]:
+    """An image as the layout machines run it from, and its manifest digest (the pin).
+
+    A ``docker://`` reference is copied with skopeo into a new layout under
+    the data directory; if what follows fails, the copy is removed again.
+    Checking the manifest now fails with the reason once, not on every machine.
+    """
+    ref = parse_image_ref(text)
+    copied: Path | None = None
+    if ref.kind == "docker":
+        name = re.sub(r"[^a-z0-9.-]+", "_", ref.reference.lower())[:80]
+        copied = access.cp.data_dir / "images" / f"{name}-{secrets.token_hex(4)}"
+        ref = copy_from_registry(ref, copied, insecure=access.cp.settings.insecure_registries)
+    elif ref.path is None or not ref.path.is_absolute():
+        raise ValidationError("the image path must be absolute on the server")
+    try:
+        yield str(ref), read_manifest(ref).digest
+    except BaseException:
+        if copied is not None:
+            shutil.rmtree(copied, ignore_errors=True)
+        raise
 
 
 def _wake(request: Request) -> None:
@@ -305,13 +330,23 @@ def create_machine_route(
 ) -> MachineOut:
     assert access.app is not None and access.org is not None
     body = body or MachineIn()
-    image = digest = None
-    if body.image is not None:
-        ref = parse_image_ref(body.image)
-        if ref.kind != "oci" or ref.path is None or not ref.path.is_absolute():
-            raise ValidationError("a one-off machine's image must be an absolute oci: path")
-        digest = read_manifest(ref).digest
-        image = str(ref)
+    with contextlib.ExitStack() as stack:
+        image = digest = None
+        if body.image is not None:
+            image, digest = stack.enter_context(_resolved_image(access, body.image))
+        return _create_machine(access, request, app, body, image, digest, region)
+
+
+def _create_machine(
+    access: Access,
+    request: Request,
+    app: str,
+    body: MachineIn,
+    image: str | None,
+    digest: str | None,
+    region: str | None,
+) -> MachineOut:
+    assert access.app is not None and access.org is not None
     with access.cp.db.write() as session:
         current = session.execute(
             select(Release.version)
@@ -384,7 +419,7 @@ def update_machine(
             )
         ref = parse_image_ref(body.image)
         if ref.kind != "oci" or ref.path is None or not ref.path.is_absolute():
-            raise ValidationError("a one-off machine's image must be an absolute oci: path")
+            raise ValidationError("give a one-off machine's new image as an absolute oci: path")
         values["image_digest"] = read_manifest(ref).digest
         values["image"] = str(ref)
     if body.version is not None:
@@ -592,7 +627,7 @@ def _local_agent(request: Request, host: Host) -> LocalAgent:
     if agent is None or agent.host_id != host.id:
         raise Conflict(
             f"machine is on host {host.name}, which this server does not run",
-            hint="exec and logs reach machines on this server's own host",
+            hint="exec reaches machines on the control plane's own host only, for now",
         )
     assert isinstance(agent, LocalAgent)
     return agent
@@ -669,16 +704,23 @@ async def logs(
         rows = session.execute(query).all()
     if machine is not None and not rows:
         raise NotFound(f"machine {machine!r} not found in app {app!r}")
-    agent = _local_agent(request, rows[0][1]) if rows else None
-    targets = [(m.id, h.region) for m, h in rows]
+    local = getattr(request.app.state, "agent", None)
+    shipped = LogStore(access.cp.data_dir / "logs")
+    targets = [(m.id, h.region, local is not None and local.host_id == h.id) for m, h in rows]
+
+    def read(machine_id: str, here: bool) -> list[dict[str, Any]]:
+        """This host's machines from its runtime; other hosts' as their agents shipped them."""
+        if here:
+            assert local is not None
+            return local.reconciler.runtime.logs(machine_id)  # type: ignore[no-any-return]
+        return shipped.read(machine_id)
 
     async def stream() -> AsyncIterator[bytes]:
         sent: dict[str, int] = {}
         while True:
-            for machine_id, region in targets:
-                assert agent is not None
+            for machine_id, region, here in targets:
                 try:
-                    records = agent.reconciler.runtime.logs(machine_id)
+                    records = read(machine_id, here)
                 except NotFound:
                     continue
                 start = sent.get(machine_id, 0)
