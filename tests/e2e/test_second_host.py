@@ -215,10 +215,13 @@ def test_a_second_host_joins_runs_machines_renews_and_leaves(installation: Insta
             lambda: any("response:200" in str(r["line"]) for r in logged()),
         )
         assert {r["machine"] for r in logged()} == {machine["id"]}
-        remote_exec = srv.cli(
-            "machines", "exec", str(machine["id"]), "--app", "hello", "--", "id", check=False
+        # exec reaches it through host-b's agent, which picks the command up on its poll.
+        remote = srv.cli("machines", "exec", str(machine["id"]), "--app", "hello", "--", "id")
+        assert "uid=1000(app)" in remote.stdout  # the image's user, inside the machine
+        stopped_elsewhere = srv.cli(
+            "machines", "exec", "m_0000000000000000", "--app", "hello", "--", "id", check=False
         )
-        assert remote_exec.returncode != 0 and "host-b" in remote_exec.stderr
+        assert stopped_elsewhere.returncode != 0 and "not found" in stopped_elsewhere.stderr
         release = srv.json("releases", "--app", "hello")[0]  # type: ignore[index]
         pinned = str(release["image_digest"])
         assert (inst.root / "b/images" / pinned.replace(":", "-") / "rootfs").is_dir()

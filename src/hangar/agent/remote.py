@@ -14,6 +14,7 @@ its certificate once two thirds of its lifetime have passed.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import logging
@@ -211,11 +212,13 @@ class ApiLink:
         *,
         layouts: Path,
         shipper: LogShipper | None = None,
+        runtime: RuncRuntime | None = None,
         timeout: float = 30,
     ) -> None:
         self.identity = identity
         self.layouts = layouts
         self.shipper = shipper
+        self.runtime = runtime
         self.timeout = timeout
         self.version: str | None = None
         self._http = self._client()
@@ -251,7 +254,35 @@ class ApiLink:
         )
         body = response.json()
         self.version = str(body["version"])
+        for order in body.get("execs", []):
+            threading.Thread(
+                target=self._exec, args=(order,), name=f"exec-{order['id']}", daemon=True
+            ).start()
         return [Assignment.from_json(a) for a in body["assignments"]]
+
+    def _exec(self, order: dict[str, Any]) -> None:
+        """Run a command the control plane relayed, in one of this host's machines."""
+        cap = 256 << 10  # each stream; the answer must fit the API's body cap
+        answer: dict[str, Any]
+        try:
+            if self.runtime is None:
+                raise HangarError("this agent does not run commands")
+            if order["machine_id"] not in self.runtime.list():
+                raise HangarError(f"machine {order['machine_id']} is not on this host")
+            result = self.runtime.exec(
+                order["machine_id"], list(order["cmd"]), timeout=float(order["timeout"])
+            )
+            answer = {
+                "exit_code": result.exit_code,
+                "stdout": base64.b64encode(result.stdout[:cap]).decode(),
+                "stderr": base64.b64encode(result.stderr[:cap]).decode(),
+            }
+        except HangarError as exc:
+            answer = {"error": exc.message[:4000]}
+        try:
+            self._call("POST", f"/agent/v1/execs/{order['id']}", json=answer)
+        except HangarError as exc:
+            log.warning("could not return the result of %s: %s", order["id"], exc.message)
 
     def report(self, infos: Mapping[str, Mapping[str, Any]], errors: Mapping[str, str]) -> None:
         ids = sorted(infos)
@@ -325,7 +356,7 @@ def run_agent(
     layouts.mkdir(mode=0o700, exist_ok=True)
     runtime = RuncRuntime(agent_dir / "state", agent_dir / "bundles")
     shipper = LogShipper(runtime, agent_dir / "state" / "log-cursors.json")
-    link = ApiLink(identity, layouts=layouts, shipper=shipper)
+    link = ApiLink(identity, layouts=layouts, shipper=shipper, runtime=runtime)
     reconciler = Reconciler(
         runtime,
         ImageStore(agent_dir / "images"),

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hangar.audit.log import AuditLog
 from hangar.auth.tokens import TokenService
 from hangar.config.settings import ServerSettings
+from hangar.controlplane.execbroker import ExecBroker
 from hangar.crypto.ca import InternalCA
 from hangar.crypto.keyring import FileKekProvider, Keyring
 from hangar.crypto.macaroons import TokenKeys
@@ -27,6 +28,8 @@ class ControlPlane:
     audit: AuditLog
     audit_public_pem: bytes
     ca: InternalCA
+    # Commands for machines on other hosts, waiting for those hosts' agents.
+    execs: ExecBroker = field(default_factory=ExecBroker)
 
     @classmethod
     def open(cls, settings: ServerSettings, *, migrate: bool = True) -> ControlPlane:

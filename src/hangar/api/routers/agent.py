@@ -9,6 +9,8 @@ or change only that host's machines.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import datetime as dt
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
@@ -21,11 +23,12 @@ from sqlalchemy import select
 
 from hangar.agent.oci import open_blob, parse_image_ref, read_manifest
 from hangar.agent.reconciler import Assignment
+from hangar.agent.runtimes.base import ExecResult
 from hangar.api.guard import HOST, GuardedRouter, HostAccess
 from hangar.controlplane.hostlink import apply_report, assignments_version, host_assignments
 from hangar.controlplane.hosts import renew_host_cert
 from hangar.controlplane.logstore import LogStore
-from hangar.errors import Conflict, IntegrityError, NotFound
+from hangar.errors import Conflict, IntegrityError, NotFound, ValidationError
 from hangar.store.tables import Machine
 
 router = GuardedRouter(prefix="/agent/v1", tags=["agent"])
@@ -33,10 +36,26 @@ router = GuardedRouter(prefix="/agent/v1", tags=["agent"])
 POLL_STEP = 0.25
 
 
+class ExecOrder(BaseModel):
+    id: str
+    machine_id: str
+    cmd: list[str]
+    timeout: float
+
+
 class AssignmentsOut(BaseModel):
     version: str
     host_id: str
     assignments: list[dict[str, Any]]
+    execs: list[ExecOrder] = []
+
+
+class ExecDone(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    exit_code: int | None = None
+    stdout: str = Field(default="", max_length=512 << 10, description="base64")
+    stderr: str = Field(default="", max_length=512 << 10, description="base64")
+    error: str | None = Field(default=None, max_length=4096)
 
 
 class LogRecord(BaseModel):
@@ -85,16 +104,38 @@ async def assignments(
     """With ``after``, waits up to ``wait`` seconds for a version other than ``after``."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
+    broker = access.cp.execs
     while True:
         found = await run_in_threadpool(_read, access)
         version = assignments_version(found)
-        if version != after or loop.time() >= deadline:
+        if version != after or broker.has_pending(access.host.id) or loop.time() >= deadline:
+            orders = [
+                ExecOrder(id=r.id, machine_id=r.machine_id, cmd=r.cmd, timeout=r.timeout)
+                for r in broker.pending(access.host.id)
+            ]
             return AssignmentsOut(
                 version=version,
                 host_id=access.host.id,
                 assignments=[a.to_json() for a in found],
+                execs=orders,
             )
         await asyncio.sleep(min(POLL_STEP, max(0.0, deadline - loop.time())))
+
+
+@router.post("/execs/{exec_id}", status_code=204, summary="The result of a command it was given")
+def exec_done(exec_id: str, body: ExecDone, access: Annotated[HostAccess, HOST]) -> None:
+    result = None
+    if body.error is None:
+        try:
+            result = ExecResult(
+                body.exit_code if body.exit_code is not None else -1,
+                base64.b64decode(body.stdout, validate=True),
+                base64.b64decode(body.stderr, validate=True),
+            )
+        except binascii.Error as exc:
+            raise ValidationError("stdout and stderr must be base64") from exc
+    if not access.cp.execs.finish(access.host.id, exec_id, result, body.error):
+        raise NotFound(f"no command {exec_id!r} is waiting for this host")
 
 
 @router.post("/report", status_code=204, summary="What this host observed of its machines")

@@ -24,7 +24,6 @@ from sqlalchemy.orm import Session
 
 from hangar.agent.images import copy_from_registry
 from hangar.agent.oci import parse_image_ref, read_manifest
-from hangar.agent.service import LocalAgent
 from hangar.api.guard import Access, GuardedRouter, requires
 from hangar.auth.rbac import Permission
 from hangar.config.appconfig import parse_app_config
@@ -622,17 +621,6 @@ def release_lease(
         )
 
 
-def _local_agent(request: Request, host: Host) -> LocalAgent:
-    agent = getattr(request.app.state, "agent", None)
-    if agent is None or agent.host_id != host.id:
-        raise Conflict(
-            f"machine is on host {host.name}, which this server does not run",
-            hint="exec reaches machines on the control plane's own host only, for now",
-        )
-    assert isinstance(agent, LocalAgent)
-    return agent
-
-
 class ExecIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     cmd: list[str] = Field(min_length=1, max_length=256)
@@ -659,7 +647,8 @@ def exec_machine(
 ) -> ExecOut:
     assert access.org is not None
     machine, host = _machine(access, machine_id)
-    agent = _local_agent(request, host)
+    local = getattr(request.app.state, "agent", None)
+    here = local is not None and local.host_id == host.id
     with access.cp.db.write() as session:
         # Audited before it runs: a command that never returns is still on record.
         access.cp.audit.record(
@@ -670,7 +659,11 @@ def exec_machine(
             target=machine.id,
             detail={"cmd": body.cmd},
         )
-    result = agent.reconciler.runtime.exec(machine.id, body.cmd, timeout=body.timeout)
+    if local is not None and here:
+        result = local.reconciler.runtime.exec(machine.id, body.cmd, timeout=body.timeout)
+    else:
+        # Another host's machine: its agent picks the command up on its next poll.
+        result = access.cp.execs.run(host.id, machine.id, body.cmd, body.timeout)
     cap = 1 << 20
     return ExecOut(
         exit_code=result.exit_code,
