@@ -254,7 +254,7 @@ def test_a_second_host_joins_runs_machines_renews_and_leaves(installation: Insta
         # and its agent is turned away at once.
         busy = srv.cli("hosts", "remove", "host-b", "--yes", check=False)
         assert busy.returncode != 0 and "still has 1 machine" in busy.stderr
-        srv.cli("machines", "destroy", str(machine["id"]), "--app", "hello", "--yes")
+        srv.cli("machines", "destroy", str(machine["id"]), "--app", "hello", "--yes", "--force")
         wait_for(
             "the machine to be gone from host-b",
             lambda: not srv.json("machines", "list", "--app", "hello"),

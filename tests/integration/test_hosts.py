@@ -225,7 +225,9 @@ def test_the_agents_api_shows_a_host_only_its_own(
         assert refused.status_code == 404
 
         # Removed: the host's certificate is refused at once, and the refusal audited.
-        destroyed = api.delete(f"/v1/apps/web/machines/{mine['id']}", headers=h)
+        running = api.delete(f"/v1/apps/web/machines/{mine['id']}", headers=h)
+        assert running.status_code == 409 and "--force" in running.json()["hint"]
+        destroyed = api.delete(f"/v1/apps/web/machines/{mine['id']}?force=true", headers=h)
         assert destroyed.status_code == 200
         busy = api.delete("/v1/hosts/host-b", headers=h)
         assert busy.status_code == 409 and "still has 1 machine" in busy.json()["detail"]
@@ -246,3 +248,23 @@ def test_the_agents_api_shows_a_host_only_its_own(
         )
     assert [e.target for e in denied] == [joined["host_id"]]
     assert api.post("/v1/hosts/host-b/cordon", headers=h).status_code == 404
+
+
+def test_placement_counts_memory(
+    api: TestClient, installation: Installation, control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    h = installation.headers
+    with control_plane.db.write() as session:
+        register_local_host(session, name="small", region="local", memory_mb=600)
+    build_layout(tmp_path / "img", [layer_tar([])])
+    api.post("/v1/apps", headers=h, json={"name": "web"})
+    one_off = {"image": f"oci:{tmp_path / 'img'}:latest", "cmd": ["true"]}
+    for _ in range(2):  # 2 x 256 MB fit in 600
+        assert api.post("/v1/apps/web/machines", headers=h, json=one_off).status_code == 201
+    full = api.post("/v1/apps/web/machines", headers=h, json=one_off)
+    assert full.status_code == 409 and "256 MB free" in full.json()["detail"]
+    assert api.get("/v1/hosts/small", headers=h).json()["memory_mb"] == 600
+    with control_plane.db.write() as session:
+        register_local_host(session, name="roomy", region="local")  # memory unknown: no limit
+    made = api.post("/v1/apps/web/machines", headers=h, json=one_off)
+    assert made.status_code == 201 and made.json()["host"] == "roomy"

@@ -36,7 +36,7 @@ from hangar.agent.logfiles import read_since
 from hangar.agent.oci import ImageRef, receive_blob, write_index
 from hangar.agent.reconciler import Assignment, Reconciler
 from hangar.agent.runtimes.runc import RuncRuntime
-from hangar.agent.service import Agent
+from hangar.agent.service import Agent, host_memory_mb
 from hangar.crypto.ca import write_private
 from hangar.crypto.hostcert import certificate_window, csr_for, new_host_key, pin_matches
 from hangar.domain.jointoken import parse_join_token
@@ -134,7 +134,12 @@ def join(api_url: str, token: str, agent_dir: Path, *, name: str, timeout: float
         with httpx.Client(verify=_tls(directory / "ca.crt"), timeout=timeout) as client:
             response = client.post(
                 f"{api_url}/v1/hosts/join",
-                json={"token": token, "csr": csr_for(key_pem, name).decode(), "name": name},
+                json={
+                    "token": token,
+                    "csr": csr_for(key_pem, name).decode(),
+                    "name": name,
+                    "memory_mb": host_memory_mb(),
+                },
             )
     except httpx.HTTPError as exc:
         raise HangarError(

@@ -16,15 +16,27 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 from hangar.agent.reconciler import Assignment, Reconciler
 from hangar.controlplane.hostlink import apply_report, host_assignments
 from hangar.store.db import Database
 
-__all__ = ["Agent", "Link", "LocalAgent", "StoreLink"]
+__all__ = ["Agent", "Link", "LocalAgent", "StoreLink", "host_memory_mb"]
 
 log = logging.getLogger("hangar.agent")
+
+
+def host_memory_mb() -> int:
+    """This host's memory, MB, as placement counts it (0 if it cannot tell)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 class Link(Protocol):

@@ -18,6 +18,7 @@ COLUMNS = [
     ("region", "REGION"),
     ("state", "STATE"),
     ("machines", "MACHINES"),
+    ("memory_mb", "MEMORY MB"),
     ("last_seen", "LAST SEEN"),
 ]
 
@@ -36,7 +37,16 @@ def show(ctx: typer.Context, host: HostArg, json_out: JsonOpt = False) -> None:
     if json_out:
         emit(data)
     else:
-        for key in ("name", "id", "region", "state", "machines", "created_at", "last_seen"):
+        for key in (
+            "name",
+            "id",
+            "region",
+            "state",
+            "machines",
+            "memory_mb",
+            "created_at",
+            "last_seen",
+        ):
             typer.echo(f"{key:<11}{data.get(key)}")
 
 

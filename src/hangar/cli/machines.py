@@ -153,11 +153,21 @@ def events(
 
 @app.command()
 def destroy(
-    ctx: typer.Context, machine_id: MachineId, app_: AppOpt = None, yes: YesOpt = False
+    ctx: typer.Context,
+    machine_id: MachineId,
+    app_: AppOpt = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="destroy it even if it is running")
+    ] = False,
+    yes: YesOpt = False,
 ) -> None:
-    """Destroy a machine. Asks first; --yes to skip."""
+    """Destroy a machine (a running one only with --force). Asks first; --yes to skip."""
     confirm(f"Destroy machine {machine_id}?", yes)
-    client(ctx).request("DELETE", f"/v1/apps/{app_name(app_)}/machines/{machine_id}")
+    client(ctx).request(
+        "DELETE",
+        f"/v1/apps/{app_name(app_)}/machines/{machine_id}",
+        params={"force": "true"} if force else None,
+    )
     typer.echo(f"{machine_id}: destroy requested.")
 
 

@@ -30,7 +30,12 @@ from sqlalchemy.orm import Session
 
 from hangar.audit.log import AuditContext, AuditLog
 from hangar.config.appconfig import AppConfig
-from hangar.controlplane.machines import active_machines, create_machine, release_config
+from hangar.controlplane.machines import (
+    active_machines,
+    create_machine,
+    machine_memory,
+    release_config,
+)
 from hangar.store.tables import App, Machine, Release
 
 __all__ = ["DEPLOYER", "step", "step_all"]
@@ -97,7 +102,9 @@ def step(session: Session, audit: AuditLog, release: Release, now: float) -> Non
         ).scalar_one_or_none()
         detail = {"previous": previous, "touched": [], "batch": [], "batch_started": now}
         if not machines:
-            machine = create_machine(session, app, release.version, cfg.primary_region)
+            machine = create_machine(
+                session, app, release.version, cfg.primary_region, memory_mb=machine_memory(cfg)
+            )
             detail["touched"] = detail["batch"] = [machine.id]
         release.status = "running"
         release.detail = json.dumps(detail)
@@ -143,6 +150,7 @@ def step(session: Session, audit: AuditLog, release: Release, now: float) -> Non
         )
     for machine in remaining[:size]:
         machine.version = release.version
+        machine.memory_mb = machine_memory(cfg)
         machine.desired = "started"
         detail["touched"].append(machine.id)
     detail["batch"] = [m.id for m in remaining[:size]]
@@ -175,6 +183,7 @@ def _release_command_done(
             image=release.image,
             image_digest=release.image_digest,
             args=shlex.split(cfg.deploy.release_command),
+            memory_mb=machine_memory(cfg),
         )
         release.detail = json.dumps({"release_machine": made.id, "release_started": now})
         audit.record(

@@ -110,6 +110,7 @@ def redeem_join_token(
     *,
     name: str,
     lifetime: dt.timedelta,
+    memory_mb: int = 0,
 ) -> tuple[Host, IssuedCert]:
     """Trade a join token for a new host and its client certificate.
 
@@ -137,7 +138,7 @@ def redeem_join_token(
         region=row.region,
         number=highest + 1,
         state="active",
-        memory_mb=0,
+        memory_mb=memory_mb,
         created_at=now,
         last_seen=now,
     )

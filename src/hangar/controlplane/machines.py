@@ -26,11 +26,13 @@ __all__ = [
     "create_machine",
     "create_release",
     "installation_prefix",
+    "machine_memory",
     "org_network",
     "register_local_host",
 ]
 
 PREFIX_KEY = "private_prefix"
+DEFAULT_MEMORY_MB = 256
 
 
 def _now() -> dt.datetime:
@@ -79,28 +81,49 @@ def register_local_host(
         )
         session.add(host)
         session.flush()
+    elif memory_mb:
+        host.memory_mb = memory_mb  # the host may have been given more (or less) since
     return host
 
 
-def _place(session: Session, region: str | None) -> Host:
-    """An active host, in the region if one is asked for, with the fewest machines."""
+def machine_memory(cfg: AppConfig) -> int:
+    """The memory a machine of this configuration takes on its host, MB."""
+    return cfg.vm[0].memory if cfg.vm else DEFAULT_MEMORY_MB
+
+
+def _place(session: Session, region: str | None, memory_mb: int) -> Host:
+    """An active host (in the region if one is asked for) with room, fewest machines first.
+
+    A host's room is its memory less what its machines take; a host that has
+    not said how much memory it has takes anything.
+    """
     query = select(Host).where(Host.state == "active")
     if region and region != "local":
         query = query.where(Host.region == region)
     hosts = list(session.execute(query).scalars())
+    where = f" in {region}" if region and region != "local" else ""
     if not hosts:
         raise Conflict(
-            "no active host can take a machine" + (f" in {region}" if region else ""),
+            f"no active host can take a machine{where}",
             hint="uncordon a host, or add one with `hangar hosts join-token`",
         )
-    counts = dict(
-        session.execute(
-            select(Machine.host_id, func.count())
+    load = {
+        host_id: (count, used or 0)
+        for host_id, count, used in session.execute(
+            select(Machine.host_id, func.count(), func.sum(Machine.memory_mb))
             .where(Machine.desired != "destroyed")
             .group_by(Machine.host_id)
         ).all()
-    )
-    return min(hosts, key=lambda h: (counts.get(h.id, 0), h.number))
+    }
+    room = [
+        h for h in hosts if not h.memory_mb or load.get(h.id, (0, 0))[1] + memory_mb <= h.memory_mb
+    ]
+    if not room:
+        raise Conflict(
+            f"no active host{where} has {memory_mb} MB free for another machine",
+            hint="add a host, or give machines less memory in [[vm]]",
+        )
+    return min(room, key=lambda h: (load.get(h.id, (0, 0))[0], h.number))
 
 
 def _address(session: Session, app: App, host: Host) -> str:
@@ -128,9 +151,10 @@ def create_machine(
     image: str | None = None,
     image_digest: str | None = None,
     args: list[str] | None = None,
+    memory_mb: int = DEFAULT_MEMORY_MB,
 ) -> Machine:
     """A machine of ``app``; with ``image`` or ``args`` it is a one-off (never restarted)."""
-    host = _place(session, region)
+    host = _place(session, region, memory_mb)
     now = _now()
     one_off = image is not None or args is not None
     machine = Machine(
@@ -138,6 +162,7 @@ def create_machine(
         image=image,
         image_digest=image_digest if image is not None else None,
         args=json.dumps(args) if args is not None else None,
+        memory_mb=memory_mb,
         id=new_id("m"),
         app_id=app.id,
         host_id=host.id,

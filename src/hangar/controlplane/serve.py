@@ -25,7 +25,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from hangar.agent.images import ImageStore
 from hangar.agent.reconciler import Reconciler
 from hangar.agent.runtimes.runc import RuncRuntime
-from hangar.agent.service import LocalAgent
+from hangar.agent.service import LocalAgent, host_memory_mb
 from hangar.api.app import create_agent_app, create_app
 from hangar.api.guard import PEER_CERT_SCOPE_KEY
 from hangar.config.settings import ServerSettings
@@ -148,7 +148,12 @@ def local_agent(cp: ControlPlane) -> LocalAgent:
     runtime = RuncRuntime(root / "state", root / "bundles")
     images = ImageStore(root / "images")
     with cp.db.write() as session:
-        host = register_local_host(session, name=settings.host_name or None, region=settings.region)
+        host = register_local_host(
+            session,
+            name=settings.host_name or None,
+            region=settings.region,
+            memory_mb=host_memory_mb(),
+        )
     return LocalAgent(cp.db, Reconciler(runtime, images, root / "state"), host.id)
 
 

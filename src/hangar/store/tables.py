@@ -271,6 +271,8 @@ class Machine(Base):
     image: Mapped[str | None] = mapped_column(String(1000))
     image_digest: Mapped[str | None] = mapped_column(String(80))
     args: Mapped[str | None] = mapped_column(Text)
+    # What placement counts against its host's memory ([[vm]] memory).
+    memory_mb: Mapped[int] = mapped_column(Integer, default=256, server_default="256")
 
 
 class MachineEvent(Base):

@@ -26,6 +26,7 @@ class HostOut(BaseModel):
     state: str
     number: int
     machines: int
+    memory_mb: int
     created_at: dt.datetime
     last_seen: dt.datetime | None
 
@@ -51,6 +52,7 @@ def _hosts(access: Access, name: str | None = None) -> list[HostOut]:
             state=h.state,
             number=h.number,
             machines=n or 0,
+            memory_mb=h.memory_mb,
             created_at=h.created_at,
             last_seen=h.last_seen,
         )
@@ -151,6 +153,7 @@ class JoinIn(BaseModel):
     token: str = Field(max_length=256)
     csr: str = Field(max_length=16_384)
     name: str = Field(max_length=63)
+    memory_mb: int = Field(default=0, ge=0, le=1 << 30, description="0: unknown")
 
 
 class JoinOut(BaseModel):
@@ -186,6 +189,7 @@ def join(body: JoinIn, request: Request, _: Annotated[None, PUBLIC]) -> JoinOut:
                 body.token,
                 body.csr,
                 name=body.name,
+                memory_mb=body.memory_mb,
                 lifetime=dt.timedelta(seconds=cp.settings.host_cert_seconds),
             )
             cp.audit.record(

@@ -28,7 +28,14 @@ from hangar.api.guard import Access, GuardedRouter, requires
 from hangar.auth.rbac import Permission
 from hangar.config.appconfig import parse_app_config
 from hangar.controlplane.logstore import LogStore
-from hangar.controlplane.machines import create_machine, create_release, get_release
+from hangar.controlplane.machines import (
+    DEFAULT_MEMORY_MB,
+    create_machine,
+    create_release,
+    get_release,
+    machine_memory,
+    release_config,
+)
 from hangar.errors import Conflict, NotFound, ValidationError, WaitTimeout
 from hangar.store.tables import App, Host, Machine, MachineEvent, Release
 
@@ -347,12 +354,13 @@ def _create_machine(
 ) -> MachineOut:
     assert access.app is not None and access.org is not None
     with access.cp.db.write() as session:
-        current = session.execute(
-            select(Release.version)
+        live = session.execute(
+            select(Release)
             .where(Release.app_id == access.app.id, Release.status == "complete")
             .order_by(Release.version.desc())
             .limit(1)
         ).scalar_one_or_none()
+        current = live.version if live is not None else None
         if current is None and image is None:
             raise Conflict(
                 f"app {app!r} has no live release",
@@ -361,7 +369,14 @@ def _create_machine(
         row = session.get(App, access.app.id)
         assert row is not None
         machine = create_machine(
-            session, row, current or 0, region, image=image, image_digest=digest, args=body.cmd
+            session,
+            row,
+            current or 0,
+            region,
+            image=image,
+            image_digest=digest,
+            args=body.cmd,
+            memory_mb=machine_memory(release_config(live)) if live else DEFAULT_MEMORY_MB,
         )
         host = session.get(Host, machine.host_id)
         assert host is not None
@@ -495,7 +510,15 @@ def destroy_machine(
     machine_id: str,
     request: Request,
     access: Annotated[Access, requires(Permission.APPS_DELETE)],
+    force: bool = False,
 ) -> MachineOut:
+    """A machine that is (or is about to be) running needs ``force``; stop it first otherwise."""
+    machine, _ = _machine(access, machine_id)
+    if not force and machine.desired == "started" and machine.state not in ("stopped", "failed"):
+        raise Conflict(
+            f"machine {machine.id} is {machine.state}",
+            hint="stop it first, or destroy it with --force",
+        )
     return _change(access, request, machine_id, "machine.destroy", desired="destroyed")
 
 

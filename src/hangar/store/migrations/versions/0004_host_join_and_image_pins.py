@@ -1,4 +1,4 @@
-"""host join tokens, host certificates, pinned image digests
+"""host join tokens, host certificates, pinned image digests, machine memory
 
 Revision ID: 0004
 Revises: 0003
@@ -43,10 +43,14 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("image_digest", sa.String(length=80), nullable=True))
     with op.batch_alter_table("machines", schema=None) as batch_op:
         batch_op.add_column(sa.Column("image_digest", sa.String(length=80), nullable=True))
+        batch_op.add_column(
+            sa.Column("memory_mb", sa.Integer(), server_default="256", nullable=False)
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("machines", schema=None) as batch_op:
+        batch_op.drop_column("memory_mb")
         batch_op.drop_column("image_digest")
     with op.batch_alter_table("releases", schema=None) as batch_op:
         batch_op.drop_column("image_digest")
