@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -339,3 +340,65 @@ def test_release_command_and_one_off_machines(deployed: tuple[Server, Path, Path
     assert "one-off says hi" in logged
     time.sleep(2)
     assert srv.json("machines", "show", one_off, "--app", "hello")["state"] == "stopped"  # type: ignore[index]
+
+
+def test_secrets_reach_only_the_machine(deployed: tuple[Server, Path, Path]) -> None:
+    """Set a random canary; it must show up inside the machine and nowhere else."""
+    srv, tmp, agent_root = deployed
+    first, second = "canary-" + secrets.token_hex(12), "canary-" + secrets.token_hex(20)
+    out = srv.cli(
+        "secrets", "set", "DATABASE_URL=-", "PLAIN=x", "--app", "hello", stdin=first + "\n"
+    )
+    seen = [out.stdout + out.stderr]
+    srv.cli("deploy", "--config", str(write_config(tmp, "good.toml")))
+    (machine,) = machines(srv)
+    mid = str(machine["id"])
+
+    def length_inside() -> str:
+        # Prints only the length: the value itself never leaves the machine.
+        probe = 'case "$DATABASE_URL" in canary-*) echo ${#DATABASE_URL};; *) echo none;; esac'
+        return srv.cli(
+            "machines", "exec", mid, "--app", "hello", "--", "sh", "-c", probe
+        ).stdout.strip()
+
+    assert length_inside() == str(len(first))
+
+    # Setting it again (not staged) rolls out as a new release, health-gated.
+    out = srv.cli("secrets", "set", "DATABASE_URL=-", "--app", "hello", stdin=second)
+    seen.append(out.stdout + out.stderr)
+    assert "Rolling out as release v2" in out.stdout
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        release = srv.json("releases", "--app", "hello")[0]  # type: ignore[index]
+        if release["status"] != "running" and release["status"] != "pending":
+            break
+        time.sleep(0.3)
+    assert release["status"] == "complete"
+    assert length_inside() == str(len(second))
+    listed = srv.cli("secrets", "list", "--app", "hello", "--json").stdout
+    seen += [listed, srv.cli("secrets", "list", "--app", "hello").stdout]
+    assert {r["name"] for r in json.loads(listed)} == {"DATABASE_URL", "PLAIN"}
+    audit = srv.cli("audit", "list", "--org", "acme", "--json").stdout
+    seen.append(audit)
+    actions = {e["action"] for e in json.loads(audit)}
+    assert {"secrets.set", "secrets.deliver"} <= actions
+
+    canaries = [first.encode(), second.encode()]
+    for text in seen:
+        assert not any(c.decode() in text for c in canaries)
+    # The server's files and logs, and its process's environment and command line.
+    files = [p for p in (tmp / "data").rglob("*") if p.is_file()] + [tmp / "server.log"]
+    bundles = agent_root / "agent/bundles"
+    files += [
+        p for p in (agent_root / "agent").rglob("*") if p.is_file() and bundles not in p.parents
+    ]
+    pids = [srv.process.pid] + [
+        int(p.read_text()) for p in (agent_root / "agent/state/machines").glob("*/shim.pid")
+    ]
+    files += [Path(f"/proc/{pid}/{what}") for pid in pids for what in ("environ", "cmdline")]
+    for path in files:
+        data = path.read_bytes()
+        for canary in canaries:
+            assert canary not in data, path
+    # Where it does live: the machine's bundle, on the agent's 0700 tmpfs.
+    assert second.encode() in (bundles / mid / "config.json").read_bytes()

@@ -11,6 +11,7 @@ import datetime as dt
 import importlib.util
 import json
 import os
+import secrets
 import shutil
 import ssl
 import subprocess
@@ -196,6 +197,8 @@ def test_a_second_host_joins_runs_machines_renews_and_leaves(installation: Insta
 
         # Place on host-b only: its machine is fetched, started and health-checked there.
         srv.cli("hosts", "cordon", local)
+        canary = "canary-" + secrets.token_hex(16)
+        srv.cli("secrets", "set", "API_KEY=-", "--app", "hello", stdin=canary)
         out = srv.cli("deploy", "--config", str(write_config(tmp, "good.toml")))
         assert "Release v1 is live." in out.stdout
         (machine,) = srv.json("machines", "list", "--app", "hello")  # type: ignore[misc]
@@ -215,6 +218,24 @@ def test_a_second_host_joins_runs_machines_renews_and_leaves(installation: Insta
             lambda: any("response:200" in str(r["line"]) for r in logged()),
         )
         assert {r["machine"] for r in logged()} == {machine["id"]}
+        # The secret reached the machine on host-b (sealed on the way), and nothing else there.
+        probe = 'case "$API_KEY" in canary-*) echo ${#API_KEY};; esac'
+        inside = srv.cli(
+            "machines", "exec", str(machine["id"]), "--app", "hello", "--", "sh", "-c", probe
+        )
+        assert inside.stdout.strip() == str(len(canary))
+        b_files = [
+            p
+            for p in (inst.root / "b").rglob("*")
+            if p.is_file() and inst.root / "b/bundles" not in p.parents
+        ]
+        for path in [
+            *b_files,
+            tmp / "b.log",
+            Path(f"/proc/{agent_b.pid}/environ"),
+            Path(f"/proc/{agent_b.pid}/cmdline"),
+        ]:
+            assert canary.encode() not in path.read_bytes(), path
         # exec reaches it through host-b's agent, which picks the command up on its poll.
         remote = srv.cli("machines", "exec", str(machine["id"]), "--app", "hello", "--", "id")
         assert "uid=1000(app)" in remote.stdout  # the image's user, inside the machine

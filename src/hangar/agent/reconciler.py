@@ -27,7 +27,7 @@ from hangar.agent.runtimes.runc import RuncRuntime
 from hangar.domain.reconcile import Action, ActionKind, Desired, Observed, RestartPolicy, plan
 from hangar.errors import HangarError, IntegrityError, ValidationError
 
-__all__ = ["Assignment", "ImageSource", "Outcome", "Reconciler"]
+__all__ = ["Assignment", "ImageSource", "Outcome", "Reconciler", "SecretSource"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,9 @@ class Assignment:
 ImageSource = Callable[[Assignment], ImageRef]
 """Where this host gets an assignment's image as a local layout."""
 
+SecretSource = Callable[[Assignment], dict[str, str]]
+"""Where this host gets the secrets of a machine it is starting."""
+
 
 def _local_layout(want: Assignment) -> ImageRef:
     """On the control plane's own host, the release's layout is on this disk."""
@@ -111,10 +114,12 @@ class Reconciler:
         state_dir: Path,
         health: HealthMonitor | None = None,
         image_source: ImageSource | None = None,
+        secret_source: SecretSource | None = None,
     ) -> None:
         self.runtime = runtime
         self.images = images
         self.image_source: ImageSource = image_source or _local_layout
+        self.secret_source = secret_source
         self.meta_dir = state_dir / "assignments"
         self.meta_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.health = health or HealthMonitor()
@@ -236,6 +241,9 @@ class Reconciler:
         uid, gid = _parse_user(cfg.user, image.rootfs)
         env = dict(e.split("=", 1) for e in cfg.env if "=" in e)
         env.update(want.env)
+        if self.secret_source is not None:
+            # Fetched at each start, held only in memory and the tmpfs bundle.
+            env.update(self.secret_source(want))
         hosts: dict[str, str] = {}
         if want.address is not None:
             env["HANGAR_PRIVATE_IP"] = want.address

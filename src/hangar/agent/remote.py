@@ -39,6 +39,7 @@ from hangar.agent.runtimes.runc import RuncRuntime
 from hangar.agent.service import Agent, host_memory_mb
 from hangar.crypto.ca import write_private
 from hangar.crypto.hostcert import certificate_window, csr_for, new_host_key, pin_matches
+from hangar.crypto.secretbox import Opener
 from hangar.domain.jointoken import parse_join_token
 from hangar.errors import ApiError, ConfigError, HangarError, IntegrityError
 
@@ -321,6 +322,16 @@ class ApiLink:
         write_index(layout, manifest)
         return ImageRef("oci", path=layout)
 
+    def fetch_secrets(self, want: Assignment) -> dict[str, str]:
+        """The starting machine's secrets, sealed to a key made for this one request."""
+        opener = Opener()
+        sealed = self._call(
+            "POST",
+            f"/agent/v1/machines/{want.machine_id}/secrets",
+            json={"public_key": opener.public_b64()},
+        ).json()
+        return opener.open(sealed, want.machine_id)
+
     def renew_if_due(self, now: dt.datetime | None = None) -> bool:
         """Renew the certificate once two thirds of its lifetime have passed."""
         now = now or dt.datetime.now(dt.UTC)
@@ -367,6 +378,7 @@ def run_agent(
         ImageStore(agent_dir / "images"),
         agent_dir / "state",
         image_source=link.fetch_image,
+        secret_source=link.fetch_secrets,
     )
     agent = Agent(link, reconciler, identity.host_id)
     log.info(

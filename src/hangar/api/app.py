@@ -12,7 +12,17 @@ import hangar
 from hangar.api.guard import assert_routes_guarded
 from hangar.api.middleware import RequestContextMiddleware
 from hangar.api.problems import PROBLEM_RESPONSES, install_problem_handlers
-from hangar.api.routers import agent, apps, audit, health, hosts, machines, orgs, tokens
+from hangar.api.routers import (
+    agent,
+    apps,
+    audit,
+    health,
+    hosts,
+    machines,
+    orgs,
+    secrets,
+    tokens,
+)
 from hangar.controlplane.state import ControlPlane
 
 __all__ = ["create_agent_app", "create_app"]
@@ -37,7 +47,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.cp = cp
-    for module in (health, orgs, apps, machines, hosts, tokens, audit):
+    for module in (health, orgs, apps, machines, secrets, hosts, tokens, audit):
         app.include_router(module.router, responses=PROBLEM_RESPONSES)
     install_problem_handlers(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=cp.settings.max_body_bytes)

@@ -53,6 +53,8 @@ class Permission(Enum):
     APPS_DELETE = ("apps:delete", Action.DELETE, Role.ADMIN)
     APPS_DEPLOY = ("apps:deploy", Action.WRITE, Role.MEMBER)
     MACHINES_CONTROL = ("machines:control", Action.CONTROL, Role.MEMBER)
+    SECRETS_READ = ("secrets:read", Action.READ, Role.MEMBER)  # names and digests only
+    SECRETS_WRITE = ("secrets:write", Action.WRITE, Role.MEMBER)
     TOKENS_READ = ("tokens:read", Action.READ, Role.MEMBER)
     TOKENS_CREATE = ("tokens:create", Action.CREATE, Role.MEMBER)
     TOKENS_REVOKE = ("tokens:revoke", Action.DELETE, Role.MEMBER)

@@ -115,8 +115,11 @@ def wait(
 ) -> None:
     """Wait until a machine reaches a state; exit 1 if it does not in time."""
     seconds = parse_duration(timeout)
-    data = client(ctx).get(
-        f"/v1/apps/{app_name(app_)}/machines/{machine_id}/wait", state=state, timeout=seconds
+    data = client(ctx).request(
+        "GET",
+        f"/v1/apps/{app_name(app_)}/machines/{machine_id}/wait",
+        params={"state": state, "timeout": seconds},
+        timeout=seconds + 15,  # the server answers by then, in time or with a timeout
     )
     typer.echo(f"{data['id']} is {data['state']}.")
 

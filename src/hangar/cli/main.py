@@ -20,6 +20,7 @@ from hangar.cli import (
     hosts,
     machines,
     orgs,
+    secrets,
     server,
     tokens,
 )
@@ -33,7 +34,19 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-for module in (server, agent, auth, orgs, apps, machines, hosts, tokens, audit, config):
+for module in (
+    server,
+    agent,
+    auth,
+    orgs,
+    apps,
+    secrets,
+    machines,
+    hosts,
+    tokens,
+    audit,
+    config,
+):
     app.add_typer(module.app)
 app.command()(deploy.deploy)
 app.command()(deploy.releases)

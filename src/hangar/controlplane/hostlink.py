@@ -149,8 +149,11 @@ def apply_report(
             state = "started"
         elif status == "stopped":
             state = "failed" if info.get("failed") else "stopped"
+        elif machine.id in errors:
+            state = "failed"
         else:
-            state = "failed" if machine.id in errors else "starting"
+            # Nothing on the host: on its way up, unless it is meant to be stopped.
+            state = "stopped" if machine.desired == "stopped" else "starting"
         if state != machine.state:
             reason = errors.get(machine.id) or info.get("reason", "")
             if not reason and state != "started" and info["exit_code"] is not None:

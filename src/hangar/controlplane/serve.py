@@ -23,14 +23,16 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from hangar.agent.images import ImageStore
-from hangar.agent.reconciler import Reconciler
+from hangar.agent.reconciler import Assignment, Reconciler
 from hangar.agent.runtimes.runc import RuncRuntime
 from hangar.agent.service import LocalAgent, host_memory_mb
 from hangar.api.app import create_agent_app, create_app
 from hangar.api.guard import PEER_CERT_SCOPE_KEY
+from hangar.audit.log import AuditContext
 from hangar.config.settings import ServerSettings
 from hangar.controlplane.deployer import step_all
 from hangar.controlplane.machines import register_local_host
+from hangar.controlplane.secrets import deliver
 from hangar.controlplane.state import ControlPlane
 from hangar.errors import ConfigError
 
@@ -154,7 +156,15 @@ def local_agent(cp: ControlPlane) -> LocalAgent:
             region=settings.region,
             memory_mb=host_memory_mb(),
         )
-    return LocalAgent(cp.db, Reconciler(runtime, images, root / "state"), host.id)
+    ctx = AuditContext(actor=f"host:{host.name}", token_id=None, request_id=None, client_addr=None)
+
+    def secrets_for(want: Assignment) -> dict[str, str]:
+        return deliver(
+            cp.db, cp.keyring, cp.audit, ctx, host_id=host.id, machine_id=want.machine_id
+        )
+
+    reconciler = Reconciler(runtime, images, root / "state", secret_source=secrets_for)
+    return LocalAgent(cp.db, reconciler, host.id)
 
 
 def _tls_config(app: Any, settings: ServerSettings, port: int, **extra: Any) -> _TLSConfig:

@@ -28,6 +28,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "App",
+    "AppKey",
     "AuditCheckpoint",
     "AuditEvent",
     "AuditHead",
@@ -41,6 +42,7 @@ __all__ = [
     "Org",
     "Release",
     "RootKey",
+    "Secret",
     "Setting",
     "Token",
     "User",
@@ -284,3 +286,35 @@ class MachineEvent(Base):
     time: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     kind: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class AppKey(Base):
+    """An app's data key for secrets, wrapped by the KEK; one active version at a time."""
+
+    __tablename__ = "app_keys"
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    wrapped: Mapped[bytes] = mapped_column(LargeBinary)
+    active: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class Secret(Base):
+    """A secret's value as ciphertext (never plaintext), deployed or staged.
+
+    A name has at most one deployed row and one staged row; a staged row
+    with no ciphertext stages the name's removal.
+    """
+
+    __tablename__ = "secrets"
+    __table_args__ = (UniqueConstraint("app_id", "name", "staged"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id"), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    version: Mapped[int] = mapped_column(Integer)
+    staged: Mapped[bool] = mapped_column(Boolean)
+    ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
+    digest: Mapped[str | None] = mapped_column(String(64))
+    key_version: Mapped[int] = mapped_column(Integer)
+    created_by: Mapped[str] = mapped_column(String(254))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

@@ -28,6 +28,8 @@ from hangar.api.guard import HOST, GuardedRouter, HostAccess
 from hangar.controlplane.hostlink import apply_report, assignments_version, host_assignments
 from hangar.controlplane.hosts import renew_host_cert
 from hangar.controlplane.logstore import LogStore
+from hangar.controlplane.secrets import deliver
+from hangar.crypto.secretbox import seal
 from hangar.errors import Conflict, IntegrityError, NotFound, ValidationError
 from hangar.store.tables import Machine
 
@@ -249,3 +251,29 @@ def machine_image_blob(
             return  # a short or corrupt stream: the agent's digest check refuses it
 
     return StreamingResponse(chunks(), media_type="application/octet-stream")
+
+
+class DeliveryIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    public_key: str = Field(max_length=64, description="a one-time X25519 key, base64")
+
+
+class SealedOut(BaseModel):
+    ephemeral: str
+    nonce: str
+    ciphertext: str
+
+
+@router.post(
+    "/machines/{machine_id}/secrets",
+    response_model=SealedOut,
+    summary="A starting machine's secrets, sealed to the agent's one-time key",
+)
+def machine_secrets(
+    machine_id: str, body: DeliveryIn, access: Annotated[HostAccess, HOST]
+) -> SealedOut:
+    cp = access.cp
+    values = deliver(
+        cp.db, cp.keyring, cp.audit, access.ctx, host_id=access.host.id, machine_id=machine_id
+    )
+    return SealedOut(**seal(values, body.public_key, machine_id))
