@@ -44,6 +44,7 @@ demo: deps
 bench: deps
 	$(PY) benchmarks/api_throughput.py
 	$(PY) benchmarks/machine_start.py
+	$(PY) benchmarks/secrets.py
 
 # Re-pin every dependency (with hashes) after editing pyproject.toml.
 lock: venv

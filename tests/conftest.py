@@ -194,3 +194,43 @@ def mint_token(
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+@dataclass(frozen=True)
+class SoftHsm:
+    module: Path
+    token: str
+    pin_file: Path
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory: pytest.TempPathFactory) -> SoftHsm:
+    """A SoftHSM token for this test session (the PKCS#11 library reads its config once)."""
+    module = Path("/usr/lib/softhsm/libsofthsm2.so")
+    if shutil.which("softhsm2-util") is None or not module.exists():
+        pytest.fail("SoftHSM is not installed: run `make deps`")
+    root = tmp_path_factory.mktemp("softhsm")
+    (root / "tokens").mkdir()
+    conf = root / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {root / 'tokens'}\nobjectstore.backend = file\n")
+    os.environ["SOFTHSM2_CONF"] = str(conf)
+    pin = secrets.token_hex(8)
+    subprocess.run(
+        [
+            "softhsm2-util",
+            "--init-token",
+            "--free",
+            "--label",
+            "hangar-test",
+            "--pin",
+            pin,
+            "--so-pin",
+            secrets.token_hex(8),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    pin_file = root / "pin"
+    pin_file.write_text(pin + "\n")
+    pin_file.chmod(0o600)
+    return SoftHsm(module, "hangar-test", pin_file)

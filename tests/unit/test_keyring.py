@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from hangar.crypto.keyring import FileKekProvider, Keyring, generate_kek_file
+from hangar.crypto.keyring import EnvKekProvider, FileKekProvider, Keyring, generate_kek_file
 from hangar.errors import IntegrityError, KeyMaterialError
 
 
@@ -77,3 +77,34 @@ def test_missing_kek_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(KeyMaterialError) as info:
         FileKekProvider(tmp_path / "none").load()
     assert info.value.hint and "server init" in info.value.hint
+
+
+def test_rotation_keeps_old_blobs_readable_until_the_old_key_is_retired(kek: Path) -> None:
+    ring = Keyring(FileKekProvider(kek))
+    old_id, old_blob = ring.kek_id, ring.wrap(b"secret", purpose="p")
+    new_id = ring.rotate()
+    assert new_id != old_id and len(kek.read_text().split()) == 2
+    assert (kek.stat().st_mode & 0o777) == 0o600
+    assert ring.unwrap(old_blob, purpose="p") == b"secret"  # still readable
+    new_blob = ring.wrap(b"secret", purpose="p")
+    assert ring.wrapped_by_current(new_blob) and not ring.wrapped_by_current(old_blob)
+    ring.retire_others()
+    assert len(kek.read_text().split()) == 1
+    with pytest.raises(KeyMaterialError, match="another key-encryption key"):
+        ring.unwrap(old_blob, purpose="p")
+    # A fresh start reads only the new key, and it opens what it wrapped.
+    assert Keyring(FileKekProvider(kek)).unwrap(new_blob, purpose="p") == b"secret"
+
+
+def test_the_env_provider_takes_the_key_out_of_the_environment(
+    kek: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_KEK_HEX", kek.read_text().strip())
+    ring = Keyring(EnvKekProvider("TEST_KEK_HEX"))
+    assert "TEST_KEK_HEX" not in os.environ  # no child process inherits it
+    assert ring.kek_id == Keyring(FileKekProvider(kek)).kek_id
+    with pytest.raises(KeyMaterialError, match="is not set"):
+        Keyring(EnvKekProvider("TEST_KEK_HEX"))
+    monkeypatch.setenv("TEST_KEK_HEX", "zz")
+    with pytest.raises(KeyMaterialError, match="not hex"):
+        Keyring(EnvKekProvider("TEST_KEK_HEX"))

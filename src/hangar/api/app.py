@@ -21,6 +21,7 @@ from hangar.api.routers import (
     machines,
     orgs,
     secrets,
+    system,
     tokens,
 )
 from hangar.controlplane.state import ControlPlane
@@ -47,7 +48,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.cp = cp
-    for module in (health, orgs, apps, machines, secrets, hosts, tokens, audit):
+    for module in (health, orgs, apps, machines, secrets, hosts, tokens, audit, system):
         app.include_router(module.router, responses=PROBLEM_RESPONSES)
     install_problem_handlers(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=cp.settings.max_body_bytes)

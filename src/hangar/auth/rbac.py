@@ -46,6 +46,7 @@ class Permission(Enum):
     ORGS_CREATE = ("orgs:create", Action.CREATE, None)
     HOSTS_READ = ("hosts:read", Action.READ, None)
     HOSTS_WRITE = ("hosts:write", Action.WRITE, None)
+    KEYS_ROTATE = ("keys:rotate", Action.WRITE, None)
     MEMBERS_READ = ("members:read", Action.READ, Role.VIEWER)
     MEMBERS_WRITE = ("members:write", Action.WRITE, Role.ADMIN)
     APPS_READ = ("apps:read", Action.READ, Role.VIEWER)

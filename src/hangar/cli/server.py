@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from hangar.cli.common import JsonOpt
+from hangar.cli.common import JsonOpt, client
 from hangar.cli.output import emit
 from hangar.config.appconfig import parse_duration
 from hangar.config.settings import ServerSettings, load_settings
@@ -32,6 +32,13 @@ DbOpt = Annotated[
     typer.Option(
         "--database-url",
         help="SQLAlchemy URL; default SQLite in the data dir, or postgresql+psycopg://…",
+    ),
+]
+ProviderOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--kek-provider",
+        help="file (default), env ($HANGAR_KEK_HEX) or pkcs11 (an HSM; see docs/keys.md)",
     ),
 ]
 KekOpt = Annotated[
@@ -59,6 +66,7 @@ def init(
     config: ConfigOpt = None,
     database_url: DbOpt = None,
     kek_file: KekOpt = None,
+    kek_provider: ProviderOpt = None,
     org: Annotated[str, typer.Option(help="the first organization's name")] = "default",
     admin_email: Annotated[
         str, typer.Option(help="the first admin's email")
@@ -77,7 +85,13 @@ def init(
     """
     from hangar.controlplane.bootstrap import init_server
 
-    settings = server_settings(data_dir, config, database_url=database_url, kek_file=kek_file)
+    settings = server_settings(
+        data_dir,
+        config,
+        database_url=database_url,
+        kek_file=kek_file,
+        kek_provider=kek_provider,
+    )
     try:
         ttl = dt.timedelta(seconds=parse_duration(token_expiry))
     except ValueError as exc:
@@ -101,7 +115,7 @@ def init(
                 "token_id": result.token_id,
                 "token_file": str(token_file or ""),
                 "ca_cert": str(result.ca_cert),
-                "kek_file": str(result.kek_file),
+                "kek_file": str(result.kek_file) if result.kek_file else None,
                 "api": api,
             }
         )
@@ -110,7 +124,12 @@ def init(
     typer.echo(f"  organization   {result.org}")
     typer.echo(f"  admin          {result.admin_email}")
     typer.echo(f"  CA certificate {result.ca_cert}")
-    typer.echo(f"  KEK            {result.kek_file}  (back it up apart from the database)")
+    if result.kek_file is not None:
+        typer.echo(f"  KEK            {result.kek_file}  (back it up apart from the database)")
+    else:
+        typer.echo(
+            f"  KEK            from {settings.kek_provider} (it never touches the disk here)"
+        )
     if shown:
         typer.echo(
             f"\nAdmin token (shown once, never stored; expires in {token_expiry}):\n\n  {shown}\n"
@@ -131,6 +150,7 @@ def run(
     config: ConfigOpt = None,
     database_url: DbOpt = None,
     kek_file: KekOpt = None,
+    kek_provider: ProviderOpt = None,
     listen_host: Annotated[str | None, typer.Option(help="address to listen on")] = None,
     listen_port: Annotated[int | None, typer.Option(help="port to listen on")] = None,
     agent_listen_port: Annotated[
@@ -157,6 +177,7 @@ def run(
         config,
         database_url=database_url,
         kek_file=kek_file,
+        kek_provider=kek_provider,
         listen_host=listen_host,
         listen_port=listen_port,
         agent_listen_port=agent_listen_port,
@@ -165,3 +186,20 @@ def run(
         agent_dir=agent_dir,
     )
     serve(settings)
+
+
+@app.command("rotate-kek")
+def rotate_kek(ctx: typer.Context, json_out: JsonOpt = False) -> None:
+    """A new key-encryption key, with every wrapped key re-wrapped under it, online.
+
+    Asks the running server (installation operators only). The old KEK keeps
+    unwrapping until everything is re-wrapped, and is then retired.
+    """
+    data = client(ctx).request("POST", "/v1/system/rotate-kek")
+    if json_out:
+        emit(data)
+        return
+    typer.echo(
+        f"New key-encryption key {data['kek_id']}: {data['rewrapped']} wrapped keys re-wrapped;"
+        f" retired {', '.join(data['retired']) or 'none'}."
+    )

@@ -13,7 +13,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,6 +33,16 @@ class ServerSettings(BaseModel):
     listen_port: int = Field(default=8443, ge=0, le=65535)
     database_url: str = ""
     kek_file: Path | None = None
+    # Where the key-encryption key lives: a 0600 file (default), an environment
+    # variable, or a PKCS#11 token (an HSM; the key never leaves it).
+    kek_provider: Literal["file", "env", "pkcs11"] = "file"
+    kek_env: str = Field(default="HANGAR_KEK_HEX", pattern=r"^[A-Z_][A-Z0-9_]*$")
+    pkcs11_module: Path = Path("/usr/lib/softhsm/libsofthsm2.so")
+    pkcs11_token: str = "hangar"  # noqa: S105 - the token's label, not a password
+    pkcs11_pin_file: Path | None = None
+    pkcs11_key_label: str = Field(
+        default="hangar-kek", pattern=r"^[A-Za-z0-9_.]+(-[A-Za-z0-9_.]+)*$"
+    )
     audit_checkpoint_every: int = Field(default=100, ge=1, le=1_000_000)
     max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
     tls_hostnames: list[str] = ["localhost", "127.0.0.1", "::1"]
@@ -61,6 +71,10 @@ class ServerSettings(BaseModel):
     @property
     def effective_kek_file(self) -> Path:
         return self.kek_file or self.data_dir / "kek.key"
+
+    @property
+    def effective_pin_file(self) -> Path:
+        return self.pkcs11_pin_file or self.data_dir / "pkcs11.pin"
 
 
 class ClientSettings(BaseModel):

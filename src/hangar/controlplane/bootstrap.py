@@ -14,7 +14,12 @@ from hangar.auth.rbac import Role
 from hangar.auth.tokens import new_id
 from hangar.config.settings import ServerSettings
 from hangar.crypto.ca import InternalCA, write_private
-from hangar.crypto.keyring import FileKekProvider, Keyring, generate_kek_file
+from hangar.crypto.keyring import (
+    FileKekProvider,
+    Keyring,
+    Pkcs11KekProvider,
+    generate_kek_file,
+)
 from hangar.crypto.signing import AuditSigner
 from hangar.domain.names import validate_dns_label, validate_email
 from hangar.errors import ConfigError
@@ -45,7 +50,7 @@ class InitResult:
     token: str
     token_id: str
     ca_cert: Path
-    kek_file: Path
+    kek_file: Path | None  # None when the KEK is not in a file (environment, PKCS#11)
 
 
 def write_api_certificate(settings: ServerSettings, ca: InternalCA) -> None:
@@ -63,7 +68,7 @@ def init_server(
     force: bool = False,
 ) -> InitResult:
     """Create everything a new installation needs; refuses to overwrite one."""
-    from hangar.controlplane.state import ControlPlane  # the state module imports ours
+    from hangar.controlplane.state import ControlPlane, kek_provider  # state imports ours
 
     validate_dns_label(org_name, what="organization name")
     admin_email = validate_email(admin_email)
@@ -91,11 +96,15 @@ def init_server(
     os.chmod(data_dir, 0o700)
 
     kek_file = settings.effective_kek_file
-    if kek_file.exists() and force:
-        kek_file.unlink()
-    generate_kek_file(kek_file)
+    provider = kek_provider(settings)
+    if isinstance(provider, FileKekProvider):
+        if kek_file.exists() and force:
+            kek_file.unlink()
+        generate_kek_file(kek_file)
+    elif isinstance(provider, Pkcs11KekProvider):
+        provider.create()  # the first KEK, made inside the token
     try:
-        keyring = Keyring(FileKekProvider(kek_file))
+        keyring = Keyring(provider)
         ca = InternalCA.create("Hangar")
         ca.save(data_dir, keyring)
         write_api_certificate(settings, ca)
@@ -134,7 +143,8 @@ def init_server(
         # A half-made installation is worse than none: remove what we wrote.
         for name in KEY_FILES:
             (data_dir / name).unlink(missing_ok=True)
-        kek_file.unlink(missing_ok=True)
+        if isinstance(provider, FileKekProvider):
+            kek_file.unlink(missing_ok=True)
         raise
     return InitResult(
         data_dir=data_dir,
@@ -143,5 +153,5 @@ def init_server(
         token=token,
         token_id=row.id,
         ca_cert=data_dir / "ca.crt",
-        kek_file=kek_file,
+        kek_file=kek_file if isinstance(provider, FileKekProvider) else None,
     )

@@ -10,13 +10,33 @@ from hangar.auth.tokens import TokenService
 from hangar.config.settings import ServerSettings
 from hangar.controlplane.execbroker import ExecBroker
 from hangar.crypto.ca import InternalCA
-from hangar.crypto.keyring import FileKekProvider, Keyring
+from hangar.crypto.keyring import (
+    EnvKekProvider,
+    FileKekProvider,
+    KekProvider,
+    Keyring,
+    Pkcs11KekProvider,
+)
 from hangar.crypto.macaroons import TokenKeys
 from hangar.crypto.signing import AuditSigner
 from hangar.errors import ConfigError
 from hangar.store.db import Database
 
-__all__ = ["ControlPlane"]
+__all__ = ["ControlPlane", "kek_provider"]
+
+
+def kek_provider(settings: ServerSettings) -> KekProvider:
+    """The KEK's provider the settings name (never a weaker fallback)."""
+    if settings.kek_provider == "env":
+        return EnvKekProvider(settings.kek_env)
+    if settings.kek_provider == "pkcs11":
+        return Pkcs11KekProvider(
+            settings.pkcs11_module,
+            settings.pkcs11_token,
+            settings.effective_pin_file,
+            settings.pkcs11_key_label,
+        )
+    return FileKekProvider(settings.effective_kek_file)
 
 
 @dataclass
@@ -40,7 +60,7 @@ class ControlPlane:
                 f"{data_dir} is not an initialised Hangar data directory",
                 hint=f"run `hangar server init --data-dir {data_dir}`",
             )
-        keyring = Keyring(FileKekProvider(settings.effective_kek_file))
+        keyring = Keyring(kek_provider(settings))
         # Unwrapping proves this is the KEK the installation was made with.
         signer = AuditSigner.load(data_dir, keyring)
         ca = InternalCA.load(data_dir, keyring)

@@ -35,13 +35,13 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hangar.crypto.keyring import Keyring
 from hangar.errors import IntegrityError, ValidationError
 
-__all__ = ["AppKey", "Opener", "SecretRef", "new_app_key", "seal"]
+__all__ = ["AppKey", "Opener", "SecretRef", "app_key_purpose", "new_app_key", "seal"]
 
 _VERSION = 1
 _NONCE = 12
 
 
-def _purpose(app_id: str, key_version: int) -> str:
+def app_key_purpose(app_id: str, key_version: int) -> str:
     return f"app-data-key:{app_id}:{key_version}"
 
 
@@ -62,7 +62,7 @@ class SecretRef:
 
 def new_app_key(keyring: Keyring, app_id: str, key_version: int) -> bytes:
     """A fresh data key for an app, returned wrapped (the plaintext is not kept)."""
-    _, wrapped = keyring.new_key(purpose=_purpose(app_id, key_version))
+    _, wrapped = keyring.new_key(purpose=app_key_purpose(app_id, key_version))
     return wrapped
 
 
@@ -70,7 +70,7 @@ class AppKey:
     """One app's data key, unwrapped for the length of an operation."""
 
     def __init__(self, keyring: Keyring, app_id: str, key_version: int, wrapped: bytes) -> None:
-        key = keyring.unwrap(wrapped, purpose=_purpose(app_id, key_version))
+        key = keyring.unwrap(wrapped, purpose=app_key_purpose(app_id, key_version))
         self.app_id = app_id
         self.key_version = key_version
         self._aead = AESGCM(key)

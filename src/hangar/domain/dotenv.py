@@ -22,9 +22,10 @@ def parse_dotenv(text: str) -> list[tuple[str, str]]:
     lines = text.splitlines()
     n = 0
     while n < len(lines):
-        number, line = n + 1, lines[n].strip()
+        # Only leading space goes: a quoted value keeps its trailing space.
+        number, line = n + 1, lines[n].lstrip()
         n += 1
-        if not line or line.startswith("#"):
+        if not line.strip() or line.startswith("#"):
             continue
         if line.startswith("export "):
             line = line[len("export ") :].lstrip()

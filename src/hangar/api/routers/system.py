@@ -1,0 +1,39 @@
+"""The installation itself: key rotation (installation operators only)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel
+
+from hangar.api.guard import Access, GuardedRouter, requires
+from hangar.auth.rbac import Permission
+from hangar.controlplane.keys import rotate_kek
+
+router = GuardedRouter(prefix="/v1/system", tags=["system"])
+
+
+class RotationOut(BaseModel):
+    kek_id: str
+    retired: list[str]
+    rewrapped: int
+
+
+@router.post(
+    "/rotate-kek",
+    response_model=RotationOut,
+    summary="A new key-encryption key; every wrapped key re-wrapped; the old one retired",
+)
+def rotate(access: Annotated[Access, requires(Permission.KEYS_ROTATE)]) -> RotationOut:
+    access.check(access.perm, org=None, shown="keys")
+    done = rotate_kek(access.cp)
+    with access.cp.db.write() as session:
+        access.cp.audit.record(
+            session,
+            access.ctx,
+            org_id=None,
+            action="kek.rotate",
+            target=done.kek_id,
+            detail={"retired": done.retired, "rewrapped": done.rewrapped},
+        )
+    return RotationOut(kek_id=done.kek_id, retired=done.retired, rewrapped=done.rewrapped)
