@@ -276,3 +276,30 @@ def test_errors_are_one_clear_line(server: Server) -> None:
     )
     assert bad_login.returncode == 1 and "error: the token is malformed" in bad_login.stderr
     assert not (Path(server.env["HANGAR_CONFIG_DIR"]) / "config.json").exists()
+
+
+def test_secrets_from_the_command_line(server: Server) -> None:
+    login(server)
+    server.cli("apps", "create", "web")
+    dotenv = "export A=1\nB=\"two\nlines\"\n# note\nC='$literal'\n"
+    out = server.cli("secrets", "import", "--app", "web", stdin=dotenv)
+    assert "Imported: A, B, C" in out.stdout
+    bad = server.cli("secrets", "import", "--app", "web", stdin="D=4\nnot a line\n", check=False)
+    assert bad.returncode == 2 and "line 2: expected NAME=value" in bad.stderr
+    reserved = server.cli("secrets", "set", "HANGAR_X=1", "--app", "web", check=False)
+    assert reserved.returncode != 0 and "reserved" in reserved.stderr
+    listed = server.json("secrets", "list", "--app", "web")
+    assert [s["name"] for s in listed] == ["A", "B", "C"]  # type: ignore[index]
+    assert all(
+        set(s) == {"name", "digest", "version", "status", "created_by", "created_at"}
+        for s in listed
+    )  # type: ignore[union-attr]
+    server.cli("secrets", "unset", "C", "--app", "web", "--stage")
+    table = server.cli("secrets", "list", "--app", "web").stdout
+    assert "staged-unset" in table and "two" not in table
+    server.cli("secrets", "deploy", "--app", "web")
+    assert [s["name"] for s in server.json("secrets", "list", "--app", "web")] == ["A", "B"]  # type: ignore[index]
+    refused = server.cli("secrets", "unset", "--all", "--app", "web", check=False)
+    assert refused.returncode != 0 and "--yes" in refused.stderr
+    server.cli("secrets", "unset", "--all", "--app", "web", "--yes")
+    assert server.json("secrets", "list", "--app", "web") == []

@@ -44,6 +44,15 @@ kill_signal = "SIGTERM"
 """
 
 
+def build_example_image(target: Path) -> None:
+    """The example app's image (examples/hello/build.py) as an OCI layout at ``target``."""
+    spec = importlib.util.spec_from_file_location("hello_build", ROOT / "examples/hello/build.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.build(target)
+
+
 def start_server(
     data_dir: Path, agent_dir: Path, env: dict[str, str], port: int
 ) -> subprocess.Popen[bytes]:
@@ -61,11 +70,7 @@ def deployed(tmp_path: Path) -> Iterator[tuple[Server, Path, Path]]:
     port = free_port()
     proc = start_server(data_dir, agent_root / "agent", env, port)
     srv = Server(data_dir, f"https://127.0.0.1:{port}", token_file.read_text().strip(), env, proc)
-    spec = importlib.util.spec_from_file_location("hello_build", ROOT / "examples/hello/build.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.build(tmp_path / "image")
+    build_example_image(tmp_path / "image")
     try:
         login(srv)
         srv.cli("apps", "create", "hello")
@@ -350,7 +355,12 @@ def test_secrets_reach_only_the_machine(deployed: tuple[Server, Path, Path]) -> 
         "secrets", "set", "DATABASE_URL=-", "PLAIN=x", "--app", "hello", stdin=first + "\n"
     )
     seen = [out.stdout + out.stderr]
-    srv.cli("deploy", "--config", str(write_config(tmp, "good.toml")))
+    config = write_config(tmp, "good.toml")
+    with config.open("a") as handle:  # the secret as a file too, on tmpfs
+        handle.write(
+            '[[files]]\n  guest_path = "/run/secrets/db"\n  secret_name = "DATABASE_URL"\n'
+        )
+    srv.cli("deploy", "--config", str(config))
     (machine,) = machines(srv)
     mid = str(machine["id"])
 
@@ -362,6 +372,11 @@ def test_secrets_reach_only_the_machine(deployed: tuple[Server, Path, Path]) -> 
         ).stdout.strip()
 
     assert length_inside() == str(len(first))
+    as_file = "v=$(cat /run/secrets/db); echo ${#v}; ls -ln /run/secrets/db"
+    listing = srv.cli("machines", "exec", mid, "--app", "hello", "--", "sh", "-c", as_file).stdout
+    length, mode = listing.splitlines()
+    assert length == str(len(first))
+    assert mode.startswith("-r--------") and " 1000 " in mode  # the machine's user's only
 
     # Setting it again (not staged) rolls out as a new release, health-gated.
     out = srv.cli("secrets", "set", "DATABASE_URL=-", "--app", "hello", stdin=second)
@@ -375,6 +390,31 @@ def test_secrets_reach_only_the_machine(deployed: tuple[Server, Path, Path]) -> 
         time.sleep(0.3)
     assert release["status"] == "complete"
     assert length_inside() == str(len(second))
+
+    # Rotate the KEK (online) and the app's data key; a restarted machine still gets it.
+    def deliveries() -> int:
+        events = json.loads(srv.cli("audit", "list", "--org", "acme", "--json").stdout)
+        return sum(e["action"] == "secrets.deliver" and e["outcome"] == "success" for e in events)
+
+    rotated = srv.cli("server", "rotate-kek")
+    assert "re-wrapped" in rotated.stdout and "retired" in rotated.stdout
+    assert "re-encrypted" in srv.cli("secrets", "rotate-key", "--app", "hello").stdout
+    before = deliveries()
+    srv.cli("machines", "restart", mid, "--app", "hello")
+    deadline = time.monotonic() + 30
+    while deliveries() == before and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert deliveries() > before  # a new start, with the keys re-wrapped
+    srv.cli("machines", "wait", mid, "--app", "hello", "--state", "started", "--timeout", "30s")
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            assert length_inside() == str(len(second))
+            break
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
     listed = srv.cli("secrets", "list", "--app", "hello", "--json").stdout
     seen += [listed, srv.cli("secrets", "list", "--app", "hello").stdout]
     assert {r["name"] for r in json.loads(listed)} == {"DATABASE_URL", "PLAIN"}

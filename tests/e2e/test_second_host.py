@@ -8,7 +8,6 @@ agents' mTLS listener, exactly as a separate machine would.
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import json
 import os
 import secrets
@@ -29,13 +28,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.e2e.test_cli_flow import HANGAR, Server, free_port, init, login, start, stop
-from tests.e2e.test_deploy_flow import page, write_config
+from tests.e2e.test_deploy_flow import build_example_image, page, write_config
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(os.geteuid() != 0, reason="agents run machines as root"),
 ]
-ROOT = Path(__file__).resolve().parents[2]
 CERT_SECONDS = 45  # renewed after two thirds: 30 s
 
 
@@ -92,11 +90,7 @@ def installation(tmp_path: Path) -> Iterator[Installation]:
         str(agent_port),
     )
     srv = Server(data_dir, f"https://127.0.0.1:{port}", token_file.read_text().strip(), env, proc)
-    spec = importlib.util.spec_from_file_location("hello_build", ROOT / "examples/hello/build.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.build(tmp_path / "image")
+    build_example_image(tmp_path / "image")
     inst = Installation(srv, tmp_path, root, agent_port)
     try:
         login(srv)

@@ -131,6 +131,19 @@ def test_hsts_can_be_switched_off_with_a_bool() -> None:
             "soft_limit must not exceed hard_limit",
         ),
         ('app = "web\n', "hangar.toml:"),
+        (
+            'app = "web"\n[[files]]\nguest_path = "/etc/db"\nsecret_name = "DB"\n',
+            "hangar.toml:3: files[0].guest_path: '/etc/db' must be a file under /run/",
+        ),
+        (
+            'app = "web"\n[[files]]\nguest_path = "/run/../etc/x"\nsecret_name = "DB"\n',
+            "is not a normalised absolute path",
+        ),
+        ('app = "web"\n[[files]]\nguest_path = "/run"\nsecret_name = "DB"\n', "under /run/"),
+        (
+            'app = "web"\n[[files]]\nguest_path = "/run/x"\nsecret_name = "1-bad"\n',
+            "files[0].secret_name",
+        ),
     ],
 )
 def test_errors_name_the_line_and_key(text: str, expected: str) -> None:

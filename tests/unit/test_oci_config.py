@@ -69,3 +69,21 @@ def test_environment_overrides_defaults_and_names_the_host() -> None:
 def test_bad_specs(kw: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         config(**kw)
+
+
+def test_secret_files_are_read_only_binds_from_the_bundle() -> None:
+    c = config(files={"/run/secrets/db": "content-one", "/tmp/a": "content-two"})
+    binds = {
+        m["destination"]: m
+        for m in c["mounts"]
+        if m["destination"] in ("/run/secrets/db", "/tmp/a")
+    }  # type: ignore[index,union-attr,attr-defined]
+    assert binds["/run/secrets/db"]["source"] == str(FILES / "secret-0")
+    assert binds["/tmp/a"]["source"] == str(FILES / "secret-1")
+    for bind in binds.values():
+        assert {"ro", "nosuid", "nodev", "noexec"} <= set(bind["options"])
+    order = [m["destination"] for m in c["mounts"]]  # type: ignore[index,union-attr]
+    # After the tmpfs they live on, so their mount points are made there, not in the image.
+    assert order.index("/run") < order.index("/run/secrets/db")
+    assert order.index("/tmp") < order.index("/tmp/a")
+    assert "content-" not in str(c)  # contents are written beside it, never into the config

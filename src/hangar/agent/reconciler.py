@@ -50,6 +50,7 @@ class Assignment:
     checks: list[CheckSpec] = field(default_factory=list)
     generation: int = 0
     image_digest: str | None = None  # the manifest digest the release pinned
+    files: dict[str, str] = field(default_factory=dict)  # guest path -> secret name
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -241,9 +242,19 @@ class Reconciler:
         uid, gid = _parse_user(cfg.user, image.rootfs)
         env = dict(e.split("=", 1) for e in cfg.env if "=" in e)
         env.update(want.env)
+        secrets: dict[str, str] = {}
         if self.secret_source is not None:
             # Fetched at each start, held only in memory and the tmpfs bundle.
-            env.update(self.secret_source(want))
+            secrets = self.secret_source(want)
+            env.update(secrets)
+        files = {}
+        for guest_path, name in want.files.items():
+            if name not in secrets:
+                raise ValidationError(
+                    f"file {guest_path} wants secret {name}, which the app does not have",
+                    hint=f"hangar secrets set {name}=…",
+                )
+            files[guest_path] = secrets[name]
         hosts: dict[str, str] = {}
         if want.address is not None:
             env["HANGAR_PRIVATE_IP"] = want.address
@@ -260,6 +271,7 @@ class Reconciler:
             memory_mb=want.memory_mb,
             address=ipaddress.IPv6Address(want.address) if want.address else None,
             hosts=hosts,
+            files=files,
         )
 
     def describe(self, machine_id: str) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 import pydantic
@@ -146,6 +146,24 @@ class Mount(_Model):
     processes: list[str] = []
 
 
+class SecretFile(_Model):
+    """A secret given to machines as a file, on tmpfs, under /run or /tmp."""
+
+    guest_path: str
+    secret_name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    @field_validator("guest_path")
+    @classmethod
+    def _on_tmpfs(cls, value: str) -> str:
+        path = PurePosixPath(value)
+        if not path.is_absolute() or ".." in path.parts or str(path) != value:
+            raise ValueError(f"{value!r} is not a normalised absolute path")
+        if path.parent == path or path.parts[1] not in ("run", "tmp") or len(path.parts) < 3:
+            # The image's root filesystem is shared and read-only: files go on tmpfs.
+            raise ValueError(f"{value!r} must be a file under /run/ or /tmp/ (tmpfs)")
+        return value
+
+
 class Deploy(_Model):
     strategy: Literal["immediate", "rolling", "canary", "bluegreen"] = "rolling"
     max_unavailable: float = Field(default=1, gt=0)
@@ -186,6 +204,7 @@ class AppConfig(_Model):
     services: list[Service] = []
     checks: dict[str, NamedCheck] = {}
     mounts: list[Mount] = []
+    files: list[SecretFile] = []
     deploy: Deploy = Deploy()
     vm: list[Vm] = []
     restart: list[Restart] = []

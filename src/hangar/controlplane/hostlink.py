@@ -103,6 +103,7 @@ def assignment_for(machine: Machine, app: App, release: Release | None) -> Assig
         checks=[] if machine.one_off else _checks(cfg),
         generation=machine.generation,
         image_digest=machine.image_digest if machine.image else image_digest,
+        files={f.guest_path: f.secret_name for f in cfg.files},
     )
 
 

@@ -28,6 +28,7 @@ class MachineSpec:
     tmpfs_mb: int = 64
     hosts: dict[str, str] = field(default_factory=dict)
     nameservers: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)  # guest path -> content (secret)
 
 
 @dataclass(frozen=True)

@@ -173,6 +173,13 @@ def oci_config(
                  "options": ["bind", "ro", "nosuid", "nodev", "noexec"]}
                 for name in ("hosts", "hostname", "resolv.conf")
             ],
+            # Secrets as files: on the bundle's tmpfs, mounted under /run or /tmp.
+            *[
+                {"destination": guest_path, "type": "none",
+                 "source": str(files_dir / f"secret-{n}"),
+                 "options": ["bind", "ro", "nosuid", "nodev", "noexec"]}
+                for n, guest_path in enumerate(sorted(spec.files))
+            ],
         ],
         "linux": {
             "uidMappings": [{"containerID": 0, "hostID": uid_base, "size": id_range}],
@@ -339,6 +346,13 @@ class RuncRuntime:
         for name, content in _etc_files(spec).items():
             (files / name).write_text(content)
             os.chmod(files / name, 0o444)
+        for n, guest_path in enumerate(sorted(spec.files)):
+            secret = files / f"secret-{n}"
+            fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(spec.files[guest_path])
+            # Readable by the machine's own user only.
+            os.chown(secret, self.uid_base + spec.uid, self.uid_base + spec.gid)
         # The machine's own root (host uid_base) reads these; nobody else.
         os.chown(files, self.uid_base, self.uid_base)
         os.chmod(bundle, 0o711)  # noqa: S103 - search-only, to reach files/

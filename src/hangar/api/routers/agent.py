@@ -25,6 +25,7 @@ from hangar.agent.oci import open_blob, parse_image_ref, read_manifest
 from hangar.agent.reconciler import Assignment
 from hangar.agent.runtimes.base import ExecResult
 from hangar.api.guard import HOST, GuardedRouter, HostAccess
+from hangar.api.loops import wake_loops
 from hangar.controlplane.hostlink import apply_report, assignments_version, host_assignments
 from hangar.controlplane.hosts import renew_host_cert
 from hangar.controlplane.logstore import LogStore
@@ -157,9 +158,7 @@ def report(body: ReportIn, request: Request, access: Annotated[HostAccess, HOST]
             store.append(machine_id, [r.model_dump() for r in body.logs[machine_id]])
     with access.cp.db.write() as session:
         apply_report(session, access.host.id, body.machines, body.errors)
-    wake = getattr(request.app.state, "wake", None)
-    if wake is not None:
-        wake()  # the deployer may be waiting on these machines
+    wake_loops(request)  # the deployer may be waiting on these machines
 
 
 @router.post("/renew", response_model=CertOut, summary="A new client certificate for this host")

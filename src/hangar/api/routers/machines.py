@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from hangar.agent.images import copy_from_registry
 from hangar.agent.oci import parse_image_ref, read_manifest
 from hangar.api.guard import Access, GuardedRouter, requires
+from hangar.api.loops import wake_loops
 from hangar.auth.rbac import Permission
 from hangar.config.appconfig import parse_app_config
 from hangar.controlplane.logstore import LogStore
@@ -153,7 +154,7 @@ def deploy(
                 "strategy": release.strategy,
             },
         )
-    _wake(request)
+    wake_loops(request)
     return _release_out(release)
 
 
@@ -179,13 +180,6 @@ def _resolved_image(access: Access, text: str) -> Iterator[tuple[str, str]]:
         if copied is not None:
             shutil.rmtree(copied, ignore_errors=True)
         raise
-
-
-def _wake(request: Request) -> None:
-    """Tell this host's loops that desired state changed (no-op without them)."""
-    wake = getattr(request.app.state, "wake", None)
-    if wake is not None:
-        wake()
 
 
 @router.get("/releases", response_model=list[ReleaseOut], summary="Releases, newest first")
@@ -311,7 +305,7 @@ def _change(
             session, access.ctx, org_id=access.org.id, action=action, target=row.id, detail=detail
         )
         out = _machine_out(row, host)
-    _wake(request)
+    wake_loops(request)
     return out
 
 
@@ -389,7 +383,7 @@ def _create_machine(
             detail={"version": current},
         )
         out = _machine_out(machine, host)
-    _wake(request)
+    wake_loops(request)
     return out
 
 

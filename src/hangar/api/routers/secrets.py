@@ -9,6 +9,7 @@ from fastapi import Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from hangar.api.guard import Access, GuardedRouter, requires
+from hangar.api.loops import wake_loops
 from hangar.auth.rbac import Permission
 from hangar.controlplane.secrets import (
     SecretInfo,
@@ -63,12 +64,6 @@ def _out(info: SecretInfo) -> SecretOut:
     )
 
 
-def _wake(request: Request) -> None:
-    wake = getattr(request.app.state, "wake", None)
-    if wake is not None:
-        wake()
-
-
 @router.get("", response_model=list[SecretOut], summary="Names, digests and versions (no values)")
 def list_(
     app: str, access: Annotated[Access, requires(Permission.SECRETS_READ)]
@@ -118,7 +113,7 @@ def set_(
                 "release": release.version if release else None,
             },
         )
-    _wake(request)
+    wake_loops(request)
     return ChangeOut(secrets=[i.name for i in infos], release=release.version if release else None)
 
 
@@ -157,7 +152,7 @@ def unset(
             target=app,
             detail={"names": names, "staged": stage},
         )
-    _wake(request)
+    wake_loops(request)
     return ChangeOut(secrets=names, release=release.version if release else None)
 
 
@@ -180,7 +175,7 @@ def deploy(
             target=app,
             detail={"names": names, "release": release.version if release else None},
         )
-    _wake(request)
+    wake_loops(request)
     return ChangeOut(secrets=names, release=release.version if release else None)
 
 
