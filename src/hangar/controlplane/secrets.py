@@ -303,18 +303,32 @@ def deliver(
     meant to run, gets its values. Every delivery is an audit event with the
     names and digests (never the values).
     """
-    with db.write() as session:
+
+    def allowed(session: Session) -> tuple[Machine | None, App | None, bool]:
         machine = session.get(Machine, machine_id)
         app = session.get(App, machine.app_id) if machine is not None else None
-        allowed = (
+        ok = (
             machine is not None
             and app is not None
             and machine.host_id == host_id
             and machine.desired == "started"
         )
-        if allowed and machine is not None and app is not None:
+        return machine, app, ok
+
+    # Read first: a machine of an app without secrets costs no write (and no fsync).
+    with db.read() as session:
+        machine, app, ok = allowed(session)
+        values: dict[str, str] = {}
+        digests: dict[str, str] = {}
+        if ok and machine is not None:
             values, digests = machine_secrets(session, keyring, machine)
-            if values:
+    if ok and not values:
+        return {}
+    if ok and app is not None:
+        with db.write() as session:
+            # Audited before the values leave; still meant to run on this host?
+            _, app, ok = allowed(session)
+            if ok and app is not None:
                 audit.record(
                     session,
                     ctx,
@@ -323,6 +337,7 @@ def deliver(
                     target=machine_id,
                     detail={"host": host_id, "secrets": digests},
                 )
+        if ok:
             return values
     with db.write() as session:
         audit.record(
