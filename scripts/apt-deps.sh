@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages Hangar and its tests need, only those missing.
 set -euo pipefail
-packages=(python3-venv postgresql wrk runc busybox-static skopeo docker-registry softhsm2)
+packages=(python3-venv postgresql wrk runc busybox-static skopeo docker-registry softhsm2 haproxy pebble caddy)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -14,17 +14,25 @@ else
 fi
 echo "installing Debian packages: ${missing[*]}"
 $sudo apt-get update -qq
-# docker-registry is only for tests, which run their own on loopback: its
-# packaged service (listening on every address) must not start or stay enabled.
+# Packages that ship a service: Hangar runs its own HAProxy (the edge), and the
+# tests run their own registry and Caddy on loopback. The packaged services
+# (listening on every address) must not start or stay enabled.
+services=(docker-registry haproxy caddy)
 policy=/usr/sbin/policy-rc.d
 guarded=
-if [[ " ${missing[*]} " == *" docker-registry "* ]] && [ ! -e "$policy" ]; then
+wants_guard=
+for svc in "${services[@]}"; do
+  [[ " ${missing[*]} " == *" $svc "* ]] && wants_guard=1
+done
+if [ -n "$wants_guard" ] && [ ! -e "$policy" ]; then
   printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
   $sudo chmod 755 "$policy"
   guarded=1
 fi
 trap '[ -n "$guarded" ] && $sudo rm -f "$policy"' EXIT
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-if [ -n "$guarded" ] && [ -d /run/systemd/system ]; then
-  $sudo systemctl disable --now docker-registry >/dev/null 2>&1 || true
+if [ -n "$wants_guard" ] && [ -d /run/systemd/system ]; then
+  for svc in "${services[@]}"; do
+    $sudo systemctl disable --now "$svc" >/dev/null 2>&1 || true
+  done
 fi

@@ -56,7 +56,7 @@ def build_example_image(target: Path) -> None:
 def start_server(
     data_dir: Path, agent_dir: Path, env: dict[str, str], port: int
 ) -> subprocess.Popen[bytes]:
-    return start(data_dir, env, port, "--agent-dir", str(agent_dir))
+    return start(data_dir, env, port, "--agent-dir", str(agent_dir), "--no-edge")
 
 
 @pytest.fixture

@@ -88,6 +88,7 @@ def installation(tmp_path: Path) -> Iterator[Installation]:
         str(root / "a"),
         "--agent-listen-port",
         str(agent_port),
+        "--no-edge",
     )
     srv = Server(data_dir, f"https://127.0.0.1:{port}", token_file.read_text().strip(), env, proc)
     build_example_image(tmp_path / "image")

@@ -15,13 +15,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hangar.agent.reconciler import Assignment, Reconciler
 from hangar.controlplane.hostlink import apply_report, host_assignments
+from hangar.domain.routing import RoutingTable
+from hangar.errors import HangarError
 from hangar.store.db import Database
+
+if TYPE_CHECKING:
+    from hangar.edge.haproxy import Edge
 
 __all__ = ["Agent", "Link", "LocalAgent", "StoreLink", "host_memory_mb"]
 
@@ -67,16 +72,38 @@ class StoreLink:
 
 
 class Agent:
-    def __init__(self, link: Link, reconciler: Reconciler, host_id: str) -> None:
+    def __init__(
+        self,
+        link: Link,
+        reconciler: Reconciler,
+        host_id: str,
+        *,
+        edge: Edge | None = None,
+        routes: Callable[[], RoutingTable] | None = None,
+    ) -> None:
         self.link = link
         self.reconciler = reconciler
         self.host_id = host_id
+        self.edge = edge
+        self.routes = routes
+
+    def apply_edge(self) -> None:
+        """Bring this host's edge up to the routing table; a failure keeps the old one."""
+        if self.edge is None or self.routes is None:
+            return
+        try:
+            self.edge.apply(self.routes())
+        except HangarError as exc:
+            log.error("edge: %s", exc.message)
 
     def tick(self, now: float, wait: float = 0.0) -> float | None:
         """One round; returns when something is next due (a check, a restart), if known."""
         assignments = self.link.assignments(wait)
         if wait > 0:
             now = time.time()  # the link may have waited for a change
+        # The edge first: a machine about to be replaced leaves rotation before
+        # the reconciler stops it.
+        self.apply_edge()
         outcomes = self.reconciler.reconcile(assignments, now)
         waits = [o.action.at for o in outcomes if o.action.at is not None]
         errors = {o.action.machine_id: o.error for o in outcomes if not o.ok}
@@ -94,5 +121,13 @@ class Agent:
 class LocalAgent(Agent):
     """The all-in-one host's agent: ``Agent`` over a ``StoreLink``."""
 
-    def __init__(self, db: Database, reconciler: Reconciler, host_id: str) -> None:
-        super().__init__(StoreLink(db, host_id), reconciler, host_id)
+    def __init__(
+        self,
+        db: Database,
+        reconciler: Reconciler,
+        host_id: str,
+        *,
+        edge: Edge | None = None,
+        routes: Callable[[], RoutingTable] | None = None,
+    ) -> None:
+        super().__init__(StoreLink(db, host_id), reconciler, host_id, edge=edge, routes=routes)

@@ -16,6 +16,7 @@ from hangar.api.routers import (
     agent,
     apps,
     audit,
+    certs,
     health,
     hosts,
     machines,
@@ -48,8 +49,9 @@ def create_app(cp: ControlPlane) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.cp = cp
-    for module in (health, orgs, apps, machines, secrets, hosts, tokens, audit, system):
+    for module in (health, orgs, apps, machines, secrets, certs, hosts, tokens, audit, system):
         app.include_router(module.router, responses=PROBLEM_RESPONSES)
+    app.include_router(certs.edge_router, responses=PROBLEM_RESPONSES)
     install_problem_handlers(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=cp.settings.max_body_bytes)
     assert_routes_guarded(app)

@@ -56,6 +56,9 @@ class Permission(Enum):
     MACHINES_CONTROL = ("machines:control", Action.CONTROL, Role.MEMBER)
     SECRETS_READ = ("secrets:read", Action.READ, Role.MEMBER)  # names and digests only
     SECRETS_WRITE = ("secrets:write", Action.WRITE, Role.MEMBER)
+    CERTS_READ = ("certs:read", Action.READ, Role.VIEWER)
+    CERTS_WRITE = ("certs:write", Action.WRITE, Role.MEMBER)
+    EDGE_READ = ("edge:read", Action.READ, None)
     TOKENS_READ = ("tokens:read", Action.READ, Role.MEMBER)
     TOKENS_CREATE = ("tokens:create", Action.CREATE, Role.MEMBER)
     TOKENS_REVOKE = ("tokens:revoke", Action.DELETE, Role.MEMBER)

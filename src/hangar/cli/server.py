@@ -168,8 +168,26 @@ def run(
         Path | None,
         typer.Option(help="the agent's images, machines and logs (default: DATA_DIR-agent)"),
     ] = None,
+    edge: Annotated[
+        bool | None,
+        typer.Option("--edge/--no-edge", help="run the edge (HAProxy) on this host"),
+    ] = None,
+    edge_listen_host: Annotated[
+        str | None, typer.Option(help="address the edge listens on (default :: and 0.0.0.0)")
+    ] = None,
+    edge_http_port: Annotated[int | None, typer.Option(help="the edge's HTTP port")] = None,
+    edge_https_port: Annotated[int | None, typer.Option(help="the edge's HTTPS port")] = None,
+    edge_domain: Annotated[
+        str | None, typer.Option(help="every app answers on <app>.<edge-domain>")
+    ] = None,
 ) -> None:
-    """Run the control plane (API, deployer) and this host's agent until interrupted."""
+    """Run the control plane (API, deployer, ACME issuer), this host's agent and its edge.
+
+    The edge is HAProxy: HTTPS on --edge-https-port (443) and HTTP on
+    --edge-http-port (80), which redirects to HTTPS and answers ACME
+    challenges. Runs until interrupted; machines and the edge keep running
+    and are adopted by the next start.
+    """
     from hangar.controlplane.serve import serve
 
     settings = server_settings(
@@ -184,6 +202,11 @@ def run(
         log_level=log_level,
         agent=agent,
         agent_dir=agent_dir,
+        edge=edge,
+        edge_listen_host=edge_listen_host,
+        edge_http_port=edge_http_port,
+        edge_https_port=edge_https_port,
+        edge_domain=edge_domain,
     )
     serve(settings)
 

@@ -58,6 +58,28 @@ class ServerSettings(BaseModel):
     # Registries (host:port) copied from without TLS verification: for a test
     # registry on loopback only.
     insecure_registries: list[str] = []
+    # The edge (HAProxy) on this host: where it listens, and the domain under
+    # which every app answers as <app>.<edge_domain>.
+    edge: bool = True
+    edge_listen_host: str = "::"
+    edge_http_port: int = Field(default=80, ge=1, le=65535)
+    edge_https_port: int = Field(default=443, ge=1, le=65535)
+    edge_metrics_port: int = Field(default=8405, ge=0, le=65535)
+    edge_domain: str = Field(
+        default="apps.localhost", pattern=r"^$|^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
+    )
+    # What `certs add` tells users to point their DNS at (a name or addresses).
+    edge_dns_target: str = ""
+    # ACME: the directory (Let's Encrypt by default), a CA bundle to trust it
+    # by (for a test server such as Pebble), and the account's contact.
+    acme_directory_url: str = "https://acme-v02.api.letsencrypt.org/directory"
+    acme_ca_bundle: Path | None = None
+    acme_email: str = ""
+    acme_poll_seconds: float = Field(default=60.0, gt=0, le=3600)
+
+    @property
+    def effective_edge_dir(self) -> Path:
+        return self.effective_agent_dir / "edge"
 
     @property
     def effective_agent_dir(self) -> Path:

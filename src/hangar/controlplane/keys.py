@@ -8,10 +8,14 @@ retired. Running it again after a crash finishes the job.
 
 from __future__ import annotations
 
+import base64
+import json
 from dataclasses import dataclass
 
 from sqlalchemy import select
 
+from hangar.controlplane.acme import ACCOUNT_PURPOSE, ACCOUNT_SETTING
+from hangar.controlplane.routes import cert_key_purpose
 from hangar.controlplane.state import ControlPlane
 from hangar.crypto.rotation import (
     WRAPPED_FILES,
@@ -20,7 +24,7 @@ from hangar.crypto.rotation import (
     rewrap_file,
     root_key_purpose,
 )
-from hangar.store.tables import AppKey, RootKey
+from hangar.store.tables import AppKey, Certificate, RootKey, Setting
 
 __all__ = ["Rotation", "rotate_kek"]
 
@@ -58,4 +62,18 @@ def _rewrap_rows(cp: ControlPlane) -> int:
             fresh = rewrap(cp.keyring, app_key.wrapped, purpose)
             count += fresh != app_key.wrapped
             app_key.wrapped = fresh
+        for cert in session.execute(select(Certificate)).scalars():
+            if cert.key_wrapped is not None:
+                fresh = rewrap(cp.keyring, cert.key_wrapped, cert_key_purpose(cert.id))
+                count += fresh != cert.key_wrapped
+                cert.key_wrapped = fresh
+        account = session.get(Setting, ACCOUNT_SETTING)
+        if account is not None:
+            stored = json.loads(account.value)
+            blob = base64.b64decode(stored["key"])
+            fresh = rewrap(cp.keyring, blob, ACCOUNT_PURPOSE)
+            if fresh != blob:
+                count += 1
+                stored["key"] = base64.b64encode(fresh).decode()
+                account.value = json.dumps(stored)
     return count

@@ -16,7 +16,7 @@ import shutil
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
@@ -30,10 +30,14 @@ from hangar.api.app import create_agent_app, create_app
 from hangar.api.guard import PEER_CERT_SCOPE_KEY
 from hangar.audit.log import AuditContext
 from hangar.config.settings import ServerSettings
+from hangar.controlplane.acme import Issuer
 from hangar.controlplane.deployer import step_all
 from hangar.controlplane.machines import register_local_host
+from hangar.controlplane.routes import RouteBuilder
 from hangar.controlplane.secrets import deliver
 from hangar.controlplane.state import ControlPlane
+from hangar.domain.routing import RoutingTable
+from hangar.edge.haproxy import Edge, EdgeConfig
 from hangar.errors import ConfigError
 
 log = logging.getLogger("hangar.server")
@@ -164,7 +168,57 @@ def local_agent(cp: ControlPlane) -> LocalAgent:
         )
 
     reconciler = Reconciler(runtime, images, root / "state", secret_source=secrets_for)
-    return LocalAgent(cp.db, reconciler, host.id)
+    edge, routes = local_edge(cp) if settings.edge else (None, None)
+    return LocalAgent(cp.db, reconciler, host.id, edge=edge, routes=routes)
+
+
+def _api_address(settings: ServerSettings) -> str:
+    """Where this host reaches its own API: what the edge forwards ACME challenges to."""
+    wildcard = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104
+    host = wildcard.get(settings.listen_host, settings.listen_host)
+    return f"[{host}]:{settings.listen_port}" if ":" in host else f"{host}:{settings.listen_port}"
+
+
+def route_builder(cp: ControlPlane) -> RouteBuilder:
+    settings = cp.settings
+    reserved = {settings.edge_http_port, settings.edge_https_port, settings.listen_port}
+    reserved |= {p for p in (settings.edge_metrics_port, settings.agent_listen_port) if p}
+    return RouteBuilder(
+        keyring=cp.keyring,
+        ca=cp.ca,
+        edge_domain=settings.edge_domain,
+        acme_responder=_api_address(settings),
+        reserved_ports=frozenset(reserved),
+    )
+
+
+def local_edge(cp: ControlPlane) -> tuple[Edge, Callable[[], RoutingTable]]:
+    """This host's edge, fed from the store in-process."""
+    settings = cp.settings
+    if shutil.which("haproxy") is None:
+        raise ConfigError(
+            "the edge runs HAProxy, which is not installed",
+            hint="apt-get install haproxy, or --no-edge to run without an edge on this host",
+        )
+    names = [n for n in settings.tls_hostnames if not n.replace(".", "").isdigit() and ":" not in n]
+    edge = Edge(
+        EdgeConfig(
+            directory=settings.effective_edge_dir,
+            bind_host=settings.edge_listen_host,
+            http_port=settings.edge_http_port,
+            https_port=settings.edge_https_port,
+            metrics_port=settings.edge_metrics_port,
+            acme_ca_file=settings.data_dir / "ca.crt",
+            acme_verify_name="localhost" if "localhost" in names else (names or ["localhost"])[0],
+        )
+    )
+    builder = route_builder(cp)
+
+    def routes() -> RoutingTable:
+        with cp.db.read() as session:
+            return builder.build(session)
+
+    return edge, routes
 
 
 def _tls_config(app: Any, settings: ServerSettings, port: int, **extra: Any) -> _TLSConfig:
@@ -191,9 +245,11 @@ def serve(settings: ServerSettings) -> None:
     )
     cp = ControlPlane.open(settings)
     loops = Loops(cp, local_agent(cp) if settings.agent else None)
+    issuer = Issuer(cp.db, cp.keyring, cp.audit, settings, on_change=loops.wake)
     app = create_app(cp)
     app.state.wake = loops.wake
     app.state.agent = loops.agent
+    app.state.issuer = issuer
     server = uvicorn.Server(_tls_config(app, settings, settings.listen_port))
     agents: uvicorn.Server | None = None
     if settings.agent_listen_port:
@@ -232,8 +288,10 @@ def serve(settings: ServerSettings) -> None:
                 await task
 
     loops.start()
+    issuer.start()
     try:
         asyncio.run(run_all())
     finally:
+        issuer.stop()
         loops.stop()
         cp.close()

@@ -27,12 +27,14 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "AcmeChallenge",
     "App",
     "AppKey",
     "AuditCheckpoint",
     "AuditEvent",
     "AuditHead",
     "Base",
+    "Certificate",
     "Host",
     "JoinToken",
     "Machine",
@@ -318,3 +320,41 @@ class Secret(Base):
     key_version: Mapped[int] = mapped_column(Integer)
     created_by: Mapped[str] = mapped_column(String(254))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class Certificate(Base):
+    """A host name an app answers on at the edge, and its certificate.
+
+    The chain is public; the private key is stored only wrapped by the KEK.
+    ``status``: pending (ACME order under way), valid, failed (see
+    ``last_error``; retried with backoff), imported.
+    """
+
+    __tablename__ = "certificates"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id"), index=True)
+    hostname: Mapped[str] = mapped_column(String(253), unique=True)
+    source: Mapped[str] = mapped_column(String(16))  # acme, imported
+    status: Mapped[str] = mapped_column(String(16))
+    fullchain_pem: Mapped[str | None] = mapped_column(Text)
+    key_wrapped: Mapped[bytes | None] = mapped_column(LargeBinary)
+    not_before: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    not_after: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    order_url: Mapped[str | None] = mapped_column(String(500))
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    detail: Mapped[str] = mapped_column(Text, default="")  # the order's progress, for people
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    created_by: Mapped[str] = mapped_column(String(254))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class AcmeChallenge(Base):
+    """An HTTP-01 answer the edge serves while an order validates (public by design)."""
+
+    __tablename__ = "acme_challenges"
+    token: Mapped[str] = mapped_column(String(128), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(253))
+    key_authorization: Mapped[str] = mapped_column(String(300))
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

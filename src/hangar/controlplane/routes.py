@@ -1,0 +1,216 @@
+"""The edge's routing table, built from the store.
+
+An app is routed only if its current release declares ``[http_service]`` or
+``[[services]]``. Its HTTP route answers on ``<app>.<edge domain>`` and on
+every host name added with ``hangar certs add``; its servers are its started
+machines, in rotation only while they run the version they should and pass
+their checks. The current release is the newest that is complete or
+rolling out, so a failed release never changes routing.
+
+Certificate keys are unwrapped here, on the control plane, once per
+certificate and kept in memory; the table travels to edge hosts over mutual
+TLS and lands on their tmpfs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from hangar.config.appconfig import AppConfig
+from hangar.controlplane.machines import release_config
+from hangar.crypto.ca import InternalCA
+from hangar.crypto.keyring import Keyring
+from hangar.domain.routing import (
+    CertBundle,
+    HttpRoute,
+    RoutingTable,
+    Server,
+    TcpRoute,
+    hsts_header,
+)
+from hangar.errors import HangarError
+from hangar.store.tables import App, Certificate, Machine, Release
+
+__all__ = ["RouteBuilder", "cert_key_purpose"]
+
+log = logging.getLogger("hangar.routes")
+
+LIVE_RELEASES = ("complete", "running")
+
+
+def cert_key_purpose(cert_id: str) -> str:
+    return f"edge-cert-key:{cert_id}"
+
+
+@dataclass
+class RouteBuilder:
+    """Builds routing tables; keeps unwrapped keys and parsed configs between builds."""
+
+    keyring: Keyring
+    ca: InternalCA | None = None
+    edge_domain: str = ""
+    acme_responder: str | None = None
+    reserved_ports: frozenset[int] = frozenset()
+    _keys: dict[tuple[str, bytes], str] = field(default_factory=dict, repr=False)
+    _configs: dict[str, AppConfig] = field(default_factory=dict, repr=False)
+    _domain_bundle: CertBundle | None = field(default=None, repr=False)
+
+    def _config(self, release: Release) -> AppConfig:
+        cfg = self._configs.get(release.id)
+        if cfg is None:
+            cfg = self._configs[release.id] = release_config(release)
+        return cfg
+
+    def _key(self, cert: Certificate) -> str | None:
+        assert cert.key_wrapped is not None
+        digest = hashlib.sha256(cert.key_wrapped).digest()
+        cached = self._keys.get((cert.id, digest))
+        if cached is None:
+            try:
+                plain = self.keyring.unwrap(cert.key_wrapped, purpose=cert_key_purpose(cert.id))
+            except HangarError as exc:
+                log.error("certificate %s: cannot unwrap its key: %s", cert.hostname, exc)
+                return None
+            cached = self._keys[(cert.id, digest)] = plain.decode()
+        return cached
+
+    def _edge_domain_bundle(self, now: dt.datetime) -> CertBundle | None:
+        """``*.<edge domain>`` from the internal CA, unless an operator brought one."""
+        if not self.edge_domain or self.ca is None:
+            return None
+        bundle = self._domain_bundle
+        if bundle is None:
+            cert_pem, key_pem = self.ca.issue_server_cert([f"*.{self.edge_domain}"], days=90)
+            bundle = CertBundle(
+                f"*.{self.edge_domain}", cert_pem.decode() + self.ca.pem(), key_pem.decode()
+            )
+            self._domain_bundle = bundle
+        return bundle
+
+    def build(self, session: Session, now: dt.datetime | None = None) -> RoutingTable:
+        now = now or dt.datetime.now(dt.UTC)
+        newest = (
+            select(Release.app_id, func.max(Release.version).label("version"))
+            .where(Release.status.in_(LIVE_RELEASES))
+            .group_by(Release.app_id)
+            .subquery()
+        )
+        current = {
+            r.app_id: r
+            for r in session.execute(
+                select(Release).join(
+                    newest,
+                    (Release.app_id == newest.c.app_id) & (Release.version == newest.c.version),
+                )
+            ).scalars()
+        }
+        apps = {a.id: a for a in session.execute(select(App).order_by(App.name)).scalars()}
+        machines: dict[str, list[Machine]] = {}
+        for m in session.execute(
+            select(Machine)
+            .where(Machine.desired == "started", Machine.one_off.is_(False))
+            .order_by(Machine.id)
+        ).scalars():
+            machines.setdefault(m.app_id, []).append(m)
+        releases = {
+            (r.app_id, r.version): r
+            for r in session.execute(
+                select(Release).where(Release.app_id.in_(list(machines)))
+            ).scalars()
+        }
+        certs = list(session.execute(select(Certificate).order_by(Certificate.hostname)).scalars())
+        names: dict[str, list[str]] = {}
+        for cert in certs:
+            names.setdefault(cert.app_id, []).append(cert.hostname)
+
+        http: list[HttpRoute] = []
+        tcp: list[TcpRoute] = []
+        taken = set(self.reserved_ports)
+        for app_id, release in sorted(current.items(), key=lambda kv: apps[kv[0]].name):
+            app = apps[app_id]
+            cfg = self._config(release)
+            if cfg.http_service is None and not cfg.services:
+                continue  # declared nothing: unreachable from outside
+
+            def servers(port_of: str, internal: int, app_id: str = app_id) -> tuple[Server, ...]:
+                out = []
+                for m in machines.get(app_id, []):
+                    rel = releases.get((app_id, m.version))
+                    port = internal
+                    if rel is not None and port_of == "http":
+                        mcfg = self._config(rel)
+                        if mcfg.http_service is not None:
+                            port = mcfg.http_service.internal_port
+                    # In rotation only once its checks pass (machines without
+                    # checks are healthy as soon as they run).
+                    up = (
+                        m.state == "started"
+                        and m.running_version == m.version
+                        and m.healthy is True
+                    )
+                    out.append(Server(m.id, m.address, port, up))
+                return tuple(out)
+
+            service = cfg.http_service
+            if service is not None:
+                hostnames = list(names.get(app_id, []))
+                if self.edge_domain:
+                    hostnames.insert(0, f"{app.name}.{self.edge_domain}")
+                hsts = service.hsts
+                http.append(
+                    HttpRoute(
+                        app=app.name,
+                        hostnames=tuple(hostnames),
+                        servers=servers("http", service.internal_port),
+                        force_https=service.force_https,
+                        hsts=hsts_header(hsts.max_age, hsts.include_subdomains, hsts.preload)
+                        if hsts.enabled
+                        else None,
+                        soft_limit=service.concurrency.soft_limit,
+                        hard_limit=service.concurrency.hard_limit,
+                        rate_limit=service.rate_limit,
+                    )
+                )
+            for svc in cfg.services:
+                if svc.protocol != "tcp":
+                    continue
+                for port in svc.ports:
+                    if port.port in taken:
+                        log.warning("app %s: port %d is taken; not routed", app.name, port.port)
+                        continue
+                    taken.add(port.port)
+                    tcp.append(
+                        TcpRoute(
+                            app=app.name,
+                            port=port.port,
+                            servers=servers("tcp", svc.internal_port),
+                            tls="tls" in port.handlers,
+                            proxy_protocol="proxy_proto" in port.handlers,
+                            hard_limit=svc.concurrency.hard_limit,
+                        )
+                    )
+
+        bundles: list[CertBundle] = []
+        domain_bundle = self._edge_domain_bundle(now)
+        if domain_bundle is not None:
+            bundles.append(domain_bundle)
+        for cert in certs:
+            if cert.fullchain_pem is None or cert.key_wrapped is None:
+                continue
+            if cert.not_after is not None and cert.not_after <= now:
+                continue  # expired: the default certificate is as good, and names no one
+            key = self._key(cert)
+            if key is not None:
+                bundles.append(CertBundle(cert.hostname, cert.fullchain_pem, key))
+        return RoutingTable(
+            http=tuple(http),
+            tcp=tuple(tcp),
+            certs=tuple(bundles),
+            acme_responder=self.acme_responder,
+        )
