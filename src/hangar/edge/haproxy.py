@@ -353,7 +353,7 @@ class Edge:
 
     def validate(self, conf: Path) -> None:
         """``haproxy -c``; CommandError with HAProxy's own words if it refuses."""
-        hostcmd.run([self.binary, "-c", "-q", "-f", str(conf / "haproxy.cfg")], timeout=60)
+        hostcmd.run([self.binary, "-c", "-f", str(conf / "haproxy.cfg")], timeout=60)
 
     def _swap(self, conf: Path) -> Path | None:
         """Make ``conf`` current; returns the previous target."""
@@ -388,36 +388,45 @@ class Edge:
         )
         self._wait_worker(None)
 
-    def _workers(self) -> list[int]:
-        """The current (not old) workers' pids, from the master CLI."""
+    def _procs(self) -> tuple[list[int], int]:
+        """The current (not old) workers' pids and the master's failed-reload count."""
         text = _unix_command(self.master_socket, "show proc")
         pids: list[int] = []
+        failed = 0
         section = ""
         for line in text.splitlines():
             if line.startswith("#"):
                 section = line.strip("# ").lower()
                 continue
             parts = line.split()
+            if len(parts) >= 2 and parts[1] == "master" and "[failed:" in line:
+                failed = int(line.split("[failed:", 1)[1].split("]", 1)[0])
             if section == "workers" and len(parts) >= 2 and parts[1] == "worker":
                 pids.append(int(parts[0]))
-        return pids
+        return pids, failed
 
-    def _wait_worker(self, old: list[int] | None, timeout: float = 15.0) -> None:
+    def _wait_worker(
+        self, old: list[int] | None, failed_before: int = 0, timeout: float = 15.0
+    ) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                workers = self._workers()
+                workers, failed = self._procs()
             except OSError:
-                workers = []
+                workers, failed = [], failed_before
+            if failed > failed_before:
+                raise CommandError(
+                    ["haproxy", "reload"], 1, "the master could not load the new configuration"
+                )
             if workers and (old is None or not set(workers) & set(old)):
                 return
             time.sleep(0.05)
         raise CommandError(["haproxy", "reload"], 1, "no new worker took over after the reload")
 
     def _reload(self) -> None:
-        old = self._workers()
+        old, failed = self._procs()
         _unix_command(self.master_socket, "reload")
-        self._wait_worker(old)
+        self._wait_worker(old, failed)
         self.reloads += 1
 
     def _cleanup(self) -> None:
@@ -537,7 +546,8 @@ def _unix_command(path: Path, command: str, timeout: float = 10.0) -> str:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(str(path))
-        sock.sendall(command.encode() + b"\n")
+        # The master's CLI keeps a connection open after a command; "quit" ends it.
+        sock.sendall(command.encode() + b";quit\n")
         chunks = []
         while True:
             try:
