@@ -106,6 +106,21 @@ def check(
         _show(data)
 
 
+@app.command()
+def renew(
+    ctx: typer.Context, hostname: HostArg, app_: AppOpt = None, json_out: JsonOpt = False
+) -> None:
+    """Renew an ACME certificate now, with a new key (after a suspected key leak, say).
+
+    Certificates renew on their own two thirds into their lifetime.
+    """
+    data = client(ctx).request("POST", f"/v1/apps/{app_name(app_)}/certs/{hostname}/renew")
+    if json_out:
+        emit(data)
+    else:
+        typer.echo(f"Renewal of {data['hostname']} requested: `hangar certs show` to follow it.")
+
+
 def _read(path: Path, what: str) -> str:
     try:
         return path.read_text()

@@ -27,7 +27,7 @@ from acme import challenges, client, messages
 from acme import errors as acme_errors
 from josepy.jwa import ES256
 from josepy.jwk import JWKEC
-from sqlalchemy import delete, or_, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from hangar.audit.log import AuditContext, AuditLog
@@ -136,18 +136,13 @@ class Issuer:
             rows = session.execute(
                 select(Certificate).where(
                     Certificate.source == "acme",
-                    or_(Certificate.next_attempt_at.is_(None), Certificate.next_attempt_at <= now),
+                    Certificate.next_attempt_at.is_not(None),
+                    Certificate.next_attempt_at <= now,
                 )
             ).scalars()
-            out = []
-            for cert in rows:
-                if cert.status in ("pending", "failed"):
-                    out.append(cert.id)
-                elif cert.status == "valid":
-                    due_at = renew_at(cert)
-                    if due_at is not None and now >= due_at:
-                        out.append(cert.id)
-            return out
+            # A valid certificate's next attempt is its renewal time (two thirds
+            # of its lifetime), sooner if someone asked for it, later on backoff.
+            return [c.id for c in rows if c.status in ("pending", "failed", "valid")]
 
     def run_once(self, now: dt.datetime | None = None) -> int:
         """Work every due certificate once; returns how many were tried."""
@@ -241,6 +236,8 @@ class Issuer:
             order = acme.new_order(csr_pem(key_pem, hostname))
             self._progress(cert_id, "order created", order_url=order.uri)
             for authz in order.authorizations:
+                if authz.body.status == messages.STATUS_VALID:
+                    continue  # the server remembers this name was validated recently
                 chall = next(
                     (c for c in authz.body.challenges if isinstance(c.chall, challenges.HTTP01)),
                     None,
@@ -347,11 +344,3 @@ class Issuer:
             outcome=outcome,
             detail=detail,
         )
-
-    def retry_now(self, cert_id: str) -> None:
-        """Make a certificate due at once (``certs check``)."""
-        with self.db.write() as session:
-            cert = session.get(Certificate, cert_id)
-            if cert is not None and cert.source == "acme" and cert.status != "valid":
-                cert.next_attempt_at = _now()
-        self.wake()

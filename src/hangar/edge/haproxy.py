@@ -482,10 +482,13 @@ class Edge:
         return True
 
     def _apply_states(self, states: dict[tuple[str, str], bool]) -> None:
+        changed = [(key, up) for key, up in sorted(states.items()) if self._states.get(key) != up]
+        # Machines entering rotation first: the worker serves requests between
+        # two commands, and a backend must never be left with no server at all.
+        changed.sort(key=lambda item: not item[1])
         commands = [
             f"set server {backend}/{server} state {'ready' if up else 'maint'}"
-            for (backend, server), up in sorted(states.items())
-            if self._states.get((backend, server)) != up
+            for (backend, server), up in changed
         ]
         if not commands:
             return

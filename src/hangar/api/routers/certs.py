@@ -26,7 +26,7 @@ from hangar.controlplane.certs import (
     view,
 )
 from hangar.domain.routing import ACME_CHALLENGE_PREFIX
-from hangar.errors import NotFound
+from hangar.errors import NotFound, ValidationError
 from hangar.store.tables import AcmeChallenge, App
 
 router = GuardedRouter(prefix="/v1/apps/{app}/certs", tags=["certs"])
@@ -171,6 +171,39 @@ def check(
         cert = get_certificate(session, access.app, hostname)
         if cert.source == "acme" and cert.status in ("pending", "failed"):
             cert.next_attempt_at = dt.datetime.now(dt.UTC)
+        out = _out(view(cert, app), _dns(access, cert.hostname))
+    _wake_issuer(request)
+    return out
+
+
+@router.post(
+    "/{hostname}/renew",
+    response_model=CertOut,
+    summary="Renew an ACME certificate now (a new key), not at two thirds of its life",
+)
+def renew(
+    app: str,
+    hostname: str,
+    request: Request,
+    access: Annotated[Access, requires(Permission.CERTS_WRITE)],
+) -> CertOut:
+    assert access.app is not None and access.org is not None
+    with access.cp.db.write() as session:
+        cert = get_certificate(session, access.app, hostname)
+        if cert.source != "acme":
+            raise ValidationError(
+                f"{cert.hostname} has an imported certificate; Hangar cannot renew it",
+                hint=f"hangar certs import {cert.hostname} --fullchain … --private-key …",
+            )
+        cert.next_attempt_at = dt.datetime.now(dt.UTC)
+        cert.detail = "renewal requested"
+        access.cp.audit.record(
+            session,
+            access.ctx,
+            org_id=access.org.id,
+            action="cert.renew-request",
+            target=f"{app} {cert.hostname}",
+        )
         out = _out(view(cert, app), _dns(access, cert.hostname))
     _wake_issuer(request)
     return out
