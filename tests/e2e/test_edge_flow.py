@@ -7,6 +7,7 @@ edge, and keeps every request answered while machines are replaced.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import shutil
@@ -147,10 +148,8 @@ def edge(tmp_path: Path) -> Iterator[Edge]:
             stop(srv.process)
             pidfile = agent_root / "agent/edge/haproxy.pid"
             if pidfile.exists():
-                try:
+                with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(pidfile.read_text().split()[0]), signal.SIGTERM)
-                except (ProcessLookupError, ValueError):
-                    pass
                 time.sleep(0.5)
             for mount in ("edge", "bundles"):
                 subprocess.run(["umount", str(agent_root / "agent" / mount)], capture_output=True)

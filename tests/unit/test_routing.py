@@ -172,3 +172,18 @@ def test_redirect_keeps_a_non_standard_port() -> None:
     config = render(table(), cfg, Path("/c"), with_state=True).config
     assert "location https://%[var(txn.host)]:8443%[capture.req.uri]" in config
     assert "bind [::]:8443 v4v6" in config
+
+
+def test_machines_enter_rotation_before_others_leave(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between two runtime commands the worker serves requests: never leave it none."""
+    from hangar.edge import haproxy
+
+    sent: list[str] = []
+    monkeypatch.setattr(haproxy, "_unix_command", lambda path, line: sent.append(line) or "")
+    edge = haproxy.Edge(CFG)
+    edge._states = {("app_clinic", "m_a"): True, ("app_clinic", "m_b"): False}
+    edge._apply_states({("app_clinic", "m_a"): False, ("app_clinic", "m_b"): True})
+    assert sent == ["set server app_clinic/m_b state ready;set server app_clinic/m_a state maint"]
+    sent.clear()
+    edge._apply_states({("app_clinic", "m_a"): False, ("app_clinic", "m_b"): True})
+    assert sent == []  # nothing changed, nothing sent
