@@ -45,6 +45,7 @@ bench: deps
 	$(PY) benchmarks/api_throughput.py
 	$(PY) benchmarks/machine_start.py
 	$(PY) benchmarks/secrets.py
+	$(PY) benchmarks/edge_throughput.py
 
 # Re-pin every dependency (with hashes) after editing pyproject.toml.
 lock: venv

@@ -146,6 +146,13 @@ def edge(tmp_path: Path) -> Iterator[Edge]:
             while machines.exists() and any(machines.iterdir()) and time.monotonic() < deadline:
                 time.sleep(0.2)
             stop(srv.process)
+            # A test that failed half-way must not leave machines running.
+            runc_root = agent_root / "agent/state/runc"
+            for left in machines.iterdir() if machines.exists() else []:
+                subprocess.run(
+                    ["runc", "--root", str(runc_root), "delete", "--force", left.name],
+                    capture_output=True,
+                )
             pidfile = agent_root / "agent/edge/haproxy.pid"
             if pidfile.exists():
                 with contextlib.suppress(ProcessLookupError, ValueError):

@@ -280,3 +280,17 @@ def test_kek_rotation_rewraps_certificate_keys(
     with cp.db.read() as s:
         (bundle,) = builder.build(s).certs
     assert bundle.key_pem == key  # still the same key, under the new KEK
+
+
+def test_destroying_an_app_frees_its_names(
+    api: TestClient, installation: Installation, control_plane: ControlPlane
+) -> None:
+    h = installation.headers
+    api.post("/v1/apps", headers=h, json={"name": "web"})
+    api.post("/v1/apps/web/certs", headers=h, json={"hostname": "clinic.example.com"})
+    assert api.delete("/v1/apps/web", headers=h).status_code == 204
+    with control_plane.db.read() as s:
+        assert s.execute(select(Certificate)).first() is None
+    api.post("/v1/apps", headers=h, json={"name": "next"})
+    again = api.post("/v1/apps/next/certs", headers=h, json={"hostname": "clinic.example.com"})
+    assert again.status_code == 201

@@ -256,6 +256,24 @@ def test_unknown_names_reveal_nothing(edge: Edge, ca: InternalCA, backends: list
     cert = x509.load_der_x509_certificate(der)
     assert cert.subject.rfc4514_string() == "CN=hangar-edge-default"
     assert b"clinic" not in der and DOMAIN.encode() not in der
+    # An address sent as SNI (RFC 6066 forbids it; some clients do) counts as none.
+    reply = subprocess.run(
+        [
+            "openssl",
+            "s_client",
+            "-quiet",
+            "-connect",
+            f"127.0.0.1:{edge.cfg.https_port}",
+            "-servername",
+            "127.0.0.1",
+            "-alpn",
+            "http/1.1",
+        ],
+        input=f"GET / HTTP/1.1\r\nHost: clinic.{DOMAIN}\r\nConnection: close\r\n\r\n".encode(),
+        capture_output=True,
+        timeout=20,
+    )
+    assert reply.stdout.startswith(b"HTTP/1.1 200"), reply.stdout[:200]
     # A known SNI with another Host (domain fronting) is refused too.
     status, _, _, _ = get(edge, "other.example.org", sni=f"clinic.{DOMAIN}", ca=ca)
     assert status == 421

@@ -93,6 +93,8 @@ def test_lifecycle(reconciler: Reconciler, runtime: RuncRuntime, base_dir: Path)
         )
         assert fresh.reconcile([two], time.time()) == []
         assert runtime.state("r-1").pid == pid_v2
+        # ...and checks it again, so the edge can put it back in rotation.
+        wait_for(lambda: healthy(fresh, "r-1"))
 
         # Unassigned: removed, with nothing left behind.
         settle(reconciler, [])

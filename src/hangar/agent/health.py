@@ -93,6 +93,9 @@ class HealthMonitor:
             due={c.name: started_at + c.grace_period for c in checks},
         )
 
+    def watching(self, machine_id: str) -> bool:
+        return machine_id in self._machines
+
     def forget(self, machine_id: str) -> None:
         self._machines.pop(machine_id, None)
 

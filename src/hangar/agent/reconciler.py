@@ -166,13 +166,28 @@ class Reconciler:
             for a in assignments
         }
         outcomes = []
-        for action in plan(desired, self.observe(), now):
+        observed = self.observe()
+        for action in plan(desired, observed, now):
             try:
                 self._apply(action, by_id.get(action.machine_id), now)
             except HangarError as exc:
                 outcomes.append(Outcome(action, False, exc.message))
             else:
                 outcomes.append(Outcome(action, True))
+        # Machines adopted from an earlier agent run untouched, so nothing above
+        # watched them: check them again (no grace: they have been up a while).
+        acted = {o.action.machine_id for o in outcomes if o.action.kind is not ActionKind.WAIT}
+        for want in assignments:
+            seen = observed.get(want.machine_id)
+            if (
+                want.state == "started"
+                and want.machine_id not in acted
+                and seen is not None
+                and seen.status == "running"
+                and seen.version == want.version
+                and not self.health.watching(want.machine_id)
+            ):
+                self._watch(want, now - max((c.grace_period for c in want.checks), default=0.0))
         return outcomes
 
     def _apply(self, action: Action, want: Assignment | None, now: float) -> None:

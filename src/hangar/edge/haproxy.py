@@ -183,6 +183,8 @@ def render(table: RoutingTable, cfg: EdgeConfig, conf_dir: Path, *, with_state: 
         f"    bind {cfg.bind(cfg.https_port)} {tls_bind}",
         "    http-request set-var(txn.host) req.hdr(host),field(1,:),lower",
         "    http-request set-var(txn.sni) ssl_fc_sni,lower",
+        # RFC 6066 forbids an address as SNI; a client that sends one sent none.
+        "    http-request unset-var(txn.sni) if { var(txn.sni) -m reg ^[0-9.]+$|: }",
         f"    acl known var(txn.host),map_str({hosts}) -m found",
         "    acl has_sni var(txn.sni) -m found",
         f"    acl sni_known var(txn.sni),map_str({hosts}) -m found",

@@ -15,7 +15,7 @@ from hangar.auth.rbac import Permission
 from hangar.auth.tokens import new_id
 from hangar.domain.names import validate_dns_label
 from hangar.errors import Conflict, NotFound, ValidationError
-from hangar.store.tables import App, AppKey, Machine, Org, Release, Secret
+from hangar.store.tables import App, AppKey, Certificate, Machine, Org, Release, Secret
 
 router = GuardedRouter(prefix="/v1/apps", tags=["apps"])
 
@@ -140,6 +140,8 @@ def destroy_app(app: str, access: Annotated[Access, requires(Permission.APPS_DEL
         # Secrets and their data keys go with the app: nothing can read them after.
         session.execute(delete(Secret).where(Secret.app_id == row.id))
         session.execute(delete(AppKey).where(AppKey.app_id == row.id))
+        # Its host names are free again; their keys go with their rows.
+        session.execute(delete(Certificate).where(Certificate.app_id == row.id))
         session.delete(row)
         access.cp.audit.record(
             session, access.ctx, org_id=access.org.id, action="app.destroy", target=app
