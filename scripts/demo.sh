@@ -20,9 +20,14 @@ if [ ! -f "$demo/data/ca.crt" ]; then
   echo "Initialised a demo installation in $demo/data"
 fi
 
+edge_http="${DEMO_EDGE_HTTP_PORT:-9080}"
+edge_https="${DEMO_EDGE_HTTPS_PORT:-9443}"
 mkdir -p "$demo/agent" && chmod 711 "$demo" "$demo/agent"
+HANGAR_EDGE_METRICS_PORT="${DEMO_EDGE_METRICS_PORT:-0}" \
 "$hangar" server run --data-dir "$demo/data" --listen-port "$port" --agent-dir "$demo/agent" \
-  --agent-listen-port "${DEMO_AGENT_PORT:-$((port + 1))}" >"$demo/server.log" 2>&1 &
+  --agent-listen-port "${DEMO_AGENT_PORT:-$((port + 1))}" \
+  --edge-listen-host 127.0.0.1 --edge-http-port "$edge_http" --edge-https-port "$edge_https" \
+  >"$demo/server.log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null || true' EXIT
 
@@ -54,14 +59,48 @@ with socket.create_connection((sys.argv[1], 8080), timeout=5) as s:
 print("  " + body.split(b"\r\n\r\n", 1)[1].decode().strip().splitlines()[-1])
 PY
 echo
+echo "And through the edge (HAProxy), over HTTPS with a certificate from the installation's CA:"
+"$PWD/.venv/bin/python" - "$edge_https" "$edge_http" "$demo/data/ca.crt" <<'PY'
+import http.client, socket, ssl, sys, time
+https_port, http_port, ca = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+host = "hello.apps.localhost"
+ctx = ssl.create_default_context(cafile=ca)
+for _ in range(100):  # the edge takes the machine into rotation once its check passes
+    try:
+        sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", https_port), timeout=5),
+                               server_hostname=host)
+        conn = http.client.HTTPSConnection(host, https_port, context=ctx)
+        conn.sock = sock
+        conn.request("GET", "/", headers={"Host": host})
+        response = conn.getresponse()
+        body = response.read().decode()
+        if response.status == 200:
+            break
+    except OSError:
+        pass
+    time.sleep(0.2)
+print(f"  https://{host}:{https_port}/ -> {response.status}, {sock.version()},"
+      f" HSTS: {response.getheader('Strict-Transport-Security')}")
+print("  " + body.strip().splitlines()[-1])
+plain = http.client.HTTPConnection("127.0.0.1", http_port, timeout=5)
+plain.request("GET", "/", headers={"Host": host})
+redirect = plain.getresponse()
+print(f"  http://{host}:{http_port}/ -> {redirect.status} {redirect.getheader('Location')}")
+PY
+echo
 "$hangar" audit verify --org demo
 
 cat <<EOF
 
-Hangar is running at $api (log: $demo/server.log).
+Hangar is running at $api (log: $demo/server.log); its edge answers on
+https://127.0.0.1:$edge_https and http://127.0.0.1:$edge_http.
 In another terminal, point the CLI at this demo and try:
 
+  curl --cacert $demo/data/ca.crt --resolve hello.apps.localhost:$edge_https:127.0.0.1 \\
+    https://hello.apps.localhost:$edge_https/
   export HANGAR_CONFIG_DIR=$demo/cli
+  .venv/bin/hangar edge status
+  .venv/bin/hangar certs list --app hello
   .venv/bin/hangar status --app hello
   .venv/bin/hangar releases --app hello
   .venv/bin/hangar deploy --config examples/hello/hangar.toml --strategy immediate
@@ -73,8 +112,10 @@ In another terminal, point the CLI at this demo and try:
   .venv/bin/hangar audit verify --org demo
   .venv/bin/hangar config validate examples/hangar.toml
 
-Ctrl-C stops the server. To remove everything: \`.venv/bin/hangar apps destroy hello --yes\`
-while it runs, then \`umount .demo/agent/bundles; rm -rf .demo\`.
+Ctrl-C stops the server; the machine and the edge keep serving, and a restarted
+server adopts them. To remove everything: \`.venv/bin/hangar apps destroy hello --yes\`
+while it runs, then \`kill \$(cat .demo/agent/edge/haproxy.pid);
+umount .demo/agent/edge .demo/agent/bundles; rm -rf .demo\`.
 EOF
 
 if [ "${DEMO_ONESHOT:-}" = 1 ]; then
