@@ -183,6 +183,11 @@ def test_the_routing_table_routes_only_what_is_declared(
     assert all(s.port == 8080 for s in route.servers)
     # The edge domain's wildcard from the internal CA; the pending name has no certificate yet.
     assert [c.hostname for c in table.certs] == ["*.apps.example.test"]
+    wildcard = table.certs[0]
+    with cp.db.read() as s:
+        assert builder.build(s).certs[0] == wildcard  # kept between builds...
+        soon = dt.datetime.now(dt.UTC) + dt.timedelta(days=61)
+        assert builder.build(s, now=soon).certs[0] != wildcard  # ...and re-issued in time
     # A machine on its way to a new release leaves rotation before it is replaced.
     with cp.db.write() as s:
         row = s.get(App, web.id)

@@ -517,3 +517,35 @@ def test_tls_meets_mozilla_intermediate_and_the_check_can_fail(
         weak.stop()
     assert "ciphers" in issues, issues
     assert "CBC" in issues["ciphers"] or "SHA" in issues["ciphers"]
+
+
+def test_tcp_services_only_on_their_ports(
+    edge: Edge, ca: InternalCA, backends: list[Backend]
+) -> None:
+    """A declared TCP port (TLS terminated here) reaches the machine; nothing else opens."""
+    from hangar.domain.routing import TcpRoute
+
+    port = free_port()
+    table = RoutingTable(
+        http=clinic_table(ca, backends).http,
+        tcp=(TcpRoute("db", port, (Server("m_one", "::1", backends[0].port, True),), tls=True),),
+        certs=(wildcard(ca),),
+    )
+    edge.apply(table)
+    ctx = tls_context(ca)
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    with ctx.wrap_socket(raw, server_hostname=f"db.{DOMAIN}") as tls:
+        tls.sendall(b"GET / HTTP/1.1\r\nHost: db\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := tls.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200") and b'"backend": "one"' in reply
+    # This edge's workers listen on exactly the ports it was asked for.
+    workers, _ = edge._procs()
+    owned = subprocess.run(["ss", "-Htlnp"], capture_output=True, text=True).stdout
+    listening = {
+        int(line.split()[3].rsplit(":", 1)[1])
+        for line in owned.splitlines()
+        if any(f"pid={w}," in line for w in workers)
+    }
+    assert listening == {edge.cfg.http_port, edge.cfg.https_port, edge.cfg.metrics_port, port}

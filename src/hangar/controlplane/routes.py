@@ -60,6 +60,7 @@ class RouteBuilder:
     _keys: dict[tuple[str, bytes], str] = field(default_factory=dict, repr=False)
     _configs: dict[str, AppConfig] = field(default_factory=dict, repr=False)
     _domain_bundle: CertBundle | None = field(default=None, repr=False)
+    _domain_renew_at: dt.datetime | None = field(default=None, repr=False)
 
     def _config(self, release: Release) -> AppConfig:
         cfg = self._configs.get(release.id)
@@ -85,12 +86,13 @@ class RouteBuilder:
         if not self.edge_domain or self.ca is None:
             return None
         bundle = self._domain_bundle
-        if bundle is None:
+        if bundle is None or self._domain_renew_at is None or now >= self._domain_renew_at:
             cert_pem, key_pem = self.ca.issue_server_cert([f"*.{self.edge_domain}"], days=90)
             bundle = CertBundle(
                 f"*.{self.edge_domain}", cert_pem.decode() + self.ca.pem(), key_pem.decode()
             )
             self._domain_bundle = bundle
+            self._domain_renew_at = now + dt.timedelta(days=60)
         return bundle
 
     def build(self, session: Session, now: dt.datetime | None = None) -> RoutingTable:
