@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import ssl
 import subprocess
 import tempfile
@@ -282,3 +283,77 @@ def test_a_second_host_joins_runs_machines_renews_and_leaves(installation: Insta
         assert not any((inst.root / "b/state/machines").iterdir())
     finally:
         stop(agent_b)
+
+
+def test_an_edge_host_serves_apps_with_the_tables_it_is_given(installation: Installation) -> None:
+    """A host joined as an edge runs HAProxy from the table the control plane seals to it."""
+    from tests.e2e.test_edge_flow import EdgeConnection
+
+    inst = installation
+    srv, tmp = inst.srv, inst.tmp
+    local = next(iter(hosts(srv)))
+    srv.cli("hosts", "cordon", local)
+    made = srv.json("hosts", "join-token", "--name", "edge-b", "--edge", "--expires", "5m")
+    https_port, http_port = free_port(), free_port()
+    agent_b = start_agent(
+        inst,
+        inst.root / "b",
+        "--api",
+        srv.api,
+        "--join",
+        str(made["token"]),  # type: ignore[index]
+        "--edge",
+        "--edge-listen-host",
+        "127.0.0.1",
+        "--edge-http-port",
+        str(http_port),
+        "--edge-https-port",
+        str(https_port),
+        "--edge-metrics-port",
+        "0",
+    )
+    try:
+        wait_for("edge-b to join", lambda: "edge-b" in hosts(srv))
+        assert hosts(srv)["edge-b"]["edge"] is True
+        out = srv.cli("deploy", "--config", str(write_config(tmp, "good.toml")))
+        assert "Release v1 is live." in out.stdout
+        (machine,) = srv.json("machines", "list", "--app", "hello")  # type: ignore[misc]
+        assert machine["host"] == "edge-b"
+        ctx = ssl.create_default_context(cafile=str(srv.data_dir / "ca.crt"))
+
+        def served() -> bool:
+            conn = EdgeConnection("hello.apps.localhost", https_port, ctx)
+            try:
+                conn.request("GET", "/", headers={"Host": "hello.apps.localhost"})
+                response = conn.getresponse()
+                return response.status == 200 and b"Hello from Hangar" in response.read()
+            except OSError:
+                return False
+            finally:
+                conn.close()
+
+        wait_for("edge-b to serve the app", served)
+        # Its keys sit only on its tmpfs.
+        mounts = Path("/proc/self/mounts").read_text()
+        assert f" {inst.root / 'b/edge'} tmpfs " in mounts
+    finally:
+        srv.cli("apps", "destroy", "hello", "--yes", check=False)
+        machines = inst.root / "b/state/machines"
+        deadline = time.monotonic() + 30
+        while machines.exists() and any(machines.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        agent_b.send_signal(signal.SIGTERM)
+        agent_b.wait(timeout=30)
+        srv.cli("hosts", "uncordon", local)
+        # Whatever a failed test left on edge-b goes too.
+        runc_root = inst.root / "b/state/runc"
+        for left in (inst.root / "b/state/machines").glob("*"):
+            subprocess.run(
+                ["runc", "--root", str(runc_root), "delete", "--force", left.name],
+                capture_output=True,
+            )
+        pidfile = inst.root / "b/edge/haproxy.pid"
+        if pidfile.exists():
+            subprocess.run(["kill", pidfile.read_text().split()[0]], capture_output=True)
+            time.sleep(0.5)
+        subprocess.run(["umount", str(inst.root / "b/edge")], capture_output=True)

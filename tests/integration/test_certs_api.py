@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from acme import messages
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -15,6 +16,7 @@ from hangar.controlplane.machines import create_machine, create_release, registe
 from hangar.controlplane.routes import RouteBuilder
 from hangar.controlplane.state import ControlPlane
 from hangar.crypto.ca import InternalCA
+from hangar.errors import IntegrityError
 from hangar.store.tables import AcmeChallenge, App, AuditEvent, Certificate, Machine
 from tests.conftest import Installation, bearer, mint_token
 
@@ -299,3 +301,52 @@ def test_destroying_an_app_frees_its_names(
     api.post("/v1/apps", headers=h, json={"name": "next"})
     again = api.post("/v1/apps/next/certs", headers=h, json={"hostname": "clinic.example.com"})
     assert again.status_code == 201
+
+
+def test_only_edge_hosts_get_the_routing_table_and_keys_come_sealed(
+    api: TestClient, installation: Installation, control_plane: ControlPlane
+) -> None:
+    from fastapi import FastAPI
+
+    from hangar.api.app import create_agent_app
+    from hangar.crypto.secretbox import Opener
+    from hangar.domain.routing import RoutingTable, edge_seal_context
+    from tests.integration.test_hosts import _as_host, _join, _join_token
+
+    h = installation.headers
+    api.post("/v1/apps", headers=h, json={"name": "web"})
+    _app_with_release(control_plane, "web", WITH_SERVICE.format(app="web", port=8080))
+    chain, key, _ = _bundle("clinic.example.com")
+    api.put(
+        "/v1/apps/web/certs/clinic.example.com",
+        headers=h,
+        json={"fullchain": chain, "private_key": key},
+    )
+    worker = _join(api, _join_token(api, h), name="worker-1").json()
+    made = api.post("/v1/hosts/join-tokens", headers=h, json={"edge": True})
+    assert made.status_code == 201 and made.json()["edge"] is True
+    edge = _join(api, made.json()["token"], name="edge-1").json()
+    hosts = {x["name"]: x["edge"] for x in api.get("/v1/hosts", headers=h).json()}
+    assert hosts == {"worker-1": False, "edge-1": True}
+    agents: FastAPI = create_agent_app(control_plane)
+    key_line = key.split("-----")[2].strip().splitlines()[0]
+    with TestClient(_as_host(agents, worker["certificate"]), raise_server_exceptions=False) as w:
+        refused = w.post("/agent/v1/routes", json={"public_key": Opener().public_b64()})
+        assert refused.status_code == 403 and "not an edge host" in refused.text
+    with TestClient(_as_host(agents, edge["certificate"]), raise_server_exceptions=False) as e:
+        opener = Opener()
+        got = e.post("/agent/v1/routes", json={"public_key": opener.public_b64()})
+        assert got.status_code == 200, got.text
+        assert key_line not in got.text and "PRIVATE KEY" not in got.text
+        table = RoutingTable.from_json(got.json()["table"])
+        assert [r.app for r in table.http] == ["web"]
+        keys = opener.open(got.json()["keys"], edge_seal_context(edge["host_id"]))
+        assert keys["clinic.example.com"] == key
+        # Sealed to that host alone: opened as another host's, it fails.
+        with pytest.raises(IntegrityError):
+            opener.open(got.json()["keys"], edge_seal_context(worker["host_id"]))
+    with control_plane.db.read() as s:
+        denied = s.execute(
+            select(AuditEvent).where(AuditEvent.action == "edge.routes")
+        ).scalar_one()
+        assert denied.outcome == "denied" and denied.target == "worker-1"

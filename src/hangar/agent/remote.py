@@ -24,7 +24,7 @@ import ssl
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -41,6 +41,8 @@ from hangar.crypto.ca import write_private
 from hangar.crypto.hostcert import certificate_window, csr_for, new_host_key, pin_matches
 from hangar.crypto.secretbox import Opener
 from hangar.domain.jointoken import parse_join_token
+from hangar.domain.routing import RoutingTable, edge_seal_context
+from hangar.edge.haproxy import Edge, EdgeConfig
 from hangar.errors import ApiError, ConfigError, HangarError, IntegrityError
 
 __all__ = ["ApiLink", "Identity", "join", "run_agent"]
@@ -322,6 +324,22 @@ class ApiLink:
         write_index(layout, manifest)
         return ImageRef("oci", path=layout)
 
+    def routes(self) -> RoutingTable:
+        """The routing table for this edge host, its keys opened from their seal."""
+        opener = Opener()
+        body = self._call(
+            "POST", "/agent/v1/routes", json={"public_key": opener.public_b64()}
+        ).json()
+        keys = opener.open(body["keys"], edge_seal_context(self.identity.host_id))
+        table = RoutingTable.from_json(body["table"])
+        certs = tuple(replace(c, key_pem=keys.get(c.hostname, "")) for c in table.certs)
+        # This host forwards ACME challenges to the public API it knows.
+        api = urlsplit(self.identity.api_url)
+        port = api.port or 443
+        host = api.hostname or "localhost"
+        responder = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return replace(table, certs=certs, acme_responder=responder)
+
     def fetch_secrets(self, want: Assignment) -> dict[str, str]:
         """The starting machine's secrets, sealed to a key made for this one request."""
         opener = Opener()
@@ -361,6 +379,7 @@ def run_agent(
     *,
     poll_seconds: float = 2.0,
     stop: threading.Event | None = None,
+    edge: EdgeConfig | None = None,
 ) -> int:
     """Run this host's machines until SIGTERM/SIGINT (machines keep running after)."""
     stop = stop or threading.Event()
@@ -380,7 +399,21 @@ def run_agent(
         image_source=link.fetch_image,
         secret_source=link.fetch_secrets,
     )
-    agent = Agent(link, reconciler, identity.host_id)
+    if edge is not None:
+        api_host = urlsplit(identity.api_url).hostname or "localhost"
+        edge = replace(
+            edge,
+            directory=agent_dir / "edge",
+            acme_ca_file=identity.ca_file,
+            acme_verify_name=api_host,
+        )
+    agent = Agent(
+        link,
+        reconciler,
+        identity.host_id,
+        edge=Edge(edge) if edge is not None else None,
+        routes=link.routes if edge is not None else None,
+    )
     log.info(
         "agent for host %s (%s) talking to %s", identity.name, identity.host_id, identity.agent_url
     )

@@ -43,6 +43,18 @@ def run(
         float, typer.Option(help="seconds to wait for new assignments before looking again")
     ] = 2.0,
     log_level: Annotated[str, typer.Option(help="critical|error|warning|info|debug")] = "info",
+    edge: Annotated[
+        bool,
+        typer.Option(
+            "--edge", help="also run an edge (HAProxy) here; the host must have joined as one"
+        ),
+    ] = False,
+    edge_listen_host: Annotated[str, typer.Option(help="address the edge listens on")] = "::",
+    edge_http_port: Annotated[int, typer.Option(help="the edge's HTTP port")] = 80,
+    edge_https_port: Annotated[int, typer.Option(help="the edge's HTTPS port")] = 443,
+    edge_metrics_port: Annotated[
+        int, typer.Option(help="Prometheus exporter on 127.0.0.1 (0: none)")
+    ] = 8405,
 ) -> None:
     """Join (the first time, with --api and --join) and run this host's machines.
 
@@ -70,4 +82,15 @@ def run(
         typer.echo(f"Joined as host {identity.name} ({identity.host_id}).")
     elif join_token:
         typer.echo(f"Already joined as host {identity.name}; ignoring --join.", err=True)
-    raise typer.Exit(run_agent(identity, agent_dir, poll_seconds=poll))
+    edge_config = None
+    if edge:
+        from hangar.edge.haproxy import EdgeConfig
+
+        edge_config = EdgeConfig(
+            directory=agent_dir / "edge",
+            bind_host=edge_listen_host,
+            http_port=edge_http_port,
+            https_port=edge_https_port,
+            metrics_port=edge_metrics_port,
+        )
+    raise typer.Exit(run_agent(identity, agent_dir, poll_seconds=poll, edge=edge_config))

@@ -70,6 +70,9 @@ def join_token(
     name: Annotated[str | None, typer.Option(help="the name the new host must take")] = None,
     region: Annotated[str, typer.Option(help="the new host's region")] = "local",
     expires: Annotated[str, typer.Option(help="how long the token lasts (30s to 24h)")] = "15m",
+    edge: Annotated[
+        bool, typer.Option("--edge", help="the host may run an edge (it is given TLS keys)")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """A one-time token for a new host: `hangar agent run --api URL --join TOKEN`."""
@@ -77,7 +80,7 @@ def join_token(
     data = client(ctx).request(
         "POST",
         "/v1/hosts/join-tokens",
-        json={"name": name, "region": region, "expires_in": seconds},
+        json={"name": name, "region": region, "expires_in": seconds, "edge": edge},
     )
     if json_out:
         emit(data)
@@ -86,7 +89,7 @@ def join_token(
     typer.echo(f"  {data['token']}\n")
     typer.echo("On the new host, as root:")
     api = client(ctx).settings.api_url
-    typer.echo(f"  hangar agent run --api {api} --join <token>")
+    typer.echo(f"  hangar agent run --api {api} --join <token>" + (" --edge" if edge else ""))
 
 
 @app.command()

@@ -68,6 +68,7 @@ def make_join_token(
     region: str,
     ttl: dt.timedelta,
     actor: str,
+    edge: bool = False,
 ) -> tuple[JoinToken, str]:
     """A new one-time join token: its row, and its text (shown once, never stored)."""
     if name is not None:
@@ -88,6 +89,7 @@ def make_join_token(
         expires_at=now + ttl,
         used_at=None,
         host_id=None,
+        edge=edge,
     )
     session.add(row)
     session.flush()
@@ -141,6 +143,7 @@ def redeem_join_token(
         memory_mb=memory_mb,
         created_at=now,
         last_seen=now,
+        edge=row.edge,
     )
     issued = IssuedCert(ca.issue_host_cert(csr_pem.encode(), host.id, lifetime=lifetime))
     host.cert_serial = issued.serial

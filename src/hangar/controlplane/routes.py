@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from hangar.config.appconfig import AppConfig
+from hangar.config.settings import ServerSettings
 from hangar.controlplane.machines import release_config
 from hangar.crypto.ca import InternalCA
 from hangar.crypto.keyring import Keyring
@@ -37,7 +38,7 @@ from hangar.domain.routing import (
 from hangar.errors import HangarError
 from hangar.store.tables import App, Certificate, Machine, Release
 
-__all__ = ["RouteBuilder", "cert_key_purpose"]
+__all__ = ["RouteBuilder", "api_address", "cert_key_purpose", "route_builder"]
 
 log = logging.getLogger("hangar.routes")
 
@@ -46,6 +47,26 @@ LIVE_RELEASES = ("complete", "running")
 
 def cert_key_purpose(cert_id: str) -> str:
     return f"edge-cert-key:{cert_id}"
+
+
+def api_address(listen_host: str, listen_port: int) -> str:
+    """``host:port`` where this host reaches its own API (the edge forwards ACME there)."""
+    wildcard = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104
+    host = wildcard.get(listen_host, listen_host)
+    return f"[{host}]:{listen_port}" if ":" in host else f"{host}:{listen_port}"
+
+
+def route_builder(keyring: Keyring, ca: InternalCA, settings: ServerSettings) -> RouteBuilder:
+    """The builder the server's settings call for (edge domain, ports no app may take)."""
+    reserved = {settings.edge_http_port, settings.edge_https_port, settings.listen_port}
+    reserved |= {p for p in (settings.edge_metrics_port, settings.agent_listen_port) if p}
+    return RouteBuilder(
+        keyring=keyring,
+        ca=ca,
+        edge_domain=settings.edge_domain,
+        acme_responder=api_address(settings.listen_host, settings.listen_port),
+        reserved_ports=frozenset(reserved),
+    )
 
 
 @dataclass

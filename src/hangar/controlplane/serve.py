@@ -33,7 +33,7 @@ from hangar.config.settings import ServerSettings
 from hangar.controlplane.acme import Issuer
 from hangar.controlplane.deployer import step_all
 from hangar.controlplane.machines import register_local_host
-from hangar.controlplane.routes import RouteBuilder
+from hangar.controlplane.routes import route_builder
 from hangar.controlplane.secrets import deliver
 from hangar.controlplane.state import ControlPlane
 from hangar.domain.routing import RoutingTable
@@ -172,26 +172,6 @@ def local_agent(cp: ControlPlane) -> LocalAgent:
     return LocalAgent(cp.db, reconciler, host.id, edge=edge, routes=routes)
 
 
-def _api_address(settings: ServerSettings) -> str:
-    """Where this host reaches its own API: what the edge forwards ACME challenges to."""
-    wildcard = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104
-    host = wildcard.get(settings.listen_host, settings.listen_host)
-    return f"[{host}]:{settings.listen_port}" if ":" in host else f"{host}:{settings.listen_port}"
-
-
-def route_builder(cp: ControlPlane) -> RouteBuilder:
-    settings = cp.settings
-    reserved = {settings.edge_http_port, settings.edge_https_port, settings.listen_port}
-    reserved |= {p for p in (settings.edge_metrics_port, settings.agent_listen_port) if p}
-    return RouteBuilder(
-        keyring=cp.keyring,
-        ca=cp.ca,
-        edge_domain=settings.edge_domain,
-        acme_responder=_api_address(settings),
-        reserved_ports=frozenset(reserved),
-    )
-
-
 def local_edge(cp: ControlPlane) -> tuple[Edge, Callable[[], RoutingTable]]:
     """This host's edge, fed from the store in-process."""
     settings = cp.settings
@@ -212,7 +192,7 @@ def local_edge(cp: ControlPlane) -> tuple[Edge, Callable[[], RoutingTable]]:
             acme_verify_name="localhost" if "localhost" in names else (names or ["localhost"])[0],
         )
     )
-    builder = route_builder(cp)
+    builder = route_builder(cp.keyring, cp.ca, settings)
 
     def routes() -> RoutingTable:
         with cp.db.read() as session:
@@ -255,6 +235,7 @@ def serve(settings: ServerSettings) -> None:
     if settings.agent_listen_port:
         agent_app = create_agent_app(cp)
         agent_app.state.wake = loops.wake
+        agent_app.state.route_builder = route_builder(cp.keyring, cp.ca, settings)
         agents = _Secondary(
             _tls_config(
                 agent_app,

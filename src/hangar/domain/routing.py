@@ -28,6 +28,7 @@ __all__ = [
     "RoutingTable",
     "Server",
     "TcpRoute",
+    "edge_seal_context",
     "hsts_header",
     "validate_hostname",
 ]
@@ -173,6 +174,11 @@ class RoutingTable:
             )
         except (TypeError, KeyError, AttributeError) as exc:
             raise ValidationError(f"malformed routing table: {exc}") from exc
+
+
+def edge_seal_context(host_id: str) -> str:
+    """What binds a routing table's sealed keys to the edge host they were sealed for."""
+    return f"edge:{host_id}"
 
 
 def http_backend(app: str) -> str:

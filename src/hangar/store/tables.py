@@ -208,6 +208,8 @@ class Host(Base):
     cert_serial: Mapped[str | None] = mapped_column(String(40))
     prev_cert_serial: Mapped[str | None] = mapped_column(String(40))
     cert_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # An edge host runs HAProxy and is given the routing table, with keys.
+    edge: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
 
 
 class JoinToken(Base):
@@ -226,6 +228,7 @@ class JoinToken(Base):
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     host_id: Mapped[str | None] = mapped_column(String(32))
+    edge: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
 
 
 class Release(Base):

@@ -29,9 +29,11 @@ from hangar.api.loops import wake_loops
 from hangar.controlplane.hostlink import apply_report, assignments_version, host_assignments
 from hangar.controlplane.hosts import renew_host_cert
 from hangar.controlplane.logstore import LogStore
+from hangar.controlplane.routes import route_builder
 from hangar.controlplane.secrets import deliver
 from hangar.crypto.secretbox import seal
-from hangar.errors import Conflict, IntegrityError, NotFound, ValidationError
+from hangar.domain.routing import edge_seal_context
+from hangar.errors import Conflict, IntegrityError, NotFound, PermissionDenied, ValidationError
 from hangar.store.tables import Machine
 
 router = GuardedRouter(prefix="/agent/v1", tags=["agent"])
@@ -276,3 +278,44 @@ def machine_secrets(
         cp.db, cp.keyring, cp.audit, access.ctx, host_id=access.host.id, machine_id=machine_id
     )
     return SealedOut(**seal(values, body.public_key, machine_id))
+
+
+class RoutesOut(BaseModel):
+    table: dict[str, Any] = Field(description="the routing table, certificate keys left out")
+    keys: SealedOut = Field(description="{host name: key PEM}, sealed to the one-time key")
+
+
+@router.post(
+    "/routes",
+    response_model=RoutesOut,
+    summary="The routing table, for an edge host; certificate keys sealed to it",
+)
+def routes(body: DeliveryIn, request: Request, access: Annotated[HostAccess, HOST]) -> RoutesOut:
+    cp = access.cp
+    if not access.host.edge:
+        # Only edge hosts hold tenants' TLS keys; a machine host asking is suspect.
+        with cp.db.write() as session:
+            cp.audit.record(
+                session,
+                access.ctx,
+                org_id=None,
+                action="edge.routes",
+                target=access.host.name,
+                outcome="denied",
+                detail={"reason": "not an edge host"},
+            )
+        raise PermissionDenied(
+            f"host {access.host.name} is not an edge host",
+            hint="join it with a token from `hangar hosts join-token --edge`",
+        )
+    builder = getattr(request.app.state, "route_builder", None)
+    if builder is None:
+        builder = request.app.state.route_builder = route_builder(cp.keyring, cp.ca, cp.settings)
+    with cp.db.read() as session:
+        table = builder.build(session)
+    keys = {c.hostname: c.key_pem for c in table.certs}
+    plain = table.to_json()
+    for cert in plain["certs"]:
+        cert["key_pem"] = ""
+    sealed = seal(keys, body.public_key, edge_seal_context(access.host.id))
+    return RoutesOut(table=plain, keys=SealedOut(**sealed))

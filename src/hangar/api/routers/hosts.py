@@ -27,6 +27,7 @@ class HostOut(BaseModel):
     number: int
     machines: int
     memory_mb: int
+    edge: bool
     created_at: dt.datetime
     last_seen: dt.datetime | None
 
@@ -53,6 +54,7 @@ def _hosts(access: Access, name: str | None = None) -> list[HostOut]:
             number=h.number,
             machines=n or 0,
             memory_mb=h.memory_mb,
+            edge=h.edge,
             created_at=h.created_at,
             last_seen=h.last_seen,
         )
@@ -105,6 +107,7 @@ class JoinTokenIn(BaseModel):
     name: str | None = Field(default=None, max_length=63)
     region: str = Field(default="local", pattern=r"^[a-z][a-z0-9-]{0,31}$")
     expires_in: int = Field(default=900, ge=30, le=86400, description="seconds")
+    edge: bool = Field(default=False, description="the host runs an edge (gets TLS keys)")
 
 
 class JoinTokenOut(BaseModel):
@@ -113,6 +116,7 @@ class JoinTokenOut(BaseModel):
     name: str | None
     region: str
     expires_at: dt.datetime
+    edge: bool
 
 
 @router.post(
@@ -134,6 +138,7 @@ def create_join_token(
             region=body.region,
             ttl=dt.timedelta(seconds=body.expires_in),
             actor=access.principal.email,
+            edge=body.edge,
         )
         access.cp.audit.record(
             session,
@@ -141,10 +146,20 @@ def create_join_token(
             org_id=None,
             action="host.join_token",
             target=row.id,
-            detail={"name": body.name, "region": body.region, "expires_in": body.expires_in},
+            detail={
+                "name": body.name,
+                "region": body.region,
+                "expires_in": body.expires_in,
+                "edge": body.edge,
+            },
         )
     return JoinTokenOut(
-        id=row.id, token=token, name=row.name, region=row.region, expires_at=row.expires_at
+        id=row.id,
+        token=token,
+        name=row.name,
+        region=row.region,
+        expires_at=row.expires_at,
+        edge=row.edge,
     )
 
 
