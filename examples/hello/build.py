@@ -18,7 +18,10 @@ from pathlib import Path
 from hangar.agent.oci import build_layout, layer_tar
 
 HERE = Path(__file__).resolve().parent
-APPLETS = ["sh", "httpd", "cat", "echo", "ls", "sleep", "id", "ps", "wget", "env", "hostname"]
+APPLETS = [
+    *("sh", "httpd", "cat", "echo", "ls", "sleep", "id", "ps", "wget", "env", "hostname"),
+    *("cp", "mkdir", "rm", "test"),
+]
 PAGE = b"""<!doctype html>
 <title>Hello from Hangar</title>
 <h1>Hello from Hangar</h1>
@@ -48,12 +51,14 @@ def build(output: Path) -> str:
     busybox = shutil.which("busybox") or "/bin/busybox"
     if not Path(busybox).exists():
         raise SystemExit("busybox is not installed: apt-get install busybox-static")
-    entries: list[object] = [_dir(d) for d in ("bin", "etc", "proc", "sys", "dev", "tmp",
-                                              "run", "www")]
+    entries: list[object] = [_dir(d) for d in ("bin", "etc", "proc", "sys", "dev", "run", "www")]
+    # runc gives a tmpfs the mode of the directory it covers: /tmp must be 1777.
+    entries.append(_dir("tmp", 0o1777))
     entries.append((_file("bin/busybox", 0o755), Path(busybox).read_bytes()))
     entries += [_link(f"bin/{applet}", "busybox") for applet in APPLETS]
-    entries.append((_file("etc/passwd"), b"root:x:0:0:root:/root:/bin/sh\n"
-                                         b"app:x:1000:1000:app:/www:/bin/sh\n"))
+    entries.append(
+        (_file("etc/passwd"), b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/www:/bin/sh\n")
+    )
     entries.append((_file("etc/group"), b"root:x:0:\napp:x:1000:\n"))
     entries.append((_file("www/index.html"), PAGE))
     entries.append((_file("www/healthz"), b"ok\n"))

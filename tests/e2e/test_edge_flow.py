@@ -375,7 +375,23 @@ def test_a_failing_machine_leaves_rotation_and_returns(edge: Edge) -> None:
         "-c",
         "mkdir -p /tmp/www && cp /www/* /tmp/www/ && exec httpd -f -p 8080 -h /tmp/www",
     )
-    wait_for("the updated machine back in rotation", lambda: victim in in_rotation(edge, "hello"))
+
+    def serving_from_tmp() -> bool:
+        probe = srv.cli(
+            "machines",
+            "exec",
+            victim,
+            "--app",
+            "hello",
+            "--",
+            "test",
+            "-f",
+            "/tmp/www/healthz",
+            check=False,
+        )
+        return probe.returncode == 0 and victim in in_rotation(edge, "hello")
+
+    wait_for("the updated machine back in rotation", serving_from_tmp)
     srv.cli("machines", "exec", victim, "--app", "hello", "--", "rm", "/tmp/www/healthz")
     broke = time.monotonic()
     wait_for(
