@@ -20,7 +20,7 @@ from hangar.agent.oci import build_layout, layer_tar
 HERE = Path(__file__).resolve().parent
 APPLETS = [
     *("sh", "httpd", "cat", "echo", "ls", "sleep", "id", "ps", "wget", "env", "hostname"),
-    *("cp", "mkdir", "rm", "test"),
+    *("cp", "mkdir", "rm", "test", "timeout"),
 ]
 PAGE = b"""<!doctype html>
 <title>Hello from Hangar</title>

@@ -51,6 +51,7 @@ class Assignment:
     generation: int = 0
     image_digest: str | None = None  # the manifest digest the release pinned
     files: dict[str, str] = field(default_factory=dict)  # guest path -> secret name
+    egress: bool = True  # may reach beyond its private network
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

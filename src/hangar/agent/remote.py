@@ -44,6 +44,7 @@ from hangar.domain.jointoken import parse_join_token
 from hangar.domain.routing import RoutingTable, edge_seal_context
 from hangar.edge.haproxy import Edge, EdgeConfig
 from hangar.errors import ApiError, ConfigError, HangarError, IntegrityError
+from hangar.net.nftables import Firewall
 
 __all__ = ["ApiLink", "Identity", "join", "run_agent"]
 
@@ -380,6 +381,7 @@ def run_agent(
     poll_seconds: float = 2.0,
     stop: threading.Event | None = None,
     edge: EdgeConfig | None = None,
+    firewall: bool = True,
 ) -> int:
     """Run this host's machines until SIGTERM/SIGINT (machines keep running after)."""
     stop = stop or threading.Event()
@@ -413,6 +415,7 @@ def run_agent(
         identity.host_id,
         edge=Edge(edge) if edge is not None else None,
         routes=link.routes if edge is not None else None,
+        firewall=Firewall(agent_dir / "state" / "nftables") if firewall else None,
     )
     log.info(
         "agent for host %s (%s) talking to %s", identity.name, identity.host_id, identity.agent_url

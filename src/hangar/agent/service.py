@@ -13,6 +13,7 @@ host's: it long-polls the control plane over mutual TLS.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -27,6 +28,7 @@ from hangar.store.db import Database
 
 if TYPE_CHECKING:
     from hangar.edge.haproxy import Edge
+    from hangar.net.nftables import Firewall
 
 __all__ = ["Agent", "Link", "LocalAgent", "StoreLink", "host_memory_mb"]
 
@@ -80,12 +82,44 @@ class Agent:
         *,
         edge: Edge | None = None,
         routes: Callable[[], RoutingTable] | None = None,
+        firewall: Firewall | None = None,
     ) -> None:
         self.link = link
         self.reconciler = reconciler
         self.host_id = host_id
         self.edge = edge
         self.routes = routes
+        self.firewall = firewall
+        self._installation: ipaddress.IPv6Network | None = None
+
+    def apply_firewall(self, assignments: list[Assignment]) -> None:
+        """This host's nftables table for the machines it should run; raises if refused.
+
+        Applied before the reconciler starts anything, so a machine's interface
+        is filtered from its first packet.
+        """
+        if self.firewall is None:
+            return
+        from hangar.net.netns import names
+        from hangar.net.nftables import FirewallSpec, MachineRule, table_name
+
+        rules = []
+        for want in assignments:
+            if want.address is None or want.state == "destroyed":
+                continue
+            address = ipaddress.IPv6Address(want.address)
+            if self._installation is None:
+                self._installation = ipaddress.IPv6Network((int(address) >> 96 << 96, 32))
+            rules.append(MachineRule(names(want.machine_id)[0], address, want.egress))
+        if self._installation is None:
+            return  # no machine has ever been assigned here: nothing to protect
+        self.firewall.apply(
+            FirewallSpec(
+                table=table_name(self.host_id),
+                installation=self._installation,
+                machines=tuple(rules),
+            )
+        )
 
     def apply_edge(self) -> None:
         """Bring this host's edge up to the routing table; a failure keeps the old one."""
@@ -101,7 +135,10 @@ class Agent:
         assignments = self.link.assignments(wait)
         if wait > 0:
             now = time.time()  # the link may have waited for a change
-        # The edge first: a machine about to be replaced leaves rotation before
+        # A machine's filter exists before the machine does; a ruleset the kernel
+        # refuses leaves the old one in force and starts nothing new this round.
+        self.apply_firewall(assignments)
+        # The edge next: a machine about to be replaced leaves rotation before
         # the reconciler stops it.
         self.apply_edge()
         outcomes = self.reconciler.reconcile(assignments, now)
@@ -129,5 +166,8 @@ class LocalAgent(Agent):
         *,
         edge: Edge | None = None,
         routes: Callable[[], RoutingTable] | None = None,
+        firewall: Firewall | None = None,
     ) -> None:
-        super().__init__(StoreLink(db, host_id), reconciler, host_id, edge=edge, routes=routes)
+        super().__init__(
+            StoreLink(db, host_id), reconciler, host_id, edge=edge, routes=routes, firewall=firewall
+        )

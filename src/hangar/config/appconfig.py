@@ -189,6 +189,12 @@ class Metrics(_Model):
     path: str = Field(default="/metrics", pattern=r"^/")
 
 
+class NetworkConfig(_Model):
+    """``[network]``: how the app's machines reach beyond their private network."""
+
+    egress: bool = True  # outbound connections to the internet, through NAT
+
+
 class Build(_Model):
     image: str | None = None
 
@@ -205,6 +211,7 @@ class AppConfig(_Model):
     checks: dict[str, NamedCheck] = {}
     mounts: list[Mount] = []
     files: list[SecretFile] = []
+    network: NetworkConfig = NetworkConfig()
     deploy: Deploy = Deploy()
     vm: list[Vm] = []
     restart: list[Restart] = []

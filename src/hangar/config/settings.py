@@ -58,6 +58,8 @@ class ServerSettings(BaseModel):
     # Registries (host:port) copied from without TLS verification: for a test
     # registry on loopback only.
     insecure_registries: list[str] = []
+    # Isolate this host's machines with nftables (off only to debug a host).
+    firewall: bool = True
     # The edge (HAProxy) on this host: where it listens, and the domain under
     # which every app answers as <app>.<edge_domain>.
     edge: bool = True

@@ -104,6 +104,7 @@ def assignment_for(machine: Machine, app: App, release: Release | None) -> Assig
         generation=machine.generation,
         image_digest=machine.image_digest if machine.image else image_digest,
         files={f.guest_path: f.secret_name for f in cfg.files},
+        egress=cfg.network.egress,
     )
 
 

@@ -39,6 +39,7 @@ from hangar.controlplane.state import ControlPlane
 from hangar.domain.routing import RoutingTable
 from hangar.edge.haproxy import Edge, EdgeConfig
 from hangar.errors import ConfigError
+from hangar.net.nftables import Firewall
 
 log = logging.getLogger("hangar.server")
 
@@ -169,7 +170,15 @@ def local_agent(cp: ControlPlane) -> LocalAgent:
 
     reconciler = Reconciler(runtime, images, root / "state", secret_source=secrets_for)
     edge, routes = local_edge(cp) if settings.edge else (None, None)
-    return LocalAgent(cp.db, reconciler, host.id, edge=edge, routes=routes)
+    firewall = None
+    if settings.firewall:
+        if shutil.which("nft") is None:
+            raise ConfigError(
+                "machines are isolated with nftables, which is not installed",
+                hint="apt-get install nftables",
+            )
+        firewall = Firewall(root / "state" / "nftables")
+    return LocalAgent(cp.db, reconciler, host.id, edge=edge, routes=routes, firewall=firewall)
 
 
 def local_edge(cp: ControlPlane) -> tuple[Edge, Callable[[], RoutingTable]]:
