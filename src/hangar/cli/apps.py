@@ -12,13 +12,31 @@ from hangar.cli.output import confirm, emit, table
 app = typer.Typer(name="apps", help="Apps: what you deploy.", no_args_is_help=True)
 
 Name = Annotated[str, typer.Argument(help="app name (a DNS label, unique per installation)")]
-COLUMNS = [("name", "NAME"), ("org", "ORG"), ("id", "ID"), ("created_at", "CREATED")]
+COLUMNS = [
+    ("name", "NAME"),
+    ("org", "ORG"),
+    ("network", "NETWORK"),
+    ("id", "ID"),
+    ("created_at", "CREATED"),
+]
 
 
 @app.command()
-def create(ctx: typer.Context, name: Name, org: OrgOpt = None, json_out: JsonOpt = False) -> None:
+def create(
+    ctx: typer.Context,
+    name: Name,
+    org: OrgOpt = None,
+    network: Annotated[
+        str,
+        typer.Option(
+            help="the organization's private network to join; machines reach only their own"
+        ),
+    ] = "default",
+    json_out: JsonOpt = False,
+) -> None:
     """Create an app in an organization (the only one you belong to, or --org)."""
-    data = client(ctx).request("POST", "/v1/apps", json={"name": name, "org": org})
+    body = {"name": name, "org": org, "network": network}
+    data = client(ctx).request("POST", "/v1/apps", json=body)
     emit(data) if json_out else typer.echo(f"Created app {data['name']} in {data['org']}.")
 
 

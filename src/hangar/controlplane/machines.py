@@ -127,7 +127,7 @@ def _place(session: Session, region: str | None, memory_mb: int) -> Host:
 
 
 def _address(session: Session, app: App, host: Host) -> str:
-    network = org_network(session, app.org_id)
+    network = org_network(session, app.org_id, app.network)
     slice_ = addressing.host_slice(
         addressing.network_prefix(installation_prefix(session), network.number), host.number
     )

@@ -113,6 +113,8 @@ class App(Base):
     name: Mapped[str] = mapped_column(String(63), unique=True)
     created_by: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    # The organization's private network its machines join ("default": the org's own).
+    network: Mapped[str] = mapped_column(String(63), default="default", server_default="default")
 
 
 class RootKey(Base):

@@ -13,6 +13,7 @@ from hangar.api.guard import Access, GuardedRouter, requires
 from hangar.api.pagination import Limit, Page, decode_cursor, page_of
 from hangar.auth.rbac import Permission
 from hangar.auth.tokens import new_id
+from hangar.controlplane.machines import org_network
 from hangar.domain.names import validate_dns_label
 from hangar.errors import Conflict, NotFound, ValidationError
 from hangar.store.tables import App, AppKey, Certificate, Machine, Org, Release, Secret
@@ -23,7 +24,7 @@ router = GuardedRouter(prefix="/v1/apps", tags=["apps"])
 # Built once: listing apps is the hottest read, and building a statement per
 # request costs more than running it.
 _LIST = (
-    select(App.id, App.name, Org.name, App.created_at)
+    select(App.id, App.name, Org.name, App.created_at, App.network)
     .join(Org, Org.id == App.org_id)
     .where(App.org_id.in_(bindparam("orgs", expanding=True)), App.name > bindparam("after"))
     .order_by(App.name)
@@ -37,12 +38,20 @@ class AppOut(BaseModel):
     name: str
     org: str
     created_at: dt.datetime
+    network: str = Field(description="the private network its machines join")
 
 
 class AppCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=63)
     org: str | None = Field(default=None, min_length=1, max_length=63)
+    network: str = Field(
+        default="default",
+        min_length=1,
+        max_length=63,
+        description="a private network of the organization (made on first use); its machines"
+        " reach only machines of the same network",
+    )
 
 
 def _resolve_org(access: Access, name: str | None) -> Org:
@@ -86,7 +95,10 @@ async def list_apps(
         else:
             rows = conn.execute(_LIST_SOME, {**params, "apps": sorted(apps)}).all()
     return page_of(
-        rows, limit, lambda r: AppOut(id=r[0], name=r[1], org=r[2], created_at=r[3]), lambda r: r[1]
+        rows,
+        limit,
+        lambda r: AppOut(id=r[0], name=r[1], org=r[2], created_at=r[3], network=r[4]),
+        lambda r: r[1],
     )
 
 
@@ -95,6 +107,7 @@ async def create_app(
     body: AppCreate, access: Annotated[Access, requires(Permission.APPS_CREATE)]
 ) -> AppOut:
     name = validate_dns_label(body.name, what="app name")
+    network = validate_dns_label(body.network, what="network name")
     org = _resolve_org(access, body.org)
     access.check(Permission.APPS_CREATE, org=org, shown=f"organization {org.name!r}")
     now = dt.datetime.now(dt.UTC)
@@ -110,10 +123,20 @@ async def create_app(
             name=name,
             created_by=access.principal.user_id,
             created_at=now,
+            network=network,
         )
         session.add(app)
-        access.cp.audit.record(session, access.ctx, org_id=org.id, action="app.create", target=name)
-    return AppOut(id=app.id, name=name, org=org.name, created_at=now)
+        # The network exists (with its address space) from the first app that names it.
+        org_network(session, org.id, network)
+        access.cp.audit.record(
+            session,
+            access.ctx,
+            org_id=org.id,
+            action="app.create",
+            target=name,
+            detail={"network": network},
+        )
+    return AppOut(id=app.id, name=name, org=org.name, created_at=now, network=network)
 
 
 @router.get("/{app}", response_model=AppOut, summary="Show an app")
@@ -124,6 +147,7 @@ def show_app(app: str, access: Annotated[Access, requires(Permission.APPS_READ)]
         name=access.app.name,
         org=access.org.name,
         created_at=access.app.created_at,
+        network=access.app.network,
     )
 
 

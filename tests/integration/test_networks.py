@@ -1,0 +1,63 @@
+"""Private networks through the API: an app joins one; addresses say which."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from hangar.controlplane.machines import create_machine, register_local_host
+from hangar.controlplane.state import ControlPlane
+from hangar.store.tables import App, Network
+from tests.conftest import Installation, bearer, mint_token
+
+
+def _network_of(cp: ControlPlane, app_name: str) -> ipaddress.IPv6Network:
+    with cp.db.write() as s:
+        app = s.execute(select(App).where(App.name == app_name)).scalar_one()
+        machine = create_machine(s, app, 1, "local")
+        address = ipaddress.IPv6Address(machine.address)
+    return ipaddress.IPv6Network((int(address) >> 80 << 80, 48))
+
+
+def test_apps_join_named_networks_and_each_is_its_own_slash_48(
+    api: TestClient, installation: Installation, control_plane: ControlPlane
+) -> None:
+    h = installation.headers
+    with control_plane.db.write() as s:
+        register_local_host(s, name="h1", region="local", memory_mb=8192)
+    made = api.post("/v1/apps", headers=h, json={"name": "clinic-api"})
+    assert made.status_code == 201 and made.json()["network"] == "default"
+    made = api.post("/v1/apps", headers=h, json={"name": "billing-db", "network": "billing"})
+    assert made.status_code == 201 and made.json()["network"] == "billing"
+    api.post("/v1/apps", headers=h, json={"name": "billing-api", "network": "billing"})
+    assert api.get("/v1/apps/billing-db", headers=h).json()["network"] == "billing"
+    listed = {a["name"]: a["network"] for a in api.get("/v1/apps", headers=h).json()["items"]}
+    assert listed == {"clinic-api": "default", "billing-db": "billing", "billing-api": "billing"}
+
+    default, billing = (
+        _network_of(control_plane, "clinic-api"),
+        _network_of(control_plane, "billing-db"),
+    )
+    assert default != billing
+    assert _network_of(control_plane, "billing-api") == billing
+
+    # Another organization's "billing" is another network.
+    api.post("/v1/orgs", headers=h, json={"name": "globex"})
+    api.post(
+        "/v1/orgs/globex/members", headers=h, json={"email": "eve@example.com", "role": "admin"}
+    )
+    eve = bearer(mint_token(control_plane, "eve@example.com", org="globex"))
+    assert (
+        api.post("/v1/apps", headers=eve, json={"name": "evil", "network": "billing"}).status_code
+        == 201
+    )
+    assert _network_of(control_plane, "evil") not in (default, billing)
+    with control_plane.db.read() as s:
+        assert len(s.execute(select(Network)).scalars().all()) == 3
+
+    for bad in ("Billing", "bad_name", "-x", "a" * 64):
+        refused = api.post("/v1/apps", headers=h, json={"name": "x1", "network": bad})
+        assert refused.status_code == 422, bad
+    assert api.get("/v1/apps/x1", headers=h).status_code == 404  # nothing made
