@@ -20,7 +20,7 @@ from hangar.agent.oci import build_layout, layer_tar
 HERE = Path(__file__).resolve().parent
 APPLETS = [
     *("sh", "httpd", "cat", "echo", "ls", "sleep", "id", "ps", "wget", "env", "hostname"),
-    *("cp", "mkdir", "rm", "test", "timeout"),
+    *("cp", "mkdir", "rm", "test", "timeout", "nslookup"),
 ]
 PAGE = b"""<!doctype html>
 <title>Hello from Hangar</title>

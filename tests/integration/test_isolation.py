@@ -29,6 +29,7 @@ from hangar.agent.runtimes.runc import RuncRuntime
 from hangar.agent.service import Agent
 from hangar.errors import CommandError
 from hangar.net.addressing import host_slice, machine_address, network_prefix
+from hangar.net.dns import Record
 from hangar.net.nftables import Firewall, FirewallSpec, counters, render, table_name
 from tests.integration.conftest import BASE_UID, needs_root, wait_for
 
@@ -114,14 +115,20 @@ def cluster(
     images = ImageStore(base_dir / "images", uid_base=BASE_UID)
     reconciler = Reconciler(runtime, images, base_dir / "iso-agent")
     firewall = Firewall(base_dir / "iso-agent" / "nftables")
-    agent = Agent(NoLink(), reconciler, HOST, firewall=firewall)
     wanted = {
-        "a1": assignment(base_dir, "iso-a1", NET_A),
-        "a2": assignment(base_dir, "iso-a2", NET_A),
-        "b1": assignment(base_dir, "iso-b1", NET_B, egress=False),
+        "a1": assignment(base_dir, "iso-a1", NET_A, app="clinic-db"),
+        "a2": assignment(base_dir, "iso-a2", NET_A, app="clinic-db"),
+        "b1": assignment(base_dir, "iso-b1", NET_B, app="billing", egress=False),
     }
+    records = [
+        Record(a.app, "local", a.machine_id, ipaddress.IPv6Address(a.address))
+        for a in wanted.values()
+        if a.address
+    ]
+    agent = Agent(NoLink(), reconciler, HOST, firewall=firewall, dns_records=lambda: records)
     try:
         agent.apply_firewall(list(wanted.values()))
+        agent.serve_dns()
         for _ in range(40):
             outcomes = reconciler.reconcile(list(wanted.values()), time.time())
             assert all(o.ok for o in outcomes), [o.error for o in outcomes if not o.ok]
@@ -135,6 +142,11 @@ def cluster(
         for a in wanted.values():
             runtime.remove(a.machine_id)
         firewall.remove(table_name(HOST))
+        if agent.dns is not None:
+            agent.dns.stop()
+            subprocess.run(
+                ["ip", "-6", "addr", "del", f"{agent.dns.address}/128", "dev", "lo"], check=False
+            )
 
 
 def tcp(runtime: RuncRuntime, src: str, dst: Assignment) -> bool:
@@ -389,3 +401,30 @@ def test_a_refused_ruleset_changes_nothing(
     fresh._installation = None
     fresh.apply_firewall(list(m.values()))  # the same rules, loaded again while the flow is open
     assert flow.communicate(timeout=10)[0].strip() == "HTTP/1.1 200 OK"
+
+
+def test_internal_dns_names_only_the_askers_network(
+    cluster: tuple[Agent, Reconciler, dict[str, Assignment]], runtime: RuncRuntime
+) -> None:
+    """Asked from inside the machines, with their own resolv.conf and busybox's nslookup."""
+    agent, _, m = cluster
+    assert agent.dns is not None and agent.dns.running
+    resolv = runtime.exec(m["a1"].machine_id, ["/bin/cat", "/etc/resolv.conf"]).stdout.decode()
+    assert resolv == f"nameserver {agent.dns.address}\n"
+
+    def lookup(machine: str, name: str) -> tuple[int, str]:
+        got = runtime.exec(m[machine].machine_id, ["/bin/timeout", "5", "/bin/nslookup", name])
+        return got.exit_code, (got.stdout + got.stderr).decode()
+
+    code, text = lookup("a1", "clinic-db.internal")
+    assert code == 0 and m["a1"].address in text and m["a2"].address in text, text
+    code, text = lookup("a1", "billing.internal")  # another organization's
+    assert code != 0 and m["b1"].address not in text, text
+    code, text = lookup("b1", "billing.internal")
+    assert code == 0 and m["b1"].address in text, text
+    code, text = lookup("b1", "clinic-db.internal")
+    assert code != 0 and m["a1"].address not in text, text
+    code, text = lookup("a1", "iso-a2.vm.clinic-db.internal")
+    assert code == 0 and m["a2"].address in text and m["a1"].address not in text, text
+    code, text = lookup("a1", "example.com")  # not forwarded: refused
+    assert code != 0, text

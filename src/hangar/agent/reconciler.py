@@ -122,6 +122,8 @@ class Reconciler:
         self.images = images
         self.image_source: ImageSource = image_source or _local_layout
         self.secret_source = secret_source
+        # The resolver machines are told of (this host's .internal DNS, once it runs).
+        self.nameservers: list[ipaddress.IPv6Address] = []
         self.meta_dir = state_dir / "assignments"
         self.meta_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.health = health or HealthMonitor()
@@ -288,6 +290,7 @@ class Reconciler:
             address=ipaddress.IPv6Address(want.address) if want.address else None,
             hosts=hosts,
             files=files,
+            nameservers=[str(ns) for ns in self.nameservers],
         )
 
     def describe(self, machine_id: str) -> dict[str, Any]:

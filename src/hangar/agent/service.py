@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hangar.agent.reconciler import Assignment, Reconciler
-from hangar.controlplane.hostlink import apply_report, host_assignments
+from hangar.controlplane.hostlink import apply_report, dns_records, host_assignments
 from hangar.domain.routing import RoutingTable
 from hangar.errors import HangarError
+from hangar.net.dns import InternalDns, Record, resolver_address
 from hangar.store.db import Database
 
 if TYPE_CHECKING:
@@ -83,6 +84,7 @@ class Agent:
         edge: Edge | None = None,
         routes: Callable[[], RoutingTable] | None = None,
         firewall: Firewall | None = None,
+        dns_records: Callable[[], list[Record]] | None = None,
     ) -> None:
         self.link = link
         self.reconciler = reconciler
@@ -90,7 +92,23 @@ class Agent:
         self.edge = edge
         self.routes = routes
         self.firewall = firewall
+        self.dns_records = dns_records
+        self.dns: InternalDns | None = None
         self._installation: ipaddress.IPv6Network | None = None
+
+    def serve_dns(self) -> None:
+        """Start (once) and refresh this host's .internal resolver; a failure is logged."""
+        if self.dns_records is None or self._installation is None:
+            return
+        if self.dns is None:
+            self.dns = InternalDns(self._installation)
+        try:
+            self.dns.update(self.dns_records())
+            if not self.dns.running:
+                self.dns.start()
+                self.reconciler.nameservers = [self.dns.address]
+        except (HangarError, OSError) as exc:
+            log.error("internal DNS: %s", getattr(exc, "message", exc))
 
     def apply_firewall(self, assignments: list[Assignment]) -> None:
         """This host's nftables table for the machines it should run; raises if refused.
@@ -113,11 +131,13 @@ class Agent:
             rules.append(MachineRule(names(want.machine_id)[0], address, want.egress))
         if self._installation is None:
             return  # no machine has ever been assigned here: nothing to protect
+        dns = resolver_address(self._installation) if self.dns_records is not None else None
         self.firewall.apply(
             FirewallSpec(
                 table=table_name(self.host_id),
                 installation=self._installation,
                 machines=tuple(rules),
+                dns=dns,
             )
         )
 
@@ -138,6 +158,7 @@ class Agent:
         # A machine's filter exists before the machine does; a ruleset the kernel
         # refuses leaves the old one in force and starts nothing new this round.
         self.apply_firewall(assignments)
+        self.serve_dns()
         # The edge next: a machine about to be replaced leaves rotation before
         # the reconciler stops it.
         self.apply_edge()
@@ -167,7 +188,18 @@ class LocalAgent(Agent):
         edge: Edge | None = None,
         routes: Callable[[], RoutingTable] | None = None,
         firewall: Firewall | None = None,
+        dns: bool = False,
     ) -> None:
+        def records() -> list[Record]:
+            with db.read() as session:
+                return dns_records(session)
+
         super().__init__(
-            StoreLink(db, host_id), reconciler, host_id, edge=edge, routes=routes, firewall=firewall
+            StoreLink(db, host_id),
+            reconciler,
+            host_id,
+            edge=edge,
+            routes=routes,
+            firewall=firewall,
+            dns_records=records if dns else None,
         )

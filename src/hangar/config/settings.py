@@ -60,6 +60,8 @@ class ServerSettings(BaseModel):
     insecure_registries: list[str] = []
     # Isolate this host's machines with nftables (off only to debug a host).
     firewall: bool = True
+    # Answer machines' .internal names on this host (UDP/TCP 53 on a private address).
+    dns: bool = True
     # The edge (HAProxy) on this host: where it listens, and the domain under
     # which every app answers as <app>.<edge_domain>.
     edge: bool = True

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import ipaddress
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -25,9 +26,16 @@ from hangar.agent.reconciler import Assignment
 from hangar.config.appconfig import AppConfig
 from hangar.controlplane.machines import release_config
 from hangar.domain.reconcile import RestartPolicy
+from hangar.net.dns import Record
 from hangar.store.tables import App, Host, Machine, MachineEvent, Release
 
-__all__ = ["apply_report", "assignment_for", "assignments_version", "host_assignments"]
+__all__ = [
+    "apply_report",
+    "assignment_for",
+    "assignments_version",
+    "dns_records",
+    "host_assignments",
+]
 
 
 def _checks(cfg: AppConfig) -> list[CheckSpec]:
@@ -183,3 +191,21 @@ def apply_report(
                 machine.detail = machine.detail or json.dumps(
                     [{k: c[k] for k in ("name", "passing", "output")} for c in info["checks"]]
                 )
+
+
+def dns_records(session: Session) -> list[Record]:
+    """Every started machine, as .internal DNS names it (the resolver filters by network)."""
+    rows = session.execute(
+        select(Machine.id, Machine.address, App.name, Host.region)
+        .join(App, App.id == Machine.app_id)
+        .join(Host, Host.id == Machine.host_id)
+        .where(
+            Machine.desired == "started",
+            Machine.state == "started",
+            Machine.one_off.is_(False),
+        )
+    ).all()
+    return [
+        Record(app=app, region=region, machine_id=mid, address=ipaddress.IPv6Address(address))
+        for mid, address, app, region in rows
+    ]

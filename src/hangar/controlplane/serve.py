@@ -178,7 +178,15 @@ def local_agent(cp: ControlPlane) -> LocalAgent:
                 hint="apt-get install nftables",
             )
         firewall = Firewall(root / "state" / "nftables")
-    return LocalAgent(cp.db, reconciler, host.id, edge=edge, routes=routes, firewall=firewall)
+    return LocalAgent(
+        cp.db,
+        reconciler,
+        host.id,
+        edge=edge,
+        routes=routes,
+        firewall=firewall,
+        dns=settings.dns,
+    )
 
 
 def local_edge(cp: ControlPlane) -> tuple[Edge, Callable[[], RoutingTable]]:
