@@ -363,6 +363,13 @@ def test_a_failing_machine_leaves_rotation_and_returns(edge: Edge) -> None:
     srv.cli("machines", "create", "--app", "hello")
     wait_for("two machines in rotation", lambda: len(in_rotation(edge, "hello")) == 2)
     victim = in_rotation(edge, "hello")[0]
+    # Machines find each other by name on the private network.
+    listed = srv.json("machines", "list", "--app", "hello")
+    assert isinstance(listed, list)
+    named = srv.cli(
+        "machines", "exec", victim, "--app", "hello", "--", "nslookup", "hello.internal"
+    )
+    assert all(m["address"] in named.stdout for m in listed), named.stdout
     # Serve from a writable copy so a check can be made to fail from inside.
     srv.cli(
         "machines",

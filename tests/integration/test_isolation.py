@@ -144,9 +144,6 @@ def cluster(
         firewall.remove(table_name(HOST))
         if agent.dns is not None:
             agent.dns.stop()
-            subprocess.run(
-                ["ip", "-6", "addr", "del", f"{agent.dns.address}/128", "dev", "lo"], check=False
-            )
 
 
 def tcp(runtime: RuncRuntime, src: str, dst: Assignment) -> bool:

@@ -116,6 +116,10 @@ class Agent:
         Applied before the reconciler starts anything, so a machine's interface
         is filtered from its first packet.
         """
+        for want in assignments:
+            if want.address is not None and self._installation is None:
+                first = int(ipaddress.IPv6Address(want.address))
+                self._installation = ipaddress.IPv6Network((first >> 96 << 96, 32))
         if self.firewall is None:
             return
         from hangar.net.netns import names
@@ -126,8 +130,6 @@ class Agent:
             if want.address is None or want.state == "destroyed":
                 continue
             address = ipaddress.IPv6Address(want.address)
-            if self._installation is None:
-                self._installation = ipaddress.IPv6Network((int(address) >> 96 << 96, 32))
             rules.append(MachineRule(names(want.machine_id)[0], address, want.egress))
         if self._installation is None:
             return  # no machine has ever been assigned here: nothing to protect

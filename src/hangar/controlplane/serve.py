@@ -292,4 +292,6 @@ def serve(settings: ServerSettings) -> None:
     finally:
         issuer.stop()
         loops.stop()
+        if loops.agent is not None and loops.agent.dns is not None:
+            loops.agent.dns.stop()  # machines keep running; their names return with the agent
         cp.close()

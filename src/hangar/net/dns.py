@@ -179,8 +179,13 @@ class InternalDns:
         return bool(self._servers)
 
     def stop(self) -> None:
+        """Stop answering and take the address off the loopback."""
         with self._lock:
             for server in self._servers:
                 server.stop()
                 server.server.server_close()
+            if self._servers:
+                hostcmd.run(
+                    ["ip", "-6", "addr", "del", f"{self.address}/128", "dev", "lo"], check=False
+                )
             self._servers = []
