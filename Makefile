@@ -46,6 +46,7 @@ bench: deps
 	$(PY) benchmarks/machine_start.py
 	$(PY) benchmarks/secrets.py
 	$(PY) benchmarks/edge_throughput.py
+	$(PY) benchmarks/network.py
 
 # Re-pin every dependency (with hashes) after editing pyproject.toml.
 lock: venv
