@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 from acme import messages
@@ -17,7 +18,7 @@ from hangar.controlplane.routes import RouteBuilder
 from hangar.controlplane.state import ControlPlane
 from hangar.crypto.ca import InternalCA
 from hangar.errors import IntegrityError
-from hangar.store.tables import AcmeChallenge, App, AuditEvent, Certificate, Machine
+from hangar.store.tables import AcmeChallenge, App, AuditEvent, Certificate, Machine, Release
 from tests.conftest import Installation, bearer, mint_token
 
 WITH_SERVICE = """
@@ -350,3 +351,47 @@ def test_only_edge_hosts_get_the_routing_table_and_keys_come_sealed(
             select(AuditEvent).where(AuditEvent.action == "edge.routes")
         ).scalar_one()
         assert denied.outcome == "denied" and denied.target == "worker-1"
+
+
+def test_a_tcp_port_is_served_by_one_app_only(
+    api: TestClient, installation: Installation, control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    from hangar.agent.oci import build_layout, layer_tar
+
+    h = installation.headers
+    build_layout(tmp_path / "img", [layer_tar([])])
+    image = f"oci:{tmp_path / 'img'}:latest"
+    service = """
+app = "{app}"
+[[services]]
+  internal_port = 5432
+  [[services.ports]]
+    port = {port}
+    handlers = ["tls"]
+"""
+    for name in ("db", "db2"):
+        api.post("/v1/apps", headers=h, json={"name": name})
+    _app_with_release(control_plane, "db", service.format(app="db", port=15432))
+    taken = api.post(
+        "/v1/apps/db2/releases",
+        headers=h,
+        json={"image": image, "config": service.format(app="db2", port=15432)},
+    )
+    assert taken.status_code == 409 and "already served by another app" in taken.text
+    assert "db" not in taken.json()["detail"].replace("db2", "")
+    edge_port = installation.settings.edge_https_port
+    own = api.post(
+        "/v1/apps/db2/releases",
+        headers=h,
+        json={"image": image, "config": service.format(app="db2", port=edge_port)},
+    )
+    assert own.status_code == 409 and "the edge's own" in own.text
+    with control_plane.db.read() as s:
+        db2 = s.execute(select(App).where(App.name == "db2")).scalar_one()
+        assert s.execute(select(Release).where(Release.app_id == db2.id)).first() is None
+    fine = api.post(
+        "/v1/apps/db2/releases",
+        headers=h,
+        json={"image": image, "config": service.format(app="db2", port=15433)},
+    )
+    assert fine.status_code == 201, fine.text

@@ -35,10 +35,17 @@ from hangar.domain.routing import (
     TcpRoute,
     hsts_header,
 )
-from hangar.errors import HangarError
+from hangar.errors import Conflict, HangarError
 from hangar.store.tables import App, Certificate, Machine, Release
 
-__all__ = ["RouteBuilder", "api_address", "cert_key_purpose", "route_builder"]
+__all__ = [
+    "RouteBuilder",
+    "api_address",
+    "cert_key_purpose",
+    "check_service_ports",
+    "reserved_ports",
+    "route_builder",
+]
 
 log = logging.getLogger("hangar.routes")
 
@@ -56,17 +63,56 @@ def api_address(listen_host: str, listen_port: int) -> str:
     return f"[{host}]:{listen_port}" if ":" in host else f"{host}:{listen_port}"
 
 
-def route_builder(keyring: Keyring, ca: InternalCA, settings: ServerSettings) -> RouteBuilder:
-    """The builder the server's settings call for (edge domain, ports no app may take)."""
+def reserved_ports(settings: ServerSettings) -> frozenset[int]:
+    """Ports of the edge host that no app's TCP service may take."""
     reserved = {settings.edge_http_port, settings.edge_https_port, settings.listen_port}
     reserved |= {p for p in (settings.edge_metrics_port, settings.agent_listen_port) if p}
+    return frozenset(reserved)
+
+
+def route_builder(keyring: Keyring, ca: InternalCA, settings: ServerSettings) -> RouteBuilder:
+    """The builder the server's settings call for (edge domain, ports no app may take)."""
     return RouteBuilder(
         keyring=keyring,
         ca=ca,
         edge_domain=settings.edge_domain,
         acme_responder=api_address(settings.listen_host, settings.listen_port),
-        reserved_ports=frozenset(reserved),
+        reserved_ports=reserved_ports(settings),
     )
+
+
+def check_service_ports(
+    session: Session, app: App, config: AppConfig, reserved: frozenset[int]
+) -> None:
+    """Refuse a release whose TCP service ports the edge or another app already serves."""
+    wanted = {p.port for svc in config.services if svc.protocol == "tcp" for p in svc.ports}
+    if not wanted:
+        return
+    clash = sorted(wanted & reserved)
+    if clash:
+        raise Conflict(
+            f"port {clash[0]} is the edge's own; a [[services]] port must be another",
+            hint="pick another ports.port in hangar.toml",
+        )
+    newest = (
+        select(Release.app_id, func.max(Release.version).label("version"))
+        .where(Release.status.in_(LIVE_RELEASES), Release.app_id != app.id)
+        .group_by(Release.app_id)
+        .subquery()
+    )
+    for release in session.execute(
+        select(Release).join(
+            newest, (Release.app_id == newest.c.app_id) & (Release.version == newest.c.version)
+        )
+    ).scalars():
+        cfg = release_config(release)
+        taken = {p.port for svc in cfg.services if svc.protocol == "tcp" for p in svc.ports}
+        if wanted & taken:
+            # Another app's, maybe another organization's: say which port, not whose.
+            raise Conflict(
+                f"port {min(wanted & taken)} is already served by another app",
+                hint="pick another ports.port in hangar.toml",
+            )
 
 
 @dataclass

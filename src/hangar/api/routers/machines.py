@@ -37,6 +37,7 @@ from hangar.controlplane.machines import (
     machine_memory,
     release_config,
 )
+from hangar.controlplane.routes import check_service_ports, reserved_ports
 from hangar.errors import Conflict, NotFound, ValidationError, WaitTimeout
 from hangar.store.tables import App, Host, Machine, MachineEvent, Release
 
@@ -129,9 +130,13 @@ def deploy(
     config = parse_app_config(body.config)
     if config.app != app:
         raise ValidationError(f"hangar.toml is for app {config.app!r}, not {app!r}")
+    reserved = reserved_ports(access.cp.settings)
+    with access.cp.db.read() as session:  # before the image is fetched: nothing to undo
+        check_service_ports(session, access.app, config, reserved)
     with _resolved_image(access, body.image) as (image, digest), access.cp.db.write() as session:
         row = session.get(App, access.app.id)
         assert row is not None
+        check_service_ports(session, row, config, reserved)
         release = create_release(
             session,
             row,
