@@ -37,3 +37,31 @@ def init_installation(work: Path, env: dict[str, str]) -> str:
         capture_output=True,
     )
     return (work / "token").read_text().strip()
+
+
+def start_server(
+    work: Path, env: dict[str, str], port: int, *extra: str
+) -> subprocess.Popen[bytes]:
+    """`hangar server run` for work/data with its agent in work/agent; logs to work/server.log."""
+    with (work / "server.log").open("ab") as log:
+        return subprocess.Popen(
+            [
+                *HANGAR,
+                "server",
+                "run",
+                "--data-dir",
+                str(work / "data"),
+                "--listen-port",
+                str(port),
+                "--agent-listen-port",
+                "0",
+                "--agent-dir",
+                str(work / "agent"),
+                "--log-level",
+                "warning",
+                *extra,
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )

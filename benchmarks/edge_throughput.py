@@ -32,9 +32,10 @@ from typing import Any
 
 import httpx
 
-from _support import HANGAR, free_port, init_installation
+from _support import free_port, init_installation, start_server
 from hangar.domain.routing import HttpRoute, RoutingTable, Server, hsts_header
-from hangar.edge.haproxy import TLS12_CIPHERS, TLS13_SUITES, Edge, EdgeConfig
+from hangar.edge.haproxy import Edge, EdgeConfig
+from hangar.tlsprofile import TLS12_CIPHERS, TLS13_SUITES
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = """
@@ -210,28 +211,7 @@ def main() -> None:
         f'edge_listen_host = "127.0.0.1"\nedge_http_port = {free_port()}\n'
         f"edge_https_port = {https_port}\nedge_metrics_port = 0\n"
     )
-    log = (work / "server.log").open("ab")
-    server = subprocess.Popen(
-        [
-            *HANGAR,
-            "server",
-            "run",
-            "--data-dir",
-            str(work / "data"),
-            "--listen-port",
-            str(port),
-            "--agent-listen-port",
-            "0",
-            "--agent-dir",
-            str(work / "agent"),
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    log.close()
+    server = start_server(work, env, port)
     others: list[subprocess.Popen[bytes]] = []
     api = httpx.Client(
         base_url=f"https://127.0.0.1:{port}",

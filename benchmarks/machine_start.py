@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from _support import HANGAR, free_port, init_installation
+from _support import free_port, init_installation, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = """
@@ -112,28 +112,7 @@ def main() -> None:
     hello.build(work / "image")
     token = init_installation(work, env)
     port = free_port()
-    log = (work / "server.log").open("ab")
-    server = subprocess.Popen(
-        [
-            *HANGAR,
-            "server",
-            "run",
-            "--data-dir",
-            str(work / "data"),
-            "--listen-port",
-            str(port),
-            "--agent-listen-port",
-            "0",
-            "--agent-dir",
-            str(work / "agent"),
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    log.close()
+    server = start_server(work, env, port, "--no-edge")  # raw runc has no edge either
     api = Api(f"https://127.0.0.1:{port}", token, work / "data/ca.crt")
     raw_ids: list[str] = []
     try:

@@ -12,7 +12,6 @@ import http.client
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -27,6 +26,7 @@ from cryptography import x509
 
 from tests.e2e.test_cli_flow import Server, free_port, init, login, start, stop
 from tests.e2e.test_deploy_flow import CONFIG, build_example_image
+from tests.edge_client import EdgeConnection
 from tests.pebble import Pebble, have_pebble, pebble
 
 pytestmark = [
@@ -72,19 +72,6 @@ def wait_for(what: str, predicate: Callable[[], object], timeout: float = 90) ->
             return value
         time.sleep(0.3)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-class EdgeConnection(http.client.HTTPSConnection):
-    """HTTPS to the edge on 127.0.0.1 with ``name`` as SNI; never resolves names."""
-
-    def __init__(self, name: str, port: int, context: ssl.SSLContext) -> None:
-        super().__init__("127.0.0.1", port, timeout=10, context=context)
-        self.sni = name
-        self.tls_context = context
-
-    def connect(self) -> None:
-        sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
-        self.sock = self.tls_context.wrap_socket(sock, server_hostname=self.sni)
 
 
 def fetch(

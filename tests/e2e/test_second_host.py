@@ -287,7 +287,7 @@ def test_a_second_host_joins_runs_machines_renews_and_leaves(installation: Insta
 
 def test_an_edge_host_serves_apps_with_the_tables_it_is_given(installation: Installation) -> None:
     """A host joined as an edge runs HAProxy from the table the control plane seals to it."""
-    from tests.e2e.test_edge_flow import EdgeConnection
+    from tests.edge_client import EdgeConnection
 
     inst = installation
     srv, tmp = inst.srv, inst.tmp

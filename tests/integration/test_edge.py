@@ -28,6 +28,7 @@ from hangar.crypto.ca import InternalCA
 from hangar.domain.routing import CertBundle, HttpRoute, RoutingTable, Server, hsts_header
 from hangar.edge.haproxy import Edge, EdgeConfig
 from hangar.errors import CommandError
+from tests.edge_client import EdgeConnection
 
 pytestmark = pytest.mark.skipif(
     shutil.which("haproxy") is None, reason="needs haproxy (`make deps` installs it)"
@@ -150,19 +151,6 @@ def tls_context(ca: InternalCA | None) -> ssl.SSLContext:
         ctx.verify_mode = ssl.CERT_NONE
         return ctx
     return ssl.create_default_context(cadata=ca.pem())
-
-
-class EdgeConnection(http.client.HTTPSConnection):
-    """HTTPS to the edge on 127.0.0.1 with ``name`` as SNI ("" for none); never resolves names."""
-
-    def __init__(self, name: str, port: int, context: ssl.SSLContext) -> None:
-        super().__init__("127.0.0.1", port, timeout=10, context=context)
-        self.sni = name
-        self.tls_context = context
-
-    def connect(self) -> None:
-        sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
-        self.sock = self.tls_context.wrap_socket(sock, server_hostname=self.sni or None)
 
 
 @dataclass(frozen=True)

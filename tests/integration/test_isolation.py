@@ -160,6 +160,14 @@ def tcp_from_host(dst: Assignment) -> bool:
         return False
 
 
+def forge(pid: int, verb: str, address: str) -> None:
+    """Give (or take back) a machine's interface another address, as an attacker would."""
+    argv = ["nsenter", "-t", str(pid), "-n", "ip", "-6", "addr", verb, f"{address}/128"]
+    subprocess.run(
+        [*argv, "dev", "eth0", *(["nodad"] if verb == "add" else [])], check=verb == "add"
+    )
+
+
 def udp_probe(runtime: RuncRuntime, src: Assignment, dst: Assignment, bind: str = "") -> str:
     """Send from ``src``'s namespace (from ``bind`` if given); what ``dst`` received."""
     src_pid, dst_pid = runtime.state(src.machine_id).pid, runtime.state(dst.machine_id).pid
@@ -213,44 +221,13 @@ def test_reachability_matrix_spoofing_and_the_host(
     assert pid
     for forged in (b1.address, a2.address):
         before = counters(table)["spoofed"]
-        subprocess.run(
-            [
-                "nsenter",
-                "-t",
-                str(pid),
-                "-n",
-                "ip",
-                "-6",
-                "addr",
-                "add",
-                f"{forged}/128",
-                "dev",
-                "eth0",
-                "nodad",
-            ],
-            check=True,
-        )
+        forge(pid, "add", forged)
         try:
             target = a2 if forged == b1.address else b1
             assert udp_probe(runtime, a1, target, bind=forged) == "nothing\n"
             assert counters(table)["spoofed"] >= before + 3
         finally:
-            subprocess.run(
-                [
-                    "nsenter",
-                    "-t",
-                    str(pid),
-                    "-n",
-                    "ip",
-                    "-6",
-                    "addr",
-                    "del",
-                    f"{forged}/128",
-                    "dev",
-                    "eth0",
-                ],
-                check=False,
-            )
+            forge(pid, "del", forged)
 
     # The host's own services are out of reach (but not its health checks of them).
     service = "2001:db8:99::1"  # an address of the host's, as its API or SSH would have

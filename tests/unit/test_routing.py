@@ -17,8 +17,9 @@ from hangar.domain.routing import (
     hsts_header,
     validate_hostname,
 )
-from hangar.edge.haproxy import TLS12_CIPHERS, EdgeConfig, render
+from hangar.edge.haproxy import EdgeConfig, render
 from hangar.errors import ValidationError
+from hangar.tlsprofile import TLS12_CIPHERS
 
 CFG = EdgeConfig(directory=Path("/run/edge"), bind_host="127.0.0.1", http_port=80, https_port=443)
 

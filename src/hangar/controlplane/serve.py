@@ -40,22 +40,11 @@ from hangar.domain.routing import RoutingTable
 from hangar.edge.haproxy import Edge, EdgeConfig
 from hangar.errors import ConfigError
 from hangar.net.nftables import Firewall
+from hangar.tlsprofile import TLS12_CIPHERS
 
 log = logging.getLogger("hangar.server")
 
 __all__ = ["serve"]
-
-# Mozilla "intermediate": ECDHE with AEAD ciphers for TLS 1.2 (TLS 1.3's are all AEAD).
-TLS12_CIPHERS = ":".join(
-    [
-        "ECDHE-ECDSA-AES128-GCM-SHA256",
-        "ECDHE-RSA-AES128-GCM-SHA256",
-        "ECDHE-ECDSA-AES256-GCM-SHA384",
-        "ECDHE-RSA-AES256-GCM-SHA384",
-        "ECDHE-ECDSA-CHACHA20-POLY1305",
-        "ECDHE-RSA-CHACHA20-POLY1305",
-    ]
-)
 
 
 class _TLSConfig(uvicorn.Config):

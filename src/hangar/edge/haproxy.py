@@ -45,24 +45,12 @@ from hangar.domain.routing import (
     tcp_backend,
 )
 from hangar.errors import CommandError
+from hangar.tlsprofile import CURVES, TLS12_CIPHERS, TLS13_SUITES
 
 __all__ = ["Edge", "EdgeConfig", "Rendered", "render"]
 
 log = logging.getLogger("hangar.edge")
 
-# The Mozilla intermediate profile, version 6.0.
-TLS12_CIPHERS = ":".join(
-    [
-        "ECDHE-ECDSA-AES128-GCM-SHA256",
-        "ECDHE-RSA-AES128-GCM-SHA256",
-        "ECDHE-ECDSA-AES256-GCM-SHA384",
-        "ECDHE-RSA-AES256-GCM-SHA384",
-        "ECDHE-ECDSA-CHACHA20-POLY1305",
-        "ECDHE-RSA-CHACHA20-POLY1305",
-    ]
-)
-TLS13_SUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
-CURVES = "X25519:P-256:P-384"
 
 NOT_FOUND = "404 not found: no app answers to this name\n"
 MISDIRECTED = "421 misdirected request\n"

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
 
 from hangar.api.guard import PUBLIC, Access, GuardedRouter, requires
 from hangar.api.loops import wake_loops
@@ -27,7 +28,7 @@ from hangar.controlplane.certs import (
 )
 from hangar.domain.routing import ACME_CHALLENGE_PREFIX
 from hangar.errors import NotFound, ValidationError
-from hangar.store.tables import AcmeChallenge, App
+from hangar.store.tables import AcmeChallenge, App, Certificate
 
 router = GuardedRouter(prefix="/v1/apps/{app}/certs", tags=["certs"])
 edge_router = GuardedRouter(tags=["edge"])
@@ -95,6 +96,19 @@ def _dns(access: Access, hostname: str) -> str:
     return f"point {hostname} (A/AAAA records, or a CNAME) at {target}"
 
 
+def _show(access: Access, cert: Certificate, app: str) -> CertOut:
+    return _out(view(cert, app), _dns(access, cert.hostname))
+
+
+def _audit(
+    access: Access, session: Session, action: str, target: str, detail: dict[str, Any] | None = None
+) -> None:
+    assert access.org is not None
+    access.cp.audit.record(
+        session, access.ctx, org_id=access.org.id, action=action, target=target, detail=detail
+    )
+
+
 def _wake_issuer(request: Request) -> None:
     issuer = getattr(request.app.state, "issuer", None)
     if issuer is not None:
@@ -106,7 +120,7 @@ def list_(app: str, access: Annotated[Access, requires(Permission.CERTS_READ)]) 
     assert access.app is not None
     with access.cp.db.read() as session:
         rows = list_certificates(session, access.app)
-        return [_out(view(c, app), _dns(access, c.hostname)) for c in rows]
+        return [_show(access, c, app) for c in rows]
 
 
 @router.post(
@@ -132,14 +146,8 @@ def add(
             actor=access.principal.email,
             edge_domain=access.cp.settings.edge_domain,
         )
-        access.cp.audit.record(
-            session,
-            access.ctx,
-            org_id=access.org.id,
-            action="cert.add",
-            target=f"{app} {cert.hostname}",
-        )
-        out = _out(view(cert, app), _dns(access, cert.hostname))
+        _audit(access, session, "cert.add", f"{app} {cert.hostname}")
+        out = _show(access, cert, app)
     _wake_issuer(request)
     wake_loops(request)
     return out
@@ -152,7 +160,7 @@ def show(
     assert access.app is not None
     with access.cp.db.read() as session:
         cert = get_certificate(session, access.app, hostname)
-        return _out(view(cert, app), _dns(access, cert.hostname))
+        return _show(access, cert, app)
 
 
 @router.post(
@@ -171,7 +179,7 @@ def check(
         cert = get_certificate(session, access.app, hostname)
         if cert.source == "acme" and cert.status in ("pending", "failed"):
             cert.next_attempt_at = dt.datetime.now(dt.UTC)
-        out = _out(view(cert, app), _dns(access, cert.hostname))
+        out = _show(access, cert, app)
     _wake_issuer(request)
     return out
 
@@ -197,14 +205,8 @@ def renew(
             )
         cert.next_attempt_at = dt.datetime.now(dt.UTC)
         cert.detail = "renewal requested"
-        access.cp.audit.record(
-            session,
-            access.ctx,
-            org_id=access.org.id,
-            action="cert.renew-request",
-            target=f"{app} {cert.hostname}",
-        )
-        out = _out(view(cert, app), _dns(access, cert.hostname))
+        _audit(access, session, "cert.renew-request", f"{app} {cert.hostname}")
+        out = _show(access, cert, app)
     _wake_issuer(request)
     return out
 
@@ -235,14 +237,13 @@ def import_(
             actor=access.principal.email,
             edge_domain=access.cp.settings.edge_domain,
         )
-        out = _out(view(cert, app), _dns(access, cert.hostname))
-        access.cp.audit.record(
+        out = _show(access, cert, app)
+        _audit(
+            access,
             session,
-            access.ctx,
-            org_id=access.org.id,
-            action="cert.import",
-            target=f"{app} {cert.hostname}",
-            detail={"fingerprint": out.fingerprint, "not_after": str(out.not_after)},
+            "cert.import",
+            f"{app} {cert.hostname}",
+            {"fingerprint": out.fingerprint, "not_after": str(out.not_after)},
         )
     wake_loops(request)
     return out
@@ -258,13 +259,7 @@ def remove(
     assert access.app is not None and access.org is not None
     with access.cp.db.write() as session:
         remove_certificate(session, access.app, hostname)
-        access.cp.audit.record(
-            session,
-            access.ctx,
-            org_id=access.org.id,
-            action="cert.remove",
-            target=f"{app} {hostname.strip().lower()}",
-        )
+        _audit(access, session, "cert.remove", f"{app} {hostname.strip().lower()}")
     wake_loops(request)
 
 
