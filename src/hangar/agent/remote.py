@@ -45,6 +45,7 @@ from hangar.domain.routing import RoutingTable, edge_seal_context
 from hangar.edge.haproxy import Edge, EdgeConfig
 from hangar.errors import ApiError, ConfigError, HangarError, IntegrityError
 from hangar.net.nftables import Firewall
+from hangar.net.wireguard import Mesh, Peer, validate_endpoint
 
 __all__ = ["ApiLink", "Identity", "join", "run_agent"]
 
@@ -341,6 +342,15 @@ class ApiLink:
         responder = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         return replace(table, certs=certs, acme_responder=responder)
 
+    def register_mesh(self, public_key: str, endpoint: str) -> None:
+        self._call("PUT", "/agent/v1/mesh", json={"public_key": public_key, "endpoint": endpoint})
+
+    def mesh_peers(self) -> list[Peer]:
+        return [
+            Peer(p["host"], p["public_key"], p["endpoint"], tuple(p["allowed_ips"]))
+            for p in self._call("GET", "/agent/v1/mesh/peers").json()
+        ]
+
     def fetch_secrets(self, want: Assignment) -> dict[str, str]:
         """The starting machine's secrets, sealed to a key made for this one request."""
         opener = Opener()
@@ -382,6 +392,8 @@ def run_agent(
     stop: threading.Event | None = None,
     edge: EdgeConfig | None = None,
     firewall: bool = True,
+    mesh_endpoint: str | None = None,
+    mesh_port: int = 51820,
 ) -> int:
     """Run this host's machines until SIGTERM/SIGINT (machines keep running after)."""
     stop = stop or threading.Event()
@@ -401,6 +413,11 @@ def run_agent(
         image_source=link.fetch_image,
         secret_source=link.fetch_secrets,
     )
+    mesh = None
+    if mesh_endpoint is not None:
+        validate_endpoint(mesh_endpoint)
+        mesh = Mesh(identity.host_id, agent_dir / "identity", listen_port=mesh_port)
+    registered = mesh is None
     if edge is not None:
         api_host = urlsplit(identity.api_url).hostname or "localhost"
         edge = replace(
@@ -416,6 +433,8 @@ def run_agent(
         edge=Edge(edge) if edge is not None else None,
         routes=link.routes if edge is not None else None,
         firewall=Firewall(agent_dir / "state" / "nftables") if firewall else None,
+        mesh=mesh,
+        mesh_peers=link.mesh_peers if mesh is not None else None,
     )
     log.info(
         "agent for host %s (%s) talking to %s", identity.name, identity.host_id, identity.agent_url
@@ -426,6 +445,9 @@ def run_agent(
         while not stop.is_set():
             try:
                 link.renew_if_due()
+                if not registered and mesh is not None and mesh_endpoint is not None:
+                    link.register_mesh(mesh.public_key(), mesh_endpoint)
+                    registered = True
                 now = time.time()
                 wait = poll_seconds if due is None else max(0.0, min(poll_seconds, due - now))
                 due = agent.tick(now, wait)

@@ -30,6 +30,7 @@ from hangar.store.db import Database
 if TYPE_CHECKING:
     from hangar.edge.haproxy import Edge
     from hangar.net.nftables import Firewall
+    from hangar.net.wireguard import Mesh, Peer
 
 __all__ = ["Agent", "Link", "LocalAgent", "StoreLink", "host_memory_mb"]
 
@@ -85,7 +86,11 @@ class Agent:
         routes: Callable[[], RoutingTable] | None = None,
         firewall: Firewall | None = None,
         dns_records: Callable[[], list[Record]] | None = None,
+        mesh: Mesh | None = None,
+        mesh_peers: Callable[[], list[Peer]] | None = None,
     ) -> None:
+        self.mesh = mesh
+        self.mesh_peers = mesh_peers
         self.link = link
         self.reconciler = reconciler
         self.host_id = host_id
@@ -95,6 +100,15 @@ class Agent:
         self.dns_records = dns_records
         self.dns: InternalDns | None = None
         self._installation: ipaddress.IPv6Network | None = None
+
+    def apply_mesh(self) -> None:
+        """Bring this host's WireGuard interface to the control plane's peer list."""
+        if self.mesh is None or self.mesh_peers is None:
+            return
+        try:
+            self.mesh.apply(self.mesh_peers())
+        except HangarError as exc:
+            log.error("mesh: %s", exc.message)
 
     def serve_dns(self) -> None:
         """Start (once) and refresh this host's .internal resolver; a failure is logged."""
@@ -140,6 +154,7 @@ class Agent:
                 installation=self._installation,
                 machines=tuple(rules),
                 dns=dns,
+                mesh_interfaces=(self.mesh.interface,) if self.mesh is not None else (),
             )
         )
 
@@ -160,6 +175,7 @@ class Agent:
         # A machine's filter exists before the machine does; a ruleset the kernel
         # refuses leaves the old one in force and starts nothing new this round.
         self.apply_firewall(assignments)
+        self.apply_mesh()
         self.serve_dns()
         # The edge next: a machine about to be replaced leaves rotation before
         # the reconciler stops it.

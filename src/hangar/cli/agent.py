@@ -55,6 +55,11 @@ def run(
     edge_metrics_port: Annotated[
         int, typer.Option(help="Prometheus exporter on 127.0.0.1 (0: none)")
     ] = 8405,
+    mesh_endpoint: Annotated[
+        str | None,
+        typer.Option(help="join the WireGuard mesh: ADDRESS:PORT other hosts reach this one at"),
+    ] = None,
+    mesh_port: Annotated[int, typer.Option(help="WireGuard's UDP listening port")] = 51820,
 ) -> None:
     """Join (the first time, with --api and --join) and run this host's machines.
 
@@ -93,4 +98,13 @@ def run(
             https_port=edge_https_port,
             metrics_port=edge_metrics_port,
         )
-    raise typer.Exit(run_agent(identity, agent_dir, poll_seconds=poll, edge=edge_config))
+    raise typer.Exit(
+        run_agent(
+            identity,
+            agent_dir,
+            poll_seconds=poll,
+            edge=edge_config,
+            mesh_endpoint=mesh_endpoint,
+            mesh_port=mesh_port,
+        )
+    )

@@ -19,6 +19,8 @@ COLUMNS = [
     ("state", "STATE"),
     ("machines", "MACHINES"),
     ("memory_mb", "MEMORY MB"),
+    ("mesh_endpoint", "MESH ENDPOINT"),
+    ("mesh_public_key", "MESH KEY"),
     ("last_seen", "LAST SEEN"),
 ]
 

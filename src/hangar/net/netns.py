@@ -15,13 +15,12 @@ import contextlib
 import hashlib
 import ipaddress
 from dataclasses import dataclass
-from pathlib import Path
 
 from hangar import hostcmd
 from hangar.errors import CommandError, Conflict, ValidationError
 from hangar.net.addressing import GATEWAY_LINK_LOCAL
 
-__all__ = ["MachineNetwork", "attach", "detach", "host_interface", "names"]
+__all__ = ["MachineNetwork", "attach", "detach", "host_interface", "link_exists", "names"]
 
 
 @dataclass(frozen=True)
@@ -39,15 +38,21 @@ def names(machine_id: str) -> tuple[str, str]:
     return f"hv{digest}", f"hp{digest}"
 
 
-def host_interface(machine_id: str) -> Path:
-    return Path("/sys/class/net") / names(machine_id)[0]
+def link_exists(name: str) -> bool:
+    """Whether this network namespace has interface ``name`` (asked over netlink, not
+    /sys, which shows the namespace it was mounted in)."""
+    return hostcmd.run(["ip", "link", "show", "dev", name], check=False).returncode == 0
+
+
+def host_interface(machine_id: str) -> str:
+    return names(machine_id)[0]
 
 
 def attach(machine_id: str, address: ipaddress.IPv6Address, pid: int) -> MachineNetwork:
     """Plumb the machine whose init is ``pid`` (in its own network namespace)."""
     address = ipaddress.IPv6Address(address)
     host_if, peer_if = names(machine_id)
-    if host_interface(machine_id).exists():
+    if link_exists(host_interface(machine_id)):
         raise Conflict(f"machine {machine_id} already has a network on this host")
     gateway = str(GATEWAY_LINK_LOCAL)
     inside = ["nsenter", "-t", str(pid), "-n", "--"]

@@ -212,6 +212,10 @@ class Host(Base):
     cert_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     # An edge host runs HAProxy and is given the routing table, with keys.
     edge: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    # Its WireGuard public key and where other hosts reach it (the private key
+    # never leaves the host).
+    mesh_public_key: Mapped[str | None] = mapped_column(String(64))
+    mesh_endpoint: Mapped[str | None] = mapped_column(String(300))
 
 
 class JoinToken(Base):

@@ -29,12 +29,13 @@ from hangar.api.loops import wake_loops
 from hangar.controlplane.hostlink import apply_report, assignments_version, host_assignments
 from hangar.controlplane.hosts import renew_host_cert
 from hangar.controlplane.logstore import LogStore
+from hangar.controlplane.mesh import mesh_peers, register_mesh
 from hangar.controlplane.routes import route_builder
 from hangar.controlplane.secrets import deliver
 from hangar.crypto.secretbox import seal
 from hangar.domain.routing import edge_seal_context
 from hangar.errors import Conflict, IntegrityError, NotFound, PermissionDenied, ValidationError
-from hangar.store.tables import Machine
+from hangar.store.tables import Host, Machine
 
 router = GuardedRouter(prefix="/agent/v1", tags=["agent"])
 
@@ -319,3 +320,48 @@ def routes(body: DeliveryIn, request: Request, access: Annotated[HostAccess, HOS
         cert["key_pem"] = ""
     sealed = seal(keys, body.public_key, edge_seal_context(access.host.id))
     return RoutesOut(table=plain, keys=SealedOut(**sealed))
+
+
+class MeshIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    public_key: str = Field(max_length=64, description="WireGuard public key, base64")
+    endpoint: str = Field(max_length=300, description="host:port other hosts reach it at")
+
+
+class PeerOut(BaseModel):
+    host: str
+    public_key: str
+    endpoint: str
+    allowed_ips: list[str]
+
+
+@router.put("/mesh", status_code=204, summary="This host's WireGuard public key and endpoint")
+def mesh_register(body: MeshIn, request: Request, access: Annotated[HostAccess, HOST]) -> None:
+    cp = access.cp
+    with cp.db.write() as session:
+        host = session.get(Host, access.host.id)
+        assert host is not None
+        if register_mesh(session, host, body.public_key, body.endpoint):
+            cp.audit.record(
+                session,
+                access.ctx,
+                org_id=None,
+                action="host.mesh",
+                target=host.name,
+                detail={"public_key": body.public_key, "endpoint": body.endpoint},
+            )
+    wake_loops(request)
+
+
+@router.get("/mesh/peers", response_model=list[PeerOut], summary="This host's mesh peers")
+def mesh_list(access: Annotated[HostAccess, HOST]) -> list[PeerOut]:
+    with access.cp.db.read() as session:
+        return [
+            PeerOut(
+                host=p.host,
+                public_key=p.public_key,
+                endpoint=p.endpoint,
+                allowed_ips=list(p.allowed_ips),
+            )
+            for p in mesh_peers(session, access.host.id)
+        ]

@@ -28,6 +28,8 @@ class HostOut(BaseModel):
     machines: int
     memory_mb: int
     edge: bool
+    mesh_public_key: str | None
+    mesh_endpoint: str | None
     created_at: dt.datetime
     last_seen: dt.datetime | None
 
@@ -55,6 +57,8 @@ def _hosts(access: Access, name: str | None = None) -> list[HostOut]:
             machines=n or 0,
             memory_mb=h.memory_mb,
             edge=h.edge,
+            mesh_public_key=h.mesh_public_key,
+            mesh_endpoint=h.mesh_endpoint,
             created_at=h.created_at,
             last_seen=h.last_seen,
         )
