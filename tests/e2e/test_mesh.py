@@ -18,6 +18,7 @@ import shutil
 import signal
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -201,14 +202,12 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
                     capture_output=True,
                 )
             subprocess.run(["umount", str(root / host / "bundles")], capture_output=True)
-        for host in HOSTS:
-            out = subprocess.run(
-                ["ip", "netns", "pids", namespaces[host]], capture_output=True, text=True
-            ).stdout
+        for ns in namespaces.values():
+            out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout
             for pid in out.split():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid), signal.SIGKILL)
-            subprocess.run(["ip", "netns", "del", namespaces[host]], capture_output=True)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         for sock in Path("/var/run/wireguard").glob("hwg*.sock"):
             if not any(p.name == sock.stem for p in Path("/sys/class/net").iterdir()):
                 sock.unlink(missing_ok=True)
@@ -338,6 +337,19 @@ def test_three_hosts_mesh_isolation_and_removal(cluster: Cluster) -> None:
     ).stdout
     assert wireguard.strip(), "the probe must have crossed the mesh"
 
+    # A person's laptop joins the organization's network through the mesh.
+    made = srv.cli("wireguard", "create", "--name", "laptop", "--org", "acme").stdout
+    laptop = join_laptop(cl, made)
+    listed = srv.json("wireguard", "list", "--org", "acme")
+    assert isinstance(listed, list) and [p["name"] for p in listed] == ["laptop"]
+    assert "PrivateKey" not in json.dumps(listed)
+    assert laptop.lookup("alpha.internal") == sorted([addresses[a1], addresses[a2]])
+    assert laptop.lookup("beta.internal") == "NXDOMAIN"  # another organization's
+    assert laptop.reach(addresses[a1]) and laptop.reach(addresses[a2])
+    assert not laptop.reach(addresses[b3])
+    srv.cli("wireguard", "remove", "laptop", "--org", "acme", "--yes")
+    wait_for("the laptop to lose its access", lambda: not laptop.reach(addresses[a1]))
+
     # Removing a host takes its peer out of every other host's interface.
     srv.cli("apps", "destroy", "beta", "--yes")
     wait_for(
@@ -352,3 +364,72 @@ def test_three_hosts_mesh_isolation_and_removal(cluster: Cluster) -> None:
     for host in ("h1", "h2"):
         wait_for(f"{host} to drop h3", lambda host=host: keys["h3"] not in cl.wg_peers(host))
     assert reach(cl, "alpha", a1, addresses[a2])
+
+
+@dataclass
+class Laptop:
+    namespace: str
+    resolver: str
+
+    def run(self, code: str) -> str:
+        return subprocess.run(
+            ["nsenter", f"--net=/var/run/netns/{self.namespace}", sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
+
+    def lookup(self, name: str) -> list[str] | str:
+        out = self.run(
+            "from dnslib import DNSRecord, QTYPE, RCODE\n"
+            f"q = DNSRecord.question('{name}', 'AAAA')\n"
+            f"r = DNSRecord.parse(q.send('{self.resolver}', 53, ipv6=True, timeout=5))\n"
+            "print(RCODE[r.header.rcode], *sorted(str(a.rdata) for a in r.rr))\n"
+        ).split()
+        return out[0] if out[0] != "NOERROR" else sorted(out[1:])
+
+    def reach(self, address: str) -> bool:
+        return self.run(
+            "import socket\n"
+            "try:\n"
+            f"    s = socket.create_connection(('{address}', 8080), timeout=3)\n"
+            "    s.sendall(b'GET /healthz HTTP/1.0\\r\\n\\r\\n')\n"
+            "    print(s.recv(100).split(b'\\r\\n')[0].decode())\n"
+            "except OSError:\n"
+            "    print('unreachable')\n"
+        ).endswith("200 OK")
+
+
+def join_laptop(cl: Cluster, config: str) -> Laptop:
+    """A namespace on the underlay, its WireGuard set up from `hangar wireguard create`."""
+    fields: dict[str, str] = {}
+    for line in config.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            fields[key.strip()] = value.strip()
+    ns = cl.bridge + "lap"
+    cl.namespaces["laptop"] = ns
+    veth = cl.bridge.replace("hmbr", "hml")
+    address = cl.underlay["h1"].rsplit(".", 1)[0] + ".50"
+    sh("ip", "netns", "add", ns)
+    sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "under0", "netns", ns)
+    sh("ip", "link", "set", veth, "master", cl.bridge, "up")
+    sh("ip", "-n", ns, "addr", "add", f"{address}/24", "dev", "under0")
+    sh("ip", "-n", ns, "link", "set", "under0", "up")
+    sh("ip", "-n", ns, "link", "set", "lo", "up")
+    iface = "hwgl" + cl.bridge[-4:]
+    enter = ["nsenter", f"--net=/var/run/netns/{ns}"]
+    subprocess.run([*enter, "wireguard-go", iface], check=True, capture_output=True)
+    wg_conf = cl.tmp / "laptop-wg.conf"
+    wg_conf.write_text(
+        f"[Interface]\nPrivateKey = {fields['PrivateKey']}\n\n[Peer]\n"
+        f"PublicKey = {fields['PublicKey']}\nEndpoint = {fields['Endpoint']}\n"
+        f"AllowedIPs = {fields['AllowedIPs']}\nPersistentKeepalive = 25\n"
+    )
+    sh(*enter, "wg", "setconf", iface, str(wg_conf))
+    sh(*enter, "ip", "-6", "addr", "add", fields["Address"], "dev", iface)
+    sh(*enter, "ip", "link", "set", iface, "up")
+    for route in fields["AllowedIPs"].split(","):
+        sh(*enter, "ip", "-6", "route", "replace", route.strip(), "dev", iface)
+    resolver = fields["DNS"].split(",")[0].strip()
+    return Laptop(ns, resolver)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import ipaddress
 import json
 import logging
 import os
@@ -44,6 +45,7 @@ from hangar.domain.jointoken import parse_join_token
 from hangar.domain.routing import RoutingTable, edge_seal_context
 from hangar.edge.haproxy import Edge, EdgeConfig
 from hangar.errors import ApiError, ConfigError, HangarError, IntegrityError
+from hangar.net.dns import Record
 from hangar.net.nftables import Firewall
 from hangar.net.wireguard import Mesh, Peer, validate_endpoint
 
@@ -345,6 +347,12 @@ class ApiLink:
     def register_mesh(self, public_key: str, endpoint: str) -> None:
         self._call("PUT", "/agent/v1/mesh", json={"public_key": public_key, "endpoint": endpoint})
 
+    def dns_records(self) -> list[Record]:
+        return [
+            Record(n["app"], n["region"], n["machine_id"], ipaddress.IPv6Address(n["address"]))
+            for n in self._call("GET", "/agent/v1/names").json()
+        ]
+
     def mesh_peers(self) -> list[Peer]:
         return [
             Peer(p["host"], p["public_key"], p["endpoint"], tuple(p["allowed_ips"]))
@@ -394,6 +402,7 @@ def run_agent(
     firewall: bool = True,
     mesh_endpoint: str | None = None,
     mesh_port: int = 51820,
+    dns: bool = True,
 ) -> int:
     """Run this host's machines until SIGTERM/SIGINT (machines keep running after)."""
     stop = stop or threading.Event()
@@ -435,6 +444,7 @@ def run_agent(
         firewall=Firewall(agent_dir / "state" / "nftables") if firewall else None,
         mesh=mesh,
         mesh_peers=link.mesh_peers if mesh is not None else None,
+        dns_records=link.dns_records if dns else None,
     )
     log.info(
         "agent for host %s (%s) talking to %s", identity.name, identity.host_id, identity.agent_url

@@ -99,6 +99,7 @@ class Agent:
         self.firewall = firewall
         self.dns_records = dns_records
         self.dns: InternalDns | None = None
+        self._dns_retry_at = 0.0
         self._installation: ipaddress.IPv6Network | None = None
 
     def apply_mesh(self) -> None:
@@ -118,11 +119,12 @@ class Agent:
             self.dns = InternalDns(self._installation)
         try:
             self.dns.update(self.dns_records())
-            if not self.dns.running:
+            if not self.dns.running and time.time() >= self._dns_retry_at:
                 self.dns.start()
                 self.reconciler.nameservers = [self.dns.address]
         except (HangarError, OSError) as exc:
-            log.error("internal DNS: %s", getattr(exc, "message", exc))
+            self._dns_retry_at = time.time() + 30
+            log.error("internal DNS: %s; trying again in 30 s", getattr(exc, "message", exc))
 
     def apply_firewall(self, assignments: list[Assignment]) -> None:
         """This host's nftables table for the machines it should run; raises if refused.

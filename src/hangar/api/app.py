@@ -24,6 +24,7 @@ from hangar.api.routers import (
     secrets,
     system,
     tokens,
+    wireguard,
 )
 from hangar.controlplane.state import ControlPlane
 
@@ -49,7 +50,19 @@ def create_app(cp: ControlPlane) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.cp = cp
-    for module in (health, orgs, apps, machines, secrets, certs, hosts, tokens, audit, system):
+    for module in (
+        health,
+        orgs,
+        apps,
+        machines,
+        secrets,
+        certs,
+        wireguard,
+        hosts,
+        tokens,
+        audit,
+        system,
+    ):
         app.include_router(module.router, responses=PROBLEM_RESPONSES)
     app.include_router(certs.edge_router, responses=PROBLEM_RESPONSES)
     install_problem_handlers(app)

@@ -59,6 +59,9 @@ class Permission(Enum):
     CERTS_READ = ("certs:read", Action.READ, Role.VIEWER)
     CERTS_WRITE = ("certs:write", Action.WRITE, Role.MEMBER)
     EDGE_READ = ("edge:read", Action.READ, None)
+    WIREGUARD_READ = ("wireguard:read", Action.READ, Role.MEMBER)
+    # A device on the org's network reaches every machine of it: admins only.
+    WIREGUARD_WRITE = ("wireguard:write", Action.WRITE, Role.ADMIN)
     TOKENS_READ = ("tokens:read", Action.READ, Role.MEMBER)
     TOKENS_CREATE = ("tokens:create", Action.CREATE, Role.MEMBER)
     TOKENS_REVOKE = ("tokens:revoke", Action.DELETE, Role.MEMBER)

@@ -60,6 +60,9 @@ def run(
         typer.Option(help="join the WireGuard mesh: ADDRESS:PORT other hosts reach this one at"),
     ] = None,
     mesh_port: Annotated[int, typer.Option(help="WireGuard's UDP listening port")] = 51820,
+    dns: Annotated[
+        bool, typer.Option("--dns/--no-dns", help="answer this host's machines' .internal names")
+    ] = True,
 ) -> None:
     """Join (the first time, with --api and --join) and run this host's machines.
 
@@ -106,5 +109,6 @@ def run(
             edge=edge_config,
             mesh_endpoint=mesh_endpoint,
             mesh_port=mesh_port,
+            dns=dns,
         )
     )

@@ -25,6 +25,7 @@ from hangar.cli import (
     secrets,
     server,
     tokens,
+    wireguard,
 )
 from hangar.cli.output import print_error
 from hangar.errors import HangarError
@@ -48,6 +49,7 @@ for module in (
     hosts,
     edge,
     tokens,
+    wireguard,
     audit,
     config,
 ):

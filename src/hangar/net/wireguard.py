@@ -129,9 +129,9 @@ class Mesh:
                 "",
                 "[Peer]",
                 f"PublicKey = {peer.public_key}",
-                f"Endpoint = {peer.endpoint}",
-                "PersistentKeepalive = 25",
             ]
+            if peer.endpoint:  # a person's device has none: it calls in
+                lines += [f"Endpoint = {peer.endpoint}", "PersistentKeepalive = 25"]
             if peer.allowed_ips:
                 lines.append(f"AllowedIPs = {', '.join(peer.allowed_ips)}")
         return "\n".join(lines) + "\n"

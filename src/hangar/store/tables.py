@@ -48,6 +48,7 @@ __all__ = [
     "Setting",
     "Token",
     "User",
+    "WireguardPeer",
 ]
 
 NAMING = {
@@ -367,3 +368,22 @@ class AcmeChallenge(Base):
     hostname: Mapped[str] = mapped_column(String(253))
     key_authorization: Mapped[str] = mapped_column(String(300))
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class WireguardPeer(Base):
+    """A person's device on an organization's private network, through one mesh host.
+
+    Only the public key is stored; the private key was shown once.
+    """
+
+    __tablename__ = "wireguard_peers"
+    __table_args__ = (UniqueConstraint("org_id", "name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id"))
+    name: Mapped[str] = mapped_column(String(63))
+    network: Mapped[str] = mapped_column(String(63))
+    public_key: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str] = mapped_column(String(64), unique=True)
+    gateway_host_id: Mapped[str] = mapped_column(String(32))
+    created_by: Mapped[str] = mapped_column(String(254))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

@@ -26,7 +26,12 @@ from hangar.agent.reconciler import Assignment
 from hangar.agent.runtimes.base import ExecResult
 from hangar.api.guard import HOST, GuardedRouter, HostAccess
 from hangar.api.loops import wake_loops
-from hangar.controlplane.hostlink import apply_report, assignments_version, host_assignments
+from hangar.controlplane.hostlink import (
+    apply_report,
+    assignments_version,
+    dns_records,
+    host_assignments,
+)
 from hangar.controlplane.hosts import renew_host_cert
 from hangar.controlplane.logstore import LogStore
 from hangar.controlplane.mesh import mesh_peers, register_mesh
@@ -364,4 +369,22 @@ def mesh_list(access: Annotated[HostAccess, HOST]) -> list[PeerOut]:
                 allowed_ips=list(p.allowed_ips),
             )
             for p in mesh_peers(session, access.host.id)
+        ]
+
+
+class NameOut(BaseModel):
+    app: str
+    region: str
+    machine_id: str
+    address: str
+
+
+@router.get("/names", response_model=list[NameOut], summary="Started machines, for .internal DNS")
+def names(access: Annotated[HostAccess, HOST]) -> list[NameOut]:
+    """Every started machine's name and address; each host's resolver answers an asker
+    only about the asker's own network."""
+    with access.cp.db.read() as session:
+        return [
+            NameOut(app=r.app, region=r.region, machine_id=r.machine_id, address=str(r.address))
+            for r in dns_records(session)
         ]
