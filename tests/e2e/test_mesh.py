@@ -53,6 +53,31 @@ class Cluster:
     namespaces: dict[str, str]
     agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
+    def start_agent(self, host: str, *first_time: str) -> None:
+        """The host's agent in its namespace (``first_time``: --api and --join, to join)."""
+        with open(self.tmp / f"{host}.log", "ab") as log:
+            self.agents[host] = subprocess.Popen(
+                [
+                    # Only the network namespace: `ip netns exec` would also hide
+                    # the host's cgroup mounts, which runc needs.
+                    "nsenter",
+                    f"--net=/var/run/netns/{self.namespaces[host]}",
+                    *HANGAR,
+                    "agent",
+                    "run",
+                    *first_time,
+                    "--agent-dir",
+                    str(self.root / host),
+                    "--poll",
+                    "1",
+                    "--mesh-endpoint",
+                    f"{self.underlay[host]}:51820",
+                ],
+                env=self.srv.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
     def host_ids(self) -> dict[str, str]:
         return {h["name"]: h["id"] for h in self.srv.json("hosts", "list")}  # type: ignore[union-attr]
 
@@ -144,31 +169,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         build_example_image(tmp_path / "image")
         for host in HOSTS:
             made = srv.json("hosts", "join-token", "--name", host, "--expires", "5m")
-            with open(tmp_path / f"{host}.log", "ab") as log:
-                cl.agents[host] = subprocess.Popen(
-                    [
-                        # Only the network namespace: `ip netns exec` would also hide
-                        # the host's cgroup mounts, which runc needs.
-                        "nsenter",
-                        f"--net=/var/run/netns/{namespaces[host]}",
-                        *HANGAR,
-                        "agent",
-                        "run",
-                        "--api",
-                        api,
-                        "--join",
-                        str(made["token"]),  # type: ignore[index]
-                        "--agent-dir",
-                        str(root / host),
-                        "--poll",
-                        "1",
-                        "--mesh-endpoint",
-                        f"{underlay[host]}:51820",
-                    ],
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
+            cl.start_agent(host, "--api", api, "--join", str(made["token"]))  # type: ignore[index]
         wait_for(
             "three hosts in the mesh",
             lambda: (
@@ -336,6 +337,25 @@ def test_three_hosts_mesh_isolation_and_removal(cluster: Cluster) -> None:
         text=True,
     ).stdout
     assert wireguard.strip(), "the probe must have crossed the mesh"
+
+    # Hosts report their handshakes; `hosts list` shows how long ago.
+    wait_for(
+        "handshakes reported",
+        lambda: all(
+            h["mesh_handshake_at"]
+            for h in srv.json("hosts", "list")  # type: ignore[union-attr]
+        ),
+    )
+    assert "s ago" in srv.cli("hosts", "list").stdout
+
+    # A restarted agent keeps its machines, rules and peers, and traffic flows on.
+    cl.agents["h1"].send_signal(signal.SIGTERM)
+    cl.agents["h1"].wait(timeout=30)
+    # With h1's agent away, its machine, rules and WireGuard keep carrying traffic.
+    assert reach(cl, "alpha", a2, addresses[a1])
+    cl.start_agent("h1")
+    wait_for("h1's agent back", lambda: reach(cl, "alpha", a1, addresses[a2]))
+    assert cl.wg_peers("h1") == {keys["h2"], keys["h3"]}
 
     # A person's laptop joins the organization's network through the mesh.
     made = srv.cli("wireguard", "create", "--name", "laptop", "--org", "acme").stdout

@@ -61,3 +61,54 @@ def test_apps_join_named_networks_and_each_is_its_own_slash_48(
         refused = api.post("/v1/apps", headers=h, json={"name": "x1", "network": bad})
         assert refused.status_code == 422, bad
     assert api.get("/v1/apps/x1", headers=h).status_code == 404  # nothing made
+
+
+def test_mesh_registration_checks_input_and_peers_list_each_others_slices(
+    api: TestClient, installation: Installation, control_plane: ControlPlane
+) -> None:
+    from fastapi import FastAPI
+
+    from hangar.api.app import create_agent_app
+    from hangar.crypto.wgkeys import new_keypair
+    from tests.integration.test_hosts import _as_host, _join, _join_token
+
+    h = installation.headers
+    one = _join(api, _join_token(api, h), name="one").json()
+    two = _join(api, _join_token(api, h), name="two").json()
+    api.post("/v1/apps", headers=h, json={"name": "web"})
+    api.post("/v1/apps", headers=h, json={"name": "db", "network": "private"})
+    agents: FastAPI = create_agent_app(control_plane)
+    _, key_one = new_keypair()
+    _, key_two = new_keypair()
+    with (
+        TestClient(_as_host(agents, one["certificate"]), raise_server_exceptions=False) as c1,
+        TestClient(_as_host(agents, two["certificate"]), raise_server_exceptions=False) as c2,
+    ):
+        for bad in (
+            {"public_key": "nope", "endpoint": "10.0.0.1:51820"},
+            {"public_key": key_one, "endpoint": "10.0.0.1"},
+        ):
+            refused = c1.put("/agent/v1/mesh", json=bad)
+            assert refused.status_code == 422, refused.text
+        assert c2.get("/agent/v1/mesh/peers").json() == []  # nothing was stored
+        assert (
+            c1.put(
+                "/agent/v1/mesh", json={"public_key": key_one, "endpoint": "10.0.0.1:51820"}
+            ).status_code
+            == 204
+        )
+        assert (
+            c2.put(
+                "/agent/v1/mesh", json={"public_key": key_two, "endpoint": "10.0.0.2:51820"}
+            ).status_code
+            == 204
+        )
+        (peer,) = c2.get("/agent/v1/mesh/peers").json()
+        assert peer["public_key"] == key_one and peer["endpoint"] == "10.0.0.1:51820"
+        slices = [ipaddress.IPv6Network(s) for s in peer["allowed_ips"]]
+        assert len(slices) == 2 and all(s.prefixlen == 64 for s in slices)  # two networks
+        # Each slice is host one's: its number in the fourth group.
+        assert all((int(s.network_address) >> 64) & 0xFFFF == 1 for s in slices)
+    api.delete("/v1/hosts/one", headers=h)
+    with TestClient(_as_host(agents, two["certificate"]), raise_server_exceptions=False) as c2:
+        assert c2.get("/agent/v1/mesh/peers").json() == []  # a removed host is no one's peer

@@ -353,6 +353,9 @@ class ApiLink:
             for n in self._call("GET", "/agent/v1/names").json()
         ]
 
+    def report_mesh(self, latest_handshake: int) -> None:
+        self._call("PUT", "/agent/v1/mesh/status", json={"latest_handshake": latest_handshake})
+
     def mesh_peers(self) -> list[Peer]:
         return [
             Peer(p["host"], p["public_key"], p["endpoint"], tuple(p["allowed_ips"]))
@@ -444,6 +447,7 @@ def run_agent(
         firewall=Firewall(agent_dir / "state" / "nftables") if firewall else None,
         mesh=mesh,
         mesh_peers=link.mesh_peers if mesh is not None else None,
+        mesh_report=link.report_mesh if mesh is not None else None,
         dns_records=link.dns_records if dns else None,
     )
     log.info(

@@ -88,9 +88,12 @@ class Agent:
         dns_records: Callable[[], list[Record]] | None = None,
         mesh: Mesh | None = None,
         mesh_peers: Callable[[], list[Peer]] | None = None,
+        mesh_report: Callable[[int], None] | None = None,
     ) -> None:
         self.mesh = mesh
         self.mesh_peers = mesh_peers
+        self.mesh_report = mesh_report
+        self._mesh_reported_at = 0.0
         self.link = link
         self.reconciler = reconciler
         self.host_id = host_id
@@ -108,6 +111,9 @@ class Agent:
             return
         try:
             self.mesh.apply(self.mesh_peers())
+            if self.mesh_report is not None and time.time() - self._mesh_reported_at >= 10:
+                self.mesh_report(max(self.mesh.peers().values(), default=0))
+                self._mesh_reported_at = time.time()
         except HangarError as exc:
             log.error("mesh: %s", exc.message)
 

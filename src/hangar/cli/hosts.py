@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import datetime as dt
+from typing import Annotated, Any
 
 import typer
 
@@ -21,15 +22,27 @@ COLUMNS = [
     ("memory_mb", "MEMORY MB"),
     ("mesh_endpoint", "MESH ENDPOINT"),
     ("mesh_public_key", "MESH KEY"),
+    ("handshake", "HANDSHAKE"),
     ("last_seen", "LAST SEEN"),
 ]
+
+
+def _ages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The newest mesh handshake as an age a person reads at a glance."""
+    now = dt.datetime.now(dt.UTC)
+    for item in items:
+        when = item.get("mesh_handshake_at")
+        if when:
+            seconds = (now - dt.datetime.fromisoformat(when)).total_seconds()
+            item["handshake"] = f"{max(0, int(seconds))}s ago"
+    return items
 
 
 @app.command("list")
 def list_(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     """Hosts, their state and how many machines they run."""
     items = client(ctx).get("/v1/hosts")
-    emit(items) if json_out else table(items, COLUMNS)
+    emit(items) if json_out else table(_ages(items), COLUMNS)
 
 
 @app.command()

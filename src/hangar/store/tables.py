@@ -217,6 +217,8 @@ class Host(Base):
     # never leaves the host).
     mesh_public_key: Mapped[str | None] = mapped_column(String(64))
     mesh_endpoint: Mapped[str | None] = mapped_column(String(300))
+    # The newest WireGuard handshake the host has seen with any peer.
+    mesh_handshake_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
 
 class JoinToken(Base):

@@ -388,3 +388,20 @@ def names(access: Annotated[HostAccess, HOST]) -> list[NameOut]:
             NameOut(app=r.app, region=r.region, machine_id=r.machine_id, address=str(r.address))
             for r in dns_records(session)
         ]
+
+
+class MeshStatusIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    latest_handshake: int = Field(ge=0, description="unix time of the newest handshake; 0: none")
+
+
+@router.put("/mesh/status", status_code=204, summary="This host's newest mesh handshake")
+def mesh_status(body: MeshStatusIn, access: Annotated[HostAccess, HOST]) -> None:
+    with access.cp.db.write() as session:
+        host = session.get(Host, access.host.id)
+        assert host is not None
+        host.mesh_handshake_at = (
+            dt.datetime.fromtimestamp(body.latest_handshake, dt.UTC)
+            if body.latest_handshake
+            else None
+        )

@@ -30,6 +30,7 @@ class HostOut(BaseModel):
     edge: bool
     mesh_public_key: str | None
     mesh_endpoint: str | None
+    mesh_handshake_at: dt.datetime | None
     created_at: dt.datetime
     last_seen: dt.datetime | None
 
@@ -59,6 +60,7 @@ def _hosts(access: Access, name: str | None = None) -> list[HostOut]:
             edge=h.edge,
             mesh_public_key=h.mesh_public_key,
             mesh_endpoint=h.mesh_endpoint,
+            mesh_handshake_at=h.mesh_handshake_at,
             created_at=h.created_at,
             last_seen=h.last_seen,
         )
