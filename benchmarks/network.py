@@ -10,8 +10,11 @@
 The machines are real runc machines of the example image; iperf3 runs from
 the host's filesystem inside each machine's network namespace (the image
 has no iperf3), which is the path the machines' own traffic takes.
-Run as root: `python benchmarks/network.py`. Across hosts (WireGuard) is
-not measured yet: the mesh is not built.
+3. TCP throughput between two "hosts" (network namespaces on a veth
+   underlay) through the mesh's WireGuard interfaces, set up by the same
+   code the agents run (wireguard-go here: no kernel module).
+
+Run as root: `python benchmarks/network.py`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import json
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -70,6 +74,72 @@ def plain_veth(seconds: int) -> float:
     finally:
         for ns in (a, b):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def mesh_path(seconds: int) -> float:
+    """Two "hosts" (namespaces on a veth underlay) through WireGuard, as the mesh sets it up."""
+    from hangar.net.wireguard import Peer
+
+    a, b = "hbench-ma", "hbench-mb"
+    work = Path(tempfile.mkdtemp(prefix="hangar-bench-mesh-"))
+    for ns in (a, b):
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(
+            ["ip", "link", "add", "hbma", "netns", a, "type", "veth", "peer", "hbmb", "netns", b],
+            check=True,
+        )
+        for ns, dev, addr in ((a, "hbma", "10.251.0.1"), (b, "hbmb", "10.251.0.2")):
+            run = ["ip", "netns", "exec", ns]
+            subprocess.run([*run, "ip", "addr", "add", f"{addr}/24", "dev", dev], check=True)
+            subprocess.run([*run, "ip", "link", "set", dev, "up"], check=True)
+            subprocess.run([*run, "ip", "link", "set", "lo", "up"], check=True)
+        # Each side's Mesh runs in its namespace through a small helper process.
+        keys = {}
+        for ns, name in ((a, "bench-a"), (b, "bench-b")):
+            keys[ns] = subprocess.run(
+                [
+                    "nsenter",
+                    f"--net=/var/run/netns/{ns}",
+                    sys.executable,
+                    "-c",
+                    "from pathlib import Path; from hangar.net.wireguard import Mesh; "
+                    f"print(Mesh('{name}', Path('{work / ns}')).public_key())",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+        sides = (
+            (a, "bench-a", "10.251.0.2:51820", b, "fd96:1::1", "fd96:2::/64"),
+            (b, "bench-b", "10.251.0.1:51820", a, "fd96:2::1", "fd96:1::/64"),
+        )
+        for ns, name, endpoint, other, own, theirs in sides:
+            peer = Peer("other", keys[other], endpoint, (theirs,))
+            fields = tuple(peer.__dict__.values())
+            code = (
+                "from pathlib import Path; from hangar.net.wireguard import Mesh, Peer; "
+                f"Mesh('{name}', Path('{work / ns}')).apply([Peer(*{fields!r})])"
+            )
+            subprocess.run(
+                ["nsenter", f"--net=/var/run/netns/{ns}", sys.executable, "-c", code], check=True
+            )
+            subprocess.run(
+                ["ip", "netns", "exec", ns, "ip", "-6", "addr", "add", f"{own}/128", "dev", "lo"],
+                check=True,
+            )
+        return iperf(["ip", "netns", "exec", a], ["ip", "netns", "exec", b], "fd96:2::1", seconds)
+    finally:
+        for ns in (a, b):
+            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+            for pid in pids.stdout.split():
+                subprocess.run(["kill", "-9", pid], capture_output=True)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        for name in ("bench-a", "bench-b"):
+            from hangar.net.wireguard import interface_name
+
+            Path(f"/var/run/wireguard/{interface_name(name)}.sock").unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def machines_path(seconds: int) -> float:
@@ -173,10 +243,16 @@ def main() -> None:
             raise SystemExit(f"{tool} is not installed: run `make deps`")
     plain = plain_veth(args.seconds)
     hangar = machines_path(args.seconds)
+    mesh = mesh_path(args.seconds)
     first, change = nft_apply(args.machines)
-    print("TCP throughput, one host, iperf3:")
-    print(f"  plain veth pair, no filtering      {plain:7.2f} Gbit/s")
-    print(f"  machine -> machine (Hangar)        {hangar:7.2f} Gbit/s   ratio {hangar / plain:.2f}")
+    print("TCP throughput, iperf3:")
+    rows = [
+        ("plain veth pair, no filtering", plain),
+        ("machine -> machine, one host (Hangar)", hangar),
+        ("host -> host through the mesh (wg-go)", mesh),
+    ]
+    for label, rate in rows:
+        print(f"  {label:40}{rate:7.2f} Gbit/s   ratio {rate / plain:.2f}")
     print(
         f"nftables table for {args.machines} machines: first load {first * 1000:.0f} ms,"
         f" a change {change * 1000:.0f} ms (checked and loaded in one transaction)"
