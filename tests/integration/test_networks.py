@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import ipaddress
+import shutil
+import subprocess
+from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from hangar.agent.runtimes.runc import RuncRuntime
 from hangar.controlplane.machines import create_machine, register_local_host
 from hangar.controlplane.state import ControlPlane
-from hangar.store.tables import App, Network
+from hangar.store.tables import App, Host, Network
 from tests.conftest import Installation, bearer, mint_token
+from tests.integration.test_hosts import _join, _join_token
 
 
 def _network_of(cp: ControlPlane, app_name: str) -> ipaddress.IPv6Network:
@@ -70,7 +76,7 @@ def test_mesh_registration_checks_input_and_peers_list_each_others_slices(
 
     from hangar.api.app import create_agent_app
     from hangar.crypto.wgkeys import new_keypair
-    from tests.integration.test_hosts import _as_host, _join, _join_token
+    from tests.integration.test_hosts import _as_host
 
     h = installation.headers
     one = _join(api, _join_token(api, h), name="one").json()
@@ -112,3 +118,60 @@ def test_mesh_registration_checks_input_and_peers_list_each_others_slices(
     api.delete("/v1/hosts/one", headers=h)
     with TestClient(_as_host(agents, two["certificate"]), raise_server_exceptions=False) as c2:
         assert c2.get("/agent/v1/mesh/peers").json() == []  # a removed host is no one's peer
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("wireguard-go") is None or shutil.which("wg") is None,
+    reason="needs wireguard-tools and wireguard-go (`make deps`)",
+)
+def test_the_control_planes_own_host_joins_the_mesh(
+    api: TestClient,
+    installation: Installation,
+    control_plane: ControlPlane,
+    runtime: RuncRuntime,
+    base_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """`server run` with mesh_endpoint: registered in-process, peers applied to a real interface."""
+    from hangar.agent.images import ImageStore
+    from hangar.agent.reconciler import Reconciler
+    from hangar.agent.service import LocalAgent
+    from hangar.crypto.wgkeys import new_keypair
+    from hangar.net.netns import link_exists
+    from hangar.net.wireguard import Mesh
+
+    h = installation.headers
+    with control_plane.db.write() as s:
+        local = register_local_host(s, name="cp", region="local", memory_mb=4096)
+        local_id = local.id
+    api.post("/v1/apps", headers=h, json={"name": "web"})
+    worker = _join(api, _join_token(api, h), name="worker").json()
+    _, worker_key = new_keypair()
+    with control_plane.db.write() as s:
+        row = s.get(Host, worker["host_id"])
+        assert row is not None
+        row.mesh_public_key, row.mesh_endpoint = worker_key, "127.0.0.1:51999"
+    reconciler = Reconciler(runtime, ImageStore(base_dir / "images"), tmp_path / "agent")
+    mesh = Mesh(local_id, tmp_path / "identity", listen_port=51998)
+    try:
+        agent = LocalAgent(
+            control_plane.db, reconciler, local_id, mesh=mesh, mesh_endpoint="127.0.0.1:51998"
+        )
+        agent.apply_mesh()
+        assert link_exists(mesh.interface)
+        assert set(mesh.peers()) == {worker_key}
+        routes = subprocess.run(
+            ["ip", "-6", "route", "show", "dev", mesh.interface], capture_output=True, text=True
+        ).stdout
+        assert "/64" in routes  # the worker's slice of the network, through the mesh
+        hosts = {x["name"]: x for x in api.get("/v1/hosts", headers=h).json()}
+        assert hosts["cp"]["mesh_public_key"] == mesh.public_key()
+        assert hosts["cp"]["mesh_endpoint"] == "127.0.0.1:51998"
+        # The worker now has the control plane's host as its peer.
+        with control_plane.db.read() as s:
+            from hangar.controlplane.mesh import mesh_peers
+
+            assert [p.host for p in mesh_peers(s, worker["host_id"])] == ["cp"]
+    finally:
+        mesh.remove()

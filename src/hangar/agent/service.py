@@ -13,6 +13,7 @@ host's: it long-polls the control plane over mutual TLS.
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import logging
 import time
@@ -22,10 +23,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from hangar.agent.reconciler import Assignment, Reconciler
 from hangar.controlplane.hostlink import apply_report, dns_records, host_assignments
+from hangar.controlplane.mesh import mesh_peers, register_mesh
 from hangar.domain.routing import RoutingTable
-from hangar.errors import HangarError
+from hangar.errors import ConfigError, HangarError
 from hangar.net.dns import InternalDns, Record, resolver_address
 from hangar.store.db import Database
+from hangar.store.tables import Host
 
 if TYPE_CHECKING:
     from hangar.edge.haproxy import Edge
@@ -215,11 +218,33 @@ class LocalAgent(Agent):
         routes: Callable[[], RoutingTable] | None = None,
         firewall: Firewall | None = None,
         dns: bool = False,
+        mesh: Mesh | None = None,
+        mesh_endpoint: str | None = None,
     ) -> None:
         def records() -> list[Record]:
             with db.read() as session:
                 return dns_records(session)
 
+        def peers() -> list[Peer]:
+            with db.read() as session:
+                return mesh_peers(session, host_id)
+
+        def report(latest: int) -> None:
+            with db.write() as session:
+                host = session.get(Host, host_id)
+                if host is not None:
+                    host.mesh_handshake_at = (
+                        dt.datetime.fromtimestamp(latest, dt.UTC) if latest else None
+                    )
+
+        if mesh is not None:
+            if mesh_endpoint is None:
+                raise ConfigError("this host's mesh needs an endpoint", hint="set mesh_endpoint")
+            # The control plane's own host registers in-process, as joined hosts do over mTLS.
+            with db.write() as session:
+                host = session.get(Host, host_id)
+                assert host is not None
+                register_mesh(session, host, mesh.public_key(), mesh_endpoint)
         super().__init__(
             StoreLink(db, host_id),
             reconciler,
@@ -228,4 +253,7 @@ class LocalAgent(Agent):
             routes=routes,
             firewall=firewall,
             dns_records=records if dns else None,
+            mesh=mesh,
+            mesh_peers=peers if mesh is not None else None,
+            mesh_report=report if mesh is not None else None,
         )

@@ -62,6 +62,9 @@ class ServerSettings(BaseModel):
     firewall: bool = True
     # Answer machines' .internal names on this host (UDP/TCP 53 on a private address).
     dns: bool = True
+    # Join the WireGuard mesh between hosts: ADDRESS:PORT other hosts reach this one at.
+    mesh_endpoint: str = ""
+    mesh_port: int = Field(default=51820, ge=1, le=65535)
     # The edge (HAProxy) on this host: where it listens, and the domain under
     # which every app answers as <app>.<edge_domain>.
     edge: bool = True

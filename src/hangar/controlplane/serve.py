@@ -40,6 +40,7 @@ from hangar.domain.routing import RoutingTable
 from hangar.edge.haproxy import Edge, EdgeConfig
 from hangar.errors import ConfigError
 from hangar.net.nftables import Firewall
+from hangar.net.wireguard import Mesh, validate_endpoint
 from hangar.tlsprofile import TLS12_CIPHERS
 
 log = logging.getLogger("hangar.server")
@@ -167,6 +168,10 @@ def local_agent(cp: ControlPlane) -> LocalAgent:
                 hint="apt-get install nftables",
             )
         firewall = Firewall(root / "state" / "nftables")
+    mesh = None
+    if settings.mesh_endpoint:
+        validate_endpoint(settings.mesh_endpoint)
+        mesh = Mesh(host.id, root / "identity", listen_port=settings.mesh_port)
     return LocalAgent(
         cp.db,
         reconciler,
@@ -175,6 +180,8 @@ def local_agent(cp: ControlPlane) -> LocalAgent:
         routes=routes,
         firewall=firewall,
         dns=settings.dns,
+        mesh=mesh,
+        mesh_endpoint=settings.mesh_endpoint or None,
     )
 
 
