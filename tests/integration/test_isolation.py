@@ -231,7 +231,7 @@ def test_reachability_matrix_spoofing_and_the_host(
 
     # The host's own services are out of reach (but not its health checks of them).
     service = "2001:db8:99::1"  # an address of the host's, as its API or SSH would have
-    subprocess.run(["ip", "-6", "addr", "add", f"{service}/128", "dev", "lo"], check=True)
+    subprocess.run(["ip", "-6", "addr", "replace", f"{service}/128", "dev", "lo"], check=True)
     server = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     server.bind(("::", 0))
     server.listen()
@@ -334,7 +334,7 @@ def test_a_refused_ruleset_changes_nothing(
     agent, _, m = cluster
     table = table_name(HOST)
     before = subprocess.run(
-        ["nft", "list", "table", "inet", table], capture_output=True, text=True
+        ["nft", "-s", "list", "table", "inet", table], capture_output=True, text=True
     ).stdout
     bad = render(FirewallSpec(table=table, installation=PREFIX)).replace(
         "policy accept;", "policy maybe;", 1
@@ -344,7 +344,7 @@ def test_a_refused_ruleset_changes_nothing(
         firewall.check(bad)
     assert "nft" in caught.value.message
     after = subprocess.run(
-        ["nft", "list", "table", "inet", table], capture_output=True, text=True
+        ["nft", "-s", "list", "table", "inet", table], capture_output=True, text=True
     ).stdout
     assert after == before
     # Re-applying the same table (a restarted agent) keeps established flows.
