@@ -353,10 +353,23 @@ def test_a_failing_machine_leaves_rotation_and_returns(edge: Edge) -> None:
     # Machines find each other by name on the private network.
     listed = srv.json("machines", "list", "--app", "hello")
     assert isinstance(listed, list)
-    named = srv.cli(
-        "machines", "exec", victim, "--app", "hello", "--", "nslookup", "hello.internal"
-    )
-    assert all(m["address"] in named.stdout for m in listed), named.stdout
+
+    def both_named() -> bool:
+        named = srv.cli(
+            "machines",
+            "exec",
+            victim,
+            "--app",
+            "hello",
+            "--",
+            "nslookup",
+            "hello.internal",
+            check=False,
+        )
+        return all(m["address"] in named.stdout for m in listed)
+
+    # Names follow machines within a second or so.
+    wait_for("both machines named hello.internal", both_named, timeout=30)
     # Serve from a writable copy so a check can be made to fail from inside.
     srv.cli(
         "machines",

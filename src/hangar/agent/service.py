@@ -106,6 +106,7 @@ class Agent:
         self.dns_records = dns_records
         self.dns: InternalDns | None = None
         self._dns_retry_at = 0.0
+        self._dns_refreshed_at = 0.0
         self._installation: ipaddress.IPv6Network | None = None
 
     def apply_mesh(self) -> None:
@@ -126,8 +127,13 @@ class Agent:
             return
         if self.dns is None:
             self.dns = InternalDns(self._installation)
+        # Names change with machines starting anywhere; once a second is soon
+        # enough for answers that live 5 s, and keeps the query off every round.
+        if self.dns.running and time.monotonic() - self._dns_refreshed_at < 1.0:
+            return
         try:
             self.dns.update(self.dns_records())
+            self._dns_refreshed_at = time.monotonic()
             if not self.dns.running and time.time() >= self._dns_retry_at:
                 self.dns.start()
                 self.reconciler.nameservers = [self.dns.address]
