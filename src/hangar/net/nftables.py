@@ -190,6 +190,7 @@ class Firewall:
         self.work_dir = work_dir
         self._applied: str | None = None
         self._forwarding_on = False
+        self._gone = False  # known to have no table loaded
 
     def check(self, ruleset: str) -> None:
         """``nft -c``: CommandError with nft's own words if the kernel would refuse it."""
@@ -199,10 +200,14 @@ class Firewall:
         """Load the table for ``spec`` (checked first); True if it changed."""
         if not spec.machines:
             # No machine here: no interface to guard, and no table left behind.
-            if self._applied is not None or self._present(spec.table):
+            # The kernel is asked once; after that this object knows it is gone.
+            if self._gone:
+                return False
+            changed = self._applied is not None or self._present(spec.table)
+            if changed:
                 self.remove(spec.table)
-                return True
-            return False
+            self._gone = True
+            return changed
         ruleset = render(spec)
         if ruleset == self._applied:
             return False
@@ -210,6 +215,7 @@ class Firewall:
         self._nft(ruleset, check=True)
         self._nft(ruleset, check=False)
         self._applied = ruleset
+        self._gone = False
         log.info(
             "nftables: %d machines, %d networks",
             len(spec.machines),
