@@ -38,13 +38,13 @@ from hangar.agent.oci import ImageRef, receive_blob, write_index
 from hangar.agent.reconciler import Assignment, Reconciler
 from hangar.agent.runtimes.runc import RuncRuntime
 from hangar.agent.service import Agent, host_memory_mb
-from hangar.crypto.ca import write_private
 from hangar.crypto.hostcert import certificate_window, csr_for, new_host_key, pin_matches
 from hangar.crypto.secretbox import Opener
 from hangar.domain.jointoken import parse_join_token
 from hangar.domain.routing import RoutingTable, edge_seal_context
 from hangar.edge.haproxy import Edge, EdgeConfig
 from hangar.errors import ApiError, ConfigError, HangarError, IntegrityError
+from hangar.hostfs import write_private
 from hangar.net.dns import Record
 from hangar.net.nftables import Firewall
 from hangar.net.wireguard import Mesh, Peer, validate_endpoint

@@ -13,7 +13,7 @@ from hangar.audit.log import AuditContext
 from hangar.auth.rbac import Role
 from hangar.auth.tokens import new_id
 from hangar.config.settings import ServerSettings
-from hangar.crypto.ca import InternalCA, write_private
+from hangar.crypto.ca import InternalCA
 from hangar.crypto.keyring import (
     FileKekProvider,
     Keyring,
@@ -23,6 +23,7 @@ from hangar.crypto.keyring import (
 from hangar.crypto.signing import AuditSigner
 from hangar.domain.names import validate_dns_label, validate_email
 from hangar.errors import ConfigError
+from hangar.hostfs import write_private
 from hangar.store.db import Database
 from hangar.store.tables import Membership, Org, User
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from pathlib import Path
 
 from cryptography import x509
@@ -19,20 +18,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from hangar.crypto.keyring import Keyring
 from hangar.errors import ValidationError
+from hangar.hostfs import write_private
 
-__all__ = ["HOST_URI_PREFIX", "InternalCA", "host_id_of", "write_private"]
+__all__ = ["HOST_URI_PREFIX", "InternalCA", "host_id_of"]
 
 _CA_PURPOSE = "internal-ca-key"
 # A host's client certificate names it by this URI in its subjectAltName.
 HOST_URI_PREFIX = "hangar://host/"
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Create ``path`` with mode 0600 (never briefly wider) and write ``data``."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(path, 0o600)
 
 
 def _now() -> dt.datetime:

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from hangar.crypto import ca, signing
-from hangar.crypto.ca import write_private
 from hangar.crypto.keyring import Keyring
 from hangar.crypto.macaroons import TokenKeys
 from hangar.crypto.secretbox import app_key_purpose
+from hangar.hostfs import write_private
 
 __all__ = ["WRAPPED_FILES", "app_key_purpose", "rewrap", "rewrap_file", "root_key_purpose"]
 

@@ -13,9 +13,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from hangar.crypto.ca import write_private
 from hangar.crypto.keyring import Keyring
 from hangar.errors import IntegrityError, KeyMaterialError
+from hangar.hostfs import write_private
 
 __all__ = ["AuditSigner", "load_public_key", "public_key_from_pem", "verify_signature"]
 

@@ -45,6 +45,7 @@ from hangar.domain.routing import (
     tcp_backend,
 )
 from hangar.errors import CommandError
+from hangar.hostfs import ensure_private_tmpfs, write_private
 from hangar.tlsprofile import CURVES, TLS12_CIPHERS, TLS13_SUITES
 
 __all__ = ["Edge", "EdgeConfig", "Rendered", "render"]
@@ -319,12 +320,10 @@ class Edge:
         return self.master_pid() is not None
 
     def _prepare_dir(self) -> None:
-        from hangar.agent.runtimes.runc import ensure_private_tmpfs
-
         ensure_private_tmpfs(self.dir, self.cfg.tmpfs_mb)
         default = self.dir / "default.pem"
         if not default.exists():
-            _write_private(default, self_signed_pem("hangar-edge-default"))
+            write_private(default, self_signed_pem("hangar-edge-default"))
 
     def _write(self, table: RoutingTable, *, with_state: bool) -> Path:
         """Render into a fresh versioned directory; return it (not yet live)."""
@@ -334,11 +333,11 @@ class Edge:
         rendered = render(table, self.cfg, conf, with_state=with_state)
         (conf / "default.pem").symlink_to(self.dir / "default.pem")
         for name, text in rendered.maps.items():
-            _write_private(conf / name, text)
+            write_private(conf / name, text)
         for name, pem in rendered.certs.items():
-            _write_private(conf / name, pem)
-        _write_private(conf / "certs.list", rendered.crt_list)
-        _write_private(conf / "haproxy.cfg", rendered.config)
+            write_private(conf / name, pem)
+        write_private(conf / "certs.list", rendered.crt_list)
+        write_private(conf / "haproxy.cfg", rendered.config)
         return conf
 
     def validate(self, conf: Path) -> None:
@@ -526,12 +525,6 @@ class Edge:
             "last_applied": self.last_applied,
             "proxies": proxies,
         }
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
 
 
 def _unix_command(path: Path, command: str, timeout: float = 10.0) -> str:

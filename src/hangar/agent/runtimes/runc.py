@@ -32,6 +32,7 @@ from hangar import hostcmd
 from hangar.agent.logfiles import read_all
 from hangar.agent.runtimes.base import ExecResult, MachineSpec, RuntimeState
 from hangar.errors import CommandError, Conflict, NotFound, ValidationError
+from hangar.hostfs import ensure_private_tmpfs
 from hangar.net import netns
 
 __all__ = ["CAPABILITIES", "RuncRuntime", "oci_config", "seccomp_profile"]
@@ -212,27 +213,6 @@ def _etc_files(spec: MachineSpec) -> dict[str, str]:
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
-
-
-def ensure_private_tmpfs(path: Path, size_mb: int = 64) -> None:
-    """Mount a 0700 tmpfs at ``path`` unless one is already there."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with open("/proc/self/mounts") as mounts:
-        for line in mounts:
-            fields = line.split()
-            if len(fields) > 2 and fields[1] == str(path.resolve()) and fields[2] == "tmpfs":
-                return
-    hostcmd.run(
-        [
-            "mount",
-            "-t",
-            "tmpfs",
-            "-o",
-            f"mode=0700,nosuid,nodev,noexec,size={size_mb}m",
-            "tmpfs",
-            str(path),
-        ]
-    )
 
 
 class RuncRuntime:
