@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hangar.audit.log import AuditLog
 from hangar.auth.tokens import TokenService
 from hangar.config.settings import ServerSettings
+from hangar.contract.links import HostMachines
 from hangar.controlplane.execbroker import ExecBroker
 from hangar.crypto.ca import InternalCA
 from hangar.crypto.keyring import (
@@ -50,6 +52,10 @@ class ControlPlane:
     ca: InternalCA
     # Commands for machines on other hosts, waiting for those hosts' agents.
     execs: ExecBroker = field(default_factory=ExecBroker)
+    # Set by the server that runs the loops: desired or observed state changed.
+    wake: Callable[[], None] = field(default=lambda: None)
+    # The machines on this process's own host, when it runs an agent.
+    local: HostMachines | None = None
 
     @classmethod
     def open(cls, settings: ServerSettings, *, migrate: bool = True) -> ControlPlane:

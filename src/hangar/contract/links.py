@@ -1,0 +1,73 @@
+"""The two directions between the control plane and a host, as protocols.
+
+``ControlPlaneLink`` is everything an agent asks of the control plane. The
+all-in-one server implements it over the store, in-process; a joined host
+implements it over the agents' mutual-TLS API. The agent is written against
+this protocol alone, so both hosts run the same agent.
+
+``HostMachines`` is what the control plane asks of the machines on its own
+host (the in-process agent's runtime): a command's output, a machine's log.
+Machines on other hosts are reached through their agents' long poll instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from hangar.contract.assignments import Assignment, MachineStatus
+from hangar.contract.execs import ExecResult
+from hangar.contract.mesh import Peer
+from hangar.contract.names import Record
+from hangar.domain.routing import RoutingTable
+
+__all__ = ["ControlPlaneLink", "HostMachines"]
+
+
+class ControlPlaneLink(Protocol):
+    def assignments(self, wait: float) -> list[Assignment]:
+        """This host's assignments; may wait up to ``wait`` seconds for a change."""
+        ...
+
+    def report(self, statuses: Mapping[str, MachineStatus], errors: Mapping[str, str]) -> None:
+        """What this host observed of its machines, and the errors acting on them."""
+        ...
+
+    def image_layout(self, want: Assignment) -> Path:
+        """The assignment's image as an OCI layout on this host's disk."""
+        ...
+
+    def secrets(self, want: Assignment) -> dict[str, str]:
+        """The secrets of a machine this host is starting (held only in memory)."""
+        ...
+
+    def routes(self) -> RoutingTable:
+        """The edge's routing table, with the keys of its certificates (edge hosts only)."""
+        ...
+
+    def names(self) -> list[Record]:
+        """Every started machine, for this host's .internal resolver."""
+        ...
+
+    def peers(self) -> list[Peer]:
+        """This host's WireGuard peers."""
+        ...
+
+    def register_mesh(self, public_key: str, endpoint: str) -> None:
+        """Tell the control plane this host's mesh key and endpoint."""
+        ...
+
+    def report_mesh(self, latest_handshake: int) -> None:
+        """The newest handshake with any peer (unix time, 0 for none)."""
+        ...
+
+
+class HostMachines(Protocol):
+    """The machines on the control plane's own host, reached in-process."""
+
+    host_id: str
+
+    def exec(self, machine_id: str, argv: list[str], *, timeout: float) -> ExecResult: ...
+
+    def logs(self, machine_id: str) -> list[dict[str, Any]]: ...
