@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from hangar.controlplane.serve import TLS12_CIPHERS, _TLSConfig
+from hangar.server.serve import TLS12_CIPHERS, _TLSConfig
 
 app = FastAPI(docs_url=None, redoc_url=None)
 

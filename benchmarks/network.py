@@ -78,7 +78,7 @@ def plain_veth(seconds: int) -> float:
 
 def mesh_path(seconds: int) -> float:
     """Two "hosts" (namespaces on a veth underlay) through WireGuard, as the mesh sets it up."""
-    from hangar.net.wireguard import Peer
+    from hangar.contract.mesh import Peer
 
     a, b = "hbench-ma", "hbench-mb"
     work = Path(tempfile.mkdtemp(prefix="hangar-bench-mesh-"))
@@ -144,9 +144,10 @@ def mesh_path(seconds: int) -> float:
 
 def machines_path(seconds: int) -> float:
     from hangar.agent.images import ImageStore
-    from hangar.agent.reconciler import Assignment, Reconciler
+    from hangar.agent.reconciler import Reconciler
     from hangar.agent.runtimes.runc import RuncRuntime
     from hangar.agent.service import Agent
+    from hangar.contract.assignments import Assignment
     from hangar.net.addressing import host_slice, machine_address, network_prefix
     from hangar.net.nftables import Firewall, table_name
 

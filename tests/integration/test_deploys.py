@@ -13,7 +13,7 @@ from sqlalchemy import select
 from hangar.agent.images import Image, ImageStore
 from hangar.agent.reconciler import Reconciler
 from hangar.agent.runtimes.runc import RuncRuntime
-from hangar.agent.service import LocalAgent
+from hangar.agent.service import Agent
 from hangar.config.appconfig import AppConfig, parse_app_config
 from hangar.controlplane.deployer import step_all
 from hangar.controlplane.machines import (
@@ -23,6 +23,7 @@ from hangar.controlplane.machines import (
     register_local_host,
 )
 from hangar.controlplane.state import ControlPlane
+from hangar.server.local import StoreLink
 from hangar.store.tables import App, AuditEvent, Machine, Org, Release
 from tests.conftest import make_installation
 from tests.integration.conftest import BASE_UID, needs_root
@@ -52,7 +53,7 @@ app = "hello"
 
 
 class World:
-    def __init__(self, cp: ControlPlane, agent: LocalAgent, app: App, image: str) -> None:
+    def __init__(self, cp: ControlPlane, agent: Agent, app: App, image: str) -> None:
         self.cp, self.agent, self.app, self.image = cp, agent, app, image
         self.healthy_floor: int | None = None
 
@@ -104,8 +105,10 @@ def world(tmp_path: Path, runtime: RuncRuntime, base_dir: Path, hello: Image) ->
         s.add(app)
         host = register_local_host(s, name="test-host")
     images = ImageStore(base_dir / "images", uid_base=BASE_UID)
-    agent = LocalAgent(
-        cp.db, Reconciler(runtime, images, base_dir / f"agent-{tmp_path.name}"), host.id
+    agent = Agent(
+        StoreLink.for_host(cp, host.id),
+        Reconciler(runtime, images, base_dir / f"agent-{tmp_path.name}"),
+        host.id,
     )
     w = World(cp, agent, app, f"oci:{base_dir / 'hello'}:latest")
     yield w

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from hangar.agent.health import CheckSpec, HealthMonitor, run_check
+from hangar.agent.health import HealthMonitor, run_check
+from hangar.contract.assignments import CheckSpec
 
 LOOPBACK = ipaddress.IPv6Address("::1")
 

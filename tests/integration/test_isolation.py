@@ -18,18 +18,17 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from hangar.agent.health import CheckSpec
 from hangar.agent.images import Image, ImageStore
-from hangar.agent.reconciler import Assignment, Reconciler
+from hangar.agent.reconciler import Reconciler
 from hangar.agent.runtimes.runc import RuncRuntime
 from hangar.agent.service import Agent
+from hangar.contract.assignments import Assignment, CheckSpec, MachineStatus
+from hangar.contract.names import Record
 from hangar.errors import CommandError
 from hangar.net.addressing import host_slice, machine_address, network_prefix
-from hangar.net.dns import Record
 from hangar.net.nftables import Firewall, FirewallSpec, counters, render, table_name
 from tests.integration.conftest import BASE_UID, needs_root, wait_for
 
@@ -50,13 +49,19 @@ CHECK = CheckSpec("http", "http", 8080, interval=0.3, timeout=1, grace_period=0.
 
 
 class NoLink:
-    """The agent's link is not under test here; only its firewall step is."""
+    """The agent's link is not under test here: only its firewall and resolver steps are."""
+
+    def __init__(self, records: list[Record] | None = None) -> None:
+        self.records = records or []
 
     def assignments(self, wait: float) -> list[Assignment]:
         return []
 
-    def report(self, infos: Mapping[str, Mapping[str, Any]], errors: Mapping[str, str]) -> None:
+    def report(self, statuses: Mapping[str, MachineStatus], errors: Mapping[str, str]) -> None:
         pass
+
+    def names(self) -> list[Record]:
+        return self.records
 
 
 def assignment(
@@ -125,7 +130,7 @@ def cluster(
         for a in wanted.values()
         if a.address
     ]
-    agent = Agent(NoLink(), reconciler, HOST, firewall=firewall, dns_records=lambda: records)
+    agent = Agent(NoLink(records), reconciler, HOST, firewall=firewall, dns=True)  # type: ignore[arg-type]
     try:
         agent.apply_firewall(list(wanted.values()))
         agent.serve_dns()
@@ -349,7 +354,10 @@ def test_a_refused_ruleset_changes_nothing(
     assert after == before
     # Re-applying the same table (a restarted agent) keeps established flows.
     fresh = Agent(
-        NoLink(), agent.reconciler, HOST, firewall=Firewall(base_dir / "iso-agent" / "nftables")
+        NoLink(),  # type: ignore[arg-type]
+        agent.reconciler,
+        HOST,
+        firewall=Firewall(base_dir / "iso-agent" / "nftables"),
     )
     a1_pid = runtime.state(m["a1"].machine_id).pid
     assert a1_pid

@@ -136,10 +136,11 @@ def test_the_control_planes_own_host_joins_the_mesh(
     """`server run` with mesh_endpoint: registered in-process, peers applied to a real interface."""
     from hangar.agent.images import ImageStore
     from hangar.agent.reconciler import Reconciler
-    from hangar.agent.service import LocalAgent
+    from hangar.agent.service import Agent
     from hangar.crypto.wgkeys import new_keypair
     from hangar.net.netns import link_exists
     from hangar.net.wireguard import Mesh
+    from hangar.server.local import StoreLink
 
     h = installation.headers
     with control_plane.db.write() as s:
@@ -155,8 +156,12 @@ def test_the_control_planes_own_host_joins_the_mesh(
     reconciler = Reconciler(runtime, ImageStore(base_dir / "images"), tmp_path / "agent")
     mesh = Mesh(local_id, tmp_path / "identity", listen_port=51998)
     try:
-        agent = LocalAgent(
-            control_plane.db, reconciler, local_id, mesh=mesh, mesh_endpoint="127.0.0.1:51998"
+        agent = Agent(
+            StoreLink.for_host(control_plane, local_id),
+            reconciler,
+            local_id,
+            mesh=mesh,
+            mesh_endpoint="127.0.0.1:51998",
         )
         agent.apply_mesh()
         assert link_exists(mesh.interface)

@@ -7,8 +7,9 @@ import ipaddress
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hangar.contract.names import Record
 from hangar.net.addressing import host_slice, machine_address, network_prefix
-from hangar.net.dns import Record, answer, resolver_address
+from hangar.net.dns import answer, resolver_address
 
 PREFIX = ipaddress.IPv6Network("fd77:7777::/32")
 NET_A, NET_B = network_prefix(PREFIX, 1), network_prefix(PREFIX, 2)

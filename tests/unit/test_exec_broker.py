@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from hangar.agent.runtimes.base import ExecResult
+from hangar.contract.execs import ExecResult
 from hangar.controlplane.execbroker import ExecBroker
 from hangar.errors import Conflict, WaitTimeout
 

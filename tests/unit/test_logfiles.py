@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from hangar.agent.logfiles import RotatingLog, read_all, read_since
-from hangar.agent.remote import LogShipper
+from hangar.agent.apilink import LogShipper
 from hangar.controlplane.logstore import LogStore
+from hangar.telemetry.logfiles import RotatingLog, read_all, read_since
 
 
 def _lines(records: list[dict[str, Any]]) -> list[str]:

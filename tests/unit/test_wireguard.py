@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from hangar.contract.mesh import Peer
 from hangar.crypto.wgkeys import new_keypair
 from hangar.errors import ValidationError
-from hangar.net.wireguard import Mesh, Peer, interface_name, validate_endpoint, validate_public_key
+from hangar.net.wireguard import Mesh, interface_name, validate_endpoint, validate_public_key
 
 
 @pytest.mark.parametrize(

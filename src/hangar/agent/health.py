@@ -10,31 +10,11 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["CheckResult", "CheckSpec", "HealthMonitor", "run_check"]
+from hangar.contract.assignments import CheckResult, CheckSpec
 
-
-@dataclass(frozen=True)
-class CheckSpec:
-    name: str
-    kind: str  # "tcp" or "http"
-    port: int
-    interval: float = 15.0
-    timeout: float = 2.0
-    grace_period: float = 1.0
-    method: str = "GET"
-    path: str = "/"
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    name: str
-    passing: bool
-    output: str
-    at: float
+__all__ = ["HealthMonitor", "run_check"]
 
 
 def run_check(address: ipaddress.IPv6Address, check: CheckSpec) -> tuple[bool, str]:

@@ -15,60 +15,20 @@ import ipaddress
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from hangar.agent.health import CheckSpec, HealthMonitor
+from hangar.agent.health import HealthMonitor
 from hangar.agent.images import Image, ImageStore
 from hangar.agent.oci import ImageRef, parse_image_ref
 from hangar.agent.runtimes.base import MachineSpec
 from hangar.agent.runtimes.runc import RuncRuntime
-from hangar.domain.reconcile import Action, ActionKind, Desired, Observed, RestartPolicy, plan
+from hangar.contract.assignments import Assignment
+from hangar.domain.reconcile import Action, ActionKind, Desired, Observed, plan
 from hangar.errors import HangarError, IntegrityError, ValidationError
 
-__all__ = ["Assignment", "ImageSource", "Outcome", "Reconciler", "SecretSource"]
-
-
-@dataclass(frozen=True)
-class Assignment:
-    """One machine the control plane wants on this host, at one version."""
-
-    machine_id: str
-    app: str
-    version: int
-    state: str  # "started", "stopped" or "destroyed"
-    image: str
-    args: list[str] | None = None  # None: the image's entrypoint and command
-    env: dict[str, str] = field(default_factory=dict)
-    cpus: int = 1
-    memory_mb: int = 256
-    address: str | None = None
-    restart: RestartPolicy = field(default_factory=RestartPolicy)
-    kill_signal: str = "SIGINT"
-    kill_timeout: float = 5.0
-    checks: list[CheckSpec] = field(default_factory=list)
-    generation: int = 0
-    image_digest: str | None = None  # the manifest digest the release pinned
-    files: dict[str, str] = field(default_factory=dict)  # guest path -> secret name
-    egress: bool = True  # may reach beyond its private network
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Assignment:
-        """An assignment as the control plane sent it; ValidationError if malformed."""
-        try:
-            fields = dict(data)
-            fields["restart"] = RestartPolicy(**fields.get("restart", {}))
-            fields["checks"] = [
-                CheckSpec(**{**c, "headers": dict(c.get("headers", {}))})
-                for c in fields.get("checks", [])
-            ]
-            return cls(**fields)
-        except (TypeError, AttributeError) as exc:
-            raise ValidationError(f"malformed assignment from the control plane: {exc}") from exc
+__all__ = ["ImageSource", "Outcome", "Reconciler", "SecretSource"]
 
 
 ImageSource = Callable[[Assignment], ImageRef]

@@ -1,4 +1,4 @@
-"""The agent's loop: assignments down, observations up, through a ``Link``.
+"""The agent's loop: assignments down, observations up, through a ``ControlPlaneLink``.
 
 Each ``tick`` asks the link for the machines assigned to this host (with
 their release's image and configuration), reconciles them through the
@@ -6,38 +6,38 @@ their release's image and configuration), reconciles them through the
 lifecycle state, the version running, health, exit code. Desired state flows
 down and observed state flows up; the agent never changes what is desired.
 
-Two links exist. ``StoreLink`` is the all-in-one host's: it reads and
-writes the store in-process. ``agent.remote.ApiLink`` is every other
-host's: it long-polls the control plane over mutual TLS.
+The agent knows the control plane only through the link
+(``hangar.contract.links.ControlPlaneLink``): the all-in-one server hands it
+an in-process link, a joined host one over mutual TLS. The same agent runs
+on both.
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import dataclasses
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from hangar.agent.reconciler import Assignment, Reconciler
-from hangar.controlplane.hostlink import apply_report, dns_records, host_assignments
-from hangar.controlplane.mesh import mesh_peers, register_mesh
-from hangar.domain.routing import RoutingTable
-from hangar.errors import ConfigError, HangarError
-from hangar.net.dns import InternalDns, Record, resolver_address
-from hangar.store.db import Database
-from hangar.store.tables import Host
+from hangar.agent.reconciler import Reconciler
+from hangar.contract.assignments import Assignment, MachineStatus
+from hangar.contract.links import ControlPlaneLink
+from hangar.errors import HangarError
+from hangar.net.dns import InternalDns, resolver_address
 
 if TYPE_CHECKING:
     from hangar.edge.haproxy import Edge
     from hangar.net.nftables import Firewall
-    from hangar.net.wireguard import Mesh, Peer
+    from hangar.net.wireguard import Mesh
 
-__all__ = ["Agent", "Link", "LocalAgent", "StoreLink", "host_memory_mb"]
+__all__ = ["Agent", "host_memory_mb"]
 
 log = logging.getLogger("hangar.agent")
+
+_STATUS_FIELDS = frozenset(f.name for f in dataclasses.fields(MachineStatus))
 
 
 def host_memory_mb() -> int:
@@ -51,59 +51,43 @@ def host_memory_mb() -> int:
     return 0
 
 
-class Link(Protocol):
-    """How an agent hears its assignments and reports back."""
-
-    def assignments(self, wait: float) -> list[Assignment]:
-        """This host's assignments; may wait up to ``wait`` seconds for a change."""
-        ...
-
-    def report(self, infos: Mapping[str, Mapping[str, Any]], errors: Mapping[str, str]) -> None: ...
-
-
-class StoreLink:
-    """The control plane's own host: the store, in-process."""
-
-    def __init__(self, db: Database, host_id: str) -> None:
-        self.db = db
-        self.host_id = host_id
-
-    def assignments(self, wait: float) -> list[Assignment]:
-        # The server's loop thread is woken on every change; no need to wait here.
-        with self.db.read() as session:
-            return host_assignments(session, self.host_id)
-
-    def report(self, infos: Mapping[str, Mapping[str, Any]], errors: Mapping[str, str]) -> None:
-        with self.db.write() as session:
-            apply_report(session, self.host_id, infos, errors)
+def machine_status(info: Mapping[str, Any]) -> MachineStatus:
+    """The contract's view of what the reconciler knows of a machine."""
+    return MachineStatus.from_json({k: v for k, v in info.items() if k in _STATUS_FIELDS})
 
 
 class Agent:
+    """One host's machines, firewall, mesh, resolver and edge, kept as the link says.
+
+    The optional parts are on when given: ``edge`` (an edge host), ``firewall``
+    (nftables isolation), ``dns`` (this host's .internal resolver), ``mesh``
+    with ``mesh_endpoint`` (WireGuard to other hosts).
+    """
+
     def __init__(
         self,
-        link: Link,
+        link: ControlPlaneLink,
         reconciler: Reconciler,
         host_id: str,
         *,
         edge: Edge | None = None,
-        routes: Callable[[], RoutingTable] | None = None,
         firewall: Firewall | None = None,
-        dns_records: Callable[[], list[Record]] | None = None,
+        dns: bool = False,
         mesh: Mesh | None = None,
-        mesh_peers: Callable[[], list[Peer]] | None = None,
-        mesh_report: Callable[[int], None] | None = None,
+        mesh_endpoint: str | None = None,
     ) -> None:
-        self.mesh = mesh
-        self.mesh_peers = mesh_peers
-        self.mesh_report = mesh_report
-        self._mesh_reported_at = 0.0
+        if mesh is not None and not mesh_endpoint:
+            raise HangarError("this host's mesh needs an endpoint", hint="set mesh_endpoint")
         self.link = link
         self.reconciler = reconciler
         self.host_id = host_id
         self.edge = edge
-        self.routes = routes
         self.firewall = firewall
-        self.dns_records = dns_records
+        self.serves_dns = dns
+        self.mesh = mesh
+        self.mesh_endpoint = mesh_endpoint
+        self._mesh_registered = False
+        self._mesh_reported_at = 0.0
         self.dns: InternalDns | None = None
         self._dns_retry_at = 0.0
         self._dns_refreshed_at = 0.0
@@ -111,19 +95,22 @@ class Agent:
 
     def apply_mesh(self) -> None:
         """Bring this host's WireGuard interface to the control plane's peer list."""
-        if self.mesh is None or self.mesh_peers is None:
+        if self.mesh is None or self.mesh_endpoint is None:
             return
         try:
-            self.mesh.apply(self.mesh_peers())
-            if self.mesh_report is not None and time.time() - self._mesh_reported_at >= 10:
-                self.mesh_report(max(self.mesh.peers().values(), default=0))
+            if not self._mesh_registered:
+                self.link.register_mesh(self.mesh.public_key(), self.mesh_endpoint)
+                self._mesh_registered = True
+            self.mesh.apply(self.link.peers())
+            if time.time() - self._mesh_reported_at >= 10:
+                self.link.report_mesh(max(self.mesh.peers().values(), default=0))
                 self._mesh_reported_at = time.time()
         except HangarError as exc:
             log.error("mesh: %s", exc.message)
 
     def serve_dns(self) -> None:
         """Start (once) and refresh this host's .internal resolver; a failure is logged."""
-        if self.dns_records is None or self._installation is None:
+        if not self.serves_dns or self._installation is None:
             return
         if self.dns is None:
             self.dns = InternalDns(self._installation)
@@ -132,7 +119,7 @@ class Agent:
         if self.dns.running and time.monotonic() - self._dns_refreshed_at < 1.0:
             return
         try:
-            self.dns.update(self.dns_records())
+            self.dns.update(self.link.names())
             self._dns_refreshed_at = time.monotonic()
             if not self.dns.running and time.time() >= self._dns_retry_at:
                 self.dns.start()
@@ -164,7 +151,7 @@ class Agent:
             rules.append(MachineRule(names(want.machine_id)[0], address, want.egress))
         if self._installation is None:
             return  # no machine has ever been assigned here: nothing to protect
-        dns = resolver_address(self._installation) if self.dns_records is not None else None
+        dns = resolver_address(self._installation) if self.serves_dns else None
         self.firewall.apply(
             FirewallSpec(
                 table=table_name(self.host_id),
@@ -177,10 +164,10 @@ class Agent:
 
     def apply_edge(self) -> None:
         """Bring this host's edge up to the routing table; a failure keeps the old one."""
-        if self.edge is None or self.routes is None:
+        if self.edge is None:
             return
         try:
-            self.edge.apply(self.routes())
+            self.edge.apply(self.link.routes())
         except HangarError as exc:
             log.error("edge: %s", exc.message)
 
@@ -205,61 +192,15 @@ class Agent:
         self.reconciler.health.tick(now)
         # Read the runtime's files before the report takes any lock, so API
         # writes and the deployer never wait on this host's disk.
-        infos = {a.machine_id: self.reconciler.describe(a.machine_id) for a in assignments}
-        self.link.report(infos, errors)
+        statuses = {
+            a.machine_id: machine_status(self.reconciler.describe(a.machine_id))
+            for a in assignments
+        }
+        self.link.report(statuses, errors)
         due = [t for t in (*waits, self.reconciler.health.next_due()) if t is not None]
         return min(due) if due else None
 
-
-class LocalAgent(Agent):
-    """The all-in-one host's agent: ``Agent`` over a ``StoreLink``."""
-
-    def __init__(
-        self,
-        db: Database,
-        reconciler: Reconciler,
-        host_id: str,
-        *,
-        edge: Edge | None = None,
-        routes: Callable[[], RoutingTable] | None = None,
-        firewall: Firewall | None = None,
-        dns: bool = False,
-        mesh: Mesh | None = None,
-        mesh_endpoint: str | None = None,
-    ) -> None:
-        def records() -> list[Record]:
-            with db.read() as session:
-                return dns_records(session)
-
-        def peers() -> list[Peer]:
-            with db.read() as session:
-                return mesh_peers(session, host_id)
-
-        def report(latest: int) -> None:
-            with db.write() as session:
-                host = session.get(Host, host_id)
-                if host is not None:
-                    host.mesh_handshake_at = (
-                        dt.datetime.fromtimestamp(latest, dt.UTC) if latest else None
-                    )
-
-        if mesh is not None:
-            if mesh_endpoint is None:
-                raise ConfigError("this host's mesh needs an endpoint", hint="set mesh_endpoint")
-            # The control plane's own host registers in-process, as joined hosts do over mTLS.
-            with db.write() as session:
-                host = session.get(Host, host_id)
-                assert host is not None
-                register_mesh(session, host, mesh.public_key(), mesh_endpoint)
-        super().__init__(
-            StoreLink(db, host_id),
-            reconciler,
-            host_id,
-            edge=edge,
-            routes=routes,
-            firewall=firewall,
-            dns_records=records if dns else None,
-            mesh=mesh,
-            mesh_peers=peers if mesh is not None else None,
-            mesh_report=report if mesh is not None else None,
-        )
+    def stop(self) -> None:
+        """Stop what this agent serves in-process (machines and the edge keep running)."""
+        if self.dns is not None:
+            self.dns.stop()

@@ -71,7 +71,8 @@ def run(
     and renews its certificate before it expires. Machines keep running
     while the agent is stopped and are adopted when it starts again.
     """
-    from hangar.agent.remote import Identity, join, run_agent
+    from hangar.agent.join import Identity, join
+    from hangar.agent.remote import run_agent
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

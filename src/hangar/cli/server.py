@@ -188,7 +188,7 @@ def run(
     challenges. Runs until interrupted; machines and the edge keep running
     and are adopted by the next start.
     """
-    from hangar.controlplane.serve import serve
+    from hangar.server.serve import serve
 
     settings = server_settings(
         data_dir,

@@ -13,7 +13,6 @@ Machines on other hosts are reached through their agents' long poll instead.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Protocol
 
 from hangar.contract.assignments import Assignment, MachineStatus
@@ -34,8 +33,8 @@ class ControlPlaneLink(Protocol):
         """What this host observed of its machines, and the errors acting on them."""
         ...
 
-    def image_layout(self, want: Assignment) -> Path:
-        """The assignment's image as an OCI layout on this host's disk."""
+    def image(self, want: Assignment) -> str:
+        """The assignment's image as a layout on this host's disk (``oci:PATH[:TAG]``)."""
         ...
 
     def secrets(self, want: Assignment) -> dict[str, str]:

@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from hangar.agent.runtimes.base import ExecResult
+from hangar.contract.execs import ExecResult
 from hangar.errors import Conflict, WaitTimeout
 
 __all__ = ["ExecBroker", "ExecRequest"]

@@ -16,18 +16,19 @@ import hashlib
 import ipaddress
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal, cast
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from hangar.agent.health import CheckSpec
-from hangar.agent.reconciler import Assignment
 from hangar.config.appconfig import AppConfig
+from hangar.contract.assignments import Assignment, CheckSpec
+from hangar.contract.names import Record
 from hangar.controlplane.machines import release_config
 from hangar.domain.reconcile import RestartPolicy
-from hangar.net.dns import Record
 from hangar.store.tables import App, Host, Machine, MachineEvent, Release
+
+DesiredState = Literal["started", "stopped", "destroyed"]
 
 __all__ = [
     "apply_report",
@@ -98,7 +99,7 @@ def assignment_for(machine: Machine, app: App, release: Release | None) -> Assig
         machine_id=machine.id,
         app=app.name,
         version=machine.version,
-        state=machine.desired,
+        state=cast(DesiredState, machine.desired),
         image=image,
         args=json.loads(machine.args) if machine.args else None,
         env=dict(cfg.env),

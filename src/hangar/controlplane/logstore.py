@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from hangar.agent.logfiles import RotatingLog, read_all
+from hangar.telemetry.logfiles import RotatingLog, read_all
 
 __all__ = ["LogStore"]
 

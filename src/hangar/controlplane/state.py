@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hangar.audit.log import AuditLog
 from hangar.auth.tokens import TokenService
@@ -23,6 +25,9 @@ from hangar.crypto.macaroons import TokenKeys
 from hangar.crypto.signing import AuditSigner
 from hangar.errors import ConfigError
 from hangar.store.db import Database
+
+if TYPE_CHECKING:
+    from hangar.controlplane.routes import RouteBuilder
 
 __all__ = ["ControlPlane", "kek_provider"]
 
@@ -82,6 +87,13 @@ class ControlPlane:
             audit_public_pem=signer.public_pem(),
             ca=ca,
         )
+
+    @functools.cached_property
+    def routes(self) -> RouteBuilder:
+        """The routing-table builder (it keeps unwrapped keys between builds)."""
+        from hangar.controlplane.routes import route_builder
+
+        return route_builder(self.keyring, self.ca, self.settings)
 
     @property
     def data_dir(self) -> Path:

@@ -33,8 +33,9 @@ from dnslib import AAAA, QTYPE, RCODE, RR, TXT, DNSRecord
 from dnslib.server import BaseResolver, DNSHandler, DNSServer
 
 from hangar import hostcmd
+from hangar.contract.names import Record
 
-__all__ = ["Answer", "InternalDns", "Record", "answer", "resolver_address"]
+__all__ = ["Answer", "InternalDns", "answer", "resolver_address"]
 
 log = logging.getLogger("hangar.dns")
 
@@ -43,20 +44,6 @@ TTL = 5  # seconds: machines come and go with deploys
 
 def resolver_address(installation: ipaddress.IPv6Network) -> ipaddress.IPv6Address:
     return installation.network_address + 0x53
-
-
-@dataclass(frozen=True)
-class Record:
-    """A started machine, as DNS tells of it."""
-
-    app: str
-    region: str
-    machine_id: str
-    address: ipaddress.IPv6Address
-
-    @property
-    def network(self) -> ipaddress.IPv6Network:
-        return ipaddress.IPv6Network((int(self.address) >> 80 << 80, 48))
 
 
 @dataclass(frozen=True)

@@ -25,14 +25,14 @@ import logging
 import os
 import re
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from hangar import hostcmd
+from hangar.contract.mesh import Peer
 from hangar.errors import CommandError, ValidationError
 from hangar.net.netns import link_exists
 
-__all__ = ["Mesh", "Peer", "interface_name", "validate_endpoint", "validate_public_key"]
+__all__ = ["Mesh", "interface_name", "validate_endpoint", "validate_public_key"]
 
 log = logging.getLogger("hangar.mesh")
 
@@ -73,14 +73,6 @@ def validate_endpoint(text: str) -> str:
     if not _HOSTNAME.fullmatch(host) or ":" in host:
         raise ValidationError(f"mesh endpoint {text!r}: {host!r} is not a host name or address")
     return text
-
-
-@dataclass(frozen=True)
-class Peer:
-    host: str
-    public_key: str
-    endpoint: str
-    allowed_ips: tuple[str, ...]
 
 
 class Mesh:

@@ -7,6 +7,8 @@ from ipaddress import IPv6Address
 from pathlib import Path
 from typing import Protocol
 
+from hangar.contract.execs import ExecResult
+
 __all__ = ["ExecResult", "MachineSpec", "Runtime", "RuntimeState"]
 
 
@@ -40,13 +42,6 @@ class RuntimeState:
     exit_code: int | None = None
     finished_at: str | None = None
     started: bool = True  # False: the runtime failed before the process ran
-
-
-@dataclass(frozen=True)
-class ExecResult:
-    exit_code: int
-    stdout: bytes
-    stderr: bytes
 
 
 class Runtime(Protocol):

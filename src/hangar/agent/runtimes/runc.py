@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from hangar import hostcmd
-from hangar.agent.logfiles import read_all
 from hangar.agent.runtimes.base import ExecResult, MachineSpec, RuntimeState
 from hangar.errors import CommandError, Conflict, NotFound, ValidationError
 from hangar.hostfs import ensure_private_tmpfs
 from hangar.net import netns
+from hangar.telemetry.logfiles import read_all
 
 __all__ = ["CAPABILITIES", "RuncRuntime", "oci_config", "seccomp_profile"]
 

@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hangar.agent.logfiles import RotatingLog
+from hangar.telemetry.logfiles import RotatingLog
 
 __all__ = ["main"]
 

@@ -15,46 +15,29 @@ import datetime as dt
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from fastapi import Query, Request
+from fastapi import Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
 
 from hangar.agent.oci import open_blob, parse_image_ref, read_manifest
-from hangar.agent.reconciler import Assignment
-from hangar.agent.runtimes.base import ExecResult
 from hangar.api.guard import HOST, GuardedRouter, HostAccess
-from hangar.api.loops import wake_loops
-from hangar.controlplane.hostlink import (
-    apply_report,
-    assignments_version,
-    dns_records,
-    host_assignments,
-)
-from hangar.controlplane.hosts import renew_host_cert
-from hangar.controlplane.logstore import LogStore
-from hangar.controlplane.mesh import mesh_peers, register_mesh
-from hangar.controlplane.routes import route_builder
-from hangar.controlplane.secrets import deliver
+from hangar.contract import VERSION, check_version
+from hangar.contract.assignments import Assignment, MachineStatus
+from hangar.contract.execs import MAX_OUTPUT, ExecOrder, ExecResult
+from hangar.controlplane.agents import AgentService
+from hangar.controlplane.hostlink import assignments_version
 from hangar.crypto.secretbox import seal
 from hangar.domain.routing import edge_seal_context
-from hangar.errors import Conflict, IntegrityError, NotFound, PermissionDenied, ValidationError
-from hangar.store.tables import Host, Machine
+from hangar.errors import Conflict, IntegrityError, NotFound, ValidationError
 
 router = GuardedRouter(prefix="/agent/v1", tags=["agent"])
 
 POLL_STEP = 0.25
 
 
-class ExecOrder(BaseModel):
-    id: str
-    machine_id: str
-    cmd: list[str]
-    timeout: float
-
-
 class AssignmentsOut(BaseModel):
+    contract: int = Field(description="the contract version both sides must speak")
     version: str
     host_id: str
     assignments: list[dict[str, Any]]
@@ -64,8 +47,8 @@ class AssignmentsOut(BaseModel):
 class ExecDone(BaseModel):
     model_config = ConfigDict(extra="forbid")
     exit_code: int | None = None
-    stdout: str = Field(default="", max_length=512 << 10, description="base64")
-    stderr: str = Field(default="", max_length=512 << 10, description="base64")
+    stdout: str = Field(default="", max_length=2 * MAX_OUTPUT, description="base64")
+    stderr: str = Field(default="", max_length=2 * MAX_OUTPUT, description="base64")
     error: str | None = Field(default=None, max_length=4096)
 
 
@@ -78,6 +61,7 @@ class LogRecord(BaseModel):
 
 class ReportIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    contract: int = VERSION
     machines: dict[str, dict[str, Any]] = Field(max_length=10_000)
     errors: dict[str, str] = Field(default_factory=dict, max_length=10_000)
     logs: dict[str, list[LogRecord]] = Field(default_factory=dict, max_length=10_000)
@@ -101,9 +85,12 @@ class ImageOut(BaseModel):
     blobs: dict[str, int]
 
 
+def _service(access: HostAccess) -> AgentService:
+    return AgentService(access.cp, access.host.id, access.ctx)
+
+
 def _read(access: HostAccess) -> list[Assignment]:
-    with access.cp.db.read() as session:
-        return host_assignments(session, access.host.id)
+    return _service(access).assignments()
 
 
 @router.get("/assignments", response_model=AssignmentsOut, summary="This host's assignments")
@@ -125,6 +112,7 @@ async def assignments(
                 for r in broker.pending(access.host.id)
             ]
             return AssignmentsOut(
+                contract=VERSION,
                 version=version,
                 host_id=access.host.id,
                 assignments=[a.to_json() for a in found],
@@ -150,44 +138,16 @@ def exec_done(exec_id: str, body: ExecDone, access: Annotated[HostAccess, HOST])
 
 
 @router.post("/report", status_code=204, summary="What this host observed of its machines")
-def report(body: ReportIn, request: Request, access: Annotated[HostAccess, HOST]) -> None:
-    if body.logs:
-        # Logs first: a report can delete a destroyed machine, and its last lines count.
-        with access.cp.db.read() as session:
-            mine = set(
-                session.execute(
-                    select(Machine.id).where(
-                        Machine.id.in_(list(body.logs)), Machine.host_id == access.host.id
-                    )
-                ).scalars()
-            )
-        store = LogStore(access.cp.data_dir / "logs")
-        for machine_id in sorted(mine):  # only this host's machines: others' are dropped
-            store.append(machine_id, [r.model_dump() for r in body.logs[machine_id]])
-    with access.cp.db.write() as session:
-        apply_report(session, access.host.id, body.machines, body.errors)
-    wake_loops(request)  # the deployer may be waiting on these machines
+def report(body: ReportIn, access: Annotated[HostAccess, HOST]) -> None:
+    check_version(body.contract)
+    statuses = {mid: MachineStatus.from_json(info) for mid, info in body.machines.items()}
+    logs = {mid: [r.model_dump() for r in records] for mid, records in body.logs.items()}
+    _service(access).report(statuses, body.errors, logs)
 
 
 @router.post("/renew", response_model=CertOut, summary="A new client certificate for this host")
 def renew(body: RenewIn, access: Annotated[HostAccess, HOST]) -> CertOut:
-    settings = access.cp.settings
-    with access.cp.db.write() as session:
-        issued = renew_host_cert(
-            session,
-            access.cp.ca,
-            access.host.id,
-            body.csr,
-            lifetime=dt.timedelta(seconds=settings.host_cert_seconds),
-        )
-        access.cp.audit.record(
-            session,
-            access.ctx,
-            org_id=None,
-            action="host.renew",
-            target=access.host.name,
-            detail={"serial": issued.serial, "expires_at": issued.expires_at.isoformat()},
-        )
+    issued = _service(access).renew(body.csr)
     return CertOut(
         host_id=access.host.id,
         name=access.host.name,
@@ -198,12 +158,7 @@ def renew(body: RenewIn, access: Annotated[HostAccess, HOST]) -> CertOut:
 
 
 def _machine_image(access: HostAccess, machine_id: str) -> tuple[str, str | None]:
-    with access.cp.db.read() as session:
-        found = [a for a in host_assignments(session, access.host.id) if a.machine_id == machine_id]
-        # Hosts see only their own machines; others' are "not found", as on the public API.
-        if not found or session.get(Machine, machine_id) is None:
-            raise NotFound(f"machine {machine_id!r} is not assigned to this host")
-    return found[0].image, found[0].image_digest
+    return _service(access).image(machine_id)
 
 
 @router.get(
@@ -279,10 +234,7 @@ class SealedOut(BaseModel):
 def machine_secrets(
     machine_id: str, body: DeliveryIn, access: Annotated[HostAccess, HOST]
 ) -> SealedOut:
-    cp = access.cp
-    values = deliver(
-        cp.db, cp.keyring, cp.audit, access.ctx, host_id=access.host.id, machine_id=machine_id
-    )
+    values = _service(access).secrets(machine_id)
     return SealedOut(**seal(values, body.public_key, machine_id))
 
 
@@ -296,29 +248,8 @@ class RoutesOut(BaseModel):
     response_model=RoutesOut,
     summary="The routing table, for an edge host; certificate keys sealed to it",
 )
-def routes(body: DeliveryIn, request: Request, access: Annotated[HostAccess, HOST]) -> RoutesOut:
-    cp = access.cp
-    if not access.host.edge:
-        # Only edge hosts hold tenants' TLS keys; a machine host asking is suspect.
-        with cp.db.write() as session:
-            cp.audit.record(
-                session,
-                access.ctx,
-                org_id=None,
-                action="edge.routes",
-                target=access.host.name,
-                outcome="denied",
-                detail={"reason": "not an edge host"},
-            )
-        raise PermissionDenied(
-            f"host {access.host.name} is not an edge host",
-            hint="join it with a token from `hangar hosts join-token --edge`",
-        )
-    builder = getattr(request.app.state, "route_builder", None)
-    if builder is None:
-        builder = request.app.state.route_builder = route_builder(cp.keyring, cp.ca, cp.settings)
-    with cp.db.read() as session:
-        table = builder.build(session)
+def routes(body: DeliveryIn, access: Annotated[HostAccess, HOST]) -> RoutesOut:
+    table = _service(access).routes()
     keys = {c.hostname: c.key_pem for c in table.certs}
     plain = table.to_json()
     for cert in plain["certs"]:
@@ -341,35 +272,21 @@ class PeerOut(BaseModel):
 
 
 @router.put("/mesh", status_code=204, summary="This host's WireGuard public key and endpoint")
-def mesh_register(body: MeshIn, request: Request, access: Annotated[HostAccess, HOST]) -> None:
-    cp = access.cp
-    with cp.db.write() as session:
-        host = session.get(Host, access.host.id)
-        assert host is not None
-        if register_mesh(session, host, body.public_key, body.endpoint):
-            cp.audit.record(
-                session,
-                access.ctx,
-                org_id=None,
-                action="host.mesh",
-                target=host.name,
-                detail={"public_key": body.public_key, "endpoint": body.endpoint},
-            )
-    wake_loops(request)
+def mesh_register(body: MeshIn, access: Annotated[HostAccess, HOST]) -> None:
+    _service(access).register_mesh(body.public_key, body.endpoint)
 
 
 @router.get("/mesh/peers", response_model=list[PeerOut], summary="This host's mesh peers")
 def mesh_list(access: Annotated[HostAccess, HOST]) -> list[PeerOut]:
-    with access.cp.db.read() as session:
-        return [
-            PeerOut(
-                host=p.host,
-                public_key=p.public_key,
-                endpoint=p.endpoint,
-                allowed_ips=list(p.allowed_ips),
-            )
-            for p in mesh_peers(session, access.host.id)
-        ]
+    return [
+        PeerOut(
+            host=p.host,
+            public_key=p.public_key,
+            endpoint=p.endpoint,
+            allowed_ips=list(p.allowed_ips),
+        )
+        for p in _service(access).peers()
+    ]
 
 
 class NameOut(BaseModel):
@@ -383,11 +300,10 @@ class NameOut(BaseModel):
 def names(access: Annotated[HostAccess, HOST]) -> list[NameOut]:
     """Every started machine's name and address; each host's resolver answers an asker
     only about the asker's own network."""
-    with access.cp.db.read() as session:
-        return [
-            NameOut(app=r.app, region=r.region, machine_id=r.machine_id, address=str(r.address))
-            for r in dns_records(session)
-        ]
+    return [
+        NameOut(app=r.app, region=r.region, machine_id=r.machine_id, address=str(r.address))
+        for r in _service(access).names()
+    ]
 
 
 class MeshStatusIn(BaseModel):
@@ -397,11 +313,4 @@ class MeshStatusIn(BaseModel):
 
 @router.put("/mesh/status", status_code=204, summary="This host's newest mesh handshake")
 def mesh_status(body: MeshStatusIn, access: Annotated[HostAccess, HOST]) -> None:
-    with access.cp.db.write() as session:
-        host = session.get(Host, access.host.id)
-        assert host is not None
-        host.mesh_handshake_at = (
-            dt.datetime.fromtimestamp(body.latest_handshake, dt.UTC)
-            if body.latest_handshake
-            else None
-        )
+    _service(access).report_mesh(body.latest_handshake)

@@ -11,36 +11,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import shutil
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from hangar.agent.images import ImageStore
-from hangar.agent.reconciler import Assignment, Reconciler
-from hangar.agent.runtimes.runc import RuncRuntime
-from hangar.agent.service import LocalAgent, host_memory_mb
+from hangar.agent.service import Agent
 from hangar.api.app import create_agent_app, create_app
 from hangar.api.guard import PEER_CERT_SCOPE_KEY
-from hangar.audit.log import AuditContext
 from hangar.config.settings import ServerSettings
 from hangar.controlplane.acme import Issuer
 from hangar.controlplane.deployer import step_all
-from hangar.controlplane.machines import register_local_host
-from hangar.controlplane.routes import route_builder
-from hangar.controlplane.secrets import deliver
 from hangar.controlplane.state import ControlPlane
-from hangar.domain.routing import RoutingTable
-from hangar.edge.haproxy import Edge, EdgeConfig
-from hangar.errors import ConfigError
-from hangar.net.nftables import Firewall
-from hangar.net.wireguard import Mesh, validate_endpoint
+from hangar.server.local import LocalMachines, local_agent
 from hangar.tlsprofile import TLS12_CIPHERS
 
 log = logging.getLogger("hangar.server")
@@ -88,7 +75,7 @@ class _Secondary(uvicorn.Server):
 class Loops:
     """The control plane's and the local agent's background loops, one thread."""
 
-    def __init__(self, cp: ControlPlane, agent: LocalAgent | None) -> None:
+    def __init__(self, cp: ControlPlane, agent: Agent | None) -> None:
         self.cp = cp
         self.agent = agent
         self._stop = threading.Event()
@@ -96,8 +83,14 @@ class Loops:
         self._thread = threading.Thread(target=self._run, name="hangar-loops", daemon=True)
 
     def wake(self) -> None:
-        """Run the loops now: desired state just changed."""
-        self._wake.set()
+        """Run the loops now: desired or observed state just changed.
+
+        A change made by the loops themselves (the local agent's report) needs
+        no wake-up: the deployer looks at it on the next round anyway, and
+        waking would spin the thread.
+        """
+        if threading.current_thread() is not self._thread:
+            self._wake.set()
 
     def start(self) -> None:
         self._thread.start()
@@ -129,91 +122,6 @@ class Loops:
                 log.exception("background loop failed; continuing")
 
 
-def local_agent(cp: ControlPlane) -> LocalAgent:
-    """The agent for this host: runc machines under the agent directory."""
-    settings = cp.settings
-    if os.geteuid() != 0:
-        raise ConfigError(
-            "the agent runs machines with runc and needs root",
-            hint="run as root, or pass --no-agent to serve only the API",
-        )
-    if shutil.which("runc") is None:
-        raise ConfigError("runc is not installed", hint="apt-get install runc, or --no-agent")
-    root = settings.effective_agent_dir
-    root.mkdir(parents=True, exist_ok=True, mode=0o711)
-    os.chmod(root, 0o711)  # noqa: S103 - search-only: machines reach their images through it
-    runtime = RuncRuntime(root / "state", root / "bundles")
-    images = ImageStore(root / "images")
-    with cp.db.write() as session:
-        host = register_local_host(
-            session,
-            name=settings.host_name or None,
-            region=settings.region,
-            memory_mb=host_memory_mb(),
-        )
-    ctx = AuditContext(actor=f"host:{host.name}", token_id=None, request_id=None, client_addr=None)
-
-    def secrets_for(want: Assignment) -> dict[str, str]:
-        return deliver(
-            cp.db, cp.keyring, cp.audit, ctx, host_id=host.id, machine_id=want.machine_id
-        )
-
-    reconciler = Reconciler(runtime, images, root / "state", secret_source=secrets_for)
-    edge, routes = local_edge(cp) if settings.edge else (None, None)
-    firewall = None
-    if settings.firewall:
-        if shutil.which("nft") is None:
-            raise ConfigError(
-                "machines are isolated with nftables, which is not installed",
-                hint="apt-get install nftables",
-            )
-        firewall = Firewall(root / "state" / "nftables")
-    mesh = None
-    if settings.mesh_endpoint:
-        validate_endpoint(settings.mesh_endpoint)
-        mesh = Mesh(host.id, root / "identity", listen_port=settings.mesh_port)
-    return LocalAgent(
-        cp.db,
-        reconciler,
-        host.id,
-        edge=edge,
-        routes=routes,
-        firewall=firewall,
-        dns=settings.dns,
-        mesh=mesh,
-        mesh_endpoint=settings.mesh_endpoint or None,
-    )
-
-
-def local_edge(cp: ControlPlane) -> tuple[Edge, Callable[[], RoutingTable]]:
-    """This host's edge, fed from the store in-process."""
-    settings = cp.settings
-    if shutil.which("haproxy") is None:
-        raise ConfigError(
-            "the edge runs HAProxy, which is not installed",
-            hint="apt-get install haproxy, or --no-edge to run without an edge on this host",
-        )
-    names = [n for n in settings.tls_hostnames if not n.replace(".", "").isdigit() and ":" not in n]
-    edge = Edge(
-        EdgeConfig(
-            directory=settings.effective_edge_dir,
-            bind_host=settings.edge_listen_host,
-            http_port=settings.edge_http_port,
-            https_port=settings.edge_https_port,
-            metrics_port=settings.edge_metrics_port,
-            acme_ca_file=settings.data_dir / "ca.crt",
-            acme_verify_name="localhost" if "localhost" in names else (names or ["localhost"])[0],
-        )
-    )
-    builder = route_builder(cp.keyring, cp.ca, settings)
-
-    def routes() -> RoutingTable:
-        with cp.db.read() as session:
-            return builder.build(session)
-
-    return edge, routes
-
-
 def _tls_config(app: Any, settings: ServerSettings, port: int, **extra: Any) -> _TLSConfig:
     return _TLSConfig(
         app,
@@ -237,7 +145,10 @@ def serve(settings: ServerSettings) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     cp = ControlPlane.open(settings)
-    loops = Loops(cp, local_agent(cp) if settings.agent else None)
+    agent = local_agent(cp) if settings.agent else None
+    loops = Loops(cp, agent)
+    cp.wake = loops.wake
+    cp.local = LocalMachines(agent) if agent is not None else None
     issuer = Issuer(cp.db, cp.keyring, cp.audit, settings, on_change=loops.wake)
     app = create_app(cp)
     app.state.wake = loops.wake
@@ -247,8 +158,6 @@ def serve(settings: ServerSettings) -> None:
     agents: uvicorn.Server | None = None
     if settings.agent_listen_port:
         agent_app = create_agent_app(cp)
-        agent_app.state.wake = loops.wake
-        agent_app.state.route_builder = route_builder(cp.keyring, cp.ca, settings)
         agents = _Secondary(
             _tls_config(
                 agent_app,
@@ -288,6 +197,6 @@ def serve(settings: ServerSettings) -> None:
     finally:
         issuer.stop()
         loops.stop()
-        if loops.agent is not None and loops.agent.dns is not None:
-            loops.agent.dns.stop()  # machines keep running; their names return with the agent
+        if agent is not None:
+            agent.stop()  # machines keep running; their names return with the agent
         cp.close()

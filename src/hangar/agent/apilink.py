@@ -1,0 +1,275 @@
+"""A joined host's link to the control plane: the agents' API over mutual TLS.
+
+``ApiLink`` implements ``hangar.contract.links.ControlPlaneLink``: it
+long-polls the host's assignments, reports observations with the machines'
+output (``LogShipper``), fetches the images its machines need (verifying
+every blob against the digest the release pinned), opens secrets and edge
+keys sealed to one-time keys, runs relayed commands, and renews its
+certificate once two thirds of its lifetime have passed.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import ipaddress
+import json
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from hangar.agent.join import Identity, problem, tls_context
+from hangar.agent.oci import receive_blob, write_index
+from hangar.agent.runtimes.runc import RuncRuntime
+from hangar.contract import VERSION, check_version
+from hangar.contract.assignments import Assignment, MachineStatus
+from hangar.contract.execs import MAX_OUTPUT, ExecOrder
+from hangar.contract.mesh import Peer
+from hangar.contract.names import Record
+from hangar.crypto.hostcert import certificate_window, csr_for, new_host_key
+from hangar.crypto.secretbox import Opener
+from hangar.domain.routing import RoutingTable, edge_seal_context
+from hangar.errors import HangarError, IntegrityError
+from hangar.hostfs import write_private
+from hangar.telemetry.logfiles import read_since
+
+__all__ = ["RENEW_AT", "ApiLink", "LogShipper"]
+
+log = logging.getLogger("hangar.agent")
+
+RENEW_AT = 2 / 3  # of a certificate's lifetime
+
+
+class LogShipper:
+    """Machines' output, sent up with each report from where the last one left off.
+
+    Cursors are saved only after the control plane took the lines, so a
+    crash resends rather than loses (a line may arrive twice, never not).
+    """
+
+    BUDGET = 256 << 10  # bytes of log per report, well under the API's body cap
+
+    def __init__(self, runtime: RuncRuntime, path: Path) -> None:
+        self.runtime = runtime
+        self.path = path
+        self.cursors: dict[str, dict[str, int]] = (
+            json.loads(path.read_text()) if path.exists() else {}
+        )
+        self._pending: dict[str, dict[str, int]] = {}
+        self.backlog = False
+
+    def collect(self, machine_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        shipped: dict[str, list[dict[str, Any]]] = {}
+        self._pending = {}
+        budget = self.BUDGET
+        self.backlog = False
+        for machine_id in machine_ids:
+            log_file = self.runtime.log_path(machine_id)
+            if not log_file.parent.exists():
+                continue
+            if budget <= 0:
+                self.backlog = True
+                break
+            records, cursor = read_since(log_file, self.cursors.get(machine_id), budget)
+            if records:
+                shipped[machine_id] = records
+                budget -= sum(len(str(r.get("line", ""))) + 80 for r in records)
+            if cursor is not None:
+                self._pending[machine_id] = cursor
+        return shipped
+
+    def commit(self, present: list[str]) -> None:
+        self.cursors.update(self._pending)
+        self.cursors = {k: v for k, v in self.cursors.items() if k in present}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.cursors))
+        os.replace(tmp, self.path)
+
+
+class ApiLink:
+    """The ``Link`` of a joined host: the agents' API over mutual TLS."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        layouts: Path,
+        shipper: LogShipper | None = None,
+        runtime: RuncRuntime | None = None,
+        timeout: float = 30,
+    ) -> None:
+        self.identity = identity
+        self.layouts = layouts
+        self.shipper = shipper
+        self.runtime = runtime
+        self.timeout = timeout
+        self.version: str | None = None
+        self._http = self._client()
+
+    def _client(self) -> httpx.Client:
+        ident = self.identity
+        return httpx.Client(
+            base_url=ident.agent_url,
+            verify=tls_context(ident.ca_file, (ident.cert_file, ident.key_file)),
+            timeout=self.timeout,
+            headers={"User-Agent": f"hangar-agent/{ident.name}"},
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            where = self.identity.agent_url
+            raise HangarError(f"cannot reach the control plane at {where}: {exc}") from exc
+        if response.status_code >= 400:
+            raise problem(response)
+        return response
+
+    def assignments(self, wait: float) -> list[Assignment]:
+        params: dict[str, Any] = {"wait": round(wait, 3)}
+        if self.version is not None:
+            params["after"] = self.version
+        response = self._call(
+            "GET", "/agent/v1/assignments", params=params, timeout=self.timeout + wait
+        )
+        body = response.json()
+        check_version(body.get("contract"))
+        self.version = str(body["version"])
+        for order in body.get("execs", []):
+            exec_order = ExecOrder(**order)
+            threading.Thread(
+                target=self._exec, args=(exec_order,), name=f"exec-{exec_order.id}", daemon=True
+            ).start()
+        return [Assignment.from_json(a) for a in body["assignments"]]
+
+    def _exec(self, order: ExecOrder) -> None:
+        """Run a command the control plane relayed, in one of this host's machines."""
+        answer: dict[str, Any]
+        try:
+            if self.runtime is None:
+                raise HangarError("this agent does not run commands")
+            if order.machine_id not in self.runtime.list():
+                raise HangarError(f"machine {order.machine_id} is not on this host")
+            result = self.runtime.exec(order.machine_id, list(order.cmd), timeout=order.timeout)
+            answer = {
+                "exit_code": result.exit_code,
+                "stdout": base64.b64encode(result.stdout[:MAX_OUTPUT]).decode(),
+                "stderr": base64.b64encode(result.stderr[:MAX_OUTPUT]).decode(),
+            }
+        except HangarError as exc:
+            answer = {"error": exc.message[:4000]}
+        try:
+            self._call("POST", f"/agent/v1/execs/{order.id}", json=answer)
+        except HangarError as exc:
+            log.warning("could not return the result of %s: %s", order.id, exc.message)
+
+    def report(self, statuses: Mapping[str, MachineStatus], errors: Mapping[str, str]) -> None:
+        ids = sorted(statuses)
+        logs = self.shipper.collect(ids) if self.shipper is not None else {}
+        machines = {machine_id: status.to_json() for machine_id, status in statuses.items()}
+        self._call(
+            "POST",
+            "/agent/v1/report",
+            json={"contract": VERSION, "machines": machines, "errors": errors, "logs": logs},
+        )
+        if self.shipper is not None:
+            self.shipper.commit(ids)
+
+    def image(self, want: Assignment) -> str:
+        """The machine's image as a local layout, fetched blob by blob and verified."""
+        body = self._call("GET", f"/agent/v1/machines/{want.machine_id}/image").json()
+        manifest = body["manifest"]
+        if want.image_digest is not None and manifest["digest"] != want.image_digest:
+            raise IntegrityError(
+                f"the control plane offered {manifest['digest']}, not the pinned"
+                f" {want.image_digest}"
+            )
+        layout = self.layouts / str(manifest["digest"]).replace(":", "-")
+        for digest, size in body["blobs"].items():
+            path = f"/agent/v1/machines/{want.machine_id}/image/blobs/{digest}"
+            try:
+                with self._http.stream("GET", path, timeout=600) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        raise problem(response)
+                    receive_blob(layout, digest, int(size), response.iter_bytes())
+            except httpx.HTTPError as exc:
+                raise HangarError(f"fetching blob {digest} failed: {exc}") from exc
+        write_index(layout, manifest)
+        return f"oci:{layout}"
+
+    def routes(self) -> RoutingTable:
+        """The routing table for this edge host, its keys opened from their seal."""
+        opener = Opener()
+        body = self._call(
+            "POST", "/agent/v1/routes", json={"public_key": opener.public_b64()}
+        ).json()
+        keys = opener.open(body["keys"], edge_seal_context(self.identity.host_id))
+        table = RoutingTable.from_json(body["table"])
+        certs = tuple(replace(c, key_pem=keys.get(c.hostname, "")) for c in table.certs)
+        # This host forwards ACME challenges to the public API it knows.
+        api = urlsplit(self.identity.api_url)
+        port = api.port or 443
+        host = api.hostname or "localhost"
+        responder = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return replace(table, certs=certs, acme_responder=responder)
+
+    def register_mesh(self, public_key: str, endpoint: str) -> None:
+        self._call("PUT", "/agent/v1/mesh", json={"public_key": public_key, "endpoint": endpoint})
+
+    def names(self) -> list[Record]:
+        return [
+            Record(n["app"], n["region"], n["machine_id"], ipaddress.IPv6Address(n["address"]))
+            for n in self._call("GET", "/agent/v1/names").json()
+        ]
+
+    def report_mesh(self, latest_handshake: int) -> None:
+        self._call("PUT", "/agent/v1/mesh/status", json={"latest_handshake": latest_handshake})
+
+    def peers(self) -> list[Peer]:
+        return [
+            Peer(p["host"], p["public_key"], p["endpoint"], tuple(p["allowed_ips"]))
+            for p in self._call("GET", "/agent/v1/mesh/peers").json()
+        ]
+
+    def secrets(self, want: Assignment) -> dict[str, str]:
+        """The starting machine's secrets, sealed to a key made for this one request."""
+        opener = Opener()
+        sealed = self._call(
+            "POST",
+            f"/agent/v1/machines/{want.machine_id}/secrets",
+            json={"public_key": opener.public_b64()},
+        ).json()
+        return opener.open(sealed, want.machine_id)
+
+    def renew_if_due(self, now: dt.datetime | None = None) -> bool:
+        """Renew the certificate once two thirds of its lifetime have passed."""
+        now = now or dt.datetime.now(dt.UTC)
+        start, end = certificate_window(self.identity.cert_file.read_bytes())
+        if now < start + (end - start) * RENEW_AT:
+            return False
+        key_pem = new_host_key()
+        body = self._call(
+            "POST",
+            "/agent/v1/renew",
+            json={"csr": csr_for(key_pem, self.identity.name).decode()},
+        ).json()
+        directory = self.identity.directory
+        write_private(directory / "host.key.new", key_pem)
+        (directory / "host.crt.new").write_text(body["certificate"])
+        os.replace(directory / "host.key.new", directory / "host.key")
+        os.replace(directory / "host.crt.new", directory / "host.crt")
+        self._http.close()
+        self._http = self._client()
+        log.info("renewed this host's certificate; it expires %s", body["expires_at"])
+        return True

@@ -1,0 +1,178 @@
+"""What the control plane does for one host's agent: the server half of the contract.
+
+``AgentService(cp, host_id, ctx)`` answers everything an agent asks
+(``hangar.contract.links.ControlPlaneLink``): its assignments, its report,
+the secrets of a machine it starts, the image of a machine it runs, the
+routing table (edge hosts only), DNS names, mesh peers. Each call owns its
+transaction and, where it changes something, its audit event and the
+loops' wake-up. The agents' mutual-TLS API calls it for joined hosts; the
+all-in-one server's in-process link calls it for its own host. Both hosts
+are therefore served by the same code, and each can see or change only its
+own machines.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import select
+
+from hangar.audit.log import AuditContext
+from hangar.contract.assignments import Assignment, MachineStatus
+from hangar.contract.mesh import Peer
+from hangar.contract.names import Record
+from hangar.controlplane.hostlink import apply_report, dns_records, host_assignments
+from hangar.controlplane.hosts import IssuedCert, renew_host_cert
+from hangar.controlplane.logstore import LogStore
+from hangar.controlplane.mesh import mesh_peers, register_mesh
+from hangar.controlplane.secrets import deliver
+from hangar.controlplane.state import ControlPlane
+from hangar.domain.routing import RoutingTable
+from hangar.errors import NotFound, PermissionDenied
+from hangar.store.tables import Host, Machine
+
+__all__ = ["AgentService"]
+
+
+class AgentService:
+    """The control plane, as one host sees it."""
+
+    def __init__(self, cp: ControlPlane, host_id: str, ctx: AuditContext) -> None:
+        self.cp = cp
+        self.host_id = host_id
+        self.ctx = ctx
+
+    def _host(self) -> Host:
+        with self.cp.db.read() as session:
+            host = session.get(Host, self.host_id)
+            if host is None:
+                raise NotFound(f"host {self.host_id} is not part of this installation")
+            return host
+
+    def assignments(self) -> list[Assignment]:
+        with self.cp.db.read() as session:
+            return host_assignments(session, self.host_id)
+
+    def report(
+        self,
+        statuses: Mapping[str, MachineStatus],
+        errors: Mapping[str, str],
+        logs: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    ) -> None:
+        """Record what the host saw; its machines' output first (only its own machines)."""
+        if logs:
+            # Logs first: a report can delete a destroyed machine, and its last lines count.
+            with self.cp.db.read() as session:
+                mine = set(
+                    session.execute(
+                        select(Machine.id).where(
+                            Machine.id.in_(list(logs)), Machine.host_id == self.host_id
+                        )
+                    ).scalars()
+                )
+            store = LogStore(self.cp.data_dir / "logs")
+            for machine_id in sorted(mine):  # others' machines are dropped
+                store.append(machine_id, logs[machine_id])
+        infos = {machine_id: status.to_json() for machine_id, status in statuses.items()}
+        with self.cp.db.write() as session:
+            apply_report(session, self.host_id, infos, errors)
+        self.cp.wake()  # the deployer may be waiting on these machines
+
+    def secrets(self, machine_id: str) -> dict[str, str]:
+        cp = self.cp
+        return deliver(
+            cp.db, cp.keyring, cp.audit, self.ctx, host_id=self.host_id, machine_id=machine_id
+        )
+
+    def image(self, machine_id: str) -> tuple[str, str | None]:
+        """A machine's image reference and the digest its release pinned (own machines only)."""
+        with self.cp.db.read() as session:
+            found = [
+                a for a in host_assignments(session, self.host_id) if a.machine_id == machine_id
+            ]
+        # Hosts see only their own machines; others' are "not found", as on the public API.
+        if not found:
+            raise NotFound(f"machine {machine_id!r} is not assigned to this host")
+        return found[0].image, found[0].image_digest
+
+    def routes(self) -> RoutingTable:
+        """The edge's routing table, keys included; only for hosts joined as edges."""
+        cp = self.cp
+        host = self._host()
+        if not host.edge:
+            # Only edge hosts hold tenants' TLS keys; a machine host asking is suspect.
+            with cp.db.write() as session:
+                cp.audit.record(
+                    session,
+                    self.ctx,
+                    org_id=None,
+                    action="edge.routes",
+                    target=host.name,
+                    outcome="denied",
+                    detail={"reason": "not an edge host"},
+                )
+            raise PermissionDenied(
+                f"host {host.name} is not an edge host",
+                hint="join it with a token from `hangar hosts join-token --edge`",
+            )
+        with cp.db.read() as session:
+            return cp.routes.build(session)
+
+    def names(self) -> list[Record]:
+        with self.cp.db.read() as session:
+            return dns_records(session)
+
+    def peers(self) -> list[Peer]:
+        with self.cp.db.read() as session:
+            return mesh_peers(session, self.host_id)
+
+    def register_mesh(self, public_key: str, endpoint: str) -> None:
+        cp = self.cp
+        with cp.db.write() as session:
+            host = session.get(Host, self.host_id)
+            if host is None:
+                raise NotFound(f"host {self.host_id} is not part of this installation")
+            if register_mesh(session, host, public_key, endpoint):
+                cp.audit.record(
+                    session,
+                    self.ctx,
+                    org_id=None,
+                    action="host.mesh",
+                    target=host.name,
+                    detail={"public_key": public_key, "endpoint": endpoint},
+                )
+        cp.wake()
+
+    def report_mesh(self, latest_handshake: int) -> None:
+        with self.cp.db.write() as session:
+            host = session.get(Host, self.host_id)
+            if host is not None:
+                host.mesh_handshake_at = (
+                    dt.datetime.fromtimestamp(latest_handshake, dt.UTC)
+                    if latest_handshake
+                    else None
+                )
+
+    def renew(self, csr_pem: str) -> IssuedCert:
+        """A new client certificate for this host, audited."""
+        cp = self.cp
+        with cp.db.write() as session:
+            issued = renew_host_cert(
+                session,
+                cp.ca,
+                self.host_id,
+                csr_pem,
+                lifetime=dt.timedelta(seconds=cp.settings.host_cert_seconds),
+            )
+            host = session.get(Host, self.host_id)
+            cp.audit.record(
+                session,
+                self.ctx,
+                org_id=None,
+                action="host.renew",
+                target=host.name if host is not None else self.host_id,
+                detail={"serial": issued.serial, "expires_at": issued.expires_at.isoformat()},
+            )
+        return issued

@@ -1,0 +1,1 @@
+"""What Hangar records of what runs: machines' output files, and later metrics and log sinks."""
