@@ -18,7 +18,8 @@ from hangar.audit.log import AuditContext
 from hangar.controlplane.machines import register_local_host
 from hangar.controlplane.secrets import deliver
 from hangar.controlplane.state import ControlPlane
-from hangar.crypto.keyring import Keyring, Pkcs11KekProvider
+from hangar.crypto.kek import Pkcs11KekProvider
+from hangar.crypto.keyring import Keyring
 from hangar.crypto.rotation import WRAPPED_FILES
 from hangar.errors import KeyMaterialError
 from hangar.store.tables import AppKey, AuditEvent, Machine, RootKey

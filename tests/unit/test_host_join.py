@@ -9,16 +9,17 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from hangar.agent.oci import receive_blob
 from hangar.contract.assignments import Assignment, CheckSpec
-from hangar.crypto.ca import InternalCA, host_id_of
+from hangar.crypto.ca import InternalCA
 from hangar.crypto.hostcert import certificate_window, csr_for, new_host_key, pin_matches
+from hangar.crypto.peercert import IssuedCert, PeerIdentity, host_id_of
 from hangar.domain.jointoken import JoinToken, format_join_token, parse_join_token
 from hangar.domain.reconcile import RestartPolicy
-from hangar.errors import IntegrityError, ValidationError
+from hangar.errors import AuthError, IntegrityError, ValidationError
 
 PIN = "ab" * 32
 
@@ -43,6 +44,56 @@ def test_a_host_certificate_takes_only_the_key_from_the_request() -> None:
     pin_matches(ca.cert.public_bytes(serialization.Encoding.PEM), ca.fingerprint())
     with pytest.raises(IntegrityError, match="pin"):
         pin_matches(ca.cert.public_bytes(serialization.Encoding.PEM), PIN)
+
+
+def _self_signed(uris: list[str]) -> x509.Certificate:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(0x0ABC)
+        .not_valid_before(dt.datetime.now(dt.UTC))
+        .not_valid_after(dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
+    )
+    if uris:
+        names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uris]
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return builder.sign(key, hashes.SHA256())
+
+
+def test_a_peer_is_known_by_the_host_its_certificate_names_and_its_serial() -> None:
+    ca = InternalCA.create("test")
+    cert = ca.issue_host_cert(
+        csr_for(new_host_key(), "admin"), "host_x", lifetime=dt.timedelta(hours=1)
+    )
+    peer = PeerIdentity.from_der(cert.public_bytes(serialization.Encoding.DER))
+    # The serial in the form the store records: lowercase hex, no leading zeros.
+    assert peer == PeerIdentity(host_id="host_x", serial=format(cert.serial_number, "x"))
+    assert IssuedCert(cert).serial == peer.serial
+    assert PeerIdentity.from_cert(_self_signed([])).serial == "abc"
+
+
+@pytest.mark.parametrize(
+    "uris",
+    [
+        [],
+        ["https://example.test/"],
+        ["hangar://host/host_a", "hangar://host/host_b"],
+    ],
+)
+def test_a_certificate_naming_no_single_host_names_none(uris: list[str]) -> None:
+    cert = _self_signed(uris)
+    assert host_id_of(cert) is None
+    assert PeerIdentity.from_der(cert.public_bytes(serialization.Encoding.DER)).host_id is None
+
+
+def test_a_malformed_peer_certificate_is_refused() -> None:
+    for der in (b"", b"not a certificate", b"\x30\x03\x02\x01\x01"):
+        with pytest.raises(AuthError, match="malformed"):
+            PeerIdentity.from_der(der)
 
 
 def test_bad_certificate_requests_are_refused() -> None:

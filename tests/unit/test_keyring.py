@@ -5,8 +5,18 @@ from pathlib import Path
 
 import pytest
 
-from hangar.crypto.keyring import EnvKekProvider, FileKekProvider, Keyring, generate_kek_file
-from hangar.errors import IntegrityError, KeyMaterialError
+from hangar.config.settings import ServerSettings
+from hangar.controlplane.state import kek_provider
+from hangar.crypto.kek import (
+    PROVIDERS,
+    EnvKekProvider,
+    FileKekProvider,
+    Pkcs11KekProvider,
+    generate_kek_file,
+    provider_for,
+)
+from hangar.crypto.keyring import Keyring
+from hangar.errors import ConfigError, IntegrityError, KeyMaterialError
 
 
 @pytest.fixture
@@ -108,3 +118,55 @@ def test_the_env_provider_takes_the_key_out_of_the_environment(
     monkeypatch.setenv("TEST_KEK_HEX", "zz")
     with pytest.raises(KeyMaterialError, match="not hex"):
         Keyring(EnvKekProvider("TEST_KEK_HEX"))
+
+
+class _Settings:
+    """Just the fields a KEK provider is built from."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.effective_kek_file = tmp_path / "kek.key"
+        self.kek_env = "TEST_KEK_HEX"
+        self.pkcs11_module = tmp_path / "libsofthsm2.so"
+        self.pkcs11_token = "hangar"
+        self.effective_pin_file = tmp_path / "pkcs11.pin"
+        self.pkcs11_key_label = "hangar-kek"
+
+
+def test_each_provider_is_built_by_its_name(tmp_path: Path) -> None:
+    settings = _Settings(tmp_path)
+    assert set(PROVIDERS) == {"file", "env", "pkcs11"}
+    file = provider_for("file", settings)
+    assert isinstance(file, FileKekProvider) and file.path == settings.effective_kek_file
+    env = provider_for("env", settings)
+    assert isinstance(env, EnvKekProvider) and env.name == "TEST_KEK_HEX"
+    hsm = provider_for("pkcs11", settings)
+    assert isinstance(hsm, Pkcs11KekProvider)
+    assert (hsm.module, hsm.token_label, hsm.pin_file, hsm.label) == (
+        settings.pkcs11_module,
+        "hangar",
+        settings.effective_pin_file,
+        "hangar-kek",
+    )
+
+
+def test_an_unknown_provider_is_refused_not_replaced_by_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown key-encryption key provider 'kms'"):
+        provider_for("kms", _Settings(tmp_path))
+
+
+def test_the_server_settings_choose_the_provider(tmp_path: Path) -> None:
+    default = kek_provider(ServerSettings(data_dir=tmp_path))
+    assert isinstance(default, FileKekProvider) and default.path == tmp_path / "kek.key"
+    env = kek_provider(ServerSettings(data_dir=tmp_path, kek_provider="env", kek_env="MY_KEK"))
+    assert isinstance(env, EnvKekProvider) and env.name == "MY_KEK"
+    hsm = kek_provider(ServerSettings(data_dir=tmp_path, kek_provider="pkcs11"))
+    assert isinstance(hsm, Pkcs11KekProvider) and hsm.pin_file == tmp_path / "pkcs11.pin"
+
+
+def test_rotation_replaces_the_file_whole_and_private(kek: Path) -> None:
+    os.chmod(kek, 0o600)
+    before = kek.stat().st_ino
+    Keyring(FileKekProvider(kek)).rotate()
+    # A new inode: the file was renamed over, never truncated in place.
+    assert kek.stat().st_ino != before and (kek.stat().st_mode & 0o777) == 0o600
+    assert not kek.with_name(kek.name + ".new").exists()

@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography import x509
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
@@ -30,8 +29,8 @@ from hangar.audit.log import AuditContext
 from hangar.auth.rbac import Permission
 from hangar.auth.tokens import Principal
 from hangar.controlplane.state import ControlPlane
-from hangar.crypto.ca import host_id_of
 from hangar.crypto.macaroons import Macaroon
+from hangar.crypto.peercert import PeerIdentity
 from hangar.errors import AuthError, HangarError, NotFound, PermissionDenied
 from hangar.store.tables import App, Host, Org
 
@@ -216,9 +215,8 @@ class HostGuard:
         der = request.scope.get(PEER_CERT_SCOPE_KEY)
         if not isinstance(der, bytes):
             raise AuthError("a host client certificate is required")
-        cert = x509.load_der_x509_certificate(der)
-        host_id = host_id_of(cert)
-        serial = format(cert.serial_number, "x")
+        peer = PeerIdentity.from_der(der)
+        host_id, serial = peer.host_id, peer.serial
         ctx = AuditContext(
             actor=f"host:{host_id or '?'}",
             token_id=None,

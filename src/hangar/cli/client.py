@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +12,7 @@ import httpx
 
 from hangar.config.settings import ClientSettings, client_config_path, load_settings
 from hangar.errors import ApiError, AuthError, ConfigError, HangarError
+from hangar.hostfs import write_private
 
 __all__ = ["Client", "load_client_settings", "save_login"]
 
@@ -28,10 +28,7 @@ def save_login(settings: ClientSettings) -> Path:
     path = client_config_path()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     data = settings.model_dump(mode="json", exclude_none=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2)
-    os.chmod(path, 0o600)
+    write_private(path, json.dumps(data, indent=2))
     return path
 
 

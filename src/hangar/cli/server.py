@@ -14,6 +14,7 @@ from hangar.cli.output import emit
 from hangar.config.appconfig import parse_duration
 from hangar.config.settings import ServerSettings, load_settings
 from hangar.errors import ConfigError
+from hangar.hostfs import write_private
 
 app = typer.Typer(name="server", help="Initialise and run a Hangar server.", no_args_is_help=True)
 
@@ -100,9 +101,7 @@ def init(
         settings, org_name=org, admin_email=admin_email, token_ttl=ttl, force=force
     )
     if token_file is not None:
-        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(result.token + "\n")
+        write_private(token_file, result.token + "\n")
     shown = None if token_file else result.token
     api = f"https://{settings.listen_host}:{settings.listen_port}"
     if json_out:

@@ -24,11 +24,12 @@ from hangar.contract.assignments import Assignment, MachineStatus
 from hangar.contract.mesh import Peer
 from hangar.contract.names import Record
 from hangar.controlplane.hostlink import apply_report, dns_records, host_assignments
-from hangar.controlplane.hosts import IssuedCert, renew_host_cert
+from hangar.controlplane.hosts import renew_host_cert
 from hangar.controlplane.logstore import LogStore
 from hangar.controlplane.mesh import mesh_peers, register_mesh
 from hangar.controlplane.secrets import deliver
 from hangar.controlplane.state import ControlPlane
+from hangar.crypto.peercert import IssuedCert
 from hangar.domain.routing import RoutingTable
 from hangar.errors import NotFound, PermissionDenied
 from hangar.store.tables import Host, Machine

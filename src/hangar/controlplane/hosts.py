@@ -11,17 +11,15 @@ a host, or renewing its certificate, ends the old one.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import hmac
 import re
 import secrets
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from hangar.crypto.ca import InternalCA
+from hangar.crypto.digests import hash_secret, verify_secret
+from hangar.crypto.peercert import IssuedCert, serial_hex
 from hangar.domain.jointoken import JoinToken as TokenText
 from hangar.domain.jointoken import format_join_token, parse_join_token
 from hangar.errors import AuthError, Conflict, NotFound, ValidationError
@@ -41,14 +39,6 @@ HOST_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def _hash(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def serial_hex(cert: x509.Certificate) -> str:
-    return format(cert.serial_number, "x")
 
 
 def validate_host_name(name: str) -> str:
@@ -81,7 +71,7 @@ def make_join_token(
     now = _now()
     row = JoinToken(
         id=token.id,
-        secret_hash=_hash(token.secret),
+        secret_hash=hash_secret(token.secret),
         name=name,
         region=region,
         created_by=actor,
@@ -94,14 +84,6 @@ def make_join_token(
     session.add(row)
     session.flush()
     return row, format_join_token(token)
-
-
-class IssuedCert:
-    def __init__(self, cert: x509.Certificate) -> None:
-        self.cert = cert
-        self.pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-        self.serial = serial_hex(cert)
-        self.expires_at = cert.not_valid_after_utc
 
 
 def redeem_join_token(
@@ -123,8 +105,9 @@ def redeem_join_token(
     row = session.execute(
         select(JoinToken).where(JoinToken.id == parsed.id).with_for_update()
     ).scalar_one_or_none()
-    if row is None or not hmac.compare_digest(_hash(parsed.secret), row.secret_hash):
+    if row is None:
         raise AuthError("the join token is not valid")
+    verify_secret(parsed.secret, row.secret_hash, what="join token")
     if row.used_at is not None:
         raise AuthError("the join token was already used", hint="make a new one")
     now = _now()

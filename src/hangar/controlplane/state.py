@@ -14,13 +14,8 @@ from hangar.config.settings import ServerSettings
 from hangar.contract.links import HostMachines
 from hangar.controlplane.execbroker import ExecBroker
 from hangar.crypto.ca import InternalCA
-from hangar.crypto.keyring import (
-    EnvKekProvider,
-    FileKekProvider,
-    KekProvider,
-    Keyring,
-    Pkcs11KekProvider,
-)
+from hangar.crypto.kek import KekProvider, provider_for
+from hangar.crypto.keyring import Keyring
 from hangar.crypto.macaroons import TokenKeys
 from hangar.crypto.signing import AuditSigner
 from hangar.errors import ConfigError
@@ -34,16 +29,7 @@ __all__ = ["ControlPlane", "kek_provider"]
 
 def kek_provider(settings: ServerSettings) -> KekProvider:
     """The KEK's provider the settings name (never a weaker fallback)."""
-    if settings.kek_provider == "env":
-        return EnvKekProvider(settings.kek_env)
-    if settings.kek_provider == "pkcs11":
-        return Pkcs11KekProvider(
-            settings.pkcs11_module,
-            settings.pkcs11_token,
-            settings.effective_pin_file,
-            settings.pkcs11_key_label,
-        )
-    return FileKekProvider(settings.effective_kek_file)
+    return provider_for(settings.kek_provider, settings)
 
 
 @dataclass

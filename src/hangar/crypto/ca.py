@@ -17,14 +17,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from hangar.crypto.keyring import Keyring
+from hangar.crypto.peercert import HOST_URI_PREFIX
 from hangar.errors import ValidationError
 from hangar.hostfs import write_private
 
-__all__ = ["HOST_URI_PREFIX", "InternalCA", "host_id_of"]
+__all__ = ["InternalCA"]
 
 _CA_PURPOSE = "internal-ca-key"
-# A host's client certificate names it by this URI in its subjectAltName.
-HOST_URI_PREFIX = "hangar://host/"
 
 
 def _now() -> dt.datetime:
@@ -170,14 +169,3 @@ class InternalCA:
             )
             .sign(self._key, hashes.SHA256())
         )
-
-
-def host_id_of(cert: x509.Certificate) -> str | None:
-    """The host a client certificate names, or None if it names none."""
-    try:
-        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return None
-    uris = [u for u in sans.get_values_for_type(x509.UniformResourceIdentifier)]
-    hosts = [u.removeprefix(HOST_URI_PREFIX) for u in uris if u.startswith(HOST_URI_PREFIX)]
-    return hosts[0] if len(hosts) == 1 else None

@@ -24,12 +24,13 @@ import ipaddress
 import logging
 import os
 import re
-import tempfile
+import secrets
 from pathlib import Path
 
 from hangar import hostcmd
 from hangar.contract.mesh import Peer
 from hangar.errors import CommandError, ValidationError
+from hangar.hostfs import write_private
 from hangar.net.netns import link_exists
 
 __all__ = ["Mesh", "interface_name", "validate_endpoint", "validate_public_key"]
@@ -90,9 +91,7 @@ class Mesh:
         if not self.key_file.exists():
             self.key_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             private = hostcmd.run(["wg", "genkey"]).stdout
-            fd = os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(private)
+            write_private(self.key_file, private, exclusive=True)
         result = hostcmd.run(["wg", "pubkey"], input=self.key_file.read_bytes())
         return result.stdout.decode().strip()
 
@@ -135,13 +134,13 @@ class Mesh:
             return False
         self.public_key()
         self.ensure_interface()
-        with tempfile.NamedTemporaryFile(
-            "w", dir=self.key_file.parent, prefix="mesh.", suffix=".conf", delete=True
-        ) as handle:
-            os.chmod(handle.name, 0o600)
-            handle.write(self._config(wanted))
-            handle.flush()
-            hostcmd.run(["wg", "syncconf", self.interface, handle.name], timeout=15)
+        # The configuration holds the private key: a fresh 0600 file, gone after use.
+        conf = self.key_file.with_name(f"mesh.{secrets.token_hex(8)}.conf")
+        write_private(conf, self._config(wanted), exclusive=True)
+        try:
+            hostcmd.run(["wg", "syncconf", self.interface, str(conf)], timeout=15)
+        finally:
+            conf.unlink(missing_ok=True)
         hostcmd.run(["ip", "link", "set", self.interface, "up"], timeout=15)
         routes = {ip for peer in wanted for ip in peer.allowed_ips}
         for route in sorted(routes):
