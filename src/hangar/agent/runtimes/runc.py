@@ -26,6 +26,7 @@ from hangar import hostcmd
 from hangar.agent.logfiles import read_all
 from hangar.agent.runtimes.base import ExecResult, MachineSpec, RuntimeState
 from hangar.agent.runtimes.ociconfig import etc_files, oci_config
+from hangar.agent.runtimes.registry import register
 from hangar.errors import CommandError, Conflict, NotFound, ValidationError
 from hangar.hostfs import ensure_private_tmpfs, write_private
 from hangar.net import netns
@@ -39,6 +40,7 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
 
 
+@register("runc")
 class RuncRuntime:
     """Runs machines with runc. ``state_dir`` persists; ``bundles_dir`` is tmpfs."""
 
