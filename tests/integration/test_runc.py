@@ -12,7 +12,8 @@ import pytest
 
 from hangar.agent.images import Image
 from hangar.agent.runtimes.base import MachineSpec
-from hangar.agent.runtimes.runc import CAPABILITIES, RuncRuntime
+from hangar.agent.runtimes.ociconfig import CAPABILITIES
+from hangar.agent.runtimes.runc import RuncRuntime
 from hangar.errors import CommandError, Conflict, ValidationError
 from tests.integration.conftest import (
     BASE_UID,

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hangar.agent.runtimes.base import MachineSpec
-from hangar.agent.runtimes.runc import CAPABILITIES, DENIED_SYSCALLS, oci_config
+from hangar.agent.runtimes.ociconfig import CAPABILITIES, DENIED_SYSCALLS, oci_config
 from hangar.errors import ValidationError
 
 FILES = Path("/run/hangar/bundles/m1/files")

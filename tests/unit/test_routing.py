@@ -17,7 +17,7 @@ from hangar.domain.routing import (
     hsts_header,
     validate_hostname,
 )
-from hangar.edge.haproxy import EdgeConfig, render
+from hangar.edge.render import EdgeConfig, render
 from hangar.errors import ValidationError
 from hangar.tlsprofile import TLS12_CIPHERS
 

@@ -27,7 +27,7 @@ import httpx
 
 from hangar.agent.join import Identity, problem, tls_context
 from hangar.agent.oci import receive_blob, write_index
-from hangar.agent.runtimes.runc import RuncRuntime
+from hangar.agent.runtimes.base import Runtime
 from hangar.contract import VERSION, check_version
 from hangar.contract.assignments import Assignment, MachineStatus
 from hangar.contract.execs import MAX_OUTPUT, ExecOrder
@@ -56,7 +56,7 @@ class LogShipper:
 
     BUDGET = 256 << 10  # bytes of log per report, well under the API's body cap
 
-    def __init__(self, runtime: RuncRuntime, path: Path) -> None:
+    def __init__(self, runtime: Runtime, path: Path) -> None:
         self.runtime = runtime
         self.path = path
         self.cursors: dict[str, dict[str, int]] = (
@@ -102,7 +102,7 @@ class ApiLink:
         *,
         layouts: Path,
         shipper: LogShipper | None = None,
-        runtime: RuncRuntime | None = None,
+        runtime: Runtime | None = None,
         timeout: float = 30,
     ) -> None:
         self.identity = identity

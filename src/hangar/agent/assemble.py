@@ -17,7 +17,7 @@ from pathlib import Path
 from hangar.agent.images import ImageStore
 from hangar.agent.oci import parse_image_ref
 from hangar.agent.reconciler import Reconciler
-from hangar.agent.runtimes.runc import RuncRuntime
+from hangar.agent.runtimes import registry
 from hangar.agent.service import Agent
 from hangar.contract.links import ControlPlaneLink
 from hangar.edge.haproxy import Edge, EdgeConfig
@@ -39,6 +39,7 @@ class AgentOptions:
     dns: bool = True
     mesh_endpoint: str | None = None  # None: this host is not in the mesh
     mesh_port: int = 51820
+    runtime: str = "runc"  # a name in hangar.agent.runtimes.registry
 
 
 def prepare_agent_dir(agent_dir: Path) -> None:
@@ -70,10 +71,11 @@ def build_agent(link: ControlPlaneLink, options: AgentOptions) -> Agent:
         )
     if options.mesh_endpoint is not None:
         validate_endpoint(options.mesh_endpoint)
+    factory = registry.get(options.runtime)  # an unknown driver fails before any change
     root = options.agent_dir
     prepare_agent_dir(root)
     reconciler = Reconciler(
-        RuncRuntime(root / "state", root / "bundles"),
+        factory(root / "state", root / "bundles"),
         ImageStore(root / "images"),
         root / "state",
         image_source=lambda want: parse_image_ref(link.image(want)),

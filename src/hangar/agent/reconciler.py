@@ -22,8 +22,7 @@ from typing import Any
 from hangar.agent.health import HealthMonitor
 from hangar.agent.images import Image, ImageStore
 from hangar.agent.oci import ImageRef, parse_image_ref
-from hangar.agent.runtimes.base import MachineSpec
-from hangar.agent.runtimes.runc import RuncRuntime
+from hangar.agent.runtimes.base import MachineSpec, Runtime
 from hangar.contract.assignments import Assignment
 from hangar.domain.reconcile import Action, ActionKind, Desired, Observed, plan
 from hangar.errors import HangarError, IntegrityError, ValidationError
@@ -71,7 +70,7 @@ def _parse_user(user: str, rootfs: Path) -> tuple[int, int]:
 class Reconciler:
     def __init__(
         self,
-        runtime: RuncRuntime,
+        runtime: Runtime,
         images: ImageStore,
         state_dir: Path,
         health: HealthMonitor | None = None,

@@ -1,1 +1,5 @@
-"""Machine runtimes behind one protocol (runc now; microVMs later)."""
+"""Machine runtimes behind one protocol (``base.Runtime``), chosen by name (``registry``).
+
+``runc`` runs containers today; a microVM driver registers beside it. ``fake``
+is an in-memory driver for unit tests only.
+"""

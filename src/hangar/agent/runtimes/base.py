@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv6Address
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Protocol
 
 from hangar.contract.execs import ExecResult
 
-__all__ = ["ExecResult", "MachineSpec", "Runtime", "RuntimeState"]
+__all__ = ["ExecResult", "MachineSpec", "Runtime", "RuntimeFactory", "RuntimeState"]
 
 
 @dataclass(frozen=True)
@@ -45,15 +46,32 @@ class RuntimeState:
 
 
 class Runtime(Protocol):
+    """A machine driver: what the reconciler, the agent and the API ask of a host's machines.
+
+    A driver keeps a handle per machine on disk (under the ``state_dir`` it
+    was built with), so a driver built again after an agent restart lists,
+    observes and stops the machines an earlier one started. Failures are
+    HangarErrors: ``CommandError`` for a host command that failed, ``Conflict``
+    and ``NotFound`` for a machine in the wrong state or not on this host.
+    """
+
     name: str
 
     def start(self, spec: MachineSpec) -> RuntimeState:
         """Create and start a machine; on failure leave nothing behind."""
         ...
 
-    def state(self, machine_id: str) -> RuntimeState: ...
+    def restart(self, spec: MachineSpec) -> RuntimeState:
+        """Start a stopped machine again in place, keeping its handle and logs."""
+        ...
 
-    def signal(self, machine_id: str, signal: str) -> None: ...
+    def state(self, machine_id: str) -> RuntimeState:
+        """What runs now; ``absent`` for a machine this driver has no handle for."""
+        ...
+
+    def signal(self, machine_id: str, signal: str) -> None:
+        """Send ``signal`` (e.g. ``"SIGTERM"``) to a running machine's process."""
+        ...
 
     def stop(
         self, machine_id: str, *, signal: str = "SIGTERM", timeout: float = 10.0
@@ -61,7 +79,17 @@ class Runtime(Protocol):
         """Send ``signal``, wait up to ``timeout``, then SIGKILL."""
         ...
 
-    def exec(self, machine_id: str, argv: list[str], *, timeout: float = 60.0) -> ExecResult: ...
+    def exec(self, machine_id: str, argv: list[str], *, timeout: float = 60.0) -> ExecResult:
+        """Run ``argv`` inside a running machine and wait for it."""
+        ...
+
+    def logs(self, machine_id: str) -> list[dict[str, str]]:
+        """Every captured output record (``ts``, ``stream``, ``line``) still kept, oldest first."""
+        ...
+
+    def log_path(self, machine_id: str) -> Path:
+        """The machine's current NDJSON output log (rotated ones lie beside it)."""
+        ...
 
     def remove(self, machine_id: str) -> None:
         """Kill if running and remove every trace (bundle, cgroup, state, logs)."""
@@ -70,3 +98,7 @@ class Runtime(Protocol):
     def list(self) -> list[str]:
         """Machines this runtime has handles for, including ones started before a restart."""
         ...
+
+
+RuntimeFactory = Callable[[Path, Path], Runtime]
+"""Builds a driver from the agent's state directory and its bundles directory."""

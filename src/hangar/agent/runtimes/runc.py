@@ -1,16 +1,11 @@
 """Machines as hardened runc containers.
 
-``oci_config`` (pure) turns a ``MachineSpec`` into the OCI runtime config. Every
-machine gets: its own PID, mount, UTS, IPC, cgroup and network namespaces; a
-user namespace mapping its root to an unprivileged host range; a minimal
-capability set; a seccomp profile that denies mount, ptrace, bpf, keyctl,
-kexec, module loading and new namespaces; no_new_privileges; a read-only root
-with tmpfs ``/tmp`` and ``/run``; masked and read-only ``/proc`` paths; and
-cgroup limits for memory, CPU and pids.
-
 ``RuncRuntime`` keeps, per machine, a bundle on a 0700 tmpfs (bundles will
 carry secrets, so never on disk), runc's state, and a versioned handle plus
 logs under its state directory, from which a restarted agent adopts what runs.
+The bundle's config is ``ociconfig.oci_config``, which holds the hardening;
+each machine's output and exit status are kept by its shim (``shim.py``),
+which outlives the agent.
 """
 
 from __future__ import annotations
@@ -22,7 +17,6 @@ import os
 import resource
 import shutil
 import signal as signals
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,191 +24,23 @@ from typing import Any
 
 from hangar import hostcmd
 from hangar.agent.runtimes.base import ExecResult, MachineSpec, RuntimeState
+from hangar.agent.runtimes.ociconfig import etc_files, oci_config
+from hangar.agent.runtimes.registry import register
 from hangar.errors import CommandError, Conflict, NotFound, ValidationError
-from hangar.hostfs import ensure_private_tmpfs
+from hangar.hostfs import ensure_private_tmpfs, write_private
 from hangar.net import netns
 from hangar.telemetry.logfiles import read_all
 
-__all__ = ["CAPABILITIES", "RuncRuntime", "oci_config", "seccomp_profile"]
+__all__ = ["HANDLE_VERSION", "RuncRuntime"]
 
 HANDLE_VERSION = 1
-MIN_MEMORY_MB = 32
-CAPABILITIES = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-]
-DENIED_SYSCALLS = [
-    # mounting and changing root
-    "mount", "umount", "umount2", "pivot_root", "fsopen", "fsmount", "fsconfig", "fspick",
-    "move_mount", "open_tree", "mount_setattr",
-    # debugging other processes
-    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp",
-    # kernel attack surface
-    "bpf", "perf_event_open", "userfaultfd", "lookup_dcookie", "iopl", "ioperm",
-    "keyctl", "add_key", "request_key",
-    "kexec_load", "kexec_file_load", "reboot", "swapon", "swapoff", "acct",
-    "init_module", "finit_module", "delete_module", "create_module", "query_module",
-    "get_kernel_syms", "uselib", "nfsservctl", "quotactl",
-    "open_by_handle_at", "name_to_handle_at",
-    "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "syslog",
-    # new namespaces (clone with CLONE_NEWUSER is filtered below)
-    "unshare", "setns",
-]  # fmt: skip
-CLONE_NEWUSER = 0x10000000
-EPERM, ENOSYS = 1, 38
-MASKED_PATHS = [
-    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
-    "/sys/firmware", "/sys/devices/virtual/powercap",
-]  # fmt: skip
-READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
-
-
-def seccomp_profile() -> dict[str, Any]:
-    return {
-        "defaultAction": "SCMP_ACT_ALLOW",
-        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-        "syscalls": [
-            {"names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM},
-            {
-                "names": ["clone"],
-                "action": "SCMP_ACT_ERRNO",
-                "errnoRet": EPERM,
-                "args": [
-                    {
-                        "index": 0,
-                        "value": CLONE_NEWUSER,
-                        "valueTwo": CLONE_NEWUSER,
-                        "op": "SCMP_CMP_MASKED_EQ",
-                    }
-                ],
-            },
-            # clone3's flags are behind a pointer seccomp cannot read: answer
-            # ENOSYS so the C library falls back to clone, which is filtered.
-            {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS},
-        ],
-    }
-
-
-def oci_config(
-    spec: MachineSpec,
-    *,
-    uid_base: int,
-    id_range: int,
-    files_dir: Path,
-    nofile: int = 65536,
-    python: str = sys.executable,
-) -> dict[str, Any]:
-    """The OCI runtime config for ``spec`` (pure; see the module docstring)."""
-    if spec.memory_mb < MIN_MEMORY_MB:
-        raise ValidationError(
-            f"memory {spec.memory_mb} MB is below the minimum of {MIN_MEMORY_MB} MB"
-        )
-    if not spec.args:
-        raise ValidationError("the machine has no command: the image sets none and none was given")
-    env = {
-        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        "HOSTNAME": spec.id,
-        "HOME": "/root" if spec.uid == 0 else "/",
-    }
-    env.update(spec.env)
-    caps = list(CAPABILITIES)
-    tmpfs = f"size={spec.tmpfs_mb}m"
-    namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount", "cgroup", "user", "network")]
-    hooks: dict[str, list[dict[str, Any]]] = {}
-    if spec.address is not None:
-        # Plumbed from the host once runc has made the namespaces, before the
-        # machine's process runs (see hangar.net.netns).
-        argv = [python, "-m", "hangar.net.hook", str(spec.address)]
-        hooks["createRuntime"] = [{"path": python, "args": argv, "timeout": 30}]
-    return {
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": False,
-            "user": {"uid": spec.uid, "gid": spec.gid},
-            "args": list(spec.args),
-            "env": [f"{k}={v}" for k, v in env.items()],
-            "cwd": spec.cwd or "/",
-            "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile},
-                        {"type": "RLIMIT_CORE", "hard": 0, "soft": 0}],
-            "noNewPrivileges": True,
-            "oomScoreAdj": 500,
-        },
-        "root": {"path": str(spec.rootfs), "readonly": True},
-        "hooks": hooks,
-        "hostname": spec.id,
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc",
-             "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
-            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-             "options": ["nosuid", "noexec", "nodev", "mode=1777", tmpfs]},
-            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
-             "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/sys", "type": "none", "source": "/sys",
-             "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]},
-            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "nodev", "mode=1777", tmpfs]},
-            {"destination": "/run", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "nodev", "mode=755", tmpfs]},
-            *[
-                {"destination": f"/etc/{name}", "type": "none",
-                 "source": str(files_dir / name),
-                 "options": ["bind", "ro", "nosuid", "nodev", "noexec"]}
-                for name in ("hosts", "hostname", "resolv.conf")
-            ],
-            # Secrets as files: on the bundle's tmpfs, mounted under /run or /tmp.
-            *[
-                {"destination": guest_path, "type": "none",
-                 "source": str(files_dir / f"secret-{n}"),
-                 "options": ["bind", "ro", "nosuid", "nodev", "noexec"]}
-                for n, guest_path in enumerate(sorted(spec.files))
-            ],
-        ],
-        "linux": {
-            "uidMappings": [{"containerID": 0, "hostID": uid_base, "size": id_range}],
-            "gidMappings": [{"containerID": 0, "hostID": uid_base, "size": id_range}],
-            "namespaces": namespaces,
-            "cgroupsPath": f"/hangar/{spec.id}",
-            "resources": {
-                "devices": [{"allow": False, "access": "rwm"}],
-                "memory": {"limit": spec.memory_mb << 20},
-                "cpu": {"quota": spec.cpus * 100000, "period": 100000},
-                "pids": {"limit": spec.pids_limit},
-            },
-            "seccomp": seccomp_profile(),
-            "maskedPaths": MASKED_PATHS,
-            "readonlyPaths": READONLY_PATHS,
-        },
-    }  # fmt: skip
-
-
-def _etc_files(spec: MachineSpec) -> dict[str, str]:
-    hosts = [
-        "127.0.0.1\tlocalhost",
-        "::1\tlocalhost ip6-localhost ip6-loopback",
-        f"127.0.1.1\t{spec.id}",
-    ]
-    hosts += [f"{address}\t{name}" for name, address in spec.hosts.items()]
-    resolv = "".join(f"nameserver {ns}\n" for ns in spec.nameservers) or "# no resolver\n"
-    return {"hosts": "\n".join(hosts) + "\n", "hostname": spec.id + "\n", "resolv.conf": resolv}
 
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
 
 
+@register("runc")
 class RuncRuntime:
     """Runs machines with runc. ``state_dir`` persists; ``bundles_dir`` is tmpfs."""
 
@@ -254,7 +80,7 @@ class RuncRuntime:
     def _bundle(self, machine_id: str) -> Path:
         return self.bundles_dir / machine_id
 
-    def _runc(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[bytes]:
+    def _runc(self, *args: str, timeout: float = 30.0) -> hostcmd.Completed:
         return hostcmd.run(["runc", "--root", str(self.runc_root), *args], timeout=timeout)
 
     def _cgroup_dirs(self, machine_id: str) -> list[Path]:
@@ -323,22 +149,18 @@ class RuncRuntime:
         files = bundle / "files"
         bundle.mkdir(mode=0o700)
         files.mkdir(mode=0o700)
-        for name, content in _etc_files(spec).items():
+        for name, content in etc_files(spec).items():
             (files / name).write_text(content)
             os.chmod(files / name, 0o444)
         for n, guest_path in enumerate(sorted(spec.files)):
             secret = files / f"secret-{n}"
-            fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(spec.files[guest_path])
+            write_private(secret, spec.files[guest_path], mode=0o400, exclusive=True)
             # Readable by the machine's own user only.
             os.chown(secret, self.uid_base + spec.uid, self.uid_base + spec.gid)
         # The machine's own root (host uid_base) reads these; nobody else.
         os.chown(files, self.uid_base, self.uid_base)
         os.chmod(bundle, 0o711)  # noqa: S103 - search-only, to reach files/
-        fd = os.open(bundle / "config.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(config, handle)
+        write_private(bundle / "config.json", json.dumps(config), exclusive=True)
         with (machine / "shim.err").open("ab") as shim_err:
             # Returns once the detached shim has written its pid file.
             hostcmd.run(
@@ -351,7 +173,7 @@ class RuncRuntime:
                     spec.id,
                     str(machine),
                 ],
-                stdout=subprocess.DEVNULL,
+                stdout=hostcmd.DEVNULL,
                 stderr=shim_err,
                 timeout=30,
             )

@@ -8,7 +8,8 @@ Started by the runc runtime, it detaches (see ``daemonize``) and then:
 - waits for the container and writes its exit status to ``exit.json``
   atomically, which is how the agent learns a machine stopped and why.
 
-Standard library only, so it starts fast and stays small.
+Standard library and Hangar's standard-library-only modules (``logfiles``,
+``hostcmd``), so it starts fast and stays small.
 Usage: ``python -m hangar.agent.runtimes.shim RUNC_ROOT BUNDLE ID STATE_DIR``
 """
 
@@ -19,10 +20,10 @@ import json
 import os
 import selectors
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
+from hangar import hostcmd
 from hangar.telemetry.logfiles import RotatingLog
 
 __all__ = ["main"]
@@ -30,7 +31,7 @@ __all__ = ["main"]
 MAX_LINE = 16 << 10
 
 
-def pump(proc: subprocess.Popen[bytes], log: RotatingLog) -> None:
+def pump(proc: hostcmd.Process, log: RotatingLog) -> None:
     """Copy the container's output into the log until both streams close."""
     selector = selectors.DefaultSelector()
     partial: dict[str, bytes] = {"stdout": b"", "stderr": b""}
@@ -85,7 +86,7 @@ def main(argv: list[str]) -> int:
     for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
     log = RotatingLog(state / "output.log")
-    proc = subprocess.Popen(
+    proc = hostcmd.start(
         [
             "runc",
             "--root",
@@ -97,9 +98,9 @@ def main(argv: list[str]) -> int:
             str(state / "container.pid"),
             machine_id,
         ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdin=hostcmd.DEVNULL,
+        stdout=hostcmd.PIPE,
+        stderr=hostcmd.PIPE,
     )
     pump(proc, log)
     code = proc.wait()
