@@ -34,7 +34,8 @@ pytestmark = pytest.mark.skipif(
     shutil.which("haproxy") is None, reason="needs haproxy (`make deps` installs it)"
 )
 
-PROFILE = Path(__file__).resolve().parents[3] / "shared/tls/mozilla-intermediate-6.0.json"
+# Mozilla's published "intermediate" profile, version 6.0, kept with the tests.
+PROFILE = Path(__file__).resolve().parents[1] / "data/mozilla-intermediate-6.0.json"
 DOMAIN = "apps.example.test"
 
 
@@ -479,9 +480,6 @@ def _sslyze(edge: Edge, ca: InternalCA, tmp: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not PROFILE.exists(), reason=f"the TLS profile {PROFILE} is not beside the project"
-)
 def test_tls_meets_mozilla_intermediate_and_the_check_can_fail(
     tmp_path: Path, ca: InternalCA, backends: list[Backend]
 ) -> None:
