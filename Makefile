@@ -27,6 +27,7 @@ check: venv
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 fmt: venv
 	$(VENV)/bin/ruff format src tests benchmarks
