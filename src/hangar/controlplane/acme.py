@@ -19,7 +19,6 @@ import base64
 import datetime as dt
 import json
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -32,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from hangar.audit.log import AuditContext, AuditLog
 from hangar.config.settings import ServerSettings
+from hangar.controlplane.background import BackgroundLoop
 from hangar.controlplane.certs import renew_at
 from hangar.controlplane.routes import cert_key_purpose
 from hangar.crypto.certs import account_jwk, csr_pem, info_of, new_key_pem, parse_chain
@@ -82,7 +82,9 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-class Issuer:
+class Issuer(BackgroundLoop):
+    """Orders, renews and retries certificates over ACME, one round at a time."""
+
     def __init__(
         self,
         db: Database,
@@ -99,34 +101,13 @@ class Issuer:
         self.email = settings.acme_email
         self.poll_seconds = settings.acme_poll_seconds
         self.on_change = on_change
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="hangar-acme", daemon=True)
+        super().__init__("hangar-acme", settings.acme_poll_seconds)
         self._client: client.ClientV2 | None = None
         self._jwk: JWKEC | None = None
 
-    # the thread
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception:
-                log.exception("ACME issuer round failed; continuing")
-            self._wake.wait(self.poll_seconds)
-            self._wake.clear()
+    def round(self) -> float | None:
+        self.run_once()
+        return None
 
     # one round
 

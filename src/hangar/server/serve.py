@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import ssl
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -25,6 +24,7 @@ from hangar.api.app import create_agent_app, create_app
 from hangar.api.guard import PEER_CERT_SCOPE_KEY
 from hangar.config.settings import ServerSettings
 from hangar.controlplane.acme import Issuer
+from hangar.controlplane.background import BackgroundLoop
 from hangar.controlplane.deployer import step_all
 from hangar.controlplane.state import ControlPlane
 from hangar.server.local import LocalMachines, local_agent
@@ -72,54 +72,33 @@ class _Secondary(uvicorn.Server):
         yield
 
 
-class Loops:
-    """The control plane's and the local agent's background loops, one thread."""
+class Loops(BackgroundLoop):
+    """The control plane's deployer and the local agent, one round at a time on one thread."""
 
     def __init__(self, cp: ControlPlane, agent: Agent | None) -> None:
+        super().__init__("hangar-loops", cp.settings.tick_seconds)
         self.cp = cp
         self.agent = agent
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="hangar-loops", daemon=True)
 
     def wake(self) -> None:
-        """Run the loops now: desired or observed state just changed.
+        """Run a round now: desired or observed state just changed.
 
         A change made by the loops themselves (the local agent's report) needs
         no wake-up: the deployer looks at it on the next round anyway, and
         waking would spin the thread.
         """
-        if threading.current_thread() is not self._thread:
-            self._wake.set()
+        if not self.in_loop():
+            super().wake()
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        timeout = self.cp.settings.tick_seconds
-        while not self._stop.is_set():
-            self._wake.wait(timeout)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            now = time.time()
-            timeout = self.cp.settings.tick_seconds
-            try:
-                with self.cp.db.write() as session:
-                    step_all(session, self.cp.audit, now)
-                if self.agent is not None:
-                    due = self.agent.tick(now)
-                    if due is not None:
-                        # Look again when a check or restart is due, if that is sooner.
-                        timeout = min(timeout, max(0.0, due - time.time()))
-            except Exception:
-                # One bad tick must not end the loops; the next one tries again.
-                log.exception("background loop failed; continuing")
+    def round(self) -> float | None:
+        now = time.time()
+        with self.cp.db.write() as session:
+            step_all(session, self.cp.audit, now)
+        if self.agent is None:
+            return None
+        due = self.agent.tick(now)
+        # Look again when a check or restart is due, if that is sooner.
+        return None if due is None else due - time.time()
 
 
 def _tls_config(app: Any, settings: ServerSettings, port: int, **extra: Any) -> _TLSConfig:
