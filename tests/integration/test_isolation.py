@@ -23,11 +23,11 @@ from typing import Any
 import pytest
 
 from hangar.agent.health import CheckSpec
-from hangar.agent.images import Image, ImageStore
 from hangar.agent.reconciler import Assignment, Reconciler
 from hangar.agent.runtimes.runc import RuncRuntime
 from hangar.agent.service import Agent
 from hangar.errors import CommandError
+from hangar.images.store import Image, ImageStore
 from hangar.net.addressing import host_slice, machine_address, network_prefix
 from hangar.net.dns import Record
 from hangar.net.nftables import Firewall, FirewallSpec, counters, render, table_name

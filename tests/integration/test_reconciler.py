@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from hangar.agent.health import CheckSpec
-from hangar.agent.images import Image, ImageStore
 from hangar.agent.reconciler import Assignment, Reconciler
 from hangar.agent.runtimes.runc import RuncRuntime
 from hangar.domain.reconcile import ActionKind, RestartPolicy
+from hangar.images.store import Image, ImageStore
 from hangar.net.addressing import host_slice, machine_address, network_prefix
 from tests.integration.conftest import BASE_UID, leftovers, needs_root, wait_for
 

@@ -13,13 +13,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from hangar.agent.health import CheckSpec
-from hangar.agent.oci import receive_blob
 from hangar.agent.reconciler import Assignment
 from hangar.crypto.ca import InternalCA, host_id_of
 from hangar.crypto.hostcert import certificate_window, csr_for, new_host_key, pin_matches
 from hangar.domain.jointoken import JoinToken, format_join_token, parse_join_token
 from hangar.domain.reconcile import RestartPolicy
 from hangar.errors import IntegrityError, ValidationError
+from hangar.images.oci import receive_blob
 
 PIN = "ab" * 32
 

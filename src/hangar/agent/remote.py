@@ -32,9 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from hangar.agent.images import ImageStore
 from hangar.agent.logfiles import read_since
-from hangar.agent.oci import ImageRef, receive_blob, write_index
 from hangar.agent.reconciler import Assignment, Reconciler
 from hangar.agent.runtimes.runc import RuncRuntime
 from hangar.agent.service import Agent, host_memory_mb
@@ -45,6 +43,8 @@ from hangar.domain.routing import RoutingTable, edge_seal_context
 from hangar.edge.haproxy import Edge, EdgeConfig
 from hangar.errors import ApiError, ConfigError, HangarError, IntegrityError
 from hangar.hostfs import write_private
+from hangar.images.oci import ImageRef, receive_blob, write_index
+from hangar.images.store import ImageStore
 from hangar.net.dns import Record
 from hangar.net.nftables import Firewall
 from hangar.net.wireguard import Mesh, Peer, validate_endpoint

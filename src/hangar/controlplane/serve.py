@@ -22,7 +22,6 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from hangar.agent.images import ImageStore
 from hangar.agent.reconciler import Assignment, Reconciler
 from hangar.agent.runtimes.runc import RuncRuntime
 from hangar.agent.service import LocalAgent, host_memory_mb
@@ -39,6 +38,7 @@ from hangar.controlplane.state import ControlPlane
 from hangar.domain.routing import RoutingTable
 from hangar.edge.haproxy import Edge, EdgeConfig
 from hangar.errors import ConfigError
+from hangar.images.store import ImageStore
 from hangar.net.nftables import Firewall
 from hangar.net.wireguard import Mesh, validate_endpoint
 from hangar.tlsprofile import TLS12_CIPHERS

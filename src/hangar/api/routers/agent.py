@@ -21,7 +21,6 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from hangar.agent.oci import open_blob, parse_image_ref, read_manifest
 from hangar.agent.reconciler import Assignment
 from hangar.agent.runtimes.base import ExecResult
 from hangar.api.guard import HOST, GuardedRouter, HostAccess
@@ -40,6 +39,7 @@ from hangar.controlplane.secrets import deliver
 from hangar.crypto.secretbox import seal
 from hangar.domain.routing import edge_seal_context
 from hangar.errors import Conflict, IntegrityError, NotFound, PermissionDenied, ValidationError
+from hangar.images.oci import open_blob, parse_image_ref, read_manifest
 from hangar.store.tables import Host, Machine
 
 router = GuardedRouter(prefix="/agent/v1", tags=["agent"])

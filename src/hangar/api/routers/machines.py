@@ -22,8 +22,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from hangar.agent.images import copy_from_registry
-from hangar.agent.oci import parse_image_ref, read_manifest
 from hangar.api.guard import Access, GuardedRouter, requires
 from hangar.api.loops import wake_loops
 from hangar.auth.rbac import Permission
@@ -39,6 +37,8 @@ from hangar.controlplane.machines import (
 )
 from hangar.controlplane.routes import check_service_ports, reserved_ports
 from hangar.errors import Conflict, NotFound, ValidationError, WaitTimeout
+from hangar.images.oci import parse_image_ref, read_manifest
+from hangar.images.registry import copy_from_registry
 from hangar.store.tables import App, Host, Machine, MachineEvent, Release
 
 router = GuardedRouter(prefix="/v1/apps/{app}", tags=["machines"])
