@@ -6,13 +6,21 @@ from typing import Annotated
 
 import typer
 
-from hangar.cli.common import JsonOpt, YesOpt, client
-from hangar.cli.deploy import MACHINE_COLUMNS, AppOpt, absolute_image, app_name
+from hangar.cli.common import AppOpt, JsonOpt, YesOpt, absolute_image, app_name, client
 from hangar.cli.output import confirm, emit, table
 from hangar.config.appconfig import parse_duration
 
 app = typer.Typer(name="machines", help="An app's machines.", no_args_is_help=True)
 MachineId = Annotated[str, typer.Argument(help="machine id")]
+MACHINE_COLUMNS = [
+    ("id", "ID"),
+    ("state", "STATE"),
+    ("running_version", "VERSION"),
+    ("healthy", "HEALTHY"),
+    ("address", "ADDRESS"),
+    ("host", "HOST"),
+    ("updated_at", "UPDATED"),
+]
 
 
 @app.command("list")
