@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from hangar.audit.log import AuditContext
 from hangar.controlplane.state import ControlPlane
 
-__all__ = ["Event", "change"]
+__all__ = ["Event", "change", "record_refusal"]
 
 
 @dataclass
@@ -71,3 +71,25 @@ def change(
         )
     if wake:
         cp.wake()
+
+
+def record_refusal(
+    cp: ControlPlane,
+    ctx: AuditContext,
+    *,
+    org_id: str | None,
+    action: str,
+    target: str,
+    reason: str,
+) -> None:
+    """Record a refused attempt, in a transaction of its own: the attempt changed nothing."""
+    with cp.db.write() as session:
+        cp.audit.record(
+            session,
+            ctx,
+            org_id=org_id,
+            action=action,
+            target=target,
+            outcome="denied",
+            detail={"reason": reason},
+        )

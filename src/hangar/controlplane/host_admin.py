@@ -11,7 +11,7 @@ import datetime as dt
 from sqlalchemy import func, select
 
 from hangar.audit.log import AuditContext
-from hangar.controlplane.changes import change
+from hangar.controlplane.changes import change, record_refusal
 from hangar.controlplane.hosts import IssuedCert, make_join_token, redeem_join_token, remove_host
 from hangar.controlplane.state import ControlPlane
 from hangar.errors import HangarError, NotFound
@@ -91,16 +91,7 @@ def join(
             event.target = host.name
             event.detail = {"host_id": host.id, "region": host.region, "serial": issued.serial}
     except HangarError as exc:
-        with cp.db.write() as session:
-            cp.audit.record(
-                session,
-                ctx,
-                org_id=None,
-                action="host.join",
-                target=name,
-                outcome="denied",
-                detail={"reason": exc.message},
-            )
+        record_refusal(cp, ctx, org_id=None, action="host.join", target=name, reason=exc.message)
         raise
     return host, issued
 

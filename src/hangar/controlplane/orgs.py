@@ -12,7 +12,7 @@ from hangar.auth.rbac import Role
 from hangar.auth.tokens import new_id
 from hangar.controlplane.changes import change
 from hangar.controlplane.state import ControlPlane
-from hangar.errors import Conflict, NotFound
+from hangar.errors import Conflict, NotFound, ValidationError
 from hangar.store.tables import Membership, Org, User
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "get_org",
     "list_members",
     "list_orgs",
+    "named_or_only",
     "remove_member",
     "set_role",
 ]
@@ -41,6 +42,23 @@ def find_org(cp: ControlPlane, name: str) -> Org:
 def get_org(cp: ControlPlane, org_id: str) -> Org | None:
     with cp.db.read() as session:
         return session.get(Org, org_id)
+
+
+def named_or_only(
+    cp: ControlPlane, name: str | None, visible: list[str], *, ask: str, hint: str
+) -> Org:
+    """The organization named ``name``, or else the only one of ``visible``.
+
+    ValidationError(``ask``) when no name is given and there is not exactly one.
+    """
+    if name is not None:
+        return find_org(cp, name)
+    if len(visible) != 1:
+        raise ValidationError(ask, hint=hint)
+    org = get_org(cp, visible[0])
+    if org is None:
+        raise NotFound("organization not found")
+    return org
 
 
 def list_orgs(cp: ControlPlane, org_ids: list[str], after: str | None, limit: int) -> list[Org]:

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from hangar.audit.log import AuditContext, AuditLog
-from hangar.controlplane.changes import change
+from hangar.controlplane.changes import Event, change
 from hangar.controlplane.datakeys import data_key, rotate_data_key
 from hangar.controlplane.releases import busy_release, roll_out
 from hangar.controlplane.state import ControlPlane
@@ -309,6 +310,22 @@ class SecretsChange:
     release: int | None  # the release that rolls the change out, if any
 
 
+@contextmanager
+def _app_change(
+    cp: ControlPlane, ctx: AuditContext, app: App, action: str, *, rollout: bool, wake: bool = True
+) -> Iterator[tuple[Session, App, Event]]:
+    """A change to the app's secrets; one that rolls out refuses while a deploy runs."""
+    with change(cp, ctx, org_id=app.org_id, action=action, target=app.name, wake=wake) as (
+        session,
+        event,
+    ):
+        row = session.get(App, app.id)
+        assert row is not None
+        if rollout:
+            busy_release(session, row.id)
+        yield session, row, event
+
+
 def _rolled_out(
     session: Session, app: App, names: list[str], *, stage: bool, actor: str
 ) -> int | None:
@@ -328,14 +345,7 @@ def store_secrets(
     stage: bool,
 ) -> SecretsChange:
     """Set ``values`` atomically; unless staged, roll them out to the app's machines."""
-    with change(cp, ctx, org_id=app.org_id, action="secrets.set", target=app.name) as (
-        session,
-        event,
-    ):
-        row = session.get(App, app.id)
-        assert row is not None
-        if not stage:
-            busy_release(session, row.id)
+    with _app_change(cp, ctx, app, "secrets.set", rollout=not stage) as (session, row, event):
         infos = set_secrets(session, cp.keyring, row, values, stage=stage, actor=ctx.actor)
         names = [i.name for i in infos]
         release = _rolled_out(session, row, names, stage=stage, actor=ctx.actor)
@@ -351,14 +361,7 @@ def remove_secrets(
     cp: ControlPlane, ctx: AuditContext, app: App, names: list[str] | None, *, stage: bool
 ) -> SecretsChange:
     """Remove ``names`` (every secret with None); unless staged, roll it out."""
-    with change(cp, ctx, org_id=app.org_id, action="secrets.unset", target=app.name) as (
-        session,
-        event,
-    ):
-        row = session.get(App, app.id)
-        assert row is not None
-        if not stage:
-            busy_release(session, row.id)
+    with _app_change(cp, ctx, app, "secrets.unset", rollout=not stage) as (session, row, event):
         removed = unset_secrets(session, row, names, stage=stage, actor=ctx.actor)
         release = _rolled_out(session, row, removed, stage=stage, actor=ctx.actor)
         event.detail = {"names": removed, "staged": stage}
@@ -367,13 +370,7 @@ def remove_secrets(
 
 def deploy_staged(cp: ControlPlane, ctx: AuditContext, app: App) -> SecretsChange:
     """Make staged changes the deployed values and roll them out."""
-    with change(cp, ctx, org_id=app.org_id, action="secrets.deploy", target=app.name) as (
-        session,
-        event,
-    ):
-        row = session.get(App, app.id)
-        assert row is not None
-        busy_release(session, row.id)
+    with _app_change(cp, ctx, app, "secrets.deploy", rollout=True) as (session, row, event):
         names = apply_staged(session, row)
         release = _rolled_out(session, row, names, stage=False, actor=ctx.actor)
         event.detail = {"names": names, "release": release}
@@ -382,11 +379,8 @@ def deploy_staged(cp: ControlPlane, ctx: AuditContext, app: App) -> SecretsChang
 
 def rotate_key(cp: ControlPlane, ctx: AuditContext, app: App) -> tuple[int, int]:
     """A new data key for the app, every value re-encrypted: (key version, values re-encrypted)."""
-    with change(
-        cp, ctx, org_id=app.org_id, action="secrets.rotate_key", target=app.name, wake=False
-    ) as (session, event):
-        row = session.get(App, app.id)
-        assert row is not None
+    action = "secrets.rotate_key"
+    with _app_change(cp, ctx, app, action, rollout=False, wake=False) as (session, row, event):
         version, count = rotate_data_key(session, cp.keyring, row)
         event.detail = {"key_version": version, "reencrypted": count}
     return version, count

@@ -13,7 +13,6 @@ from hangar.api.pagination import Limit, Page, decode_cursor, page_of
 from hangar.auth.rbac import Permission
 from hangar.controlplane import apps, orgs
 from hangar.domain.names import validate_dns_label
-from hangar.errors import ValidationError
 from hangar.store.tables import Org
 
 router = GuardedRouter(prefix="/v1/apps", tags=["apps"])
@@ -42,17 +41,13 @@ class AppCreate(BaseModel):
 
 def _resolve_org(access: Access, name: str | None) -> Org:
     """The named organization, or the caller's only one; 404 if not visible."""
-    if name is not None:
-        return orgs.find_org(access.cp, name)
-    visible = access.principal.visible_orgs()
-    if len(visible) != 1:
-        raise ValidationError(
-            "you belong to several organizations: say which one",
-            hint="pass --org NAME",
-        )
-    org = orgs.get_org(access.cp, visible[0])
-    assert org is not None
-    return org
+    return orgs.named_or_only(
+        access.cp,
+        name,
+        access.principal.visible_orgs(),
+        ask="you belong to several organizations: say which one",
+        hint="pass --org NAME",
+    )
 
 
 @router.get("", response_model=Page[AppOut], summary="List apps")

@@ -14,7 +14,7 @@ from hangar.audit.chain import SYSTEM_CHAIN, Checkpoint, Event, VerifyResult
 from hangar.audit.log import row_to_event
 from hangar.auth.rbac import Permission
 from hangar.controlplane import audit_trail, orgs
-from hangar.errors import PermissionDenied, ValidationError
+from hangar.errors import PermissionDenied
 
 router = GuardedRouter(prefix="/v1/audit", tags=["audit"])
 
@@ -30,16 +30,13 @@ def _chain(access: Access, org: str | None, system: bool) -> str:
             access.check(Permission.AUDIT_READ, org=None, shown="the system audit chain")
             raise PermissionDenied("the system audit chain is for installation operators")
         return SYSTEM_CHAIN
-    if org is None:
-        visible = principal.visible_orgs()
-        if len(visible) != 1:
-            raise ValidationError(
-                "say which organization's audit trail", hint="pass --org NAME (or --system)"
-            )
-        target = orgs.get_org(access.cp, visible[0])
-    else:
-        target = orgs.find_org(access.cp, org)
-    assert target is not None
+    target = orgs.named_or_only(
+        access.cp,
+        org,
+        principal.visible_orgs(),
+        ask="say which organization's audit trail",
+        hint="pass --org NAME (or --system)",
+    )
     access.check(Permission.AUDIT_READ, org=target, shown=f"organization {target.name!r}")
     return target.id
 

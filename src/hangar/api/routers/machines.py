@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Header, Query
 from pydantic import BaseModel, ConfigDict, Field
@@ -132,6 +132,14 @@ def update_machine(
     return machine_out(placed)
 
 
+def _steer(access: Access, machine_id: str, action: str, nonce: str, **values: Any) -> MachineOut:
+    assert access.app is not None
+    placed = control.steer_machine(
+        access.cp, access.ctx, access.app, machine_id, action, nonce=nonce, **values
+    )
+    return machine_out(placed)
+
+
 class StopIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     signal: Signal | None = None
@@ -146,20 +154,9 @@ def stop_machine(
     body: StopIn | None = None,
     nonce: Nonce = "",
 ) -> MachineOut:
-    assert access.app is not None
     body = body or StopIn()
-    placed = control.steer_machine(
-        access.cp,
-        access.ctx,
-        access.app,
-        machine_id,
-        "machine.stop",
-        nonce=nonce,
-        desired="stopped",
-        stop_signal=body.signal,
-        stop_timeout=body.timeout,
-    )
-    return machine_out(placed)
+    values = {"desired": "stopped", "stop_signal": body.signal, "stop_timeout": body.timeout}
+    return _steer(access, machine_id, "machine.stop", nonce, **values)
 
 
 @router.post("/machines/{machine_id}/start", response_model=MachineOut, summary="Start a machine")
@@ -169,17 +166,7 @@ def start_machine(
     access: Annotated[Access, requires(Permission.MACHINES_CONTROL)],
     nonce: Nonce = "",
 ) -> MachineOut:
-    assert access.app is not None
-    placed = control.steer_machine(
-        access.cp,
-        access.ctx,
-        access.app,
-        machine_id,
-        "machine.start",
-        nonce=nonce,
-        desired="started",
-    )
-    return machine_out(placed)
+    return _steer(access, machine_id, "machine.start", nonce, desired="started")
 
 
 @router.post(
@@ -193,18 +180,7 @@ def restart_machine(
     access: Annotated[Access, requires(Permission.MACHINES_CONTROL)],
     nonce: Nonce = "",
 ) -> MachineOut:
-    assert access.app is not None
-    placed = control.steer_machine(
-        access.cp,
-        access.ctx,
-        access.app,
-        machine_id,
-        "machine.restart",
-        nonce=nonce,
-        restart=True,
-        desired="started",
-    )
-    return machine_out(placed)
+    return _steer(access, machine_id, "machine.restart", nonce, restart=True, desired="started")
 
 
 @router.delete(

@@ -105,16 +105,13 @@ def create_token(
         if scope.orgs is not None:
             raise PermissionDenied("an organization token cannot create a user token")
     else:
-        if body.org is None:
-            visible = principal.visible_orgs()
-            if len(visible) != 1:
-                raise ValidationError(
-                    "say which organization the token is for", hint="pass --org NAME"
-                )
-            org = orgs.get_org(access.cp, visible[0])
-        else:
-            org = orgs.find_org(access.cp, body.org)
-        assert org is not None
+        org = orgs.named_or_only(
+            access.cp,
+            body.org,
+            principal.visible_orgs(),
+            ask="say which organization the token is for",
+            hint="pass --org NAME",
+        )
         access.check(
             Permission.TOKENS_CREATE, org=org, app=body.app, shown=f"organization {org.name!r}"
         )
