@@ -143,11 +143,11 @@ def mesh_path(seconds: int) -> float:
 
 
 def machines_path(seconds: int) -> float:
-    from hangar.agent.images import ImageStore
     from hangar.agent.reconciler import Reconciler
     from hangar.agent.runtimes.runc import RuncRuntime
     from hangar.agent.service import Agent
     from hangar.contract.assignments import Assignment
+    from hangar.images.store import ImageStore
     from hangar.net.addressing import host_slice, machine_address, network_prefix
     from hangar.net.nftables import Firewall, table_name
 

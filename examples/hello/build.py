@@ -15,7 +15,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from hangar.agent.oci import build_layout, layer_tar
+from hangar.images.oci import build_layout, layer_tar
 
 HERE = Path(__file__).resolve().parent
 APPLETS = [

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from hangar.agent.images import Image, ImageStore
-from hangar.agent.oci import ImageRef, build_layout, layer_tar
 from hangar.agent.runtimes.base import MachineSpec
 from hangar.agent.runtimes.runc import RuncRuntime
+from hangar.images.oci import ImageRef, build_layout, layer_tar
+from hangar.images.store import Image, ImageStore
 
 APPLETS = [
     "sh",

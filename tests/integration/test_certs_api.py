@@ -356,7 +356,7 @@ def test_only_edge_hosts_get_the_routing_table_and_keys_come_sealed(
 def test_a_tcp_port_is_served_by_one_app_only(
     api: TestClient, installation: Installation, control_plane: ControlPlane, tmp_path: Path
 ) -> None:
-    from hangar.agent.oci import build_layout, layer_tar
+    from hangar.images.oci import build_layout, layer_tar
 
     h = installation.headers
     build_layout(tmp_path / "img", [layer_tar([])])

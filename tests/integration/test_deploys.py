@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from hangar.agent.images import Image, ImageStore
 from hangar.agent.reconciler import Reconciler
 from hangar.agent.runtimes.runc import RuncRuntime
 from hangar.agent.service import Agent
@@ -23,6 +22,7 @@ from hangar.controlplane.machines import (
     register_local_host,
 )
 from hangar.controlplane.state import ControlPlane
+from hangar.images.store import Image, ImageStore
 from hangar.server.local import StoreLink
 from hangar.store.tables import App, AuditEvent, Machine, Org, Release
 from tests.conftest import make_installation

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from hangar.agent.oci import build_layout, layer_tar
 from hangar.controlplane.hostlink import apply_report
 from hangar.controlplane.machines import register_local_host
 from hangar.controlplane.state import ControlPlane
+from hangar.images.oci import build_layout, layer_tar
 from hangar.store.tables import Machine
 from tests.conftest import Installation
 

@@ -16,13 +16,13 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from hangar.agent.oci import build_layout, layer_tar
 from hangar.api.app import create_agent_app
 from hangar.api.guard import PEER_CERT_SCOPE_KEY
 from hangar.controlplane.machines import register_local_host
 from hangar.controlplane.state import ControlPlane
 from hangar.crypto.hostcert import csr_for, new_host_key
 from hangar.crypto.peercert import host_id_of
+from hangar.images.oci import build_layout, layer_tar
 from hangar.store.tables import AuditEvent, JoinToken
 from tests.conftest import Installation, bearer, mint_token
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from hangar.agent.images import ImageStore
-from hangar.agent.oci import ImageRef, build_layout, layer_tar, parse_image_ref, read_manifest
 from hangar.errors import ConfigError, IntegrityError, NotFound, ValidationError
+from hangar.images.oci import ImageRef, build_layout, layer_tar, parse_image_ref, read_manifest
+from hangar.images.store import ImageStore
 
 BASE = 200000
 

@@ -118,7 +118,7 @@ def _open_elsewhere(inst: Installation, change: dict[str, str]) -> subprocess.Co
 
 
 def _machine(api: TestClient, h: dict[str, str], tmp_path: Path) -> None:
-    from hangar.agent.oci import build_layout, layer_tar
+    from hangar.images.oci import build_layout, layer_tar
 
     build_layout(tmp_path / "img", [layer_tar([])])
     made = api.post(

@@ -7,9 +7,9 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from hangar.agent.oci import build_layout, layer_tar
 from hangar.controlplane.machines import register_local_host
 from hangar.controlplane.state import ControlPlane
+from hangar.images.oci import build_layout, layer_tar
 from hangar.store.tables import AuditEvent, Machine
 from tests.conftest import Installation
 

@@ -134,10 +134,10 @@ def test_the_control_planes_own_host_joins_the_mesh(
     tmp_path: Path,
 ) -> None:
     """`server run` with mesh_endpoint: registered in-process, peers applied to a real interface."""
-    from hangar.agent.images import ImageStore
     from hangar.agent.reconciler import Reconciler
     from hangar.agent.service import Agent
     from hangar.crypto.wgkeys import new_keypair
+    from hangar.images.store import ImageStore
     from hangar.net.netns import link_exists
     from hangar.net.wireguard import Mesh
     from hangar.server.local import StoreLink

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from hangar.agent.oci import build_layout, layer_tar, parse_image_ref, read_manifest
 from hangar.api.app import create_app
 from hangar.controlplane.state import ControlPlane
+from hangar.images.oci import build_layout, layer_tar, parse_image_ref, read_manifest
 from tests.conftest import make_installation
 
 pytestmark = pytest.mark.skipif(

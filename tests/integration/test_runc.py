@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from hangar.agent.images import Image
 from hangar.agent.runtimes.base import MachineSpec
 from hangar.agent.runtimes.ociconfig import CAPABILITIES
 from hangar.agent.runtimes.runc import RuncRuntime
 from hangar.errors import CommandError, Conflict, ValidationError
+from hangar.images.store import Image
 from tests.integration.conftest import (
     BASE_UID,
     leftovers,

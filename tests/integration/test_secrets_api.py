@@ -36,7 +36,7 @@ def _stored(
 
 
 def _one_off(api: TestClient, h: dict[str, str], tmp_path: Path, app: str) -> dict[str, object]:
-    from hangar.agent.oci import build_layout, layer_tar
+    from hangar.images.oci import build_layout, layer_tar
 
     build_layout(tmp_path / "img", [layer_tar([])])
     made = api.post(

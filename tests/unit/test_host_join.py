@@ -12,7 +12,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from hangar.agent.oci import receive_blob
 from hangar.contract.assignments import Assignment, CheckSpec
 from hangar.crypto.ca import InternalCA
 from hangar.crypto.hostcert import certificate_window, csr_for, new_host_key, pin_matches
@@ -20,6 +19,7 @@ from hangar.crypto.peercert import IssuedCert, PeerIdentity, host_id_of
 from hangar.domain.jointoken import JoinToken, format_join_token, parse_join_token
 from hangar.domain.reconcile import RestartPolicy
 from hangar.errors import AuthError, IntegrityError, ValidationError
+from hangar.images.oci import receive_blob
 
 PIN = "ab" * 32
 

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from hangar.agent import images as images_module
 from hangar.agent.health import HealthMonitor
-from hangar.agent.images import ImageStore
-from hangar.agent.oci import build_layout, layer_tar
 from hangar.agent.reconciler import Outcome, Reconciler
 from hangar.agent.runtimes import registry
 from hangar.agent.runtimes.fake import Call, FakeRuntime
 from hangar.contract.assignments import Assignment, CheckSpec
 from hangar.domain.reconcile import ActionKind, RestartPolicy
+from hangar.images import store as images_module
+from hangar.images.oci import build_layout, layer_tar
+from hangar.images.store import ImageStore
 
 ADDRESS = "fd43:4343:1:1::2"
 CHECK = CheckSpec("http", "http", 8080, interval=5, grace_period=1, path="/healthz")

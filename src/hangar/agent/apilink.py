@@ -26,7 +26,6 @@ from urllib.parse import urlsplit
 import httpx
 
 from hangar.agent.join import Identity, problem, tls_context
-from hangar.agent.oci import receive_blob, write_index
 from hangar.agent.runtimes.base import Runtime
 from hangar.contract import VERSION, check_version
 from hangar.contract.assignments import Assignment, MachineStatus
@@ -38,6 +37,7 @@ from hangar.crypto.secretbox import Opener
 from hangar.domain.routing import RoutingTable, edge_seal_context
 from hangar.errors import HangarError, IntegrityError
 from hangar.hostfs import write_private
+from hangar.images.oci import receive_blob, write_index
 from hangar.telemetry.logfiles import read_since
 
 __all__ = ["RENEW_AT", "ApiLink", "LogShipper"]

@@ -14,14 +14,14 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from hangar.agent.images import ImageStore
-from hangar.agent.oci import parse_image_ref
 from hangar.agent.reconciler import Reconciler
 from hangar.agent.runtimes import registry
 from hangar.agent.service import Agent
 from hangar.contract.links import ControlPlaneLink
 from hangar.edge.haproxy import Edge, EdgeConfig
 from hangar.errors import ConfigError
+from hangar.images.oci import parse_image_ref
+from hangar.images.store import ImageStore
 from hangar.net.nftables import Firewall
 from hangar.net.wireguard import Mesh, validate_endpoint
 

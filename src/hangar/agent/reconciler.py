@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from hangar.agent.health import HealthMonitor
-from hangar.agent.images import Image, ImageStore
-from hangar.agent.oci import ImageRef, parse_image_ref
 from hangar.agent.runtimes.base import MachineSpec, Runtime
 from hangar.contract.assignments import Assignment
 from hangar.domain.reconcile import Action, ActionKind, Desired, Observed, plan
 from hangar.errors import HangarError, IntegrityError, ValidationError
+from hangar.images.oci import ImageRef, parse_image_ref
+from hangar.images.store import Image, ImageStore
 
 __all__ = ["ImageSource", "Outcome", "Reconciler", "SecretSource"]
 

@@ -17,10 +17,15 @@ from hangar.api.routers import (
     apps,
     audit,
     certs,
+    edge,
+    execs,
     health,
     hosts,
+    leases,
+    logs,
     machines,
     orgs,
+    releases,
     secrets,
     system,
     tokens,
@@ -54,9 +59,14 @@ def create_app(cp: ControlPlane) -> FastAPI:
         health,
         orgs,
         apps,
+        releases,
         machines,
+        leases,
+        execs,
+        logs,
         secrets,
         certs,
+        edge,
         wireguard,
         hosts,
         tokens,
@@ -64,7 +74,6 @@ def create_app(cp: ControlPlane) -> FastAPI:
         system,
     ):
         app.include_router(module.router, responses=PROBLEM_RESPONSES)
-    app.include_router(certs.edge_router, responses=PROBLEM_RESPONSES)
     install_problem_handlers(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=cp.settings.max_body_bytes)
     assert_routes_guarded(app)

@@ -7,9 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from hangar.cli.common import JsonOpt, YesOpt, client
-from hangar.cli.deploy import AppOpt, app_name
-from hangar.cli.output import confirm, emit, table
+from hangar.cli.common import AppOpt, JsonOpt, YesOpt, app_name, client
+from hangar.cli.output import confirm, emit, listing
 from hangar.errors import ConfigError
 
 app = typer.Typer(
@@ -20,7 +19,19 @@ app = typer.Typer(
 HostArg = Annotated[str, typer.Argument(help="host name, e.g. clinic.example.com")]
 
 
-def _show(data: dict[str, Any]) -> None:
+COLUMNS = [
+    ("hostname", "HOST NAME"),
+    ("source", "SOURCE"),
+    ("status", "STATUS"),
+    ("not_after", "EXPIRES"),
+    ("last_error", "LAST ERROR"),
+]
+
+
+def _show(data: dict[str, Any], json_out: bool) -> None:
+    if json_out:
+        emit(data)
+        return
     rows = [
         ("Host name", data["hostname"]),
         ("App", data["app"]),
@@ -67,19 +78,7 @@ def add(
 def list_(ctx: typer.Context, app_: AppOpt = None, json_out: JsonOpt = False) -> None:
     """The app's host names: source, status, expiry."""
     items = client(ctx).get(f"/v1/apps/{app_name(app_)}/certs")
-    if json_out:
-        emit(items)
-        return
-    table(
-        items,
-        [
-            ("hostname", "HOST NAME"),
-            ("source", "SOURCE"),
-            ("status", "STATUS"),
-            ("not_after", "EXPIRES"),
-            ("last_error", "LAST ERROR"),
-        ],
-    )
+    listing(items, COLUMNS, json_out)
 
 
 @app.command()
@@ -87,11 +86,7 @@ def show(
     ctx: typer.Context, hostname: HostArg, app_: AppOpt = None, json_out: JsonOpt = False
 ) -> None:
     """One host name: its order's progress, errors, and the certificate."""
-    data = client(ctx).get(f"/v1/apps/{app_name(app_)}/certs/{hostname}")
-    if json_out:
-        emit(data)
-    else:
-        _show(data)
+    _show(client(ctx).get(f"/v1/apps/{app_name(app_)}/certs/{hostname}"), json_out)
 
 
 @app.command()
@@ -99,11 +94,9 @@ def check(
     ctx: typer.Context, hostname: HostArg, app_: AppOpt = None, json_out: JsonOpt = False
 ) -> None:
     """Try a pending or failed order again now (after fixing DNS, say) and show it."""
-    data = client(ctx).request("POST", f"/v1/apps/{app_name(app_)}/certs/{hostname}/check")
-    if json_out:
-        emit(data)
-    else:
-        _show(data)
+    _show(
+        client(ctx).request("POST", f"/v1/apps/{app_name(app_)}/certs/{hostname}/check"), json_out
+    )
 
 
 @app.command()

@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from hangar.cli.client import Client, load_client_settings
+from hangar.config.appconfig import load_app_config
+from hangar.errors import ConfigError
 
-__all__ = ["JsonOpt", "OrgOpt", "YesOpt", "client", "org_param"]
+__all__ = [
+    "AppOpt",
+    "JsonOpt",
+    "OrgOpt",
+    "YesOpt",
+    "absolute_image",
+    "app_name",
+    "client",
+    "org_param",
+]
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for programs")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")]
 OrgOpt = Annotated[str | None, typer.Option("--org", "-o", help="organization name")]
+AppOpt = Annotated[
+    str | None, typer.Option("--app", "-a", help="app name (default: hangar.toml's)")
+]
 
 
 def client(ctx: typer.Context, *, need_token: bool = True) -> Client:
@@ -23,3 +38,24 @@ def client(ctx: typer.Context, *, need_token: bool = True) -> Client:
 
 def org_param(org: str | None) -> dict[str, Any]:
     return {"org": org} if org else {}
+
+
+def app_name(app: str | None, config: Path = Path("hangar.toml")) -> str:
+    """--app, or the app named by hangar.toml here."""
+    if app:
+        return app
+    if config.exists():
+        return load_app_config(config).app
+    raise ConfigError("which app?", hint="pass --app NAME, or run where hangar.toml is")
+
+
+def absolute_image(image: str) -> str:
+    """Make an oci: path absolute (the server reads it), leaving docker:// alone."""
+    if image.startswith("docker://"):
+        return image
+    body = image.removeprefix("oci:")
+    tag = ""
+    if image.startswith("oci:") and ":" in body:
+        body, tag = body.rsplit(":", 1)
+        tag = ":" + tag
+    return f"oci:{Path(body).resolve()}{tag}"

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from hangar.cli.common import JsonOpt, YesOpt, client
-from hangar.cli.output import emit, table
+from hangar.cli.output import emit, fields, table
 from hangar.config.appconfig import parse_duration
 from hangar.errors import HangarError
 
@@ -48,11 +48,9 @@ def list_(ctx: typer.Context, json_out: JsonOpt = False) -> None:
 @app.command()
 def show(ctx: typer.Context, host: HostArg, json_out: JsonOpt = False) -> None:
     """One host."""
-    data = client(ctx).get(f"/v1/hosts/{host}")
-    if json_out:
-        emit(data)
-    else:
-        for key in (
+    fields(
+        client(ctx).get(f"/v1/hosts/{host}"),
+        (
             "name",
             "id",
             "region",
@@ -61,8 +59,10 @@ def show(ctx: typer.Context, host: HostArg, json_out: JsonOpt = False) -> None:
             "memory_mb",
             "created_at",
             "last_seen",
-        ):
-            typer.echo(f"{key:<11}{data.get(key)}")
+        ),
+        json_out,
+        width=11,
+    )
 
 
 @app.command()

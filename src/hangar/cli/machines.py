@@ -6,13 +6,21 @@ from typing import Annotated
 
 import typer
 
-from hangar.cli.common import JsonOpt, YesOpt, client
-from hangar.cli.deploy import MACHINE_COLUMNS, AppOpt, absolute_image, app_name
-from hangar.cli.output import confirm, emit, table
+from hangar.cli.common import AppOpt, JsonOpt, YesOpt, absolute_image, app_name, client
+from hangar.cli.output import confirm, emit, fields, table
 from hangar.config.appconfig import parse_duration
 
 app = typer.Typer(name="machines", help="An app's machines.", no_args_is_help=True)
 MachineId = Annotated[str, typer.Argument(help="machine id")]
+MACHINE_COLUMNS = [
+    ("id", "ID"),
+    ("state", "STATE"),
+    ("running_version", "VERSION"),
+    ("healthy", "HEALTHY"),
+    ("address", "ADDRESS"),
+    ("host", "HOST"),
+    ("updated_at", "UPDATED"),
+]
 
 
 @app.command("list")
@@ -40,11 +48,9 @@ def show(
     ctx: typer.Context, machine_id: MachineId, app_: AppOpt = None, json_out: JsonOpt = False
 ) -> None:
     """One machine."""
-    data = client(ctx).get(f"/v1/apps/{app_name(app_)}/machines/{machine_id}")
-    if json_out:
-        emit(data)
-    else:
-        for key in (
+    fields(
+        client(ctx).get(f"/v1/apps/{app_name(app_)}/machines/{machine_id}"),
+        (
             "id",
             "state",
             "desired",
@@ -57,8 +63,10 @@ def show(
             "region",
             "detail",
             "updated_at",
-        ):
-            typer.echo(f"{key:<16}{data.get(key)}")
+        ),
+        json_out,
+        width=16,
+    )
 
 
 def _verb(

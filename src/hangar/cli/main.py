@@ -20,10 +20,13 @@ from hangar.cli import (
     deploy,
     edge,
     hosts,
+    logs,
     machines,
     orgs,
+    releases,
     secrets,
     server,
+    status,
     tokens,
     wireguard,
 )
@@ -55,9 +58,9 @@ for module in (
 ):
     app.add_typer(module.app)
 app.command()(deploy.deploy)
-app.command()(deploy.releases)
-app.command()(deploy.status)
-app.command()(deploy.logs)
+app.command()(releases.releases)
+app.command()(status.status)
+app.command()(logs.logs)
 
 
 def _version(value: bool) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from hangar.cli.common import JsonOpt, YesOpt, client
-from hangar.cli.output import confirm, emit, table
+from hangar.cli.output import confirm, emit, fields, table
 
 app = typer.Typer(name="orgs", help="Organizations and members.", no_args_is_help=True)
 members = typer.Typer(name="members", help="Who belongs to an organization.", no_args_is_help=True)
@@ -30,12 +30,9 @@ def list_(ctx: typer.Context, json_out: JsonOpt = False) -> None:
 @app.command()
 def show(ctx: typer.Context, org: Org, json_out: JsonOpt = False) -> None:
     """One organization."""
-    data = client(ctx).get(f"/v1/orgs/{org}")
-    if json_out:
-        emit(data)
-    else:
-        for key in ("name", "id", "role", "created_at"):
-            typer.echo(f"{key:<11}{data.get(key)}")
+    fields(
+        client(ctx).get(f"/v1/orgs/{org}"), ("name", "id", "role", "created_at"), json_out, width=11
+    )
 
 
 @app.command()

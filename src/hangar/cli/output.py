@@ -11,7 +11,7 @@ import typer
 
 from hangar.errors import HangarError, ValidationError
 
-__all__ = ["confirm", "emit", "print_error", "table"]
+__all__ = ["confirm", "emit", "fields", "listing", "print_error", "table"]
 
 
 def emit(data: Any) -> None:
@@ -29,6 +29,25 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) ->
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     for line in cells:
         typer.echo("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+
+
+def listing(
+    items: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], json_out: bool
+) -> None:
+    """A listing: JSON for programs, a table for people."""
+    if json_out:
+        emit(items)
+    else:
+        table(items, columns)
+
+
+def fields(data: dict[str, Any], keys: Sequence[str], json_out: bool, *, width: int) -> None:
+    """One object: JSON for programs, ``key value`` lines for people."""
+    if json_out:
+        emit(data)
+        return
+    for key in keys:
+        typer.echo(f"{key:<{width}}{data.get(key)}")
 
 
 def print_error(exc: HangarError) -> None:

@@ -7,8 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from hangar.cli.common import JsonOpt, YesOpt, client
-from hangar.cli.deploy import AppOpt, app_name
+from hangar.cli.common import AppOpt, JsonOpt, YesOpt, app_name, client
 from hangar.cli.output import confirm, emit, table
 from hangar.domain.dotenv import parse_dotenv
 from hangar.errors import ValidationError

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from hangar.cli.common import JsonOpt, OrgOpt, YesOpt, client
-from hangar.cli.output import confirm, emit, table
+from hangar.cli.output import confirm, emit, listing
 from hangar.errors import ValidationError
 
 app = typer.Typer(
@@ -60,20 +60,14 @@ def create(
 @app.command("list")
 def list_(ctx: typer.Context, org: OrgOpt = None, json_out: JsonOpt = False) -> None:
     """The organization's devices: name, address, network, gateway host."""
-    items = client(ctx).get(f"/v1/orgs/{_org(ctx, org)}/wireguard")
-    if json_out:
-        emit(items)
-        return
-    table(
-        items,
-        [
-            ("name", "NAME"),
-            ("address", "ADDRESS"),
-            ("network", "NETWORK"),
-            ("gateway", "GATEWAY"),
-            ("created_at", "CREATED"),
-        ],
-    )
+    columns = [
+        ("name", "NAME"),
+        ("address", "ADDRESS"),
+        ("network", "NETWORK"),
+        ("gateway", "GATEWAY"),
+        ("created_at", "CREATED"),
+    ]
+    listing(client(ctx).get(f"/v1/orgs/{_org(ctx, org)}/wireguard"), columns, json_out)
 
 
 @app.command()

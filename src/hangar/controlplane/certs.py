@@ -15,21 +15,32 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from hangar.audit.log import AuditContext
+from hangar.controlplane.changes import change
 from hangar.controlplane.routes import cert_key_purpose
+from hangar.controlplane.state import ControlPlane
 from hangar.crypto.certs import CertInfo, info_of, inspect_bundle, parse_chain
 from hangar.crypto.keyring import Keyring
 from hangar.domain.routing import validate_hostname
 from hangar.errors import Conflict, NotFound, ValidationError
-from hangar.store.tables import App, Certificate
+from hangar.store.tables import AcmeChallenge, App, Certificate
 
 __all__ = [
     "CertView",
     "add_certificate",
+    "add_hostname",
+    "certificate",
+    "certificates",
+    "challenge_answer",
     "get_certificate",
     "import_certificate",
+    "import_chain",
     "list_certificates",
     "remove_certificate",
+    "remove_hostname",
     "renew_at",
+    "request_renewal",
+    "retry_now",
     "view",
 ]
 
@@ -195,3 +206,95 @@ def list_certificates(session: Session, app: App) -> list[Certificate]:
 
 def remove_certificate(session: Session, app: App, hostname: str) -> None:
     session.delete(get_certificate(session, app, hostname))
+
+
+def certificates(cp: ControlPlane, app: App) -> list[CertView]:
+    """The app's host names and their certificates."""
+    with cp.db.read() as session:
+        return [view(c, app.name) for c in list_certificates(session, app)]
+
+
+def certificate(cp: ControlPlane, app: App, hostname: str) -> CertView:
+    with cp.db.read() as session:
+        return view(get_certificate(session, app, hostname), app.name)
+
+
+def add_hostname(cp: ControlPlane, ctx: AuditContext, app: App, hostname: str) -> CertView:
+    """Answer on ``hostname``; the issuer orders its certificate in the background."""
+    with change(cp, ctx, org_id=app.org_id, action="cert.add") as (session, event):
+        row = session.get(App, app.id)
+        assert row is not None
+        cert = add_certificate(
+            session, row, hostname, actor=ctx.actor, edge_domain=cp.settings.edge_domain
+        )
+        event.target = f"{app.name} {cert.hostname}"
+        return view(cert, app.name)
+
+
+def retry_now(cp: ControlPlane, app: App, hostname: str) -> CertView:
+    """Bring a pending or failed order's next attempt forward to now."""
+    with cp.db.write() as session:
+        cert = get_certificate(session, app, hostname)
+        if cert.source == "acme" and cert.status in ("pending", "failed"):
+            cert.next_attempt_at = _now()
+        return view(cert, app.name)
+
+
+def request_renewal(cp: ControlPlane, ctx: AuditContext, app: App, hostname: str) -> CertView:
+    """Renew an ACME certificate (with a new key) at the issuer's next round."""
+    with change(cp, ctx, org_id=app.org_id, action="cert.renew-request", wake=False) as (
+        session,
+        event,
+    ):
+        cert = get_certificate(session, app, hostname)
+        if cert.source != "acme":
+            raise ValidationError(
+                f"{cert.hostname} has an imported certificate; Hangar cannot renew it",
+                hint=f"hangar certs import {cert.hostname} --fullchain … --private-key …",
+            )
+        cert.next_attempt_at = _now()
+        cert.detail = "renewal requested"
+        event.target = f"{app.name} {cert.hostname}"
+        return view(cert, app.name)
+
+
+def import_chain(
+    cp: ControlPlane, ctx: AuditContext, app: App, hostname: str, fullchain: str, key: str
+) -> CertView:
+    """Serve a chain and key the user brings for ``hostname`` (checked before it is stored)."""
+    with change(cp, ctx, org_id=app.org_id, action="cert.import") as (session, event):
+        row = session.get(App, app.id)
+        assert row is not None
+        cert = import_certificate(
+            session,
+            cp.keyring,
+            row,
+            hostname,
+            fullchain,
+            key,
+            actor=ctx.actor,
+            edge_domain=cp.settings.edge_domain,
+        )
+        shown = view(cert, app.name)
+        event.target = f"{app.name} {cert.hostname}"
+        event.detail = {
+            "fingerprint": shown.info.fingerprint if shown.info else None,
+            "not_after": str(shown.not_after),
+        }
+        return shown
+
+
+def remove_hostname(cp: ControlPlane, ctx: AuditContext, app: App, hostname: str) -> None:
+    """Stop answering on ``hostname``; its certificate and key go."""
+    target = f"{app.name} {hostname.strip().lower()}"
+    with change(cp, ctx, org_id=app.org_id, action="cert.remove", target=target) as (session, _):
+        remove_certificate(session, app, hostname)
+
+
+def challenge_answer(cp: ControlPlane, token: str, hostname: str) -> str:
+    """The key authorization of an unexpired HTTP-01 challenge for ``hostname``."""
+    with cp.db.read() as session:
+        row = session.get(AcmeChallenge, token[:128])
+    if row is None or row.hostname != hostname or row.expires_at < _now():
+        raise NotFound("no such challenge")
+    return str(row.key_authorization)

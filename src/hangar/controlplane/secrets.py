@@ -10,32 +10,37 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from hangar.audit.log import AuditContext, AuditLog
-from hangar.controlplane.machines import create_release, release_config
+from hangar.controlplane.changes import Event, change
+from hangar.controlplane.datakeys import data_key, rotate_data_key
+from hangar.controlplane.releases import busy_release, roll_out
+from hangar.controlplane.state import ControlPlane
 from hangar.crypto.keyring import Keyring
-from hangar.crypto.secretbox import AppKey as DataKey
-from hangar.crypto.secretbox import SecretRef, new_app_key
-from hangar.errors import Conflict, NotFound, PermissionDenied, ValidationError
+from hangar.crypto.secretbox import SecretRef
+from hangar.errors import NotFound, PermissionDenied, ValidationError
 from hangar.store.db import Database
-from hangar.store.tables import App, AppKey, Machine, Release, Secret
+from hangar.store.tables import App, Machine, Secret
 
 __all__ = [
     "MAX_VALUE_BYTES",
     "SecretInfo",
+    "SecretsChange",
     "apply_staged",
-    "busy_release",
     "deliver",
+    "deploy_staged",
     "list_secrets",
     "machine_secrets",
-    "roll_out",
-    "rotate_data_key",
+    "remove_secrets",
+    "rotate_key",
     "set_secrets",
+    "store_secrets",
     "unset_secrets",
     "validate_name",
 ]
@@ -75,24 +80,6 @@ def _validate(values: Sequence[tuple[str, str]]) -> None:
             raise ValidationError(f"secret {name} contains a NUL byte, which no environment holds")
 
 
-def _data_key(session: Session, keyring: Keyring, app: App) -> DataKey:
-    """The app's active data key, made the first time the app has a secret."""
-    row = session.execute(
-        select(AppKey).where(AppKey.app_id == app.id, AppKey.active.is_(True))
-    ).scalar_one_or_none()
-    if row is None:
-        row = AppKey(
-            app_id=app.id,
-            version=1,
-            wrapped=new_app_key(keyring, app.id, 1),
-            active=True,
-            created_at=_now(),
-        )
-        session.add(row)
-        session.flush()
-    return DataKey(keyring, app.id, row.version, row.wrapped)
-
-
 def _next_version(session: Session, app_id: str, name: str) -> int:
     highest = session.execute(
         select(func.max(Secret.version)).where(Secret.app_id == app_id, Secret.name == name)
@@ -123,7 +110,7 @@ def set_secrets(
     if not values:
         raise ValidationError("no secrets given")
     _validate(values)
-    key = _data_key(session, keyring, app)
+    key = data_key(session, keyring, app)
     out = []
     for name, value in values:
         version = _next_version(session, app.id, name)
@@ -221,11 +208,13 @@ def _info(row: Secret) -> SecretInfo:
     return SecretInfo(row.name, row.digest, row.version, status, row.created_by, row.created_at)
 
 
-def list_secrets(session: Session, app_id: str) -> list[SecretInfo]:
-    rows = session.execute(
-        select(Secret).where(Secret.app_id == app_id).order_by(Secret.name, Secret.staged)
-    ).scalars()
-    return [_info(r) for r in rows]
+def list_secrets(cp: ControlPlane, app_id: str) -> list[SecretInfo]:
+    """The app's secrets: names, digests and versions, never values."""
+    with cp.db.read() as session:
+        rows = session.execute(
+            select(Secret).where(Secret.app_id == app_id).order_by(Secret.name, Secret.staged)
+        ).scalars()
+        return [_info(r) for r in rows]
 
 
 def machine_secrets(
@@ -242,50 +231,13 @@ def machine_secrets(
     )
     if not rows:
         return {}, {}
-    key = _data_key(session, keyring, app)
+    key = data_key(session, keyring, app)
     values: dict[str, str] = {}
     for row in rows:
         assert row.ciphertext is not None
         ref = SecretRef(app.org_id, app.id, row.name, row.version)
         values[row.name] = key.decrypt(ref, row.ciphertext).decode()
     return values, {r.name: r.digest or "" for r in rows}
-
-
-def busy_release(session: Session, app_id: str) -> None:
-    """Conflict if a deploy is under way (a secrets rollout would collide with it)."""
-    running = session.execute(
-        select(Release.version).where(
-            Release.app_id == app_id, Release.status.in_(("pending", "running"))
-        )
-    ).first()
-    if running is not None:
-        raise Conflict(
-            f"release v{running[0]} is deploying",
-            hint="wait for it, or stage the change with --stage and deploy it later",
-        )
-
-
-def roll_out(session: Session, app: App, *, actor: str) -> Release | None:
-    """A release of the live image and configuration, so machines restart with the
-    deployed secrets (health-gated, rolling back like any deploy). None if nothing is live.
-    """
-    live = session.execute(
-        select(Release)
-        .where(Release.app_id == app.id, Release.status == "complete")
-        .order_by(Release.version.desc())
-        .limit(1)
-    ).scalar_one_or_none()
-    if live is None:
-        return None
-    return create_release(
-        session,
-        app,
-        image=live.image,
-        image_digest=live.image_digest,
-        config=release_config(live),
-        strategy=None,
-        actor=actor,
-    )
 
 
 def deliver(
@@ -352,41 +304,83 @@ def deliver(
     raise PermissionDenied(f"machine {machine_id} is not starting on this host")
 
 
-def rotate_data_key(session: Session, keyring: Keyring, app: App) -> tuple[int, int]:
-    """A new data key for the app; every value re-encrypted under it, the old key deleted.
+@dataclass(frozen=True)
+class SecretsChange:
+    names: list[str]
+    release: int | None  # the release that rolls the change out, if any
 
-    One transaction: either every value is under the new key, or nothing changed.
-    Returns (new key version, values re-encrypted). Digests change with the key.
-    """
-    old_row = session.execute(
-        select(AppKey).where(AppKey.app_id == app.id, AppKey.active.is_(True))
-    ).scalar_one_or_none()
-    if old_row is None:
-        raise NotFound(f"app {app.name} has no secrets, so no data key to rotate")
-    old = DataKey(keyring, app.id, old_row.version, old_row.wrapped)
-    version = old_row.version + 1
-    new_row = AppKey(
-        app_id=app.id,
-        version=version,
-        wrapped=new_app_key(keyring, app.id, version),
-        active=True,
-        created_at=_now(),
-    )
-    new = DataKey(keyring, app.id, version, new_row.wrapped)
-    rows = list(
-        session.execute(
-            select(Secret).where(Secret.app_id == app.id, Secret.ciphertext.is_not(None))
-        ).scalars()
-    )
-    for row in rows:
-        assert row.ciphertext is not None
-        ref = SecretRef(app.org_id, app.id, row.name, row.version)
-        plain = old.decrypt(ref, row.ciphertext)
-        row.ciphertext = new.encrypt(ref, plain)
-        row.digest = new.digest(plain)
-        row.key_version = version
-    session.delete(old_row)
-    session.flush()
-    session.add(new_row)
-    session.flush()
-    return version, len(rows)
+
+@contextmanager
+def _app_change(
+    cp: ControlPlane, ctx: AuditContext, app: App, action: str, *, rollout: bool, wake: bool = True
+) -> Iterator[tuple[Session, App, Event]]:
+    """A change to the app's secrets; one that rolls out refuses while a deploy runs."""
+    with change(cp, ctx, org_id=app.org_id, action=action, target=app.name, wake=wake) as (
+        session,
+        event,
+    ):
+        row = session.get(App, app.id)
+        assert row is not None
+        if rollout:
+            busy_release(session, row.id)
+        yield session, row, event
+
+
+def _rolled_out(
+    session: Session, app: App, names: list[str], *, stage: bool, actor: str
+) -> int | None:
+    """Unless staged, roll a change of ``names`` out as a release of the live app."""
+    if stage or not names:
+        return None
+    release = roll_out(session, app, actor=actor)
+    return release.version if release else None
+
+
+def store_secrets(
+    cp: ControlPlane,
+    ctx: AuditContext,
+    app: App,
+    values: Sequence[tuple[str, str]],
+    *,
+    stage: bool,
+) -> SecretsChange:
+    """Set ``values`` atomically; unless staged, roll them out to the app's machines."""
+    with _app_change(cp, ctx, app, "secrets.set", rollout=not stage) as (session, row, event):
+        infos = set_secrets(session, cp.keyring, row, values, stage=stage, actor=ctx.actor)
+        names = [i.name for i in infos]
+        release = _rolled_out(session, row, names, stage=stage, actor=ctx.actor)
+        event.detail = {
+            "secrets": {i.name: i.digest for i in infos},
+            "staged": stage,
+            "release": release,
+        }
+    return SecretsChange(names, release)
+
+
+def remove_secrets(
+    cp: ControlPlane, ctx: AuditContext, app: App, names: list[str] | None, *, stage: bool
+) -> SecretsChange:
+    """Remove ``names`` (every secret with None); unless staged, roll it out."""
+    with _app_change(cp, ctx, app, "secrets.unset", rollout=not stage) as (session, row, event):
+        removed = unset_secrets(session, row, names, stage=stage, actor=ctx.actor)
+        release = _rolled_out(session, row, removed, stage=stage, actor=ctx.actor)
+        event.detail = {"names": removed, "staged": stage}
+    return SecretsChange(removed, release)
+
+
+def deploy_staged(cp: ControlPlane, ctx: AuditContext, app: App) -> SecretsChange:
+    """Make staged changes the deployed values and roll them out."""
+    with _app_change(cp, ctx, app, "secrets.deploy", rollout=True) as (session, row, event):
+        names = apply_staged(session, row)
+        release = _rolled_out(session, row, names, stage=False, actor=ctx.actor)
+        event.detail = {"names": names, "release": release}
+    return SecretsChange(names, release)
+
+
+def rotate_key(cp: ControlPlane, ctx: AuditContext, app: App) -> tuple[int, int]:
+    """A new data key for the app, every value re-encrypted: (key version, values re-encrypted)."""
+    action = "secrets.rotate_key"
+    with _app_change(cp, ctx, app, action, rollout=False, wake=False) as (session, row, event):
+        version, count = rotate_data_key(session, cp.keyring, row)
+        event.detail = {"key_version": version, "reencrypted": count}
+    return version, count

@@ -45,6 +45,8 @@ class ControlPlane:
     execs: ExecBroker = field(default_factory=ExecBroker)
     # Set by the server that runs the loops: desired or observed state changed.
     wake: Callable[[], None] = field(default=lambda: None)
+    # Set by the server that runs the ACME issuer: a certificate wants ordering.
+    wake_acme: Callable[[], None] = field(default=lambda: None)
     # The machines on this process's own host, when it runs an agent.
     local: HostMachines | None = None
 

@@ -83,6 +83,11 @@ class LocalMachines:
     def logs(self, machine_id: str) -> list[dict[str, Any]]:
         return self.agent.reconciler.runtime.logs(machine_id)
 
+    def edge(self) -> tuple[RoutingTable, Mapping[str, Any]] | None:
+        if self.agent.edge is None:
+            return None
+        return self.agent.link.routes(), self.agent.edge.status()
+
 
 def _edge_config(cp: ControlPlane) -> EdgeConfig:
     settings = cp.settings

@@ -129,10 +129,8 @@ def serve(settings: ServerSettings) -> None:
     cp.wake = loops.wake
     cp.local = LocalMachines(agent) if agent is not None else None
     issuer = Issuer(cp.db, cp.keyring, cp.audit, settings, on_change=loops.wake)
+    cp.wake_acme = issuer.wake
     app = create_app(cp)
-    app.state.wake = loops.wake
-    app.state.agent = loops.agent
-    app.state.issuer = issuer
     server = uvicorn.Server(_tls_config(app, settings, settings.listen_port))
     agents: uvicorn.Server | None = None
     if settings.agent_listen_port:

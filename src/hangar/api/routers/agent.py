@@ -20,7 +20,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from hangar.agent.oci import open_blob, parse_image_ref, read_manifest
 from hangar.api.guard import HOST, GuardedRouter, HostAccess
 from hangar.contract import VERSION, check_version
 from hangar.contract.assignments import Assignment, MachineStatus
@@ -30,6 +29,7 @@ from hangar.controlplane.hostlink import assignments_version
 from hangar.crypto.secretbox import seal
 from hangar.domain.routing import edge_seal_context
 from hangar.errors import Conflict, IntegrityError, NotFound, ValidationError
+from hangar.images.oci import open_blob, parse_image_ref, read_manifest
 
 router = GuardedRouter(prefix="/agent/v1", tags=["agent"])
 

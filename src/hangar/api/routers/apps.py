@@ -7,30 +7,15 @@ from typing import Annotated
 
 from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import bindparam, delete, select
 
 from hangar.api.guard import Access, GuardedRouter, requires
 from hangar.api.pagination import Limit, Page, decode_cursor, page_of
 from hangar.auth.rbac import Permission
-from hangar.auth.tokens import new_id
-from hangar.controlplane.machines import org_network
+from hangar.controlplane import apps, orgs
 from hangar.domain.names import validate_dns_label
-from hangar.errors import Conflict, NotFound, ValidationError
-from hangar.store.tables import App, AppKey, Certificate, Machine, Org, Release, Secret
+from hangar.store.tables import Org
 
 router = GuardedRouter(prefix="/v1/apps", tags=["apps"])
-
-
-# Built once: listing apps is the hottest read, and building a statement per
-# request costs more than running it.
-_LIST = (
-    select(App.id, App.name, Org.name, App.created_at, App.network)
-    .join(Org, Org.id == App.org_id)
-    .where(App.org_id.in_(bindparam("orgs", expanding=True)), App.name > bindparam("after"))
-    .order_by(App.name)
-    .limit(bindparam("limit"))
-)
-_LIST_SOME = _LIST.where(App.name.in_(bindparam("apps", expanding=True)))
 
 
 class AppOut(BaseModel):
@@ -56,21 +41,13 @@ class AppCreate(BaseModel):
 
 def _resolve_org(access: Access, name: str | None) -> Org:
     """The named organization, or the caller's only one; 404 if not visible."""
-    with access.cp.db.read() as session:
-        if name is not None:
-            org = session.execute(select(Org).where(Org.name == name)).scalar_one_or_none()
-            if org is None:
-                raise NotFound(f"organization {name!r} not found")
-            return org
-        visible = access.principal.visible_orgs()
-        if len(visible) != 1:
-            raise ValidationError(
-                "you belong to several organizations: say which one",
-                hint="pass --org NAME",
-            )
-        org = session.get(Org, visible[0])
-        assert org is not None
-        return org
+    return orgs.named_or_only(
+        access.cp,
+        name,
+        access.principal.visible_orgs(),
+        ask="you belong to several organizations: say which one",
+        hint="pass --org NAME",
+    )
 
 
 @router.get("", response_model=Page[AppOut], summary="List apps")
@@ -87,13 +64,7 @@ async def list_apps(
         org_ids = [target.id]
     else:
         org_ids = access.principal.visible_orgs()
-    apps = access.principal.scope.apps
-    params = {"orgs": org_ids, "after": after or "", "limit": limit + 1}
-    with access.cp.db.connect() as conn:
-        if apps is None:
-            rows = conn.execute(_LIST, params).all()
-        else:
-            rows = conn.execute(_LIST_SOME, {**params, "apps": sorted(apps)}).all()
+    rows = apps.list_apps(access.cp, org_ids, access.principal.scope.apps, after, limit + 1)
     return page_of(
         rows,
         limit,
@@ -110,33 +81,10 @@ async def create_app(
     network = validate_dns_label(body.network, what="network name")
     org = _resolve_org(access, body.org)
     access.check(Permission.APPS_CREATE, org=org, shown=f"organization {org.name!r}")
-    now = dt.datetime.now(dt.UTC)
-    with access.cp.db.write() as session:
-        if session.execute(select(App.id).where(App.name == name)).first():
-            raise Conflict(
-                f"app name {name!r} is taken",
-                hint="app names are unique per installation; choose another",
-            )
-        app = App(
-            id=new_id("app"),
-            org_id=org.id,
-            name=name,
-            created_by=access.principal.user_id,
-            created_at=now,
-            network=network,
-        )
-        session.add(app)
-        # The network exists (with its address space) from the first app that names it.
-        org_network(session, org.id, network)
-        access.cp.audit.record(
-            session,
-            access.ctx,
-            org_id=org.id,
-            action="app.create",
-            target=name,
-            detail={"network": network},
-        )
-    return AppOut(id=app.id, name=name, org=org.name, created_at=now, network=network)
+    app = apps.create_app(
+        access.cp, access.ctx, org, name, network=network, creator=access.principal.user_id
+    )
+    return AppOut(id=app.id, name=name, org=org.name, created_at=app.created_at, network=network)
 
 
 @router.get("/{app}", response_model=AppOut, summary="Show an app")
@@ -153,20 +101,5 @@ def show_app(app: str, access: Annotated[Access, requires(Permission.APPS_READ)]
 
 @router.delete("/{app}", status_code=204, summary="Destroy an app")
 def destroy_app(app: str, access: Annotated[Access, requires(Permission.APPS_DELETE)]) -> None:
-    assert access.app is not None and access.org is not None
-    with access.cp.db.write() as session:
-        row = session.get(App, access.app.id)
-        if row is None:
-            raise NotFound(f"app {app!r} not found")
-        # Its machines' rows go; agents then remove the machines as unassigned.
-        session.execute(delete(Machine).where(Machine.app_id == row.id))
-        session.execute(delete(Release).where(Release.app_id == row.id))
-        # Secrets and their data keys go with the app: nothing can read them after.
-        session.execute(delete(Secret).where(Secret.app_id == row.id))
-        session.execute(delete(AppKey).where(AppKey.app_id == row.id))
-        # Its host names are free again; their keys go with their rows.
-        session.execute(delete(Certificate).where(Certificate.app_id == row.id))
-        session.delete(row)
-        access.cp.audit.record(
-            session, access.ctx, org_id=access.org.id, action="app.destroy", target=app
-        )
+    assert access.app is not None
+    apps.destroy_app(access.cp, access.ctx, access.app)

@@ -7,16 +7,14 @@ from typing import Annotated
 
 from fastapi import Query
 from fastapi.responses import PlainTextResponse
-from sqlalchemy import select
 
 from hangar.api.guard import Access, GuardedRouter, requires
 from hangar.api.pagination import Limit, Page, decode_cursor, page_of
 from hangar.audit.chain import SYSTEM_CHAIN, Checkpoint, Event, VerifyResult
-from hangar.audit.log import load_checkpoints, row_to_event, verify_stored_chain
+from hangar.audit.log import row_to_event
 from hangar.auth.rbac import Permission
-from hangar.crypto.signing import public_key_from_pem
-from hangar.errors import NotFound, PermissionDenied, ValidationError
-from hangar.store.tables import AuditEvent, Org
+from hangar.controlplane import audit_trail, orgs
+from hangar.errors import PermissionDenied
 
 router = GuardedRouter(prefix="/v1/audit", tags=["audit"])
 
@@ -32,20 +30,13 @@ def _chain(access: Access, org: str | None, system: bool) -> str:
             access.check(Permission.AUDIT_READ, org=None, shown="the system audit chain")
             raise PermissionDenied("the system audit chain is for installation operators")
         return SYSTEM_CHAIN
-    if org is None:
-        visible = principal.visible_orgs()
-        if len(visible) != 1:
-            raise ValidationError(
-                "say which organization's audit trail", hint="pass --org NAME (or --system)"
-            )
-        with access.cp.db.read() as session:
-            target = session.get(Org, visible[0])
-    else:
-        with access.cp.db.read() as session:
-            target = session.execute(select(Org).where(Org.name == org)).scalar_one_or_none()
-        if target is None:
-            raise NotFound(f"organization {org!r} not found")
-    assert target is not None
+    target = orgs.named_or_only(
+        access.cp,
+        org,
+        principal.visible_orgs(),
+        ask="say which organization's audit trail",
+        hint="pass --org NAME (or --system)",
+    )
     access.check(Permission.AUDIT_READ, org=target, shown=f"organization {target.name!r}")
     return target.id
 
@@ -61,18 +52,7 @@ def list_events(
 ) -> Page[Event]:
     chain = _chain(access, org, system)
     after = decode_cursor(cursor, int) or 0
-    query = (
-        select(AuditEvent)
-        .where(AuditEvent.chain == chain, AuditEvent.seq > after)
-        .order_by(AuditEvent.seq)
-        .limit(limit + 1)
-    )
-    if since is not None:
-        if since.tzinfo is None:
-            since = since.replace(tzinfo=dt.UTC)
-        query = query.where(AuditEvent.time >= since.astimezone(dt.UTC).isoformat())
-    with access.cp.db.read() as session:
-        rows = list(session.execute(query).scalars())
+    rows = audit_trail.list_events(access.cp, chain, after=after, since=since, limit=limit + 1)
     return page_of(rows, limit, row_to_event, lambda r: r.seq)
 
 
@@ -82,9 +62,7 @@ def list_checkpoints(
     org: OrgParam = None,
     system: SystemParam = False,
 ) -> list[Checkpoint]:
-    chain = _chain(access, org, system)
-    with access.cp.db.read() as session:
-        return load_checkpoints(session, chain)
+    return audit_trail.checkpoints(access.cp, _chain(access, org, system))
 
 
 @router.get(
@@ -102,7 +80,4 @@ def verify(
     org: OrgParam = None,
     system: SystemParam = False,
 ) -> VerifyResult:
-    chain = _chain(access, org, system)
-    key = public_key_from_pem(access.cp.audit_public_pem)
-    with access.cp.db.read() as session:
-        return verify_stored_chain(session, chain, key)
+    return audit_trail.verify(access.cp, _chain(access, org, system))

@@ -8,7 +8,7 @@ from fastapi import Request
 from pydantic import BaseModel
 
 import hangar
-from hangar.api.guard import PUBLIC, Access, GuardedRouter, requires
+from hangar.api.guard import PUBLIC, Access, GuardedRouter, control_plane, requires
 from hangar.auth.rbac import Permission, Role
 
 router = GuardedRouter(prefix="/v1", tags=["health"])
@@ -43,7 +43,7 @@ class CaOut(BaseModel):
 
 @router.get("/ca", response_model=CaOut, summary="The installation's CA certificate (public)")
 def ca(request: Request, _: Annotated[None, PUBLIC]) -> CaOut:
-    internal = request.app.state.cp.ca
+    internal = control_plane(request).ca
     return CaOut(certificate=internal.pem(), fingerprint=internal.fingerprint())
 
 

@@ -7,14 +7,12 @@ from typing import Annotated
 
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select
 
-from hangar.api.guard import PUBLIC, Access, GuardedRouter, requires
+from hangar.api.guard import PUBLIC, Access, GuardedRouter, control_plane, requires
 from hangar.audit.log import AuditContext
 from hangar.auth.rbac import Permission
-from hangar.controlplane.hosts import make_join_token, redeem_join_token, remove_host
-from hangar.errors import HangarError, NotFound
-from hangar.store.tables import Host, Machine
+from hangar.controlplane import host_admin
+from hangar.errors import NotFound
 
 router = GuardedRouter(prefix="/v1/hosts", tags=["hosts"])
 
@@ -37,17 +35,6 @@ class HostOut(BaseModel):
 
 def _hosts(access: Access, name: str | None = None) -> list[HostOut]:
     access.check(access.perm, org=None, shown="hosts")
-    counts = (
-        select(Machine.host_id, func.count().label("n"))
-        .where(Machine.desired != "destroyed")
-        .group_by(Machine.host_id)
-        .subquery()
-    )
-    query = select(Host, counts.c.n).outerjoin(counts, counts.c.host_id == Host.id)
-    if name is not None:
-        query = query.where(Host.name == name)
-    with access.cp.db.read() as session:
-        rows = session.execute(query.order_by(Host.number)).all()
     return [
         HostOut(
             id=h.id,
@@ -55,7 +42,7 @@ def _hosts(access: Access, name: str | None = None) -> list[HostOut]:
             region=h.region,
             state=h.state,
             number=h.number,
-            machines=n or 0,
+            machines=n,
             memory_mb=h.memory_mb,
             edge=h.edge,
             mesh_public_key=h.mesh_public_key,
@@ -64,7 +51,7 @@ def _hosts(access: Access, name: str | None = None) -> list[HostOut]:
             created_at=h.created_at,
             last_seen=h.last_seen,
         )
-        for h, n in rows
+        for h, n in host_admin.list_hosts(access.cp, name)
     ]
 
 
@@ -83,14 +70,7 @@ def show_host(host: str, access: Annotated[Access, requires(Permission.HOSTS_REA
 
 def _set_state(access: Access, name: str, state: str) -> HostOut:
     access.check(access.perm, org=None, shown=f"host {name!r}")
-    with access.cp.db.write() as session:
-        host = session.execute(select(Host).where(Host.name == name)).scalar_one_or_none()
-        if host is None or host.state == "removed":
-            raise NotFound(f"host {name!r} not found")
-        host.state = state
-        access.cp.audit.record(
-            session, access.ctx, org_id=None, action=f"host.{state}", target=name
-        )
+    host_admin.set_state(access.cp, access.ctx, name, state)
     return _hosts(access, name)[0]
 
 
@@ -136,29 +116,14 @@ def create_join_token(
 ) -> JoinTokenOut:
     access.check(access.perm, org=None, shown="hosts")
     body = body or JoinTokenIn()
-    with access.cp.db.write() as session:
-        row, token = make_join_token(
-            session,
-            access.cp.ca,
-            name=body.name,
-            region=body.region,
-            ttl=dt.timedelta(seconds=body.expires_in),
-            actor=access.principal.email,
-            edge=body.edge,
-        )
-        access.cp.audit.record(
-            session,
-            access.ctx,
-            org_id=None,
-            action="host.join_token",
-            target=row.id,
-            detail={
-                "name": body.name,
-                "region": body.region,
-                "expires_in": body.expires_in,
-                "edge": body.edge,
-            },
-        )
+    row, token = host_admin.new_join_token(
+        access.cp,
+        access.ctx,
+        name=body.name,
+        region=body.region,
+        expires_in=body.expires_in,
+        edge=body.edge,
+    )
     return JoinTokenOut(
         id=row.id,
         token=token,
@@ -195,44 +160,16 @@ class JoinOut(BaseModel):
 )
 def join(body: JoinIn, request: Request, _: Annotated[None, PUBLIC]) -> JoinOut:
     """Public: the join token is the credential. Refusals are audited."""
-    cp = request.app.state.cp
+    cp = control_plane(request)
     ctx = AuditContext(
         actor=f"host:{body.name}",
         token_id=None,
         request_id=getattr(request.state, "request_id", None),
         client_addr=request.client.host if request.client else None,
     )
-    try:
-        with cp.db.write() as session:
-            host, issued = redeem_join_token(
-                session,
-                cp.ca,
-                body.token,
-                body.csr,
-                name=body.name,
-                memory_mb=body.memory_mb,
-                lifetime=dt.timedelta(seconds=cp.settings.host_cert_seconds),
-            )
-            cp.audit.record(
-                session,
-                ctx,
-                org_id=None,
-                action="host.join",
-                target=host.name,
-                detail={"host_id": host.id, "region": host.region, "serial": issued.serial},
-            )
-    except HangarError as exc:
-        with cp.db.write() as session:
-            cp.audit.record(
-                session,
-                ctx,
-                org_id=None,
-                action="host.join",
-                target=body.name,
-                outcome="denied",
-                detail={"reason": exc.message},
-            )
-        raise
+    host, issued = host_admin.join(
+        cp, ctx, body.token, body.csr, name=body.name, memory_mb=body.memory_mb
+    )
     return JoinOut(
         host_id=host.id,
         name=host.name,
@@ -251,13 +188,4 @@ def join(body: JoinIn, request: Request, _: Annotated[None, PUBLIC]) -> JoinOut:
 )
 def remove(host: str, access: Annotated[Access, requires(Permission.HOSTS_WRITE)]) -> None:
     access.check(access.perm, org=None, shown=f"host {host!r}")
-    with access.cp.db.write() as session:
-        row = remove_host(session, host)
-        access.cp.audit.record(
-            session,
-            access.ctx,
-            org_id=None,
-            action="host.remove",
-            target=host,
-            detail={"host_id": row.id},
-        )
+    host_admin.remove(access.cp, access.ctx, host)

@@ -5,24 +5,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-from fastapi import Query, Request
+from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from hangar.api.guard import Access, GuardedRouter, requires
-from hangar.api.loops import wake_loops
 from hangar.auth.rbac import Permission
-from hangar.controlplane.secrets import (
-    SecretInfo,
-    apply_staged,
-    busy_release,
-    list_secrets,
-    roll_out,
-    rotate_data_key,
-    set_secrets,
-    unset_secrets,
-)
+from hangar.controlplane import secrets
+from hangar.controlplane.secrets import SecretInfo, SecretsChange
 from hangar.errors import ValidationError
-from hangar.store.tables import App
 
 router = GuardedRouter(prefix="/v1/apps/{app}/secrets", tags=["secrets"])
 
@@ -69,8 +59,11 @@ def list_(
     app: str, access: Annotated[Access, requires(Permission.SECRETS_READ)]
 ) -> list[SecretOut]:
     assert access.app is not None
-    with access.cp.db.read() as session:
-        return [_out(i) for i in list_secrets(session, access.app.id)]
+    return [_out(i) for i in secrets.list_secrets(access.cp, access.app.id)]
+
+
+def _changed(done: SecretsChange) -> ChangeOut:
+    return ChangeOut(secrets=done.names, release=done.release)
 
 
 @router.put(
@@ -79,42 +72,13 @@ def list_(
     summary="Set secrets atomically; unless staged, roll them out to the app's machines",
 )
 def set_(
-    app: str,
-    body: SecretsIn,
-    request: Request,
-    access: Annotated[Access, requires(Permission.SECRETS_WRITE)],
+    app: str, body: SecretsIn, access: Annotated[Access, requires(Permission.SECRETS_WRITE)]
 ) -> ChangeOut:
-    assert access.app is not None and access.org is not None
-    release = None
-    with access.cp.db.write() as session:
-        row = session.get(App, access.app.id)
-        assert row is not None
-        if not body.stage:
-            busy_release(session, row.id)
-        infos = set_secrets(
-            session,
-            access.cp.keyring,
-            row,
-            [(s.name, s.value) for s in body.secrets],
-            stage=body.stage,
-            actor=access.principal.email,
-        )
-        if not body.stage:
-            release = roll_out(session, row, actor=access.principal.email)
-        access.cp.audit.record(
-            session,
-            access.ctx,
-            org_id=access.org.id,
-            action="secrets.set",
-            target=app,
-            detail={
-                "secrets": {i.name: i.digest for i in infos},
-                "staged": body.stage,
-                "release": release.version if release else None,
-            },
-        )
-    wake_loops(request)
-    return ChangeOut(secrets=[i.name for i in infos], release=release.version if release else None)
+    assert access.app is not None
+    values = [(secret.name, secret.value) for secret in body.secrets]
+    return _changed(
+        secrets.store_secrets(access.cp, access.ctx, access.app, values, stage=body.stage)
+    )
 
 
 @router.delete(
@@ -124,59 +88,22 @@ def set_(
 )
 def unset(
     app: str,
-    request: Request,
     access: Annotated[Access, requires(Permission.SECRETS_WRITE)],
     name: Annotated[list[str] | None, Query(max_length=1000)] = None,
     all: bool = False,
     stage: bool = False,
 ) -> ChangeOut:
-    assert access.app is not None and access.org is not None
+    assert access.app is not None
     if all == bool(name):
         raise ValidationError("name the secrets to remove, or pass all=true")
-    release = None
-    with access.cp.db.write() as session:
-        row = session.get(App, access.app.id)
-        assert row is not None
-        if not stage:
-            busy_release(session, row.id)
-        names = unset_secrets(
-            session, row, None if all else name, stage=stage, actor=access.principal.email
-        )
-        if not stage and names:
-            release = roll_out(session, row, actor=access.principal.email)
-        access.cp.audit.record(
-            session,
-            access.ctx,
-            org_id=access.org.id,
-            action="secrets.unset",
-            target=app,
-            detail={"names": names, "staged": stage},
-        )
-    wake_loops(request)
-    return ChangeOut(secrets=names, release=release.version if release else None)
+    names = None if all else name
+    return _changed(secrets.remove_secrets(access.cp, access.ctx, access.app, names, stage=stage))
 
 
 @router.post("/deploy", response_model=ChangeOut, summary="Roll staged changes out")
-def deploy(
-    app: str, request: Request, access: Annotated[Access, requires(Permission.SECRETS_WRITE)]
-) -> ChangeOut:
-    assert access.app is not None and access.org is not None
-    with access.cp.db.write() as session:
-        row = session.get(App, access.app.id)
-        assert row is not None
-        busy_release(session, row.id)
-        names = apply_staged(session, row)
-        release = roll_out(session, row, actor=access.principal.email) if names else None
-        access.cp.audit.record(
-            session,
-            access.ctx,
-            org_id=access.org.id,
-            action="secrets.deploy",
-            target=app,
-            detail={"names": names, "release": release.version if release else None},
-        )
-    wake_loops(request)
-    return ChangeOut(secrets=names, release=release.version if release else None)
+def deploy(app: str, access: Annotated[Access, requires(Permission.SECRETS_WRITE)]) -> ChangeOut:
+    assert access.app is not None
+    return _changed(secrets.deploy_staged(access.cp, access.ctx, access.app))
 
 
 class RotatedOut(BaseModel):
@@ -192,17 +119,6 @@ class RotatedOut(BaseModel):
 def rotate_key(
     app: str, access: Annotated[Access, requires(Permission.SECRETS_WRITE)]
 ) -> RotatedOut:
-    assert access.app is not None and access.org is not None
-    with access.cp.db.write() as session:
-        row = session.get(App, access.app.id)
-        assert row is not None
-        version, count = rotate_data_key(session, access.cp.keyring, row)
-        access.cp.audit.record(
-            session,
-            access.ctx,
-            org_id=access.org.id,
-            action="secrets.rotate_key",
-            target=app,
-            detail={"key_version": version, "reencrypted": count},
-        )
+    assert access.app is not None
+    version, count = secrets.rotate_key(access.cp, access.ctx, access.app)
     return RotatedOut(key_version=version, reencrypted=count)

@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 from hangar.api.guard import Access, GuardedRouter, requires
 from hangar.auth.rbac import Permission
-from hangar.controlplane.keys import rotate_kek
+from hangar.controlplane.system import rotate_keys
 
 router = GuardedRouter(prefix="/v1/system", tags=["system"])
 
@@ -26,14 +26,5 @@ class RotationOut(BaseModel):
 )
 def rotate(access: Annotated[Access, requires(Permission.KEYS_ROTATE)]) -> RotationOut:
     access.check(access.perm, org=None, shown="keys")
-    done = rotate_kek(access.cp)
-    with access.cp.db.write() as session:
-        access.cp.audit.record(
-            session,
-            access.ctx,
-            org_id=None,
-            action="kek.rotate",
-            target=done.kek_id,
-            detail={"retired": done.retired, "rewrapped": done.rewrapped},
-        )
+    done = rotate_keys(access.cp, access.ctx)
     return RotationOut(kek_id=done.kek_id, retired=done.retired, rewrapped=done.rewrapped)

@@ -8,13 +8,13 @@ from typing import Annotated, Literal
 
 from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
 
 from hangar.api.guard import Access, GuardedRouter, requires
 from hangar.api.pagination import Limit, Page, decode_cursor, page_of
 from hangar.auth.rbac import Permission, Role
+from hangar.controlplane import apps, orgs, tokens
 from hangar.errors import NotFound, PermissionDenied, ValidationError
-from hangar.store.tables import App, Org, Token
+from hangar.store.tables import Org, Token
 
 router = GuardedRouter(prefix="/v1/tokens", tags=["tokens"])
 
@@ -58,14 +58,6 @@ def _out(tok: Token, org_names: dict[str, str]) -> TokenOut:
     )
 
 
-def _org_by_name(access: Access, name: str) -> Org:
-    with access.cp.db.read() as session:
-        org = session.execute(select(Org).where(Org.name == name)).scalar_one_or_none()
-    if org is None:
-        raise NotFound(f"organization {name!r} not found")
-    return org
-
-
 @router.get("", response_model=Page[TokenOut], summary="List tokens")
 def list_tokens(
     access: Annotated[Access, requires(Permission.TOKENS_READ)],
@@ -75,21 +67,19 @@ def list_tokens(
 ) -> Page[TokenOut]:
     """Your own user tokens, or an organization's tokens (admins see everyone's)."""
     after = decode_cursor(cursor, str)
-    query = select(Token).order_by(Token.id).limit(limit + 1)
-    if after is not None:
-        query = query.where(Token.id > after)
     names: dict[str, str] = {}
-    if org is None:
-        query = query.where(Token.org_id.is_(None), Token.user_id == access.principal.user_id)
-    else:
-        target = _org_by_name(access, org)
+    org_id = None
+    user_id: str | None = access.principal.user_id
+    if org is not None:
+        target = orgs.find_org(access.cp, org)
         access.check(Permission.TOKENS_READ, org=target, shown=f"organization {org!r}")
         names[target.id] = target.name
-        query = query.where(Token.org_id == target.id)
-        if access.principal.roles.get(target.id) is not Role.ADMIN:
-            query = query.where(Token.user_id == access.principal.user_id)
-    with access.cp.db.read() as session:
-        rows = list(session.execute(query).scalars())
+        org_id = target.id
+        if access.principal.roles.get(target.id) is Role.ADMIN:
+            user_id = None  # an admin sees every member's
+    rows = tokens.list_tokens(
+        access.cp, org_id=org_id, user_id=user_id, after=after, limit=limit + 1
+    )
     return page_of(rows, limit, lambda t: _out(t, names), lambda t: t.id)
 
 
@@ -115,47 +105,30 @@ def create_token(
         if scope.orgs is not None:
             raise PermissionDenied("an organization token cannot create a user token")
     else:
-        if body.org is None:
-            visible = principal.visible_orgs()
-            if len(visible) != 1:
-                raise ValidationError(
-                    "say which organization the token is for", hint="pass --org NAME"
-                )
-            with access.cp.db.read() as session:
-                org = session.get(Org, visible[0])
-        else:
-            org = _org_by_name(access, body.org)
-        assert org is not None
+        org = orgs.named_or_only(
+            access.cp,
+            body.org,
+            principal.visible_orgs(),
+            ask="say which organization the token is for",
+            hint="pass --org NAME",
+        )
         access.check(
             Permission.TOKENS_CREATE, org=org, app=body.app, shown=f"organization {org.name!r}"
         )
         if body.kind == "app":
             if body.app is None:
                 raise ValidationError("an app token needs an app", hint="pass --app NAME")
-            with access.cp.db.read() as session:
-                found = session.execute(
-                    select(App.id).where(App.name == body.app, App.org_id == org.id)
-                ).first()
-            if found is None:
-                raise NotFound(f"app {body.app!r} not found")
-    with access.cp.db.write() as session:
-        row, token = access.cp.tokens.mint(
-            session,
-            user_id=principal.user_id,
-            kind=body.kind,
-            org_id=org.id if org else None,
-            app=body.app if body.kind == "app" else None,
-            ttl=ttl,
-            name=body.name,
-        )
-        access.cp.audit.record(
-            session,
-            access.ctx,
-            org_id=org.id if org else None,
-            action="token.create",
-            target=row.id,
-            detail={"kind": body.kind, "name": row.name, "caveats": json.loads(row.caveats)},
-        )
+            apps.find_app(access.cp, org, body.app)
+    row, token = tokens.create_token(
+        access.cp,
+        access.ctx,
+        user_id=principal.user_id,
+        kind=body.kind,
+        org=org,
+        app=body.app if body.kind == "app" else None,
+        ttl=ttl,
+        name=body.name,
+    )
     out = _out(row, {org.id: org.name} if org else {})
     return TokenCreated(**out.model_dump(), token=token)
 
@@ -165,11 +138,7 @@ def revoke_token(
     token_id: str, access: Annotated[Access, requires(Permission.TOKENS_REVOKE)]
 ) -> None:
     principal = access.principal
-    with access.cp.db.read() as session:
-        tok = session.get(Token, token_id[:32])
-        org = session.get(Org, tok.org_id) if tok is not None and tok.org_id else None
-    if tok is None:
-        raise NotFound(f"token {token_id!r} not found")
+    tok, org = tokens.find_token(access.cp, token_id)
     own = tok.user_id == principal.user_id
     if org is None:
         if not own:
@@ -178,15 +147,4 @@ def revoke_token(
         access.check(Permission.TOKENS_REVOKE, org=org, shown=f"token {token_id!r}")
         if not own and principal.roles.get(org.id) is not Role.ADMIN:
             raise PermissionDenied("only an admin can revoke another member's token")
-    with access.cp.db.write() as session:
-        row = session.get(Token, tok.id)
-        assert row is not None
-        if row.revoked_at is None:
-            row.revoked_at = dt.datetime.now(dt.UTC)
-        access.cp.audit.record(
-            session,
-            access.ctx,
-            org_id=org.id if org else None,
-            action="token.revoke",
-            target=tok.id,
-        )
+    tokens.revoke_token(access.cp, access.ctx, tok)

@@ -9,16 +9,12 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
 
 from hangar.api.guard import Access, GuardedRouter, requires
-from hangar.api.loops import wake_loops
 from hangar.auth.rbac import Permission
-from hangar.controlplane.mesh import create_user_peer
-from hangar.errors import NotFound
-from hangar.store.tables import Host, WireguardPeer
+from hangar.controlplane.wireguard import add_device, list_devices, remove_device
+from hangar.store.tables import WireguardPeer
 
 router = GuardedRouter(prefix="/v1/orgs/{org}/wireguard", tags=["wireguard"])
 
@@ -57,33 +53,11 @@ def _out(peer: WireguardPeer, gateway: str) -> PeerOut:
 
 @router.post("", response_model=CreatedOut, status_code=201, summary="A device on the network")
 def create(
-    org: str,
-    body: PeerIn,
-    request: Request,
-    access: Annotated[Access, requires(Permission.WIREGUARD_WRITE)],
+    org: str, body: PeerIn, access: Annotated[Access, requires(Permission.WIREGUARD_WRITE)]
 ) -> CreatedOut:
     assert access.org is not None
-    with access.cp.db.write() as session:
-        made = create_user_peer(
-            session, access.org.id, body.name, body.network, actor=access.principal.email
-        )
-        gateway = session.get(Host, made.peer.gateway_host_id)
-        assert gateway is not None
-        access.cp.audit.record(
-            session,
-            access.ctx,
-            org_id=access.org.id,
-            action="wireguard.create",
-            target=body.name,
-            detail={
-                "address": made.peer.address,
-                "public_key": made.peer.public_key,
-                "gateway": gateway.name,
-            },
-        )
-        out = CreatedOut(**_out(made.peer, gateway.name).model_dump(), config=made.config)
-    wake_loops(request)
-    return out
+    made, gateway = add_device(access.cp, access.ctx, access.org.id, body.name, body.network)
+    return CreatedOut(**_out(made.peer, gateway).model_dump(), config=made.config)
 
 
 @router.get("", response_model=list[PeerOut], summary="The organization's devices")
@@ -91,39 +65,12 @@ def list_(
     org: str, access: Annotated[Access, requires(Permission.WIREGUARD_READ)]
 ) -> list[PeerOut]:
     assert access.org is not None
-    with access.cp.db.read() as session:
-        rows = session.execute(
-            select(WireguardPeer, Host.name)
-            .join(Host, Host.id == WireguardPeer.gateway_host_id)
-            .where(WireguardPeer.org_id == access.org.id)
-            .order_by(WireguardPeer.name)
-        ).all()
-        return [_out(peer, gateway) for peer, gateway in rows]
+    return [_out(peer, gateway) for peer, gateway in list_devices(access.cp, access.org.id)]
 
 
 @router.delete("/{name}", status_code=204, summary="Revoke a device: its key stops working")
 def remove(
-    org: str,
-    name: str,
-    request: Request,
-    access: Annotated[Access, requires(Permission.WIREGUARD_WRITE)],
+    org: str, name: str, access: Annotated[Access, requires(Permission.WIREGUARD_WRITE)]
 ) -> None:
     assert access.org is not None
-    with access.cp.db.write() as session:
-        peer = session.execute(
-            select(WireguardPeer).where(
-                WireguardPeer.org_id == access.org.id, WireguardPeer.name == name
-            )
-        ).scalar_one_or_none()
-        if peer is None:
-            raise NotFound(f"no peer named {name!r}", hint="hangar wireguard list")
-        session.delete(peer)
-        access.cp.audit.record(
-            session,
-            access.ctx,
-            org_id=access.org.id,
-            action="wireguard.remove",
-            target=name,
-            detail={"public_key": peer.public_key},
-        )
-    wake_loops(request)
+    remove_device(access.cp, access.ctx, access.org.id, name)

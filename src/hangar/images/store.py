@@ -18,20 +18,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import stat
 import tarfile
 import tempfile
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
-from hangar import hostcmd
-from hangar.agent.oci import ImageConfig, ImageRef, Layer, Manifest, open_blob, read_manifest
-from hangar.errors import CommandError, ConfigError, IntegrityError, UpstreamError, ValidationError
+from hangar.errors import ConfigError, IntegrityError, ValidationError
+from hangar.images.oci import ImageConfig, ImageRef, Layer, Manifest, open_blob, read_manifest
 
-__all__ = ["Image", "ImageStore", "copy_from_registry", "require_traversable", "unpack_layer"]
+__all__ = ["Image", "ImageStore", "require_traversable", "unpack_layer"]
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -261,37 +258,3 @@ class ImageStore:
 
     def remove(self, digest: str) -> None:
         shutil.rmtree(self._dir(digest), ignore_errors=True)
-
-
-# A registry reference: [host[:port]/]path[:tag][@sha256:digest], as Docker spells them.
-_REFERENCE = re.compile(
-    r"^(?:[a-z0-9]+(?:[.-][a-z0-9]+)*(?::[0-9]{1,5})?/)?"
-    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
-    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
-)
-
-
-def copy_from_registry(
-    ref: ImageRef, into: Path, *, insecure: Sequence[str] = (), timeout: float = 1800
-) -> ImageRef:
-    """Copy ``docker://…`` into a new local OCI layout with skopeo; the layout's ref.
-
-    ``insecure`` names registries (``host:port``) reached without TLS
-    verification: test registries on loopback, never a production one.
-    """
-    assert ref.kind == "docker"
-    if not _REFERENCE.fullmatch(ref.reference):
-        raise ValidationError(f"{ref} is not a registry reference", hint="docker://HOST/NAME:TAG")
-    registry = ref.reference.split("/", 1)[0]
-    argv = ["skopeo", "copy", "--quiet"]
-    if registry in insecure:
-        argv.append("--src-tls-verify=false")
-    into.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        hostcmd.run([*argv, str(ref), f"oci:{into}:latest"], timeout=timeout)
-    except CommandError as exc:
-        shutil.rmtree(into, ignore_errors=True)
-        if exc.returncode == 127:
-            raise ConfigError("skopeo is not installed", hint="apt-get install skopeo") from exc
-        raise UpstreamError(f"copying {ref} failed: {exc.stderr.strip()[-500:]}") from exc
-    return ImageRef("oci", path=into, tag="latest")

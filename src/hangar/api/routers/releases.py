@@ -1,0 +1,87 @@
+"""An app's releases: deploy one, list them, show one."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Annotated, Any, Literal
+
+from fastapi import Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from hangar.api.guard import Access, GuardedRouter, requires
+from hangar.auth.rbac import Permission
+from hangar.config.appconfig import parse_app_config
+from hangar.controlplane import releases
+from hangar.store.tables import Release
+
+router = GuardedRouter(prefix="/v1/apps/{app}", tags=["machines"])
+
+
+class ReleaseIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image: str = Field(min_length=1, max_length=1000)
+    config: str = Field(min_length=1, max_length=256 * 1024, description="hangar.toml text")
+    strategy: Literal["immediate", "rolling"] | None = None
+
+
+class ReleaseOut(BaseModel):
+    version: int
+    status: str
+    strategy: str
+    image: str
+    image_digest: str | None
+    reason: str
+    created_by: str
+    created_at: dt.datetime
+    finished_at: dt.datetime | None
+
+
+def _out(r: Release) -> ReleaseOut:
+    detail: dict[str, Any] = json.loads(r.detail or "{}")
+    return ReleaseOut(
+        version=r.version,
+        status=r.status,
+        strategy=r.strategy,
+        image=r.image,
+        image_digest=r.image_digest,
+        reason=str(detail.get("reason", "")),
+        created_by=r.created_by,
+        created_at=r.created_at,
+        finished_at=r.finished_at,
+    )
+
+
+@router.post(
+    "/releases",
+    response_model=ReleaseOut,
+    status_code=201,
+    summary="Deploy: a new release, rolled out by the deployer",
+)
+def deploy(
+    app: str, body: ReleaseIn, access: Annotated[Access, requires(Permission.APPS_DEPLOY)]
+) -> ReleaseOut:
+    assert access.app is not None
+    config = parse_app_config(body.config)
+    release = releases.deploy(
+        access.cp, access.ctx, access.app, image=body.image, config=config, strategy=body.strategy
+    )
+    return _out(release)
+
+
+@router.get("/releases", response_model=list[ReleaseOut], summary="Releases, newest first")
+def list_releases(
+    app: str,
+    access: Annotated[Access, requires(Permission.APPS_READ)],
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> list[ReleaseOut]:
+    assert access.app is not None
+    return [_out(r) for r in releases.list_releases(access.cp, access.app.id, limit)]
+
+
+@router.get("/releases/{version}", response_model=ReleaseOut, summary="One release")
+def show_release(
+    app: str, version: int, access: Annotated[Access, requires(Permission.APPS_READ)]
+) -> ReleaseOut:
+    assert access.app is not None
+    return _out(releases.show_release(access.cp, access.app.id, version))

@@ -1,0 +1,179 @@
+"""Organizations and their members."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from hangar.audit.log import AuditContext
+from hangar.auth.rbac import Role
+from hangar.auth.tokens import new_id
+from hangar.controlplane.changes import change
+from hangar.controlplane.state import ControlPlane
+from hangar.errors import Conflict, NotFound, ValidationError
+from hangar.store.tables import Membership, Org, User
+
+__all__ = [
+    "add_member",
+    "create_org",
+    "find_org",
+    "get_org",
+    "list_members",
+    "list_orgs",
+    "named_or_only",
+    "remove_member",
+    "set_role",
+]
+
+Member = tuple[Membership, User]
+
+
+def find_org(cp: ControlPlane, name: str) -> Org:
+    """The organization named ``name``; NotFound if there is none."""
+    with cp.db.read() as session:
+        org = session.execute(select(Org).where(Org.name == name)).scalar_one_or_none()
+    if org is None:
+        raise NotFound(f"organization {name!r} not found")
+    return org
+
+
+def get_org(cp: ControlPlane, org_id: str) -> Org | None:
+    with cp.db.read() as session:
+        return session.get(Org, org_id)
+
+
+def named_or_only(
+    cp: ControlPlane, name: str | None, visible: list[str], *, ask: str, hint: str
+) -> Org:
+    """The organization named ``name``, or else the only one of ``visible``.
+
+    ValidationError(``ask``) when no name is given and there is not exactly one.
+    """
+    if name is not None:
+        return find_org(cp, name)
+    if len(visible) != 1:
+        raise ValidationError(ask, hint=hint)
+    org = get_org(cp, visible[0])
+    if org is None:
+        raise NotFound("organization not found")
+    return org
+
+
+def list_orgs(cp: ControlPlane, org_ids: list[str], after: str | None, limit: int) -> list[Org]:
+    """Of ``org_ids``, up to ``limit`` organizations named after ``after``, by name."""
+    query = select(Org).where(Org.id.in_(org_ids)).order_by(Org.name).limit(limit)
+    if after is not None:
+        query = query.where(Org.name > after)
+    with cp.db.read() as session:
+        return list(session.execute(query).scalars())
+
+
+def create_org(cp: ControlPlane, ctx: AuditContext, name: str, *, admin_id: str) -> Org:
+    """A new organization whose first admin is ``admin_id``."""
+    now = dt.datetime.now(dt.UTC)
+    with change(cp, ctx, org_id=None, action="org.create", target=name, wake=False) as (
+        session,
+        event,
+    ):
+        if session.execute(select(Org.id).where(Org.name == name)).first():
+            raise Conflict(f"organization {name!r} already exists")
+        org = Org(id=new_id("org"), name=name, created_at=now)
+        session.add(org)
+        session.flush()
+        session.add(
+            Membership(org_id=org.id, user_id=admin_id, role=Role.ADMIN.value, created_at=now)
+        )
+        event.org_id = org.id
+    return org
+
+
+def list_members(cp: ControlPlane, org: Org, after: str | None, limit: int) -> list[Member]:
+    """Up to ``limit`` members whose email sorts after ``after``, by email."""
+    query = (
+        select(Membership, User)
+        .join(User, User.id == Membership.user_id)
+        .where(Membership.org_id == org.id)
+        .order_by(User.email)
+        .limit(limit)
+    )
+    if after is not None:
+        query = query.where(User.email > after)
+    with cp.db.read() as session:
+        return [(m, u) for m, u in session.execute(query).all()]
+
+
+def add_member(cp: ControlPlane, ctx: AuditContext, org: Org, email: str, role: Role) -> Member:
+    """``email`` joins ``org`` with ``role`` (the user is made if new)."""
+    now = dt.datetime.now(dt.UTC)
+    detail = {"role": role.value}
+    with change(
+        cp, ctx, org_id=org.id, action="member.add", target=email, detail=detail, wake=False
+    ) as (session, _):
+        user = session.execute(select(User).where(User.email == email)).scalar_one_or_none()
+        if user is None:
+            user = User(id=new_id("usr"), email=email, is_operator=False, created_at=now)
+            session.add(user)
+            session.flush()
+        elif session.get(Membership, (org.id, user.id)) is not None:
+            raise Conflict(
+                f"{email} is already a member of {org.name}",
+                hint="change the role with `hangar orgs members set-role`",
+            )
+        member = Membership(org_id=org.id, user_id=user.id, role=role.value, created_at=now)
+        session.add(member)
+    return member, user
+
+
+def _member(session: Session, org: Org, email: str) -> Member:
+    row = session.execute(
+        select(Membership, User)
+        .join(User, User.id == Membership.user_id)
+        .where(Membership.org_id == org.id, User.email == email.lower())
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"{email} is not a member of {org.name}")
+    return row[0], row[1]
+
+
+def _keep_an_admin(session: Session, org: Org, member: Member) -> None:
+    """Conflict if ``member`` is the organization's last admin."""
+    membership, user = member
+    if membership.role != Role.ADMIN.value:
+        return
+    others = session.execute(
+        select(func.count())
+        .select_from(Membership)
+        .where(
+            Membership.org_id == org.id,
+            Membership.role == Role.ADMIN.value,
+            Membership.user_id != user.id,
+        )
+    ).scalar_one()
+    if others == 0:
+        raise Conflict(
+            f"{user.email} is the last admin of {org.name}", hint="make someone else admin first"
+        )
+
+
+def set_role(cp: ControlPlane, ctx: AuditContext, org: Org, email: str, role: Role) -> Member:
+    with change(cp, ctx, org_id=org.id, action="member.set_role", wake=False) as (
+        session,
+        event,
+    ):
+        member = _member(session, org, email)
+        if role is not Role.ADMIN:
+            _keep_an_admin(session, org, member)
+        membership, user = member
+        event.target, event.detail = user.email, {"from": membership.role, "to": role.value}
+        membership.role = role.value
+    return member
+
+
+def remove_member(cp: ControlPlane, ctx: AuditContext, org: Org, email: str) -> None:
+    with change(cp, ctx, org_id=org.id, action="member.remove", wake=False) as (session, event):
+        member = _member(session, org, email)
+        _keep_an_admin(session, org, member)
+        session.delete(member[0])
+        event.target = member[1].email
