@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import resource
 import socket
@@ -127,3 +128,34 @@ def build_example_image(output: Path) -> str:
     hello = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hello)
     return str(hello.build(output))
+
+
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds used so far by ``pid``, its threads and its live descendants."""
+    total, todo = 0.0, [pid]
+    tick = os.sysconf("SC_CLK_TCK")
+    for _ in range(1000):  # a bounded walk of the process tree
+        if not todo:
+            break
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def machine_cpu(machine_id: str) -> float:
+    """CPU seconds used so far by a runc machine's cgroup (``/hangar/<id>``), v2 or v1."""
+    v2 = Path(f"/sys/fs/cgroup/hangar/{machine_id}/cpu.stat")
+    if v2.exists():
+        for line in v2.read_text().splitlines():
+            if line.startswith("usage_usec "):
+                return int(line.split()[1]) / 1e6
+    v1 = Path(f"/sys/fs/cgroup/cpuacct/hangar/{machine_id}/cpuacct.usage")
+    if v1.exists():
+        return int(v1.read_text()) / 1e9
+    return float("nan")

@@ -9,7 +9,8 @@ keep-alive and the backend directly over HTTP keep-alive; the table gives
 requests/s, p50 and p99, each proxy's ratio to the hand-written HAProxy
 (target: Hangar's >= 0.9), the backend's headroom over the proxies (must be
 >= 5, or the ratios measure the backend) and wrk's own CPU (the load
-generator must not be the bottleneck either).
+generator must not be the bottleneck either), and the CPU each of wrk, the
+proxy and the backend machine used during each run.
 
 Then the time to apply a routing change with 1,000 apps: a whole new
 configuration rendered, checked with `haproxy -c` and reloaded; and a change
@@ -35,7 +36,14 @@ from typing import Any
 import httpx
 
 import _backend_image
-from _support import free_port, init_installation, start_server, wrk
+from _support import (
+    free_port,
+    init_installation,
+    machine_cpu,
+    process_tree_cpu,
+    start_server,
+    wrk,
+)
 from hangar.domain.routing import HttpRoute, RoutingTable, Server, hsts_header
 from hangar.edge.haproxy import Edge, EdgeConfig
 from hangar.tlsprofile import TLS12_CIPHERS, TLS13_SUITES
@@ -253,12 +261,25 @@ def main() -> None:
         for name in ("backend", "haproxy", "caddy"):
             wait_up(urls[name])
 
+        edge_pid = int((work / "agent/edge/haproxy.pid").read_text().split()[0])
+        proxy_pids = {"hangar": edge_pid, "haproxy": others[0].pid, "caddy": others[1].pid}
         # Interleaved, so a noisy moment does not fall on one only.
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in urls}
         for _ in range(args.rounds):
             for name in ("backend", "haproxy", "hangar", "caddy"):
-                host = HOST if name == "hangar" else None
-                runs[name].append(wrk(urls[name], args.seconds, args.connections, host=host))
+                pid = proxy_pids.get(name)
+                before = (machine_cpu(machine["id"]), process_tree_cpu(pid) if pid else 0.0)
+                started = time.monotonic()
+                one = wrk(
+                    urls[name],
+                    args.seconds,
+                    args.connections,
+                    host=HOST if name == "hangar" else None,
+                )
+                wall = time.monotonic() - started
+                one["backend_cpu"] = (machine_cpu(machine["id"]) - before[0]) / wall
+                one["proxy_cpu"] = (process_tree_cpu(pid) - before[1]) / wall if pid else 0.0
+                runs[name].append(one)
         for name, got in runs.items():
             results[name] = {
                 "rps": statistics.mean(r["rps"] for r in got),
@@ -267,6 +288,8 @@ def main() -> None:
                 "non_2xx": sum(r["non_2xx"] for r in got),
                 "errors": sum(r["errors"] for r in got),
                 "wrk_cpu": max(r["wrk_cpu"] for r in got),
+                "proxy_cpu": statistics.mean(r["proxy_cpu"] for r in got),
+                "backend_cpu": statistics.mean(r["backend_cpu"] for r in got),
             }
         base = results["haproxy"]["rps"]
         for name in runs:
@@ -310,28 +333,48 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
         f"wrk -t1 -c{args.connections}, {args.seconds}s x{args.rounds} each, interleaved: through"
         " each proxy over HTTPS keep-alive, straight at the backend machine over HTTP keep-alive"
     )
-    print(f"{'':28}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'ratio':>8}{'errors':>8}{'wrk CPU':>9}")
+    print(
+        f"{'':28}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'ratio':>8}{'errors':>8}{'wrk CPU':>9}"
+        f"{'proxy CPU':>11}{'backend CPU':>13}"
+    )
     rows = (("backend", "backend direct (no proxy)"), *PROXIES)
     for name, label in rows:
         r = results[name]
-        ratio = "" if name == "backend" else f"{r['ratio_to_hand_written']:.2f}"
+        ratio, proxy = "", ""
+        if name != "backend":
+            ratio, proxy = f"{r['ratio_to_hand_written']:.2f}", f"{r['proxy_cpu']:.0%}"
         print(
             f"{label:28}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{ratio:>8}"
-            f"{r['non_2xx'] + r['errors']:>8.0f}{r['wrk_cpu']:>8.0%}"
+            f"{r['non_2xx'] + r['errors']:>8.0f}{r['wrk_cpu']:>9.0%}{proxy:>11}"
+            f"{r['backend_cpu']:>13.0%}"
         )
+    print(
+        f"CPU: share of one core over each run ({os.cpu_count()} cores here, shared by wrk, the"
+        " proxy and the backend); wrk's is of its one thread"
+    )
     hangar = results["hangar"]["ratio_to_hand_written"]
     print(
         f"ratio = req/s over the hand-written HAProxy's; Hangar's edge {hangar:.2f} (target >= 0.9)"
     )
     headroom = results["headroom"]
     print(
-        f"backend headroom: {headroom['over_hangar']:.1f}x Hangar's edge, "
-        f"{headroom['over_fastest_proxy']:.1f}x the fastest proxy (needs >= {HEADROOM:.0f}x)"
+        f"backend headroom: {headroom['over_hangar']:.1f}x Hangar's edge (needs >= "
+        f"{HEADROOM:.0f}x), {headroom['over_fastest_proxy']:.1f}x the fastest proxy"
     )
-    if headroom["over_fastest_proxy"] < HEADROOM:
+    proxied = max(results[name]["backend_cpu"] for name, _ in PROXIES)
+    print(
+        f"the backend machine used at most {proxied:.0%} of a core behind a proxy, and"
+        f" {results['backend']['backend_cpu']:.0%} with wrk straight at it"
+    )
+    if headroom["over_hangar"] < HEADROOM:
         print(
-            f"WARNING: the backend answers less than {HEADROOM:.0f}x the proxies' rate: "
-            "the ratios above may measure the backend, not the proxies"
+            f"WARNING: the backend answers less than {HEADROOM:.0f}x the rate of Hangar's edge:"
+            " the ratios above may measure the backend, not the edge"
+        )
+    elif headroom["over_fastest_proxy"] < HEADROOM:
+        print(
+            f"note: the fastest proxy comes within {HEADROOM:.0f}x of the backend's rate; if the"
+            " backend held it back, Hangar's ratio to it reads high, never low"
         )
     busiest = max(results[name]["wrk_cpu"] for name, _ in rows)
     print(

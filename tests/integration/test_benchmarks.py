@@ -99,13 +99,18 @@ def test_machine_start_prints_hangar_against_raw_runc() -> None:
 @needs_root
 def test_edge_throughput_prints_the_backend_rate_headroom_and_ratios() -> None:
     out = run_quick("edge_throughput.py", timeout=300)
-    has_line(out, r"^\s+req/s\s+p50 ms\s+p99 ms\s+ratio\s+errors\s+wrk CPU$")
+    has_line(
+        out, r"^\s+req/s\s+p50 ms\s+p99 ms\s+ratio\s+errors\s+wrk CPU\s+proxy CPU\s+backend CPU$"
+    )
     # Every request answered 2xx (errors 0): otherwise the rates measure failures.
-    has_line(out, rf"^backend direct \(no proxy\)\s+{N}\s+{N}\s+{N}\s+0\s+{N}%$")
-    has_line(out, rf"^Hangar's edge\s+{N}\s+{N}\s+{N}\s+{N}\s+0\s+{N}%$")
-    has_line(out, rf"^hand-written HAProxy\s+{N}\s+{N}\s+{N}\s+1\.00\s+0\s+{N}%$")
-    has_line(out, rf"^Caddy\s+{N}\s+{N}\s+{N}\s+{N}\s+0\s+{N}%$")
-    has_line(out, rf"^backend headroom: {N}x Hangar's edge, {N}x the fastest proxy")
+    has_line(out, rf"^backend direct \(no proxy\)\s+{N}\s+{N}\s+{N}\s+0\s+{N}%\s+{N}%$")
+    cpu = rf"{N}%\s+{N}%\s+{N}%"  # wrk, proxy, backend
+    has_line(out, rf"^Hangar's edge\s+{N}\s+{N}\s+{N}\s+{N}\s+0\s+{cpu}$")
+    has_line(out, rf"^hand-written HAProxy\s+{N}\s+{N}\s+{N}\s+1\.00\s+0\s+{cpu}$")
+    has_line(out, rf"^Caddy\s+{N}\s+{N}\s+{N}\s+{N}\s+0\s+{cpu}$")
+    has_line(out, r"^CPU: share of one core over each run")
+    has_line(out, rf"^backend headroom: {N}x Hangar's edge \(needs >= 5x\), {N}x the fastest")
+    has_line(out, rf"^the backend machine used at most {N}% of a core behind a proxy")
     has_line(out, rf"^load generator: wrk used at most {N}% of its one thread's CPU")
     has_line(out, r"^Routing change with 20 apps: first start ")
     assert "some requests failed" not in out
