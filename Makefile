@@ -6,6 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: deps apt venv check fmt test test-fast demo bench lock clean
 
@@ -42,12 +43,13 @@ test-fast: venv
 demo: deps
 	@scripts/demo.sh
 
+# BENCH_ARGS=--quick runs each at tiny sizes: a check that they run, not a measurement.
 bench: deps
-	$(PY) benchmarks/api_throughput.py
-	$(PY) benchmarks/machine_start.py
-	$(PY) benchmarks/secrets.py
-	$(PY) benchmarks/edge_throughput.py
-	$(PY) benchmarks/network.py
+	$(PY) benchmarks/api_throughput.py $(BENCH_ARGS)
+	$(PY) benchmarks/machine_start.py $(BENCH_ARGS)
+	$(PY) benchmarks/secrets_at_scale.py $(BENCH_ARGS)
+	$(PY) benchmarks/edge_throughput.py $(BENCH_ARGS)
+	$(PY) benchmarks/network_paths.py $(BENCH_ARGS)
 
 # Re-pin every dependency (with hashes) after editing pyproject.toml.
 lock: venv

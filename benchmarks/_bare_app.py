@@ -13,7 +13,8 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from hangar.server.serve import TLS12_CIPHERS, _TLSConfig
+from hangar.server.serve import _TLSConfig
+from hangar.tlsprofile import TLS12_CIPHERS
 
 app = FastAPI(docs_url=None, redoc_url=None)
 

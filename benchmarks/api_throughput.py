@@ -7,7 +7,7 @@ over HTTPS keep-alive and prints requests/s and the ratio.
     GET  /v1/apps   authenticated list (token verified, membership loaded)
     POST /v1/apps   authenticated create, audited in the same transaction
 
-Usage: python benchmarks/api_throughput.py [--seconds 10] [--connections 8]
+Usage: python benchmarks/api_throughput.py [--seconds 10] [--connections 8] [--quick]
 Targets on a 2-core machine: reads >= 1,500/s, creates >= 300/s.
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import ssl
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from _support import HANGAR, free_port, init_installation
+from _support import HANGAR, free_port, init_installation, wrk
 
 HERE = Path(__file__).resolve().parent
 
@@ -68,26 +67,10 @@ def wait_up(url: str, ca: Path, proc: subprocess.Popen[bytes]) -> None:
     raise SystemExit(f"{url} did not come up")
 
 
-def wrk(url: str, script: str, seconds: int, connections: int, workdir: Path) -> dict[str, float]:
-    lua = workdir / f"s{abs(hash(script))}.lua"
-    lua.write_text(script)
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(lua), url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    errors = re.search(r"Socket errors:.*", out)
-    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
-    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-    return {
-        "rps": rps,
-        "non_2xx": float(non2xx.group(1)) if non2xx else 0.0,
-        "socket_errors": 1.0 if errors else 0.0,
-        "p50_ms": float(p50.group(1)) * scale[p50.group(2)] if p50 else float("nan"),
-    }
+def lua(workdir: Path, name: str, text: str) -> Path:
+    path = workdir / f"{name}.lua"
+    path.write_text(text)
+    return path
 
 
 def main() -> None:
@@ -95,7 +78,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: does it run at all")
     args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.connections = 1, 2
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: run `make deps` (Debian package wrk)")
 
@@ -143,44 +129,22 @@ def main() -> None:
             headers={"Authorization": f"Bearer {token}"},
             verify=ssl.create_default_context(cafile=str(data / "ca.crt")),
         )
-        lua_list = LIST_LUA.format(token=token)
-        lua_create = CREATE_LUA.format(token=token)
+        lua_list = lua(work, "list", LIST_LUA.format(token=token))
+        lua_create = lua(work, "create", CREATE_LUA.format(token=token))
+        bare, ours = f"https://127.0.0.1:{bare_port}", f"https://127.0.0.1:{hangar_port}"
+        size = (args.seconds, args.connections)
         run = {
-            "bare_get": wrk(
-                f"https://127.0.0.1:{bare_port}/bare",
-                lua_list,
-                args.seconds,
-                args.connections,
-                work,
-            ),
-            "hangar_get": wrk(
-                f"https://127.0.0.1:{hangar_port}/v1/apps",
-                lua_list,
-                args.seconds,
-                args.connections,
-                work,
-            ),
-            "bare_post": wrk(
-                f"https://127.0.0.1:{bare_port}/bare",
-                lua_create,
-                args.seconds,
-                args.connections,
-                work,
-            ),
-            "hangar_post": wrk(
-                f"https://127.0.0.1:{hangar_port}/v1/apps",
-                lua_create,
-                args.seconds,
-                args.connections,
-                work,
-            ),
+            "bare_get": wrk(f"{bare}/bare", *size, script=lua_list),
+            "hangar_get": wrk(f"{ours}/v1/apps", *size, script=lua_list),
+            "bare_post": wrk(f"{bare}/bare", *size, script=lua_create),
+            "hangar_post": wrk(f"{ours}/v1/apps", *size, script=lua_create),
         }
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
         for proc in procs:
             proc.wait(timeout=30)
-    failed = [name for name, f in run.items() if f["non_2xx"] or f["socket_errors"]]
+    failed = [name for name, f in run.items() if f["non_2xx"] or f["errors"]]
     if failed:
         print(
             f"error: {', '.join(failed)} had non-2xx responses or socket errors, so the "

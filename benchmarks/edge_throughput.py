@@ -2,26 +2,29 @@
 
 All three terminate TLS on loopback with the same certificate (the edge's
 default one; wrk sends no SNI for an address) and proxy to the same backend:
-one machine of the example app (busybox httpd in a runc container), deployed
-by `hangar server run`. wrk drives each over HTTPS keep-alive; the table
-gives requests/s, p50 and p99, and each one's ratio to the hand-written
-HAProxy (target: Hangar's ≥ 0.9).
+one machine (a real runc machine deployed by `hangar server run`) whose
+HAProxy answers every request itself with HTTP keep-alive, many times faster
+than any of the proxies in front of it. wrk drives each proxy over HTTPS
+keep-alive and the backend directly over HTTP keep-alive; the table gives
+requests/s, p50 and p99, each proxy's ratio to the hand-written HAProxy
+(target: Hangar's >= 0.9), the backend's headroom over the proxies (must be
+>= 5, or the ratios measure the backend) and wrk's own CPU (the load
+generator must not be the bottleneck either), and the CPU each of wrk, the
+proxy and the backend machine used during each run.
 
 Then the time to apply a routing change with 1,000 apps: a whole new
 configuration rendered, checked with `haproxy -c` and reloaded; and a change
 of which machines are in rotation (runtime API, no reload).
 
-Run as root: `python benchmarks/edge_throughput.py [--seconds 10]`.
+Run as root: `python benchmarks/edge_throughput.py [--seconds 10] [--quick]`.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import ipaddress
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -32,16 +35,23 @@ from typing import Any
 
 import httpx
 
-from _support import free_port, init_installation, start_server
+import _backend_image
+from _support import (
+    free_port,
+    init_installation,
+    machine_cpu,
+    process_tree_cpu,
+    start_server,
+    wrk,
+)
 from hangar.domain.routing import HttpRoute, RoutingTable, Server, hsts_header
 from hangar.edge.haproxy import Edge, EdgeConfig
 from hangar.tlsprofile import TLS12_CIPHERS, TLS13_SUITES
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG = """
+CONFIG = f"""
 app = "bench"
 [http_service]
-  internal_port = 8080
+  internal_port = {_backend_image.PORT}
   [http_service.concurrency]
     soft_limit = 200
     hard_limit = 250
@@ -50,34 +60,10 @@ app = "bench"
     interval = "2s"
     path = "/healthz"
 [[vm]]
-  memory = "128mb"
+  memory = "256mb"
+  cpus = 2
 """
 HOST = "bench.apps.localhost"
-
-
-def wrk(url: str, seconds: int, connections: int, host: str | None = None) -> dict[str, float]:
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
-    if host:
-        argv += ["-H", f"Host: {host}"]
-    out = subprocess.run([*argv, url], capture_output=True, text=True, check=True).stdout
-    found = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if found is None:
-        raise SystemExit(f"wrk printed no rate:\n{out}")
-    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-
-    def pct(q: str) -> float:
-        m = re.search(rf"{q}%\s+([\d.]+)(us|ms|s)", out)
-        return float(m.group(1)) * scale[m.group(2)] if m else float("nan")
-
-    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    return {
-        "rps": float(found.group(1)),
-        "p50_ms": pct("50"),
-        "p99_ms": pct("99"),
-        "non_2xx": float(bad.group(1)) if bad else 0.0,
-        "errors": float(sum(int(g) for g in errors.groups())) if errors else 0.0,
-    }
 
 
 def wait_up(url: str, host: str | None = None, timeout: float = 30) -> None:
@@ -184,27 +170,36 @@ def routing_change(work: Path, apps: int) -> dict[str, float]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+PROXIES = (
+    ("hangar", "Hangar's edge"),
+    ("haproxy", "hand-written HAProxy"),
+    ("caddy", "Caddy"),
+)
+HEADROOM = 5.0  # the backend must answer at least this many times the proxies' rate
+BUSY = 0.9  # wrk using more of its thread's CPU than this may be the bottleneck
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved runs of each")
     parser.add_argument("--apps", type=int, default=1000)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: does it run at all")
     args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.connections, args.rounds, args.apps = 1, 4, 1, 20
     if os.geteuid() != 0:
         raise SystemExit("machines run under runc as root: run this as root")
-    for tool in ("wrk", "haproxy", "caddy"):
+    for tool in ("wrk", "haproxy", "caddy", "ldd"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed: run `make deps`")
 
     work = Path(tempfile.mkdtemp(prefix="hangar-bench-edge-", dir="/var/tmp"))
     work.chmod(0o711)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HANGAR_")}
-    spec = importlib.util.spec_from_file_location("hello", ROOT / "examples/hello/build.py")
-    assert spec is not None and spec.loader is not None
-    hello = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hello)
-    hello.build(work / "image")
+    _backend_image.build(work / "image")
     token = init_installation(work, env)
     port, https_port = free_port(), free_port()
     (work / "data/server.toml").write_text(
@@ -227,10 +222,11 @@ def main() -> None:
             "/v1/apps/bench/releases",
             json={"image": f"oci:{work / 'image'}:latest", "config": CONFIG},
         ).raise_for_status()
-        hangar_url = f"https://127.0.0.1:{https_port}/"
-        wait_up(hangar_url, HOST, timeout=60)
+        urls = {"hangar": f"https://127.0.0.1:{https_port}/"}
+        wait_up(urls["hangar"], HOST, timeout=60)
         (machine,) = api.get("/v1/apps/bench/machines").json()
-        backend = f"[{machine['address']}]:8080"
+        backend = f"[{machine['address']}]:{_backend_image.PORT}"
+        urls["backend"] = f"http://{backend}/"
 
         pem = work / "agent/edge/default.pem"
         text = pem.read_text()
@@ -260,17 +256,30 @@ def main() -> None:
                 env={**env, "HOME": str(work), "XDG_DATA_HOME": str(work / "caddy")},
             )
         )
-        hand_url = f"https://127.0.0.1:{hand_port}/"
-        caddy_url = f"https://127.0.0.1:{caddy_port}/"
-        wait_up(hand_url)
-        wait_up(caddy_url)
+        urls["haproxy"] = f"https://127.0.0.1:{hand_port}/"
+        urls["caddy"] = f"https://127.0.0.1:{caddy_port}/"
+        for name in ("backend", "haproxy", "caddy"):
+            wait_up(urls[name])
 
-        # Interleaved, twice each, so a noisy moment does not fall on one only.
-        runs: dict[str, list[dict[str, float]]] = {"hangar": [], "haproxy": [], "caddy": []}
-        for _ in range(2):
-            runs["haproxy"].append(wrk(hand_url, args.seconds, args.connections))
-            runs["hangar"].append(wrk(hangar_url, args.seconds, args.connections, HOST))
-            runs["caddy"].append(wrk(caddy_url, args.seconds, args.connections))
+        edge_pid = int((work / "agent/edge/haproxy.pid").read_text().split()[0])
+        proxy_pids = {"hangar": edge_pid, "haproxy": others[0].pid, "caddy": others[1].pid}
+        # Interleaved, so a noisy moment does not fall on one only.
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in urls}
+        for _ in range(args.rounds):
+            for name in ("backend", "haproxy", "hangar", "caddy"):
+                pid = proxy_pids.get(name)
+                before = (machine_cpu(machine["id"]), process_tree_cpu(pid) if pid else 0.0)
+                started = time.monotonic()
+                one = wrk(
+                    urls[name],
+                    args.seconds,
+                    args.connections,
+                    host=HOST if name == "hangar" else None,
+                )
+                wall = time.monotonic() - started
+                one["backend_cpu"] = (machine_cpu(machine["id"]) - before[0]) / wall
+                one["proxy_cpu"] = (process_tree_cpu(pid) - before[1]) / wall if pid else 0.0
+                runs[name].append(one)
         for name, got in runs.items():
             results[name] = {
                 "rps": statistics.mean(r["rps"] for r in got),
@@ -278,10 +287,18 @@ def main() -> None:
                 "p99_ms": statistics.mean(r["p99_ms"] for r in got),
                 "non_2xx": sum(r["non_2xx"] for r in got),
                 "errors": sum(r["errors"] for r in got),
+                "wrk_cpu": max(r["wrk_cpu"] for r in got),
+                "proxy_cpu": statistics.mean(r["proxy_cpu"] for r in got),
+                "backend_cpu": statistics.mean(r["backend_cpu"] for r in got),
             }
         base = results["haproxy"]["rps"]
         for name in runs:
             results[name]["ratio_to_hand_written"] = results[name]["rps"] / base
+        fastest = max(results[name]["rps"] for name, _ in PROXIES)
+        results["headroom"] = {
+            "over_hangar": results["backend"]["rps"] / results["hangar"]["rps"],
+            "over_fastest_proxy": results["backend"]["rps"] / fastest,
+        }
         results["routing_change"] = routing_change(work, args.apps)
     finally:
         for proc in others:
@@ -307,21 +324,67 @@ def main() -> None:
 
     if args.json:
         print(json.dumps(results, indent=2))
-        return
+    else:
+        report(results, args)
+
+
+def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     print(
-        f"HTTPS keep-alive, {args.connections} connections, {args.seconds}s x2 each, one machine:"
+        f"wrk -t1 -c{args.connections}, {args.seconds}s x{args.rounds} each, interleaved: through"
+        " each proxy over HTTPS keep-alive, straight at the backend machine over HTTP keep-alive"
     )
-    print(f"{'':26}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'ratio':>8}{'errors':>8}")
-    for name, label in (
-        ("hangar", "Hangar's edge"),
-        ("haproxy", "hand-written HAProxy"),
-        ("caddy", "Caddy"),
-    ):
+    print(
+        f"{'':28}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'ratio':>8}{'errors':>8}{'wrk CPU':>9}"
+        f"{'proxy CPU':>11}{'backend CPU':>13}"
+    )
+    rows = (("backend", "backend direct (no proxy)"), *PROXIES)
+    for name, label in rows:
         r = results[name]
+        ratio, proxy = "", ""
+        if name != "backend":
+            ratio, proxy = f"{r['ratio_to_hand_written']:.2f}", f"{r['proxy_cpu']:.0%}"
         print(
-            f"{label:26}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}"
-            f"{r['ratio_to_hand_written']:>8.2f}{r['non_2xx'] + r['errors']:>8.0f}"
+            f"{label:28}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{ratio:>8}"
+            f"{r['non_2xx'] + r['errors']:>8.0f}{r['wrk_cpu']:>9.0%}{proxy:>11}"
+            f"{r['backend_cpu']:>13.0%}"
         )
+    print(
+        f"CPU: share of one core over each run ({os.cpu_count()} cores here, shared by wrk, the"
+        " proxy and the backend); wrk's is of its one thread"
+    )
+    hangar = results["hangar"]["ratio_to_hand_written"]
+    print(
+        f"ratio = req/s over the hand-written HAProxy's; Hangar's edge {hangar:.2f} (target >= 0.9)"
+    )
+    headroom = results["headroom"]
+    print(
+        f"backend headroom: {headroom['over_hangar']:.1f}x Hangar's edge (needs >= "
+        f"{HEADROOM:.0f}x), {headroom['over_fastest_proxy']:.1f}x the fastest proxy"
+    )
+    proxied = max(results[name]["backend_cpu"] for name, _ in PROXIES)
+    print(
+        f"the backend machine used at most {proxied:.0%} of a core behind a proxy, and"
+        f" {results['backend']['backend_cpu']:.0%} with wrk straight at it"
+    )
+    if headroom["over_hangar"] < HEADROOM:
+        print(
+            f"WARNING: the backend answers less than {HEADROOM:.0f}x the rate of Hangar's edge:"
+            " the ratios above may measure the backend, not the edge"
+        )
+    elif headroom["over_fastest_proxy"] < HEADROOM:
+        print(
+            f"note: the fastest proxy comes within {HEADROOM:.0f}x of the backend's rate; if the"
+            " backend held it back, Hangar's ratio to it reads high, never low"
+        )
+    busiest = max(results[name]["wrk_cpu"] for name, _ in rows)
+    print(
+        f"load generator: wrk used at most {busiest:.0%} of its one thread's CPU in any run, and"
+        f" drove the backend at {results['backend']['rps']:.0f} req/s from the same host"
+    )
+    if busiest > BUSY:
+        print(f"WARNING: wrk was busy over {BUSY:.0%} of the time: it may be the bottleneck")
+    if any(results[name]["non_2xx"] + results[name]["errors"] for name, _ in rows):
+        print("WARNING: some requests failed (errors column): those rates mean little")
     change = results["routing_change"]
     state_ms = change["state_change_p50_s"] * 1000
     print(

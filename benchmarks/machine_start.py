@@ -2,7 +2,7 @@
 against raw ``runc run`` of an identical bundle to the first byte of an HTTP
 response, both measured here in the same run. Also: a rolling deploy of 10.
 
-    sudo .venv/bin/python benchmarks/machine_start.py [--machines 20]
+    sudo .venv/bin/python benchmarks/machine_start.py [--machines 20] [--rolling 10] [--quick]
 
 The raw baseline runs the very bundle Hangar wrote for one of its machines
 (same runc, same hardening, same network hook), with only its id, cgroup and
@@ -12,7 +12,6 @@ address changed. Targets here: ratio <= 2, Hangar p50 <= 1 s.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import ipaddress
 import json
 import os
@@ -29,9 +28,8 @@ from typing import Any
 
 import httpx
 
-from _support import free_port, init_installation, start_server
+from _support import build_example_image, free_port, init_installation, start_server
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIG = """
 app = "bench"
 kill_signal = "SIGTERM"
@@ -86,30 +84,31 @@ class Api:
             raise SystemExit(f"{method} {path}: {response.status_code} {response.text}")
         return response.json() if response.content else None
 
-    def wait_release(self, version: int) -> dict[str, Any]:
-        while True:
+    def wait_release(self, version: int, timeout: float = 300) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
             release = self.call("GET", f"/v1/apps/bench/releases/{version}")
             if release["status"] in ("complete", "failed"):
                 return dict(release)
             time.sleep(0.02)
+        raise SystemExit(f"release {version} did not finish in {timeout:.0f}s")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--machines", type=int, default=20)
     parser.add_argument("--rolling", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: does it run at all")
     args = parser.parse_args()
+    if args.quick:
+        args.machines, args.rolling = 2, 2
     if os.geteuid() != 0:
         raise SystemExit("machines run under runc as root: run this as root")
 
     work = Path(tempfile.mkdtemp(prefix="hangar-bench-", dir="/var/tmp"))
     work.chmod(0o711)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HANGAR_")}
-    spec = importlib.util.spec_from_file_location("hello", ROOT / "examples/hello/build.py")
-    assert spec is not None and spec.loader is not None
-    hello = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hello)
-    hello.build(work / "image")
+    build_example_image(work / "image")
     token = init_installation(work, env)
     port = free_port()
     server = start_server(work, env, port, "--no-edge")  # raw runc has no edge either
@@ -155,13 +154,16 @@ def main() -> None:
         for _ in range(args.machines):
             started = time.perf_counter()
             machine = api.call("POST", "/v1/apps/bench/machines")
-            while True:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
                 m = api.call("GET", f"/v1/apps/bench/machines/{machine['id']}")
                 if m["state"] == "started" and m["healthy"] is True:
                     break
                 if m["state"] == "failed":
                     raise SystemExit(f"machine failed: {m['detail']}")
                 time.sleep(0.002)
+            else:
+                raise SystemExit(f"machine {machine['id']} did not pass its check in 60s")
             hangar_times.append(time.perf_counter() - started)
 
         # Raw runc: the identical bundle, to the first byte of HTTP.

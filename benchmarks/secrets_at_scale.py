@@ -4,35 +4,31 @@ Runs twice, with the KEK in a 0600 file and in SoftHSM (a PKCS#11 token), on
 a fresh SQLite installation each time. Prints each phase's time and the
 per-operation cost next to raw AES-256-GCM doing the same cryptographic work
 in the same run (one encryption per value; one unwrap and wrap per key).
+
+Usage: python benchmarks/secrets_at_scale.py [--apps 100] [--per-app 10] [--quick]
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
+import datetime as dt
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
 from pathlib import Path
 
-# This file's name shadows the standard library's `secrets` for anything that
-# imports it: run with this directory off the import path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import select
 
-import argparse  # noqa: E402
-import datetime as dt  # noqa: E402
-import os  # noqa: E402
-import secrets  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
-from sqlalchemy import select  # noqa: E402
-
-from hangar.config.settings import ServerSettings  # noqa: E402
-from hangar.controlplane.bootstrap import init_server  # noqa: E402
-from hangar.controlplane.keys import rotate_kek  # noqa: E402
-from hangar.controlplane.secrets import set_secrets  # noqa: E402
-from hangar.controlplane.state import ControlPlane  # noqa: E402
-from hangar.store.tables import App, Org  # noqa: E402
+from hangar.config.settings import ServerSettings
+from hangar.controlplane.bootstrap import init_server
+from hangar.controlplane.keys import rotate_kek
+from hangar.controlplane.secrets import set_secrets
+from hangar.controlplane.state import ControlPlane
+from hangar.store.tables import App, Org
 
 
 def raw_baseline(values: int, keys: int) -> tuple[float, float]:
@@ -132,7 +128,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--apps", type=int, default=100)
     parser.add_argument("--per-app", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: does it run at all")
     args = parser.parse_args()
+    if args.quick:
+        args.apps, args.per_app = 3, 2
     work = Path(tempfile.mkdtemp(prefix="hangar-bench-secrets-"))
     try:
         (work / "file").mkdir()
