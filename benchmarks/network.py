@@ -147,7 +147,7 @@ def machines_path(seconds: int) -> float:
     from hangar.agent.reconciler import Assignment, Reconciler
     from hangar.agent.runtimes.runc import RuncRuntime
     from hangar.agent.service import Agent
-    from hangar.net.addressing import host_slice, machine_address, network_prefix
+    from hangar.domain.addressing import host_slice, machine_address, network_prefix
     from hangar.net.nftables import Firewall, table_name
 
     class NoLink:
@@ -200,7 +200,7 @@ def machines_path(seconds: int) -> float:
 
 
 def nft_apply(count: int) -> tuple[float, float]:
-    from hangar.net.addressing import host_slice, machine_address, network_prefix
+    from hangar.domain.addressing import host_slice, machine_address, network_prefix
     from hangar.net.nftables import Firewall, FirewallSpec, MachineRule
 
     prefix = ipaddress.IPv6Network("fd97:9797::/32")

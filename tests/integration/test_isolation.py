@@ -27,8 +27,8 @@ from hangar.agent.images import Image, ImageStore
 from hangar.agent.reconciler import Assignment, Reconciler
 from hangar.agent.runtimes.runc import RuncRuntime
 from hangar.agent.service import Agent
+from hangar.domain.addressing import host_slice, machine_address, network_prefix
 from hangar.errors import CommandError
-from hangar.net.addressing import host_slice, machine_address, network_prefix
 from hangar.net.dns import Record
 from hangar.net.nftables import Firewall, FirewallSpec, counters, render, table_name
 from tests.integration.conftest import BASE_UID, needs_root, wait_for

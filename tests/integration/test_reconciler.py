@@ -12,8 +12,8 @@ from hangar.agent.health import CheckSpec
 from hangar.agent.images import Image, ImageStore
 from hangar.agent.reconciler import Assignment, Reconciler
 from hangar.agent.runtimes.runc import RuncRuntime
+from hangar.domain.addressing import host_slice, machine_address, network_prefix
 from hangar.domain.reconcile import ActionKind, RestartPolicy
-from hangar.net.addressing import host_slice, machine_address, network_prefix
 from tests.integration.conftest import BASE_UID, leftovers, needs_root, wait_for
 
 pytestmark = [pytest.mark.slow, needs_root]

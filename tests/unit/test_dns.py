@@ -7,7 +7,7 @@ import ipaddress
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hangar.net.addressing import host_slice, machine_address, network_prefix
+from hangar.domain.addressing import host_slice, machine_address, network_prefix
 from hangar.net.dns import Record, answer, resolver_address
 
 PREFIX = ipaddress.IPv6Network("fd77:7777::/32")

@@ -17,8 +17,9 @@ from sqlalchemy.orm import Session
 
 from hangar.auth.tokens import new_id
 from hangar.config.appconfig import AppConfig
+from hangar.domain import addressing
+from hangar.domain.placement import Candidate, place
 from hangar.errors import Conflict, NotFound
-from hangar.net import addressing
 from hangar.store.tables import App, Host, Machine, Network, Release, Setting
 
 __all__ = [
@@ -92,21 +93,7 @@ def machine_memory(cfg: AppConfig) -> int:
 
 
 def _place(session: Session, region: str | None, memory_mb: int) -> Host:
-    """An active host (in the region if one is asked for) with room, fewest machines first.
-
-    A host's room is its memory less what its machines take; a host that has
-    not said how much memory it has takes anything.
-    """
-    query = select(Host).where(Host.state == "active")
-    if region and region != "local":
-        query = query.where(Host.region == region)
-    hosts = list(session.execute(query).scalars())
-    where = f" in {region}" if region and region != "local" else ""
-    if not hosts:
-        raise Conflict(
-            f"no active host can take a machine{where}",
-            hint="uncordon a host, or add one with `hangar hosts join-token`",
-        )
+    """The host for a new machine: each host's load from the store, the rule in ``place``."""
     load = {
         host_id: (count, used or 0)
         for host_id, count, used in session.execute(
@@ -115,31 +102,30 @@ def _place(session: Session, region: str | None, memory_mb: int) -> Host:
             .group_by(Machine.host_id)
         ).all()
     }
-    room = [
-        h for h in hosts if not h.memory_mb or load.get(h.id, (0, 0))[1] + memory_mb <= h.memory_mb
-    ]
-    if not room:
-        raise Conflict(
-            f"no active host{where} has {memory_mb} MB free for another machine",
-            hint="add a host, or give machines less memory in [[vm]]",
+    hosts = {host.id: host for host in session.execute(select(Host)).scalars()}
+    candidates = [
+        Candidate(
+            id=host.id,
+            number=host.number,
+            region=host.region,
+            state=host.state,
+            memory_mb=host.memory_mb,
+            machines=load.get(host.id, (0, 0))[0],
+            used_mb=load.get(host.id, (0, 0))[1],
         )
-    return min(room, key=lambda h: (load.get(h.id, (0, 0))[0], h.number))
+        for host in hosts.values()
+    ]
+    return hosts[place(candidates, region, memory_mb).id]
 
 
 def _address(session: Session, app: App, host: Host) -> str:
+    """The next free address in the host's slice of the app's network."""
     network = org_network(session, app.org_id, app.network)
     slice_ = addressing.host_slice(
         addressing.network_prefix(installation_prefix(session), network.number), host.number
     )
-    taken = {
-        int(ipaddress.IPv6Address(a)) & 0xFFFFFFFF
-        for a in session.execute(
-            select(Machine.address).where(Machine.host_id == host.id)
-        ).scalars()
-        if ipaddress.IPv6Address(a) in slice_
-    }
-    index = max(taken, default=addressing.FIRST_MACHINE - 1) + 1
-    return str(addressing.machine_address(slice_, index))
+    taken = session.execute(select(Machine.address).where(Machine.host_id == host.id)).scalars()
+    return str(addressing.next_machine_address(slice_, map(ipaddress.IPv6Address, taken)))
 
 
 def create_machine(
