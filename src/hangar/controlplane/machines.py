@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
+import logging
 import socket
 
 from sqlalchemy import func, select
@@ -18,9 +19,10 @@ from sqlalchemy.orm import Session
 from hangar.auth.tokens import new_id
 from hangar.config.appconfig import AppConfig
 from hangar.domain import addressing
+from hangar.domain.machines import MachineState, transition
 from hangar.domain.placement import Candidate, place
 from hangar.errors import Conflict, NotFound
-from hangar.store.tables import App, Host, Machine, Network, Release, Setting
+from hangar.store.tables import App, Host, Machine, MachineEvent, Network, Release, Setting
 
 __all__ = [
     "active_machines",
@@ -28,9 +30,13 @@ __all__ = [
     "create_release",
     "installation_prefix",
     "machine_memory",
+    "observe_state",
     "org_network",
     "register_local_host",
+    "set_state",
 ]
+
+log = logging.getLogger("hangar.machines")
 
 PREFIX_KEY = "private_prefix"
 DEFAULT_MEMORY_MB = 256
@@ -154,7 +160,7 @@ def create_machine(
         host_id=host.id,
         version=version,
         desired="started",
-        state="created",
+        state=MachineState.CREATED.value,
         running_version=None,
         healthy=None,
         exit_code=None,
@@ -166,6 +172,41 @@ def create_machine(
     session.add(machine)
     session.flush()
     return machine
+
+
+def set_state(session: Session, machine: Machine, target: MachineState, reason: str = "") -> None:
+    """Move ``machine`` to ``target`` and record the change as a machine event.
+
+    The move must be one the lifecycle table allows (``domain.machines``);
+    otherwise Conflict, and nothing changes. Staying put records nothing.
+    """
+    try:
+        current = MachineState(machine.state)
+    except ValueError as exc:
+        raise Conflict(f"machine {machine.id} is in an unknown state {machine.state!r}") from exc
+    if transition(current, target) == current:
+        return
+    machine.state = target.value
+    session.add(MachineEvent(machine_id=machine.id, time=_now(), kind=target.value, detail=reason))
+
+
+def observe_state(
+    session: Session, machine: Machine, target: MachineState, reason: str = ""
+) -> bool:
+    """``set_state`` for what a host reports: an impossible move is logged, not raised.
+
+    A report describes the host as it is, so one bad entry must not fail
+    the rest of the report; the machine keeps its recorded state (and the
+    error names the move) until a report makes sense again. False if refused.
+    """
+    try:
+        set_state(session, machine, target, reason)
+    except Conflict as exc:
+        log.error(
+            "machine %s: a report was refused: %s; it stays %s", machine.id, exc, machine.state
+        )
+        return False
+    return True
 
 
 def active_machines(session: Session, app_id: str) -> list[Machine]:
