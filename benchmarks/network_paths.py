@@ -223,8 +223,8 @@ def machines_path(seconds: int, rounds: int) -> float:
     from hangar.agent.runtimes.runc import RuncRuntime
     from hangar.agent.service import Agent
     from hangar.contract.assignments import Assignment, MachineStatus
+    from hangar.domain.addressing import host_slice, machine_address, network_prefix
     from hangar.images.store import ImageStore
-    from hangar.net.addressing import host_slice, machine_address, network_prefix
     from hangar.net.nftables import Firewall, table_name
 
     class NoLink:
@@ -275,7 +275,7 @@ def machines_path(seconds: int, rounds: int) -> float:
 
 
 def nft_apply(count: int) -> tuple[float, float]:
-    from hangar.net.addressing import host_slice, machine_address, network_prefix
+    from hangar.domain.addressing import host_slice, machine_address, network_prefix
     from hangar.net.nftables import Firewall, FirewallSpec, MachineRule
 
     prefix = ipaddress.IPv6Network("fd97:9797::/32")

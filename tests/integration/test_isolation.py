@@ -26,9 +26,9 @@ from hangar.agent.runtimes.runc import RuncRuntime
 from hangar.agent.service import Agent
 from hangar.contract.assignments import Assignment, CheckSpec, MachineStatus
 from hangar.contract.names import Record
+from hangar.domain.addressing import host_slice, machine_address, network_prefix
 from hangar.errors import CommandError
 from hangar.images.store import Image, ImageStore
-from hangar.net.addressing import host_slice, machine_address, network_prefix
 from hangar.net.nftables import Firewall, FirewallSpec, counters, render, table_name
 from tests.integration.conftest import BASE_UID, needs_root, wait_for
 

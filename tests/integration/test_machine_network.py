@@ -10,10 +10,10 @@ import pytest
 from hangar import hostcmd
 from hangar.agent.runtimes.base import MachineSpec
 from hangar.agent.runtimes.runc import RuncRuntime
+from hangar.domain.addressing import host_slice, machine_address, network_prefix
 from hangar.errors import CommandError
 from hangar.images.store import Image
 from hangar.net import netns
-from hangar.net.addressing import host_slice, machine_address, network_prefix
 from tests.integration.conftest import leftovers, needs_root, wait_for
 
 pytestmark = [pytest.mark.slow, needs_root]

@@ -11,9 +11,9 @@ import pytest
 from hangar.agent.reconciler import Reconciler
 from hangar.agent.runtimes.runc import RuncRuntime
 from hangar.contract.assignments import Assignment, CheckSpec
+from hangar.domain.addressing import host_slice, machine_address, network_prefix
 from hangar.domain.reconcile import ActionKind, RestartPolicy
 from hangar.images.store import Image, ImageStore
-from hangar.net.addressing import host_slice, machine_address, network_prefix
 from tests.integration.conftest import BASE_UID, leftovers, needs_root, wait_for
 
 pytestmark = [pytest.mark.slow, needs_root]

@@ -6,14 +6,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hangar.errors import Conflict, ValidationError
-from hangar.net.addressing import (
+from hangar.domain.addressing import (
+    FIRST_MACHINE,
+    MAX_MACHINE_INDEX,
     host_slice,
     machine_address,
     network_prefix,
     new_installation_prefix,
+    next_machine_address,
     parse_installation_prefix,
 )
+from hangar.errors import Conflict, ValidationError
 
 PREFIX = ipaddress.IPv6Network("fd12:3456::/32")
 
@@ -65,3 +68,26 @@ def test_distinct_machines_get_distinct_addresses(
 def test_exhaustion_and_bad_prefixes_are_clear_errors(call: object, error: type[Exception]) -> None:
     with pytest.raises(error):
         call()  # type: ignore[operator]
+
+
+SLICE = host_slice(network_prefix(PREFIX, 3), 2)
+OTHER = host_slice(network_prefix(PREFIX, 4), 2)
+
+
+@given(
+    st.sets(st.integers(FIRST_MACHINE, MAX_MACHINE_INDEX - 1), max_size=8),
+    st.sets(st.integers(FIRST_MACHINE, MAX_MACHINE_INDEX), max_size=8),
+)
+def test_next_machine_address_is_new_and_in_the_slice(mine: set[int], others: set[int]) -> None:
+    taken = [machine_address(SLICE, i) for i in mine] + [machine_address(OTHER, i) for i in others]
+    address = next_machine_address(SLICE, taken)
+    assert address in SLICE and address not in taken
+    index = int(address) & MAX_MACHINE_INDEX
+    assert index == max(mine, default=FIRST_MACHINE - 1) + 1  # in order; other slices ignored
+    assert next_machine_address(SLICE, reversed(taken)) == address
+
+
+def test_next_machine_address_starts_at_the_first_and_ends_with_a_conflict() -> None:
+    assert next_machine_address(SLICE, []) == machine_address(SLICE, FIRST_MACHINE)
+    with pytest.raises(Conflict, match="exhausted"):
+        next_machine_address(SLICE, [machine_address(SLICE, MAX_MACHINE_INDEX)])

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hangar.contract.names import Record
-from hangar.net.addressing import host_slice, machine_address, network_prefix
+from hangar.domain.addressing import host_slice, machine_address, network_prefix
 from hangar.net.dns import answer, resolver_address
 
 PREFIX = ipaddress.IPv6Network("fd77:7777::/32")

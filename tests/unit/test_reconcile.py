@@ -2,11 +2,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hangar.domain.machines import MachineState, can_transition, transition
 from hangar.domain.reconcile import (
     Action,
     ActionKind,
@@ -16,7 +14,6 @@ from hangar.domain.reconcile import (
     backoff,
     plan,
 )
-from hangar.errors import Conflict
 
 IDS = [f"m{i}" for i in range(6)]
 policies = st.builds(
@@ -157,33 +154,6 @@ def test_new_version_replaces_even_a_failed_machine() -> None:
     want = {"m": Desired("m", 2, "started")}
     seen = {"m": Observed("m", 1, "stopped", exit_code=1, failed=True)}
     assert plan(want, seen, 0) == [Action(ActionKind.REPLACE, "m", "version 1 -> 2")]
-
-
-@pytest.mark.parametrize(
-    ("a", "b", "ok"),
-    [
-        ("created", "starting", True),
-        ("started", "stopping", True),
-        ("stopped", "starting", True),
-        ("destroyed", "starting", False),
-        ("destroying", "started", False),
-        ("stopping", "started", False),
-        ("started", "started", True),
-    ],
-)
-def test_state_machine(a: str, b: str, ok: bool) -> None:
-    assert can_transition(MachineState(a), MachineState(b)) is ok
-    if ok:
-        assert transition(MachineState(a), MachineState(b)) == MachineState(b)
-    else:
-        with pytest.raises(Conflict):
-            transition(MachineState(a), MachineState(b))
-
-
-def test_only_destroying_leads_to_destroyed() -> None:
-    for state in MachineState:
-        if state not in (MachineState.DESTROYING, MachineState.DESTROYED):
-            assert not can_transition(state, MachineState.DESTROYED)
 
 
 def test_a_new_generation_restarts_in_place() -> None:

@@ -1,19 +1,17 @@
-"""The deployer: rolls releases out to machines, health-gated, and rolls back.
+"""The deployer: applies ``domain.deploys``' plans to the store, one move per release a tick.
 
-``step`` advances one release by one move and is idempotent: its progress
-lives in the release row, so a control plane killed mid-deploy resumes (or
-rolls back) where it was. Per release:
+``step`` loads a release and its app's machines, turns the rows into the
+planner's plain data, asks ``domain.deploys.plan`` for the next move and
+does it in the session: it makes and updates machine rows and records the
+audit events (``release.command``, ``release.start``, ``release.complete``,
+``release.failed``). The rules (batches, health gates, rollback) live in the
+planner; this module only reads and writes.
 
-1. pending: remember the version running now; an app with no machines gets
-   its first one (at the new version);
-2. running: wait until the current batch runs the new version, started and
-   healthy (every check passing, if the app has checks); then move the next
-   batch: every machine for ``immediate``, ``max_unavailable`` of them for
-   ``rolling``;
-3. a batch that fails (a machine fails, or ``wait_timeout`` passes) puts the
-   previous version back on every machine the release touched, and the
-   release is ``failed``; when no machine is left on an old version, it is
-   ``complete``.
+A release's progress is kept in its ``detail`` column as JSON, so a control
+plane killed mid-deploy resumes (or rolls back) where it was:
+``{"release_machine", "release_started"}`` while its release command runs,
+then ``{"previous", "touched", "batch", "batch_started"}``, and ``"reason"``
+once it is finished.
 """
 
 from __future__ import annotations
@@ -21,9 +19,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import math
 import shlex
-from typing import Any
+from typing import Any, assert_never
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -36,6 +33,8 @@ from hangar.controlplane.machines import (
     machine_memory,
     release_config,
 )
+from hangar.domain import deploys
+from hangar.domain.machines import MachineState
 from hangar.store.tables import App, Machine, Release
 
 __all__ = ["DEPLOYER", "step", "step_all"]
@@ -44,206 +43,217 @@ log = logging.getLogger("hangar.deployer")
 DEPLOYER = AuditContext(actor="deployer", token_id=None, request_id=None, client_addr=None)
 
 
-def _batch_ready(machine: Machine, version: int, needs_health: bool) -> bool:
-    return (
-        machine.running_version == version
-        and machine.state == "started"
-        and (machine.healthy is True if needs_health else machine.healthy is not False)
-    )
-
-
-def _finish(
-    session: Session,
-    audit: AuditLog,
-    app: App,
-    release: Release,
-    status: str,
-    detail: dict[str, Any],
-    reason: str = "",
-) -> None:
-    release.status = status
-    release.finished_at = dt.datetime.now(dt.UTC)
-    detail["reason"] = reason
-    release.detail = json.dumps(detail)
-    audit.record(
-        session,
-        DEPLOYER,
-        org_id=app.org_id,
-        action=f"release.{status}",
-        target=f"{app.name} v{release.version}",
-        outcome="success" if status == "complete" else "failure",
-        detail={"reason": reason} if reason else {},
-    )
-    log.info("%s v%d %s %s", app.name, release.version, status, reason)
-
-
-def step(session: Session, audit: AuditLog, release: Release, now: float) -> None:
-    app = session.get(App, release.app_id)
-    assert app is not None
-    cfg = release_config(release)
-    detail: dict[str, Any] = json.loads(release.detail or "{}")
-    needs_health = bool(
+def _needs_health(cfg: AppConfig) -> bool:
+    return bool(
         (cfg.http_service and cfg.http_service.checks)
         or cfg.checks
         or any(s.tcp_checks or s.http_checks for s in cfg.services)
     )
-    machines = active_machines(session, app.id)
 
-    if release.status == "pending" and cfg.deploy.release_command:
-        if not _release_command_done(session, audit, app, release, detail, cfg, now):
-            return
-        detail = {}
-    if release.status == "pending":
-        previous = session.execute(
-            select(Release.version)
-            .where(Release.app_id == app.id, Release.status == "complete")
-            .order_by(Release.version.desc())
-            .limit(1)
-        ).scalar_one_or_none()
-        detail = {"previous": previous, "touched": [], "batch": [], "batch_started": now}
-        if not machines:
-            machine = create_machine(
-                session, app, release.version, cfg.primary_region, memory_mb=machine_memory(cfg)
-            )
-            detail["touched"] = detail["batch"] = [machine.id]
-        release.status = "running"
-        release.detail = json.dumps(detail)
-        audit.record(
-            session,
-            DEPLOYER,
-            org_id=app.org_id,
-            action="release.start",
-            target=f"{app.name} v{release.version}",
-            detail={"strategy": release.strategy, "image": release.image},
+
+def _timestamp(when: dt.datetime | None) -> float | None:
+    return when.timestamp() if when is not None else None
+
+
+def _machine(row: Machine) -> deploys.Machine:
+    return deploys.Machine(
+        id=row.id,
+        version=row.version,
+        desired=row.desired,
+        state=MachineState(row.state),
+        healthy=row.healthy,
+        running_version=row.running_version,
+        exit_code=row.exit_code,
+        detail=row.detail,
+        one_off=row.one_off,
+        lease_expires_at=_timestamp(row.lease_expires_at),
+    )
+
+
+def _release(
+    row: Release, cfg: AppConfig, detail: dict[str, Any], previous: int | None
+) -> deploys.Release:
+    command = None
+    if cfg.deploy.release_command is not None:
+        started = detail.get("release_started")
+        command = deploys.ReleaseCommand(
+            cfg.deploy.release_command,
+            machine_id=detail.get("release_machine"),
+            started_at=float(started) if started is not None else None,
         )
-        return
-
-    batch = [m for m in machines if m.id in detail.get("batch", [])]
-    if batch:
-        if all(_batch_ready(m, release.version, needs_health) for m in batch):
-            detail["batch"] = []
-        else:
-            failed = [m for m in batch if m.state == "failed"]
-            waited = now - float(detail.get("batch_started", now))
-            if failed or waited > cfg.deploy.wait_timeout:
-                _roll_back(session, audit, app, release, detail, machines, failed, waited)
-                return
-            release.detail = json.dumps(detail)
-            return
-
-    remaining = [m for m in machines if m.version != release.version]
-    if not remaining:
-        _finish(session, audit, app, release, "complete", detail)
-        return
-    # A leased machine is someone else's to drive until the lease ends.
-    now_dt = dt.datetime.now(dt.UTC)
-    remaining = [m for m in remaining if m.lease_expires_at is None or m.lease_expires_at <= now_dt]
-    if not remaining:
-        release.detail = json.dumps(detail)
-        return
-    if release.strategy == "immediate":
-        size = len(remaining)
-    else:
-        unavailable = cfg.deploy.max_unavailable
-        size = max(
-            1, math.ceil(unavailable * len(machines)) if unavailable < 1 else int(unavailable)
+    rollout = None
+    if row.status == deploys.ReleaseStatus.RUNNING:
+        started = detail.get("batch_started")
+        rollout = deploys.Rollout(
+            previous=detail.get("previous"),
+            touched=tuple(detail.get("touched", ())),
+            batch=tuple(detail.get("batch", ())),
+            batch_started_at=float(started) if started is not None else None,
         )
-    for machine in remaining[:size]:
-        machine.version = release.version
-        machine.memory_mb = machine_memory(cfg)
-        machine.desired = "started"
-        detail["touched"].append(machine.id)
-    detail["batch"] = [m.id for m in remaining[:size]]
-    detail["batch_started"] = now
-    release.detail = json.dumps(detail)
+    return deploys.Release(
+        version=row.version,
+        strategy=row.strategy,
+        status=deploys.ReleaseStatus(row.status),
+        max_unavailable=cfg.deploy.max_unavailable,
+        wait_timeout=cfg.deploy.wait_timeout,
+        needs_health=_needs_health(cfg),
+        command=command,
+        previous=previous,
+        rollout=rollout,
+    )
 
 
-def _release_command_done(
-    session: Session,
-    audit: AuditLog,
-    app: App,
-    release: Release,
-    detail: dict[str, Any],
-    cfg: AppConfig,
-    now: float,
-) -> bool:
-    """Run release_command once in a one-off machine; True once it exited 0.
+def _live_version(session: Session, app: App) -> int | None:
+    return session.execute(
+        select(Release.version)
+        .where(Release.app_id == app.id, Release.status == "complete")
+        .order_by(Release.version.desc())
+        .limit(1)
+    ).scalar_one_or_none()
 
-    Any other exit (or no exit within wait_timeout) fails the release before
-    a single machine is replaced.
-    """
-    assert cfg.deploy.release_command is not None
-    machine_id = detail.get("release_machine")
-    if machine_id is None:
+
+def step(session: Session, audit: AuditLog, release: Release, now: float) -> None:
+    """Plan the release's next move and do it."""
+    app = session.get(App, release.app_id)
+    assert app is not None
+    cfg = release_config(release)
+    detail: dict[str, Any] = json.loads(release.detail or "{}")
+    rows = active_machines(session, app.id)
+    pending = release.status == deploys.ReleaseStatus.PENDING
+    command_id = detail.get("release_machine") if pending else None
+    command_row = session.get(Machine, command_id) if command_id is not None else None
+    if command_row is not None and command_row not in rows:
+        rows = [*rows, command_row]
+    previous = _live_version(session, app) if pending else None
+    planned = deploys.plan(
+        _release(release, cfg, detail, previous), [_machine(m) for m in rows], now
+    )
+    _Apply(session, audit, app, release, cfg, detail, now).run(planned)
+
+
+class _Apply:
+    """Does one plan's actions against the session; ``detail`` is the release's progress."""
+
+    def __init__(
+        self,
+        session: Session,
+        audit: AuditLog,
+        app: App,
+        release: Release,
+        cfg: AppConfig,
+        detail: dict[str, Any],
+        now: float,
+    ) -> None:
+        self.session, self.audit, self.app, self.release = session, audit, app, release
+        self.cfg, self.detail, self.now = cfg, detail, now
+
+    def run(self, planned: deploys.DeployPlan) -> None:
+        before = json.dumps(self.detail)
+        for action in planned.actions:
+            self.do(action)
+        if self.release.status not in deploys.FINISHED and json.dumps(self.detail) != before:
+            self.release.detail = json.dumps(self.detail)
+
+    def do(self, action: deploys.Action) -> None:
+        match action:
+            case deploys.RunReleaseCommand(command=command):
+                self._run_release_command(command)
+            case deploys.DestroyMachine(machine_id=machine_id):
+                self._row(machine_id).desired = "destroyed"
+            case deploys.StartRelease(previous=previous):
+                self._start(previous)
+            case deploys.CreateMachine(version=version):
+                machine = create_machine(
+                    self.session,
+                    self.app,
+                    version,
+                    self.cfg.primary_region,
+                    memory_mb=machine_memory(self.cfg),
+                )
+                self.detail["touched"] = [*self.detail["touched"], machine.id]
+                self.detail["batch"] = [machine.id]
+            case deploys.BatchDone():
+                self.detail["batch"] = []
+            case deploys.UpdateMachines(machine_ids=ids, version=version):
+                for machine_id in ids:
+                    machine = self._row(machine_id)
+                    machine.version = version
+                    machine.memory_mb = machine_memory(self.cfg)
+                    machine.desired = "started"
+                    self.detail["touched"].append(machine_id)
+                self.detail["batch"] = list(ids)
+                self.detail["batch_started"] = self.now
+            case deploys.RollBack(machine_ids=ids, version=version):
+                for machine_id in ids:
+                    machine = self._row(machine_id)
+                    if version is None:
+                        machine.desired = "destroyed"  # a first deploy has nothing to go back to
+                    else:
+                        machine.version = version
+            case deploys.MarkReleased():
+                self._finish("complete", "")
+            case deploys.Fail(reason=reason):
+                self._finish("failed", reason)
+            case deploys.Wait():
+                pass
+            case _:
+                assert_never(action)
+
+    def _row(self, machine_id: str) -> Machine:
+        machine = self.session.get(Machine, machine_id)
+        assert machine is not None, machine_id  # the plan names only machines it was given
+        return machine
+
+    def _run_release_command(self, command: str) -> None:
+        """Run release_command once in a one-off machine of the new version."""
         made = create_machine(
-            session,
-            app,
-            release.version,
-            cfg.primary_region,
-            image=release.image,
-            image_digest=release.image_digest,
-            args=shlex.split(cfg.deploy.release_command),
-            memory_mb=machine_memory(cfg),
+            self.session,
+            self.app,
+            self.release.version,
+            self.cfg.primary_region,
+            image=self.release.image,
+            image_digest=self.release.image_digest,
+            args=shlex.split(command),
+            memory_mb=machine_memory(self.cfg),
         )
-        release.detail = json.dumps({"release_machine": made.id, "release_started": now})
-        audit.record(
-            session,
+        self.detail = {"release_machine": made.id, "release_started": self.now}
+        self.audit.record(
+            self.session,
+            DEPLOYER,
+            org_id=self.app.org_id,
+            action="release.command",
+            target=f"{self.app.name} v{self.release.version}",
+            detail={"machine": made.id, "command": command},
+        )
+
+    def _start(self, previous: int | None) -> None:
+        self.detail = {"previous": previous, "touched": [], "batch": [], "batch_started": self.now}
+        self.release.status = "running"
+        self.audit.record(
+            self.session,
+            DEPLOYER,
+            org_id=self.app.org_id,
+            action="release.start",
+            target=f"{self.app.name} v{self.release.version}",
+            detail={"strategy": self.release.strategy, "image": self.release.image},
+        )
+
+    def _finish(self, status: str, reason: str) -> None:
+        release, app = self.release, self.app
+        release.status = status
+        release.finished_at = dt.datetime.now(dt.UTC)
+        self.detail["reason"] = reason
+        release.detail = json.dumps(self.detail)
+        self.audit.record(
+            self.session,
             DEPLOYER,
             org_id=app.org_id,
-            action="release.command",
+            action=f"release.{status}",
             target=f"{app.name} v{release.version}",
-            detail={"machine": made.id, "command": cfg.deploy.release_command},
+            outcome="success" if status == "complete" else "failure",
+            detail={"reason": reason} if reason else {},
         )
-        return False
-    machine = session.get(Machine, machine_id)
-    waited = now - float(detail.get("release_started", now))
-    if machine is not None and machine.state not in ("stopped", "failed"):
-        if waited <= cfg.deploy.wait_timeout:
-            return False
-        reason = f"release_command did not finish within {waited:.0f}s"
-    elif machine is not None and machine.state == "stopped" and machine.exit_code == 0:
-        machine.desired = "destroyed"
-        return True
-    elif machine is None:
-        reason = "release_command's machine disappeared"
-    else:
-        reason = (
-            f"release_command exited {machine.exit_code}"
-            if machine.exit_code is not None
-            else f"release_command could not run: {machine.detail}"
-        )
-        reason += f" (see `hangar logs -m {machine.id}`)"
-    if machine is not None:
-        machine.desired = "destroyed"
-    _finish(session, audit, app, release, "failed", detail, reason)
-    return False
-
-
-def _roll_back(
-    session: Session,
-    audit: AuditLog,
-    app: App,
-    release: Release,
-    detail: dict[str, Any],
-    machines: list[Machine],
-    failed: list[Machine],
-    waited: float,
-) -> None:
-    previous = detail.get("previous")
-    for machine in machines:
-        if machine.id not in detail["touched"]:
-            continue
-        if previous is None:
-            machine.desired = "destroyed"  # a first deploy has nothing to go back to
-        else:
-            machine.version = previous
-    if failed:
-        first = failed[0]
-        reason = f"machine {first.id} failed: {first.detail or f'exit {first.exit_code}'}"
-    else:
-        reason = f"machines were not healthy within {waited:.0f}s"
-    rolled = f"; rolled back to v{previous}" if previous is not None else ""
-    _finish(session, audit, app, release, "failed", detail, reason + rolled)
+        log.info("%s v%d %s %s", app.name, release.version, status, reason)
 
 
 def step_all(session: Session, audit: AuditLog, now: float) -> int:

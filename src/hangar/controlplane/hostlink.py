@@ -24,9 +24,10 @@ from sqlalchemy.orm import Session
 from hangar.config.appconfig import AppConfig
 from hangar.contract.assignments import Assignment, CheckSpec
 from hangar.contract.names import Record
-from hangar.controlplane.machines import release_config
+from hangar.controlplane.machines import observe_state, release_config
+from hangar.domain.machines import MachineState
 from hangar.domain.reconcile import RestartPolicy
-from hangar.store.tables import App, Host, Machine, MachineEvent, Release
+from hangar.store.tables import App, Host, Machine, Release
 
 DesiredState = Literal["started", "stopped", "destroyed"]
 
@@ -157,32 +158,23 @@ def apply_report(
             session.delete(machine)  # destroyed: nothing left on the host
             continue
         if status == "running":
-            state = "started"
+            state = MachineState.STARTED
         elif status == "stopped":
-            state = "failed" if info.get("failed") else "stopped"
+            state = MachineState.FAILED if info.get("failed") else MachineState.STOPPED
         elif machine.id in errors:
-            state = "failed"
+            state = MachineState.FAILED
         else:
             # Nothing on the host: on its way up, unless it is meant to be stopped.
-            state = "stopped" if machine.desired == "stopped" else "starting"
-        if state != machine.state:
-            reason = errors.get(machine.id) or info.get("reason", "")
-            if not reason and state != "started" and info["exit_code"] is not None:
-                reason = f"exit {info['exit_code']}"
-            session.add(
-                MachineEvent(
-                    machine_id=machine.id,
-                    time=dt.datetime.now(dt.UTC),
-                    kind=state,
-                    detail=reason or "",
-                )
-            )
+            state = MachineState.STOPPED if machine.desired == "stopped" else MachineState.STARTING
+        reason = errors.get(machine.id) or info.get("reason", "")
+        if not reason and state != MachineState.STARTED and info["exit_code"] is not None:
+            reason = f"exit {info['exit_code']}"
         changed = (state, info.get("version"), info["healthy"], info["exit_code"])
         if (
             changed != (machine.state, machine.running_version, machine.healthy, machine.exit_code)
             or machine.id in errors
         ):
-            machine.state = state
+            observe_state(session, machine, state, reason or "")
             machine.running_version = info.get("version") if status != "absent" else None
             machine.healthy = info["healthy"]
             machine.exit_code = info["exit_code"]

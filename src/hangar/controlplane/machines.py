@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
+import logging
 import socket
 
 from sqlalchemy import func, select
@@ -17,9 +18,11 @@ from sqlalchemy.orm import Session
 
 from hangar.auth.tokens import new_id
 from hangar.config.appconfig import AppConfig
+from hangar.domain import addressing
+from hangar.domain.machines import MachineState, transition
+from hangar.domain.placement import Candidate, place
 from hangar.errors import Conflict, NotFound
-from hangar.net import addressing
-from hangar.store.tables import App, Host, Machine, Network, Release, Setting
+from hangar.store.tables import App, Host, Machine, MachineEvent, Network, Release, Setting
 
 __all__ = [
     "active_machines",
@@ -27,9 +30,13 @@ __all__ = [
     "create_release",
     "installation_prefix",
     "machine_memory",
+    "observe_state",
     "org_network",
     "register_local_host",
+    "set_state",
 ]
+
+log = logging.getLogger("hangar.machines")
 
 PREFIX_KEY = "private_prefix"
 DEFAULT_MEMORY_MB = 256
@@ -92,21 +99,7 @@ def machine_memory(cfg: AppConfig) -> int:
 
 
 def _place(session: Session, region: str | None, memory_mb: int) -> Host:
-    """An active host (in the region if one is asked for) with room, fewest machines first.
-
-    A host's room is its memory less what its machines take; a host that has
-    not said how much memory it has takes anything.
-    """
-    query = select(Host).where(Host.state == "active")
-    if region and region != "local":
-        query = query.where(Host.region == region)
-    hosts = list(session.execute(query).scalars())
-    where = f" in {region}" if region and region != "local" else ""
-    if not hosts:
-        raise Conflict(
-            f"no active host can take a machine{where}",
-            hint="uncordon a host, or add one with `hangar hosts join-token`",
-        )
+    """The host for a new machine: each host's load from the store, the rule in ``place``."""
     load = {
         host_id: (count, used or 0)
         for host_id, count, used in session.execute(
@@ -115,31 +108,30 @@ def _place(session: Session, region: str | None, memory_mb: int) -> Host:
             .group_by(Machine.host_id)
         ).all()
     }
-    room = [
-        h for h in hosts if not h.memory_mb or load.get(h.id, (0, 0))[1] + memory_mb <= h.memory_mb
-    ]
-    if not room:
-        raise Conflict(
-            f"no active host{where} has {memory_mb} MB free for another machine",
-            hint="add a host, or give machines less memory in [[vm]]",
+    hosts = {host.id: host for host in session.execute(select(Host)).scalars()}
+    candidates = [
+        Candidate(
+            id=host.id,
+            number=host.number,
+            region=host.region,
+            state=host.state,
+            memory_mb=host.memory_mb,
+            machines=load.get(host.id, (0, 0))[0],
+            used_mb=load.get(host.id, (0, 0))[1],
         )
-    return min(room, key=lambda h: (load.get(h.id, (0, 0))[0], h.number))
+        for host in hosts.values()
+    ]
+    return hosts[place(candidates, region, memory_mb).id]
 
 
 def _address(session: Session, app: App, host: Host) -> str:
+    """The next free address in the host's slice of the app's network."""
     network = org_network(session, app.org_id, app.network)
     slice_ = addressing.host_slice(
         addressing.network_prefix(installation_prefix(session), network.number), host.number
     )
-    taken = {
-        int(ipaddress.IPv6Address(a)) & 0xFFFFFFFF
-        for a in session.execute(
-            select(Machine.address).where(Machine.host_id == host.id)
-        ).scalars()
-        if ipaddress.IPv6Address(a) in slice_
-    }
-    index = max(taken, default=addressing.FIRST_MACHINE - 1) + 1
-    return str(addressing.machine_address(slice_, index))
+    taken = session.execute(select(Machine.address).where(Machine.host_id == host.id)).scalars()
+    return str(addressing.next_machine_address(slice_, map(ipaddress.IPv6Address, taken)))
 
 
 def create_machine(
@@ -168,7 +160,7 @@ def create_machine(
         host_id=host.id,
         version=version,
         desired="started",
-        state="created",
+        state=MachineState.CREATED.value,
         running_version=None,
         healthy=None,
         exit_code=None,
@@ -180,6 +172,41 @@ def create_machine(
     session.add(machine)
     session.flush()
     return machine
+
+
+def set_state(session: Session, machine: Machine, target: MachineState, reason: str = "") -> None:
+    """Move ``machine`` to ``target`` and record the change as a machine event.
+
+    The move must be one the lifecycle table allows (``domain.machines``);
+    otherwise Conflict, and nothing changes. Staying put records nothing.
+    """
+    try:
+        current = MachineState(machine.state)
+    except ValueError as exc:
+        raise Conflict(f"machine {machine.id} is in an unknown state {machine.state!r}") from exc
+    if transition(current, target) == current:
+        return
+    machine.state = target.value
+    session.add(MachineEvent(machine_id=machine.id, time=_now(), kind=target.value, detail=reason))
+
+
+def observe_state(
+    session: Session, machine: Machine, target: MachineState, reason: str = ""
+) -> bool:
+    """``set_state`` for what a host reports: an impossible move is logged, not raised.
+
+    A report describes the host as it is, so one bad entry must not fail
+    the rest of the report; the machine keeps its recorded state (and the
+    error names the move) until a report makes sense again. False if refused.
+    """
+    try:
+        set_state(session, machine, target, reason)
+    except Conflict as exc:
+        log.error(
+            "machine %s: a report was refused: %s; it stays %s", machine.id, exc, machine.state
+        )
+        return False
+    return True
 
 
 def active_machines(session: Session, app_id: str) -> list[Machine]:

@@ -20,9 +20,9 @@ from hangar.auth.tokens import new_id
 from hangar.contract.mesh import Peer
 from hangar.controlplane.machines import installation_prefix, org_network
 from hangar.crypto.wgkeys import new_keypair
+from hangar.domain import addressing
 from hangar.domain.names import validate_dns_label
 from hangar.errors import Conflict
-from hangar.net import addressing
 from hangar.net.dns import resolver_address
 from hangar.net.wireguard import validate_endpoint, validate_public_key
 from hangar.store.tables import Host, Network, WireguardPeer

@@ -17,8 +17,8 @@ import ipaddress
 from dataclasses import dataclass
 
 from hangar import hostcmd
+from hangar.domain.addressing import GATEWAY_LINK_LOCAL
 from hangar.errors import CommandError, Conflict, ValidationError
-from hangar.net.addressing import GATEWAY_LINK_LOCAL
 
 __all__ = ["MachineNetwork", "attach", "detach", "host_interface", "link_exists", "names"]
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
+from collections.abc import Iterable
 
 from hangar.errors import Conflict, ValidationError
 
@@ -26,6 +27,7 @@ __all__ = [
     "machine_address",
     "network_prefix",
     "new_installation_prefix",
+    "next_machine_address",
     "parse_installation_prefix",
 ]
 
@@ -79,3 +81,16 @@ def machine_address(slice_: ipaddress.IPv6Network, index: int) -> ipaddress.IPv6
             "the host's address slice is exhausted"
         )
     return ipaddress.IPv6Address(int(slice_.network_address) | index)
+
+
+def next_machine_address(
+    slice_: ipaddress.IPv6Network, taken: Iterable[ipaddress.IPv6Address]
+) -> ipaddress.IPv6Address:
+    """The address for a new machine in a host's slice: one past the highest taken there.
+
+    Addresses outside the slice are ignored. Indexes are handed out in
+    order (a freed one below the highest is not reused); Conflict once the
+    slice's last index is taken.
+    """
+    indexes = {int(address) & MAX_MACHINE_INDEX for address in taken if address in slice_}
+    return machine_address(slice_, max(indexes, default=FIRST_MACHINE - 1) + 1)
