@@ -34,7 +34,6 @@ from hangar.controlplane.machines import (
     release_config,
 )
 from hangar.domain import deploys
-from hangar.domain.machines import MachineState
 from hangar.store.tables import App, Machine, Release
 
 __all__ = ["DEPLOYER", "step", "step_all"]
@@ -60,7 +59,7 @@ def _machine(row: Machine) -> deploys.Machine:
         id=row.id,
         version=row.version,
         desired=row.desired,
-        state=MachineState(row.state),
+        state=row.state,
         healthy=row.healthy,
         running_version=row.running_version,
         exit_code=row.exit_code,

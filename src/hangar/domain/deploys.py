@@ -111,7 +111,9 @@ class Machine:
     id: str
     version: int  # the version it should run
     desired: str = "started"  # started, stopped or destroyed
-    state: MachineState = MachineState.CREATED
+    # A MachineState's value, as the store holds it: one the planner does not
+    # know (a row from a newer version, say) is simply neither ready nor failed.
+    state: str = MachineState.CREATED
     healthy: bool | None = None
     running_version: int | None = None
     exit_code: int | None = None
