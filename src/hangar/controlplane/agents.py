@@ -23,6 +23,7 @@ from hangar.audit.log import AuditContext
 from hangar.contract.assignments import Assignment, MachineStatus
 from hangar.contract.mesh import Peer
 from hangar.contract.names import Record
+from hangar.controlplane.changes import change, record_refusal
 from hangar.controlplane.hostlink import apply_report, dns_records, host_assignments
 from hangar.controlplane.hosts import renew_host_cert
 from hangar.controlplane.logstore import LogStore
@@ -104,16 +105,14 @@ class AgentService:
         host = self._host()
         if not host.edge:
             # Only edge hosts hold tenants' TLS keys; a machine host asking is suspect.
-            with cp.db.write() as session:
-                cp.audit.record(
-                    session,
-                    self.ctx,
-                    org_id=None,
-                    action="edge.routes",
-                    target=host.name,
-                    outcome="denied",
-                    detail={"reason": "not an edge host"},
-                )
+            record_refusal(
+                cp,
+                self.ctx,
+                org_id=None,
+                action="edge.routes",
+                target=host.name,
+                reason="not an edge host",
+            )
             raise PermissionDenied(
                 f"host {host.name} is not an edge host",
                 hint="join it with a token from `hangar hosts join-token --edge`",
@@ -159,21 +158,10 @@ class AgentService:
     def renew(self, csr_pem: str) -> IssuedCert:
         """A new client certificate for this host, audited."""
         cp = self.cp
-        with cp.db.write() as session:
-            issued = renew_host_cert(
-                session,
-                cp.ca,
-                self.host_id,
-                csr_pem,
-                lifetime=dt.timedelta(seconds=cp.settings.host_cert_seconds),
-            )
+        lifetime = dt.timedelta(seconds=cp.settings.host_cert_seconds)
+        with change(cp, self.ctx, org_id=None, action="host.renew", wake=False) as (session, event):
+            issued = renew_host_cert(session, cp.ca, self.host_id, csr_pem, lifetime=lifetime)
             host = session.get(Host, self.host_id)
-            cp.audit.record(
-                session,
-                self.ctx,
-                org_id=None,
-                action="host.renew",
-                target=host.name if host is not None else self.host_id,
-                detail={"serial": issued.serial, "expires_at": issued.expires_at.isoformat()},
-            )
+            event.target = host.name if host is not None else self.host_id
+            event.detail = {"serial": issued.serial, "expires_at": issued.expires_at.isoformat()}
         return issued

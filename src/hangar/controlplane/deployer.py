@@ -216,25 +216,25 @@ class _Apply:
             memory_mb=machine_memory(self.cfg),
         )
         self.detail = {"release_machine": made.id, "release_started": self.now}
+        self._record("release.command", {"machine": made.id, "command": command})
+
+    def _record(self, action: str, detail: dict[str, Any], outcome: str = "success") -> None:
+        """The deployer's audit event for this release, in the step's transaction."""
         self.audit.record(
             self.session,
             DEPLOYER,
             org_id=self.app.org_id,
-            action="release.command",
+            action=action,
             target=f"{self.app.name} v{self.release.version}",
-            detail={"machine": made.id, "command": command},
+            outcome=outcome,
+            detail=detail,
         )
 
     def _start(self, previous: int | None) -> None:
         self.detail = {"previous": previous, "touched": [], "batch": [], "batch_started": self.now}
         self.release.status = "running"
-        self.audit.record(
-            self.session,
-            DEPLOYER,
-            org_id=self.app.org_id,
-            action="release.start",
-            target=f"{self.app.name} v{self.release.version}",
-            detail={"strategy": self.release.strategy, "image": self.release.image},
+        self._record(
+            "release.start", {"strategy": self.release.strategy, "image": self.release.image}
         )
 
     def _finish(self, status: str, reason: str) -> None:
@@ -243,15 +243,8 @@ class _Apply:
         release.finished_at = dt.datetime.now(dt.UTC)
         self.detail["reason"] = reason
         release.detail = json.dumps(self.detail)
-        self.audit.record(
-            self.session,
-            DEPLOYER,
-            org_id=app.org_id,
-            action=f"release.{status}",
-            target=f"{app.name} v{release.version}",
-            outcome="success" if status == "complete" else "failure",
-            detail={"reason": reason} if reason else {},
-        )
+        outcome = "success" if status == "complete" else "failure"
+        self._record(f"release.{status}", {"reason": reason} if reason else {}, outcome)
         log.info("%s v%d %s %s", app.name, release.version, status, reason)
 
 
