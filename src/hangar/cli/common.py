@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from hangar.cli.client import Client, load_client_settings
-from hangar.config.appconfig import load_app_config
+from hangar.config.appconfig import load_app_config, parse_duration
 from hangar.errors import ConfigError
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "absolute_image",
     "app_name",
     "client",
+    "duration",
     "org_param",
 ]
 
@@ -28,6 +29,15 @@ OrgOpt = Annotated[str | None, typer.Option("--org", "-o", help="organization na
 AppOpt = Annotated[
     str | None, typer.Option("--app", "-a", help="app name (default: hangar.toml's)")
 ]
+
+
+def duration(text: str) -> float:
+    """Seconds in ``"10s"``, ``"2m"``, ``"500ms"`` or bare seconds.
+
+    Pass as ``typer.Option(parser=duration)``: the ValueError a malformed value
+    raises becomes a usage error naming the option (exit 2), not a traceback.
+    """
+    return parse_duration(text)
 
 
 def client(ctx: typer.Context, *, need_token: bool = True) -> Client:

@@ -7,10 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from hangar.cli.common import JsonOpt, YesOpt, client
-from hangar.cli.output import emit, fields, table
-from hangar.config.appconfig import parse_duration
-from hangar.errors import HangarError
+from hangar.cli.common import JsonOpt, YesOpt, client, duration
+from hangar.cli.output import confirm, emit, fields, table
 
 app = typer.Typer(name="hosts", help="Hosts (installation operators).", no_args_is_help=True)
 HostArg = Annotated[str, typer.Argument(help="host name")]
@@ -84,14 +82,19 @@ def join_token(
     ctx: typer.Context,
     name: Annotated[str | None, typer.Option(help="the name the new host must take")] = None,
     region: Annotated[str, typer.Option(help="the new host's region")] = "local",
-    expires: Annotated[str, typer.Option(help="how long the token lasts (30s to 24h)")] = "15m",
+    expires: Annotated[
+        float,
+        typer.Option(
+            parser=duration, show_default="15m", help="how long the token lasts (30s to 24h)"
+        ),
+    ] = 900.0,
     edge: Annotated[
         bool, typer.Option("--edge", help="the host may run an edge (it is given TLS keys)")
     ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """A one-time token for a new host: `hangar agent run --api URL --join TOKEN`."""
-    seconds = int(parse_duration(expires))
+    seconds = int(expires)
     data = client(ctx).request(
         "POST",
         "/v1/hosts/join-tokens",
@@ -110,7 +113,6 @@ def join_token(
 @app.command()
 def remove(ctx: typer.Context, host: HostArg, yes: YesOpt = False) -> None:
     """Remove a host with no machines left; its certificate stops working at once."""
-    if not yes and not typer.confirm(f"Remove host {host}?"):
-        raise HangarError("not removed")
+    confirm(f"Remove host {host}?", yes)
     client(ctx).request("DELETE", f"/v1/hosts/{host}")
     typer.echo(f"Host {host} is removed.")

@@ -6,9 +6,16 @@ from typing import Annotated
 
 import typer
 
-from hangar.cli.common import AppOpt, JsonOpt, YesOpt, absolute_image, app_name, client
+from hangar.cli.common import (
+    AppOpt,
+    JsonOpt,
+    YesOpt,
+    absolute_image,
+    app_name,
+    client,
+    duration,
+)
 from hangar.cli.output import confirm, emit, fields, table
-from hangar.config.appconfig import parse_duration
 
 app = typer.Typer(name="machines", help="An app's machines.", no_args_is_help=True)
 MachineId = Annotated[str, typer.Argument(help="machine id")]
@@ -94,7 +101,10 @@ def stop(
         ),
     ] = None,
     timeout: Annotated[
-        float | None, typer.Option(help="seconds before SIGKILL (default: the app's kill_timeout)")
+        float | None,
+        typer.Option(
+            parser=duration, help="time before SIGKILL, e.g. 10s (default: the app's kill_timeout)"
+        ),
     ] = None,
 ) -> None:
     """Stop a machine: the signal, then SIGKILL after the timeout."""
@@ -119,10 +129,12 @@ def wait(
     machine_id: MachineId,
     app_: AppOpt = None,
     state: Annotated[str, typer.Option(help="started, stopped, failed or destroyed")] = "started",
-    timeout: Annotated[str, typer.Option(help="how long, e.g. 30s (at most 60s)")] = "30s",
+    timeout: Annotated[
+        float, typer.Option(parser=duration, show_default="30s", help="how long (at most 60s)")
+    ] = 30.0,
 ) -> None:
     """Wait until a machine reaches a state; exit 1 if it does not in time."""
-    seconds = parse_duration(timeout)
+    seconds = timeout
     data = client(ctx).request(
         "GET",
         f"/v1/apps/{app_name(app_)}/machines/{machine_id}/wait",
@@ -132,13 +144,15 @@ def wait(
     typer.echo(f"{data['id']} is {data['state']}.")
 
 
-@app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command("exec")
 def exec_(
     ctx: typer.Context,
     machine_id: MachineId,
     command: Annotated[list[str], typer.Argument(help="the command, after --")],
     app_: AppOpt = None,
-    timeout: Annotated[float, typer.Option(help="seconds")] = 30,
+    timeout: Annotated[
+        float, typer.Option(parser=duration, show_default="30s", help="how long")
+    ] = 30.0,
 ) -> None:
     """Run a command in a running machine (audited); exits with its exit code."""
     result = client(ctx).request(
@@ -182,7 +196,7 @@ def destroy(
     typer.echo(f"{machine_id}: destroy requested.")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command()
 def run(
     ctx: typer.Context,
     image: Annotated[str, typer.Argument(help="PATH or oci:PATH:TAG")],
@@ -198,7 +212,7 @@ def run(
     )
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command()
 def update(
     ctx: typer.Context,
     machine_id: MachineId,
@@ -206,7 +220,9 @@ def update(
     version: Annotated[int | None, typer.Option(help="run this release instead")] = None,
     image: Annotated[str | None, typer.Option(help="a new image (one-off machines only)")] = None,
     signal: Annotated[str | None, typer.Option(help="stop signal, e.g. SIGTERM")] = None,
-    timeout: Annotated[str | None, typer.Option(help="stop timeout, e.g. 10s")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(parser=duration, help="stop timeout, e.g. 10s")
+    ] = None,
     app_: AppOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -223,7 +239,7 @@ def update(
             signal.upper() if signal.upper().startswith("SIG") else f"SIG{signal.upper()}"
         )
     if timeout is not None:
-        body["stop_timeout"] = parse_duration(timeout)
+        body["stop_timeout"] = timeout
     data = client(ctx).request(
         "PATCH", f"/v1/apps/{app_name(app_)}/machines/{machine_id}", json=body
     )

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import sys
 import traceback
+from collections.abc import Sequence
 from typing import Annotated
 
 import click
 import typer
+import typer._click.exceptions as typer_click
+from typer._click.core import Command as TyperCommand
 
 import hangar
 from hangar.cli import (
@@ -32,6 +35,14 @@ from hangar.cli import (
 )
 from hangar.cli.output import print_error
 from hangar.errors import HangarError
+
+# Typer parses with its own bundled copy of Click, whose exceptions are not
+# Click's: catch both, so a usage mistake never reaches the user as a traceback.
+USAGE_ERRORS = (click.UsageError, typer_click.UsageError)
+CLICK_ERRORS = (click.ClickException, typer_click.ClickException)
+EXITS = (click.exceptions.Exit, typer.Exit)
+ABORTS = (click.exceptions.Abort, typer.Abort)
+USAGE_EXIT = 2
 
 app = typer.Typer(
     name="hangar",
@@ -86,26 +97,72 @@ def root(
     ctx.obj = {"client_flags": {"api_url": api}, "debug": debug}
 
 
-def main() -> None:
-    debug = "--debug" in sys.argv[1:]
+def _command_for(args: Sequence[str]) -> tuple[TyperCommand, str]:
+    """The deepest command ``args`` name, and its path: a parse error may lack its context."""
+    command: TyperCommand = typer.main.get_command(app)
+    names = ["hangar"]
+    for arg in args:
+        subcommands = getattr(command, "commands", None)
+        if subcommands is None:
+            break  # a leaf: the rest are its own arguments
+        if arg in subcommands:
+            command, names = subcommands[arg], [*names, arg]
+    return command, " ".join(names)
+
+
+def _show_usage_error(exc: click.UsageError | typer_click.UsageError, args: Sequence[str]) -> None:
+    """One line for the mistake, one for what helps: Click's own form is five."""
+    if isinstance(exc, typer_click.NoArgsIsHelpError):
+        typer.echo(exc.format_message())  # a bare group: its help is the answer
+        return
+    # pydantic, which converts typed options, prefixes its reason with "Value error, ".
+    message = " ".join(exc.format_message().replace("Value error, ", "").split())
+    if exc.ctx is not None:
+        command, path = exc.ctx.command, exc.ctx.command_path
+    else:
+        command, path = _command_for(args)
+    typer.echo(f"error: {message}", err=True)
+    takes_a_command = any(p.name in ("command", "cmd") and p.nargs == -1 for p in command.params)
+    if takes_a_command and "option" in message:
+        typer.echo(f"hint: put the machine's command after `--`; see `{path} --help`", err=True)
+    else:
+        typer.echo(f"hint: run `{path} --help` for its usage", err=True)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI on ``argv`` (default: the process's) and return its exit code.
+
+    Every error is printed here, once: usage mistakes (exit 2) and HangarErrors
+    (their exit code) as ``error: …`` and ``hint: …`` lines; a traceback only
+    with ``--debug``.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
     try:
-        result = app(standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+        result = app(args=args, prog_name="hangar", standalone_mode=False)
+    except USAGE_ERRORS as exc:
+        _show_usage_error(exc, args)
+        return USAGE_EXIT
+    except EXITS as exc:
+        return int(exc.exit_code)
+    except CLICK_ERRORS as exc:
+        typer.echo(f"error: {exc.format_message()}", err=True)
+        return int(exc.exit_code)
+    except ABORTS:
         typer.echo("aborted", err=True)
-        sys.exit(130)
+        return 130
     except HangarError as exc:
         if debug:
             traceback.print_exc()
         print_error(exc)
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except KeyboardInterrupt:
-        sys.exit(130)
-    sys.exit(result if isinstance(result, int) else 0)
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+def main() -> None:
+    sys.exit(run())
 
 
 if __name__ == "__main__":

@@ -9,9 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
-from hangar.cli.common import JsonOpt, client
+from hangar.cli.common import JsonOpt, client, duration
 from hangar.cli.output import emit
-from hangar.config.appconfig import parse_duration
 from hangar.config.settings import ServerSettings, load_settings
 from hangar.errors import ConfigError
 from hangar.hostfs import write_private
@@ -72,7 +71,10 @@ def init(
     admin_email: Annotated[
         str, typer.Option(help="the first admin's email")
     ] = "admin@localhost.localdomain",
-    token_expiry: Annotated[str, typer.Option(help="admin token lifetime, e.g. 24h, 30d")] = "30d",  # noqa: S107 - a lifetime
+    token_expiry: Annotated[
+        float,
+        typer.Option(parser=duration, show_default="30d", help="admin token lifetime, e.g. 24h"),
+    ] = 30 * 86400.0,
     token_file: Annotated[
         Path | None,
         typer.Option(help="write the admin token to this file (0600) instead of printing it"),
@@ -93,10 +95,7 @@ def init(
         kek_file=kek_file,
         kek_provider=kek_provider,
     )
-    try:
-        ttl = dt.timedelta(seconds=parse_duration(token_expiry))
-    except ValueError as exc:
-        raise ConfigError(f"--token-expiry: {exc}") from exc
+    ttl = dt.timedelta(seconds=token_expiry)
     result = init_server(
         settings, org_name=org, admin_email=admin_email, token_ttl=ttl, force=force
     )
@@ -130,9 +129,7 @@ def init(
             f"  KEK            from {settings.kek_provider} (it never touches the disk here)"
         )
     if shown:
-        typer.echo(
-            f"\nAdmin token (shown once, never stored; expires in {token_expiry}):\n\n  {shown}\n"
-        )
+        typer.echo(f"\nAdmin token (shown once, never stored; expires in {ttl}):\n\n  {shown}\n")
     else:
         typer.echo(f"\nAdmin token written to {token_file} (mode 0600).\n")
     typer.echo("Next:")

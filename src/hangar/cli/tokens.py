@@ -8,23 +8,17 @@ from typing import Annotated
 import typer
 
 from hangar.cli.client import load_client_settings
-from hangar.cli.common import JsonOpt, OrgOpt, YesOpt, client
+from hangar.cli.common import JsonOpt, OrgOpt, YesOpt, client, duration
 from hangar.cli.output import confirm, emit, table
-from hangar.config.appconfig import parse_duration
 from hangar.crypto.macaroons import Macaroon
 from hangar.errors import AuthError, ValidationError
 
 app = typer.Typer(name="tokens", help="API tokens (macaroons).", no_args_is_help=True)
 
-ExpiryOpt = Annotated[str, typer.Option(help="lifetime, e.g. 1h, 24h, 30d")]
+ExpiryOpt = Annotated[
+    float, typer.Option(parser=duration, show_default="24h", help="lifetime, e.g. 1h, 24h, 30d")
+]
 ACTIONS = ("read", "write", "create", "delete", "control")
-
-
-def _seconds(text: str) -> int:
-    try:
-        return int(parse_duration(text))
-    except ValueError as exc:
-        raise ValidationError(f"--expiry: {exc}") from exc
 
 
 @app.command()
@@ -39,7 +33,7 @@ def create(
     ],
     org: OrgOpt = None,
     app_name: Annotated[str | None, typer.Option("--app", "-a", help="app, for app tokens")] = None,
-    expiry: ExpiryOpt = "24h",
+    expiry: ExpiryOpt = 86400.0,
     name: Annotated[str, typer.Option(help="a label to recognise it by")] = "",
     json_out: JsonOpt = False,
 ) -> None:
@@ -50,7 +44,7 @@ def create(
         "kind": kind,
         "org": org,
         "app": app_name,
-        "expiry_seconds": _seconds(expiry),
+        "expiry_seconds": int(expiry),
         "name": name,
     }
     data = client(ctx).request("POST", "/v1/tokens", json=body)
@@ -105,7 +99,9 @@ def attenuate(
     actions: Annotated[
         str | None, typer.Option(help="comma-separated subset of read,write,create,delete,control")
     ] = None,
-    expiry: Annotated[str | None, typer.Option(help="expire after, e.g. 1h")] = None,
+    expiry: Annotated[
+        float | None, typer.Option(parser=duration, help="expire after, e.g. 1h")
+    ] = None,
     token: Annotated[
         str | None, typer.Option(help="token to narrow (default: the logged-in one)")
     ] = None,
@@ -127,7 +123,7 @@ def attenuate(
             )
         caveats.append("actions = " + ",".join(wanted))
     if expiry:
-        until = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=_seconds(expiry))
+        until = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=int(expiry))
         caveats.append(f"expires = {int(until.timestamp())}")
     if not caveats:
         raise ValidationError("say how to narrow the token", hint="--app, --actions or --expiry")
