@@ -5,7 +5,7 @@
 
 The image serves ./www over HTTP on port 8080 with busybox httpd, as an
 unprivileged user, and answers /healthz for health checks. Deploy it with
-`hangar deploy --config examples/hello/hangar.toml --image oci:examples/hello/image:latest`.
+`cd examples/hello && hangar deploy` (or `hangar deploy --config examples/hello/hangar.toml`).
 """
 
 from __future__ import annotations

@@ -59,8 +59,12 @@ def app_name(app: str | None, config: Path = Path("hangar.toml")) -> str:
     raise ConfigError("which app?", hint="pass --app NAME, or run where hangar.toml is")
 
 
-def absolute_image(image: str) -> str:
-    """Make an oci: path absolute (the server reads it), leaving docker:// alone."""
+def absolute_image(image: str, base: Path | None = None) -> str:
+    """Make an oci: path absolute (the server reads it), leaving docker:// alone.
+
+    A relative path is taken from ``base``: the directory of the hangar.toml
+    that names it, or (for --image) the current directory.
+    """
     if image.startswith("docker://"):
         return image
     body = image.removeprefix("oci:")
@@ -68,4 +72,4 @@ def absolute_image(image: str) -> str:
     if image.startswith("oci:") and ":" in body:
         body, tag = body.rsplit(":", 1)
         tag = ":" + tag
-    return f"oci:{Path(body).resolve()}{tag}"
+    return f"oci:{((base or Path.cwd()) / body).resolve()}{tag}"

@@ -10,6 +10,7 @@ import typer
 from hangar.cli.common import JsonOpt
 from hangar.cli.output import emit
 from hangar.config.appconfig import load_app_config
+from hangar.errors import ConfigError
 
 app = typer.Typer(name="config", help="App configuration (hangar.toml).", no_args_is_help=True)
 
@@ -20,6 +21,11 @@ def validate(
     json_out: JsonOpt = False,
 ) -> None:
     """Parse and validate hangar.toml; errors name the line and the key."""
+    if not path.is_file():
+        raise ConfigError(
+            f"cannot read {path}: no such file",
+            hint="name the file: `hangar config validate PATH` (default ./hangar.toml)",
+        )
     cfg = load_app_config(path)
     if json_out:
         emit(cfg.model_dump(mode="json"))

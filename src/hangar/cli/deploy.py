@@ -36,6 +36,8 @@ def deploy(
     chosen = image or cfg.build.image
     if not chosen:
         raise ConfigError("no image to deploy", hint="pass --image, or set [build] image")
+    # --image is the caller's path; [build] image is the file's, like every path in it.
+    base = None if image else config.resolve().parent
     api = client(ctx)
     extra: dict[str, Any] = {}
     if chosen.startswith("docker://"):
@@ -45,7 +47,7 @@ def deploy(
     release = api.request(
         "POST",
         f"/v1/apps/{name}/releases",
-        json={"image": absolute_image(chosen), "config": config.read_text(), "strategy": strategy},
+        json={"image": absolute_image(chosen, base), "config": config.read_text(), "strategy": strategy},
         **extra,
     )
     version = release["version"]
