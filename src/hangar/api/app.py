@@ -74,6 +74,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
         system,
     ):
         app.include_router(module.router, responses=PROBLEM_RESPONSES)
+    app.include_router(machines.by_id, responses=PROBLEM_RESPONSES)
     install_problem_handlers(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=cp.settings.max_body_bytes)
     assert_routes_guarded(app)

@@ -116,4 +116,26 @@ def _problem(response: httpx.Response) -> ApiError:
         detail, hint = f"{response.status_code} {response.reason_phrase}", None
     if response.status_code == 401 and not hint:
         hint = "run `hangar auth login`"
+    if response.status_code == 404 and not hint:
+        hint = _where_to_look(detail)
     return ApiError(response.status_code, detail, hint=hint)
+
+
+# What to run when the API answers "<noun> 'x' not found": the command that lists what exists.
+_LISTINGS = (
+    ("organization ", "`hangar orgs list` shows the organizations you belong to"),
+    ("app ", "`hangar apps list` shows your apps (--org to pick an organization)"),
+    ("machine ", "`hangar machines list --app APP` shows an app's machines"),
+    ("release ", "`hangar releases --app APP` shows an app's releases"),
+    ("host ", "`hangar hosts list` shows the hosts"),
+    ("token ", "`hangar tokens list` shows your tokens"),
+    ("secret ", "`hangar secrets list --app APP` shows an app's secrets"),
+    ("certificate ", "`hangar certs list --app APP` shows an app's certificates"),
+)
+
+
+def _where_to_look(detail: str) -> str | None:
+    for noun, hint in _LISTINGS:
+        if detail.startswith(noun):
+            return hint
+    return None

@@ -47,7 +47,11 @@ def deploy(
     release = api.request(
         "POST",
         f"/v1/apps/{name}/releases",
-        json={"image": absolute_image(chosen, base), "config": config.read_text(), "strategy": strategy},
+        json={
+            "image": absolute_image(chosen, base),
+            "config": config.read_text(),
+            "strategy": strategy,
+        },
         **extra,
     )
     version = release["version"]

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from hangar.cli.client import Client
 from hangar.cli.common import (
     AppOpt,
     JsonOpt,
@@ -19,6 +20,10 @@ from hangar.cli.output import confirm, emit, fields, table
 
 app = typer.Typer(name="machines", help="An app's machines.", no_args_is_help=True)
 MachineId = Annotated[str, typer.Argument(help="machine id")]
+# A machine id names its app: --app only narrows the lookup to that app.
+MachineAppOpt = Annotated[
+    str | None, typer.Option("--app", "-a", help="the machine's app (default: found by its id)")
+]
 MACHINE_COLUMNS = [
     ("id", "ID"),
     ("state", "STATE"),
@@ -52,11 +57,12 @@ def create(
 
 @app.command()
 def show(
-    ctx: typer.Context, machine_id: MachineId, app_: AppOpt = None, json_out: JsonOpt = False
+    ctx: typer.Context, machine_id: MachineId, app_: MachineAppOpt = None, json_out: JsonOpt = False
 ) -> None:
     """One machine."""
+    api = client(ctx)
     fields(
-        client(ctx).get(f"/v1/apps/{app_name(app_)}/machines/{machine_id}"),
+        api.get(machine_path(api, app_, machine_id)),
         (
             "id",
             "state",
@@ -76,6 +82,13 @@ def show(
     )
 
 
+def machine_path(api: Client, app_: str | None, machine_id: str) -> str:
+    """The machine's API path; without --app, its app is looked up by the (unique) id."""
+    if app_ is None:
+        app_ = api.get(f"/v1/machines/{machine_id}")["app"]
+    return f"/v1/apps/{app_}/machines/{machine_id}"
+
+
 def _verb(
     ctx: typer.Context,
     verb: str,
@@ -83,9 +96,8 @@ def _verb(
     app_: str | None,
     body: dict[str, object] | None = None,
 ) -> None:
-    data = client(ctx).request(
-        "POST", f"/v1/apps/{app_name(app_)}/machines/{machine_id}/{verb}", json=body
-    )
+    api = client(ctx)
+    data = api.request("POST", f"{machine_path(api, app_, machine_id)}/{verb}", json=body)
     typer.echo(f"{data['id']}: {verb} requested (now {data['state']}).")
 
 
@@ -93,7 +105,7 @@ def _verb(
 def stop(
     ctx: typer.Context,
     machine_id: MachineId,
-    app_: AppOpt = None,
+    app_: MachineAppOpt = None,
     signal: Annotated[
         str | None,
         typer.Option(
@@ -112,13 +124,13 @@ def stop(
 
 
 @app.command()
-def start(ctx: typer.Context, machine_id: MachineId, app_: AppOpt = None) -> None:
+def start(ctx: typer.Context, machine_id: MachineId, app_: MachineAppOpt = None) -> None:
     """Start a stopped machine."""
     _verb(ctx, "start", machine_id, app_)
 
 
 @app.command()
-def restart(ctx: typer.Context, machine_id: MachineId, app_: AppOpt = None) -> None:
+def restart(ctx: typer.Context, machine_id: MachineId, app_: MachineAppOpt = None) -> None:
     """Restart a machine in place."""
     _verb(ctx, "restart", machine_id, app_)
 
@@ -127,7 +139,7 @@ def restart(ctx: typer.Context, machine_id: MachineId, app_: AppOpt = None) -> N
 def wait(
     ctx: typer.Context,
     machine_id: MachineId,
-    app_: AppOpt = None,
+    app_: MachineAppOpt = None,
     state: Annotated[str, typer.Option(help="started, stopped, failed or destroyed")] = "started",
     timeout: Annotated[
         float, typer.Option(parser=duration, show_default="30s", help="how long (at most 60s)")
@@ -135,9 +147,10 @@ def wait(
 ) -> None:
     """Wait until a machine reaches a state; exit 1 if it does not in time."""
     seconds = timeout
-    data = client(ctx).request(
+    api = client(ctx)
+    data = api.request(
         "GET",
-        f"/v1/apps/{app_name(app_)}/machines/{machine_id}/wait",
+        f"{machine_path(api, app_, machine_id)}/wait",
         params={"state": state, "timeout": seconds},
         timeout=seconds + 15,  # the server answers by then, in time or with a timeout
     )
@@ -149,15 +162,16 @@ def exec_(
     ctx: typer.Context,
     machine_id: MachineId,
     command: Annotated[list[str], typer.Argument(help="the command, after --")],
-    app_: AppOpt = None,
+    app_: MachineAppOpt = None,
     timeout: Annotated[
         float, typer.Option(parser=duration, show_default="30s", help="how long")
     ] = 30.0,
 ) -> None:
     """Run a command in a running machine (audited); exits with its exit code."""
-    result = client(ctx).request(
+    api = client(ctx)
+    result = api.request(
         "POST",
-        f"/v1/apps/{app_name(app_)}/machines/{machine_id}/exec",
+        f"{machine_path(api, app_, machine_id)}/exec",
         json={"cmd": command, "timeout": timeout},
     )
     typer.echo(result["stdout"], nl=False)
@@ -167,10 +181,11 @@ def exec_(
 
 @app.command()
 def events(
-    ctx: typer.Context, machine_id: MachineId, app_: AppOpt = None, json_out: JsonOpt = False
+    ctx: typer.Context, machine_id: MachineId, app_: MachineAppOpt = None, json_out: JsonOpt = False
 ) -> None:
     """What happened to a machine, newest first."""
-    items = client(ctx).get(f"/v1/apps/{app_name(app_)}/machines/{machine_id}/events")
+    api = client(ctx)
+    items = api.get(f"{machine_path(api, app_, machine_id)}/events")
     emit(items) if json_out else table(
         items, [("time", "TIME"), ("kind", "EVENT"), ("detail", "DETAIL")]
     )
@@ -180,7 +195,7 @@ def events(
 def destroy(
     ctx: typer.Context,
     machine_id: MachineId,
-    app_: AppOpt = None,
+    app_: MachineAppOpt = None,
     force: Annotated[
         bool, typer.Option("--force", help="destroy it even if it is running")
     ] = False,
@@ -188,9 +203,10 @@ def destroy(
 ) -> None:
     """Destroy a machine (a running one only with --force). Asks first; --yes to skip."""
     confirm(f"Destroy machine {machine_id}?", yes)
-    client(ctx).request(
+    api = client(ctx)
+    api.request(
         "DELETE",
-        f"/v1/apps/{app_name(app_)}/machines/{machine_id}",
+        machine_path(api, app_, machine_id),
         params={"force": "true"} if force else None,
     )
     typer.echo(f"{machine_id}: destroy requested.")
@@ -223,7 +239,7 @@ def update(
     timeout: Annotated[
         float | None, typer.Option(parser=duration, help="stop timeout, e.g. 10s")
     ] = None,
-    app_: AppOpt = None,
+    app_: MachineAppOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Change a machine's configuration. A new release, image or command replaces it."""
@@ -240,7 +256,6 @@ def update(
         )
     if timeout is not None:
         body["stop_timeout"] = timeout
-    data = client(ctx).request(
-        "PATCH", f"/v1/apps/{app_name(app_)}/machines/{machine_id}", json=body
-    )
+    api = client(ctx)
+    data = api.request("PATCH", machine_path(api, app_, machine_id), json=body)
     emit(data) if json_out else typer.echo(f"{machine_id}: updated.")

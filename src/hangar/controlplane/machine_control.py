@@ -32,7 +32,7 @@ from hangar.controlplane.releases import live_release
 from hangar.controlplane.state import ControlPlane
 from hangar.errors import Conflict, NotFound, ValidationError, WaitTimeout
 from hangar.images.registry import local_image, resolve
-from hangar.store.tables import App, Host, Machine, MachineEvent
+from hangar.store.tables import App, Host, Machine, MachineEvent, Org
 
 __all__ = [
     "add_machine",
@@ -40,6 +40,7 @@ __all__ = [
     "find_machine",
     "list_machines",
     "machine_events",
+    "machine_owner",
     "steer_machine",
     "update_machine",
     "wait_machine",
@@ -67,6 +68,25 @@ def find_machine(cp: ControlPlane, app: App, machine_id: str) -> Placed:
     if not found:
         raise NotFound(f"machine {machine_id!r} not found in app {app.name!r}")
     return found[0]
+
+
+def machine_owner(cp: ControlPlane, machine_id: str) -> tuple[App, Org]:
+    """The app and organization of a machine, by its id alone (ids are unique).
+
+    The caller authorizes against that app before showing anything: to anyone
+    else the machine does not exist.
+    """
+    query = (
+        select(App, Org)
+        .join(Machine, Machine.app_id == App.id)
+        .join(Org, Org.id == App.org_id)
+        .where(Machine.id == machine_id[:32])
+    )
+    with cp.db.read() as session:
+        row = session.execute(query).one_or_none()
+    if row is None:
+        raise NotFound(f"machine {machine_id!r} not found")
+    return row[0], row[1]
 
 
 def _record(session: Session, machine_id: str, kind: str, detail: str = "") -> None:

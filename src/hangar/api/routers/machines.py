@@ -241,3 +241,24 @@ def machine_events(
     assert access.app is not None
     rows = control.machine_events(access.cp, access.app, machine_id, limit)
     return [EventOut(time=e.time, kind=e.kind, detail=e.detail) for e in rows]
+
+
+# Machine ids are unique: this names a machine's app, so the CLI needs no --app.
+by_id = GuardedRouter(prefix="/v1/machines", tags=["machines"])
+
+
+class MachineOwner(BaseModel):
+    id: str
+    app: str
+    org: str
+
+
+@by_id.get("/{machine_id}", response_model=MachineOwner, summary="A machine's app, by its id")
+def machine_owner(
+    machine_id: str, access: Annotated[Access, requires(Permission.APPS_READ)]
+) -> MachineOwner:
+    app, org = control.machine_owner(access.cp, machine_id)
+    # Authorized against the machine's app as its app-scoped routes are: a machine
+    # of an organization the caller cannot see answers 404, as a missing one does.
+    access.check(Permission.APPS_READ, org=org, app=app.name, shown=f"machine {machine_id!r}")
+    return MachineOwner(id=machine_id, app=app.name, org=org.name)
