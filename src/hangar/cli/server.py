@@ -176,6 +176,14 @@ def run(
     edge_domain: Annotated[
         str | None, typer.Option(help="every app answers on <app>.<edge-domain>")
     ] = None,
+    mesh_endpoint: Annotated[
+        str | None,
+        typer.Option(
+            help="join the WireGuard mesh: ADDRESS:PORT hosts and `hangar wireguard` peers "
+            "reach this one at"
+        ),
+    ] = None,
+    mesh_port: Annotated[int | None, typer.Option(help="WireGuard's UDP listening port")] = None,
 ) -> None:
     """Run the control plane (API, deployer, ACME issuer), this host's agent and its edge.
 
@@ -203,6 +211,8 @@ def run(
         edge_http_port=edge_http_port,
         edge_https_port=edge_https_port,
         edge_domain=edge_domain,
+        mesh_endpoint=mesh_endpoint,
+        mesh_port=mesh_port,
     )
     serve(settings)
 

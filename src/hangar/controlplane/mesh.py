@@ -101,7 +101,8 @@ def create_user_peer(
     if gateway is None:
         raise Conflict(
             "no host is in the mesh to take a peer",
-            hint="start a host's agent with --mesh-endpoint ADDRESS:PORT",
+            hint="run `hangar server run --mesh-endpoint ADDRESS:PORT` (or a host's "
+            "`hangar agent run --mesh-endpoint ADDRESS:PORT`): the address people's devices reach",
         )
     prefix = installation_prefix(session)
     network = org_network(session, org_id, network_name)
