@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: deps apt venv check fmt test test-fast demo bench lock clean
+.PHONY: deps apt venv check fmt test test-fast demo demo-clean bench lock clean
 
 deps: apt venv
 
@@ -34,14 +34,19 @@ fmt: venv
 	$(VENV)/bin/ruff format src tests benchmarks
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 
+# --durations keeps the suite's slowest tests in view, run after run.
 test: deps
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest --durations=25 $(PYTEST_ARGS)
 
 test-fast: venv
-	$(VENV)/bin/pytest -m "not slow and not postgres" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "not slow and not postgres" --durations=10 $(PYTEST_ARGS)
 
 demo: deps
 	@scripts/demo.sh
+
+# Stop what the demo left running (machines, HAProxy, firewall, mounts) and delete .demo/.
+demo-clean: venv
+	@scripts/demo-clean.sh
 
 # BENCH_ARGS=--quick runs each at tiny sizes: a check that they run, not a measurement.
 bench: deps

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: initialise a throwaway installation under .demo/, run it with this
 # host's agent, log in, deploy the example app (examples/hello) and print what to
-# try. Ctrl-C stops the server; the app's machine keeps running until `hangar apps
-# destroy hello`, and a restarted server adopts it.
+# try. Ctrl-C stops the server; the app's machine and the edge keep running, and a
+# restarted server adopts them; `make demo-clean` stops and removes everything.
 # DEMO_ONESHOT=1 stops after the tour (for scripted checks).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,7 +44,7 @@ done
 "$hangar" --api "$api" auth login --ca-cert "$demo/data/ca.crt" --token - <"$demo/admin.token"
 "$hangar" apps show hello >/dev/null 2>&1 || "$hangar" apps create hello --org demo
 "$PWD/.venv/bin/python" examples/hello/build.py
-"$hangar" deploy --config examples/hello/hangar.toml
+(cd examples/hello && "$hangar" deploy)
 echo
 "$hangar" status --app hello
 address=$("$hangar" machines list --app hello --json | "$PWD/.venv/bin/python" -c \
@@ -113,9 +113,9 @@ In another terminal, point the CLI at this demo and try:
   .venv/bin/hangar config validate examples/hangar.toml
 
 Ctrl-C stops the server; the machine and the edge keep serving, and a restarted
-server adopts them. To remove everything: \`.venv/bin/hangar apps destroy hello --yes\`
-while it runs, then \`kill \$(cat .demo/agent/edge/haproxy.pid);
-umount .demo/agent/edge .demo/agent/bundles; rm -rf .demo\`.
+server adopts them (\`make demo\` again). To stop and remove everything, after Ctrl-C:
+
+  make demo-clean      # hangar server stop --data-dir $demo/data --agent-dir $demo/agent, then rm -rf $demo
 EOF
 
 if [ "${DEMO_ONESHOT:-}" = 1 ]; then

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -14,6 +16,9 @@ from pathlib import Path
 import pytest
 
 from hangar.agent.runtimes.runc import RuncRuntime
+from hangar.agent.teardown import Holdings, agent_mounts, teardown
+from hangar.net.dns import resolver_address
+from hangar.net.netns import host_interface
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,6 +29,16 @@ def demo_dir() -> Iterator[Path]:
     base = Path(tempfile.mkdtemp(prefix="hangar-demo-", dir="/var/tmp"))
     base.chmod(0o711)
     yield base / "demo"
+    database = base / "demo/data/hangar.db"
+    if database.exists():  # a test that failed half-way leaves no table or address behind
+        with sqlite3.connect(database) as db:
+            hosts = db.execute("SELECT id FROM hosts").fetchall()
+            prefix = db.execute(
+                "SELECT value FROM settings WHERE key = 'private_prefix'"
+            ).fetchone()
+        for (host_id,) in hosts:
+            installation = ipaddress.IPv6Network(prefix[0]) if prefix else None
+            teardown(Holdings(base / "demo/agent", host_id, installation))
     state = base / "demo/agent/state"
     if state.exists():
         runtime = RuncRuntime(state, base / "demo/agent/bundles", mount_tmpfs=False)
@@ -74,3 +89,49 @@ def test_demo_script_runs_end_to_end(demo_dir: Path) -> None:
     )
     assert again.returncode == 0, again.stderr
     assert "Created app" not in again.stdout and "Release v2 is live." in again.stdout
+    assert "make demo-clean" in again.stdout  # the tour says how to get out
+    _clean_demo_leaves_nothing(demo_dir, env, port)
+
+
+def _lines(argv: list[str]) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+
+
+def _clean_demo_leaves_nothing(demo_dir: Path, env: dict[str, str], port: int) -> None:
+    """`make demo-clean` stops the machine and the edge and removes all the host held."""
+    with sqlite3.connect(demo_dir / "data" / "hangar.db") as db:
+        (host_id, edge), *_ = db.execute("SELECT id, edge FROM hosts").fetchall()
+        (prefix,) = db.execute("SELECT value FROM settings WHERE key = 'private_prefix'").fetchone()
+        machines = [row[0] for row in db.execute("SELECT id FROM machines")]
+    assert edge, "the all-in-one host runs the edge: `hosts list` must say so"
+    agent = demo_dir / "agent"
+    runc_root = agent / "state" / "runc"
+    table = f"hangar_{host_id}"
+    resolver = resolver_address(ipaddress.IPv6Network(prefix))
+    haproxy_pid = int((agent / "edge" / "haproxy.pid").read_text().split()[0])
+    # Before: the demo left all of it behind, as a restart would want.
+    assert _lines(["runc", "--root", str(runc_root), "list", "-q"]).split()
+    assert _lines(["nft", "list", "table", "inet", table])
+    assert agent_mounts(agent)
+    assert machines and any(
+        host_interface(m) in _lines(["ip", "-o", "link", "show"]) for m in machines
+    )
+
+    clean = subprocess.run(
+        [str(ROOT / "scripts" / "demo-clean.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert f"removed nftables table inet {table}" in clean.stdout
+    assert not demo_dir.exists()
+    assert not (runc_root.exists() and _lines(["runc", "--root", str(runc_root), "list", "-q"]))
+    assert subprocess.run(["nft", "list", "table", "inet", table], capture_output=True).returncode
+    assert agent_mounts(demo_dir) == []
+    links = _lines(["ip", "-o", "link", "show"])
+    assert not [m for m in machines if host_interface(m) in links]
+    assert f" {resolver}/128 " not in _lines(["ip", "-6", "-o", "addr", "show", "dev", "lo"])
+    status = Path(f"/proc/{haproxy_pid}/status")
+    assert not status.exists() or "\nState:\tZ" in status.read_text()  # gone, or a zombie

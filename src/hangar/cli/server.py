@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
+import socket
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from hangar.cli.common import JsonOpt, client, duration
-from hangar.cli.output import emit
+from hangar.cli.common import JsonOpt, YesOpt, client, duration
+from hangar.cli.output import confirm, emit
 from hangar.config.settings import ServerSettings, load_settings
-from hangar.errors import ConfigError
+from hangar.errors import ConfigError, Conflict, HangarError, NotFound
 from hangar.hostfs import write_private
+
+if TYPE_CHECKING:
+    from hangar.agent.teardown import Holdings
 
 app = typer.Typer(name="server", help="Initialise and run a Hangar server.", no_args_is_help=True)
 
@@ -231,4 +236,85 @@ def rotate_kek(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     typer.echo(
         f"New key-encryption key {data['kek_id']}: {data['rewrapped']} wrapped keys re-wrapped;"
         f" retired {', '.join(data['retired']) or 'none'}."
+    )
+
+
+def _answering(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+        return True
+    return False
+
+
+def _local_holdings(settings: ServerSettings) -> Holdings:
+    """This host's agent as the control plane knows it: its host id and address space."""
+    from sqlalchemy import select
+
+    from hangar.agent.teardown import Holdings
+    from hangar.controlplane.machines import installation_prefix
+    from hangar.controlplane.state import ControlPlane
+    from hangar.store.tables import Host
+
+    # The all-in-one host's name, as `server run` registers it.
+    name = settings.host_name or socket.gethostname().split(".")[0].lower() or "local"
+    cp = ControlPlane.open(settings, migrate=False)
+    try:
+        with cp.db.read() as session:
+            host = session.execute(select(Host).where(Host.name == name)).scalar_one_or_none()
+            prefix = installation_prefix(session)
+    finally:
+        cp.close()
+    if host is None:
+        raise NotFound(
+            f"this installation has no host named {name!r}: `server run` never ran its agent",
+            hint="pass the settings `server run` used (--data-dir, --config)",
+        )
+    return Holdings(settings.effective_agent_dir, host.id, prefix)
+
+
+@app.command()
+def stop(
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    agent_dir: Annotated[
+        Path | None,
+        typer.Option(help="the agent's directory (default: DATA_DIR-agent)"),
+    ] = None,
+    yes: YesOpt = False,
+) -> None:
+    """Stop this host's machines and edge, and remove what they hold on the host.
+
+    `server run` leaves machines and the edge running when it stops, so a
+    restart adopts them. This is the way out: every machine stopped and
+    removed, HAProxy stopped, the nftables table, the machines' interfaces,
+    the mesh interface, the resolver's address and the tmpfs mounts removed.
+    The apps stay as they are: the next `server run` starts their machines again.
+    Stop the server first; asks before it starts (--yes to skip).
+    """
+    from hangar.agent.teardown import teardown
+
+    settings = server_settings(data_dir, config, agent_dir=agent_dir)
+    if _answering(settings.listen_host, settings.listen_port):
+        raise Conflict(
+            f"the server is running (it answers on {settings.listen_host}:"
+            f"{settings.listen_port}), and would start the machines again",
+            hint="stop it first: Ctrl-C, or `systemctl stop hangar-server`",
+        )
+    if os.geteuid() != 0:
+        raise ConfigError("stopping machines and removing their network needs root")
+    confirm(
+        f"Stop every machine and the edge of {settings.effective_agent_dir}, and remove "
+        "their firewall table, interfaces and mounts?",
+        yes,
+    )
+    holdings = _local_holdings(settings)
+    result = teardown(holdings)
+    for what in result.removed:
+        typer.echo(f"  removed {what}")
+    if result.failed:
+        raise HangarError(
+            "could not remove: " + "; ".join(result.failed),
+            hint="fix what is named, then run `hangar server stop` again",
+        )
+    typer.echo(
+        "Nothing of Hangar runs on this host now." if result.removed else "Nothing was running."
     )
