@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: deps apt venv check fmt test test-fast demo demo-clean bench lock clean
+.PHONY: deps apt venv check fmt test test-fast demo demo-clean install-units bench lock clean
 
 deps: apt venv
 
@@ -47,6 +47,10 @@ demo: deps
 # Stop what the demo left running (machines, HAProxy, firewall, mounts) and delete .demo/.
 demo-clean: venv
 	@scripts/demo-clean.sh
+
+# systemd units for `hangar server run` and `hangar agent run` (docs/install.md).
+install-units: venv
+	@scripts/install-units.sh
 
 # BENCH_ARGS=--quick runs each at tiny sizes: a check that they run, not a measurement.
 bench: deps
