@@ -31,3 +31,14 @@ def validate(
         emit(cfg.model_dump(mode="json"))
     else:
         typer.echo(f"{path} is valid (app {cfg.app}).")
+
+
+@app.command()
+def reference() -> None:
+    """Print every hangar.toml key with its type, range, default and effect (docs/config.md).
+
+    Generated from the schema: `hangar config reference > docs/config.md`.
+    """
+    from hangar.cli.config_reference import reference as render
+
+    typer.echo(render(), nl=False)
