@@ -24,7 +24,7 @@ from hangar.controlplane.machines import (
 from hangar.controlplane.state import ControlPlane
 from hangar.images.store import Image, ImageStore
 from hangar.server.local import StoreLink
-from hangar.store.tables import App, AuditEvent, Machine, Org, Release
+from hangar.store.tables import App, AuditEvent, Machine, MachineEvent, Org, Release
 from tests.conftest import make_installation
 from tests.integration.conftest import BASE_UID, needs_root
 
@@ -161,3 +161,13 @@ def test_first_deploy_rolling_deploy_and_rollback(world: World, runtime: RuncRun
     with world.cp.db.read() as s:
         actions = [e.action for e in s.execute(select(AuditEvent)).scalars()]
     assert actions.count("release.complete") == 2 and "release.failed" in actions
+
+    # Each machine's own history (`machines events`) shows the releases that moved it.
+    with world.cp.db.read() as s:
+        events = s.execute(select(MachineEvent).order_by(MachineEvent.id)).scalars().all()
+    for machine in world.machines():
+        moves = [(e.kind, e.detail) for e in events if e.machine_id == machine.id]
+        assert ("release", "to v2") in moves
+    rolled = {e.machine_id for e in events if (e.kind, e.detail) == ("rollback", "to v2")}
+    touched = {e.machine_id for e in events if (e.kind, e.detail) == ("release", "to v3")}
+    assert touched and rolled == touched

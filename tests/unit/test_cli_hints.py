@@ -70,3 +70,17 @@ def test_a_machine_id_is_enough(api: FakeApi, verb: str) -> None:
 def test_an_app_flag_skips_the_lookup(api: FakeApi) -> None:
     assert run(["machines", "show", "m_1", "--app", "other"]) == 0
     assert api.calls == [("GET", "/v1/apps/other/machines/m_1")]
+
+
+def test_a_failed_deploy_says_what_the_machines_actually_run() -> None:
+    from hangar.cli.deploy import running_now
+
+    machines = [
+        {"id": "m_1", "state": "started", "running_version": 5},
+        {"id": "m_2", "state": "started", "running_version": 6},  # not yet rolled back
+        {"id": "m_3", "state": "destroyed", "running_version": 6},
+    ]
+    assert running_now(machines, "web") == (
+        "its machines run v5 on m_1; v6 on m_2 (`hangar status --app web`)"
+    )
+    assert running_now([], "web") == "web has no machines now"

@@ -78,6 +78,23 @@ def deploy(
     if json_out:
         emit(release)
     if release["status"] != "complete":
-        raise HangarError(f"release v{version} failed: {release['reason']}")
+        raise HangarError(
+            f"release v{version} failed: {release['reason']}",
+            hint=running_now(api.get(f"/v1/apps/{name}/machines"), name),
+        )
     if not json_out:
         typer.echo(f"Release v{version} is live.")
+
+
+def running_now(machines: list[dict[str, Any]], app: str) -> str:
+    """What the app's machines run now, as they report it: the truth after a rollback."""
+    by_version: dict[str, list[str]] = {}
+    for m in machines:
+        if m["state"] == "destroyed":
+            continue
+        shown = f"v{m['running_version']}" if m["running_version"] else "nothing yet"
+        by_version.setdefault(shown, []).append(m["id"])
+    if not by_version:
+        return f"{app} has no machines now"
+    parts = [f"{v} on {', '.join(ids)}" for v, ids in sorted(by_version.items())]
+    return f"its machines run {'; '.join(parts)} (`hangar status --app {app}`)"

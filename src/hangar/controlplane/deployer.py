@@ -34,7 +34,7 @@ from hangar.controlplane.machines import (
     release_config,
 )
 from hangar.domain import deploys
-from hangar.store.tables import App, Machine, Release
+from hangar.store.tables import App, Machine, MachineEvent, Release
 
 __all__ = ["DEPLOYER", "step", "step_all"]
 
@@ -177,6 +177,7 @@ class _Apply:
                 for machine_id in ids:
                     machine = self._row(machine_id)
                     machine.version = version
+                    self._event(machine_id, "release", f"to v{version}")
                     machine.memory_mb = machine_memory(self.cfg)
                     machine.desired = "started"
                     self.detail["touched"].append(machine_id)
@@ -189,6 +190,7 @@ class _Apply:
                         machine.desired = "destroyed"  # a first deploy has nothing to go back to
                     else:
                         machine.version = version
+                        self._event(machine_id, "rollback", f"to v{version}")
             case deploys.MarkReleased():
                 self._finish("complete", "")
             case deploys.Fail(reason=reason):
@@ -217,6 +219,14 @@ class _Apply:
         )
         self.detail = {"release_machine": made.id, "release_started": self.now}
         self._record("release.command", {"machine": made.id, "command": command})
+
+    def _event(self, machine_id: str, kind: str, detail: str) -> None:
+        """The machine's own history (`hangar machines events`) shows release moves too."""
+        self.session.add(
+            MachineEvent(
+                machine_id=machine_id, time=dt.datetime.now(dt.UTC), kind=kind, detail=detail
+            )
+        )
 
     def _record(self, action: str, detail: dict[str, Any], outcome: str = "success") -> None:
         """The deployer's audit event for this release, in the step's transaction."""
