@@ -75,11 +75,11 @@ def _unescape(path: str) -> str:
     return path
 
 
-def agent_mounts(agent_dir: Path) -> list[Path]:
+def agent_mounts(agent_dir: Path, table: Path = Path("/proc/self/mounts")) -> list[Path]:
     """Mount points at or under ``agent_dir``, deepest first (the order to unmount)."""
     root = agent_dir.resolve()
     found: list[Path] = []
-    with open("/proc/self/mounts") as mounts:
+    with open(table) as mounts:
         for line in mounts:
             fields = line.split()
             if len(fields) < 2:
@@ -87,7 +87,7 @@ def agent_mounts(agent_dir: Path) -> list[Path]:
             point = Path(_unescape(fields[1]))
             if point == root or root in point.parents:
                 found.append(point)
-    return sorted(set(found), key=lambda p: len(p.parts), reverse=True)
+    return sorted(set(found), key=lambda p: (-len(p.parts), str(p)))
 
 
 def _machine_ids(runtime: RuncRuntime) -> list[str]:
