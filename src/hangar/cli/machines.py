@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from hangar.cli.common import AppOpt, JsonOpt, YesOpt, absolute_image, app_name, client
+from hangar.cli.common import AppOpt, JsonOpt, YesOpt, app_name, client
+from hangar.cli.images import server_image
 from hangar.cli.output import confirm, emit, fields, table
 from hangar.config.appconfig import parse_duration
 
@@ -191,8 +192,9 @@ def run(
     json_out: JsonOpt = False,
 ) -> None:
     """Run a one-off machine (never restarted) from an image, optionally with a command."""
-    body = {"image": absolute_image(image), "cmd": command or None}
-    data = client(ctx).request("POST", f"/v1/apps/{app_name(app_)}/machines", json=body)
+    api, name = client(ctx), app_name(app_)
+    body = {"image": server_image(api, name, image, quiet=json_out), "cmd": command or None}
+    data = api.request("POST", f"/v1/apps/{name}/machines", json=body)
     emit(data) if json_out else typer.echo(
         f"Started one-off machine {data['id']}; `hangar logs -m {data['id']}` shows its output."
     )
@@ -211,20 +213,19 @@ def update(
     json_out: JsonOpt = False,
 ) -> None:
     """Change a machine's configuration. A new release, image or command replaces it."""
+    api, name = client(ctx), app_name(app_)
     body: dict[str, object] = {}
     if command:
         body["cmd"] = command
     if version is not None:
         body["version"] = version
     if image is not None:
-        body["image"] = absolute_image(image)
+        body["image"] = server_image(api, name, image, quiet=json_out)
     if signal is not None:
         body["stop_signal"] = (
             signal.upper() if signal.upper().startswith("SIG") else f"SIG{signal.upper()}"
         )
     if timeout is not None:
         body["stop_timeout"] = parse_duration(timeout)
-    data = client(ctx).request(
-        "PATCH", f"/v1/apps/{app_name(app_)}/machines/{machine_id}", json=body
-    )
+    data = api.request("PATCH", f"/v1/apps/{name}/machines/{machine_id}", json=body)
     emit(data) if json_out else typer.echo(f"{machine_id}: updated.")

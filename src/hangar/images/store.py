@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from hangar.errors import ConfigError, IntegrityError, ValidationError
 from hangar.images.oci import ImageConfig, ImageRef, Layer, Manifest, open_blob, read_manifest
 
-__all__ = ["Image", "ImageStore", "require_traversable", "unpack_layer"]
+__all__ = ["Image", "ImageStore", "require_traversable", "resolve_inside", "unpack_layer"]
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -53,7 +53,7 @@ def _components(name: str) -> list[str]:
     return parts
 
 
-def _resolve(root: Path, parts: list[str], *, follow_last: bool = False) -> Path:
+def resolve_inside(root: Path, parts: list[str], *, follow_last: bool = False) -> Path:
     """Join ``parts`` under ``root``, resolving symlinks as if ``root`` were ``/``.
 
     Like a chroot would: an absolute link target is taken from ``root``, and
@@ -104,7 +104,7 @@ def unpack_layer(
         if not parts:
             continue
         name = parts[-1]
-        parent = _resolve(root, parts[:-1], follow_last=True)
+        parent = resolve_inside(root, parts[:-1], follow_last=True)
         if name == OPAQUE:
             if parent.is_dir():
                 for child in parent.iterdir():
@@ -135,7 +135,7 @@ def unpack_layer(
             os.symlink(member.linkname, target)
         elif member.islnk():
             link_parts = _components(member.linkname)
-            source_path = _resolve(root, link_parts[:-1], follow_last=True) / link_parts[-1]
+            source_path = resolve_inside(root, link_parts[:-1], follow_last=True) / link_parts[-1]
             if source_path.is_symlink() or not source_path.is_file():
                 raise IntegrityError(
                     f"layer entry {member.name!r} hard-links to {member.linkname!r}, "
