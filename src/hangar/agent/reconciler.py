@@ -77,8 +77,8 @@ def _image_passwd(rootfs: Path) -> str:
     the host's files; a FIFO, device or file over 1 MiB is refused, so
     reading neither blocks nor runs on.
     """
-    path = resolve_inside(rootfs, ["etc", "passwd"], follow_last=True)
     try:
+        path = resolve_inside(rootfs, ["etc", "passwd"], follow_last=True)
         with open_regular(rootfs, path.relative_to(rootfs).parts, max_size=MAX_PASSWD) as f:
             return f.read(MAX_PASSWD).decode("utf-8", "replace")
     except NotFound:

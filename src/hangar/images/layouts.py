@@ -101,17 +101,15 @@ class LayoutStore:
         return ImageRef("oci", path=path)
 
     def require_inside(self, ref: ImageRef, org_id: str | None = None) -> None:
-        """Refuse a layout outside the store (or the operator's ``local_image_dirs``).
-
-        With ``org_id``, a layout in the store must be that organization's own.
-        """
+        """Refuse a layout outside the operator's ``local_image_dirs`` and, with
+        ``org_id``, outside that organization's own part of the store."""
         if ref.kind != "oci" or ref.path is None or not ref.path.is_absolute():
             raise ValidationError("images are read from the image store only")
         path = ref.path
         if ".." in path.parts:
             raise ValidationError("images are read from the image store only")
-        store = self.root / "orgs" / org_id if org_id is not None else self.root
-        for base in (store, *self.extra_dirs):
+        own = (self.root / "orgs" / org_id,) if org_id is not None else ()
+        for base in (*own, *self.extra_dirs):
             if path.is_relative_to(base) and path != base:
                 _walk_nofollow(base, path.relative_to(base).parts)
                 return
