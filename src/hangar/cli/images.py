@@ -35,7 +35,7 @@ def server_image(api: Client, app: str, text: str, *, quiet: bool = False) -> st
     layout = ref.path.expanduser().resolve()
     manifest = read_manifest(ImageRef("oci", path=layout, tag=ref.tag))
     if not quiet:
-        typer.echo(f"Uploading {layout} ({manifest.digest[:19]}) to the server...")
+        typer.echo(f"Uploading {layout} ({manifest.digest[:19]}) to the server...", err=True)
     uploaded = api.request(
         "POST",
         f"/v1/apps/{app}/images",
