@@ -225,7 +225,7 @@ def main() -> None:
         uploaded = api.post(
             "/v1/apps/bench/images",
             content=b"".join(layout_tar(layout, manifest)),
-            headers={"content-type": "application/x-tar"},
+            headers={"content-type": "application/octet-stream"},
         )
         uploaded.raise_for_status()
         api.post(

@@ -130,7 +130,7 @@ def main() -> None:
             "POST",
             "/v1/apps/bench/images",
             content=b"".join(layout_tar(layout, manifest)),
-            headers={"content-type": "application/x-tar"},
+            headers={"content-type": "application/octet-stream"},
         )["image"]
         first = api.call(
             "POST",

@@ -17,7 +17,7 @@ def upload_layout(
     body = b"".join(layout_tar(layout, manifest))
     r = api.post(
         f"/v1/apps/{app}/images",
-        headers={**headers, "content-type": "application/x-tar"},
+        headers={**headers, "content-type": "application/octet-stream"},
         content=body,
     )
     assert r.status_code == 201, r.text

@@ -173,7 +173,7 @@ def _upload(api: TestClient, h: dict[str, str], body: bytes) -> Any:
     return _bounded(
         lambda: api.post(
             "/v1/apps/web/images",
-            headers={**h, "content-type": "application/x-tar"},
+            headers={**h, "content-type": "application/octet-stream"},
             content=body,
         )
     )

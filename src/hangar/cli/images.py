@@ -40,7 +40,7 @@ def server_image(api: Client, app: str, text: str, *, quiet: bool = False) -> st
         "POST",
         f"/v1/apps/{app}/images",
         content=layout_tar(layout, manifest),
-        headers={"content-type": "application/x-tar"},
+        headers={"content-type": "application/octet-stream"},
         timeout=UPLOAD_TIMEOUT,
     )
     return str(uploaded["image"])

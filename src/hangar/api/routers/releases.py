@@ -82,7 +82,8 @@ class ImageOut(BaseModel):
 _TAR_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}},
+        "description": "a tar stream of an OCI image layout",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
     }
 }
 
