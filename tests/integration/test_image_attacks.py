@@ -240,6 +240,16 @@ def test_an_upload_is_the_organizations_own(world: Any, tmp_path: Path) -> None:
     assert made.json()["image_digest"] == digest
     assert upload_layout(api, h, "web", tmp_path / "img") == digest  # the same content, once
 
+    # A viewer cannot upload; a deployer's permission is needed.
+    api.post("/v1/orgs/acme/members", headers=h, json={"email": "vi@example.com", "role": "viewer"})
+    viewer = bearer(mint_token(cp, "vi@example.com", org="acme"))
+    refused = api.post(
+        "/v1/apps/web/images",
+        headers={**viewer, "content-type": "application/octet-stream"},
+        content=b"",
+    )
+    assert refused.status_code == 403, refused.text
+
     # Another organization cannot deploy it by digest, nor reach its layout.
     api.post("/v1/orgs", headers=h, json={"name": "globex"})
     api.post(
