@@ -44,8 +44,10 @@ from _support import (
     start_server,
     wrk,
 )
+from hangar.cli.images import layout_tar
 from hangar.domain.routing import HttpRoute, RoutingTable, Server, hsts_header
 from hangar.edge.haproxy import Edge, EdgeConfig
+from hangar.images.oci import ImageRef, read_manifest
 from hangar.tlsprofile import TLS12_CIPHERS, TLS13_SUITES
 
 CONFIG = f"""
@@ -218,9 +220,17 @@ def main() -> None:
     try:
         wait_up(f"https://127.0.0.1:{port}/v1/healthz")
         api.post("/v1/apps", json={"name": "bench"}).raise_for_status()
+        layout = work / "image"
+        manifest = read_manifest(ImageRef("oci", path=layout, tag="latest"))
+        uploaded = api.post(
+            "/v1/apps/bench/images",
+            content=b"".join(layout_tar(layout, manifest)),
+            headers={"content-type": "application/octet-stream"},
+        )
+        uploaded.raise_for_status()
         api.post(
             "/v1/apps/bench/releases",
-            json={"image": f"oci:{work / 'image'}:latest", "config": CONFIG},
+            json={"image": uploaded.json()["image"], "config": CONFIG},
         ).raise_for_status()
         urls = {"hangar": f"https://127.0.0.1:{https_port}/"}
         wait_up(urls["hangar"], HOST, timeout=60)

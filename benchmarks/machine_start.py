@@ -29,6 +29,8 @@ from typing import Any
 import httpx
 
 from _support import build_example_image, free_port, init_installation, start_server
+from hangar.cli.images import layout_tar
+from hangar.images.oci import ImageRef, read_manifest
 
 CONFIG = """
 app = "bench"
@@ -122,7 +124,14 @@ def main() -> None:
             except (httpx.HTTPError, SystemExit):
                 time.sleep(0.1)
         api.call("POST", "/v1/apps", json={"name": "bench"})
-        image = f"oci:{work / 'image'}:latest"
+        layout = work / "image"
+        manifest = read_manifest(ImageRef("oci", path=layout, tag="latest"))
+        image = api.call(
+            "POST",
+            "/v1/apps/bench/images",
+            content=b"".join(layout_tar(layout, manifest)),
+            headers={"content-type": "application/octet-stream"},
+        )["image"]
         first = api.call(
             "POST",
             "/v1/apps/bench/releases",

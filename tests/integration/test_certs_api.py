@@ -357,10 +357,10 @@ def test_a_tcp_port_is_served_by_one_app_only(
     api: TestClient, installation: Installation, control_plane: ControlPlane, tmp_path: Path
 ) -> None:
     from hangar.images.oci import build_layout, layer_tar
+    from tests.uploads import upload_layout
 
     h = installation.headers
     build_layout(tmp_path / "img", [layer_tar([])])
-    image = f"oci:{tmp_path / 'img'}:latest"
     service = """
 app = "{app}"
 [[services]]
@@ -371,6 +371,7 @@ app = "{app}"
 """
     for name in ("db", "db2"):
         api.post("/v1/apps", headers=h, json={"name": name})
+    image = upload_layout(api, h, "db2", tmp_path / "img")
     _app_with_release(control_plane, "db", service.format(app="db", port=15432))
     taken = api.post(
         "/v1/apps/db2/releases",

@@ -23,6 +23,7 @@ from hangar.errors import StoreError
 from hangar.images.oci import build_layout, layer_tar
 from hangar.store.tables import App, AuditEvent, Org
 from tests.conftest import Installation
+from tests.uploads import upload_layout
 
 CTX = AuditContext(actor="admin@example.com", token_id=None, request_id=None, client_addr=None)
 
@@ -136,7 +137,9 @@ def one_machine(
     h = installation.headers
     assert api.post("/v1/apps", headers=h, json={"name": "web"}).status_code == 201
     made = api.post(
-        "/v1/apps/web/machines", headers=h, json={"image": f"oci:{tmp_path / 'img'}:one"}
+        "/v1/apps/web/machines",
+        headers=h,
+        json={"image": upload_layout(api, h, "web", tmp_path / "img", "one")},
     )
     assert made.status_code == 201, made.text
     with control_plane.db.read() as session:

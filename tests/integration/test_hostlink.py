@@ -12,6 +12,7 @@ from hangar.controlplane.state import ControlPlane
 from hangar.images.oci import build_layout, layer_tar
 from hangar.store.tables import Machine
 from tests.conftest import Installation
+from tests.uploads import upload_layout
 
 ABSENT = {"status": "absent", "healthy": None, "exit_code": None, "checks": []}
 
@@ -27,7 +28,7 @@ def test_a_machine_absent_from_its_host_is_stopped_if_meant_to_be(
     made = api.post(
         "/v1/apps/web/machines",
         headers=h,
-        json={"image": f"oci:{tmp_path / 'img'}:latest", "cmd": ["true"]},
+        json={"image": upload_layout(api, h, "web", tmp_path / "img"), "cmd": ["true"]},
     ).json()
 
     def report(errors: dict[str, str]) -> str:

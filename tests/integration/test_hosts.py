@@ -25,6 +25,7 @@ from hangar.crypto.peercert import host_id_of
 from hangar.images.oci import build_layout, layer_tar
 from hangar.store.tables import AuditEvent, JoinToken
 from tests.conftest import Installation, bearer, mint_token
+from tests.uploads import upload_layout
 
 
 def test_cordon_keeps_new_machines_off_a_host(
@@ -36,7 +37,7 @@ def test_cordon_keeps_new_machines_off_a_host(
     assert [x["name"] for x in api.get("/v1/hosts", headers=h).json()] == ["h1"]
     build_layout(tmp_path / "img", [layer_tar([])])
     api.post("/v1/apps", headers=h, json={"name": "web"})
-    one_off = {"image": f"oci:{tmp_path / 'img'}:latest", "cmd": ["true"]}
+    one_off = {"image": upload_layout(api, h, "web", tmp_path / "img"), "cmd": ["true"]}
 
     cordoned = api.post("/v1/hosts/h1/cordon", headers=h)
     assert cordoned.status_code == 200 and cordoned.json()["state"] == "cordoned"
@@ -175,7 +176,7 @@ def test_the_agents_api_shows_a_host_only_its_own(
     joined = _join(api, _join_token(api, h)).json()
     build_layout(tmp_path / "img", [layer_tar([])])
     api.post("/v1/apps", headers=h, json={"name": "web"})
-    one_off = {"image": f"oci:{tmp_path / 'img'}:latest", "cmd": ["true"]}
+    one_off = {"image": upload_layout(api, h, "web", tmp_path / "img"), "cmd": ["true"]}
     api.post("/v1/hosts/h1/cordon", headers=h)
     mine = api.post("/v1/apps/web/machines", headers=h, json=one_off).json()
     api.post("/v1/hosts/h1/uncordon", headers=h)
@@ -258,7 +259,7 @@ def test_placement_counts_memory(
         register_local_host(session, name="small", region="local", memory_mb=600)
     build_layout(tmp_path / "img", [layer_tar([])])
     api.post("/v1/apps", headers=h, json={"name": "web"})
-    one_off = {"image": f"oci:{tmp_path / 'img'}:latest", "cmd": ["true"]}
+    one_off = {"image": upload_layout(api, h, "web", tmp_path / "img"), "cmd": ["true"]}
     for _ in range(2):  # 2 x 256 MB fit in 600
         assert api.post("/v1/apps/web/machines", headers=h, json=one_off).status_code == 201
     full = api.post("/v1/apps/web/machines", headers=h, json=one_off)

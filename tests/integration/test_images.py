@@ -182,6 +182,19 @@ def test_oversized_image_is_refused(tmp_path: Path, searchable: Path) -> None:
     assert list(small.root.iterdir()) == []
 
 
+def test_too_many_entries_or_too_long_an_unpack_is_refused(
+    tmp_path: Path, searchable: Path
+) -> None:
+    few = ImageStore(searchable / "few", uid_base=BASE, max_entries=3)
+    with pytest.raises(IntegrityError, match="more entries"):
+        few.pull(make(tmp_path / "many", [f(f"file{i}") for i in range(10)]))
+    assert list(few.root.iterdir()) == []
+    hurried = ImageStore(searchable / "hurried", uid_base=BASE, unpack_seconds=-1)
+    with pytest.raises(IntegrityError, match="time limit"):
+        hurried.pull(make(tmp_path / "slow", [f("a")]))
+    assert list(hurried.root.iterdir()) == []
+
+
 def test_unknown_tag_and_missing_layout(tmp_path: Path, store: ImageStore) -> None:
     make(tmp_path, [f("a")], tag="v1")
     with pytest.raises(NotFound, match=r"no tag 'v2'.*v1"):

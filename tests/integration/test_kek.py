@@ -24,6 +24,7 @@ from hangar.crypto.rotation import WRAPPED_FILES
 from hangar.errors import KeyMaterialError
 from hangar.store.tables import AppKey, AuditEvent, Machine, RootKey
 from tests.conftest import Installation, SoftHsm, bearer, make_installation, mint_token
+from tests.uploads import upload_layout
 
 HOST = AuditContext(actor="host:test", token_id=None, request_id=None, client_addr=None)
 
@@ -124,7 +125,7 @@ def _machine(api: TestClient, h: dict[str, str], tmp_path: Path) -> None:
     made = api.post(
         "/v1/apps/web/machines",
         headers=h,
-        json={"image": f"oci:{tmp_path / 'img'}:latest", "cmd": ["true"]},
+        json={"image": upload_layout(api, h, "web", tmp_path / "img"), "cmd": ["true"]},
     )
     assert made.status_code == 201, made.text
 

@@ -12,6 +12,7 @@ from hangar.controlplane.state import ControlPlane
 from hangar.images.oci import build_layout, layer_tar
 from hangar.store.tables import AuditEvent, Machine
 from tests.conftest import Installation
+from tests.uploads import upload_layout
 
 
 def _generation(cp: ControlPlane, machine_id: str) -> int:
@@ -33,7 +34,10 @@ def test_update_a_machine(
     made = api.post(
         "/v1/apps/web/machines",
         headers=h,
-        json={"image": f"oci:{tmp_path / 'img'}:one", "cmd": ["sleep", "1"]},
+        json={
+            "image": upload_layout(api, h, "web", tmp_path / "img", "one"),
+            "cmd": ["sleep", "1"],
+        },
     ).json()
     url = f"/v1/apps/web/machines/{made['id']}"
     before = _generation(control_plane, made["id"])
@@ -42,8 +46,9 @@ def test_update_a_machine(
     for body, status, words in (
         ({}, 422, "nothing to update"),
         ({"version": 7}, 422, "one-off machine runs its own image"),
-        ({"image": "oci:relative/path:one"}, 422, "absolute oci: path"),
-        ({"image": f"oci:{tmp_path / 'nope'}:x"}, 404, "not an OCI image layout"),
+        ({"image": "oci:relative/path:one"}, 422, "neither a registry reference nor an uploaded"),
+        ({"image": f"oci:{tmp_path / 'nope'}:x"}, 422, "does not read images from host paths"),
+        ({"image": "sha256:" + "0" * 64}, 404, "no image sha256:0000"),
         ({"stop_signal": "SIGWINCH"}, 422, ""),
         ({"surprise": 1}, 422, ""),
     ):
@@ -56,7 +61,9 @@ def test_update_a_machine(
     assert api.patch(url, headers=h, json={"stop_signal": "SIGTERM"}).status_code == 200
     assert _generation(control_plane, made["id"]) == before
     updated = api.patch(
-        url, headers=h, json={"image": f"oci:{tmp_path / 'img'}:two", "cmd": ["true"]}
+        url,
+        headers=h,
+        json={"image": upload_layout(api, h, "web", tmp_path / "img", "two"), "cmd": ["true"]},
     )
     assert updated.status_code == 200, updated.text
     assert _generation(control_plane, made["id"]) == before + 1

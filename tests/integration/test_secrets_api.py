@@ -21,6 +21,7 @@ from hangar.errors import IntegrityError, PermissionDenied
 from hangar.store.tables import AppKey, AuditEvent, Machine, Secret
 from tests.conftest import Installation, bearer, mint_token
 from tests.integration.test_hosts import _as_host, _join, _join_token
+from tests.uploads import upload_layout
 
 HOST_CTX = AuditContext(actor="host:test", token_id=None, request_id=None, client_addr=None)
 
@@ -42,7 +43,7 @@ def _one_off(api: TestClient, h: dict[str, str], tmp_path: Path, app: str) -> di
     made = api.post(
         f"/v1/apps/{app}/machines",
         headers=h,
-        json={"image": f"oci:{tmp_path / 'img'}:latest", "cmd": ["true"]},
+        json={"image": upload_layout(api, h, app, tmp_path / "img"), "cmd": ["true"]},
     )
     assert made.status_code == 201, made.text
     return dict(made.json())

@@ -23,9 +23,10 @@ from hangar.agent.health import HealthMonitor
 from hangar.agent.runtimes.base import MachineSpec, Runtime
 from hangar.contract.assignments import Assignment
 from hangar.domain.reconcile import Action, ActionKind, Desired, Observed, plan
-from hangar.errors import HangarError, IntegrityError, ValidationError
+from hangar.errors import HangarError, IntegrityError, NotFound, ValidationError
 from hangar.images.oci import ImageRef, parse_image_ref
-from hangar.images.store import Image, ImageStore
+from hangar.images.safeio import open_regular
+from hangar.images.store import Image, ImageStore, resolve_inside
 
 __all__ = ["ImageSource", "Outcome", "Reconciler", "SecretSource"]
 
@@ -57,14 +58,33 @@ def _parse_user(user: str, rootfs: Path) -> tuple[int, int]:
     if name.isdigit():
         uid = int(name)
         return uid, int(group) if group.isdigit() else uid
-    try:
-        for line in (rootfs / "etc/passwd").read_text().splitlines():
-            fields = line.split(":")
-            if len(fields) >= 4 and fields[0] == name:
-                return int(fields[2]), int(group) if group.isdigit() else int(fields[3])
-    except OSError:
-        pass
+    for line in _image_passwd(rootfs).splitlines():
+        fields = line.split(":")
+        if len(fields) >= 4 and fields[0] == name and fields[2].isdigit():
+            gid = group if group.isdigit() else fields[3]
+            if gid.isdigit():
+                return int(fields[2]), int(gid)
     raise ValidationError(f"the image's user {user!r} is not in its /etc/passwd")
+
+
+MAX_PASSWD = 1 << 20
+
+
+def _image_passwd(rootfs: Path) -> str:
+    """The image's /etc/passwd, resolved as if ``rootfs`` were ``/``; "" if it has none.
+
+    Links inside the image resolve inside it (``/etc`` may be one), never to
+    the host's files; a FIFO, device or file over 1 MiB is refused, so
+    reading neither blocks nor runs on.
+    """
+    try:
+        path = resolve_inside(rootfs, ["etc", "passwd"], follow_last=True)
+        with open_regular(rootfs, path.relative_to(rootfs).parts, max_size=MAX_PASSWD) as f:
+            return f.read(MAX_PASSWD).decode("utf-8", "replace")
+    except NotFound:
+        return ""
+    except IntegrityError as exc:
+        raise ValidationError(f"the image's /etc/passwd cannot be read: {exc.message}") from exc
 
 
 class Reconciler:

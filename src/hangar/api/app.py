@@ -76,7 +76,11 @@ def create_app(cp: ControlPlane) -> FastAPI:
         app.include_router(module.router, responses=PROBLEM_RESPONSES)
     app.include_router(machines.by_id, responses=PROBLEM_RESPONSES)
     install_problem_handlers(app)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=cp.settings.max_body_bytes)
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=cp.settings.max_body_bytes,
+        max_upload_bytes=cp.settings.max_image_upload_bytes,
+    )
     assert_routes_guarded(app)
     return app
 

@@ -6,6 +6,7 @@ Written as plain ASGI (not BaseHTTPMiddleware) so it costs little per request.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from typing import Any
 
@@ -15,11 +16,15 @@ from hangar.errors import PayloadTooLarge
 
 __all__ = ["RequestContextMiddleware"]
 
+# Image uploads (a tar of an OCI layout) have their own, larger cap.
+_UPLOAD_PATH = re.compile(r"^/v1/apps/[^/]+/images$")
+
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_upload_bytes: int = 0) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_upload_bytes = max_upload_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -36,9 +41,12 @@ class RequestContextMiddleware:
                 message["headers"] = headers
             await send(message)
 
+        limit = self.max_body_bytes
+        if self.max_upload_bytes and _UPLOAD_PATH.match(scope.get("path", "")):
+            limit = max(limit, self.max_upload_bytes)
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_body_bytes:
-            await _reject_too_large(send_with_id, request_id, self.max_body_bytes)
+        if declared is not None and declared > limit:
+            await _reject_too_large(send_with_id, request_id, limit)
             return
         received = 0
 
@@ -47,10 +55,8 @@ class RequestContextMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise PayloadTooLarge(
-                        f"request body is larger than {self.max_body_bytes} bytes"
-                    )
+                if received > limit:
+                    raise PayloadTooLarge(f"request body is larger than {limit} bytes")
             return message
 
         await self.app(scope, capped_receive, send_with_id)

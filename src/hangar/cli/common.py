@@ -16,7 +16,6 @@ __all__ = [
     "JsonOpt",
     "OrgOpt",
     "YesOpt",
-    "absolute_image",
     "app_name",
     "client",
     "duration",
@@ -57,19 +56,3 @@ def app_name(app: str | None, config: Path = Path("hangar.toml")) -> str:
     if config.exists():
         return load_app_config(config).app
     raise ConfigError("which app?", hint="pass --app NAME, or run where hangar.toml is")
-
-
-def absolute_image(image: str, base: Path | None = None) -> str:
-    """Make an oci: path absolute (the server reads it), leaving docker:// alone.
-
-    A relative path is taken from ``base``: the directory of the hangar.toml
-    that names it, or (for --image) the current directory.
-    """
-    if image.startswith("docker://"):
-        return image
-    body = image.removeprefix("oci:")
-    tag = ""
-    if image.startswith("oci:") and ":" in body:
-        body, tag = body.rsplit(":", 1)
-        tag = ":" + tag
-    return f"oci:{((base or Path.cwd()) / body).resolve()}{tag}"

@@ -8,7 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from hangar.cli.common import AppOpt, JsonOpt, absolute_image, client
+from hangar.cli.common import AppOpt, JsonOpt, client
+from hangar.cli.images import server_image
 from hangar.cli.output import emit
 from hangar.config.appconfig import load_app_config
 from hangar.errors import ConfigError, HangarError
@@ -22,7 +23,10 @@ def deploy(
     image: Annotated[
         str | None,
         typer.Option(
-            "--image", "-i", help="PATH, oci:PATH:TAG or docker://REF (default: [build] image)"
+            "--image",
+            "-i",
+            help="a layout here (PATH or oci:PATH:TAG, uploaded), docker://REF or sha256:DIGEST"
+            " (default: [build] image)",
         ),
     ] = None,
     strategy: Annotated[str | None, typer.Option(help="immediate or rolling")] = None,
@@ -48,7 +52,7 @@ def deploy(
         "POST",
         f"/v1/apps/{name}/releases",
         json={
-            "image": absolute_image(chosen, base),
+            "image": server_image(api, name, chosen, base=base, quiet=json_out),
             "config": config.read_text(),
             "strategy": strategy,
         },

@@ -7,15 +7,8 @@ from typing import Annotated
 import typer
 
 from hangar.cli.client import Client
-from hangar.cli.common import (
-    AppOpt,
-    JsonOpt,
-    YesOpt,
-    absolute_image,
-    app_name,
-    client,
-    duration,
-)
+from hangar.cli.common import AppOpt, JsonOpt, YesOpt, app_name, client, duration
+from hangar.cli.images import server_image
 from hangar.cli.output import confirm, emit, fields, table
 
 app = typer.Typer(name="machines", help="An app's machines.", no_args_is_help=True)
@@ -82,11 +75,14 @@ def show(
     )
 
 
+def machine_app(api: Client, app_: str | None, machine_id: str) -> str:
+    """The machine's app: --app, or looked up by the machine's (unique) id."""
+    return app_ if app_ is not None else str(api.get(f"/v1/machines/{machine_id}")["app"])
+
+
 def machine_path(api: Client, app_: str | None, machine_id: str) -> str:
     """The machine's API path; without --app, its app is looked up by the (unique) id."""
-    if app_ is None:
-        app_ = api.get(f"/v1/machines/{machine_id}")["app"]
-    return f"/v1/apps/{app_}/machines/{machine_id}"
+    return f"/v1/apps/{machine_app(api, app_, machine_id)}/machines/{machine_id}"
 
 
 def _verb(
@@ -221,8 +217,9 @@ def run(
     json_out: JsonOpt = False,
 ) -> None:
     """Run a one-off machine (never restarted) from an image, optionally with a command."""
-    body = {"image": absolute_image(image), "cmd": command or None}
-    data = client(ctx).request("POST", f"/v1/apps/{app_name(app_)}/machines", json=body)
+    api, name = client(ctx), app_name(app_)
+    body = {"image": server_image(api, name, image, quiet=json_out), "cmd": command or None}
+    data = api.request("POST", f"/v1/apps/{name}/machines", json=body)
     emit(data) if json_out else typer.echo(
         f"Started one-off machine {data['id']}; `hangar logs -m {data['id']}` shows its output."
     )
@@ -243,19 +240,20 @@ def update(
     json_out: JsonOpt = False,
 ) -> None:
     """Change a machine's configuration. A new release, image or command replaces it."""
+    api = client(ctx)
+    name = machine_app(api, app_, machine_id)
     body: dict[str, object] = {}
     if command:
         body["cmd"] = command
     if version is not None:
         body["version"] = version
     if image is not None:
-        body["image"] = absolute_image(image)
+        body["image"] = server_image(api, name, image, quiet=json_out)
     if signal is not None:
         body["stop_signal"] = (
             signal.upper() if signal.upper().startswith("SIG") else f"SIG{signal.upper()}"
         )
     if timeout is not None:
         body["stop_timeout"] = timeout
-    api = client(ctx)
-    data = api.request("PATCH", machine_path(api, app_, machine_id), json=body)
+    data = api.request("PATCH", f"/v1/apps/{name}/machines/{machine_id}", json=body)
     emit(data) if json_out else typer.echo(f"{machine_id}: updated.")

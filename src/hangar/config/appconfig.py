@@ -7,17 +7,31 @@ name the key's dotted path and the line it is on, e.g.::
 
 Durations are written as in fly.toml (``"500ms"``, ``"10s"``, ``"2m"``,
 ``"1h"``) and held as seconds (float).
+
+Every number, duration, list and string has a range (the table in
+docs/hosts.md lists them), and what ends up in an HTTP request or a path
+(check paths, header names and values, mount destinations) refuses control,
+zero-width and bidirectional-override characters.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 import pydantic
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from hangar.domain.names import validate_dns_label
 from hangar.errors import ConfigError
@@ -40,8 +54,8 @@ def parse_duration(value: Any) -> float:
         seconds = float(m.group(1)) * _UNITS[m.group(2)]
     else:
         raise ValueError(f"invalid duration {value!r}; write e.g. '500ms', '10s', '2m'")
-    if seconds < 0:
-        raise ValueError("a duration cannot be negative")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("a duration must be a finite, non-negative number")
     return seconds
 
 
@@ -59,6 +73,35 @@ def _parse_memory_mb(value: Any) -> int:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
+# Control (C0, DEL, C1), zero-width and bidirectional formatting characters:
+# they split headers, hide in logs and make one text read as another.
+_INVISIBLE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]"
+)
+# What an HTTP check may request: a path and query of visible ASCII.
+_REQUEST_PATH = r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]{0,1023}$"
+_HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$"
+
+
+def _plain(value: str) -> str:
+    if _INVISIBLE.search(value):
+        raise ValueError("control, zero-width and bidirectional characters are not allowed")
+    return value
+
+
+# Ranges (docs/hosts.md, "Limits of hangar.toml"): wide enough for any real
+# app, narrow enough that no value stalls a loop or overflows what reads it.
+KillTimeout = Annotated[float, BeforeValidator(parse_duration), Field(ge=0, le=300)]
+GracePeriod = Annotated[float, BeforeValidator(parse_duration), Field(ge=0, le=3600)]
+CheckInterval = Annotated[float, BeforeValidator(parse_duration), Field(ge=0.05, le=3600)]
+CheckTimeout = Annotated[float, BeforeValidator(parse_duration), Field(ge=0.1, le=60)]
+PlainText = Annotated[str, AfterValidator(_plain)]
+HeaderName = Annotated[str, Field(pattern=_HEADER_NAME)]
+HeaderValue = Annotated[str, Field(max_length=1024), AfterValidator(_plain)]
+RequestPath = Annotated[str, Field(pattern=_REQUEST_PATH)]
+GroupName = Annotated[str, Field(max_length=63)]
+Headers = Annotated[dict[HeaderName, HeaderValue], Field(max_length=32)]
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -66,15 +109,15 @@ class _Model(BaseModel):
 
 class Hsts(_Model):
     enabled: bool = True
-    max_age: int = Field(default=63072000, ge=0)
+    max_age: int = Field(default=63072000, ge=0, le=2 * 63072000)
     include_subdomains: bool = True
     preload: bool = False
 
 
 class Concurrency(_Model):
     type: Literal["connections", "requests"] = "connections"
-    soft_limit: int = Field(default=20, ge=1)
-    hard_limit: int = Field(default=25, ge=1)
+    soft_limit: int = Field(default=20, ge=1, le=100_000)
+    hard_limit: int = Field(default=25, ge=1, le=100_000)
 
     @model_validator(mode="after")
     def _soft_below_hard(self) -> Concurrency:
@@ -84,19 +127,19 @@ class Concurrency(_Model):
 
 
 class HttpCheck(_Model):
-    grace_period: Duration = 1.0
-    interval: Duration = 15.0
-    timeout: Duration = 2.0
+    grace_period: GracePeriod = 1.0
+    interval: CheckInterval = 15.0
+    timeout: CheckTimeout = 2.0
     method: Literal["GET", "HEAD", "POST", "OPTIONS"] = "GET"
-    path: str = Field(default="/", pattern=r"^/")
+    path: RequestPath = "/"
     protocol: Literal["http", "https"] = "http"
-    headers: dict[str, str] = {}
+    headers: Headers = {}
 
 
 class TcpCheck(_Model):
-    grace_period: Duration = 1.0
-    interval: Duration = 15.0
-    timeout: Duration = 2.0
+    grace_period: GracePeriod = 1.0
+    interval: CheckInterval = 15.0
+    timeout: CheckTimeout = 2.0
 
 
 class HttpService(_Model):
@@ -104,8 +147,9 @@ class HttpService(_Model):
     force_https: bool = True
     hsts: Hsts = Hsts()
     concurrency: Concurrency = Concurrency()
-    checks: list[HttpCheck] = []
-    rate_limit: int | None = Field(default=None, ge=1)
+    checks: list[HttpCheck] = Field(default=[], max_length=16)
+    # Requests a second per client address; HAProxy counts in 32 bits.
+    rate_limit: int | None = Field(default=None, ge=1, le=1_000_000)
 
     @field_validator("hsts", mode="before")
     @classmethod
@@ -115,41 +159,41 @@ class HttpService(_Model):
 
 class ServicePort(_Model):
     port: Port
-    handlers: list[Literal["http", "tls", "proxy_proto"]] = []
+    handlers: list[Literal["http", "tls", "proxy_proto"]] = Field(default=[], max_length=3)
     force_https: bool = False
 
 
 class Service(_Model):
     protocol: Literal["tcp", "udp"] = "tcp"
     internal_port: Port
-    ports: list[ServicePort] = Field(min_length=1)
+    ports: list[ServicePort] = Field(min_length=1, max_length=16)
     concurrency: Concurrency = Concurrency()
-    tcp_checks: list[TcpCheck] = []
-    http_checks: list[HttpCheck] = []
+    tcp_checks: list[TcpCheck] = Field(default=[], max_length=16)
+    http_checks: list[HttpCheck] = Field(default=[], max_length=16)
 
 
 class NamedCheck(_Model):
     type: Literal["tcp", "http"]
     port: Port
-    grace_period: Duration = 1.0
-    interval: Duration = 15.0
-    timeout: Duration = 2.0
+    grace_period: GracePeriod = 1.0
+    interval: CheckInterval = 15.0
+    timeout: CheckTimeout = 2.0
     method: Literal["GET", "HEAD", "POST", "OPTIONS"] = "GET"
-    path: str = Field(default="/", pattern=r"^/")
-    headers: dict[str, str] = {}
+    path: RequestPath = "/"
+    headers: Headers = {}
 
 
 class Mount(_Model):
     source: str = Field(pattern=r"^[a-z][a-z0-9_]{0,29}$")
-    destination: str = Field(pattern=r"^/.+")
-    initial_size: str | None = None
-    processes: list[str] = []
+    destination: Annotated[str, Field(pattern=r"^/.+", max_length=1024), AfterValidator(_plain)]
+    initial_size: str | None = Field(default=None, pattern=r"^\s*\d{1,7}\s*(mb|gb|mib|gib)?\s*$")
+    processes: list[GroupName] = Field(default=[], max_length=32)
 
 
 class SecretFile(_Model):
     """A secret given to machines as a file, on tmpfs, under /run or /tmp."""
 
-    guest_path: str
+    guest_path: Annotated[str, Field(max_length=1024), AfterValidator(_plain)]
     secret_name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
     @field_validator("guest_path")
@@ -175,18 +219,18 @@ class Vm(_Model):
     cpus: int = Field(default=1, ge=1, le=64)
     memory: Annotated[int, BeforeValidator(_parse_memory_mb), Field(ge=64, le=262144)] = 256
     cpu_kind: Literal["shared", "performance"] = "shared"
-    processes: list[str] = []
+    processes: list[GroupName] = Field(default=[], max_length=32)
 
 
 class Restart(_Model):
     policy: Literal["no", "always", "on-failure"] = "on-failure"
     retries: int = Field(default=10, ge=0, le=1000)
-    processes: list[str] = []
+    processes: list[GroupName] = Field(default=[], max_length=32)
 
 
 class Metrics(_Model):
     port: Port
-    path: str = Field(default="/metrics", pattern=r"^/")
+    path: RequestPath = "/metrics"
 
 
 class NetworkConfig(_Model):
@@ -196,27 +240,27 @@ class NetworkConfig(_Model):
 
 
 class Build(_Model):
-    image: str | None = None
+    image: Annotated[str, Field(max_length=1000), AfterValidator(_plain)] | None = None
 
 
 class AppConfig(_Model):
     app: str
     primary_region: str = Field(default="local", pattern=r"^[a-z][a-z0-9-]{0,31}$")
     kill_signal: Literal["SIGINT", "SIGTERM", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGKILL"] = "SIGINT"
-    kill_timeout: Duration = 5.0
+    kill_timeout: KillTimeout = 5.0
     build: Build = Build()
-    env: dict[str, str] = {}
+    env: dict[str, Annotated[str, Field(max_length=32 * 1024)]] = Field(default={}, max_length=512)
     http_service: HttpService | None = None
-    services: list[Service] = []
-    checks: dict[str, NamedCheck] = {}
-    mounts: list[Mount] = []
-    files: list[SecretFile] = []
+    services: list[Service] = Field(default=[], max_length=32)
+    checks: dict[str, NamedCheck] = Field(default={}, max_length=32)
+    mounts: list[Mount] = Field(default=[], max_length=16)
+    files: list[SecretFile] = Field(default=[], max_length=64)
     network: NetworkConfig = NetworkConfig()
     deploy: Deploy = Deploy()
-    vm: list[Vm] = []
-    restart: list[Restart] = []
-    metrics: list[Metrics] | Metrics | None = None
-    processes: dict[str, str] = {}
+    vm: list[Vm] = Field(default=[], max_length=32)
+    restart: list[Restart] = Field(default=[], max_length=32)
+    metrics: Annotated[list[Metrics], Field(max_length=16)] | Metrics | None = None
+    processes: dict[str, Annotated[str, Field(max_length=4096)]] = Field(default={}, max_length=32)
 
     @field_validator("app")
     @classmethod

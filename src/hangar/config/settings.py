@@ -58,6 +58,23 @@ class ServerSettings(BaseModel):
     # Registries (host:port) copied from without TLS verification: for a test
     # registry on loopback only.
     insecure_registries: list[str] = []
+    # Registries (host or host:port, as written in docker:// references) that
+    # may be copied from although they resolve to a loopback, private,
+    # link-local or this host's own address. Every other registry must
+    # resolve to public addresses only.
+    allowed_registries: list[str] = []
+    # Server directories whose OCI layouts `oci:/PATH` may name (read without
+    # following links). Empty, the default: images are only uploaded or copied
+    # from registries.
+    local_image_dirs: list[Path] = []
+    # An image upload (a tar of an OCI layout): its size cap and time limit.
+    max_image_upload_bytes: int = Field(default=8 << 30, ge=1 << 20, le=64 << 30)
+    image_upload_seconds: float = Field(default=3600, ge=10, le=86400)
+    # A client must finish sending a request's headers this long after it
+    # connects (or after its last response); an idle keep-alive connection is
+    # closed after http_keepalive_seconds.
+    http_header_seconds: float = Field(default=20, ge=1, le=600)
+    http_keepalive_seconds: float = Field(default=5, ge=1, le=600)
     # Isolate this host's machines with nftables (off only to debug a host).
     firewall: bool = True
     # Answer machines' .internal names on this host (UDP/TCP 53 on a private address).

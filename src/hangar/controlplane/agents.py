@@ -26,6 +26,7 @@ from hangar.contract.names import Record
 from hangar.controlplane.changes import change, record_refusal
 from hangar.controlplane.hostlink import apply_report, dns_records, host_assignments
 from hangar.controlplane.hosts import renew_host_cert
+from hangar.controlplane.images import machine_layout
 from hangar.controlplane.logstore import LogStore
 from hangar.controlplane.mesh import mesh_peers, register_mesh
 from hangar.controlplane.secrets import deliver
@@ -33,7 +34,8 @@ from hangar.controlplane.state import ControlPlane
 from hangar.crypto.peercert import IssuedCert
 from hangar.domain.routing import RoutingTable
 from hangar.errors import NotFound, PermissionDenied
-from hangar.store.tables import Host, Machine
+from hangar.images.oci import ImageRef
+from hangar.store.tables import App, Host, Machine
 
 __all__ = ["AgentService"]
 
@@ -88,16 +90,21 @@ class AgentService:
             cp.db, cp.keyring, cp.audit, self.ctx, host_id=self.host_id, machine_id=machine_id
         )
 
-    def image(self, machine_id: str) -> tuple[str, str | None]:
-        """A machine's image reference and the digest its release pinned (own machines only)."""
+    def image(self, machine_id: str) -> tuple[ImageRef, str | None]:
+        """A machine's image layout and the digest its release pinned (own machines only).
+
+        The layout is in the machine's organization's image store, or refused.
+        """
         with self.cp.db.read() as session:
             found = [
                 a for a in host_assignments(session, self.host_id) if a.machine_id == machine_id
             ]
+            machine = session.get(Machine, machine_id) if found else None
+            app = session.get(App, machine.app_id) if machine is not None else None
         # Hosts see only their own machines; others' are "not found", as on the public API.
-        if not found:
+        if not found or app is None:
             raise NotFound(f"machine {machine_id!r} is not assigned to this host")
-        return found[0].image, found[0].image_digest
+        return machine_layout(self.cp, app.org_id, found[0].image), found[0].image_digest
 
     def routes(self) -> RoutingTable:
         """The edge's routing table, keys included; only for hosts joined as edges."""

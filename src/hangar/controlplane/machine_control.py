@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from hangar.audit.log import AuditContext
 from hangar.controlplane.changes import change
+from hangar.controlplane.images import resolve_image
 from hangar.controlplane.leases import held
 from hangar.controlplane.machines import (
     DEFAULT_MEMORY_MB,
@@ -31,7 +32,6 @@ from hangar.controlplane.machines import (
 from hangar.controlplane.releases import live_release
 from hangar.controlplane.state import ControlPlane
 from hangar.errors import Conflict, NotFound, ValidationError, WaitTimeout
-from hangar.images.registry import local_image, resolve
 from hangar.store.tables import App, Host, Machine, MachineEvent, Org
 
 __all__ = [
@@ -141,9 +141,7 @@ def add_machine(
     with contextlib.ExitStack() as stack:
         layout = digest = None
         if image is not None:
-            layout, digest = stack.enter_context(
-                resolve(image, cp.data_dir / "images", insecure=cp.settings.insecure_registries)
-            )
+            layout, digest = stack.enter_context(resolve_image(cp, app.org_id, image))
         with change(cp, ctx, org_id=app.org_id, action="machine.create") as (session, event):
             live = live_release(session, app.id)
             current = live.version if live is not None else None
@@ -195,8 +193,8 @@ def update_machine(
                 "only a one-off machine has its own image",
                 hint="deploy a new release to change the app's image",
             )
-        layout, values["image_digest"] = local_image(image)
-        values["image"] = layout
+        with resolve_image(cp, app.org_id, image) as (layout, values["image_digest"]):
+            values["image"] = layout
     if version is not None:
         if machine.one_off:
             raise ValidationError("a one-off machine runs its own image, not a release")

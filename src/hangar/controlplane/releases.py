@@ -8,11 +8,11 @@ from sqlalchemy.orm import Session
 from hangar.audit.log import AuditContext
 from hangar.config.appconfig import AppConfig
 from hangar.controlplane.changes import change
+from hangar.controlplane.images import resolve_image
 from hangar.controlplane.machines import create_release, get_release, release_config
 from hangar.controlplane.routes import check_service_ports, reserved_ports
 from hangar.controlplane.state import ControlPlane
 from hangar.errors import Conflict, ValidationError
-from hangar.images.registry import resolve
 from hangar.store.tables import App, Release
 
 __all__ = [
@@ -87,10 +87,7 @@ def deploy(
     with cp.db.read() as session:
         check_service_ports(session, app, config, reserved)
     with (
-        resolve(image, cp.data_dir / "images", insecure=cp.settings.insecure_registries) as (
-            layout,
-            digest,
-        ),
+        resolve_image(cp, app.org_id, image) as (layout, digest),
         change(cp, ctx, org_id=app.org_id, action="release.create") as (session, event),
     ):
         row = session.get(App, app.id)

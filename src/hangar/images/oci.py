@@ -20,6 +20,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from hangar.errors import IntegrityError, NotFound, ValidationError
+from hangar.images.safeio import (
+    MAX_BLOB,
+    MAX_JSON_BLOB,
+    VerifyingReader,
+    digest_hex,
+    open_regular,
+    read_small,
+)
 
 __all__ = [
     "ImageConfig",
@@ -50,7 +58,6 @@ LAYER_TYPES = {
     "application/vnd.docker.image.rootfs.diff.tar": "tar",
 }
 REF_NAME = "org.opencontainers.image.ref.name"
-MAX_JSON_BLOB = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -99,14 +106,33 @@ class ImageConfig:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ImageConfig:
+        """The run settings of an image config; IntegrityError if a field has the wrong type."""
         cfg = data.get("config") or {}
+        if not isinstance(cfg, dict):
+            raise IntegrityError("the image config's config is not an object")
+
+        def strings(key: str) -> list[str]:
+            value = cfg.get(key) or []
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise IntegrityError(f"the image config's {key} is not a list of strings")
+            return list(value)
+
+        def string(key: str, default: str) -> str:
+            value = cfg.get(key) or default
+            if not isinstance(value, str):
+                raise IntegrityError(f"the image config's {key} is not a string")
+            return value
+
+        ports = cfg.get("ExposedPorts") or {}
+        if not isinstance(ports, dict):
+            raise IntegrityError("the image config's ExposedPorts is not an object")
         return cls(
-            entrypoint=list(cfg.get("Entrypoint") or []),
-            cmd=list(cfg.get("Cmd") or []),
-            env=list(cfg.get("Env") or []),
-            working_dir=cfg.get("WorkingDir") or "/",
-            user=cfg.get("User") or "",
-            exposed_ports=sorted((cfg.get("ExposedPorts") or {}).keys()),
+            entrypoint=strings("Entrypoint"),
+            cmd=strings("Cmd"),
+            env=strings("Env"),
+            working_dir=string("WorkingDir", "/"),
+            user=string("User", ""),
+            exposed_ports=sorted(str(p) for p in ports),
         )
 
 
@@ -135,59 +161,21 @@ class Manifest:
 
 
 def _blob_path(layout: Path, digest: str) -> Path:
-    algorithm, _, hexdigest = digest.partition(":")
-    if (
-        algorithm != "sha256"
-        or len(hexdigest) != 64
-        or not all(c in "0123456789abcdef" for c in hexdigest)
-    ):
-        raise IntegrityError(f"unsupported or malformed digest {digest!r}")
-    return layout / "blobs" / "sha256" / hexdigest
-
-
-class _VerifyingReader(io.RawIOBase):
-    """Reads a blob and raises IntegrityError at EOF unless size and digest match."""
-
-    def __init__(self, handle: IO[bytes], digest: str, size: int | None) -> None:
-        self._handle = handle
-        self._hash = hashlib.sha256()
-        self._digest = digest
-        self._size = size
-        self._seen = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        chunk = self._handle.read(len(buffer))
-        if not chunk:
-            self._finish()
-            return 0
-        self._seen += len(chunk)
-        if self._size is not None and self._seen > self._size:
-            raise IntegrityError(f"blob {self._digest} is larger than its descriptor says")
-        self._hash.update(chunk)
-        buffer[: len(chunk)] = chunk
-        return len(chunk)
-
-    def _finish(self) -> None:
-        if self._size is not None and self._seen != self._size:
-            raise IntegrityError(
-                f"blob {self._digest} is {self._seen} bytes, expected {self._size}"
-            )
-        if "sha256:" + self._hash.hexdigest() != self._digest:
-            raise IntegrityError(f"blob {self._digest} does not match its digest")
+    return layout / "blobs" / "sha256" / digest_hex(digest)
 
 
 @contextmanager
 def open_blob(layout: Path, digest: str, size: int | None = None) -> Iterator[IO[bytes]]:
-    path = _blob_path(layout, digest)
+    """A blob of ``layout``, read without following links, checked against ``digest``."""
+    if size is not None and not 0 <= size <= MAX_BLOB:
+        raise IntegrityError(f"blob {digest[:80]} has an impossible size {size}")
+    parts = ["blobs", "sha256", digest_hex(digest)]
     try:
-        handle = path.open("rb")
-    except FileNotFoundError as exc:
+        handle = open_regular(layout, parts, max_size=MAX_BLOB if size is None else size)
+    except NotFound as exc:
         raise IntegrityError(f"image layout {layout} lacks blob {digest}") from exc
     with handle:
-        yield io.BufferedReader(_VerifyingReader(handle, digest, size))
+        yield io.BufferedReader(VerifyingReader(handle, digest, size))
 
 
 def _read_json_blob(layout: Path, digest: str, size: int | None) -> dict[str, Any]:
@@ -205,12 +193,36 @@ def _read_json_blob(layout: Path, digest: str, size: int | None) -> dict[str, An
     return parsed
 
 
+def _tag(descriptor: Mapping[str, Any]) -> str:
+    annotations = descriptor.get("annotations")
+    name = annotations.get(REF_NAME) if isinstance(annotations, dict) else None
+    return name if isinstance(name, str) else ""
+
+
+def _objects(value: Any) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _platform(descriptor: Mapping[str, Any]) -> Mapping[str, Any]:
+    platform = descriptor.get("platform")
+    return platform if isinstance(platform, dict) else {}
+
+
+def _descriptor(value: Mapping[str, Any], ref: ImageRef) -> tuple[str, str, int]:
+    """A descriptor's media type, digest and size; IntegrityError unless well-formed."""
+    media, digest, size = value.get("mediaType"), value.get("digest"), value.get("size")
+    if not isinstance(digest, str) or type(size) is not int or not 0 <= size <= MAX_BLOB:
+        raise IntegrityError(f"image {ref}: a descriptor lacks a digest or a valid size")
+    digest_hex(digest)
+    return (media if isinstance(media, str) else ""), digest, size
+
+
 def _pick(index: Mapping[str, Any], tag: str | None, where: str) -> Mapping[str, Any]:
-    manifests = [m for m in index.get("manifests") or [] if isinstance(m, dict)]
+    manifests = _objects(index.get("manifests"))
     if tag is not None:
-        tagged = [m for m in manifests if (m.get("annotations") or {}).get(REF_NAME) == tag]
+        tagged = [m for m in manifests if _tag(m) == tag]
         if not tagged:
-            names = sorted({(m.get("annotations") or {}).get(REF_NAME, "") for m in manifests})
+            names = sorted({_tag(m) for m in manifests})
             known = ", ".join(n for n in names if n) or "none"
             raise NotFound(f"image {where} has no tag {tag!r} (tags: {known})")
         return tagged[0]
@@ -226,57 +238,66 @@ def read_manifest(ref: ImageRef) -> Manifest:
     """Resolve ``ref`` to a manifest in its layout, verifying what it reads."""
     assert ref.kind == "oci" and ref.path is not None
     layout = ref.path
-    marker = layout / "oci-layout"
     try:
-        version = json.loads(marker.read_text()).get("imageLayoutVersion")
-    except FileNotFoundError as exc:
+        marker = json.loads(read_small(layout, "oci-layout"))
+    except NotFound as exc:
         raise NotFound(
             f"{layout} is not an OCI image layout (no oci-layout file)",
             hint="build one with examples/hello/build.py, or copy with skopeo",
         ) from exc
     except ValueError as exc:
-        raise IntegrityError(f"{marker} is not JSON") from exc
+        raise IntegrityError(f"{layout}/oci-layout is not JSON") from exc
+    version = marker.get("imageLayoutVersion") if isinstance(marker, dict) else None
     if version != "1.0.0":
         raise ValidationError(f"{layout}: unsupported image layout version {version!r}")
     try:
-        index = json.loads((layout / "index.json").read_text())
-    except (OSError, ValueError) as exc:
+        index = json.loads(read_small(layout, "index.json"))
+    except (NotFound, ValueError) as exc:
         raise IntegrityError(f"{layout}/index.json is missing or not JSON") from exc
-    descriptor = _pick(index, ref.tag, str(layout))
+    if not isinstance(index, dict):
+        raise IntegrityError(f"{layout}/index.json is not a JSON object")
+    descriptor = _descriptor(_pick(index, ref.tag, str(layout)), ref)
     for _ in range(4):  # nested indexes, as multi-platform images have
-        media = descriptor.get("mediaType")
-        body = _read_json_blob(layout, str(descriptor.get("digest")), descriptor.get("size"))
+        media, digest, size = descriptor
+        body = _read_json_blob(layout, digest, size)
         if media in INDEX_TYPES:
             platforms = [
                 m
-                for m in body.get("manifests") or []
-                if (m.get("platform") or {}).get("architecture") in (None, "amd64")
-                and (m.get("platform") or {}).get("os") in (None, "linux")
+                for m in _objects(body.get("manifests"))
+                if _platform(m).get("architecture") in (None, "amd64")
+                and _platform(m).get("os") in (None, "linux")
             ]
             if not platforms:
                 raise NotFound(f"image {ref} has no linux/amd64 manifest")
-            descriptor = platforms[0]
+            descriptor = _descriptor(platforms[0], ref)
             continue
         if media not in MANIFEST_TYPES and body.get("mediaType") not in MANIFEST_TYPES:
             raise ValidationError(f"image {ref}: unsupported manifest type {media!r}")
-        config_desc = body.get("config") or {}
-        config = _read_json_blob(layout, str(config_desc.get("digest")), config_desc.get("size"))
+        raw_config = body.get("config")
+        _, config_digest, config_size = _descriptor(
+            raw_config if isinstance(raw_config, dict) else {}, ref
+        )
+        config = _read_json_blob(layout, config_digest, config_size)
         layers = []
-        for layer in body.get("layers") or []:
-            compression = LAYER_TYPES.get(layer.get("mediaType"))
+        raw_layers = body.get("layers") or []
+        if not isinstance(raw_layers, list):
+            raise IntegrityError(f"image {ref}: its manifest's layers are not a list")
+        for layer in raw_layers:
+            layer_media, layer_digest, layer_size = _descriptor(
+                layer if isinstance(layer, dict) else {}, ref
+            )
+            compression = LAYER_TYPES.get(layer_media)
             if compression is None:
-                raise ValidationError(
-                    f"image {ref}: unsupported layer type {layer.get('mediaType')!r}"
-                )
-            layers.append(Layer(str(layer.get("digest")), int(layer.get("size", -1)), compression))
+                raise ValidationError(f"image {ref}: unsupported layer type {layer_media!r}")
+            layers.append(Layer(layer_digest, layer_size, compression))
         return Manifest(
-            str(descriptor["digest"]),
+            digest,
             ImageConfig.from_json(config),
             layers,
             media_type=str(media or body.get("mediaType")),
-            size=int(descriptor.get("size", -1)),
-            config_digest=str(config_desc.get("digest")),
-            config_size=int(config_desc.get("size", -1)),
+            size=size,
+            config_digest=config_digest,
+            config_size=config_size,
         )
     raise ValidationError(f"image {ref}: indexes nested too deeply")
 

@@ -8,7 +8,8 @@ half-made root filesystem behind, and a failed unpack leaves nothing at all.
 
 What a layer may not do (each is an ``IntegrityError`` naming the entry):
 write outside the root (``..``, absolute names, or through a symlink that
-points out), hard-link to something outside it, or be larger than the cap.
+points out), hard-link to something outside it, be larger than the cap, hold
+more entries than the cap, or take longer to unpack than the time limit.
 Device nodes are skipped (the runtime provides ``/dev``) and set-user-ID and
 set-group-ID bits are dropped. Files are owned by the machines' unprivileged
 host range: image uid N becomes host uid ``uid_base + N``.
@@ -17,18 +18,20 @@ host range: image uid N becomes host uid ``uid_base + N``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import stat
 import tarfile
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
 from hangar.errors import ConfigError, IntegrityError, ValidationError
 from hangar.images.oci import ImageConfig, ImageRef, Layer, Manifest, open_blob, read_manifest
 
-__all__ = ["Image", "ImageStore", "require_traversable", "unpack_layer"]
+__all__ = ["Image", "ImageStore", "require_traversable", "resolve_inside", "unpack_layer"]
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -53,7 +56,7 @@ def _components(name: str) -> list[str]:
     return parts
 
 
-def _resolve(root: Path, parts: list[str], *, follow_last: bool = False) -> Path:
+def resolve_inside(root: Path, parts: list[str], *, follow_last: bool = False) -> Path:
     """Join ``parts`` under ``root``, resolving symlinks as if ``root`` were ``/``.
 
     Like a chroot would: an absolute link target is taken from ``root``, and
@@ -95,16 +98,32 @@ def _remove(path: Path) -> None:
 
 
 def unpack_layer(
-    tar: tarfile.TarFile, root: Path, *, uid_base: int, id_range: int, budget: list[int]
+    tar: tarfile.TarFile,
+    root: Path,
+    *,
+    uid_base: int,
+    id_range: int,
+    budget: list[int],
+    deadline: float = math.inf,
 ) -> None:
-    """Apply one layer to ``root`` (see the module docstring for what is refused)."""
+    """Apply one layer to ``root`` (see the module docstring for what is refused).
+
+    ``budget`` holds the bytes and entries still allowed (``[bytes, entries]``
+    or ``[bytes]``); past ``deadline`` (``time.monotonic()``) unpacking stops.
+    """
     made_here: set[Path] = set()
     for member in tar:
+        if time.monotonic() > deadline:
+            raise IntegrityError("unpacking the image took longer than its time limit")
+        if len(budget) > 1:
+            budget[1] -= 1
+            if budget[1] < 0:
+                raise IntegrityError("the image has more entries than the unpack limit")
         parts = _components(member.name)
         if not parts:
             continue
         name = parts[-1]
-        parent = _resolve(root, parts[:-1], follow_last=True)
+        parent = resolve_inside(root, parts[:-1], follow_last=True)
         if name == OPAQUE:
             if parent.is_dir():
                 for child in parent.iterdir():
@@ -135,7 +154,7 @@ def unpack_layer(
             os.symlink(member.linkname, target)
         elif member.islnk():
             link_parts = _components(member.linkname)
-            source_path = _resolve(root, link_parts[:-1], follow_last=True) / link_parts[-1]
+            source_path = resolve_inside(root, link_parts[:-1], follow_last=True) / link_parts[-1]
             if source_path.is_symlink() or not source_path.is_file():
                 raise IntegrityError(
                     f"layer entry {member.name!r} hard-links to {member.linkname!r}, "
@@ -184,11 +203,15 @@ class ImageStore:
         uid_base: int = 100000,
         id_range: int = 65536,
         max_bytes: int = 8 << 30,
+        max_entries: int = 1_000_000,
+        unpack_seconds: float = 1800,
     ) -> None:
         self.root = root
         self.uid_base = uid_base
         self.id_range = id_range
         self.max_bytes = max_bytes
+        self.max_entries = max_entries
+        self.unpack_seconds = unpack_seconds
         root.mkdir(parents=True, exist_ok=True)
         # Search-only for others: machines' init (in their user namespace)
         # must traverse to their root filesystem; nobody may list it.
@@ -222,9 +245,10 @@ class ImageStore:
         try:
             rootfs = work / "rootfs"
             rootfs.mkdir()
-            budget = [self.max_bytes]
+            budget = [self.max_bytes, self.max_entries]
+            deadline = time.monotonic() + self.unpack_seconds
             for layer in manifest.layers:
-                self._apply(ref.path, layer, rootfs, budget)
+                self._apply(ref.path, layer, rootfs, budget, deadline)
             os.chown(rootfs, self.uid_base, self.uid_base)
             os.chmod(rootfs, 0o755)  # noqa: S103 - a root filesystem, read-only to machines
             (work / "image.json").write_text(
@@ -244,13 +268,20 @@ class ImageStore:
         assert image is not None
         return image
 
-    def _apply(self, layout: Path, layer: Layer, rootfs: Path, budget: list[int]) -> None:
+    def _apply(
+        self, layout: Path, layer: Layer, rootfs: Path, budget: list[int], deadline: float
+    ) -> None:
         mode = "r|gz" if layer.compression == "gzip" else "r|"
         with open_blob(layout, layer.digest, layer.size) as blob:
             try:
                 with tarfile.open(fileobj=blob, mode=mode) as tar:  # type: ignore[call-overload]
                     unpack_layer(
-                        tar, rootfs, uid_base=self.uid_base, id_range=self.id_range, budget=budget
+                        tar,
+                        rootfs,
+                        uid_base=self.uid_base,
+                        id_range=self.id_range,
+                        budget=budget,
+                        deadline=deadline,
                     )
                     blob.read()  # the rest of the stream, so the digest is checked
             except (tarfile.TarError, EOFError, OSError) as exc:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -36,13 +37,56 @@ __all__ = ["serve"]
 
 
 class _TLSConfig(uvicorn.Config):
+    header_seconds: float = 20.0
+
     def load(self) -> None:
         super().load()
         assert self.ssl is not None
         self.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
 
 
-class PeerCertProtocol(H11Protocol):
+class TimedProtocol(H11Protocol):
+    """HTTP/1.1 that closes a connection whose client is slow to send a request.
+
+    uvicorn closes a keep-alive connection that stays idle after a response,
+    but not one that never sends a request, nor one that trickles its headers
+    a byte at a time: each would hold a connection open for ever. Here a
+    client has ``header_seconds`` from connecting (or from its last response)
+    to send a whole request line and headers. A connection that never even
+    finishes the TLS handshake is closed by asyncio after 60 seconds.
+    """
+
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def _arm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        seconds = float(getattr(self.config, "header_seconds", _TLSConfig.header_seconds))
+        self._header_timer = self.loop.call_later(seconds, self._headers_late)
+
+    def _headers_late(self) -> None:
+        self._header_timer = None
+        # IDLE: the client has not finished a request's headers since the timer was armed.
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        super().connection_lost(exc)
+
+
+class PeerCertProtocol(TimedProtocol):
     """HTTP/1.1 that hands the verified client certificate to the app in its scope.
 
     uvicorn does not put the peer certificate in the ASGI scope; the TLS
@@ -102,7 +146,8 @@ class Loops(BackgroundLoop):
 
 
 def _tls_config(app: Any, settings: ServerSettings, port: int, **extra: Any) -> _TLSConfig:
-    return _TLSConfig(
+    extra.setdefault("http", TimedProtocol)
+    config = _TLSConfig(
         app,
         host=settings.listen_host,
         port=port,
@@ -114,8 +159,11 @@ def _tls_config(app: Any, settings: ServerSettings, port: int, **extra: Any) -> 
         server_header=False,
         proxy_headers=False,
         timeout_graceful_shutdown=10,
+        timeout_keep_alive=int(max(1, settings.http_keepalive_seconds)),
         **extra,
     )
+    config.header_seconds = settings.http_header_seconds
+    return config
 
 
 def serve(settings: ServerSettings) -> None:

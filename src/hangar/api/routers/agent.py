@@ -29,7 +29,7 @@ from hangar.controlplane.hostlink import assignments_version
 from hangar.crypto.secretbox import seal
 from hangar.domain.routing import edge_seal_context
 from hangar.errors import Conflict, IntegrityError, NotFound, ValidationError
-from hangar.images.oci import open_blob, parse_image_ref, read_manifest
+from hangar.images.oci import ImageRef, Manifest, open_blob, read_manifest
 
 router = GuardedRouter(prefix="/agent/v1", tags=["agent"])
 
@@ -157,8 +157,15 @@ def renew(body: RenewIn, access: Annotated[HostAccess, HOST]) -> CertOut:
     )
 
 
-def _machine_image(access: HostAccess, machine_id: str) -> tuple[str, str | None]:
+def _machine_image(access: HostAccess, machine_id: str) -> tuple[ImageRef, str | None]:
     return _service(access).image(machine_id)
+
+
+def _manifest(ref: ImageRef) -> Manifest:
+    try:
+        return read_manifest(ref)
+    except IntegrityError as exc:
+        raise ValidationError(f"the machine's image is unusable: {exc.message}") from exc
 
 
 @router.get(
@@ -168,7 +175,7 @@ def _machine_image(access: HostAccess, machine_id: str) -> tuple[str, str | None
 )
 def machine_image(machine_id: str, access: Annotated[HostAccess, HOST]) -> ImageOut:
     image, digest = _machine_image(access, machine_id)
-    manifest = read_manifest(parse_image_ref(image))
+    manifest = _manifest(image)
     if digest is not None and manifest.digest != digest:
         raise Conflict(
             f"image {image} is now {manifest.digest}, not the {digest} its release pinned",
@@ -193,11 +200,10 @@ def machine_image(machine_id: str, access: Annotated[HostAccess, HOST]) -> Image
 def machine_image_blob(
     machine_id: str, digest: str, access: Annotated[HostAccess, HOST]
 ) -> StreamingResponse:
-    image, pinned = _machine_image(access, machine_id)
-    ref = parse_image_ref(image)
-    manifest = read_manifest(ref)
+    ref, pinned = _machine_image(access, machine_id)
+    manifest = _manifest(ref)
     if pinned is not None and manifest.digest != pinned:
-        raise Conflict(f"image {image} no longer has the digest its release pinned")
+        raise Conflict(f"image {ref} no longer has the digest its release pinned")
     blobs = manifest.blobs()
     if digest not in blobs:
         raise NotFound(f"blob {digest} is not part of machine {machine_id}'s image")

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
+import tempfile
 from typing import Annotated, Any, Literal
 
-from fastapi import Query
+from fastapi import Query, Request
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from hangar.api.guard import Access, GuardedRouter, requires
 from hangar.auth.rbac import Permission
 from hangar.config.appconfig import parse_app_config
-from hangar.controlplane import releases
+from hangar.controlplane import images, releases
+from hangar.errors import WaitTimeout
 from hangar.store.tables import Release
 
 router = GuardedRouter(prefix="/v1/apps/{app}", tags=["machines"])
@@ -67,6 +71,54 @@ def deploy(
         access.cp, access.ctx, access.app, image=body.image, config=config, strategy=body.strategy
     )
     return _out(release)
+
+
+class ImageOut(BaseModel):
+    image: str = Field(description="what to deploy: the manifest digest, sha256:HEX")
+    digest: str
+    layers: int
+
+
+_TAR_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "a tar stream of an OCI image layout",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
+@router.post(
+    "/images",
+    response_model=ImageOut,
+    status_code=201,
+    summary="Upload an image: a tar of an OCI layout, kept in the organization's store",
+    openapi_extra=_TAR_BODY,
+)
+async def upload_image(
+    app: str,
+    request: Request,
+    access: Annotated[Access, requires(Permission.APPS_DEPLOY)],
+    tag: Annotated[
+        str | None, Query(max_length=128, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+    ] = None,
+) -> ImageOut:
+    """The body is read whole (capped by ``max_image_upload_bytes`` and in time) before
+    any of it is unpacked; the image is then named by its digest, ``sha256:HEX``."""
+    assert access.app is not None
+    cp = access.cp
+    with tempfile.TemporaryFile(dir=cp.data_dir) as spool:
+        try:
+            async with asyncio.timeout(cp.settings.image_upload_seconds):
+                async for chunk in request.stream():
+                    spool.write(chunk)
+        except TimeoutError as exc:
+            raise WaitTimeout("the image upload took too long") from exc
+        spool.seek(0)
+        manifest = await run_in_threadpool(
+            images.upload_image, cp, access.ctx, access.app, spool, tag=tag
+        )
+    return ImageOut(image=manifest.digest, digest=manifest.digest, layers=len(manifest.layers))
 
 
 @router.get("/releases", response_model=list[ReleaseOut], summary="Releases, newest first")
