@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import types
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import annotated_types
 from pydantic import BaseModel
@@ -154,6 +154,8 @@ def _type(field: FieldInfo, annotation: Any) -> str:
     if parsers:
         return 'size (`"512mb"`, `"1gb"` or MB)'
     origin = get_origin(annotation)
+    if origin is Annotated:  # an item type with bounds of its own: its base type
+        return _type(field, get_args(annotation)[0])
     if origin is Literal:
         return "one of " + ", ".join(f"`{a}`" for a in get_args(annotation))
     if origin is list:
@@ -178,8 +180,12 @@ def _range(field: FieldInfo) -> str:
             parts.append(f"> {m.gt}")
         elif isinstance(m, annotated_types.Le):
             parts.append(f"≤ {m.le}")
+        elif isinstance(m, annotated_types.Lt):
+            parts.append(f"< {m.lt}")
         elif isinstance(m, annotated_types.MinLen):
             parts.append(f"at least {m.min_length}")
+        elif isinstance(m, annotated_types.MaxLen):
+            parts.append(f"at most {m.max_length}")
         elif getattr(m, "pattern", None):
             parts.append(f"matches `{m.pattern}`")
     return ", ".join(parts)
