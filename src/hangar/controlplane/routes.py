@@ -244,6 +244,7 @@ class RouteBuilder:
                         soft_limit=service.concurrency.soft_limit,
                         hard_limit=service.concurrency.hard_limit,
                         rate_limit=service.rate_limit,
+                        org=app.org_id,
                     )
                 )
             for svc in cfg.services:
@@ -276,7 +277,9 @@ class RouteBuilder:
                 continue  # expired: the default certificate is as good, and names no one
             key = self._key(cert)
             if key is not None:
-                bundles.append(CertBundle(cert.hostname, cert.fullchain_pem, key))
+                owner = apps.get(cert.app_id)
+                org = owner.org_id if owner is not None else "?"
+                bundles.append(CertBundle(cert.hostname, cert.fullchain_pem, key, org=org))
         return RoutingTable(
             http=tuple(http),
             tcp=tuple(tcp),
