@@ -14,9 +14,11 @@ TLS and lands on their tmpfs.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import logging
+import socket
 from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
@@ -35,11 +37,12 @@ from hangar.domain.routing import (
     TcpRoute,
     hsts_header,
 )
-from hangar.errors import Conflict, HangarError
+from hangar.errors import Conflict, HangarError, ValidationError
 from hangar.store.tables import App, Certificate, Machine, Release
 
 __all__ = [
     "RouteBuilder",
+    "ServicePorts",
     "api_address",
     "cert_key_purpose",
     "check_service_ports",
@@ -63,11 +66,45 @@ def api_address(listen_host: str, listen_port: int) -> str:
     return f"[{host}]:{listen_port}" if ":" in host else f"{host}:{listen_port}"
 
 
-def reserved_ports(settings: ServerSettings) -> frozenset[int]:
-    """Ports of the edge host that no app's TCP service may take."""
+@dataclass(frozen=True)
+class ServicePorts:
+    """Which edge ports apps' TCP services may take.
+
+    ``reserved`` are the edge's and the server's own; a service port must lie
+    in ``low``..``high`` (an operator's setting); ``probe_host``, when the
+    edge runs on this host, is where it binds, to see a port already in use.
+    """
+
+    reserved: frozenset[int]
+    low: int = 1
+    high: int = 65535
+    probe_host: str | None = None
+
+
+def reserved_ports(settings: ServerSettings) -> ServicePorts:
+    """Ports of the edge host that no app's TCP service may take, and the range they may."""
     reserved = {settings.edge_http_port, settings.edge_https_port, settings.listen_port}
     reserved |= {p for p in (settings.edge_metrics_port, settings.agent_listen_port) if p}
-    return frozenset(reserved)
+    return ServicePorts(
+        frozenset(reserved),
+        settings.edge_service_port_min,
+        settings.edge_service_port_max,
+        settings.edge_listen_host if settings.edge and settings.agent else None,
+    )
+
+
+def _in_use(host: str, port: int) -> bool:
+    """True if something on this host listens on ``port`` (a bind without SO_REUSEPORT fails)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with contextlib.closing(socket.socket(family, socket.SOCK_STREAM)) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 def route_builder(keyring: Keyring, ca: InternalCA, settings: ServerSettings) -> RouteBuilder:
@@ -77,22 +114,35 @@ def route_builder(keyring: Keyring, ca: InternalCA, settings: ServerSettings) ->
         ca=ca,
         edge_domain=settings.edge_domain,
         acme_responder=api_address(settings.listen_host, settings.listen_port),
-        reserved_ports=reserved_ports(settings),
+        reserved_ports=reserved_ports(settings).reserved,
     )
 
 
 def check_service_ports(
-    session: Session, app: App, config: AppConfig, reserved: frozenset[int]
+    session: Session, app: App, config: AppConfig, reserved: ServicePorts | frozenset[int]
 ) -> None:
-    """Refuse a release whose TCP service ports the edge or another app already serves."""
+    """Refuse a release whose TCP service ports the edge, another app or the host holds.
+
+    A port must be in the operator's range, not the edge's own, not another
+    app's, and (where the edge runs on this host) not in use by anything else:
+    a port HAProxy cannot bind would otherwise only be found at the edge.
+    """
     wanted = {p.port for svc in config.services if svc.protocol == "tcp" for p in svc.ports}
     if not wanted:
         return
-    clash = sorted(wanted & reserved)
+    policy = reserved if isinstance(reserved, ServicePorts) else ServicePorts(reserved)
+    clash = sorted(wanted & policy.reserved)
     if clash:
         raise Conflict(
             f"port {clash[0]} is the edge's own; a [[services]] port must be another",
             hint="pick another ports.port in hangar.toml",
+        )
+    outside = sorted(p for p in wanted if not policy.low <= p <= policy.high)
+    if outside:
+        raise ValidationError(
+            f"port {outside[0]} is outside the range this installation gives TCP services"
+            f" ({policy.low}-{policy.high})",
+            hint="pick a ports.port in that range in hangar.toml",
         )
     newest = (
         select(Release.app_id, func.max(Release.version).label("version"))
@@ -113,6 +163,36 @@ def check_service_ports(
                 f"port {min(wanted & taken)} is already served by another app",
                 hint="pick another ports.port in hangar.toml",
             )
+    if policy.probe_host is None:
+        return
+    # The app's own current ports are held by the edge itself: not probed.
+    own = newest_of(session, app.id)
+    held = (
+        set()
+        if own is None
+        else {
+            p.port
+            for svc in release_config(own).services
+            if svc.protocol == "tcp"
+            for p in svc.ports
+        }
+    )
+    busy = sorted(p for p in wanted - held if _in_use(policy.probe_host, p))
+    if busy:
+        raise Conflict(
+            f"port {busy[0]} is already in use on the edge host",
+            hint="pick another ports.port in hangar.toml",
+        )
+
+
+def newest_of(session: Session, app_id: str) -> Release | None:
+    """The app's newest live release (the one routed), if any."""
+    return session.execute(
+        select(Release)
+        .where(Release.app_id == app_id, Release.status.in_(LIVE_RELEASES))
+        .order_by(Release.version.desc())
+        .limit(1)
+    ).scalar_one_or_none()
 
 
 @dataclass
