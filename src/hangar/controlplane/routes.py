@@ -273,7 +273,15 @@ class RouteBuilder:
                 select(Release).where(Release.app_id.in_(list(machines)))
             ).scalars()
         }
-        certs = list(session.execute(select(Certificate).order_by(Certificate.hostname)).scalars())
+        # Only names an app holds (proved control of) are routed and certified:
+        # a claim not yet proven reaches nothing.
+        certs = list(
+            session.execute(
+                select(Certificate)
+                .where(Certificate.proven_at.is_not(None))
+                .order_by(Certificate.hostname)
+            ).scalars()
+        )
         names: dict[str, list[str]] = {}
         for cert in certs:
             names.setdefault(cert.app_id, []).append(cert.hostname)
