@@ -209,3 +209,26 @@ def test_many_routes_one_broken_certificate(
     assert "cert:broken.tenants.test" in edge.status()["quarantined"]
     assert _names(_presented(edge, NAME)) == [NAME]
     assert get(edge, NAME, ca=ca)[0] == 200
+
+
+def test_a_taken_port_and_a_refused_route_at_once(
+    edge: Edge, ca: InternalCA, backends: list[Backend]
+) -> None:
+    """Two tenants' faults in one table: both are left out, the third tenant serves."""
+    one, two = backends
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        table = RoutingTable(
+            http=(
+                _route("web1", "acme", (NAME,), one),
+                _route("evil", "globex", ("evil.tenants.test",), two, rate_limit=2**63 - 1),
+            ),
+            tcp=(TcpRoute("db", port, (Server("m_db", "::1", two.port, True),)),),
+            certs=(_bundle(ca, NAME, "acme"),),
+        )
+        with pytest.raises(CommandError):
+            edge.apply(table)
+        assert set(edge.status()["quarantined"]) == {"http:evil", f"tcp:db:{port}"}
+        assert get(edge, NAME, ca=ca)[0] == 200

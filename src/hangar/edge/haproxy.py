@@ -265,11 +265,11 @@ class Edge:
     def _culprits(self, table: RoutingTable) -> dict[str, str]:
         """What to leave out of ``table`` so the rest applies; {} if it is not one unit's fault."""
         busy = ports_in_use(table, self.cfg.bind_host, self._own_ports)
-        if busy:
-            return busy
-        if not self._accepts(only(table, [])):
-            return {}  # the edge's own part is refused: no route is to blame
-        return {key: "HAProxy refused it" for key in self._refused(table, units(table))}
+        rest = without(table, busy)
+        if (busy and self._accepts(rest)) or not self._accepts(only(rest, [])):
+            return busy  # nothing else to blame (or the edge's own part is refused)
+        refused = {key: "HAProxy refused it" for key in self._refused(rest, units(rest))}
+        return busy | refused
 
     def _apply_table(self, table: RoutingTable) -> bool:
         shape = table.shape_digest()
