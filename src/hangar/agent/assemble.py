@@ -78,15 +78,16 @@ def build_agent(link: ControlPlaneLink, options: AgentOptions) -> Agent:
     prepare_agent_dir(root)
     # Checks, image pulls and stops run off the agent's loop, in pools where
     # each organization has a few slots: one tenant's slow work never delays
-    # another's machines.
+    # another's machines. Threads mostly wait (on a socket, on a machine's
+    # exit), so the pools are wide; organizations are made by operators only.
     reconciler = Reconciler(
         factory(root / "state", root / "bundles"),
         ImageStore(root / "images"),
         root / "state",
-        health=HealthMonitor(Offload(workers=16, per_org=4, name="hangar-checks")),
+        health=HealthMonitor(Offload(workers=32, per_org=4, name="hangar-checks")),
         image_source=lambda want: parse_image_ref(link.image(want)),
         secret_source=link.secrets,
-        offload=Offload(workers=8, per_org=2, name="hangar-machines"),
+        offload=Offload(workers=32, per_org=2, name="hangar-machines"),
     )
     mesh = None
     if options.mesh_endpoint is not None:

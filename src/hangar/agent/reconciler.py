@@ -29,7 +29,11 @@ from hangar.errors import HangarError, IntegrityError, ValidationError
 from hangar.images.oci import ImageRef, parse_image_ref
 from hangar.images.store import Image, ImageStore
 
-__all__ = ["ImageSource", "Outcome", "Reconciler", "SecretSource"]
+__all__ = ["MAX_KILL_SECONDS", "ImageSource", "Outcome", "Reconciler", "SecretSource"]
+
+# However long a machine asks to be given to stop, it is killed by then: a
+# stop holds one of its organization's slots, never for longer than this.
+MAX_KILL_SECONDS = 300.0
 
 
 ImageSource = Callable[[Assignment], ImageRef]
@@ -190,11 +194,15 @@ class Reconciler:
                         self.runtime.stop,
                         machine_id,
                         signal=want.kill_signal,
-                        timeout=want.kill_timeout,
+                        timeout=min(want.kill_timeout, MAX_KILL_SECONDS),
                     ),
                 )
                 return
-            self.runtime.stop(machine_id, signal=want.kill_signal, timeout=want.kill_timeout)
+            self.runtime.stop(
+                machine_id,
+                signal=want.kill_signal,
+                timeout=min(want.kill_timeout, MAX_KILL_SECONDS),
+            )
         elif kind is ActionKind.FAIL:
             meta = self._meta(machine_id)
             self._save_meta(machine_id, {**meta, "failed": True, "reason": action.reason})
