@@ -14,11 +14,10 @@ TLS and lands on their tmpfs.
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
-import socket
 from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
@@ -26,18 +25,22 @@ from sqlalchemy.orm import Session
 
 from hangar.config.appconfig import AppConfig
 from hangar.config.settings import ServerSettings
+
+# The checks a release passes live in edgecheck; offered here as before.
+from hangar.controlplane.edgecheck import (
+    LIVE_RELEASES,
+    ServicePorts,
+    check_edge_accepts,
+    check_service_ports,
+    http_route,
+    reserved_ports,
+    tcp_routes,
+)
 from hangar.controlplane.machines import release_config
 from hangar.crypto.ca import InternalCA
 from hangar.crypto.keyring import Keyring
-from hangar.domain.routing import (
-    CertBundle,
-    HttpRoute,
-    RoutingTable,
-    Server,
-    TcpRoute,
-    hsts_header,
-)
-from hangar.errors import Conflict, HangarError, ValidationError
+from hangar.domain.routing import CertBundle, HttpRoute, RoutingTable, Server, TcpRoute
+from hangar.errors import HangarError
 from hangar.store.tables import App, Certificate, Machine, Release
 
 __all__ = [
@@ -45,14 +48,15 @@ __all__ = [
     "ServicePorts",
     "api_address",
     "cert_key_purpose",
+    "check_edge_accepts",
     "check_service_ports",
+    "http_route",
     "reserved_ports",
     "route_builder",
+    "tcp_routes",
 ]
 
 log = logging.getLogger("hangar.routes")
-
-LIVE_RELEASES = ("complete", "running")
 
 
 def cert_key_purpose(cert_id: str) -> str:
@@ -66,47 +70,6 @@ def api_address(listen_host: str, listen_port: int) -> str:
     return f"[{host}]:{listen_port}" if ":" in host else f"{host}:{listen_port}"
 
 
-@dataclass(frozen=True)
-class ServicePorts:
-    """Which edge ports apps' TCP services may take.
-
-    ``reserved`` are the edge's and the server's own; a service port must lie
-    in ``low``..``high`` (an operator's setting); ``probe_host``, when the
-    edge runs on this host, is where it binds, to see a port already in use.
-    """
-
-    reserved: frozenset[int]
-    low: int = 1
-    high: int = 65535
-    probe_host: str | None = None
-
-
-def reserved_ports(settings: ServerSettings) -> ServicePorts:
-    """Ports of the edge host that no app's TCP service may take, and the range they may."""
-    reserved = {settings.edge_http_port, settings.edge_https_port, settings.listen_port}
-    reserved |= {p for p in (settings.edge_metrics_port, settings.agent_listen_port) if p}
-    return ServicePorts(
-        frozenset(reserved),
-        settings.edge_service_port_min,
-        settings.edge_service_port_max,
-        settings.edge_listen_host if settings.edge and settings.agent else None,
-    )
-
-
-def _in_use(host: str, port: int) -> bool:
-    """True if something on this host listens on ``port`` (a bind without SO_REUSEPORT fails)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with contextlib.closing(socket.socket(family, socket.SOCK_STREAM)) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
 def route_builder(keyring: Keyring, ca: InternalCA, settings: ServerSettings) -> RouteBuilder:
     """The builder the server's settings call for (edge domain, ports no app may take)."""
     return RouteBuilder(
@@ -116,83 +79,6 @@ def route_builder(keyring: Keyring, ca: InternalCA, settings: ServerSettings) ->
         acme_responder=api_address(settings.listen_host, settings.listen_port),
         reserved_ports=reserved_ports(settings).reserved,
     )
-
-
-def check_service_ports(
-    session: Session, app: App, config: AppConfig, reserved: ServicePorts | frozenset[int]
-) -> None:
-    """Refuse a release whose TCP service ports the edge, another app or the host holds.
-
-    A port must be in the operator's range, not the edge's own, not another
-    app's, and (where the edge runs on this host) not in use by anything else:
-    a port HAProxy cannot bind would otherwise only be found at the edge.
-    """
-    wanted = {p.port for svc in config.services if svc.protocol == "tcp" for p in svc.ports}
-    if not wanted:
-        return
-    policy = reserved if isinstance(reserved, ServicePorts) else ServicePorts(reserved)
-    clash = sorted(wanted & policy.reserved)
-    if clash:
-        raise Conflict(
-            f"port {clash[0]} is the edge's own; a [[services]] port must be another",
-            hint="pick another ports.port in hangar.toml",
-        )
-    outside = sorted(p for p in wanted if not policy.low <= p <= policy.high)
-    if outside:
-        raise ValidationError(
-            f"port {outside[0]} is outside the range this installation gives TCP services"
-            f" ({policy.low}-{policy.high})",
-            hint="pick a ports.port in that range in hangar.toml",
-        )
-    newest = (
-        select(Release.app_id, func.max(Release.version).label("version"))
-        .where(Release.status.in_(LIVE_RELEASES), Release.app_id != app.id)
-        .group_by(Release.app_id)
-        .subquery()
-    )
-    for release in session.execute(
-        select(Release).join(
-            newest, (Release.app_id == newest.c.app_id) & (Release.version == newest.c.version)
-        )
-    ).scalars():
-        cfg = release_config(release)
-        taken = {p.port for svc in cfg.services if svc.protocol == "tcp" for p in svc.ports}
-        if wanted & taken:
-            # Another app's, maybe another organization's: say which port, not whose.
-            raise Conflict(
-                f"port {min(wanted & taken)} is already served by another app",
-                hint="pick another ports.port in hangar.toml",
-            )
-    if policy.probe_host is None:
-        return
-    # The app's own current ports are held by the edge itself: not probed.
-    own = newest_of(session, app.id)
-    held = (
-        set()
-        if own is None
-        else {
-            p.port
-            for svc in release_config(own).services
-            if svc.protocol == "tcp"
-            for p in svc.ports
-        }
-    )
-    busy = sorted(p for p in wanted - held if _in_use(policy.probe_host, p))
-    if busy:
-        raise Conflict(
-            f"port {busy[0]} is already in use on the edge host",
-            hint="pick another ports.port in hangar.toml",
-        )
-
-
-def newest_of(session: Session, app_id: str) -> Release | None:
-    """The app's newest live release (the one routed), if any."""
-    return session.execute(
-        select(Release)
-        .where(Release.app_id == app_id, Release.status.in_(LIVE_RELEASES))
-        .order_by(Release.version.desc())
-        .limit(1)
-    ).scalar_one_or_none()
 
 
 @dataclass
@@ -314,45 +200,20 @@ class RouteBuilder:
                     out.append(Server(m.id, m.address, port, up))
                 return tuple(out)
 
-            service = cfg.http_service
-            if service is not None:
+            if cfg.http_service is not None:
                 hostnames = list(names.get(app_id, []))
                 if self.edge_domain:
                     hostnames.insert(0, f"{app.name}.{self.edge_domain}")
-                hsts = service.hsts
-                http.append(
-                    HttpRoute(
-                        app=app.name,
-                        hostnames=tuple(hostnames),
-                        servers=servers("http", service.internal_port),
-                        force_https=service.force_https,
-                        hsts=hsts_header(hsts.max_age, hsts.include_subdomains, hsts.preload)
-                        if hsts.enabled
-                        else None,
-                        soft_limit=service.concurrency.soft_limit,
-                        hard_limit=service.concurrency.hard_limit,
-                        rate_limit=service.rate_limit,
-                        org=app.org_id,
-                    )
-                )
-            for svc in cfg.services:
-                if svc.protocol != "tcp":
+                route = http_route(app.name, cfg, tuple(hostnames), app.org_id)
+                assert route is not None
+                internal = cfg.http_service.internal_port
+                http.append(dataclasses.replace(route, servers=servers("http", internal)))
+            for route_tcp, internal in tcp_routes(app.name, cfg):
+                if route_tcp.port in taken:
+                    log.warning("app %s: port %d is taken; not routed", app.name, route_tcp.port)
                     continue
-                for port in svc.ports:
-                    if port.port in taken:
-                        log.warning("app %s: port %d is taken; not routed", app.name, port.port)
-                        continue
-                    taken.add(port.port)
-                    tcp.append(
-                        TcpRoute(
-                            app=app.name,
-                            port=port.port,
-                            servers=servers("tcp", svc.internal_port),
-                            tls="tls" in port.handlers,
-                            proxy_protocol="proxy_proto" in port.handlers,
-                            hard_limit=svc.concurrency.hard_limit,
-                        )
-                    )
+                taken.add(route_tcp.port)
+                tcp.append(dataclasses.replace(route_tcp, servers=servers("tcp", internal)))
 
         bundles: list[CertBundle] = []
         domain_bundle = self._edge_domain_bundle(now)

@@ -13,11 +13,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import shutil
 import socket
+import tempfile
+from pathlib import Path
 
+from hangar import hostcmd
+from hangar.crypto.certs import self_signed_pem
 from hangar.domain.routing import RoutingTable
+from hangar.edge.render import EdgeConfig, render
+from hangar.hostfs import write_private
 
-__all__ = ["only", "ports_in_use", "units", "without"]
+__all__ = ["check_alone", "only", "ports_in_use", "units", "without"]
 
 
 def units(table: RoutingTable) -> list[str]:
@@ -71,3 +78,23 @@ def ports_in_use(table: RoutingTable, bind_host: str, own: frozenset[int]) -> di
                         f"port {route.port} is already in use on this host"
                     )
     return busy
+
+
+def check_alone(table: RoutingTable, binary: str = "haproxy") -> None:
+    """``haproxy -c`` of ``table`` on its own; CommandError if refused (skipped without HAProxy).
+
+    For a table without certificates (nothing secret is written): the control
+    plane checks an app's routes this way before a release is made.
+    """
+    if shutil.which(binary) is None:
+        return
+    with tempfile.TemporaryDirectory(prefix="hangar-edge-check-") as tmp:
+        conf = Path(tmp)
+        cfg = EdgeConfig(directory=conf, bind_host="127.0.0.1", http_port=1, https_port=2)
+        rendered = render(table, cfg, conf, with_state=True)
+        write_private(conf / "default.pem", self_signed_pem("hangar-edge-check", days=1))
+        for name, text in rendered.maps.items():
+            write_private(conf / name, text)
+        write_private(conf / "certs.list", rendered.crt_list)
+        write_private(conf / "haproxy.cfg", rendered.config)
+        hostcmd.run([binary, "-c", "-f", str(conf / "haproxy.cfg")], timeout=30)
