@@ -31,6 +31,13 @@ app = "{app}"
 """
 
 
+def _prove(cp: ControlPlane, hostname: str) -> None:
+    """Mark the one claim of ``hostname`` as proven (as a found TXT record or validated order)."""
+    with cp.db.write() as s:
+        row = s.execute(select(Certificate).where(Certificate.hostname == hostname)).scalar_one()
+        row.proven_at = dt.datetime.now(dt.UTC)
+
+
 def _bundle(
     hostname: str, days: int = 90, ca: InternalCA | None = None
 ) -> tuple[str, str, InternalCA]:
@@ -72,6 +79,7 @@ def test_another_org_cannot_see_take_or_remove_a_name(
     h = installation.headers
     api.post("/v1/apps", headers=h, json={"name": "web"})
     api.post("/v1/apps/web/certs", headers=h, json={"hostname": "clinic.example.com"})
+    _prove(control_plane, "clinic.example.com")  # held: web proved control of it
     api.post("/v1/orgs", headers=h, json={"name": "globex"})
     api.post(
         "/v1/orgs/globex/members", headers=h, json={"email": "eve@example.com", "role": "admin"}
@@ -176,6 +184,7 @@ def test_the_routing_table_routes_only_what_is_declared(
         starting = create_machine(s, app, 1, "local")
         ids = (healthy.id, sick.id, starting.id)
     api.post("/v1/apps/web/certs", headers=h, json={"hostname": "clinic.example.com"})
+    _prove(cp, "clinic.example.com")
     builder = RouteBuilder(keyring=cp.keyring, ca=cp.ca, edge_domain="apps.example.test")
     with cp.db.read() as s:
         table = builder.build(s)
@@ -277,6 +286,7 @@ def test_kek_rotation_rewraps_certificate_keys(
         headers=h,
         json={"fullchain": chain, "private_key": key},
     )
+    _prove(cp, "clinic.example.com")
     with cp.db.read() as s:
         before = s.execute(select(Certificate.key_wrapped)).scalar_one()
     rotation = rotate_kek(cp)
@@ -323,6 +333,7 @@ def test_only_edge_hosts_get_the_routing_table_and_keys_come_sealed(
         headers=h,
         json={"fullchain": chain, "private_key": key},
     )
+    _prove(control_plane, "clinic.example.com")
     worker = _join(api, _join_token(api, h), name="worker-1").json()
     made = api.post("/v1/hosts/join-tokens", headers=h, json={"edge": True})
     assert made.status_code == 201 and made.json()["edge"] is True

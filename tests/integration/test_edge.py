@@ -245,7 +245,8 @@ def test_unknown_names_reveal_nothing(edge: Edge, ca: InternalCA, backends: list
     cert = x509.load_der_x509_certificate(der)
     assert cert.subject.rfc4514_string() == "CN=hangar-edge-default"
     assert b"clinic" not in der and DOMAIN.encode() not in der
-    # An address sent as SNI (RFC 6066 forbids it; some clients do) counts as none.
+    # An address sent as SNI (RFC 6066 forbids it; some clients do) counts as none,
+    # and a name with its own certificate is not served on a connection without one.
     reply = subprocess.run(
         [
             "openssl",
@@ -262,7 +263,7 @@ def test_unknown_names_reveal_nothing(edge: Edge, ca: InternalCA, backends: list
         capture_output=True,
         timeout=20,
     )
-    assert reply.stdout.startswith(b"HTTP/1.1 200"), reply.stdout[:200]
+    assert reply.stdout.startswith(b"HTTP/1.1 421"), reply.stdout[:200]
     # A known SNI with another Host (domain fronting) is refused too.
     status, _, _, _ = get(edge, "other.example.org", sni=f"clinic.{DOMAIN}", ca=ca)
     assert status == 421

@@ -84,3 +84,28 @@ def test_no_checks_means_healthy_once_started() -> None:
     monitor = HealthMonitor()
     monitor.watch("m", LOOPBACK, [], started_at=0.0)
     assert monitor.healthy("m") is True
+
+
+def test_a_trickling_server_cannot_stretch_a_check() -> None:
+    """Each byte used to restart the timeout; the timeout now bounds the whole attempt."""
+    server = socket.socket(socket.AF_INET6)
+    server.bind(("::1", 0))
+    server.listen()
+    stop = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = server.accept()
+        with conn:
+            for byte in b"HTTP/1.0 200 OK":
+                if stop.wait(0.3):
+                    return
+                conn.sendall(bytes([byte]))
+
+    threading.Thread(target=trickle, daemon=True).start()
+    passing, seen = run_check(
+        LOOPBACK, CheckSpec("slow", "http", int(server.getsockname()[1]), timeout=1.0)
+    )
+    stop.set()
+    server.close()
+    # Every read came within 0.3 s; only a budget for the whole attempt ends it.
+    assert not passing and "timed out" in seen

@@ -14,6 +14,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from hangar.agent.health import HealthMonitor
+from hangar.agent.offload import Offload
 from hangar.agent.reconciler import Reconciler
 from hangar.agent.runtimes import registry
 from hangar.agent.service import Agent
@@ -74,12 +76,18 @@ def build_agent(link: ControlPlaneLink, options: AgentOptions) -> Agent:
     factory = registry.get(options.runtime)  # an unknown driver fails before any change
     root = options.agent_dir
     prepare_agent_dir(root)
+    # Checks, image pulls and stops run off the agent's loop, in pools where
+    # each organization has a few slots: one tenant's slow work never delays
+    # another's machines. Threads mostly wait (on a socket, on a machine's
+    # exit), so the pools are wide; organizations are made by operators only.
     reconciler = Reconciler(
         factory(root / "state", root / "bundles"),
         ImageStore(root / "images"),
         root / "state",
+        health=HealthMonitor(Offload(workers=32, per_org=4, name="hangar-checks")),
         image_source=lambda want: parse_image_ref(link.image(want)),
         secret_source=link.secrets,
+        offload=Offload(workers=32, per_org=2, name="hangar-machines"),
     )
     mesh = None
     if options.mesh_endpoint is not None:

@@ -10,20 +10,41 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
+from hangar.agent.offload import Offload
 from hangar.contract.assignments import CheckResult, CheckSpec
 
-__all__ = ["HealthMonitor", "run_check"]
+__all__ = ["MAX_CHECK_SECONDS", "HealthMonitor", "run_check"]
+
+# However long a check says it may take, one attempt ends by then.
+MAX_CHECK_SECONDS = 60.0
 
 
 def run_check(address: ipaddress.IPv6Address, check: CheckSpec) -> tuple[bool, str]:
-    """One attempt; (passing, what was seen)."""
+    """One attempt; (passing, what was seen).
+
+    The check's timeout bounds the whole attempt (connect, send, every read
+    together), capped at ``MAX_CHECK_SECONDS``: a server that trickles a
+    byte at a time cannot stretch it.
+    """
+    deadline = time.monotonic() + min(check.timeout, MAX_CHECK_SECONDS)
+
+    def left() -> float:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("timed out")
+        return remaining
+
     try:
-        with socket.create_connection((str(address), check.port), timeout=check.timeout) as sock:
+        with socket.create_connection((str(address), check.port), timeout=left()) as sock:
             if check.kind == "tcp":
                 return True, "connected"
-            sock.settimeout(check.timeout)
+            sock.settimeout(left())
             headers = "".join(f"{k}: {v}\r\n" for k, v in check.headers.items())
             request = (
                 f"{check.method} {check.path} HTTP/1.0\r\nHost: {address}\r\n"
@@ -32,6 +53,7 @@ def run_check(address: ipaddress.IPv6Address, check: CheckSpec) -> tuple[bool, s
             sock.sendall(request.encode())
             data = b""
             while b"\r\n" not in data and len(data) < 4096:
+                sock.settimeout(left())
                 chunk = sock.recv(4096)
                 if not chunk:
                     break
@@ -50,13 +72,25 @@ class _Watched:
     address: ipaddress.IPv6Address
     checks: list[CheckSpec]
     started_at: float
+    org: str = ""
+    serial: int = 0
     due: dict[str, float] = field(default_factory=dict)
     results: dict[str, CheckResult] = field(default_factory=dict)
 
 
 class HealthMonitor:
-    def __init__(self) -> None:
+    """The latest result of every check of every watched machine.
+
+    With an ``offload`` pool (as the agent runs it), ``tick`` only starts
+    due checks there and collects those that finished, so no check ever runs
+    on the loop that starts and stops machines, and one organization's checks
+    take at most its share of the pool. Without one, checks run in ``tick``.
+    """
+
+    def __init__(self, offload: Offload | None = None) -> None:
         self._machines: dict[str, _Watched] = {}
+        self.offload = offload
+        self._serial = 0
 
     def watch(
         self,
@@ -64,12 +98,16 @@ class HealthMonitor:
         address: ipaddress.IPv6Address,
         checks: list[CheckSpec],
         started_at: float,
+        org: str = "",
     ) -> None:
         """Start (or restart) checking a machine; forgets its earlier results."""
+        self._serial += 1
         self._machines[machine_id] = _Watched(
             address,
             list(checks),
             started_at,
+            org,
+            self._serial,
             due={c.name: started_at + c.grace_period for c in checks},
         )
 
@@ -80,7 +118,9 @@ class HealthMonitor:
         self._machines.pop(machine_id, None)
 
     def tick(self, now: float) -> list[CheckResult]:
-        """Run every due check; return the results produced."""
+        """Run (or, with an offload pool, start) every due check; return the results produced."""
+        if self.offload is not None:
+            return self._tick_offloaded(self.offload, now)
         produced = []
         for watched in self._machines.values():
             for check in watched.checks:
@@ -93,10 +133,41 @@ class HealthMonitor:
                 produced.append(result)
         return produced
 
+    @staticmethod
+    def _key(machine_id: str, watched: _Watched, check: str) -> str:
+        return f"check:{watched.serial}:{machine_id}:{check}"
+
+    def _tick_offloaded(self, pool: Offload, now: float) -> list[CheckResult]:
+        produced = []
+        finished: dict[str, Future[Any]] = {
+            k: f for k, f in pool.take().items() if k.startswith("check:")
+        }
+        for machine_id, watched in self._machines.items():
+            for check in watched.checks:
+                key = self._key(machine_id, watched, check.name)
+                future = finished.pop(key, None)
+                if future is not None:
+                    passing, seen = future.result()
+                    result = CheckResult(check.name, passing, seen, now)
+                    watched.results[check.name] = result
+                    produced.append(result)
+                if now < watched.due[check.name] or pool.busy(key):
+                    continue
+                # Not started when the organization has no free slot: due still.
+                if pool.submit(key, watched.org, partial(run_check, watched.address, check)):
+                    watched.due[check.name] = now + check.interval
+        return produced
+
     def next_due(self) -> float | None:
         """When the next check is due, if any machine has checks."""
         times = [t for watched in self._machines.values() for t in watched.due.values()]
-        return min(times) if times else None
+        if not times:
+            return None
+        if self.offload is not None:
+            # A check waiting for its organization's slot is due already: look
+            # again shortly, not in a spin (a finished check wakes the loop).
+            return max(min(times), time.time() + 0.25)
+        return min(times)
 
     def results(self, machine_id: str) -> list[CheckResult]:
         watched = self._machines.get(machine_id)

@@ -16,10 +16,12 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from hangar.agent.health import HealthMonitor
+from hangar.agent.offload import Offload
 from hangar.agent.runtimes.base import MachineSpec, Runtime
 from hangar.contract.assignments import Assignment
 from hangar.domain.reconcile import Action, ActionKind, Desired, Observed, plan
@@ -28,7 +30,11 @@ from hangar.images.oci import ImageRef, parse_image_ref
 from hangar.images.safeio import open_regular
 from hangar.images.store import Image, ImageStore, resolve_inside
 
-__all__ = ["ImageSource", "Outcome", "Reconciler", "SecretSource"]
+__all__ = ["MAX_KILL_SECONDS", "ImageSource", "Outcome", "Reconciler", "SecretSource"]
+
+# However long a machine asks to be given to stop, it is killed by then: a
+# stop holds one of its organization's slots, never for longer than this.
+MAX_KILL_SECONDS = 300.0
 
 
 ImageSource = Callable[[Assignment], ImageRef]
@@ -87,6 +93,12 @@ def _image_passwd(rootfs: Path) -> str:
         raise ValidationError(f"the image's /etc/passwd cannot be read: {exc.message}") from exc
 
 
+def _as_hangar_error(error: BaseException) -> HangarError:
+    if isinstance(error, HangarError):
+        return error
+    return HangarError(f"{type(error).__name__}: {error}")
+
+
 class Reconciler:
     def __init__(
         self,
@@ -96,8 +108,14 @@ class Reconciler:
         health: HealthMonitor | None = None,
         image_source: ImageSource | None = None,
         secret_source: SecretSource | None = None,
+        offload: Offload | None = None,
     ) -> None:
         self.runtime = runtime
+        # With a pool (as the agent runs it), stops and image pulls run there,
+        # bounded per organization, and never hold up another machine's action.
+        self.offload = offload
+        self._pulled: dict[str, Image] = {}
+        self._pull_failed: dict[str, HangarError] = {}
         self.images = images
         self.image_source: ImageSource = image_source or _local_layout
         self.secret_source = secret_source
@@ -147,9 +165,11 @@ class Reconciler:
             a.machine_id: Desired(a.machine_id, a.version, a.state, a.restart, a.generation)
             for a in assignments
         }
-        outcomes = []
+        outcomes = self._collect() if self.offload is not None else []
         observed = self.observe()
         for action in plan(desired, observed, now):
+            if self.offload is not None and self.offload.busy(f"machine:{action.machine_id}"):
+                continue  # its stop is under way; look again next round
             try:
                 self._apply(action, by_id.get(action.machine_id), now)
             except HangarError as exc:
@@ -184,11 +204,31 @@ class Reconciler:
         assert want is not None
         if kind is ActionKind.STOP:
             self.health.forget(machine_id)
-            self.runtime.stop(machine_id, signal=want.kill_signal, timeout=want.kill_timeout)
+            if self.offload is not None:
+                # A machine may wait out its whole kill timeout: never on the loop.
+                # Not started while its organization's slots are full: next round.
+                self.offload.submit(
+                    f"machine:{machine_id}",
+                    want.org,
+                    partial(
+                        self.runtime.stop,
+                        machine_id,
+                        signal=want.kill_signal,
+                        timeout=min(want.kill_timeout, MAX_KILL_SECONDS),
+                    ),
+                )
+                return
+            self.runtime.stop(
+                machine_id,
+                signal=want.kill_signal,
+                timeout=min(want.kill_timeout, MAX_KILL_SECONDS),
+            )
         elif kind is ActionKind.FAIL:
             meta = self._meta(machine_id)
             self._save_meta(machine_id, {**meta, "failed": True, "reason": action.reason})
         elif kind in (ActionKind.START, ActionKind.REPLACE):
+            if not self._image_ready(want):
+                return  # being pulled off the loop; started on a later round
             if kind is ActionKind.REPLACE:
                 self.runtime.remove(machine_id)
             spec = self._spec(want)
@@ -206,6 +246,8 @@ class Reconciler:
             self._watch(want, now)
         elif kind is ActionKind.RESTART:
             meta = self._meta(machine_id)
+            if not self._image_ready(want):
+                return
             restarts = [*meta.get("restarts", []), now]
             self._save_meta(machine_id, {**meta, "restarts": restarts[-100:]})
             self.runtime.restart(self._spec(want))
@@ -214,16 +256,54 @@ class Reconciler:
     def _watch(self, want: Assignment, now: float) -> None:
         if want.address is not None:
             self.health.watch(
-                want.machine_id, ipaddress.IPv6Address(want.address), want.checks, now
+                want.machine_id, ipaddress.IPv6Address(want.address), want.checks, now, want.org
             )
+
+    # work off the loop
+
+    def _collect(self) -> list[Outcome]:
+        """Outcomes of stops and pulls that finished since the last round."""
+        assert self.offload is not None
+        outcomes = []
+        for key, future in self.offload.take().items():
+            kind, _, name = key.partition(":")
+            error = future.exception()
+            if kind == "pull":
+                if error is None:
+                    self._pulled[name] = future.result()
+                else:
+                    self._pull_failed[name] = _as_hangar_error(error)
+            elif error is not None:
+                failed = _as_hangar_error(error)
+                outcomes.append(Outcome(Action(ActionKind.STOP, name), False, failed.message))
+        return outcomes
+
+    def _image_ready(self, want: Assignment) -> bool:
+        """True if the image is unpacked here; else starts pulling it off the loop."""
+        if self.offload is None:
+            return True
+        if want.image_digest is not None and self.images.get(want.image_digest) is not None:
+            return True
+        key = want.image_digest or want.image
+        if key in self._pulled:
+            return True
+        failed = self._pull_failed.pop(key, None)
+        if failed is not None:
+            raise failed
+        self.offload.submit(f"pull:{key}", want.org, partial(self._pull, want))
+        return False
+
+    def _pull(self, want: Assignment) -> Image:
+        return self.images.pull(self.image_source(want))
 
     def _image(self, want: Assignment) -> Image:
         """The unpacked image, exactly the digest the release pinned (if it pinned one)."""
+        pulled = self._pulled.pop(want.image_digest or want.image, None)
         if want.image_digest is not None:
             known = self.images.get(want.image_digest)
             if known is not None:
                 return known
-        image = self.images.pull(self.image_source(want))
+        image = pulled or self.images.pull(self.image_source(want))
         if want.image_digest is not None and image.digest != want.image_digest:
             raise IntegrityError(
                 f"image {want.image} is now {image.digest}, not the {want.image_digest}"

@@ -18,10 +18,11 @@ import dataclasses
 import ipaddress
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hangar.agent.offload import Offload
 from hangar.agent.reconciler import Reconciler
 from hangar.contract.assignments import Assignment, MachineStatus
 from hangar.contract.links import ControlPlaneLink
@@ -198,9 +199,22 @@ class Agent:
         }
         self.link.report(statuses, errors)
         due = [t for t in (*waits, self.reconciler.health.next_due()) if t is not None]
+        if any(pool.pending() for pool in self._pools()):
+            due.append(time.time() + 0.5)  # collect what runs off the loop soon
         return min(due) if due else None
+
+    def _pools(self) -> list[Offload]:
+        pools = (self.reconciler.offload, self.reconciler.health.offload)
+        return [pool for pool in pools if pool is not None]
+
+    def wake_on_finished_work(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` when work running off the loop (a check, a stop) finishes."""
+        for pool in self._pools():
+            pool.on_done = wake
 
     def stop(self) -> None:
         """Stop what this agent serves in-process (machines and the edge keep running)."""
         if self.dns is not None:
             self.dns.stop()
+        for pool in self._pools():
+            pool.shutdown()

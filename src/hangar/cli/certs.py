@@ -48,7 +48,10 @@ def _show(data: dict[str, Any], json_out: bool) -> None:
         ("Renews at", data["renew_at"] or "-"),
         ("Fingerprint", data["fingerprint"] or "-"),
         ("DNS", data["dns"]),
+        ("Held", "yes: control proven" if data.get("proven") else "no: control not proven yet"),
     ]
+    if data.get("proof"):
+        rows.append(("Proof", f"{data['proof']}, then `hangar certs verify {data['hostname']}`"))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         typer.echo(f"{key.ljust(width)}  {value}")
@@ -96,6 +99,21 @@ def check(
     """Try a pending or failed order again now (after fixing DNS, say) and show it."""
     _show(
         client(ctx).request("POST", f"/v1/apps/{app_name(app_)}/certs/{hostname}/check"), json_out
+    )
+
+
+@app.command()
+def verify(
+    ctx: typer.Context, hostname: HostArg, app_: AppOpt = None, json_out: JsonOpt = False
+) -> None:
+    """Prove control of HOSTNAME by its DNS TXT record (`hangar certs show` names it).
+
+    An imported certificate, a wildcard, or a name another app also claims
+    is served only once its TXT record is found.
+    """
+    _show(
+        client(ctx).request("POST", f"/v1/apps/{app_name(app_)}/certs/{hostname}/verify"),
+        json_out,
     )
 
 

@@ -25,6 +25,8 @@ def status(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     typer.echo(f"HAProxy: {'running' if data['running'] else 'not running'}")
     if data["error"]:
         typer.echo(f"Last error: {data['error']}")
+    for part, why in sorted(data.get("quarantined", {}).items()):
+        typer.echo(f"Left out: {part}: {why} (tried again every 30 s)")
     typer.echo("\nRoutes:")
     rows = []
     for route in data["routes"]:

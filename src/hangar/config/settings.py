@@ -92,6 +92,13 @@ class ServerSettings(BaseModel):
     edge_domain: str = Field(
         default="apps.localhost", pattern=r"^$|^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
     )
+    # The ports apps' TCP services ([[services.ports]]) may take on the edge,
+    # inclusive: an operator keeps them clear of everything else on the host.
+    edge_service_port_min: int = Field(default=10000, ge=1, le=65535)
+    edge_service_port_max: int = Field(default=19999, ge=1, le=65535)
+    # The DNS resolver ("host:port") that checks TXT proofs of control of host
+    # names; empty: the first nameserver in /etc/resolv.conf.
+    dns_proof_resolver: str = ""
     # What `certs add` tells users to point their DNS at (a name or addresses).
     edge_dns_target: str = ""
     # ACME: the directory (Let's Encrypt by default), a CA bundle to trust it

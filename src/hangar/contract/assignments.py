@@ -61,6 +61,9 @@ class Assignment:
     image_digest: str | None = None  # the manifest digest the release pinned
     files: dict[str, str] = dataclasses.field(default_factory=dict)  # guest path -> secret
     egress: bool = True  # may reach beyond its private network
+    # The organization the machine belongs to: an agent bounds each one's
+    # concurrent slow work (checks, image pulls, stops) by it.
+    org: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

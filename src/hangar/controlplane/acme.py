@@ -26,13 +26,13 @@ from acme import challenges, client, messages
 from acme import errors as acme_errors
 from josepy.jwa import ES256
 from josepy.jwk import JWKEC
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from hangar.audit.log import AuditContext, AuditLog
 from hangar.config.settings import ServerSettings
 from hangar.controlplane.background import BackgroundLoop
-from hangar.controlplane.certs import renew_at
+from hangar.controlplane.certs import holder, renew_at
 from hangar.controlplane.routes import cert_key_purpose
 from hangar.crypto.certs import account_jwk, csr_pem, info_of, new_key_pem, parse_chain
 from hangar.crypto.keyring import Keyring
@@ -54,6 +54,29 @@ ORDER_DEADLINE = dt.timedelta(seconds=90)
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _unprovable(session: Session, cert: Certificate) -> str | None:
+    """Why an HTTP-01 order must not run for this unproven claim, if it must not.
+
+    HTTP-01 through a shared edge proves the name points at this
+    installation, not which organization controls it: when another app holds
+    the name, or also claims it, only a DNS TXT record can decide.
+    """
+    held = holder(session, cert.hostname)
+    if held is not None and held.id != cert.id:
+        return f"{cert.hostname} is already held by another app"
+    rivals = session.execute(
+        select(func.count())
+        .select_from(Certificate)
+        .where(Certificate.hostname == cert.hostname, Certificate.id != cert.id)
+    ).scalar_one()
+    if rivals:
+        return (
+            f"another app also claims {cert.hostname}: prove control with the TXT record"
+            f" `hangar certs show {cert.hostname}` gives, then `hangar certs verify`"
+        )
+    return None
 
 
 def _describe(exc: BaseException) -> str:
@@ -208,6 +231,10 @@ class Issuer(BackgroundLoop):
             if cert is None:
                 return False
             hostname, renewing = cert.hostname, cert.status == "valid"
+            refused = None if cert.proven_at is not None else _unprovable(session, cert)
+        if refused is not None:
+            self._failed(cert_id, refused, renewing, now)
+            return False
         key_pem = new_key_pem()
         tokens: list[str] = []
         try:
@@ -262,6 +289,13 @@ class Issuer(BackgroundLoop):
             cert.key_wrapped = self.keyring.wrap(
                 key_pem.encode(), purpose=cert_key_purpose(cert.id)
             )
+            held = holder(session, cert.hostname)
+            if held is not None and held.id != cert.id:
+                cert.status, cert.last_error = "failed", "already held by another app"
+                cert.next_attempt_at = None
+                return
+            # A validated order is proof of control: the name is this app's now.
+            cert.proven_at = cert.proven_at or _now()
             cert.status = "valid"
             cert.not_before, cert.not_after = info.not_before, info.not_after
             cert.detail = f"issued by {info.issuer}; renews at {renew_at(cert):%Y-%m-%d %H:%M} UTC"

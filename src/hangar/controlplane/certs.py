@@ -1,9 +1,13 @@
 """An app's host names and their certificates: add, import, list, remove.
 
 Adding a host name queues an ACME order (``controlplane.acme`` works it);
-importing stores a chain and key the user brings. A host name belongs to one
-app in the whole installation. Private keys are wrapped by the KEK before
-they touch the store; nothing here returns one.
+importing stores a chain and key the user brings. Any app may *claim* a
+name; a name is *held* by one app in the whole installation, and only once
+that app proved control of it: an ACME order validated for it, or (for an
+imported certificate or a wildcard) a DNS TXT record ``hangar certs verify``
+finds (``controlplane.dnsproof``). A claim not yet proven blocks no one, and
+the edge neither routes nor certifies a name until it is held. Private keys
+are wrapped by the KEK before they touch the store; nothing here returns one.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from hangar.audit.log import AuditContext
 from hangar.controlplane.changes import change
+from hangar.controlplane.dnsproof import new_token, proof_name, require_proof, resolver_of
 from hangar.controlplane.routes import cert_key_purpose
 from hangar.controlplane.state import ControlPlane
 from hangar.crypto.certs import CertInfo, info_of, inspect_bundle, parse_chain
@@ -33,6 +38,7 @@ __all__ = [
     "certificates",
     "challenge_answer",
     "get_certificate",
+    "holder",
     "import_certificate",
     "import_chain",
     "list_certificates",
@@ -41,6 +47,7 @@ __all__ = [
     "renew_at",
     "request_renewal",
     "retry_now",
+    "verify_hostname",
     "view",
 ]
 
@@ -73,6 +80,8 @@ class CertView:
     info: CertInfo | None
     created_by: str
     created_at: dt.datetime
+    proven: bool = False
+    proof: str = ""  # the TXT record that proves control, while not proven
 
 
 def view(cert: Certificate, app_name: str) -> CertView:
@@ -93,21 +102,41 @@ def view(cert: Certificate, app_name: str) -> CertView:
         info=info,
         created_by=cert.created_by,
         created_at=cert.created_at,
+        proven=cert.proven_at is not None,
+        proof=""
+        if cert.proven_at is not None or not cert.proof_token
+        else f'TXT {proof_name(cert.hostname)} "{cert.proof_token}"',
     )
 
 
+def holder(session: Session, hostname: str) -> Certificate | None:
+    """The claim that holds ``hostname`` (proven), if any."""
+    return session.execute(
+        select(Certificate).where(
+            Certificate.hostname == hostname, Certificate.proven_at.is_not(None)
+        )
+    ).scalar_one_or_none()
+
+
 def _check_free(session: Session, app: App, hostname: str, edge_domain: str) -> None:
-    if edge_domain and (hostname == edge_domain or hostname.endswith("." + edge_domain)):
+    """Refuse a name under the edge domain, the app's own again, or one another app holds.
+
+    Another app's claim that has not proven control blocks nothing.
+    """
+    if edge_domain and (
+        hostname.removeprefix("*.") == edge_domain or hostname.endswith("." + edge_domain)
+    ):
         raise ValidationError(
             f"{hostname} is under the edge domain {edge_domain}, which Hangar names itself",
             hint=f"every app already answers on <app>.{edge_domain}",
         )
-    held = session.execute(
-        select(Certificate).where(Certificate.hostname == hostname)
+    own = session.execute(
+        select(Certificate).where(Certificate.hostname == hostname, Certificate.app_id == app.id)
     ).scalar_one_or_none()
-    if held is not None:
-        if held.app_id == app.id:
-            raise Conflict(f"{hostname} is already added to {app.name}")
+    if own is not None:
+        raise Conflict(f"{hostname} is already added to {app.name}")
+    held = holder(session, hostname)
+    if held is not None and held.app_id != app.id:
         # Another app's, maybe another organization's: say so without naming it.
         raise Conflict(f"{hostname} is already held by another app")
 
@@ -132,6 +161,7 @@ def add_certificate(
         created_by=actor,
         created_at=now,
         updated_at=now,
+        proof_token=new_token(),
     )
     session.add(cert)
     session.flush()
@@ -153,9 +183,9 @@ def import_certificate(
     hostname = validate_hostname(hostname, wildcard=True)
     info = inspect_bundle(hostname, fullchain_pem, key_pem)
     existing = session.execute(
-        select(Certificate).where(Certificate.hostname == hostname)
+        select(Certificate).where(Certificate.hostname == hostname, Certificate.app_id == app.id)
     ).scalar_one_or_none()
-    if existing is None or existing.app_id != app.id:
+    if existing is None:
         _check_free(session, app, hostname, edge_domain)
     now = _now()
     cert = existing or Certificate(
@@ -165,7 +195,12 @@ def import_certificate(
         created_by=actor,
         created_at=now,
         attempts=0,
+        proof_token=new_token(),
     )
+    # A certificate anyone can make for any name proves nothing: the name is
+    # held only once its TXT record is found (or if the app already held it).
+    if cert.proof_token is None:
+        cert.proof_token = new_token()
     cert.source = "imported"
     cert.status = "imported"
     cert.fullchain_pem = fullchain_pem.strip() + "\n"
@@ -173,6 +208,11 @@ def import_certificate(
     cert.not_before = info.not_before
     cert.not_after = info.not_after
     cert.detail = f"imported; issued by {info.issuer}"
+    if cert.proven_at is None:
+        cert.detail += (
+            f"; not served until control is proven: publish TXT {proof_name(hostname)}"
+            f' "{cert.proof_token}", then `hangar certs verify {hostname}`'
+        )
     cert.last_error = ""
     cert.order_url = None
     cert.next_attempt_at = None
@@ -289,6 +329,34 @@ def remove_hostname(cp: ControlPlane, ctx: AuditContext, app: App, hostname: str
     target = f"{app.name} {hostname.strip().lower()}"
     with change(cp, ctx, org_id=app.org_id, action="cert.remove", target=target) as (session, _):
         remove_certificate(session, app, hostname)
+
+
+def verify_hostname(cp: ControlPlane, ctx: AuditContext, app: App, hostname: str) -> CertView:
+    """Look for the name's TXT proof; once found, the app holds the name.
+
+    Raises ValidationError if the record is not there (nothing changes), and
+    Conflict if another app proved control first.
+    """
+    with cp.db.read() as session:
+        cert = get_certificate(session, app, hostname)
+        if cert.proven_at is not None:
+            return view(cert, app.name)
+        name, token = cert.hostname, cert.proof_token or ""
+    # The lookup runs outside any transaction: a slow resolver holds no lock.
+    require_proof(name, token, resolver_of(cp.settings.dns_proof_resolver))
+    with change(cp, ctx, org_id=app.org_id, action="cert.verify") as (session, event):
+        cert = get_certificate(session, app, hostname)
+        held = holder(session, cert.hostname)
+        if held is not None and held.id != cert.id:
+            raise Conflict(f"{cert.hostname} is already held by another app")
+        cert.proven_at = _now()
+        cert.updated_at = cert.proven_at
+        if cert.source == "imported":
+            cert.detail = cert.detail.split("; not served until", 1)[0]
+        else:
+            cert.next_attempt_at = cert.proven_at  # order now: the name is this app's
+        event.target = f"{app.name} {cert.hostname}"
+        return view(cert, app.name)
 
 
 def challenge_answer(cp: ControlPlane, token: str, hostname: str) -> str:

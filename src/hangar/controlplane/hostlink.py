@@ -115,6 +115,7 @@ def assignment_for(machine: Machine, app: App, release: Release | None) -> Assig
         image_digest=machine.image_digest if machine.image else image_digest,
         files={f.guest_path: f.secret_name for f in cfg.files},
         egress=cfg.network.egress,
+        org=app.org_id,
     )
 
 

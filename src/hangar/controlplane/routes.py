@@ -14,6 +14,7 @@ TLS and lands on their tmpfs.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -24,32 +25,38 @@ from sqlalchemy.orm import Session
 
 from hangar.config.appconfig import AppConfig
 from hangar.config.settings import ServerSettings
+
+# The checks a release passes live in edgecheck; offered here as before.
+from hangar.controlplane.edgecheck import (
+    LIVE_RELEASES,
+    ServicePorts,
+    check_edge_accepts,
+    check_service_ports,
+    http_route,
+    reserved_ports,
+    tcp_routes,
+)
 from hangar.controlplane.machines import release_config
 from hangar.crypto.ca import InternalCA
 from hangar.crypto.keyring import Keyring
-from hangar.domain.routing import (
-    CertBundle,
-    HttpRoute,
-    RoutingTable,
-    Server,
-    TcpRoute,
-    hsts_header,
-)
-from hangar.errors import Conflict, HangarError
+from hangar.domain.routing import CertBundle, HttpRoute, RoutingTable, Server, TcpRoute
+from hangar.errors import HangarError
 from hangar.store.tables import App, Certificate, Machine, Release
 
 __all__ = [
     "RouteBuilder",
+    "ServicePorts",
     "api_address",
     "cert_key_purpose",
+    "check_edge_accepts",
     "check_service_ports",
+    "http_route",
     "reserved_ports",
     "route_builder",
+    "tcp_routes",
 ]
 
 log = logging.getLogger("hangar.routes")
-
-LIVE_RELEASES = ("complete", "running")
 
 
 def cert_key_purpose(cert_id: str) -> str:
@@ -63,13 +70,6 @@ def api_address(listen_host: str, listen_port: int) -> str:
     return f"[{host}]:{listen_port}" if ":" in host else f"{host}:{listen_port}"
 
 
-def reserved_ports(settings: ServerSettings) -> frozenset[int]:
-    """Ports of the edge host that no app's TCP service may take."""
-    reserved = {settings.edge_http_port, settings.edge_https_port, settings.listen_port}
-    reserved |= {p for p in (settings.edge_metrics_port, settings.agent_listen_port) if p}
-    return frozenset(reserved)
-
-
 def route_builder(keyring: Keyring, ca: InternalCA, settings: ServerSettings) -> RouteBuilder:
     """The builder the server's settings call for (edge domain, ports no app may take)."""
     return RouteBuilder(
@@ -77,42 +77,8 @@ def route_builder(keyring: Keyring, ca: InternalCA, settings: ServerSettings) ->
         ca=ca,
         edge_domain=settings.edge_domain,
         acme_responder=api_address(settings.listen_host, settings.listen_port),
-        reserved_ports=reserved_ports(settings),
+        reserved_ports=reserved_ports(settings).reserved,
     )
-
-
-def check_service_ports(
-    session: Session, app: App, config: AppConfig, reserved: frozenset[int]
-) -> None:
-    """Refuse a release whose TCP service ports the edge or another app already serves."""
-    wanted = {p.port for svc in config.services if svc.protocol == "tcp" for p in svc.ports}
-    if not wanted:
-        return
-    clash = sorted(wanted & reserved)
-    if clash:
-        raise Conflict(
-            f"port {clash[0]} is the edge's own; a [[services]] port must be another",
-            hint="pick another ports.port in hangar.toml",
-        )
-    newest = (
-        select(Release.app_id, func.max(Release.version).label("version"))
-        .where(Release.status.in_(LIVE_RELEASES), Release.app_id != app.id)
-        .group_by(Release.app_id)
-        .subquery()
-    )
-    for release in session.execute(
-        select(Release).join(
-            newest, (Release.app_id == newest.c.app_id) & (Release.version == newest.c.version)
-        )
-    ).scalars():
-        cfg = release_config(release)
-        taken = {p.port for svc in cfg.services if svc.protocol == "tcp" for p in svc.ports}
-        if wanted & taken:
-            # Another app's, maybe another organization's: say which port, not whose.
-            raise Conflict(
-                f"port {min(wanted & taken)} is already served by another app",
-                hint="pick another ports.port in hangar.toml",
-            )
 
 
 @dataclass
@@ -193,7 +159,15 @@ class RouteBuilder:
                 select(Release).where(Release.app_id.in_(list(machines)))
             ).scalars()
         }
-        certs = list(session.execute(select(Certificate).order_by(Certificate.hostname)).scalars())
+        # Only names an app holds (proved control of) are routed and certified:
+        # a claim not yet proven reaches nothing.
+        certs = list(
+            session.execute(
+                select(Certificate)
+                .where(Certificate.proven_at.is_not(None))
+                .order_by(Certificate.hostname)
+            ).scalars()
+        )
         names: dict[str, list[str]] = {}
         for cert in certs:
             names.setdefault(cert.app_id, []).append(cert.hostname)
@@ -226,44 +200,20 @@ class RouteBuilder:
                     out.append(Server(m.id, m.address, port, up))
                 return tuple(out)
 
-            service = cfg.http_service
-            if service is not None:
+            if cfg.http_service is not None:
                 hostnames = list(names.get(app_id, []))
                 if self.edge_domain:
                     hostnames.insert(0, f"{app.name}.{self.edge_domain}")
-                hsts = service.hsts
-                http.append(
-                    HttpRoute(
-                        app=app.name,
-                        hostnames=tuple(hostnames),
-                        servers=servers("http", service.internal_port),
-                        force_https=service.force_https,
-                        hsts=hsts_header(hsts.max_age, hsts.include_subdomains, hsts.preload)
-                        if hsts.enabled
-                        else None,
-                        soft_limit=service.concurrency.soft_limit,
-                        hard_limit=service.concurrency.hard_limit,
-                        rate_limit=service.rate_limit,
-                    )
-                )
-            for svc in cfg.services:
-                if svc.protocol != "tcp":
+                route = http_route(app.name, cfg, tuple(hostnames), app.org_id)
+                assert route is not None
+                internal = cfg.http_service.internal_port
+                http.append(dataclasses.replace(route, servers=servers("http", internal)))
+            for route_tcp, internal in tcp_routes(app.name, cfg):
+                if route_tcp.port in taken:
+                    log.warning("app %s: port %d is taken; not routed", app.name, route_tcp.port)
                     continue
-                for port in svc.ports:
-                    if port.port in taken:
-                        log.warning("app %s: port %d is taken; not routed", app.name, port.port)
-                        continue
-                    taken.add(port.port)
-                    tcp.append(
-                        TcpRoute(
-                            app=app.name,
-                            port=port.port,
-                            servers=servers("tcp", svc.internal_port),
-                            tls="tls" in port.handlers,
-                            proxy_protocol="proxy_proto" in port.handlers,
-                            hard_limit=svc.concurrency.hard_limit,
-                        )
-                    )
+                taken.add(route_tcp.port)
+                tcp.append(dataclasses.replace(route_tcp, servers=servers("tcp", internal)))
 
         bundles: list[CertBundle] = []
         domain_bundle = self._edge_domain_bundle(now)
@@ -276,7 +226,9 @@ class RouteBuilder:
                 continue  # expired: the default certificate is as good, and names no one
             key = self._key(cert)
             if key is not None:
-                bundles.append(CertBundle(cert.hostname, cert.fullchain_pem, key))
+                owner = apps.get(cert.app_id)
+                org = owner.org_id if owner is not None else "?"
+                bundles.append(CertBundle(cert.hostname, cert.fullchain_pem, key, org=org))
         return RoutingTable(
             http=tuple(http),
             tcp=tuple(tcp),

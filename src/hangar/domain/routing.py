@@ -91,6 +91,7 @@ class HttpRoute:
     soft_limit: int = 20
     hard_limit: int = 25
     rate_limit: int | None = None  # requests per second per client address
+    org: str = ""  # the organization the app belongs to: only its certificates serve these names
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,14 @@ class CertBundle:
     hostname: str
     fullchain_pem: str
     key_pem: str = field(repr=False)
+    org: str = ""  # the organization that proved control of the name; "" for the installation's
+
+    def covers(self, name: str) -> bool:
+        """True if this certificate is valid for ``name`` (a wildcard covers one label)."""
+        if self.hostname.startswith("*."):
+            head, _, rest = name.partition(".")
+            return bool(head) and head != "*" and rest == self.hostname[2:]
+        return name == self.hostname
 
 
 @dataclass(frozen=True)

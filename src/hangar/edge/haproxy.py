@@ -35,6 +35,7 @@ from typing import Any
 from hangar import hostcmd
 from hangar.crypto.certs import self_signed_pem
 from hangar.domain.routing import RoutingTable
+from hangar.edge.quarantine import only, ports_in_use, units, without
 from hangar.edge.render import EdgeConfig, render
 from hangar.errors import CommandError
 from hangar.hostfs import ensure_private_tmpfs, write_private
@@ -57,6 +58,12 @@ class Edge:
         self.last_error: str = ""
         self.last_applied: float | None = None
         self.reloads = 0
+        # What is left out of the table, and why; tried again every retry_after s.
+        self.quarantined: dict[str, str] = {}
+        self.retry_after = 30.0
+        self._quarantined_at = 0.0
+        self._asked: str | None = None
+        self._own_ports: frozenset[int] = frozenset()
 
     # paths
 
@@ -204,9 +211,67 @@ class Edge:
     def apply(self, table: RoutingTable) -> bool:
         """Make the edge serve ``table``; True if HAProxy's configuration changed.
 
-        Raises CommandError (after restoring the old configuration) if HAProxy
-        refuses the new one; the edge keeps serving the last good table.
+        A part of the table that HAProxy refuses or cannot bind (see
+        ``edge.quarantine``) is left out and everything else is applied; the
+        left-out parts are in ``quarantined`` and ``status()``, are tried again
+        every ``retry_after`` seconds, and come back once their cause is gone.
+        Raises CommandError when anything is left out, or (after restoring the
+        old configuration) when HAProxy refuses even the rest: the edge always
+        keeps serving the last good table.
         """
+        asked = table.shape_digest()
+        retry = self.quarantined and time.monotonic() >= self._quarantined_at + self.retry_after
+        if asked == self._asked and self.running() and not retry:
+            return self._apply_table(without(table, self.quarantined))
+        try:
+            changed = self._apply_table(table)
+            left_out: dict[str, str] = {}
+        except CommandError:
+            left_out = self._culprits(table)
+            if not left_out:
+                raise
+            first = self.last_error
+            changed = self._apply_table(without(table, left_out))
+            self.last_error = first
+        self._asked = asked
+        self.quarantined = left_out
+        self._quarantined_at = time.monotonic()
+        if left_out:
+            shown = "; ".join(f"{key}: {why}" for key, why in sorted(left_out.items()))
+            self.last_error = f"{self.last_error}; left out of the edge: {shown}"
+            log.error("edge: %s", self.last_error)
+            raise CommandError(["haproxy"], 1, f"left out of the edge: {shown}")
+        return changed
+
+    def _accepts(self, table: RoutingTable) -> bool:
+        conf = self._write(table, with_state=True)
+        try:
+            self.validate(conf)
+        except CommandError:
+            return False
+        finally:
+            shutil.rmtree(conf, ignore_errors=True)
+        return True
+
+    def _refused(self, table: RoutingTable, keys: list[str]) -> list[str]:
+        """The units among ``keys`` HAProxy refuses, found by halving (few checks for a few)."""
+        if not keys or self._accepts(only(table, keys)):
+            return []
+        if len(keys) == 1:
+            return keys
+        half = len(keys) // 2
+        return self._refused(table, keys[:half]) + self._refused(table, keys[half:])
+
+    def _culprits(self, table: RoutingTable) -> dict[str, str]:
+        """What to leave out of ``table`` so the rest applies; {} if it is not one unit's fault."""
+        busy = ports_in_use(table, self.cfg.bind_host, self._own_ports)
+        rest = without(table, busy)
+        if (busy and self._accepts(rest)) or not self._accepts(only(rest, [])):
+            return busy  # nothing else to blame (or the edge's own part is refused)
+        refused = {key: "HAProxy refused it" for key in self._refused(rest, units(rest))}
+        return busy | refused
+
+    def _apply_table(self, table: RoutingTable) -> bool:
         shape = table.shape_digest()
         if shape == self._shape and self.running():
             self._apply_states(table.states())
@@ -235,6 +300,14 @@ class Edge:
             raise CommandError(["haproxy", "reload"], 1, str(exc)) from exc
         self._shape = shape
         self._states = table.states()
+        self._own_ports = frozenset(
+            {
+                self.cfg.http_port,
+                self.cfg.https_port,
+                self.cfg.metrics_port,
+                *(r.port for r in table.tcp),
+            }
+        )
         self.last_error = ""
         self.last_applied = time.time()
         self._cleanup()
@@ -272,7 +345,12 @@ class Edge:
     def status(self) -> dict[str, Any]:
         """Listeners, backends and servers as HAProxy sees them now (``show stat``)."""
         if not self.running():
-            return {"running": False, "error": self.last_error, "proxies": []}
+            return {
+                "running": False,
+                "error": self.last_error,
+                "quarantined": dict(self.quarantined),
+                "proxies": [],
+            }
         try:
             text = _unix_command(self.admin_socket, "show stat")
         except OSError as exc:
@@ -294,6 +372,7 @@ class Edge:
         return {
             "running": True,
             "error": self.last_error,
+            "quarantined": dict(self.quarantined),
             "reloads": self.reloads,
             "last_applied": self.last_applied,
             "proxies": proxies,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from hangar.domain.routing import (
     ACME_CHALLENGE_PREFIX,
+    CertBundle,
     HttpRoute,
     RoutingTable,
     Server,
@@ -86,10 +87,15 @@ def render(table: RoutingTable, cfg: EdgeConfig, conf_dir: Path, *, with_state: 
     certs = {
         _cert_file(c.hostname): c.fullchain_pem.rstrip() + "\n" + c.key_pem for c in table.certs
     }
+    owners = {name: route.org for route in table.http for name in route.hostnames}
     crt_list = "".join(
-        f"{d / _cert_file(c.hostname)} [alpn h2,http/1.1] {c.hostname}\n"
+        f"{d / _cert_file(c.hostname)} [alpn h2,http/1.1] {' '.join(filters)}\n"
         for c in sorted(table.certs, key=lambda c: c.hostname)
+        if (filters := _sni_filters(c, owners))
     )
+    # Routed names that have a certificate of their own: a request for one of
+    # them must arrive on a connection whose SNI named it.
+    tls_names = sorted(name for name, org in owners.items() if _certified(table, name, org))
     ciphers = TLS12_CIPHERS + (":" + cfg.extra_ciphers if cfg.extra_ciphers else "")
     tls_bind = f"ssl crt {d / 'default.pem'} crt-list {d / 'certs.list'} alpn h2,http/1.1"
     hosts = d / "hosts.map"
@@ -150,9 +156,12 @@ def render(table: RoutingTable, cfg: EdgeConfig, conf_dir: Path, *, with_state: 
         "    acl has_sni var(txn.sni) -m found",
         f"    acl sni_known var(txn.sni),map_str({hosts}) -m found",
         "    acl sni_is_host var(txn.sni),strcmp(txn.host) eq 0",
-        # Never answer for one name on a connection set up for another.
+        f"    acl host_has_cert var(txn.host),map_str({d / 'tls.map'}) -m found",
+        # Never answer for one name on a connection set up for another; and a
+        # name with its own certificate only on a connection that asked for it
+        # by name (no SNI, or an address, would reach it under the default one).
         f'    http-request return status 421 content-type text/plain string "{MISDIRECTED.strip()}"'
-        " if has_sni !sni_known or has_sni !sni_is_host",
+        " if has_sni !sni_known or has_sni !sni_is_host or !has_sni host_has_cert",
         f'    http-request return status 404 content-type text/plain string "{NOT_FOUND.strip()}"'
         " if !known",
         f"    http-request set-var(txn.hsts) var(txn.host),map_str({d / 'hsts.map'})",
@@ -190,8 +199,33 @@ def render(table: RoutingTable, cfg: EdgeConfig, conf_dir: Path, *, with_state: 
         "hosts.map": "".join(line + "\n" for line in sorted(hosts_map)),
         "redirect.map": "".join(line + "\n" for line in sorted(redirect_map)),
         "hsts.map": "".join(line + "\n" for line in sorted(hsts_map)),
+        "tls.map": "".join(f"{name} 1\n" for name in tls_names),
     }
     return Rendered("\n".join(lines) + "\n", maps, certs, crt_list)
+
+
+def _sni_filters(cert: CertBundle, owners: dict[str, str]) -> list[str]:
+    """The SNI names HAProxy may present ``cert`` for.
+
+    A certificate serves a routed name only if its organization is the one
+    the name routes to: another organization's wildcard never answers for a
+    name it does not hold (``!name`` excludes it from the wildcard). The
+    installation's own certificates (no organization) cover what they cover.
+    """
+    filters = [cert.hostname]
+    if cert.org and owners.get(cert.hostname, cert.org) != cert.org:
+        return []
+    if cert.org and cert.hostname.startswith("*."):
+        filters += [
+            f"!{name}"
+            for name, org in sorted(owners.items())
+            if org != cert.org and cert.covers(name)
+        ]
+    return filters
+
+
+def _certified(table: RoutingTable, name: str, org: str) -> bool:
+    return any(c.covers(name) and c.org in ("", org) for c in table.certs)
 
 
 def _https_target(cfg: EdgeConfig) -> str:

@@ -117,12 +117,19 @@ class _Secondary(uvicorn.Server):
 
 
 class Loops(BackgroundLoop):
-    """The control plane's deployer and the local agent, one round at a time on one thread."""
+    """The control plane's deployer and the local agent, one round at a time on one thread.
+
+    Nothing slow runs here: the agent hands health checks, image pulls and
+    stops to its pools (bounded per organization) and collects them later,
+    so one tenant's slow server or stubborn machine never holds up a round.
+    """
 
     def __init__(self, cp: ControlPlane, agent: Agent | None) -> None:
         super().__init__("hangar-loops", cp.settings.tick_seconds)
         self.cp = cp
         self.agent = agent
+        if agent is not None:
+            agent.wake_on_finished_work(self.wake)
 
     def wake(self) -> None:
         """Run a round now: desired or observed state just changed.

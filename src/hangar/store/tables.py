@@ -15,6 +15,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -343,9 +345,24 @@ class Certificate(Base):
     """
 
     __tablename__ = "certificates"
+    # Many apps may claim a name; one holds it, once it proved control of it.
+    __table_args__ = (
+        UniqueConstraint("app_id", "hostname"),
+        Index(
+            "uq_certificates_proven_hostname",
+            "hostname",
+            unique=True,
+            sqlite_where=text("proven_at IS NOT NULL"),
+            postgresql_where=text("proven_at IS NOT NULL"),
+        ),
+    )
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     app_id: Mapped[str] = mapped_column(ForeignKey("apps.id"), index=True)
-    hostname: Mapped[str] = mapped_column(String(253), unique=True)
+    hostname: Mapped[str] = mapped_column(String(253), index=True)
+    # The DNS TXT value that proves control, and when control was proven (a
+    # validated ACME order or that TXT record): only then is the name held.
+    proof_token: Mapped[str | None] = mapped_column(String(64))
+    proven_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     source: Mapped[str] = mapped_column(String(16))  # acme, imported
     status: Mapped[str] = mapped_column(String(16))
     fullchain_pem: Mapped[str | None] = mapped_column(Text)

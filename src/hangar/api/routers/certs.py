@@ -48,6 +48,11 @@ class CertOut(BaseModel):
     serial: str | None
     fingerprint: str | None
     dns: str = Field(description="what to point the host name's DNS records at")
+    proven: bool = Field(
+        description="the app holds the name: it proved control (a validated ACME order or"
+        " the DNS TXT record); only then does the edge route and certify it"
+    )
+    proof: str = Field(description="the DNS TXT record that proves control, until it is proven")
     created_by: str
     created_at: dt.datetime
 
@@ -71,6 +76,8 @@ def _out(access: Access, v: CertView) -> CertOut:
         serial=v.info.serial if v.info else None,
         fingerprint=v.info.fingerprint if v.info else None,
         dns=_dns(access, v.hostname),
+        proven=v.proven,
+        proof=v.proof,
         created_by=v.created_by,
         created_at=v.created_at,
     )
@@ -124,6 +131,22 @@ def check(
 ) -> CertOut:
     assert access.app is not None
     shown = certs.retry_now(access.cp, access.app, hostname)
+    access.cp.wake_acme()
+    return _out(access, shown)
+
+
+@router.post(
+    "/{hostname}/verify",
+    response_model=CertOut,
+    summary="Prove control of the host name by its DNS TXT record; the app then holds it",
+)
+def verify(
+    app: str,
+    hostname: str,
+    access: Annotated[Access, requires(Permission.CERTS_WRITE)],
+) -> CertOut:
+    assert access.app is not None
+    shown = certs.verify_hostname(access.cp, access.ctx, access.app, hostname)
     access.cp.wake_acme()
     return _out(access, shown)
 

@@ -30,6 +30,10 @@ class EdgeOut(BaseModel):
     local: bool = Field(description="whether this API's host runs an edge")
     running: bool
     error: str
+    quarantined: dict[str, str] = Field(
+        default_factory=dict,
+        description="parts left out of the edge (http:APP, tcp:APP:PORT, cert:NAME) and why",
+    )
     routes: list[dict[str, Any]]
     tcp: list[dict[str, Any]]
     proxies: list[dict[str, Any]]
@@ -50,6 +54,7 @@ def edge_status(access: Annotated[Access, requires(Permission.EDGE_READ)]) -> Ed
         local=True,
         running=bool(status["running"]),
         error=str(status.get("error") or ""),
+        quarantined=dict(status.get("quarantined") or {}),
         routes=[
             {
                 "app": r.app,
