@@ -1,7 +1,8 @@
 """Edge throughput: Hangar's HAProxy against a hand-written HAProxy and Caddy, one run.
 
 All three terminate TLS on loopback with the same certificate (the edge's
-default one; wrk sends no SNI for an address) and proxy to the same backend:
+``*.apps.localhost`` one, asked for by SNI as a browser would: wrk resolves the
+name from a hosts file of its own) and proxy to the same backend:
 one machine (a real runc machine deployed by `hangar server run`) whose
 HAProxy answers every request itself with HTTP keep-alive, many times faster
 than any of the proxies in front of it. wrk drives each proxy over HTTPS
@@ -69,16 +70,22 @@ HOST = "bench.apps.localhost"
 
 
 def wait_up(url: str, host: str | None = None, timeout: float = 30) -> None:
+    """Until ``url`` answers 200; ``host``, when given, is sent as SNI and Host."""
     deadline = time.monotonic() + timeout
     headers = {"Host": host} if host else {}
+    extensions = {"sni_hostname": host} if host else {}
+    last = "no answer"
     while time.monotonic() < deadline:
         try:
-            if httpx.get(url, verify=False, headers=headers, timeout=1).status_code == 200:  # noqa: S501
+            with httpx.Client(verify=False, timeout=1) as client:  # noqa: S501
+                got = client.get(url, headers=headers, extensions=extensions)
+            if got.status_code == 200:
                 return
-        except httpx.HTTPError:
-            pass
+            last = f"{got.status_code} {got.text.strip()[:200]}"
+        except httpx.HTTPError as e:
+            last = repr(e)
         time.sleep(0.1)
-    raise SystemExit(f"{url} did not answer 200")
+    raise SystemExit(f"{url} did not answer 200 (last: {last})")
 
 
 def hand_written(work: Path, pem: Path, backend: str, port: int) -> str:
@@ -104,7 +111,6 @@ def caddyfile(cert: Path, key: Path, backend: str, port: int) -> str:
     return f"""{{
 	admin off
 	auto_https off
-	default_sni hangar-edge-default
 	log {{
 		output discard
 	}}
@@ -232,13 +238,16 @@ def main() -> None:
             "/v1/apps/bench/releases",
             json={"image": uploaded.json()["image"], "config": CONFIG},
         ).raise_for_status()
-        urls = {"hangar": f"https://127.0.0.1:{https_port}/"}
-        wait_up(urls["hangar"], HOST, timeout=60)
+        hosts_file = work / "hosts"
+        hosts_file.write_text(f"127.0.0.1 {HOST}\n")
+        urls = {"hangar": f"https://{HOST}:{https_port}/"}
+        wait_up(f"https://127.0.0.1:{https_port}/", HOST, timeout=60)
         (machine,) = api.get("/v1/apps/bench/machines").json()
         backend = f"[{machine['address']}]:{_backend_image.PORT}"
         urls["backend"] = f"http://{backend}/"
 
-        pem = work / "agent/edge/default.pem"
+        # The certificate the edge serves for HOST (in its live configuration).
+        pem = sorted(work.glob("agent/edge/conf.*/cert-_wildcard_.apps.localhost.pem"))[-1]
         text = pem.read_text()
         cut = text.index("-----BEGIN PRIVATE KEY")
         (work / "cert.pem").write_text(text[:cut])
@@ -266,10 +275,11 @@ def main() -> None:
                 env={**env, "HOME": str(work), "XDG_DATA_HOME": str(work / "caddy")},
             )
         )
-        urls["haproxy"] = f"https://127.0.0.1:{hand_port}/"
-        urls["caddy"] = f"https://127.0.0.1:{caddy_port}/"
-        for name in ("backend", "haproxy", "caddy"):
-            wait_up(urls[name])
+        urls["haproxy"] = f"https://{HOST}:{hand_port}/"
+        urls["caddy"] = f"https://{HOST}:{caddy_port}/"
+        wait_up(urls["backend"])
+        for port_ in (hand_port, caddy_port):
+            wait_up(f"https://127.0.0.1:{port_}/", HOST)
 
         edge_pid = int((work / "agent/edge/haproxy.pid").read_text().split()[0])
         proxy_pids = {"hangar": edge_pid, "haproxy": others[0].pid, "caddy": others[1].pid}
@@ -284,7 +294,7 @@ def main() -> None:
                     urls[name],
                     args.seconds,
                     args.connections,
-                    host=HOST if name == "hangar" else None,
+                    hosts_file=None if name == "backend" else hosts_file,
                 )
                 wall = time.monotonic() - started
                 one["backend_cpu"] = (machine_cpu(machine["id"]) - before[0]) / wall

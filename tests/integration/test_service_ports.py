@@ -23,6 +23,7 @@ from hangar.errors import ValidationError
 from hangar.images.oci import build_layout, layer_tar
 from hangar.store.tables import App, Release
 from tests.conftest import Installation
+from tests.uploads import upload_layout
 
 SERVICE = """
 app = "db"
@@ -53,8 +54,8 @@ def test_service_ports_are_checked_at_deploy(
 ) -> None:
     h = installation.headers
     build_layout(tmp_path / "img", [layer_tar([])])
-    image = f"oci:{tmp_path / 'img'}:latest"
     api.post("/v1/apps", headers=h, json={"name": "db"})
+    image = upload_layout(api, h, "db", tmp_path / "img", "latest")
 
     def deploy(port: int) -> tuple[int, str]:
         got = api.post(
@@ -106,12 +107,15 @@ def test_a_route_haproxy_refuses_fails_its_deploy(
     h = installation.headers
     build_layout(tmp_path / "img", [layer_tar([])])
     api.post("/v1/apps", headers=h, json={"name": "web"})
+    image = upload_layout(api, h, "web", tmp_path / "img", "latest")
     got = api.post(
         "/v1/apps/web/releases",
         headers=h,
-        json={"image": f"oci:{tmp_path / 'img'}:latest", "config": HUGE_RATE},
+        json={"image": image, "config": HUGE_RATE},
     )
-    assert got.status_code == 422, got.text
+    # Refused before any release: the bound on rate_limit catches it first now.
+    assert got.status_code == 400, got.text
+    assert "rate_limit" in got.text
     with control_plane.db.read() as s:
         assert s.execute(select(Release)).first() is None
     # The check itself, whatever bounds the configuration's parser sets.
