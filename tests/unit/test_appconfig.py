@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from hangar.config.appconfig import parse_app_config, parse_duration
+from hangar.config.appconfig import AppConfig, parse_app_config, parse_duration
 from hangar.errors import ConfigError
 
 FLY_STYLE = """
@@ -51,10 +53,6 @@ kill_timeout = "30s"
     port = 5432
     interval = "10s"
 
-[[mounts]]
-  source = "data"
-  destination = "/data"
-
 [deploy]
   strategy = "rolling"
   max_unavailable = 1
@@ -68,14 +66,6 @@ kill_timeout = "30s"
 [[restart]]
   policy = "on-failure"
   retries = 5
-
-[metrics]
-  port = 9091
-  path = "/metrics"
-
-[processes]
-  web = "bin/server"
-  worker = "bin/worker"
 """
 
 
@@ -89,7 +79,79 @@ def test_fly_style_config_parses() -> None:
     assert cfg.services[0].ports[0].handlers == ["proxy_proto"]
     assert cfg.vm[0].memory == 1024
     assert cfg.deploy.wait_timeout == 300.0
-    assert cfg.processes == {"web": "bin/server", "worker": "bin/worker"}
+
+
+# fly.toml keys and values Hangar does not act on: each refused by name, never
+# accepted and ignored.
+NOT_ACTED_ON = [
+    ('[[mounts]]\nsource = "data"\ndestination = "/data"\n', "mounts: Hangar does not support"),
+    ("[metrics]\nport = 9091\n", "metrics: Hangar does not support"),
+    ('[[metrics]]\nport = 9091\npath = "/m"\n', "metrics: Hangar does not support"),
+    ('[processes]\nweb = "bin/server"\n', "processes: Hangar does not support process groups"),
+    ('[[vm]]\nprocesses = ["web"]\n', "vm[0].processes: Hangar does not support"),
+    ('[[restart]]\nprocesses = ["web"]\n', "restart[0].processes: Hangar does not support"),
+    ('[[vm]]\ncpu_kind = "performance"\n', "vm[0].cpu_kind: 'performance' is not supported"),
+    (
+        '[http_service.concurrency]\ntype = "connections"\n',
+        "http_service.concurrency.type: 'connections' is not supported",
+    ),
+    (
+        '[[http_service.checks]]\nprotocol = "https"\n',
+        "http_service.checks[0].protocol: 'https' is not supported",
+    ),
+    (
+        '[[services]]\nprotocol = "udp"\ninternal_port = 53\n[[services.ports]]\nport = 10053\n',
+        "services[0].protocol: 'udp' is not supported",
+    ),
+    (
+        '[[services]]\ninternal_port = 1\n[[services.ports]]\nport = 10001\nhandlers = ["http"]\n',
+        "the `http` handler is not supported",
+    ),
+    (
+        "[[services]]\ninternal_port = 1\n[[services.ports]]\nport = 10001\nforce_https = true\n",
+        "force_https on [[services]] ports",
+    ),
+    (
+        '[[services]]\ninternal_port = 1\n[services.concurrency]\ntype = "requests"\n'
+        "[[services.ports]]\nport = 10001\n",
+        "services[0].concurrency.type: 'requests' is not supported",
+    ),
+    (
+        "[[services]]\ninternal_port = 1\n[services.concurrency]\nsoft_limit = 5\n"
+        "[[services.ports]]\nport = 10001\n",
+        "soft_limit for TCP services",
+    ),
+    (
+        "[[services]]\ninternal_port = 1\n[[services.ports]]\nport = 10001\n"
+        '[[services.http_checks]]\npath = "/"\n',
+        'use [checks.NAME] with type = "http"',
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), NOT_ACTED_ON)
+def test_keys_hangar_does_not_act_on_are_refused(text: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        parse_app_config('app = "web"\n' + text)
+
+
+def test_the_values_hangar_acts_on_are_accepted() -> None:
+    cfg = parse_app_config(
+        'app = "web"\n[http_service.concurrency]\ntype = "requests"\n'
+        '[[http_service.checks]]\nprotocol = "http"\n'
+        '[[services]]\nprotocol = "tcp"\ninternal_port = 1\n[services.concurrency]\n'
+        'type = "connections"\nhard_limit = 9\n[[services.ports]]\nport = 10001\n'
+        'handlers = ["tls", "proxy_proto"]\nforce_https = false\n[[vm]]\ncpu_kind = "shared"\n'
+    )
+    assert cfg.services[0].concurrency.hard_limit == 9
+
+
+def test_a_release_stored_before_a_refusal_still_loads() -> None:
+    """Stored releases are model dumps: a value refused today must not break reading one."""
+    cfg = parse_app_config('app = "web"\n[http_service]\ninternal_port = 80\n')
+    stored = cfg.model_dump(mode="json")
+    stored["http_service"]["concurrency"]["type"] = "connections"
+    assert AppConfig.model_validate(stored).http_service is not None
 
 
 def test_minimal_config_gets_secure_defaults() -> None:

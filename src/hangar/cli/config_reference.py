@@ -18,11 +18,11 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic.functional_validators import BeforeValidator
 
-from hangar.config.appconfig import AppConfig, parse_duration
+from hangar.config.appconfig import AppConfig, parse_duration, parse_memory_mb
 
 __all__ = ["EFFECTS", "reference"]
 
-NO_EFFECT = "accepted (fly.toml compatible) and checked; Hangar does not act on it yet"
+NO_EFFECT = "refused: Hangar does not act on it yet (fly.toml has it)"
 
 # What each key does, by its dotted path; ``[]`` marks an array of tables, ``<name>``
 # a table of tables. Keep to one sentence or two: the generator adds the rest.
@@ -46,7 +46,8 @@ EFFECTS: dict[str, str] = {
     "http_service.hsts.include_subdomains": "add `includeSubDomains`",
     "http_service.hsts.preload": "add `preload`",
     "http_service.concurrency": "per-machine load limits at the edge",
-    "http_service.concurrency.type": NO_EFFECT + " (limits count connections)",
+    "http_service.concurrency.type": "`requests`: the edge limits the requests in flight to "
+    "each machine (it sends a machine one request per connection); `connections` is refused",
     "http_service.concurrency.soft_limit": "connections a machine gets while the app is "
     "lightly loaded (HAProxy's `minconn`); the limit grows toward `hard_limit` under load",
     "http_service.concurrency.hard_limit": "connections a machine gets at most (HAProxy's "
@@ -58,21 +59,22 @@ EFFECTS: dict[str, str] = {
     "http_service.checks[].timeout": "how long one check may take",
     "http_service.checks[].method": "the request's method",
     "http_service.checks[].path": "the request's path",
-    "http_service.checks[].protocol": NO_EFFECT + " (checks speak plain HTTP)",
+    "http_service.checks[].protocol": "`http` (checks speak plain HTTP); `https` is refused",
     "http_service.checks[].headers": "extra request headers",
     "http_service.rate_limit": "requests per second per client address at the edge "
     "(none: unlimited)",
-    "services[]": "TCP services at the edge, one per port set (UDP is accepted and not routed)",
-    "services[].protocol": "`tcp` is routed; `udp` is not yet",
+    "services[]": "TCP services at the edge, one per port set",
+    "services[].protocol": "`tcp`; `udp` is refused (not routed yet)",
     "services[].internal_port": "the port the machines listen on",
     "services[].ports[]": "the ports the edge listens on for it",
     "services[].ports[].port": "the edge's port",
     "services[].ports[].handlers": "`tls`: the edge terminates TLS; `proxy_proto`: it sends "
-    "the PROXY protocol (v2); `http` is accepted",
+    "the PROXY protocol (v2); `http` is refused (use `[http_service]`)",
     "services[].ports[].force_https": NO_EFFECT,
     "services[].concurrency": "per-machine limits at the edge",
-    "services[].concurrency.type": NO_EFFECT,
-    "services[].concurrency.soft_limit": NO_EFFECT + " for TCP",
+    "services[].concurrency.type": "`connections` (TCP limits count connections); "
+    "`requests` is refused",
+    "services[].concurrency.soft_limit": NO_EFFECT + " for TCP: set `hard_limit` only",
     "services[].concurrency.hard_limit": "connections a machine gets at most (HAProxy's "
     "`maxconn`); more wait in the edge's queue",
     "services[].tcp_checks[]": "TCP health checks (connect to `internal_port`)",
@@ -96,7 +98,7 @@ EFFECTS: dict[str, str] = {
     "checks.<name>.method": "the request's method (`http`)",
     "checks.<name>.path": "the request's path (`http`)",
     "checks.<name>.headers": "extra request headers (`http`)",
-    "mounts[]": "volumes to mount",
+    "mounts[]": NO_EFFECT + " (volumes)",
     "mounts[].source": NO_EFFECT + " (the volume's name)",
     "mounts[].destination": NO_EFFECT + " (where it is mounted)",
     "mounts[].initial_size": NO_EFFECT,
@@ -119,7 +121,8 @@ EFFECTS: dict[str, str] = {
     "vm[]": "machine size (the first table applies)",
     "vm[].cpus": "CPU limit: the machine's cgroup gets this many CPUs' time (a CFS quota)",
     "vm[].memory": "memory limit, MB (`512mb`, `1gb` or a number)",
-    "vm[].cpu_kind": NO_EFFECT,
+    "vm[].cpu_kind": "`shared`: machines share the host's CPUs, `cpus` sets their quota; "
+    "`performance` is refused",
     "vm[].processes": NO_EFFECT,
     "restart[]": "what happens when a machine's process exits (the first table applies)",
     "restart[].policy": "`always` restarts it, `on-failure` only after a non-zero exit, `no` never",
@@ -151,7 +154,7 @@ def _type(field: FieldInfo, annotation: Any) -> str:
     parsers = [m.func for m in field.metadata if isinstance(m, BeforeValidator)]
     if parse_duration in parsers:
         return 'duration (`"500ms"`, `"10s"`, `"2m"`, `"1h"` or seconds)'
-    if parsers:
+    if parse_memory_mb in parsers:
         return 'size (`"512mb"`, `"1gb"` or MB)'
     origin = get_origin(annotation)
     if origin is Annotated:  # an item type with bounds of its own: its base type

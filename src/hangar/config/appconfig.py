@@ -37,7 +37,13 @@ from hangar.domain.names import validate_dns_label
 from hangar.errors import ConfigError
 from hangar.errors import ValidationError as HangarValidationError
 
-__all__ = ["AppConfig", "load_app_config", "parse_app_config", "parse_duration"]
+__all__ = [
+    "AppConfig",
+    "load_app_config",
+    "parse_app_config",
+    "parse_duration",
+    "parse_memory_mb",
+]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -59,7 +65,7 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
-def _parse_memory_mb(value: Any) -> int:
+def parse_memory_mb(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError("invalid memory size")
     if isinstance(value, int):
@@ -81,6 +87,38 @@ _INVISIBLE = re.compile(
 # What an HTTP check may request: a path and query of visible ASCII.
 _REQUEST_PATH = r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]{0,1023}$"
 _HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$"
+
+
+# Keys of fly.toml that Hangar does not act on are refused when a user writes
+# them (parse_app_config validates with FROM_USER), never silently accepted.
+# Releases stored before a key was refused still load: they validate without it.
+FROM_USER = {"from_user": True}
+
+
+def _from_user(info: pydantic.ValidationInfo) -> bool:
+    return bool(info.context and info.context.get("from_user"))
+
+
+def _not_yet(what: str, hint: str = "remove it") -> Any:
+    """A validator refusing any value but the default: Hangar does not act on ``what`` yet."""
+
+    def refuse(value: Any, info: pydantic.ValidationInfo) -> Any:
+        if _from_user(info) and value not in (None, [], {}, False):
+            raise ValueError(f"Hangar does not support {what} yet; {hint}")
+        return value
+
+    return BeforeValidator(refuse)
+
+
+def _only(allowed: str, why: str) -> Any:
+    """A validator refusing every value but ``allowed`` (the one Hangar acts on)."""
+
+    def check(value: Any, info: pydantic.ValidationInfo) -> Any:
+        if _from_user(info) and value != allowed:
+            raise ValueError(f"{value!r} is not supported: {why}")
+        return value
+
+    return BeforeValidator(check)
 
 
 def _plain(value: str) -> str:
@@ -115,7 +153,12 @@ class Hsts(_Model):
 
 
 class Concurrency(_Model):
-    type: Literal["connections", "requests"] = "connections"
+    """HTTP: the edge sends a machine one request per connection, so limits count requests."""
+
+    type: Annotated[
+        Literal["connections", "requests"],
+        _only("requests", "the edge limits the requests in flight to each machine"),
+    ] = "requests"
     soft_limit: int = Field(default=20, ge=1, le=100_000)
     hard_limit: int = Field(default=25, ge=1, le=100_000)
 
@@ -132,7 +175,7 @@ class HttpCheck(_Model):
     timeout: CheckTimeout = 2.0
     method: Literal["GET", "HEAD", "POST", "OPTIONS"] = "GET"
     path: RequestPath = "/"
-    protocol: Literal["http", "https"] = "http"
+    protocol: Annotated[Literal["http", "https"], _only("http", "checks speak plain HTTP")] = "http"
     headers: Headers = {}
 
 
@@ -157,19 +200,48 @@ class HttpService(_Model):
         return {"enabled": value} if isinstance(value, bool) else value
 
 
+def _handlers(value: Any, info: pydantic.ValidationInfo) -> Any:
+    if _from_user(info) and isinstance(value, list) and "http" in value:
+        raise ValueError(
+            "the `http` handler is not supported on [[services]]; use [http_service] for HTTP"
+        )
+    return value
+
+
 class ServicePort(_Model):
     port: Port
-    handlers: list[Literal["http", "tls", "proxy_proto"]] = Field(default=[], max_length=3)
-    force_https: bool = False
+    handlers: Annotated[
+        list[Literal["http", "tls", "proxy_proto"]],
+        BeforeValidator(_handlers),
+        Field(max_length=3),
+    ] = []
+    force_https: Annotated[bool, _not_yet("force_https on [[services]] ports")] = False
+
+
+class TcpConcurrency(_Model):
+    """TCP: the edge counts connections to each machine."""
+
+    type: Annotated[
+        Literal["connections", "requests"],
+        _only("connections", "a TCP service's limits count connections"),
+    ] = "connections"
+    soft_limit: Annotated[
+        int | None, _not_yet("soft_limit for TCP services", "set hard_limit only")
+    ] = None
+    hard_limit: int = Field(default=25, ge=1, le=100_000)
 
 
 class Service(_Model):
-    protocol: Literal["tcp", "udp"] = "tcp"
+    protocol: Annotated[Literal["tcp", "udp"], _only("tcp", "UDP services are not routed")] = "tcp"
     internal_port: Port
     ports: list[ServicePort] = Field(min_length=1, max_length=16)
-    concurrency: Concurrency = Concurrency()
+    concurrency: TcpConcurrency = TcpConcurrency()
     tcp_checks: list[TcpCheck] = Field(default=[], max_length=16)
-    http_checks: list[HttpCheck] = Field(default=[], max_length=16)
+    http_checks: Annotated[
+        list[HttpCheck],
+        _not_yet("[[services.http_checks]]", 'use [checks.NAME] with type = "http"'),
+        Field(max_length=16),
+    ] = []
 
 
 class NamedCheck(_Model):
@@ -217,15 +289,18 @@ class Deploy(_Model):
 
 class Vm(_Model):
     cpus: int = Field(default=1, ge=1, le=64)
-    memory: Annotated[int, BeforeValidator(_parse_memory_mb), Field(ge=64, le=262144)] = 256
-    cpu_kind: Literal["shared", "performance"] = "shared"
-    processes: list[GroupName] = Field(default=[], max_length=32)
+    memory: Annotated[int, BeforeValidator(parse_memory_mb), Field(ge=64, le=262144)] = 256
+    cpu_kind: Annotated[
+        Literal["shared", "performance"],
+        _only("shared", "machines share the host's CPUs (cpus sets a quota)"),
+    ] = "shared"
+    processes: Annotated[list[GroupName], _not_yet("process groups")] = []
 
 
 class Restart(_Model):
     policy: Literal["no", "always", "on-failure"] = "on-failure"
     retries: int = Field(default=10, ge=0, le=1000)
-    processes: list[GroupName] = Field(default=[], max_length=32)
+    processes: Annotated[list[GroupName], _not_yet("process groups")] = []
 
 
 class Metrics(_Model):
@@ -253,14 +328,21 @@ class AppConfig(_Model):
     http_service: HttpService | None = None
     services: list[Service] = Field(default=[], max_length=32)
     checks: dict[str, NamedCheck] = Field(default={}, max_length=32)
-    mounts: list[Mount] = Field(default=[], max_length=16)
+    mounts: Annotated[list[Mount], _not_yet("volumes ([[mounts]])"), Field(max_length=16)] = []
     files: list[SecretFile] = Field(default=[], max_length=64)
     network: NetworkConfig = NetworkConfig()
     deploy: Deploy = Deploy()
     vm: list[Vm] = Field(default=[], max_length=32)
     restart: list[Restart] = Field(default=[], max_length=32)
-    metrics: Annotated[list[Metrics], Field(max_length=16)] | Metrics | None = None
-    processes: dict[str, Annotated[str, Field(max_length=4096)]] = Field(default={}, max_length=32)
+    metrics: Annotated[
+        Annotated[list[Metrics], Field(max_length=16)] | Metrics | None,
+        _not_yet("[metrics] (scraping an app's metrics)"),
+    ] = None
+    processes: Annotated[
+        dict[str, Annotated[str, Field(max_length=4096)]],
+        _not_yet("process groups ([processes])"),
+        Field(max_length=32),
+    ] = {}
 
     @field_validator("app")
     @classmethod
@@ -278,18 +360,6 @@ class AppConfig(_Model):
                 raise ValueError(f"{name!r} is not an environment variable name")
             if name.upper().startswith("HANGAR_"):
                 raise ValueError(f"{name!r}: names starting HANGAR_ are reserved")
-        return value
-
-    @field_validator("processes")
-    @classmethod
-    def _process_names(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, command in value.items():
-            try:
-                validate_dns_label(name, what="process group name")
-            except HangarValidationError as exc:
-                raise ValueError(exc.message) from exc
-            if not command.strip():
-                raise ValueError(f"process group {name!r} has an empty command")
         return value
 
 
@@ -343,7 +413,7 @@ def parse_app_config(text: str, *, filename: str = "hangar.toml") -> AppConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{filename}: {exc}") from exc
     try:
-        return AppConfig.model_validate(data)
+        return AppConfig.model_validate(data, context=FROM_USER)
     except pydantic.ValidationError as exc:
         lines = []
         for err in exc.errors():
