@@ -279,7 +279,8 @@ An app's `hangar.toml` names the app, its image, how the edge serves it, its
 checks, secrets as files, deploy strategy and machine size. Unknown keys are
 refused, and every error names the file, the line and the key:
 `hangar config validate` checks a file without deploying it. The format
-follows Fly.io's `fly.toml`; keys Hangar accepts but does not act on yet say so.
+follows Fly.io's `fly.toml`; keys and values of fly.toml Hangar does not act on yet
+are refused with the reason, never accepted and ignored.
 
 Durations are `"500ms"`, `"10s"`, `"2m"`, `"1h"` or a number of seconds.
 `[[x]]` is an array of tables (write it once per item); `[x.NAME]` a table of
