@@ -110,9 +110,12 @@ def oci_config(
              "options": ["nosuid", "noexec", "nodev", "mode=1777", tmpfs]},
             {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
              "options": ["nosuid", "noexec", "nodev"]},
-            # A fresh sysfs, mounted by runc inside the machine's own network
-            # namespace, lists only that namespace's interfaces (a bind of the
-            # host's /sys would list every veth and the mesh).
+            # A fresh sysfs lists only the interfaces of the network namespace
+            # it was mounted in; a bind of the host's /sys would list every
+            # veth and the mesh, and carry the host's debugfs, tracefs and bpf
+            # mounts. runc makes the machine's network namespace (no path: in
+            # its user namespace, as sysfs requires) before it mounts; the
+            # veth the createRuntime hook moves in later shows up too.
             {"destination": "/sys", "type": "sysfs", "source": "sysfs",
              "options": ["nosuid", "noexec", "nodev", "ro"]},
             # Inside the machine's cgroup namespace: its own cgroup as the
