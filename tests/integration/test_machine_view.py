@@ -105,6 +105,9 @@ def _probe_results(text: str) -> dict[str, int]:
 def test_the_probe_tells_the_filter_from_the_kernel(probe_image: Image) -> None:
     """On the host, outside any filter, none of REFUSED answers EPERM: so an
     EPERM inside a machine is the filter's doing, not the kernel's."""
+    status = Path("/proc/self/status").read_text()
+    if "Seccomp:\t0" not in status:
+        pytest.skip("the tests themselves run under a seccomp filter: no unfiltered control")
     # Read from the unpacked image, and never the kexec calls: this runs as root.
     probe = probe_image.rootfs / "bin" / "probe"
     host = subprocess.run([str(probe), *REFUSED], capture_output=True, text=True, timeout=30)
