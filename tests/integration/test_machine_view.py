@@ -24,7 +24,11 @@ from hangar.images.store import Image, ImageStore
 from hangar.net import netns
 from tests.integration.conftest import BASE_UID, busybox_layer, needs_root, wait_for
 
-pytestmark = [pytest.mark.slow, needs_root]
+pytestmark = [
+    pytest.mark.slow,
+    needs_root,
+    pytest.mark.skipif(shutil.which("runc") is None, reason="needs runc (`make deps`)"),
+]
 PROBE_SOURCE = Path(__file__).resolve().parents[1] / "data" / "syscall_probe.c"
 # Refused by the filter: each answers something other than EPERM on the host
 # (see test_the_probe_tells_the_filter_from_the_kernel).
