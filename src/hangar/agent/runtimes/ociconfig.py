@@ -2,10 +2,12 @@
 
 Every machine gets: its own PID, mount, UTS, IPC, cgroup and network
 namespaces; a user namespace mapping its root to an unprivileged host range; a
-minimal capability set; a seccomp profile that denies mount, ptrace, bpf,
-keyctl, kexec, module loading and new namespaces; no_new_privileges; a
-read-only root with tmpfs ``/tmp`` and ``/run``; masked and read-only
-``/proc`` paths; and cgroup limits for memory, CPU and pids.
+minimal capability set; the seccomp allowlist of ``seccomp.py`` (no mount,
+ptrace, bpf, io_uring, keyctl, kexec, module loading or new namespaces);
+no_new_privileges; a read-only root with tmpfs ``/tmp`` and ``/run``; a
+read-only ``/sys`` of its own network namespace and, under it, only its own
+cgroup, read-only; masked and read-only ``/proc`` paths; and cgroup limits
+for memory, CPU and pids.
 """
 
 from __future__ import annotations
@@ -14,16 +16,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hangar.agent.runtimes import seccomp
 from hangar.agent.runtimes.base import MachineSpec
 from hangar.errors import ValidationError
 
 __all__ = [
     "CAPABILITIES",
-    "DENIED_SYSCALLS",
     "MIN_MEMORY_MB",
     "etc_files",
     "oci_config",
-    "seccomp_profile",
 ]
 
 MIN_MEMORY_MB = 32
@@ -38,57 +39,16 @@ CAPABILITIES = [
     "CAP_SETPCAP",
     "CAP_NET_BIND_SERVICE",
 ]
-DENIED_SYSCALLS = [
-    # mounting and changing root
-    "mount", "umount", "umount2", "pivot_root", "fsopen", "fsmount", "fsconfig", "fspick",
-    "move_mount", "open_tree", "mount_setattr",
-    # debugging other processes
-    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp",
-    # kernel attack surface
-    "bpf", "perf_event_open", "userfaultfd", "lookup_dcookie", "iopl", "ioperm",
-    "keyctl", "add_key", "request_key",
-    "kexec_load", "kexec_file_load", "reboot", "swapon", "swapoff", "acct",
-    "init_module", "finit_module", "delete_module", "create_module", "query_module",
-    "get_kernel_syms", "uselib", "nfsservctl", "quotactl",
-    "open_by_handle_at", "name_to_handle_at",
-    "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "syslog",
-    # new namespaces (clone with CLONE_NEWUSER is filtered below)
-    "unshare", "setns",
-]  # fmt: skip
-CLONE_NEWUSER = 0x10000000
-EPERM, ENOSYS = 1, 38
 MASKED_PATHS = [
     "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
     "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
     "/sys/firmware", "/sys/devices/virtual/powercap",
 ]  # fmt: skip
-READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
-
-
-def seccomp_profile() -> dict[str, Any]:
-    return {
-        "defaultAction": "SCMP_ACT_ALLOW",
-        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-        "syscalls": [
-            {"names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM},
-            {
-                "names": ["clone"],
-                "action": "SCMP_ACT_ERRNO",
-                "errnoRet": EPERM,
-                "args": [
-                    {
-                        "index": 0,
-                        "value": CLONE_NEWUSER,
-                        "valueTwo": CLONE_NEWUSER,
-                        "op": "SCMP_CMP_MASKED_EQ",
-                    }
-                ],
-            },
-            # clone3's flags are behind a pointer seccomp cannot read: answer
-            # ENOSYS so the C library falls back to clone, which is filtered.
-            {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS},
-        ],
-    }
+READONLY_PATHS = [
+    "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+    # On cgroup v1 runc puts a writable tmpfs under the read-only hierarchies.
+    "/sys/fs/cgroup",
+]  # fmt: skip
 
 
 def oci_config(
@@ -150,8 +110,18 @@ def oci_config(
              "options": ["nosuid", "noexec", "nodev", "mode=1777", tmpfs]},
             {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
              "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/sys", "type": "none", "source": "/sys",
-             "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]},
+            # A fresh sysfs lists only the interfaces of the network namespace
+            # it was mounted in; a bind of the host's /sys would list every
+            # veth and the mesh, and carry the host's debugfs, tracefs and bpf
+            # mounts. runc makes the machine's network namespace (no path: in
+            # its user namespace, as sysfs requires) before it mounts; the
+            # veth the createRuntime hook moves in later shows up too.
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+             "options": ["nosuid", "noexec", "nodev", "ro"]},
+            # Inside the machine's cgroup namespace: its own cgroup as the
+            # root, no other machine's, read-only.
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+             "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
             {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
              "options": ["nosuid", "nodev", "mode=1777", tmpfs]},
             {"destination": "/run", "type": "tmpfs", "source": "tmpfs",
@@ -181,7 +151,7 @@ def oci_config(
                 "cpu": {"quota": spec.cpus * 100000, "period": 100000},
                 "pids": {"limit": spec.pids_limit},
             },
-            "seccomp": seccomp_profile(),
+            "seccomp": seccomp.profile(),
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
         },
