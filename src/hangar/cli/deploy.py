@@ -29,7 +29,10 @@ def deploy(
             " (default: [build] image)",
         ),
     ] = None,
-    strategy: Annotated[str | None, typer.Option(help="immediate or rolling")] = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(help="rolling, canary, bluegreen or immediate (default: [deploy] strategy)"),
+    ] = None,
     app: AppOpt = None,
     detach: Annotated[bool, typer.Option(help="return once the release is created")] = False,
     json_out: JsonOpt = False,

@@ -10,8 +10,11 @@ planner; this module only reads and writes.
 A release's progress is kept in its ``detail`` column as JSON, so a control
 plane killed mid-deploy resumes (or rolls back) where it was:
 ``{"release_machine", "release_started"}`` while its release command runs,
-then ``{"previous", "touched", "batch", "batch_started"}``, and ``"reason"``
-once it is finished.
+then ``{"previous", "touched", "batch", "batch_started"}`` (with
+``"draining"``/``"drain_started"`` while machines leave rotation,
+``"standby"``/``"retired"``/``"switched_at"`` for a blue-green, and
+``"failure"``/``"rollback_started"`` while it rolls back), ``"phase"``, what
+it is doing in words, and ``"reason"`` once it is finished.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from hangar.controlplane.machines import (
 from hangar.domain import deploys
 from hangar.store.tables import App, Machine, MachineEvent, Release
 
-__all__ = ["DEPLOYER", "step", "step_all"]
+__all__ = ["DEPLOYER", "held_out", "planner_release", "step", "step_all"]
 
 log = logging.getLogger("hangar.deployer")
 DEPLOYER = AuditContext(actor="deployer", token_id=None, request_id=None, client_addr=None)
@@ -69,6 +72,38 @@ def _machine(row: Machine) -> deploys.Machine:
     )
 
 
+def _float(value: Any) -> float | None:
+    return float(value) if value is not None else None
+
+
+def _rollout(detail: dict[str, Any]) -> deploys.Rollout:
+    return deploys.Rollout(
+        previous=detail.get("previous"),
+        touched=tuple(detail.get("touched", ())),
+        batch=tuple(detail.get("batch", ())),
+        batch_started_at=_float(detail.get("batch_started")),
+        draining=tuple(detail.get("draining", ())),
+        drain_started_at=_float(detail.get("drain_started")),
+        standby=tuple(detail.get("standby", ())),
+        retired=tuple(detail.get("retired", ())),
+        switched_at=_float(detail.get("switched_at")),
+        failure=str(detail.get("failure", "")),
+        rollback_started_at=_float(detail.get("rollback_started")),
+    )
+
+
+def held_out(row: Release) -> frozenset[str]:
+    """Machines this release keeps out of the edge's rotation now (none once it finished)."""
+    if row.status != deploys.ReleaseStatus.RUNNING:
+        return frozenset()
+    return deploys.out_of_rotation(_rollout(json.loads(row.detail or "{}")))
+
+
+def planner_release(row: Release) -> deploys.Release:
+    """The release as the planner sees it (for its phase, say)."""
+    return _release(row, release_config(row), json.loads(row.detail or "{}"), None)
+
+
 def _release(
     row: Release, cfg: AppConfig, detail: dict[str, Any], previous: int | None
 ) -> deploys.Release:
@@ -80,21 +115,20 @@ def _release(
             machine_id=detail.get("release_machine"),
             started_at=float(started) if started is not None else None,
         )
-    rollout = None
-    if row.status == deploys.ReleaseStatus.RUNNING:
-        started = detail.get("batch_started")
-        rollout = deploys.Rollout(
-            previous=detail.get("previous"),
-            touched=tuple(detail.get("touched", ())),
-            batch=tuple(detail.get("batch", ())),
-            batch_started_at=float(started) if started is not None else None,
-        )
+    rollout = _rollout(detail) if row.status == deploys.ReleaseStatus.RUNNING else None
+    unavailable = cfg.deploy.max_unavailable
+    percent = None
+    if isinstance(unavailable, str):
+        percent, unavailable = float(unavailable.rstrip("%")), 1.0
     return deploys.Release(
         version=row.version,
         strategy=row.strategy,
         status=deploys.ReleaseStatus(row.status),
-        max_unavailable=cfg.deploy.max_unavailable,
+        max_unavailable=unavailable,
+        max_unavailable_percent=percent,
         wait_timeout=cfg.deploy.wait_timeout,
+        drain_timeout=cfg.deploy.drain_timeout,
+        bluegreen_grace=cfg.deploy.bluegreen_grace,
         needs_health=_needs_health(cfg),
         command=command,
         previous=previous,
@@ -150,6 +184,10 @@ class _Apply:
         before = json.dumps(self.detail)
         for action in planned.actions:
             self.do(action)
+        if self.release.status not in deploys.FINISHED:
+            self.detail["phase"] = deploys.phase(
+                _release(self.release, self.cfg, self.detail, None)
+            )
         if self.release.status not in deploys.FINISHED and json.dumps(self.detail) != before:
             self.release.detail = json.dumps(self.detail)
 
@@ -171,6 +209,30 @@ class _Apply:
                 )
                 self.detail["touched"] = [*self.detail["touched"], machine.id]
                 self.detail["batch"] = [machine.id]
+            case deploys.CreateStandby(count=count, version=version):
+                made = [
+                    create_machine(
+                        self.session,
+                        self.app,
+                        version,
+                        self.cfg.primary_region,
+                        memory_mb=machine_memory(self.cfg),
+                    ).id
+                    for _ in range(count)
+                ]
+                self.detail["touched"] = [*self.detail["touched"], *made]
+                self.detail["standby"] = made
+                self.detail["batch"] = made
+                self.detail["batch_started"] = self.now
+            case deploys.DrainMachines(machine_ids=ids):
+                for machine_id in ids:
+                    self._event(machine_id, "drain", "out of rotation")
+                self.detail["draining"] = list(ids)
+                self.detail["drain_started"] = self.now
+            case deploys.Switch(retired=retired):
+                self.detail["retired"] = list(retired)
+                self.detail["switched_at"] = self.now
+                self._record("release.switch", {"retired": list(retired)})
             case deploys.BatchDone():
                 self.detail["batch"] = []
             case deploys.UpdateMachines(machine_ids=ids, version=version):
@@ -183,7 +245,13 @@ class _Apply:
                     self.detail["touched"].append(machine_id)
                 self.detail["batch"] = list(ids)
                 self.detail["batch_started"] = self.now
-            case deploys.RollBack(machine_ids=ids, version=version):
+                self.detail["draining"] = []
+            case deploys.RollBack(machine_ids=ids, version=version, reason=reason):
+                self.detail["failure"] = reason
+                self.detail["rollback_started"] = self.now
+                self.detail["batch"] = []
+                self.detail["draining"] = []
+                self._record("release.rollback", {"reason": reason, "to": version})
                 for machine_id in ids:
                     machine = self._row(machine_id)
                     if version is None:
@@ -252,6 +320,7 @@ class _Apply:
         release.status = status
         release.finished_at = dt.datetime.now(dt.UTC)
         self.detail["reason"] = reason
+        self.detail["phase"] = "released" if status == "complete" else "failed"
         release.detail = json.dumps(self.detail)
         outcome = "success" if status == "complete" else "failure"
         self._record(f"release.{status}", {"reason": reason} if reason else {}, outcome)

@@ -26,13 +26,14 @@ class ReleaseIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     image: str = Field(min_length=1, max_length=1000)
     config: str = Field(min_length=1, max_length=256 * 1024, description="hangar.toml text")
-    strategy: Literal["immediate", "rolling"] | None = None
+    strategy: Literal["immediate", "rolling", "canary", "bluegreen"] | None = None
 
 
 class ReleaseOut(BaseModel):
     version: int
     status: str
     strategy: str
+    phase: str = Field(description="what the release is doing now, in a few words")
     image: str
     image_digest: str | None
     reason: str
@@ -47,6 +48,7 @@ def _out(r: Release) -> ReleaseOut:
         version=r.version,
         status=r.status,
         strategy=r.strategy,
+        phase=str(detail.get("phase") or r.status),
         image=r.image,
         image_digest=r.image_digest,
         reason=str(detail.get("reason", "")),
