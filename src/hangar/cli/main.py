@@ -66,10 +66,10 @@ for module in (
     wireguard,
     audit,
     config,
+    releases,
 ):
     app.add_typer(module.app)
 app.command()(deploy.deploy)
-app.command()(releases.releases)
 app.command()(status.status)
 app.command()(logs.logs)
 

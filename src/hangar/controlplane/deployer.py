@@ -285,7 +285,11 @@ class _Apply:
             args=shlex.split(command),
             memory_mb=machine_memory(self.cfg),
         )
-        self.detail = {"release_machine": made.id, "release_started": self.now}
+        self.detail = {
+            **{k: v for k, v in self.detail.items() if k == "rollback_of"},
+            "release_machine": made.id,
+            "release_started": self.now,
+        }
         self._record("release.command", {"machine": made.id, "command": command})
 
     def _event(self, machine_id: str, kind: str, detail: str) -> None:
@@ -309,7 +313,10 @@ class _Apply:
         )
 
     def _start(self, previous: int | None) -> None:
+        rollback_of = self.detail.get("rollback_of")
         self.detail = {"previous": previous, "touched": [], "batch": [], "batch_started": self.now}
+        if rollback_of is not None:
+            self.detail["rollback_of"] = rollback_of  # `hangar releases` says what it is
         self.release.status = "running"
         self._record(
             "release.start", {"strategy": self.release.strategy, "image": self.release.image}
