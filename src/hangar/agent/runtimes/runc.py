@@ -304,7 +304,13 @@ class RuncRuntime:
             os.kill(pid, 0)
         except ProcessLookupError:
             return False
-        return True
+        # An exited shim stays a zombie until init reaps it, which some inits
+        # do only every second or so: it has finished all the same.
+        try:
+            stat_line = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        return stat_line.rpartition(")")[2].split()[:1] != ["Z"]
 
     def signal(self, machine_id: str, signal: str) -> None:
         if not hasattr(signals, signal) or not signal.startswith("SIG"):
