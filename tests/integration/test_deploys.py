@@ -273,3 +273,28 @@ def test_a_failed_blue_green_never_serves(world: World) -> None:
         assert {name for name, up in table.items() if up} <= old, table
     assert {m.id for m in world.machines()} == old  # the new set is gone
     assert all(m.running_version == 1 for m in world.machines())
+
+
+def test_a_machine_leaves_rotation_and_drains_before_it_is_replaced(world: World) -> None:
+    three_healthy(world)
+    seen: list[tuple[dict[str, bool], dict[str, tuple[int, int | None]]]] = []
+
+    def observe() -> None:
+        rows = {m.id: (m.version, m.running_version) for m in world.machines()}
+        seen.append((world.in_rotation(), rows))
+
+    version = world.release(config(greeting="v2", extra='drain_timeout = "1s"'))
+    v2 = world.run_until_done(version, observe=observe)
+    assert v2.status == "complete", v2.detail
+    for machine in world.machines():
+        moved = next(n for n, (_, rows) in enumerate(seen) if rows[machine.id][0] == 2)
+        # Before it was told to move, it ran v1 out of rotation: drained, not stopped.
+        drained = [
+            n
+            for n, (table, rows) in enumerate(seen[:moved])
+            if rows[machine.id] == (1, 1) and table[machine.id] is False
+        ]
+        assert drained, machine.id
+    # And at most one machine was out of rotation at a time (max_unavailable 1).
+    for table, _ in seen:
+        assert sum(1 for up in table.values() if not up) <= 1, table
