@@ -39,7 +39,7 @@ from hangar.controlplane.machines import (
 from hangar.domain import deploys
 from hangar.store.tables import App, Machine, MachineEvent, Release
 
-__all__ = ["DEPLOYER", "held_out", "planner_release", "step", "step_all"]
+__all__ = ["DEPLOYER", "held_out", "step", "step_all"]
 
 log = logging.getLogger("hangar.deployer")
 DEPLOYER = AuditContext(actor="deployer", token_id=None, request_id=None, client_addr=None)
@@ -97,11 +97,6 @@ def held_out(row: Release) -> frozenset[str]:
     if row.status != deploys.ReleaseStatus.RUNNING:
         return frozenset()
     return deploys.out_of_rotation(_rollout(json.loads(row.detail or "{}")))
-
-
-def planner_release(row: Release) -> deploys.Release:
-    """The release as the planner sees it (for its phase, say)."""
-    return _release(row, release_config(row), json.loads(row.detail or "{}"), None)
 
 
 def _release(
