@@ -23,6 +23,7 @@ from hangar.domain.deploys import (
     Release,
     ReleaseCommand,
     ReleaseStatus,
+    Revert,
     RollBack,
     Rollout,
     RunReleaseCommand,
@@ -146,6 +147,14 @@ class World:
                             if version is None
                             else dataclasses.replace(m, version=version)
                         )
+                case Revert(machine_ids=ids, version=version):
+                    for mid in ids:
+                        self.machines[mid] = dataclasses.replace(
+                            self.machines[mid], version=version
+                        )
+                    assert r.rollout is not None
+                    rollout = dataclasses.replace(r.rollout, draining=(), batch_started_at=self.now)
+                    r = dataclasses.replace(r, rollout=rollout)
                 case MarkReleased():
                     r = dataclasses.replace(r, status=ReleaseStatus.COMPLETE)
                 case Fail():
@@ -234,7 +243,7 @@ def bound(world: World) -> int:
     batches = len(world.serving()) + 1
     leases = 200  # every lease has ended 100s after the start
     # Rolling back waits for the machines it moved as a batch waits for them.
-    return (batches + 2) * per_wait + leases + math.ceil(r.bluegreen_grace)
+    return (2 * batches + 2) * per_wait + leases + math.ceil(r.bluegreen_grace)
 
 
 def run(world: World, steps: st.DataObject) -> list[DeployPlan]:
@@ -278,8 +287,21 @@ def check_plan(world: World, planned: DeployPlan) -> None:
                     assert len(ids) <= batch_size(r, len(ids), len(serving))
             case DrainMachines(machine_ids=ids):
                 assert r.strategy != "bluegreen" and r.drain_timeout > 0
+                assert r.rollout is not None
+                rolling_back = r.rollout.rollback_started_at is not None
                 for mid in ids:
-                    assert serving[mid].version != r.version
+                    if rolling_back:  # it serves the new version: it drains, then goes back
+                        assert mid in r.rollout.touched and serving[mid].version == r.version
+                    else:
+                        assert serving[mid].version != r.version
+            case Revert(machine_ids=ids, version=version):
+                assert r.rollout is not None and r.rollout.rollback_started_at is not None
+                assert version == r.rollout.previous and set(ids) <= set(r.rollout.touched)
+                assert len(ids) <= batch_size(r, len(ids), len(serving))
+                if r.drain_timeout > 0:  # each left rotation and drained first
+                    assert set(ids) == set(r.rollout.draining)
+                    assert r.rollout.drain_started_at is not None
+                    assert world.now - r.rollout.drain_started_at >= r.drain_timeout
             case RollBack(machine_ids=ids, version=version):
                 assert r.rollout is not None
                 assert set(ids) <= set(r.rollout.touched) and set(ids) <= set(serving)
@@ -590,3 +612,32 @@ def test_rolling_drains_before_it_moves_and_counts_percentages() -> None:
         Wait("machines out of rotation are finishing their requests"),
     )
     assert plan(release, machines, 2).actions == (UpdateMachines(("m0", "m1"), NEW),)
+
+
+def test_machines_that_serve_the_new_version_drain_before_they_roll_back() -> None:
+    served = [up(Machine(f"m{i}", NEW)) for i in range(2)]
+    crashed = Machine("m2", NEW, state=S.FAILED, exit_code=1)
+    rollout = Rollout(OLD, touched=("m0", "m1", "m2"), batch=("m2",), batch_started_at=0)
+    release = Release(NEW, "rolling", ReleaseStatus.RUNNING, rollout=rollout, drain_timeout=2)
+    # The crashed one serves nothing: it goes back at once; the others wait their turn.
+    (rollback,) = plan(release, [*served, crashed], 1).actions
+    assert rollback == RollBack(("m2",), OLD, "machine m2 failed: exit 1")
+    back = dataclasses.replace(rollout, batch=(), failure=rollback.reason, rollback_started_at=1)
+    release = dataclasses.replace(release, rollout=back)
+    m2 = up(Machine("m2", OLD))
+    assert plan(release, [*served, m2], 2).actions == (DrainMachines(("m0",)),)
+    draining = dataclasses.replace(back, draining=("m0",), drain_started_at=2)
+    release = dataclasses.replace(release, rollout=draining)
+    assert out_of_rotation(draining) == {"m0"}  # it serves no new request while it drains
+    assert phase(release) == "draining 1 to roll back to v1"
+    assert plan(release, [*served, m2], 3).actions == (
+        Wait("machines out of rotation are finishing their requests"),
+    )
+    assert plan(release, [*served, m2], 4).actions == (Revert(("m0",), OLD),)
+    reverted = dataclasses.replace(draining, draining=(), batch_started_at=4)
+    release = dataclasses.replace(release, rollout=reverted)
+    starting = Machine("m0", OLD, state=S.STARTING)
+    assert plan(release, [starting, served[1], m2], 5).actions == (Wait("rolling back"),)
+    assert plan(release, [up(Machine("m0", OLD)), served[1], m2], 6).actions == (
+        DrainMachines(("m1",)),
+    )

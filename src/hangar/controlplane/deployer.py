@@ -254,6 +254,13 @@ class _Apply:
                     else:
                         machine.version = version
                         self._event(machine_id, "rollback", f"to v{version}")
+            case deploys.Revert(machine_ids=ids, version=version):
+                for machine_id in ids:
+                    machine = self._row(machine_id)
+                    machine.version = version
+                    self._event(machine_id, "rollback", f"to v{version}")
+                self.detail["draining"] = []
+                self.detail["batch_started"] = self.now
             case deploys.MarkReleased():
                 self._finish("complete", "")
             case deploys.Fail(reason=reason):

@@ -35,12 +35,15 @@ The moves, per release:
      ``bluegreen_grace`` (at least ``drain_timeout``), then destroyed;
 
 4. a batch with a failed machine, or still not ready after ``wait_timeout``,
-   puts the previous version back on every machine the release touched (a
-   first deploy, or a blue-green's new set, is destroyed instead: it never
-   served, or there is nothing to go back to; ``RollBack``); the release
-   stays running, rolling back, until those machines run the previous
-   version again (or are gone), and only then fails (``Fail``) saying it
-   rolled back; if they do not within ``wait_timeout``, it fails saying so.
+   rolls back (``RollBack``): the machines that do not serve the new version
+   get the previous one at once; those that serve it are drained and given
+   the previous version ``max_unavailable`` at a time (``DrainMachines``,
+   ``Revert``), as a rolling deploy would; a first deploy, or a blue-green's
+   new set, is destroyed instead (it never served, or there is nothing to
+   go back to). The release stays running, rolling back, until those
+   machines run the previous version again (or are gone), and only then
+   fails (``Fail``) saying it rolled back; if they do not within
+   ``wait_timeout`` of the failure, it fails saying so.
    When no serving machine is left on another version the release is
    ``complete`` (``MarkReleased``).
 
@@ -72,6 +75,7 @@ __all__ = [
     "Release",
     "ReleaseCommand",
     "ReleaseStatus",
+    "Revert",
     "RollBack",
     "Rollout",
     "RunReleaseCommand",
@@ -230,6 +234,14 @@ class RollBack:
 
 
 @dataclass(frozen=True)
+class Revert:
+    """Rolling back: put ``version`` back on these machines (drained first, if they served)."""
+
+    machine_ids: tuple[str, ...]
+    version: int
+
+
+@dataclass(frozen=True)
 class Wait:
     reason: str
 
@@ -255,6 +267,7 @@ Action = (
     | UpdateMachines
     | DestroyMachine
     | RollBack
+    | Revert
     | Wait
     | MarkReleased
     | Fail
@@ -319,7 +332,7 @@ def plan(release: Release, machines: Sequence[Machine], now: float) -> DeployPla
             started = rollout.batch_started_at
             waited = now - (started if started is not None else now)
             if failed or waited > release.wait_timeout:
-                return _roll_back(rollout, serving, failed, waited)
+                return _roll_back(release, rollout, serving, failed, waited)
             return DeployPlan((Wait("the batch is not ready yet"),))
         actions.append(BatchDone())
 
@@ -383,40 +396,60 @@ def _blue_green(
 def _rolling_back(
     release: Release, rollout: Rollout, serving: Sequence[Machine], now: float
 ) -> DeployPlan:
-    """Fail the release once the machines it moved run the previous version again."""
-    back = [m for m in serving if m.id in rollout.touched and m.id not in rollout.standby]
-    new_left = [m for m in serving if m.id in rollout.standby]
+    """Put the previous version back, as a rolling deploy would (machines that
+    serve leave rotation and drain first, ``max_unavailable`` at a time), then
+    fail the release once they all run it again."""
     previous = rollout.previous
-    if previous is None or rollout.standby:
-        lingering = new_left if rollout.standby else back
-        done = not lingering
-        what = "the new machines were removed" if rollout.standby else ""
-        if rollout.standby and previous is not None:
-            what += f"; v{previous} kept serving"
-    else:
-        lingering = [
-            m
-            for m in back
-            if not (m.running_version == previous and m.state == MachineState.STARTED)
-        ]
-        done = not lingering
-        what = f"rolled back to v{previous}"
-    reason = rollout.failure + (f"; {what}" if what else "")
-    if done:
-        return DeployPlan((Fail(reason),))
+    # Each step of rolling back gets wait_timeout: from the failure, then from
+    # the last batch given the previous version.
     started = rollout.rollback_started_at if rollout.rollback_started_at is not None else now
-    if now - started > release.wait_timeout:
-        names = ", ".join(m.id for m in lingering)
-        target = f"v{previous}" if previous is not None and not rollout.standby else "removal"
-        return DeployPlan(
-            (
-                Fail(
-                    f"{rollout.failure}; rolling back did not finish within"
-                    f" {release.wait_timeout:.0f}s: {names} not yet at {target}"
-                ),
-            )
-        )
-    return DeployPlan((Wait("rolling back"),))
+    if rollout.batch_started_at is not None and rollout.batch_started_at > started:
+        started = rollout.batch_started_at
+    if previous is None or rollout.standby:
+        lingering = [m for m in serving if m.id in (rollout.standby or rollout.touched)]
+        if not lingering:
+            what = "the new machines were removed" if rollout.standby else ""
+            if rollout.standby and previous is not None:
+                what += f"; v{previous} kept serving"
+            return DeployPlan((Fail(rollout.failure + (f"; {what}" if what else "")),))
+        if now - started > release.wait_timeout:
+            return DeployPlan((_unfinished(release, rollout, lingering, "removal"),))
+        return DeployPlan((Wait("rolling back"),))
+    back = [m for m in serving if m.id in rollout.touched]
+    to_revert = [m for m in back if m.version != previous]
+    reverted = [m for m in back if m.version == previous]
+    lingering = [
+        m
+        for m in reverted
+        if not (m.running_version == previous and m.state == MachineState.STARTED)
+    ]
+    if not to_revert and not lingering:
+        return DeployPlan((Fail(f"{rollout.failure}; rolled back to v{previous}"),))
+    drained = [m for m in to_revert if m.id in rollout.draining]
+    if drained:  # bounded by drain_timeout
+        drain_started = rollout.drain_started_at if rollout.drain_started_at is not None else now
+        if now - drain_started < release.drain_timeout:
+            return DeployPlan((Wait("machines out of rotation are finishing their requests"),))
+        return DeployPlan((Revert(tuple(m.id for m in drained), previous),))
+    if lingering:
+        if now - started > release.wait_timeout:
+            return DeployPlan((_unfinished(release, rollout, lingering, f"v{previous}"),))
+        return DeployPlan((Wait("rolling back"),))
+    size = batch_size(release, len(to_revert), len(serving))
+    ids = tuple(m.id for m in to_revert[:size])
+    if release.drain_timeout > 0:
+        return DeployPlan((DrainMachines(ids),))
+    return DeployPlan((Revert(ids, previous),))
+
+
+def _unfinished(
+    release: Release, rollout: Rollout, lingering: Sequence[Machine], target: str
+) -> Fail:
+    names = ", ".join(m.id for m in lingering)
+    return Fail(
+        f"{rollout.failure}; rolling back did not finish within"
+        f" {release.wait_timeout:.0f}s: {names} not yet at {target}"
+    )
 
 
 def out_of_rotation(rollout: Rollout | None) -> frozenset[str]:
@@ -443,7 +476,11 @@ def phase(release: Release) -> str:
     if rollout.rollback_started_at is not None:
         if rollout.standby:
             return "removing the new set"
-        return f"rolling back to v{rollout.previous}" if rollout.previous else "removing"
+        if rollout.previous is None:
+            return "removing"
+        if rollout.draining:
+            return f"draining {len(rollout.draining)} to roll back to v{rollout.previous}"
+        return f"rolling back to v{rollout.previous}"
     if release.strategy == "bluegreen":
         if rollout.switched_at is not None:
             return f"switched; keeping {len(rollout.retired)} old for the grace period"
@@ -488,8 +525,14 @@ def _release_command(
 
 
 def _roll_back(
-    rollout: Rollout, serving: Sequence[Machine], failed: Sequence[Machine], waited: float
+    release: Release,
+    rollout: Rollout,
+    serving: Sequence[Machine],
+    failed: Sequence[Machine],
+    waited: float,
 ) -> DeployPlan:
+    """Start rolling back: what never served goes back (or away) at once; what
+    serves the new version is rolled back, drained, batch by batch."""
     if failed:
         first = failed[0]
         reason = f"machine {first.id} failed: {first.detail or f'exit {first.exit_code}'}"
@@ -498,5 +541,8 @@ def _roll_back(
     if rollout.standby:  # blue-green: the new set never served; it goes
         new = tuple(m.id for m in serving if m.id in rollout.standby)
         return DeployPlan((RollBack(new, None, reason),))
-    touched = tuple(m.id for m in serving if m.id in rollout.touched)
-    return DeployPlan((RollBack(touched, rollout.previous, reason),))
+    touched = [m for m in serving if m.id in rollout.touched]
+    if rollout.previous is None:
+        return DeployPlan((RollBack(tuple(m.id for m in touched), None, reason),))
+    broken = tuple(m.id for m in touched if not _ready(m, release))
+    return DeployPlan((RollBack(broken, rollout.previous, reason),))
