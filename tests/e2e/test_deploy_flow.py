@@ -495,3 +495,15 @@ def test_secrets_reach_only_the_machine(deployed: tuple[Server, Path, Path]) -> 
             assert canary not in data, path
     # Where it does live: the machine's bundle, on the agent's 0700 tmpfs.
     assert second.encode() in (bundles / mid / "config.json").read_bytes()
+
+
+def test_watching_the_edge_is_refused_without_an_edge(deployed: tuple[Server, Path, Path]) -> None:
+    """max_error_rate needs the edge on the control plane's host: this one runs none."""
+    srv, tmp, _ = deployed
+    config = write_config(tmp, "watch.toml")
+    text = config.read_text().replace('strategy = "rolling"', 'strategy = "bluegreen"')
+    config.write_text(text.replace("[deploy]\n", "[deploy]\n  max_error_rate = 0.1\n"))
+    refused = srv.cli("deploy", "--config", str(config), check=False)
+    assert refused.returncode != 0
+    assert "max_error_rate needs the edge" in refused.stderr
+    assert srv.json("releases", "--app", "hello") == []  # nothing was made

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_edge_flow import APP_HOST, Edge, edge, in_rotation, wait_for
+from tests.e2e.test_edge_flow import APP_HOST, Edge, edge, fetch, in_rotation, wait_for
 
 __all__ = ["edge"]  # the fixture, shared with the edge's own tests
 
@@ -134,3 +134,46 @@ def test_no_request_fails_in_any_strategy_or_rollback(edge: Edge) -> None:
         "machines", "exec", next(iter(running(edge))), "--app", "hello", "--", "env"
     ).stdout
     assert "RELEASE_NOTE=three" in note
+
+
+def test_a_blue_green_whose_new_set_answers_5xx_switches_back(edge: Edge) -> None:
+    srv = edge.srv
+    srv.cli("deploy", "--config", str(config(edge, "v1.toml", "one", "")))
+    srv.cli("machines", "create", "--app", "hello")
+    wait_for("two machines in rotation", lambda: len(in_rotation(edge, "hello")) == 2)
+    old = set(running(edge))
+    # v2 passes its check on :8080, but the edge sends requests to :8081, where
+    # nothing listens: every request after the switch fails.
+    broken = config(edge, "v2.toml", "two", "")
+    text = broken.read_text()
+    start, end = text.index("  [[http_service.checks]]"), text.index("[deploy]")
+    text = text[:start] + text[end:]
+    text = text.replace("internal_port = 8080", "internal_port = 8081")
+    text = text.replace(
+        "[deploy]\n",
+        '[deploy]\n  strategy = "bluegreen"\n  bluegreen_grace = "1s"\n'
+        '  max_error_rate = 0.2\n  error_window = "60s"\n',
+    )
+    text += (
+        '[checks.alive]\n  type = "http"\n  port = 8080\n  path = "/healthz"\n'
+        '  interval = "0.5s"\n  grace_period = "0.2s"\n'
+    )
+    broken.write_text(text)
+    srv.cli("deploy", "--config", str(broken), "--detach")
+    ca = (srv.data_dir / "ca.crt").read_text()
+    statuses: list[int] = []
+
+    def finished() -> dict[str, object] | None:
+        statuses.append(fetch(edge, APP_HOST, ca)[0])
+        release = srv.json("releases", "--app", "hello")[0]  # type: ignore[index]
+        return release if release["status"] in ("complete", "failed") else None  # type: ignore[index,return-value]
+
+    release = wait_for("the blue-green to end", finished, timeout=120)
+    assert isinstance(release, dict)
+    assert release["status"] == "failed", release
+    assert "5xx after the switch" in release["reason"]
+    assert release["reason"].endswith("switched back to v1; the new machines were removed")
+    assert 503 in statuses  # the new set did serve, and failed
+    assert set(running(edge)) == old and set(running(edge).values()) == {1}
+    # The old set serves again.
+    wait_for("v1 serving", lambda: all(fetch(edge, APP_HOST, ca)[0] == 200 for _ in range(10)))

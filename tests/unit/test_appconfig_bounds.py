@@ -67,6 +67,14 @@ CHECK = 'app = "web"\n[[http_service.checks]]\n'
         ('app = "web"\n[deploy]\ndrain_timeout = "301s"\n', False),
         ('app = "web"\n[deploy]\nbluegreen_grace = "1h"\n', True),
         ('app = "web"\n[deploy]\nbluegreen_grace = "2h"\n', False),
+        ('app = "web"\n[deploy]\nstrategy = "bluegreen"\nmax_error_rate = 0.05\n', True),
+        ('app = "web"\n[deploy]\nstrategy = "bluegreen"\nmax_error_rate = 0\n', False),
+        ('app = "web"\n[deploy]\nstrategy = "bluegreen"\nmax_error_rate = 1.5\n', False),
+        ('app = "web"\n[deploy]\nstrategy = "rolling"\nmax_error_rate = 0.05\n', False),
+        ('app = "web"\n[deploy]\nmax_error_rate = 0.05\n', False),
+        ('app = "web"\n[deploy]\nerror_window = "10m"\n', True),
+        ('app = "web"\n[deploy]\nerror_window = "11m"\n', False),
+        ('app = "web"\n[deploy]\nerror_window = "0.5s"\n', False),
     ],
 )
 def test_ranges_and_plain_text(text: str, ok: bool) -> None:

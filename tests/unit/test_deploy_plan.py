@@ -29,6 +29,7 @@ from hangar.domain.deploys import (
     RunReleaseCommand,
     StartRelease,
     Switch,
+    SwitchBack,
     UpdateMachines,
     Wait,
     batch_size,
@@ -640,4 +641,44 @@ def test_machines_that_serve_the_new_version_drain_before_they_roll_back() -> No
     assert plan(release, [starting, served[1], m2], 5).actions == (Wait("rolling back"),)
     assert plan(release, [up(Machine("m0", OLD)), served[1], m2], 6).actions == (
         DrainMachines(("m1",)),
+    )
+
+
+def test_blue_green_switches_back_when_the_edge_answers_5xx_after_the_switch() -> None:
+    old = [up(Machine(f"m{i}", OLD)) for i in range(2)]
+    new = [up(Machine(f"n{i}", NEW)) for i in range(2)]
+    switched = Rollout(OLD, touched=("n0", "n1"), standby=("n0", "n1"), retired=("m0", "m1"),
+                       switched_at=10, edge_at_switch=(1000, 3))  # fmt: skip
+    release = Release(
+        NEW, "bluegreen", ReleaseStatus.RUNNING, rollout=switched, bluegreen_grace=5,
+        max_error_rate=0.1, error_window=30,
+    )  # fmt: skip
+
+    def at(counts: tuple[int, int] | None, now: float) -> tuple[object, ...]:
+        return plan(dataclasses.replace(release, edge_counts=counts), [*old, *new], now).actions
+
+    grace = Wait("the old set is kept until its grace period ends")
+    assert at((1100, 13), 11) == (grace,)  # 10 of 100 since the switch: not over 10%
+    assert at((1010, 9), 11) == (grace,)  # too few requests to tell
+    (back,) = at((1100, 14), 11)
+    assert back == SwitchBack(
+        ("n0", "n1"), "the edge answered 11 of 100 requests with 5xx after the switch (over 10%)"
+    )
+    assert at((50, 40), 11) == (
+        SwitchBack(
+            ("n0", "n1"), "the edge answered 40 of 50 requests with 5xx after the switch (over 10%)"
+        ),
+    )  # the counters restarted (a reload): counted from zero
+    assert at(None, 11) == (grace,)  # the edge cannot say: nothing decided
+    # The old set is kept through the whole window, then the watch ends.
+    assert at((1100, 13), 39) == (grace,)
+    assert at((1100, 90), 41) == tuple(DestroyMachine(f"m{i}") for i in range(2))
+    # Switched back: the old set serves again, the new set is held out until it is gone.
+    back_rollout = dataclasses.replace(
+        switched, retired=(), failure=back.reason, rollback_started_at=11
+    )
+    assert out_of_rotation(back_rollout) == {"n0", "n1"}
+    release = dataclasses.replace(release, rollout=back_rollout)
+    assert plan(release, old, 12).actions == (
+        Fail(f"{back.reason}; switched back to v1; the new machines were removed"),
     )

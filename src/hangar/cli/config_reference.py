@@ -121,6 +121,12 @@ EFFECTS: dict[str, str] = {
     "its requests before it is stopped and replaced",
     "deploy.bluegreen_grace": "how long a blue-green deploy keeps the old set, out of "
     "rotation, after the switch (at least `drain_timeout`) before stopping it",
+    "deploy.max_error_rate": "blue-green only: if, within `error_window` of the switch, the "
+    "edge (on the control plane's host) answers more than this share of the app's requests "
+    "(at least 20) with a 5xx, the edge switches back to the old set and the release fails; "
+    "unset: off",
+    "deploy.error_window": "how long after a blue-green's switch `max_error_rate` is watched "
+    "(the old set is kept at least this long)",
     "deploy.release_command": "a command run in a one-off machine of the new release before "
     "any machine is replaced; the release fails if it fails",
     "deploy.wait_timeout": "how long a new machine has to pass its checks before the "

@@ -309,6 +309,19 @@ class Deploy(_Model):
     drain_timeout: KillTimeout = 1.0
     # How long a blue-green deploy keeps the old set after the switch.
     bluegreen_grace: GracePeriod = 30.0
+    # A blue-green switches back if, within error_window of its switch, the
+    # edge answers more than this share of the app's requests with a 5xx.
+    max_error_rate: float | None = Field(default=None, gt=0, le=1)
+    error_window: Annotated[float, BeforeValidator(parse_duration), Field(ge=1, le=600)] = 30.0
+
+    @model_validator(mode="after")
+    def _error_rate_needs_blue_green(self) -> Deploy:
+        if self.max_error_rate is not None and self.strategy != "bluegreen":
+            raise ValueError(
+                "max_error_rate: only a blue-green deploy watches the edge after its switch"
+                ' (it keeps the old set to switch back to); set strategy = "bluegreen"'
+            )
+        return self
 
 
 class Vm(_Model):

@@ -23,6 +23,7 @@ import datetime as dt
 import json
 import logging
 import shlex
+from collections.abc import Callable
 from typing import Any, assert_never
 
 from sqlalchemy import select
@@ -39,7 +40,7 @@ from hangar.controlplane.machines import (
 from hangar.domain import deploys
 from hangar.store.tables import App, Machine, MachineEvent, Release
 
-__all__ = ["DEPLOYER", "held_out", "step", "step_all"]
+__all__ = ["DEPLOYER", "EdgeCounts", "held_out", "step", "step_all"]
 
 log = logging.getLogger("hangar.deployer")
 DEPLOYER = AuditContext(actor="deployer", token_id=None, request_id=None, client_addr=None)
@@ -76,6 +77,14 @@ def _float(value: Any) -> float | None:
     return float(value) if value is not None else None
 
 
+def _counts(value: Any) -> tuple[int, int] | None:
+    return (int(value[0]), int(value[1])) if value is not None else None
+
+
+EdgeCounts = Callable[[str], tuple[int, int] | None]
+"""The edge's (responses, 5xx) for an app so far, by app name; None if it cannot say."""
+
+
 def _rollout(detail: dict[str, Any]) -> deploys.Rollout:
     return deploys.Rollout(
         previous=detail.get("previous"),
@@ -87,6 +96,7 @@ def _rollout(detail: dict[str, Any]) -> deploys.Rollout:
         standby=tuple(detail.get("standby", ())),
         retired=tuple(detail.get("retired", ())),
         switched_at=_float(detail.get("switched_at")),
+        edge_at_switch=_counts(detail.get("edge_at_switch")),
         failure=str(detail.get("failure", "")),
         rollback_started_at=_float(detail.get("rollback_started")),
     )
@@ -100,7 +110,11 @@ def held_out(row: Release) -> frozenset[str]:
 
 
 def _release(
-    row: Release, cfg: AppConfig, detail: dict[str, Any], previous: int | None
+    row: Release,
+    cfg: AppConfig,
+    detail: dict[str, Any],
+    previous: int | None,
+    edge_counts: tuple[int, int] | None = None,
 ) -> deploys.Release:
     command = None
     if cfg.deploy.release_command is not None:
@@ -124,6 +138,9 @@ def _release(
         wait_timeout=cfg.deploy.wait_timeout,
         drain_timeout=cfg.deploy.drain_timeout,
         bluegreen_grace=cfg.deploy.bluegreen_grace,
+        max_error_rate=cfg.deploy.max_error_rate,
+        error_window=cfg.deploy.error_window,
+        edge_counts=edge_counts,
         needs_health=_needs_health(cfg),
         command=command,
         previous=previous,
@@ -140,8 +157,24 @@ def _live_version(session: Session, app: App) -> int | None:
     ).scalar_one_or_none()
 
 
-def step(session: Session, audit: AuditLog, release: Release, now: float) -> None:
-    """Plan the release's next move and do it."""
+def _watching_edge(row: Release, cfg: AppConfig, detail: dict[str, Any]) -> bool:
+    return (
+        cfg.deploy.max_error_rate is not None
+        and row.status == deploys.ReleaseStatus.RUNNING
+        and row.strategy == "bluegreen"
+        and detail.get("rollback_started") is None
+    )
+
+
+def step(
+    session: Session,
+    audit: AuditLog,
+    release: Release,
+    now: float,
+    edge: EdgeCounts | None = None,
+) -> None:
+    """Plan the release's next move and do it. ``edge``: the edge's counts, for a
+    blue-green that watches them after its switch."""
     app = session.get(App, release.app_id)
     assert app is not None
     cfg = release_config(release)
@@ -153,10 +186,11 @@ def step(session: Session, audit: AuditLog, release: Release, now: float) -> Non
     if command_row is not None and command_row not in rows:
         rows = [*rows, command_row]
     previous = _live_version(session, app) if pending else None
+    counts = edge(app.name) if edge is not None and _watching_edge(release, cfg, detail) else None
     planned = deploys.plan(
-        _release(release, cfg, detail, previous), [_machine(m) for m in rows], now
+        _release(release, cfg, detail, previous, counts), [_machine(m) for m in rows], now
     )
-    _Apply(session, audit, app, release, cfg, detail, now).run(planned)
+    _Apply(session, audit, app, release, cfg, detail, now, counts).run(planned)
 
 
 class _Apply:
@@ -171,9 +205,11 @@ class _Apply:
         cfg: AppConfig,
         detail: dict[str, Any],
         now: float,
+        edge_counts: tuple[int, int] | None = None,
     ) -> None:
         self.session, self.audit, self.app, self.release = session, audit, app, release
         self.cfg, self.detail, self.now = cfg, detail, now
+        self.edge_counts = edge_counts
 
     def run(self, planned: deploys.DeployPlan) -> None:
         before = json.dumps(self.detail)
@@ -227,7 +263,17 @@ class _Apply:
             case deploys.Switch(retired=retired):
                 self.detail["retired"] = list(retired)
                 self.detail["switched_at"] = self.now
+                if self.edge_counts is not None:
+                    self.detail["edge_at_switch"] = list(self.edge_counts)
                 self._record("release.switch", {"retired": list(retired)})
+            case deploys.SwitchBack(machine_ids=ids, reason=reason):
+                # The old set serves again in this very change; the new set goes.
+                self.detail["retired"] = []
+                self.detail["failure"] = reason
+                self.detail["rollback_started"] = self.now
+                self._record("release.switch_back", {"reason": reason})
+                for machine_id in ids:
+                    self._row(machine_id).desired = "destroyed"
             case deploys.BatchDone():
                 self.detail["batch"] = []
             case deploys.UpdateMachines(machine_ids=ids, version=version):
@@ -336,7 +382,7 @@ class _Apply:
         log.info("%s v%d %s %s", app.name, release.version, status, reason)
 
 
-def step_all(session: Session, audit: AuditLog, now: float) -> int:
+def step_all(session: Session, audit: AuditLog, now: float, edge: EdgeCounts | None = None) -> int:
     """Advance every unfinished release by one move; returns how many there were."""
     releases = list(
         session.execute(
@@ -346,5 +392,5 @@ def step_all(session: Session, audit: AuditLog, now: float) -> int:
         ).scalars()
     )
     for release in releases:
-        step(session, audit, release, now)
+        step(session, audit, release, now, edge)
     return len(releases)

@@ -26,6 +26,7 @@ from hangar.store.tables import App, Release, Secret
 
 __all__ = [
     "busy_release",
+    "check_edge_watch",
     "deploy",
     "list_releases",
     "live_release",
@@ -78,6 +79,28 @@ def roll_out(session: Session, app: App, *, actor: str) -> Release | None:
     )
 
 
+def check_edge_watch(cp: ControlPlane, config: AppConfig, strategy: str | None) -> None:
+    """ValidationError unless a release with ``max_error_rate`` can be acted on here.
+
+    A blue-green watches the edge on the control plane's own host after its
+    switch; without a blue-green, or without that edge, the key would do nothing.
+    """
+    if config.deploy.max_error_rate is None:
+        return
+    if (strategy or config.deploy.strategy) != "bluegreen":
+        raise ValidationError(
+            "[deploy] max_error_rate needs a blue-green deploy: it switches back to the old"
+            " set it keeps",
+            hint="deploy with --strategy bluegreen, or remove max_error_rate",
+        )
+    if cp.local is None or cp.local.edge() is None:
+        raise ValidationError(
+            "[deploy] max_error_rate needs the edge on the control plane's host,"
+            " which this server does not run",
+            hint="remove max_error_rate, or run the server with its edge",
+        )
+
+
 def deploy(
     cp: ControlPlane,
     ctx: AuditContext,
@@ -94,6 +117,7 @@ def deploy(
     """
     if config.app != app.name:
         raise ValidationError(f"hangar.toml is for app {config.app!r}, not {app.name!r}")
+    check_edge_watch(cp, config, strategy)
     reserved = reserved_ports(cp.settings)
     with cp.db.read() as session:
         check_service_ports(session, app, config, reserved)
@@ -222,6 +246,7 @@ def rollback(
             raise Conflict(f"v{target.version} pinned no image digest; deploy its image again")
         digest, of = target.image_digest, target.version
         _check_secrets_exist(session, row, config, of)
+    check_edge_watch(cp, config, strategy)
     reserved = reserved_ports(cp.settings)
     with cp.db.read() as session:
         check_service_ports(session, app, config, reserved)

@@ -81,6 +81,7 @@ __all__ = [
     "RunReleaseCommand",
     "StartRelease",
     "Switch",
+    "SwitchBack",
     "UpdateMachines",
     "Wait",
     "batch_size",
@@ -125,6 +126,7 @@ class Rollout:
     standby: tuple[str, ...] = ()
     retired: tuple[str, ...] = ()
     switched_at: float | None = None
+    edge_at_switch: tuple[int, int] | None = None  # the edge's counts when it switched
     # Rolling back: why, and since when (the release fails once it is done).
     failure: str = ""
     rollback_started_at: float | None = None
@@ -140,6 +142,13 @@ class Release:
     wait_timeout: float = 300.0
     drain_timeout: float = 0.0  # how long a machine out of rotation finishes its requests
     bluegreen_grace: float = 0.0  # how long a blue-green keeps the old set after the switch
+    # Blue-green: switch back if the edge answers more than this share of
+    # requests with a 5xx within error_window of the switch (None: off).
+    max_error_rate: float | None = None
+    error_window: float = 30.0
+    min_requests: int = 20  # fewer requests than this in the window decide nothing
+    # What the edge has answered for the app so far: (responses, 5xx); None: unknown.
+    edge_counts: tuple[int, int] | None = None
     needs_health: bool = False  # the app has checks: ready means passing them
     command: ReleaseCommand | None = None
     previous: int | None = None  # for a pending release: the version live now
@@ -206,6 +215,14 @@ class Switch:
 
 
 @dataclass(frozen=True)
+class SwitchBack:
+    """Blue-green, after its switch: the old set serves again at once; the new set goes."""
+
+    machine_ids: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
 class BatchDone:
     """The batch runs the new version, ready: stop waiting for it."""
 
@@ -263,6 +280,7 @@ Action = (
     | CreateStandby
     | DrainMachines
     | Switch
+    | SwitchBack
     | BatchDone
     | UpdateMachines
     | DestroyMachine
@@ -381,7 +399,15 @@ def _blue_green(
             return [CreateStandby(len(old), release.version)]
         retired = tuple(m.id for m in serving if m.id not in rollout.standby)
         return [Switch(retired)]
-    grace = max(release.bluegreen_grace, release.drain_timeout)
+    watching = release.max_error_rate is not None
+    if watching and now - rollout.switched_at <= release.error_window:
+        errors = _error_rate(release, rollout)
+        if errors is not None:
+            new = tuple(m.id for m in serving if m.id in rollout.standby)
+            return [SwitchBack(new, errors)]
+    grace = max(
+        release.bluegreen_grace, release.drain_timeout, release.error_window if watching else 0.0
+    )
     if now - rollout.switched_at < grace:
         return [Wait("the old set is kept until its grace period ends")]
     old = [m for m in serving if m.id in rollout.retired]
@@ -391,6 +417,23 @@ def _blue_green(
     if old:
         return [DestroyMachine(m.id) for m in free]
     return [MarkReleased()]
+
+
+def _error_rate(release: Release, rollout: Rollout) -> str | None:
+    """Why to switch back, if the edge's 5xx share since the switch is over the limit."""
+    if release.edge_counts is None or release.max_error_rate is None:
+        return None
+    total, errors = release.edge_counts
+    base_total, base_errors = rollout.edge_at_switch or (0, 0)
+    if total < base_total or errors < base_errors:
+        base_total, base_errors = 0, 0  # the edge's counters restarted (a reload)
+    answered, failed = total - base_total, errors - base_errors
+    if answered < release.min_requests or failed / answered <= release.max_error_rate:
+        return None
+    return (
+        f"the edge answered {failed} of {answered} requests with 5xx after the switch"
+        f" (over {release.max_error_rate:.0%})"
+    )
 
 
 def _rolling_back(
@@ -409,7 +452,9 @@ def _rolling_back(
         lingering = [m for m in serving if m.id in (rollout.standby or rollout.touched)]
         if not lingering:
             what = "the new machines were removed" if rollout.standby else ""
-            if rollout.standby and previous is not None:
+            if rollout.standby and rollout.switched_at is not None:
+                what = f"switched back to v{previous}; the new machines were removed"
+            elif rollout.standby and previous is not None:
                 what += f"; v{previous} kept serving"
             return DeployPlan((Fail(rollout.failure + (f"; {what}" if what else "")),))
         if now - started > release.wait_timeout:
