@@ -89,6 +89,8 @@ class Agent:
         self.mesh_endpoint = mesh_endpoint
         self._mesh_registered = False
         self._mesh_reported_at = 0.0
+        # Each mesh peer's latest handshake (unix time), as last read; None: no mesh.
+        self.mesh_handshakes: dict[str, int] | None = None
         self.dns: InternalDns | None = None
         self._dns_retry_at = 0.0
         self._dns_refreshed_at = 0.0
@@ -104,7 +106,8 @@ class Agent:
                 self._mesh_registered = True
             self.mesh.apply(self.link.peers())
             if time.time() - self._mesh_reported_at >= 10:
-                self.link.report_mesh(max(self.mesh.peers().values(), default=0))
+                self.mesh_handshakes = self.mesh.peers()
+                self.link.report_mesh(max(self.mesh_handshakes.values(), default=0))
                 self._mesh_reported_at = time.time()
         except HangarError as exc:
             log.error("mesh: %s", exc.message)

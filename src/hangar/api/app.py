@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 import hangar
 from hangar.api.guard import assert_routes_guarded
+from hangar.api.metrics import MetricsMiddleware
 from hangar.api.middleware import RequestContextMiddleware
 from hangar.api.problems import PROBLEM_RESPONSES, install_problem_handlers
 from hangar.api.routers import (
@@ -81,6 +82,8 @@ def create_app(cp: ControlPlane) -> FastAPI:
         max_body_bytes=cp.settings.max_body_bytes,
         max_upload_bytes=cp.settings.max_image_upload_bytes,
     )
+    if cp.settings.metrics_port:
+        app.add_middleware(MetricsMiddleware, listener="api")
     assert_routes_guarded(app)
     return app
 
@@ -98,5 +101,7 @@ def create_agent_app(cp: ControlPlane) -> FastAPI:
     app.include_router(agent.router, responses=PROBLEM_RESPONSES)
     install_problem_handlers(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=cp.settings.max_body_bytes)
+    if cp.settings.metrics_port:
+        app.add_middleware(MetricsMiddleware, listener="agents")
     assert_routes_guarded(app)
     return app

@@ -8,6 +8,7 @@ Unknown keys in the file are errors, as are values of the wrong type.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import tomllib
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hangar.errors import ConfigError
 
@@ -107,6 +108,23 @@ class ServerSettings(BaseModel):
     acme_ca_bundle: Path | None = None
     acme_email: str = ""
     acme_poll_seconds: float = Field(default=60.0, gt=0, le=3600)
+    # Hangar's own Prometheus metrics (the API, this host's agent, the deployer,
+    # ACME) at http://metrics_listen_host:metrics_port/metrics; 0: none. Plain
+    # HTTP, so loopback only.
+    metrics_listen_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+
+    @field_validator("metrics_listen_host")
+    @classmethod
+    def _loopback_metrics(cls, value: str) -> str:
+        try:
+            if ipaddress.ip_address(value).is_loopback:
+                return value
+        except ValueError:
+            pass
+        raise ValueError(
+            f"{value!r} is not a loopback address: metrics are never served to a network"
+        )
 
     @property
     def effective_edge_dir(self) -> Path:
