@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import ssl
 import subprocess
 import tempfile
 import time
@@ -113,8 +114,9 @@ def test_prometheus_scrapes_the_api_and_the_agent(platform: tuple[Server, Path, 
 
     # A deploy: the API, the deployer and the agent each count their part.
     srv.cli("deploy", "--config", str(write_config(tmp, "good.toml")))
+    trust = ssl.create_default_context(cafile=str(srv.data_dir / "ca.crt"))
     refused = httpx.get(
-        f"{srv.api}/v1/apps", headers={"Authorization": "Bearer nope"}, verify=False, timeout=10
+        f"{srv.api}/v1/apps", headers={"Authorization": "Bearer nope"}, verify=trust, timeout=10
     )
     assert refused.status_code == 401
 
