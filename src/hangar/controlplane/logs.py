@@ -2,18 +2,61 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 from hangar.controlplane.logstore import LogStore
 from hangar.controlplane.machine_control import list_machines
 from hangar.controlplane.state import ControlPlane
-from hangar.errors import NotFound
+from hangar.errors import NotFound, ValidationError
 from hangar.store.tables import App
 
-__all__ = ["LogSource", "log_sources"]
+__all__ = ["LogFilter", "LogSource", "log_sources"]
+
+
+def _aware(when: dt.datetime | None) -> dt.datetime | None:
+    """A time without a zone is UTC, as the records' own times are."""
+    if when is not None and when.tzinfo is None:
+        return when.replace(tzinfo=dt.UTC)
+    return when
+
+
+@dataclass(frozen=True)
+class LogFilter:
+    """Which records a reader wants: a stream, a time window (since inclusive, until
+    exclusive) and a text the line must contain (plain text, case-sensitive)."""
+
+    stream: Literal["stdout", "stderr"] | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    match: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "since", _aware(self.since))
+        object.__setattr__(self, "until", _aware(self.until))
+        if self.since is not None and self.until is not None and self.since >= self.until:
+            raise ValidationError(
+                f"since ({self.since.isoformat()}) is not before until ({self.until.isoformat()})"
+            )
+
+    def accepts(self, record: dict[str, Any]) -> bool:
+        if self.stream is not None and record.get("stream") != self.stream:
+            return False
+        if self.match and self.match not in str(record.get("line", "")):
+            return False
+        if self.since is None and self.until is None:
+            return True
+        try:
+            when = _aware(dt.datetime.fromisoformat(str(record.get("ts"))))
+        except ValueError:
+            return False  # a record without a readable time is outside any window
+        assert when is not None
+        if self.since is not None and when < self.since:
+            return False
+        return self.until is None or when < self.until
 
 
 @dataclass(frozen=True)
