@@ -25,6 +25,7 @@ from hangar.api.routers import (
     leases,
     logs,
     machines,
+    metrics,
     orgs,
     releases,
     secrets,
@@ -76,6 +77,8 @@ def create_app(cp: ControlPlane) -> FastAPI:
     ):
         app.include_router(module.router, responses=PROBLEM_RESPONSES)
     app.include_router(machines.by_id, responses=PROBLEM_RESPONSES)
+    app.include_router(metrics.orgs, responses=PROBLEM_RESPONSES)
+    app.include_router(metrics.apps, responses=PROBLEM_RESPONSES)
     install_problem_handlers(app)
     app.add_middleware(
         RequestContextMiddleware,

@@ -25,6 +25,7 @@ from hangar.cli import (
     hosts,
     logs,
     machines,
+    metrics,
     orgs,
     releases,
     secrets,
@@ -72,6 +73,7 @@ app.command()(deploy.deploy)
 app.command()(releases.releases)
 app.command()(status.status)
 app.command()(logs.logs)
+app.command()(metrics.metrics)
 
 
 def _version(value: bool) -> None:

@@ -61,6 +61,10 @@ class ControlPlaneLink(Protocol):
         """The newest handshake with any peer (unix time, 0 for none)."""
         ...
 
+    def report_metrics(self, figures: Mapping[str, tuple[float, str]]) -> None:
+        """Machines' figures for their organizations: (when collected, exposition text)."""
+        ...
+
 
 class HostMachines(Protocol):
     """The machines on the control plane's own host, reached in-process."""

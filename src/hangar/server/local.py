@@ -69,6 +69,9 @@ class StoreLink:
     def report_mesh(self, latest_handshake: int) -> None:
         self.service.report_mesh(latest_handshake)
 
+    def report_metrics(self, figures: Mapping[str, tuple[float, str]]) -> None:
+        self.service.report_metrics(figures)
+
 
 class LocalMachines:
     """The machines of the in-process agent, for the API (``HostMachines``)."""
