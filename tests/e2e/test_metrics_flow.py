@@ -32,6 +32,16 @@ scrape_configs:
   - job_name: hangar
     static_configs:
       - targets: ["127.0.0.1:{port}"]
+  # What a member of acme scrapes: the organization's machines through the API.
+  - job_name: acme
+    scheme: https
+    metrics_path: /v1/orgs/acme/metrics
+    authorization:
+      credentials_file: {token}
+    tls_config:
+      ca_file: {ca}
+    static_configs:
+      - targets: ["127.0.0.1:{api_port}"]
 """
 
 
@@ -56,7 +66,9 @@ def platform(tmp_path: Path) -> Iterator[tuple[Server, Path, str]]:
         str(metrics_port),
     )
     srv = Server(data_dir, f"https://127.0.0.1:{port}", token_file.read_text().strip(), env, proc)
-    (tmp_path / "prometheus.yml").write_text(SCRAPE.format(port=metrics_port))
+    (tmp_path / "prometheus.yml").write_text(
+        SCRAPE.format(port=metrics_port, token=token_file, ca=data_dir / "ca.crt", api_port=port)
+    )
     with open(tmp_path / "prometheus.log", "ab") as log:
         prometheus = subprocess.Popen(
             [
@@ -113,7 +125,9 @@ def test_prometheus_scrapes_the_api_and_the_agent(platform: tuple[Server, Path, 
     assert len(up) == 1, (tmp / "prometheus.log").read_text()[-2000:]
 
     # A deploy: the API, the deployer and the agent each count their part.
-    srv.cli("deploy", "--config", str(write_config(tmp, "good.toml")))
+    config = write_config(tmp, "good.toml")
+    config.write_text(config.read_text() + '[metrics]\n  port = 8080\n  path = "/metrics"\n')
+    srv.cli("deploy", "--config", str(config))
     trust = ssl.create_default_context(cafile=str(srv.data_dir / "ca.crt"))
     refused = httpx.get(
         f"{srv.api}/v1/apps", headers={"Authorization": "Bearer nope"}, verify=trust, timeout=10
@@ -122,12 +136,12 @@ def test_prometheus_scrapes_the_api_and_the_agent(platform: tuple[Server, Path, 
 
     complete = eventually(prometheus, 'hangar_releases_total{outcome="complete"} >= 1')
     assert len(complete) == 1
-    running = eventually(prometheus, 'hangar_machines{state="running"} == 1')
+    running = eventually(prometheus, 'hangar_machines{job="hangar",state="running"} == 1')
     assert len(running) == 1 and running[0]["metric"]["org"].startswith("org_")
     # The machine's own cgroup: memory in use, processes, CPU time.
-    memory = eventually(prometheus, 'hangar_machine_memory_bytes{app="hello"} > 0')
+    memory = eventually(prometheus, 'hangar_machine_memory_bytes{job="hangar",app="hello"} > 0')
     assert len(memory) == 1
-    assert eventually(prometheus, 'hangar_machine_pids{app="hello"} >= 1')
+    assert eventually(prometheus, 'hangar_machine_pids{job="hangar",app="hello"} >= 1')
     assert eventually(prometheus, "hangar_machine_start_seconds_count >= 1")
     assert eventually(prometheus, 'hangar_health_checks_total{result="passing"} >= 1')
     # The API by route template, never by raw path; the refused token counted.
@@ -137,3 +151,15 @@ def test_prometheus_scrapes_the_api_and_the_agent(platform: tuple[Server, Path, 
     assert posted and all(r["metric"]["status"].startswith("2") for r in posted)
     assert eventually(prometheus, "hangar_api_auth_failures_total >= 1")
     assert eventually(prometheus, 'hangar_api_request_duration_seconds_count{route="/v1/apps"}')
+
+    # The app's own metrics, scraped by its host over the private network, read
+    # by a member of its organization through the API, and by Prometheus too.
+    (machine,) = srv.json("machines", "list", "--app", "hello")  # type: ignore[misc]
+    hello = eventually(prometheus, 'hello_up{job="acme",app="hello"} == 1')
+    assert len(hello) == 1 and hello[0]["metric"]["machine"] == machine["id"]
+    assert eventually(prometheus, 'hangar_machine_memory_bytes{job="acme",app="hello"} > 0')
+    figures = srv.json("metrics", "--app", "hello")
+    assert isinstance(figures, list) and figures[0]["scrape_ok"] is True
+    assert figures[0]["app_series"] >= 1 and figures[0]["memory_bytes"] > 0
+    table = srv.cli("metrics", "--app", "hello").stdout
+    assert machine["id"] in table and " ok " in table
