@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 import threading
@@ -47,10 +48,8 @@ def server() -> Iterator[Callable[[Handler], int]]:
                     return
                 with conn:
                     conn.recv(65536)
-                    try:
+                    with contextlib.suppress(OSError):  # the scraper hung up first
                         handler(conn)
-                    except OSError:
-                        pass
 
         threading.Thread(target=loop, daemon=True).start()
         return int(listener.getsockname()[1])
