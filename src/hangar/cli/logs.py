@@ -1,4 +1,4 @@
-"""``hangar logs``: machines' output, filtered, followed with -f."""
+"""``hangar logs``: machines' output, filtered, followed with -f; ``hangar logs sinks``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from hangar.cli import logsinks
 from hangar.cli.common import AppOpt, JsonOpt, app_name, client
 from hangar.config.appconfig import parse_duration
 from hangar.errors import ValidationError
@@ -35,6 +36,11 @@ def _when(value: str, option: str, now: dt.datetime) -> str:
     return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).isoformat()
 
 
+app = typer.Typer(name="logs", invoke_without_command=True)
+app.add_typer(logsinks.app)
+
+
+@app.callback()
 def logs(
     ctx: typer.Context,
     app: AppOpt = None,
@@ -59,7 +65,12 @@ def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep streaming")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Machines' output (stdout and stderr), with time, machine, region and stream."""
+    """Machines' output (stdout and stderr), with time, machine, region and stream.
+
+    `hangar logs sinks` ships an organization's output to a log store.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     now = dt.datetime.now(dt.UTC)
     params = {"follow": "true" if follow else "false"}
     if machine:

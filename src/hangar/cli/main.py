@@ -67,12 +67,12 @@ for module in (
     wireguard,
     audit,
     config,
+    logs,
 ):
     app.add_typer(module.app)
 app.command()(deploy.deploy)
 app.command()(releases.releases)
 app.command()(status.status)
-app.command()(logs.logs)
 app.command()(metrics.metrics)
 
 

@@ -64,6 +64,12 @@ class ServerSettings(BaseModel):
     # link-local or this host's own address. Every other registry must
     # resolve to public addresses only.
     allowed_registries: list[str] = []
+    # Log sink hosts (as written in the sink's URL) that may be shipped to
+    # although they resolve to a loopback, private or this host's own address.
+    allowed_log_sink_hosts: list[str] = []
+    # Each log sink's disk buffer: records wait there while the sink is down;
+    # past this many bytes the oldest are dropped (counted, and audited).
+    log_sink_buffer_bytes: int = Field(default=64 << 20, ge=64 << 10, le=16 << 30)
     # Server directories whose OCI layouts `oci:/PATH` may name (read without
     # following links). Empty, the default: images are only uploaded or copied
     # from registries.

@@ -29,6 +29,7 @@ from hangar.config.settings import ServerSettings
 from hangar.controlplane.acme import Issuer
 from hangar.controlplane.background import BackgroundLoop
 from hangar.controlplane.deployer import step_all
+from hangar.controlplane.logshipper import LogShipper
 from hangar.controlplane.metrics import ControlPlaneCollector
 from hangar.controlplane.state import ControlPlane
 from hangar.server.local import LocalMachines, local_agent
@@ -232,13 +233,16 @@ def serve(settings: ServerSettings) -> None:
         if agent is not None:
             collectors.append(AgentCollector(agent))
         metrics = serve_metrics(settings.metrics_listen_host, settings.metrics_port, collectors)
+    shipper = LogShipper(cp)
     loops.start()
     issuer.start()
+    shipper.start()
     try:
         asyncio.run(run_all())
     finally:
         if metrics is not None:
             metrics.stop()
+        shipper.stop()
         issuer.stop()
         loops.stop()
         if agent is not None:

@@ -34,6 +34,9 @@ __all__ = [
     "API_LATENCY",
     "API_REQUESTS",
     "HEALTH_CHECKS",
+    "LOG_SINK_DROPPED",
+    "LOG_SINK_FAILURES",
+    "LOG_SINK_SHIPPED",
     "MACHINE_RESTARTS",
     "MACHINE_START_SECONDS",
     "REGISTRY",
@@ -114,6 +117,27 @@ ACME_ORDERS = Counter(
     "hangar_acme_orders",
     "ACME orders, by kind (issue or renew) and outcome (success or failure).",
     ["kind", "outcome"],
+    registry=REGISTRY,
+)
+
+
+LOG_SINK_SHIPPED = Counter(
+    "hangar_log_sink_shipped",
+    "Log records a sink accepted, by organization and sink.",
+    ["org", "sink"],
+    registry=REGISTRY,
+)
+LOG_SINK_DROPPED = Counter(
+    "hangar_log_sink_dropped",
+    "Log records dropped before a sink took them, by reason (buffer_full: the disk "
+    "buffer's cap; refused: the sink refused them for good). Each drop is also audited.",
+    ["org", "sink", "reason"],
+    registry=REGISTRY,
+)
+LOG_SINK_FAILURES = Counter(
+    "hangar_log_sink_failures",
+    "Pushes to a sink that failed and will be retried (down, 429, 5xx).",
+    ["org", "sink"],
     registry=REGISTRY,
 )
 
