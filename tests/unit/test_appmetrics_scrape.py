@@ -195,3 +195,17 @@ def test_collection_ships_usage_and_the_apps_metrics_every_interval(
     (_, failed) = collector.take()["m-1"]
     got = {s.name: s for f in text_string_to_metric_families(failed) for s in f.samples}
     assert got["hangar_scrape_ok"].value == 0 and "queue_depth" not in got
+
+
+def test_an_unexpected_failure_is_a_failed_scrape_not_a_stopped_agent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(want: Assignment, labels: dict[str, str]) -> list[object]:
+        raise RuntimeError("surprise")
+
+    monkeypatch.setattr(appmetrics, "_collect", boom)
+    collector = AppMetrics(None, tmp_path, clock=lambda: 1000.0)
+    collector.tick([_want(9)])
+    (_, text) = collector.take()["m-1"]
+    got = {s.name: s for f in text_string_to_metric_families(text) for s in f.samples}
+    assert got["hangar_scrape_ok"].value == 0

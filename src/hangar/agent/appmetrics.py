@@ -231,6 +231,8 @@ class AppMetrics:
             return _collect(want, labels)
         except HangarError as exc:
             return exc
+        except Exception as exc:  # a tenant's answer must never stop the agent's loop
+            return ScrapeError(f"metrics could not be read: {exc!r}"[:300])
 
     def _gather(self) -> None:
         if self.offload is None:
