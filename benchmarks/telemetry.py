@@ -140,7 +140,7 @@ def ship_logs(lines: int) -> dict[str, float]:
     from hangar.controlplane.machines import create_machine, register_local_host
     from hangar.controlplane.state import ControlPlane
     from hangar.store.tables import App, Org
-    from hangar.telemetry.logfiles import RotatingLog, read_all
+    from hangar.telemetry.logfiles import RotatingLog, read_all, read_since
 
     work = Path(tempfile.mkdtemp(prefix="hangar-bench-logs-"))
     receiver = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
@@ -177,6 +177,11 @@ def ship_logs(lines: int) -> dict[str, float]:
 
             def logs(self, machine_id: str) -> list[dict[str, Any]]:
                 return read_all(output) if machine_id == machine else []
+
+            def logs_since(
+                self, machine_id: str, cursor: dict[str, int] | None, budget: int
+            ) -> tuple[list[dict[str, Any]], dict[str, int] | None]:
+                return read_since(output, cursor, budget)
 
         cp.local = Host()  # type: ignore[assignment]
         ctx = AuditContext(actor="bench", token_id=None, request_id=None, client_addr=None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,10 @@ from pytest_httpserver import HTTPServer
 from sqlalchemy import select
 from werkzeug import Request, Response
 
-from hangar.controlplane.logshipper import LogShipper, new_records
+from hangar.controlplane.logshipper import LogShipper
 from hangar.controlplane.state import ControlPlane
 from hangar.store.tables import App, AuditEvent
+from hangar.telemetry.logfiles import RotatingLog, read_all, read_since
 from hangar.telemetry.metrics import REGISTRY
 from tests.conftest import Installation, bearer, make_installation, mint_token
 from tests.integration.test_changes import FakeHost, one_machine
@@ -42,21 +44,29 @@ def installation(tmp_path: Path, database_url: str) -> Installation:
 
 
 class Output(FakeHost):
-    """This host's machine, writing lines the test adds."""
+    """This host's machine, writing lines the test adds to a real rotating log."""
 
-    def __init__(self, host_id: str) -> None:
+    def __init__(self, host_id: str, path: Path, max_bytes: int = 8 << 20) -> None:
         super().__init__(host_id)
-        self.records: list[dict[str, Any]] = []
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.log = RotatingLog(path, max_bytes=max_bytes)
+        self.written = 0
 
     def write(self, count: int, pad: int = 0) -> None:
-        start = len(self.records)
-        for n in range(start, start + count):
+        for n in range(self.written, self.written + count):
             ts = (T0 + dt.timedelta(milliseconds=n)).isoformat(timespec="microseconds")
             stream = "stderr" if n % 3 == 0 else "stdout"
-            self.records.append({"ts": ts, "stream": stream, "line": f"line {n} " + "x" * pad})
+            self.log.write_record({"ts": ts, "stream": stream, "line": f"line {n} " + "x" * pad})
+        self.written += count
 
     def logs(self, machine_id: str) -> list[dict[str, Any]]:
-        return list(self.records)
+        return read_all(self.path)
+
+    def logs_since(
+        self, machine_id: str, cursor: dict[str, int] | None, budget: int
+    ) -> tuple[list[dict[str, Any]], dict[str, int] | None]:
+        return read_since(self.path, cursor, budget)
 
 
 class Loki:
@@ -88,10 +98,13 @@ def loki(httpserver: HTTPServer) -> Loki:
 
 
 @pytest.fixture
-def output(control_plane: ControlPlane, one_machine: tuple[App, str, str]) -> Output:
-    host = Output(one_machine[2])
+def output(
+    control_plane: ControlPlane, one_machine: tuple[App, str, str], tmp_path: Path
+) -> Iterator[Output]:
+    host = Output(one_machine[2], tmp_path / "machine" / "output.log")
     control_plane.local = host
-    return host
+    yield host
+    host.log.close()
 
 
 def add(api: TestClient, installation: Installation, url: str, kind: str = "loki") -> Any:
@@ -304,12 +317,22 @@ def test_a_batch_the_sink_refuses_for_good_is_counted_and_audited(
     assert numbers(loki.lines) == [7, 8]
 
 
-def test_the_cursor_survives_rotation_and_equal_times() -> None:
-    same = "2026-01-31T09:00:00.000000+00:00"
-    records = [{"ts": same, "line": "a"}, {"ts": same, "line": "b"}]
-    first, cursor = new_records(records, {})
-    assert [r["line"] for r in first] == ["a", "b"] and cursor == {"ts": same, "n": 2}
-    later = [{"ts": same, "line": "b"}, {"ts": same, "line": "c"}]  # "a" rotated out
-    more, cursor = new_records([*records, later[1]], cursor)
-    assert [r["line"] for r in more] == ["c"]
-    assert new_records([*records, later[1]], cursor)[0] == []
+def test_rotation_between_rounds_loses_nothing(
+    api: TestClient,
+    installation: Installation,
+    control_plane: ControlPlane,
+    loki: Loki,
+    one_machine: tuple[App, str, str],
+    tmp_path: Path,
+) -> None:
+    """The cursor is a file and an offset: it follows its file when the log rotates."""
+    output = Output(one_machine[2], tmp_path / "small" / "output.log", max_bytes=2000)
+    control_plane.local = output
+    add(api, installation, loki.url)
+    shipper = LogShipper(control_plane, clock=Clock())
+    for _ in range(6):
+        output.write(15, pad=20)  # each batch rotates the log at least once
+        shipper.round()
+    output.log.close()
+    assert len(list((tmp_path / "small").glob("output.log.*"))) == 3  # rotated, some gone
+    assert numbers(loki.lines) == list(range(90))

@@ -75,6 +75,13 @@ class HostMachines(Protocol):
 
     def logs(self, machine_id: str) -> list[dict[str, Any]]: ...
 
+    def logs_since(
+        self, machine_id: str, cursor: dict[str, int] | None, budget: int
+    ) -> tuple[list[dict[str, Any]], dict[str, int] | None]:
+        """Records after ``cursor`` (a position that survives rotation), about ``budget``
+        bytes of them, and the cursor after them."""
+        ...
+
     def edge(self) -> tuple[RoutingTable, Mapping[str, Any]] | None:
         """The table this host's edge serves and HAProxy's status; None without an edge."""
         ...

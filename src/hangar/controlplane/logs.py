@@ -59,13 +59,22 @@ class LogFilter:
         return self.until is None or when < self.until
 
 
+Cursor = dict[str, int]
+
+
 @dataclass(frozen=True)
 class LogSource:
-    """One machine's output; ``read`` returns every record so far, oldest first."""
+    """One machine's output; ``read`` returns every record so far, oldest first.
+
+    ``read_since(cursor, budget)`` returns the records after a cursor (None:
+    from the oldest kept), about ``budget`` bytes of them, and the cursor
+    after them: a position in the log's files that survives rotation.
+    """
 
     machine_id: str
     region: str
     read: Callable[[], list[dict[str, Any]]]
+    read_since: Callable[[Cursor | None, int], tuple[list[dict[str, Any]], Cursor | None]]
 
 
 def log_sources(cp: ControlPlane, app: App, machine_id: str | None = None) -> list[LogSource]:
@@ -77,7 +86,13 @@ def log_sources(cp: ControlPlane, app: App, machine_id: str | None = None) -> li
     local = cp.local
     sources = []
     for machine, host in rows:
-        here = local is not None and local.host_id == host.id
-        reader = local.logs if local is not None and here else shipped.read
-        sources.append(LogSource(machine.id, host.region, partial(reader, machine.id)))
+        if local is not None and local.host_id == host.id:
+            reader, since = local.logs, local.logs_since
+        else:
+            reader, since = shipped.read, shipped.read_since
+        sources.append(
+            LogSource(
+                machine.id, host.region, partial(reader, machine.id), partial(since, machine.id)
+            )
+        )
     return sources

@@ -1,8 +1,8 @@
 """Shipping organizations' machines' output to their log sinks, at least once.
 
 One round, for each sink: read the organization's machines' new output
-(from a cursor per machine: the time of the last record taken and how many
-records had that time), append it to the sink's disk buffer (``fsync``ed)
+(from a cursor per machine: a position in its log's files, which survives
+rotation), append it to the sink's disk buffer (``fsync``ed)
 and only then move the cursors on; then push the buffer's oldest records
 to the sink in order and forget them once it accepted them. A sink that is
 down, or answers 429 or 5xx, is retried with exponential backoff (1 s to
@@ -38,41 +38,16 @@ from hangar.telemetry.metrics import LOG_SINK_DROPPED, LOG_SINK_FAILURES, LOG_SI
 from hangar.telemetry.sinkbuffer import SinkBuffer
 from hangar.telemetry.sinks import LogSink, SinkError, driver_for
 
-__all__ = ["SHIPPER", "LogShipper", "new_records"]
+__all__ = ["SHIPPER", "LogShipper"]
 
 log = logging.getLogger("hangar.logs")
 SHIPPER = AuditContext(actor="log-shipper", token_id=None, request_id=None, client_addr=None)
 BATCH = 500  # records a push
 BACKOFF_MAX = 60.0
 PUSH_BUDGET = 5.0  # seconds of pushing per sink a round, so one busy sink cannot hold the rest
+READ_BUDGET = 4 << 20  # bytes of one machine's output read per round
 
-Cursor = dict[str, Any]  # {"ts": last time taken, "n": records with that time taken}
-
-
-def new_records(
-    records: list[dict[str, Any]], cursor: Cursor
-) -> tuple[list[dict[str, Any]], Cursor]:
-    """The records after ``cursor`` (oldest first), and the cursor after them.
-
-    A cursor is a time, not a position, so it survives the log's rotation.
-    """
-    last, taken = cursor.get("ts"), int(cursor.get("n", 0))
-    out = []
-    same = 0
-    for record in records:
-        ts = str(record.get("ts", ""))
-        if last is not None:
-            if ts < last:
-                continue
-            if ts == last:
-                same += 1
-                if same <= taken:
-                    continue
-        out.append(record)
-    if not out:
-        return [], cursor
-    newest = str(out[-1].get("ts", ""))
-    return out, {"ts": newest, "n": sum(1 for r in records if str(r.get("ts", "")) == newest)}
+Cursor = dict[str, int]  # {"inode": …, "offset": …}: see telemetry.logfiles.read_since
 
 
 @dataclass
@@ -84,7 +59,7 @@ class _Sink:
     driver: LogSink
     buffer: SinkBuffer
     cursors_file: Path
-    cursors: dict[str, Cursor] = field(default_factory=dict)
+    cursors: dict[str, Cursor | None] = field(default_factory=dict)
     failures: int = 0
     retry_at: float = 0.0
 
@@ -161,12 +136,11 @@ class LogShipper(BackgroundLoop):
         for app in apps:
             for source in log_sources(self.cp, app):
                 try:
-                    records = source.read()
-                except HangarError:
+                    fresh, cursors[source.machine_id] = source.read_since(
+                        sink.cursors.get(source.machine_id), READ_BUDGET
+                    )
+                except (HangarError, OSError, ValueError):
                     continue
-                fresh, cursors[source.machine_id] = new_records(
-                    records, sink.cursors.get(source.machine_id, {})
-                )
                 taken += [
                     {
                         "ts": r["ts"],
