@@ -115,7 +115,8 @@ def test_untouched_trail_verifies_against_its_witness(
         assert set(seen) == {_org_id(db, "acme"), _org_id(db, "globex"), SYSTEM_CHAIN}
     code, out = _verify(inst, capsys, "--witness", str(witness_file))
     assert code == 0, out
-    assert "(acme)" in out and "(globex)" in out and "witnessed" in out
+    assert "(organization acme)" in out and "(organization globex)" in out
+    assert "witnessed" in out
 
 
 def test_cutting_the_newest_events_and_their_checkpoints_is_caught(
@@ -134,7 +135,9 @@ def test_cutting_the_newest_events_and_their_checkpoints_is_caught(
         code, out = _verify(inst, capsys, "--witness", str(witness_file))
         assert code == 1, out
         failed = [line for line in out.splitlines() if line.startswith("FAILED")]
-        assert failed and all(acme in line and "(acme)" in line for line in failed), out
+        assert failed and all(
+            f"chain {acme}: " in line and "(organization acme)" in line for line in failed
+        ), out
         assert f"reach event {newest}" in out
 
 
@@ -317,7 +320,7 @@ def test_syslog_witness_sends_rfc5424_that_verify_reads(
     with _attack(inst) as db:
         _cut(db, acme, head - 1)
     code, out = _verify(inst, capsys, "--witness", str(received))
-    assert code == 1 and f"FAILED  chain {acme} (acme)" in out
+    assert code == 1 and f"FAILED  chain {acme}: " in out and "(organization acme)" in out
 
 
 def test_the_witness_file_is_appended_never_rewritten(tmp_path: Path, witness_file: Path) -> None:

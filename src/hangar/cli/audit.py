@@ -70,17 +70,19 @@ def _report(
     for r in results:
         if json_out:
             break
-        shown = f"{r.chain} ({names[r.chain]})" if r.chain in names else r.chain
+        named = f" (organization {names[r.chain]})" if r.chain in names else ""
         if r.ok:
             seen = f", {r.witnessed} witnessed" if r.witnessed else ""
             typer.echo(
-                f"ok      chain {shown}: {r.events} events, "
-                f"{r.checkpoints} signed checkpoints{seen}"
+                f"ok      chain {r.chain}: {r.events} events, "
+                f"{r.checkpoints} signed checkpoints{seen}{named}"
             )
         elif r.first_bad_seq is None:
-            typer.echo(f"FAILED  chain {shown}: {r.reason}")
+            typer.echo(f"FAILED  chain {r.chain}: {r.reason}{named}")
         else:
-            typer.echo(f"FAILED  chain {shown}: first bad event {r.first_bad_seq}: {r.reason}")
+            typer.echo(
+                f"FAILED  chain {r.chain}: first bad event {r.first_bad_seq}: {r.reason}{named}"
+            )
     if not all(r.ok for r in results):
         raise typer.Exit(1)
 
