@@ -139,6 +139,12 @@ def test_cutting_the_newest_events_and_their_checkpoints_is_caught(
             f"chain {acme}: " in line and "(organization acme)" in line for line in failed
         ), out
         assert f"reach event {newest}" in out
+    # With the witness named in the server's settings, --data-dir alone holds to it.
+    (inst.settings.data_dir / "server.toml").write_text(
+        f'audit_witness = ["file://{witness_file}"]\n'
+    )
+    code, out = _verify(inst, capsys)
+    assert code == 1 and f"checking against the witness {witness_file}" in out
 
 
 def test_deleting_a_whole_chain_with_its_checkpoints_is_caught_by_name(

@@ -104,12 +104,26 @@ def _read_witness(path: Path) -> str:
         raise ConfigError(f"cannot read the witness {path}: {exc.strerror}") from exc
 
 
-def _witness_of(path: Path | None, key: Any) -> tuple[dict[str, list[Checkpoint]], list[Any]]:
-    if path is None:
-        return {}, []
+def _witness_of(
+    paths: list[Path], key: Any
+) -> tuple[dict[str, list[Checkpoint]], list[VerifyResult]]:
     from hangar.audit.witness import check_witness
 
-    return check_witness(_read_witness(path), key, source=str(path))
+    seen: dict[str, list[Checkpoint]] = {}
+    failures: list[VerifyResult] = []
+    for path in paths:
+        found, bad = check_witness(_read_witness(path), key, source=str(path))
+        for chain, checkpoints in found.items():
+            seen.setdefault(chain, []).extend(checkpoints)
+        failures += bad
+    return seen, failures
+
+
+def _configured_witness_files(urls: list[str]) -> list[Path]:
+    from hangar.audit.witness import parse_witness_url
+
+    targets = [parse_witness_url(u) for u in urls]
+    return [t.path for t in targets if t.scheme == "file" and t.path is not None]
 
 
 @app.command()
@@ -135,6 +149,8 @@ def verify(
     With --witness, each chain must still reach the newest checkpoint the
     witness recorded for it (a chain it saw that is gone entirely fails by
     name), and a witness line whose signature does not verify is reported.
+    With --data-dir and no --witness, the witness files the server's settings
+    name (audit_witness) are used.
     """
     if data_dir is not None:
         results, names = _verify_offline(data_dir, database_url, public_key, witness)
@@ -152,7 +168,7 @@ def verify(
     chain = events[0].chain if events else (checkpoints[0].chain if checkpoints else "-")
     if witness is not None and chain == "-":
         chain = _chain_id(api, org, system)
-    seen, failures = _witness_of(witness, key)
+    seen, failures = _witness_of([witness] if witness is not None else [], key)
     mine = [f for f in failures if f.chain in (chain, str(witness))]
     result = verify_chain(chain, events, checkpoints, key, seen.get(chain, []))
     _report([result, *mine], json_out)
@@ -185,7 +201,10 @@ def _verify_offline(
     if not key_path.exists():
         raise ConfigError(f"no audit public key at {key_path}")
     key = public_key_from_pem(key_path.read_bytes())
-    seen, failures = _witness_of(witness, key)
+    paths = [witness] if witness is not None else _configured_witness_files(settings.audit_witness)
+    for path in paths:
+        typer.echo(f"checking against the witness {path}", err=True)
+    seen, failures = _witness_of(paths, key)
     db = Database(settings.effective_database_url)
     try:
         with db.read() as session:
