@@ -48,7 +48,11 @@ _RANK = {Role.VIEWER: 0, Role.MEMBER: 1, Role.ADMIN: 2}
 
 
 class Permission(Enum):
-    """(name, action, least role; None means installation operators only)."""
+    """(name, action, least role; None means installation operators only).
+
+    For the configurable permissions the least role is the default; an
+    organization's ``Grants`` may move it. Check with ``Principal.check``.
+    """
 
     WHOAMI = ("whoami", Action.READ, Role.VIEWER)
     ORGS_READ = ("orgs:read", Action.READ, Role.VIEWER)
@@ -86,9 +90,6 @@ class Permission(Enum):
         self.label = label
         self.action = action
         self.least_role = least_role
-
-    def granted_to(self, role: Role) -> bool:
-        return self.least_role is not None and role.at_least(self.least_role)
 
     @classmethod
     def named(cls, label: str) -> Permission:
