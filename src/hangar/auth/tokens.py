@@ -219,6 +219,19 @@ def grants_from_rows(rows: list[tuple[str, str, str]]) -> dict[str, Grants]:
     return {org_id: Grants(choices) for org_id, choices in least.items()}
 
 
+_NO_GRANTS: dict[str, Grants] = {}
+
+
+@functools.lru_cache(maxsize=1024)
+def _grants_cached(rows: tuple[tuple[str, str, str], ...]) -> dict[str, Grants]:
+    return grants_from_rows(list(rows))
+
+
+def _grants_of(rows: tuple[tuple[str, str, str], ...]) -> dict[str, Grants]:
+    """Grants from the rows just read; the same rows give the same (shared, unmodified) dict."""
+    return _grants_cached(rows) if rows else _NO_GRANTS
+
+
 @functools.lru_cache(maxsize=4096)
 def _decode(token: str) -> tuple[Macaroon, str, str]:
     """A token's macaroon, token id and key id (structure only; not verified)."""
@@ -342,12 +355,12 @@ class TokenService:
             # whose caveats name another organization is forged or corrupt.
             raise AuthError("the token is not valid")
         roles = {r.member_org: Role(r.role) for r in rows if r.member_org is not None}
-        grants = grants_from_rows(
-            [
+        grants = _grants_of(
+            tuple(
                 (r.member_org, r.grant_perm, r.grant_least)
                 for r in rows
                 if r.member_org is not None and r.grant_perm is not None
-            ]
+            )
         )
         return Principal(
             user_id=first.user_id,
