@@ -373,3 +373,38 @@ def test_the_server_loop_checkpoints_a_moved_chain_when_its_time_comes(
         assert len(witness_file.read_text().splitlines()) == len(before.splitlines()) + len(added)
     finally:
         cp.close()
+
+
+def test_verify_through_the_api_holds_one_chain_to_the_witness(
+    busy: tuple[ControlPlane, Installation],
+    witness_file: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The events come from the server, the witness from the auditor: a cut shows."""
+    import hangar.cli.audit as audit_cli
+    from hangar.cli.client import Client
+
+    _, inst = busy
+    with _attack(inst) as db:
+        acme, globex = _org_id(db, "acme"), _org_id(db, "globex")
+        _cut(db, acme, _witnessed(witness_file)[acme] - 2)
+        for table in ("audit_events", "audit_checkpoints", "audit_heads"):
+            db.execute(f"DELETE FROM {table} WHERE chain = ?", (globex,))  # noqa: S608
+    cp = ControlPlane.open(inst.settings)
+    try:
+        with TestClient(create_app(cp), headers=inst.headers) as http:
+            api = Client.__new__(Client)
+            api._http = http
+            monkeypatch.setattr(audit_cli, "client", lambda _ctx: api)
+            system = run(["audit", "verify", "--system", "--witness", str(witness_file)])
+            assert system == 0, capsys.readouterr()
+            capsys.readouterr()
+            code = run(["audit", "verify", "--org", "acme", "--witness", str(witness_file)])
+            out = capsys.readouterr().out
+            assert code == 1 and f"FAILED  chain {acme}: " in out and "were removed" in out
+            code = run(["audit", "verify", "--org", "globex", "--witness", str(witness_file)])
+            out = capsys.readouterr().out
+            assert code == 1 and f"FAILED  chain {globex}: " in out and "missing" in out
+    finally:
+        cp.close()
