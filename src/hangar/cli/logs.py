@@ -17,7 +17,12 @@ def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep streaming")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Machines' output (stdout and stderr), with time, machine, region and stream."""
+    """Machines' output (stdout and stderr), with time, machine, region and stream.
+
+    Needs logs:read (members and admins, unless the organization chose
+    otherwise: `hangar orgs show ORG`). The output is whatever the machines
+    print, secret values included if they print them.
+    """
     api = client(ctx)
     params = {"follow": "true" if follow else "false"}
     if machine:
