@@ -336,3 +336,18 @@ def test_rotation_between_rounds_loses_nothing(
     output.log.close()
     assert len(list((tmp_path / "small").glob("output.log.*"))) == 3  # rotated, some gone
     assert numbers(loki.lines) == list(range(90))
+
+
+def test_adding_a_sink_needs_logs_read_as_well(
+    api: TestClient, installation: Installation, loki: Loki
+) -> None:
+    """An organization that keeps logs from everyone keeps them from sinks too."""
+    h = installation.headers
+    none = {"revoke": [{"role": "admin", "permission": "logs:read"}]}
+    assert api.patch("/v1/orgs/acme", headers=h, json=none).status_code == 200
+    refused = add(api, installation, loki.url)
+    assert refused.status_code == 403
+    assert api.get("/v1/orgs/acme/log-sinks", headers=h).json() == []
+    back = {"grant": [{"role": "member", "permission": "logs:read"}]}
+    assert api.patch("/v1/orgs/acme", headers=h, json=back).status_code == 200
+    assert add(api, installation, loki.url).status_code == 201

@@ -168,6 +168,9 @@ class ApiLink:
             }
         except HangarError as exc:
             answer = {"error": exc.message[:4000]}
+        except Exception:
+            # Neither the exception (it may quote the command) nor a traceback.
+            answer = {"error": f"the agent could not run the command in {order.machine_id}"}
         try:
             self._call("POST", f"/agent/v1/execs/{order.id}", json=answer)
         except HangarError as exc:

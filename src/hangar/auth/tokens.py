@@ -26,12 +26,20 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
-from hangar.auth.rbac import Action, Permission, Role
+from hangar.auth.rbac import CONFIGURABLE, NO_ROLE, Action, Grants, Permission, Role
 from hangar.crypto.macaroons import Macaroon, TokenKeys
 from hangar.errors import AuthError, NotFound, PermissionDenied, ValidationError
-from hangar.store.tables import Membership, RootKey, Token, User
+from hangar.store.tables import Membership, OrgGrant, RootKey, Token, User
 
-__all__ = ["TOKEN_KINDS", "Principal", "Scope", "TokenService", "new_id", "parse_caveats"]
+__all__ = [
+    "TOKEN_KINDS",
+    "Principal",
+    "Scope",
+    "TokenService",
+    "grants_from_rows",
+    "new_id",
+    "parse_caveats",
+]
 
 TOKEN_KINDS = ("user", "org", "app", "readonly")
 ALL_ACTIONS = frozenset(Action)
@@ -49,10 +57,14 @@ _AUTH_QUERY = (
         User.is_operator,
         Membership.org_id.label("member_org"),
         Membership.role,
+        OrgGrant.permission.label("grant_perm"),
+        OrgGrant.least_role.label("grant_least"),
     )
     .join(RootKey, RootKey.id == Token.key_id)
     .join(User, User.id == Token.user_id)
     .outerjoin(Membership, Membership.user_id == User.id)
+    # At most one row per configurable permission of each organization.
+    .outerjoin(OrgGrant, OrgGrant.org_id == Membership.org_id)
     .where(Token.id == bindparam("token_id"))
 )
 
@@ -131,6 +143,8 @@ class Principal:
     token_id: str
     scope: Scope
     roles: dict[str, Role] = field(default_factory=dict)
+    # Each organization's choices for the configurable permissions.
+    grants: dict[str, Grants] = field(default_factory=dict)
 
     def visible_orgs(self) -> list[str]:
         """Organizations this token may see at all."""
@@ -158,9 +172,16 @@ class Principal:
         if org_id not in self.visible_orgs():
             raise NotFound("not found")
         role = self.roles[org_id]
-        if not perm.granted_to(role):
+        grants = self.grants.get(org_id, _DEFAULT_GRANTS)
+        if not grants.holds(perm, role):
+            least = grants.least_role(perm)
+            if least is None:
+                raise PermissionDenied(
+                    f"{perm.label} is granted to no role in this organization",
+                    hint="an organization admin grants it: `hangar orgs set ORG --grant ROLE=PERM`",
+                )
             raise PermissionDenied(
-                f"{perm.label} needs the {perm.least_role} role; you are {role}",
+                f"{perm.label} needs the {least} role here; you are {role}",
             )
         if self.scope.apps is not None:
             if app is None and perm is not Permission.APPS_READ:
@@ -169,6 +190,46 @@ class Principal:
                 )
             if app is not None and app not in self.scope.apps:
                 raise PermissionDenied(f"this token does not cover app {app!r}")
+
+
+_DEFAULT_GRANTS = Grants()
+_CONFIGURABLE_BY_LABEL = {p.label: p for p in CONFIGURABLE}
+
+
+def _least(value: str) -> Role | None:
+    """A stored least role; anything not a role holds nothing (fail closed)."""
+    if value == NO_ROLE:
+        return None
+    try:
+        return Role(value)
+    except ValueError:
+        return None
+
+
+def grants_from_rows(rows: list[tuple[str, str, str]]) -> dict[str, Grants]:
+    """``(org_id, permission, least_role)`` rows as each organization's Grants.
+
+    A row naming a permission that is not configurable changes nothing.
+    """
+    least: dict[str, dict[Permission, Role | None]] = {}
+    for org_id, label, value in rows:
+        perm = _CONFIGURABLE_BY_LABEL.get(label)
+        if perm is not None:
+            least.setdefault(org_id, {})[perm] = _least(value)
+    return {org_id: Grants(choices) for org_id, choices in least.items()}
+
+
+_NO_GRANTS: dict[str, Grants] = {}
+
+
+@functools.lru_cache(maxsize=1024)
+def _grants_cached(rows: tuple[tuple[str, str, str], ...]) -> dict[str, Grants]:
+    return grants_from_rows(list(rows))
+
+
+def _grants_of(rows: tuple[tuple[str, str, str], ...]) -> dict[str, Grants]:
+    """Grants from the rows just read; the same rows give the same (shared, unmodified) dict."""
+    return _grants_cached(rows) if rows else _NO_GRANTS
 
 
 @functools.lru_cache(maxsize=4096)
@@ -294,6 +355,13 @@ class TokenService:
             # whose caveats name another organization is forged or corrupt.
             raise AuthError("the token is not valid")
         roles = {r.member_org: Role(r.role) for r in rows if r.member_org is not None}
+        grants = _grants_of(
+            tuple(
+                (r.member_org, r.grant_perm, r.grant_least)
+                for r in rows
+                if r.member_org is not None and r.grant_perm is not None
+            )
+        )
         return Principal(
             user_id=first.user_id,
             email=first.email,
@@ -301,4 +369,5 @@ class TokenService:
             token_id=token_id,
             scope=scope,
             roles=roles,
+            grants=grants,
         )

@@ -67,7 +67,10 @@ def logs(
 ) -> None:
     """Machines' output (stdout and stderr), with time, machine, region and stream.
 
-    `hangar logs sinks` ships an organization's output to a log store.
+    Needs logs:read (members and admins, unless the organization chose
+    otherwise: `hangar orgs show ORG`). The output is whatever the machines
+    print, secret values included if they print them. `hangar logs sinks`
+    ships an organization's output to a log store.
     """
     if ctx.invoked_subcommand is not None:
         return

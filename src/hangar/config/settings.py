@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from hangar.errors import ConfigError
 
@@ -45,6 +45,13 @@ class ServerSettings(BaseModel):
         default="hangar-kek", pattern=r"^[A-Za-z0-9_.]+(-[A-Za-z0-9_.]+)*$"
     )
     audit_checkpoint_every: int = Field(default=100, ge=1, le=1_000_000)
+    # A chain that moved is also checkpointed this often, so the newest events
+    # are covered by a signed (and witnessed) checkpoint within this time.
+    audit_checkpoint_seconds: float = Field(default=60, ge=1, le=86400)
+    # Where signed checkpoints go as they are made, outside the database:
+    # file:///PATH (an append-only file on another path), syslog+udp://HOST:PORT
+    # or syslog+unix:///dev/log (RFC 5424). See docs/audit.md.
+    audit_witness: list[str] = Field(default=[], max_length=8)
     max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
     tls_hostnames: list[str] = ["localhost", "127.0.0.1", "::1"]
     log_level: str = Field(default="info", pattern="^(critical|error|warning|info|debug)$")
@@ -131,6 +138,16 @@ class ServerSettings(BaseModel):
         raise ValueError(
             f"{value!r} is not a loopback address: metrics are never served to a network"
         )
+
+    @field_validator("audit_witness")
+    @classmethod
+    def _witnesses_are_usable(cls, urls: list[str], info: ValidationInfo) -> list[str]:
+        from hangar.audit.witness import parse_witness_url
+
+        data_dir = info.data.get("data_dir")
+        for url in urls:
+            parse_witness_url(url, data_dir=data_dir)
+        return urls
 
     @property
     def effective_edge_dir(self) -> Path:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
 
+from hangar.contract.links import HostMachines
 from hangar.controlplane.logstore import LogStore
 from hangar.controlplane.machine_control import list_machines
 from hangar.controlplane.state import ControlPlane
@@ -87,12 +88,29 @@ def log_sources(cp: ControlPlane, app: App, machine_id: str | None = None) -> li
     sources = []
     for machine, host in rows:
         if local is not None and local.host_id == host.id:
-            reader, since = local.logs, local.logs_since
-        else:
-            reader, since = shipped.read, shipped.read_since
-        sources.append(
-            LogSource(
-                machine.id, host.region, partial(reader, machine.id), partial(since, machine.id)
+            here = local
+
+            # Looked up when read: a HostMachines is asked only for what is used.
+            def reader(machine_id: str, on: HostMachines = here) -> list[dict[str, Any]]:
+                return on.logs(machine_id)
+
+            def since(
+                machine_id: str, cursor: Cursor | None, budget: int, on: HostMachines = here
+            ) -> tuple[list[dict[str, Any]], Cursor | None]:
+                return on.logs_since(machine_id, cursor, budget)
+
+            sources.append(
+                LogSource(
+                    machine.id, host.region, partial(reader, machine.id), partial(since, machine.id)
+                )
             )
-        )
+        else:
+            sources.append(
+                LogSource(
+                    machine.id,
+                    host.region,
+                    partial(shipped.read, machine.id),
+                    partial(shipped.read_since, machine.id),
+                )
+            )
     return sources

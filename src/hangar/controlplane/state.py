@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hangar.audit.log import AuditLog
+from hangar.audit.witness import Witnesses
 from hangar.auth.tokens import TokenService
 from hangar.config.settings import ServerSettings
 from hangar.contract.links import HostMachines
@@ -66,6 +67,7 @@ class ControlPlane:
         # Unwrapping proves this is the KEK the installation was made with.
         signer = AuditSigner.load(data_dir, keyring)
         ca = InternalCA.load(data_dir, keyring)
+        witnesses = Witnesses.from_urls(settings.audit_witness, data_dir=data_dir)
         db = Database(settings.effective_database_url)
         if migrate:
             db.migrate()
@@ -74,7 +76,9 @@ class ControlPlane:
             db=db,
             keyring=keyring,
             tokens=TokenService(TokenKeys(keyring)),
-            audit=AuditLog(signer, checkpoint_every=settings.audit_checkpoint_every),
+            audit=AuditLog(
+                signer, checkpoint_every=settings.audit_checkpoint_every, witnesses=witnesses
+            ),
             audit_public_pem=signer.public_pem(),
             ca=ca,
         )

@@ -133,6 +133,7 @@ class Loops(BackgroundLoop):
         super().__init__("hangar-loops", cp.settings.tick_seconds)
         self.cp = cp
         self.agent = agent
+        self._next_checkpoint = time.monotonic() + cp.settings.audit_checkpoint_seconds
         if agent is not None:
             agent.wake_on_finished_work(self.wake)
 
@@ -150,6 +151,12 @@ class Loops(BackgroundLoop):
         now = time.time()
         with self.cp.db.write() as session:
             step_all(session, self.cp.audit, now)
+        if time.monotonic() >= self._next_checkpoint:
+            # The newest events get a signed (and witnessed) checkpoint within
+            # audit_checkpoint_seconds, however few of them there are.
+            self._next_checkpoint = time.monotonic() + self.cp.settings.audit_checkpoint_seconds
+            with self.cp.db.write() as session:
+                self.cp.audit.checkpoint_all(session)
         if self.agent is None:
             return None
         due = self.agent.tick(now)

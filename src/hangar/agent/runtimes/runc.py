@@ -26,7 +26,7 @@ from hangar import hostcmd
 from hangar.agent.runtimes.base import ExecResult, MachineSpec, RuntimeState
 from hangar.agent.runtimes.ociconfig import etc_files, oci_config
 from hangar.agent.runtimes.registry import register
-from hangar.errors import CommandError, Conflict, NotFound, ValidationError
+from hangar.errors import CommandError, Conflict, NotFound, ValidationError, WaitTimeout
 from hangar.hostfs import ensure_private_tmpfs, write_private
 from hangar.net import netns
 from hangar.telemetry.logfiles import read_all
@@ -293,11 +293,20 @@ class RuncRuntime:
             raise ValidationError("nothing to run: give a command")
         if self.state(machine_id).status != "running":
             raise Conflict(f"machine {machine_id} is not running", hint="start it first")
-        result = hostcmd.run(
-            ["runc", "--root", str(self.runc_root), "exec", machine_id, *argv],
-            timeout=timeout,
-            check=False,
-        )
+        try:
+            result = hostcmd.run(
+                ["runc", "--root", str(self.runc_root), "exec", machine_id, *argv],
+                timeout=timeout,
+                check=False,
+            )
+        except CommandError as exc:
+            # The error names the program, never its arguments: they may hold
+            # a password, and errors end up in the server's log. Not chained,
+            # so no traceback shows them either.
+            what = f"{argv[0]} ({len(argv) - 1} argument(s)) in machine {machine_id}"
+            if exc.returncode == -1:
+                raise WaitTimeout(f"{what} did not finish within {timeout:g}s") from None
+            raise Conflict(f"could not run {what}: {exc.stderr}") from None
         return ExecResult(result.returncode, result.stdout, result.stderr)
 
     def logs(self, machine_id: str) -> list[dict[str, str]]:

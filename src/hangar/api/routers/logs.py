@@ -28,7 +28,7 @@ router = GuardedRouter(prefix="/v1/apps/{app}", tags=["machines"])
 async def logs(
     app: str,
     request: Request,
-    access: Annotated[Access, requires(Permission.APPS_READ)],
+    access: Annotated[Access, requires(Permission.LOGS_READ)],
     machine: Annotated[str | None, Query(max_length=32)] = None,
     follow: bool = False,
     stream: Annotated[

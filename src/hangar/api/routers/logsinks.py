@@ -40,6 +40,8 @@ def create(
     org: str, body: SinkIn, access: Annotated[Access, requires(Permission.LOG_SINKS_WRITE)]
 ) -> SinkView:
     assert access.org is not None
+    # A sink receives every machine's output: only someone who may read it all.
+    access.check(Permission.LOGS_READ, org=access.org, shown=f"organization {org!r}")
     return _view(add_sink(access.cp, access.ctx, access.org, body.kind, body.url))
 
 
