@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
+from hangar.api.app import create_agent_app
 from hangar.controlplane.appmetrics import receive
 from hangar.controlplane.machines import create_machine, register_local_host
 from hangar.controlplane.state import ControlPlane
+from hangar.images.oci import build_layout, layer_tar
 from hangar.store.tables import App, Org
 from tests.conftest import Installation, bearer
 from tests.integration.test_api_boundaries import two_orgs
+from tests.integration.test_hosts import _as_host, _join, _join_token
+from tests.uploads import upload_layout
 
 __all__ = ["two_orgs"]  # the fixture, shared with test_api_boundaries
 
@@ -140,3 +145,38 @@ def test_stale_figures_are_not_served(
     old = {machines["clinic-api"]: (time.time() - 3600, shipped("o", "a", "m", 5))}
     assert receive(control_plane, machines["host"], old) == 1
     assert samples(api.get("/v1/orgs/acme/metrics", headers=installation.headers).text) == []
+
+
+def test_a_joined_host_ships_figures_for_its_own_machines_only(
+    api: TestClient, installation: Installation, control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    """Through the agents' (mutual-TLS) API, as a joined host's agent sends them."""
+    h = installation.headers
+    with control_plane.db.write() as session:
+        register_local_host(session, name="h1", region="local")
+    joined = _join(api, _join_token(api, h)).json()
+    build_layout(tmp_path / "img", [layer_tar([])])
+    api.post("/v1/apps", headers=h, json={"name": "web"})
+    one_off = {"image": upload_layout(api, h, "web", tmp_path / "img"), "cmd": ["true"]}
+    api.post("/v1/hosts/h1/cordon", headers=h)
+    mine = api.post("/v1/apps/web/machines", headers=h, json=one_off).json()["id"]
+    api.post("/v1/hosts/h1/uncordon", headers=h)
+    api.post("/v1/hosts/host-b/cordon", headers=h)
+    theirs = api.post("/v1/apps/web/machines", headers=h, json=one_off).json()["id"]
+
+    agents = create_agent_app(control_plane)
+    body = {
+        "machines": {
+            mine: {"at": time.time(), "text": shipped("x", "x", "x", 1)},
+            theirs: {"at": time.time(), "text": shipped("x", "x", "x", 2)},
+        }
+    }
+    with TestClient(_as_host(agents, None), raise_server_exceptions=False) as anonymous:
+        assert anonymous.post("/agent/v1/metrics", json=body).status_code == 401
+    with TestClient(_as_host(agents, joined["certificate"]), raise_server_exceptions=False) as b:
+        assert b.post("/agent/v1/metrics", json=body).status_code == 204
+        huge = {"machines": {mine: {"at": time.time(), "text": "x 1\n" * 200_000}}}
+        assert b.post("/agent/v1/metrics", json=huge).status_code in (413, 422)
+    got = samples(api.get("/v1/apps/web/metrics", headers=h).text)
+    memory = [s for s in got if s[0] == "hangar_machine_memory_bytes"]
+    assert [(s[1]["machine"], s[2]) for s in memory] == [(mine, 1)]
