@@ -239,6 +239,19 @@ class ApiLink:
     def report_mesh(self, latest_handshake: int) -> None:
         self._call("PUT", "/agent/v1/mesh/status", json={"latest_handshake": latest_handshake})
 
+    def report_metrics(self, figures: Mapping[str, tuple[float, str]]) -> None:
+        """Sent in batches of about 512 KiB, under the API's cap on a request body."""
+        batch: dict[str, dict[str, Any]] = {}
+        size = 0
+        for machine_id, (at, text) in figures.items():
+            if batch and size + len(text) > 512 << 10:
+                self._call("POST", "/agent/v1/metrics", json={"machines": batch})
+                batch, size = {}, 0
+            batch[machine_id] = {"at": at, "text": text}
+            size += len(text) + 100
+        if batch:
+            self._call("POST", "/agent/v1/metrics", json={"machines": batch})
+
     def peers(self) -> list[Peer]:
         return [
             Peer(p["host"], p["public_key"], p["endpoint"], tuple(p["allowed_ips"]))

@@ -33,6 +33,7 @@ from hangar.crypto.macaroons import Macaroon
 from hangar.crypto.peercert import PeerIdentity
 from hangar.errors import AuthError, HangarError, NotFound, PermissionDenied
 from hangar.store.tables import App, Host, Org
+from hangar.telemetry.metrics import API_AUTH_FAILURES
 
 __all__ = [
     "HOST",
@@ -87,6 +88,7 @@ def authenticate(request: Request, cp: ControlPlane) -> Principal:
         with cp.db.connect() as conn:
             return cp.tokens.authenticate(conn, token)
     except AuthError as exc:
+        API_AUTH_FAILURES.inc()
         ctx = AuditContext(
             actor="anonymous",
             token_id=_claimed_token_id(token) if token else None,

@@ -85,6 +85,9 @@ class Permission(Enum):
     TOKENS_CREATE = ("tokens:create", Action.CREATE, Role.MEMBER)
     TOKENS_REVOKE = ("tokens:revoke", Action.DELETE, Role.MEMBER)
     AUDIT_READ = ("audit:read", Action.READ, Role.ADMIN)
+    # A sink receives every machine's output of the organization: admins choose it.
+    LOG_SINKS_READ = ("log-sinks:read", Action.READ, Role.MEMBER)
+    LOG_SINKS_WRITE = ("log-sinks:write", Action.WRITE, Role.ADMIN)
 
     def __init__(self, label: str, action: Action, least_role: Role | None) -> None:
         self.label = label

@@ -334,10 +334,7 @@ class AppConfig(_Model):
     deploy: Deploy = Deploy()
     vm: list[Vm] = Field(default=[], max_length=32)
     restart: list[Restart] = Field(default=[], max_length=32)
-    metrics: Annotated[
-        Annotated[list[Metrics], Field(max_length=16)] | Metrics | None,
-        _not_yet("[metrics] (scraping an app's metrics)"),
-    ] = None
+    metrics: Annotated[list[Metrics], Field(max_length=16)] | Metrics | None = None
     processes: Annotated[
         dict[str, Annotated[str, Field(max_length=4096)]],
         _not_yet("process groups ([processes])"),

@@ -23,6 +23,7 @@ from hangar.audit.log import AuditContext
 from hangar.contract.assignments import Assignment, MachineStatus
 from hangar.contract.mesh import Peer
 from hangar.contract.names import Record
+from hangar.controlplane.appmetrics import receive
 from hangar.controlplane.changes import change, record_refusal
 from hangar.controlplane.hostlink import apply_report, dns_records, host_assignments
 from hangar.controlplane.hosts import renew_host_cert
@@ -161,6 +162,10 @@ class AgentService:
                     if latest_handshake
                     else None
                 )
+
+    def report_metrics(self, figures: Mapping[str, tuple[float, str]]) -> int:
+        """Keep this host's machines' figures for their organizations; how many were kept."""
+        return receive(self.cp, self.host_id, figures)
 
     def renew(self, csr_pem: str) -> IssuedCert:
         """A new client certificate for this host, audited."""

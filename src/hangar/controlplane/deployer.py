@@ -35,6 +35,7 @@ from hangar.controlplane.machines import (
 )
 from hangar.domain import deploys
 from hangar.store.tables import App, Machine, MachineEvent, Release
+from hangar.telemetry.metrics import RELEASES, ROLLBACKS
 
 __all__ = ["DEPLOYER", "step", "step_all"]
 
@@ -191,6 +192,7 @@ class _Apply:
                     else:
                         machine.version = version
                         self._event(machine_id, "rollback", f"to v{version}")
+                        ROLLBACKS.inc()
             case deploys.MarkReleased():
                 self._finish("complete", "")
             case deploys.Fail(reason=reason):
@@ -255,6 +257,7 @@ class _Apply:
         release.detail = json.dumps(self.detail)
         outcome = "success" if status == "complete" else "failure"
         self._record(f"release.{status}", {"reason": reason} if reason else {}, outcome)
+        RELEASES.labels(status).inc()
         log.info("%s v%d %s %s", app.name, release.version, status, reason)
 
 

@@ -27,6 +27,7 @@ from hangar.crypto.secretbox import SecretRef
 from hangar.errors import NotFound, PermissionDenied, ValidationError
 from hangar.store.db import Database
 from hangar.store.tables import App, Machine, Secret
+from hangar.telemetry.metrics import SECRET_DELIVERIES
 
 __all__ = [
     "MAX_VALUE_BYTES",
@@ -290,7 +291,9 @@ def deliver(
                     detail={"host": host_id, "secrets": digests},
                 )
         if ok:
+            SECRET_DELIVERIES.labels("delivered").inc()
             return values
+    SECRET_DELIVERIES.labels("refused").inc()
     with db.write() as session:
         audit.record(
             session,

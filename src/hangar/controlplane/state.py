@@ -14,6 +14,7 @@ from hangar.auth.tokens import TokenService
 from hangar.config.settings import ServerSettings
 from hangar.contract.links import HostMachines
 from hangar.controlplane.execbroker import ExecBroker
+from hangar.controlplane.metricscache import MetricsCache
 from hangar.crypto.ca import InternalCA
 from hangar.crypto.kek import KekProvider, provider_for
 from hangar.crypto.keyring import Keyring
@@ -44,6 +45,8 @@ class ControlPlane:
     ca: InternalCA
     # Commands for machines on other hosts, waiting for those hosts' agents.
     execs: ExecBroker = field(default_factory=ExecBroker)
+    # What agents shipped of each machine's metrics, served to its organization.
+    app_metrics: MetricsCache = field(default_factory=MetricsCache)
     # Set by the server that runs the loops: desired or observed state changed.
     wake: Callable[[], None] = field(default=lambda: None)
     # Set by the server that runs the ACME issuer: a certificate wants ordering.

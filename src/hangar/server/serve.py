@@ -18,8 +18,10 @@ from typing import Any
 
 import h11
 import uvicorn
+from prometheus_client.registry import Collector
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from hangar.agent.metrics import AgentCollector
 from hangar.agent.service import Agent
 from hangar.api.app import create_agent_app, create_app
 from hangar.api.guard import PEER_CERT_SCOPE_KEY
@@ -27,8 +29,11 @@ from hangar.config.settings import ServerSettings
 from hangar.controlplane.acme import Issuer
 from hangar.controlplane.background import BackgroundLoop
 from hangar.controlplane.deployer import step_all
+from hangar.controlplane.logshipper import LogShipper
+from hangar.controlplane.metrics import ControlPlaneCollector
 from hangar.controlplane.state import ControlPlane
 from hangar.server.local import LocalMachines, local_agent
+from hangar.telemetry.metrics import serve_metrics
 from hangar.tlsprofile import TLS12_CIPHERS
 
 log = logging.getLogger("hangar.server")
@@ -229,11 +234,22 @@ def serve(settings: ServerSettings) -> None:
                 agents.should_exit = True
                 await task
 
+    metrics = None
+    if settings.metrics_port:
+        collectors: list[Collector] = [ControlPlaneCollector(cp.db)]
+        if agent is not None:
+            collectors.append(AgentCollector(agent))
+        metrics = serve_metrics(settings.metrics_listen_host, settings.metrics_port, collectors)
+    shipper = LogShipper(cp)
     loops.start()
     issuer.start()
+    shipper.start()
     try:
         asyncio.run(run_all())
     finally:
+        if metrics is not None:
+            metrics.stop()
+        shipper.stop()
         issuer.stop()
         loops.stop()
         if agent is not None:

@@ -421,3 +421,15 @@ class WireguardPeer(Base):
     gateway_host_id: Mapped[str] = mapped_column(String(32))
     created_by: Mapped[str] = mapped_column(String(254))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class LogSinkRow(Base):
+    """Where an organization's machines' output is shipped (``hangar logs sinks``)."""
+
+    __tablename__ = "log_sinks"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    url: Mapped[str] = mapped_column(String(2000))
+    created_by: Mapped[str] = mapped_column(String(254))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
