@@ -85,6 +85,7 @@ class Permission(Enum):
     TOKENS_CREATE = ("tokens:create", Action.CREATE, Role.MEMBER)
     TOKENS_REVOKE = ("tokens:revoke", Action.DELETE, Role.MEMBER)
     AUDIT_READ = ("audit:read", Action.READ, Role.ADMIN)
+    AUDIT_SYSTEM_READ = ("audit:read-system", Action.READ, None)
 
     def __init__(self, label: str, action: Action, least_role: Role | None) -> None:
         self.label = label
