@@ -48,6 +48,21 @@ class TokenCreate(BaseModel):
     )
 
 
+def _refuse_user_tokens(access: Access, shown: str) -> None:
+    """A token bound to an organization or apps does not reach its user's own tokens."""
+    scope = access.principal.scope
+    if scope.orgs is not None or scope.apps is not None:
+        raise access.refuse(
+            PermissionDenied(
+                "this token is limited to an organization or to apps: your user tokens are "
+                "outside it",
+                hint="pass --org NAME for the organization's tokens, or use a user token",
+            ),
+            org=None,
+            shown=shown,
+        )
+
+
 def _out(tok: Token, org_names: dict[str, str]) -> TokenOut:
     return TokenOut(
         id=tok.id,
@@ -73,7 +88,9 @@ def list_tokens(
     names: dict[str, str] = {}
     org_id = None
     user_id: str | None = access.principal.user_id
-    if org is not None:
+    if org is None:
+        _refuse_user_tokens(access, "user tokens")
+    else:
         target = orgs.find_org(access.cp, org)
         access.check(Permission.TOKENS_READ, org=target, shown=f"organization {org!r}")
         names[target.id] = target.name
@@ -154,6 +171,7 @@ def revoke_token(
     if org is None:
         if not own:
             raise NotFound(f"token {token_id!r} not found")
+        _refuse_user_tokens(access, f"token {token_id!r}")
     else:
         access.check(Permission.TOKENS_REVOKE, org=org, shown=f"token {token_id!r}")
         if not own and principal.roles.get(org.id) is not Role.ADMIN:
