@@ -5,17 +5,19 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
+from fastapi import HTTPException
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from hangar.api.app import create_agent_app
-from hangar.api.guard import iter_routes
+from hangar.api.app import create_agent_app, create_app
+from hangar.api.guard import PUBLIC, GuardedRouter, iter_routes
 from hangar.controlplane.state import ControlPlane
 from hangar.crypto.macaroons import Macaroon
+from hangar.errors import AuthError, PermissionDenied, audited
 from hangar.store.tables import AuditEvent, Token
 from tests.conftest import Installation, bearer, mint_token
 
@@ -51,6 +53,7 @@ class World:
     admin: str
     acme_id: str
     tokens: dict[str, str]
+    victim_token_id: str  # an admin's organization token, for revocation attempts
 
 
 @pytest.fixture
@@ -87,7 +90,8 @@ def world(api: TestClient, installation: Installation, control_plane: ControlPla
         "member bob": mint_token(control_plane, "bob@example.com", kind="org", org="acme"),
         "viewer vic": mint_token(control_plane, "vic@example.com", kind="org", org="acme"),
     }
-    return World(admin=admin, acme_id=acme_id, tokens=tokens)
+    victim = api.post("/v1/tokens", headers=h, json={"kind": "org", "org": "acme"}).json()["id"]
+    return World(admin=admin, acme_id=acme_id, tokens=tokens, victim_token_id=victim)
 
 
 def _headers(token: str) -> dict[str, str]:
@@ -147,9 +151,25 @@ def _routes(app: Any) -> list[tuple[str, str]]:
     return out
 
 
-def _fill(path: str) -> str:
+def _fill(path: str, revoked: str | None = None) -> str:
     path = path.replace("{app}", "web").replace("{org}", "acme")
+    path = path.replace("{token_id}", revoked or "x")
     return re.sub(r"\{[^}]+\}", "x", path)
+
+
+# Bodies that pass validation, so the handler's own refusals are reached too.
+BODIES: dict[tuple[str, str], list[dict[str, Any]]] = {
+    ("POST", "/v1/apps"): [{"name": "swept"}, {"name": "swept", "org": "acme"}],
+    ("POST", "/v1/orgs"): [{"name": "swept-org"}],
+    ("POST", "/v1/orgs/{org}/members"): [{"email": "swept@example.com"}],
+    ("PATCH", "/v1/orgs/{org}/members/{email}"): [{"role": "viewer"}],
+    ("POST", "/v1/tokens"): [
+        {"kind": "user"},
+        {"kind": "org", "org": "acme"},
+        {"kind": "app", "org": "acme", "app": "db"},
+        {"kind": "readonly", "org": "acme"},
+    ],
+}
 
 
 def test_a_token_without_read_reads_nothing(
@@ -183,12 +203,16 @@ def test_every_refusal_on_every_route_is_audited_once(
     refusals = 0
     for name, token in world.tokens.items():
         for method, path in routes:
-            kwargs: dict[str, Any] = {"json": {}} if method in ("POST", "PUT", "PATCH") else {}
-            r = api.request(method, _fill(path), headers=_headers(token), **kwargs)
-            assert r.status_code < 500, (name, method, path, r.text)
-            if r.status_code in (401, 403):
-                refusals += 1
-                assert_refusal_audited(control_plane, r, f"{name}: {method} {path}")
+            default: list[dict[str, Any] | None] = (
+                [{}] if method in ("POST", "PUT", "PATCH") else [None]
+            )
+            for body in BODIES.get((method, path), default):
+                url = _fill(path, world.victim_token_id)
+                r = api.request(method, url, headers=_headers(token), json=body)
+                assert r.status_code < 500, (name, method, path, r.text)
+                if r.status_code in (401, 403):
+                    refusals += 1
+                    assert_refusal_audited(control_plane, r, f"{name}: {method} {path} {body}")
     assert refusals > 300
 
 
@@ -253,3 +277,32 @@ def test_the_backstop_records_no_refusal_twice(
     with control_plane.db.read() as session:
         after = session.execute(select(func.count()).select_from(AuditEvent)).scalar_one()
     assert after == before + 1
+
+
+def test_the_error_handler_audits_what_nothing_else_did(control_plane: ControlPlane) -> None:
+    """A refusal raised on a path no guard or service audits still reaches the trail."""
+    app = create_app(control_plane)
+    router = GuardedRouter()
+
+    @router.get("/v1/test-refusal/{kind}")
+    def refuse(kind: str, _: Annotated[None, PUBLIC]) -> None:
+        if kind == "auth":
+            raise AuthError("no")
+        if kind == "denied":
+            raise PermissionDenied("no")
+        if kind == "http":
+            raise HTTPException(status_code=403, detail="no")
+        raise audited(PermissionDenied("already recorded elsewhere"))
+
+    app.include_router(router)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for kind, status in (("auth", 401), ("denied", 403), ("http", 403)):
+            r = client.get(f"/v1/test-refusal/{kind}")
+            assert r.status_code == status
+            assert_refusal_audited(control_plane, r, kind)
+            event = events_for(control_plane, r.headers["x-request-id"])[0]
+            assert event.actor == "anonymous" and event.chain == "system"
+            assert event.target == f"GET /v1/test-refusal/{kind}"
+        r = client.get("/v1/test-refusal/marked")
+        assert r.status_code == 403
+        assert events_for(control_plane, r.headers["x-request-id"]) == []
