@@ -306,3 +306,19 @@ def test_the_error_handler_audits_what_nothing_else_did(control_plane: ControlPl
         r = client.get("/v1/test-refusal/marked")
         assert r.status_code == 403
         assert events_for(control_plane, r.headers["x-request-id"]) == []
+
+
+def test_a_refusal_by_an_org_tokens_caveats_lands_on_that_orgs_chain(
+    api: TestClient, world: World, control_plane: ControlPlane
+) -> None:
+    """The organization's admins see what its tokens were refused, even before a target."""
+    for name, method, path, body in (
+        ("readonly org token", "POST", "/v1/apps", {"name": "nope"}),
+        ("app token for web, read", "GET", "/v1/tokens", None),
+        ("app token for web, read", "POST", "/v1/apps", {"name": "nope"}),
+    ):
+        r = api.request(method, path, headers=bearer(world.tokens[name]), json=body)
+        assert r.status_code == 403, (name, path, r.text)
+        event = events_for(control_plane, r.headers["x-request-id"])[0]
+        assert event.chain == world.acme_id, (name, path)
+        assert event.actor == "admin@example.com"

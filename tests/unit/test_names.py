@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, TypeAdapter
 from pydantic import ValidationError as PydanticError
 
+from hangar.cli.main import run
+from hangar.crypto.macaroons import Macaroon, mint
 from hangar.domain.names import (
     AppName,
     DisplayName,
@@ -209,3 +211,16 @@ def test_pydantic_types_report_a_field_error() -> None:
         Body(name="deploy\u202ekey", email="admin@example.com")
     assert caught.value.errors()[0]["loc"] == ("name",)
     assert Body(name="CI token (main)", email="ADMIN@example.com").email == "admin@example.com"
+
+
+@pytest.mark.parametrize("app", ["web\u202e", "web,db", "Web", "web db", "web\x00"])
+def test_the_cli_will_not_attenuate_to_a_malformed_app_caveat(
+    app: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Such a caveat would make the whole token invalid on first use: refused at once."""
+    token = mint(b"k" * 32, '{"tid":"t","kid":"k"}').serialize()
+    assert run(["tokens", "attenuate", "--token", token, "--app", app]) != 0
+    assert "app name" in capsys.readouterr().err
+    assert run(["tokens", "attenuate", "--token", token, "--app", "web"]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert Macaroon.parse(printed).caveats == ("apps = web",)

@@ -146,22 +146,39 @@ class Access:
             else:
                 self.principal.check_action(self.perm)
         except PermissionDenied as exc:
-            self._record(self.perm.label, None, "-", exc)
+            # An installation-wide power goes on the system chain; any other
+            # refusal on the chain of the one organization the token reaches,
+            # where that organization's admins read it.
+            home = None if self.perm.least_role is None else self.home_org()
+            self._record_on(home, self.perm.label, "-", exc)
             raise audited(exc) from None
 
     def refuse(self, exc: PermissionDenied, *, org: Org | None, shown: str) -> PermissionDenied:
-        """Audit a refusal a handler decides on itself; returns ``exc`` to raise."""
-        self._record(self.perm.label, org, shown, exc)
+        """Audit a refusal a handler decides on itself; returns ``exc`` to raise.
+
+        With no ``org``, it goes on the chain of the one organization the token
+        reaches, if it reaches exactly one, else on the system chain.
+        """
+        org_id = org.id if org else self.home_org()
+        self._record_on(org_id, self.perm.label, shown, exc)
         return audited(exc)
 
+    def home_org(self) -> str | None:
+        """The one organization this token reaches, if it reaches exactly one."""
+        visible = self.principal.visible_orgs()
+        return visible[0] if len(visible) == 1 else None
+
     def _record(self, action: str, org: Org | None, shown: str, exc: HangarError) -> None:
+        self._record_on(org.id if org else None, action, shown or (org.name if org else "-"), exc)
+
+    def _record_on(self, org_id: str | None, action: str, target: str, exc: HangarError) -> None:
         with self.cp.db.write() as session:
             self.cp.audit.record(
                 session,
                 self.ctx,
-                org_id=org.id if org else None,
+                org_id=org_id,
                 action=action,
-                target=shown or (org.name if org else "-"),
+                target=target,
                 outcome="denied",
                 detail={"reason": exc.message},
             )
@@ -291,8 +308,9 @@ def audit_unrecorded_refusal(request: Request, status: int, reason: str) -> None
     """Record a 401/403 that no guard or service recorded: the error handler's backstop.
 
     The event goes on the chain of the organization the request was about
-    when the guard got that far, else on the system chain, with the caller
-    as far as they are known (anonymous before authentication).
+    when the guard got that far (or the one organization the token reaches),
+    else on the system chain, with the caller as far as they are known
+    (anonymous before authentication).
     """
     cp = getattr(request.app.state, "cp", None)
     if not isinstance(cp, ControlPlane):
@@ -302,7 +320,8 @@ def audit_unrecorded_refusal(request: Request, status: int, reason: str) -> None
     org_id = None
     action = f"http.{status}"
     if isinstance(access, Access):
-        ctx, org_id, action = access.ctx, access.org.id if access.org else None, access.perm.label
+        ctx, action = access.ctx, access.perm.label
+        org_id = access.org.id if access.org else access.home_org()
     if not isinstance(ctx, AuditContext):
         header = request.headers.get("authorization", "")
         token = header.partition(" ")[2].strip()

@@ -105,15 +105,23 @@ async def _hangar_error(request: Request, exc: Exception) -> JSONResponse:
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = []
+    details = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err.get("loc", ()))
-        errors.append({"field": loc, "message": str(err.get("msg", "invalid"))})
-    first = errors[0] if errors else {"field": "", "message": "invalid request"}
+        message = str(err.get("msg", "invalid"))
+        if err.get("type") == "value_error":
+            # Hangar's own checks (domain/names.py) name what they refuse;
+            # pydantic's "Value error, " prefix adds nothing.
+            message = message.removeprefix("Value error, ")
+            details.append(message)
+        else:
+            details.append(f"{loc}: {message}")
+        errors.append({"field": loc, "message": message})
     return problem(
         request,
         422,
         "Invalid request",
-        f"{first['field']}: {first['message']}",
+        details[0] if details else "invalid request",
         code="validation",
         extra={"errors": errors},
     )
