@@ -117,6 +117,8 @@ def test_idna_shaped_app_and_org_names_are_refused(
     assert r.status_code == 422 and "reserved" in r.text
     assert api.post("/v1/orgs", headers=h, json={"name": label}).status_code == 422
     assert api.post("/v1/apps", headers=h, json={"name": "ok", "network": label}).status_code == 422
+    r = api.post("/v1/hosts/join-tokens", headers=h, json={"name": label})
+    assert r.status_code == 422, r.text
     assert (count(control_plane, App), count(control_plane, Org)) == before
     # Hyphens elsewhere are ordinary.
     assert api.post("/v1/apps", headers=h, json={"name": "a-b--c"}).status_code == 201
