@@ -61,6 +61,8 @@ def start_server(
                 str(port),
                 "--agent-listen-port",
                 "0",
+                "--metrics-port",
+                "0",
                 "--agent-dir",
                 str(work / "agent"),
                 "--log-level",

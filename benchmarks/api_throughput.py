@@ -104,6 +104,8 @@ def main() -> None:
                 str(hangar_port),
                 "--agent-listen-port",
                 "0",
+                "--metrics-port",
+                "0",
                 "--log-level",
                 "warning",
                 "--no-agent",

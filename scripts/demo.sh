@@ -23,7 +23,7 @@ fi
 edge_http="${DEMO_EDGE_HTTP_PORT:-9080}"
 edge_https="${DEMO_EDGE_HTTPS_PORT:-9443}"
 mkdir -p "$demo/agent" && chmod 711 "$demo" "$demo/agent"
-HANGAR_EDGE_METRICS_PORT="${DEMO_EDGE_METRICS_PORT:-0}" \
+HANGAR_EDGE_METRICS_PORT="${DEMO_EDGE_METRICS_PORT:-0}" HANGAR_METRICS_PORT="${DEMO_METRICS_PORT:-0}" \
 "$hangar" server run --data-dir "$demo/data" --listen-port "$port" --agent-dir "$demo/agent" \
   --agent-listen-port "${DEMO_AGENT_PORT:-$((port + 1))}" \
   --edge-listen-host 127.0.0.1 --edge-http-port "$edge_http" --edge-https-port "$edge_https" \

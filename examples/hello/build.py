@@ -4,7 +4,8 @@
     python examples/hello/build.py [OUTPUT_DIR]    (default: examples/hello/image)
 
 The image serves ./www over HTTP on port 8080 with busybox httpd, as an
-unprivileged user, and answers /healthz for health checks. Deploy it with
+unprivileged user, answers /healthz for health checks and /metrics for its own
+metrics. Deploy it with
 `cd examples/hello && hangar deploy` (or `hangar deploy --config examples/hello/hangar.toml`).
 """
 
@@ -26,6 +27,10 @@ PAGE = b"""<!doctype html>
 <title>Hello from Hangar</title>
 <h1>Hello from Hangar</h1>
 <p>This page is served by a machine: busybox httpd in a hardened runc container.</p>
+"""
+METRICS = b"""# HELP hello_up Whether the example app is up.
+# TYPE hello_up gauge
+hello_up 1
 """
 
 
@@ -62,6 +67,8 @@ def build(output: Path) -> str:
     entries.append((_file("etc/group"), b"root:x:0:\napp:x:1000:\n"))
     entries.append((_file("www/index.html"), PAGE))
     entries.append((_file("www/healthz"), b"ok\n"))
+    # The app's own metrics, in Prometheus's text format ([metrics] in hangar.toml).
+    entries.append((_file("www/metrics"), METRICS))
     if output.exists():
         shutil.rmtree(output)
     return build_layout(

@@ -67,6 +67,7 @@ def start(data_dir: Path, env: dict[str, str], port: int, *options: str) -> subp
                 "--listen-port",
                 str(port),
                 *(() if "--agent-listen-port" in options else ("--agent-listen-port", "0")),
+                *(() if "--metrics-port" in options else ("--metrics-port", "0")),
                 *(options or ("--no-agent",)),
             ],
             env=env,

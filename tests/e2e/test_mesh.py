@@ -145,6 +145,8 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
                 str(port),
                 "--agent-listen-port",
                 str(agent_port),
+                "--metrics-port",
+                "0",
                 "--no-agent",
                 "--no-edge",
             ],

@@ -59,7 +59,17 @@ def wait_for(what: str, predicate: object, timeout: float = 60) -> None:
 def start_agent(inst: Installation, agent_dir: Path, *args: str) -> subprocess.Popen[bytes]:
     with open(inst.tmp / f"{agent_dir.name}.log", "ab") as log:
         return subprocess.Popen(
-            [*HANGAR, "agent", "run", "--agent-dir", str(agent_dir), "--poll", "1", *args],
+            [
+                *HANGAR,
+                "agent",
+                "run",
+                "--agent-dir",
+                str(agent_dir),
+                "--poll",
+                "1",
+                *(() if "--metrics-port" in args else ("--metrics-port", "0")),
+                *args,
+            ],
             env=inst.srv.env,
             stdout=log,
             stderr=subprocess.STDOUT,

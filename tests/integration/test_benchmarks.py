@@ -131,3 +131,12 @@ def test_network_paths_prints_each_path_against_its_baseline() -> None:
         out, rf"^  host -> host, Hangar's mesh \(wireguard-go\)\s+{N}\s+{N}  WireGuard by hand$"
     )
     has_line(out, r"^nftables table for 20 machines: first load \d+ ms, a change \d+ ms")
+
+
+@pytest.mark.slow
+def test_telemetry_prints_its_ratio_table() -> None:
+    out = run_quick("telemetry.py", timeout=180)
+    has_line(out, r"^\s+metrics off\s+metrics on\s+ratio\s+target$")
+    has_line(out, rf"^GET  /v1/apps \(auth\)\s+{N}/s\s+{N}/s\s+{N}\s+>= 0.95$")
+    has_line(out, r"^\s+to a file\s+to a sink\s+ratio$")
+    has_line(out, rf"^log lines/s\s+{N}/s\s+{N}/s\s+{N}$")

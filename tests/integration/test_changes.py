@@ -125,6 +125,13 @@ class FakeHost:
     def logs(self, machine_id: str) -> list[dict[str, Any]]:
         return [{"ts": "t", "stream": "stdout", "line": f"{machine_id} here"}]
 
+    def logs_since(
+        self, machine_id: str, cursor: dict[str, int] | None, budget: int
+    ) -> tuple[list[dict[str, Any]], dict[str, int] | None]:
+        if cursor is not None:
+            return [], cursor
+        return self.logs(machine_id), {"inode": 0, "offset": 1}
+
 
 @pytest.fixture
 def one_machine(

@@ -13,7 +13,7 @@ import pytest
 from hangar.agent.runtimes.base import MachineSpec
 from hangar.agent.runtimes.ociconfig import CAPABILITIES, INIT_PATH
 from hangar.agent.runtimes.runc import RuncRuntime
-from hangar.errors import CommandError, ConfigError, Conflict, ValidationError
+from hangar.errors import CommandError, ConfigError, Conflict, ValidationError, WaitTimeout
 from hangar.images.store import Image
 from tests.integration.conftest import (
     BASE_UID,
@@ -242,6 +242,21 @@ def test_exec_on_a_stopped_machine_is_refused(
     run_to_end(runtime, machines, spec(image, "m-done", "true"))
     with pytest.raises(Conflict, match="not running"):
         runtime.exec("m-done", ["true"])
+
+
+def test_exec_errors_name_the_program_never_its_arguments(
+    runtime: RuncRuntime, image: Image, machines: list[str]
+) -> None:
+    """A timed-out exec ends up in the server's log: its password argument must not."""
+    machines.append("m-exec-args")
+    runtime.start(spec(image, "m-exec-args", "sleep 60"))
+    canary = "pw-" + "Canary-91be"
+    with pytest.raises(WaitTimeout) as caught:
+        runtime.exec("m-exec-args", ["sh", "-c", f"sleep 30 # {canary}"], timeout=0.5)
+    error = caught.value
+    assert "sh (2 argument(s))" in error.message
+    assert canary not in f"{error.message} {error.hint} {error!r}"
+    assert error.__cause__ is None and error.__suppress_context__
 
 
 def test_a_restarted_agent_adopts_running_machines(

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from hangar.config.appconfig import AppConfig, parse_app_config, parse_duration
+from hangar.config.appconfig import AppConfig, Metrics, parse_app_config, parse_duration
 from hangar.errors import ConfigError
 
 FLY_STYLE = """
@@ -85,8 +85,6 @@ def test_fly_style_config_parses() -> None:
 # accepted and ignored.
 NOT_ACTED_ON = [
     ('[[mounts]]\nsource = "data"\ndestination = "/data"\n', "mounts: Hangar does not support"),
-    ("[metrics]\nport = 9091\n", "metrics: Hangar does not support"),
-    ('[[metrics]]\nport = 9091\npath = "/m"\n', "metrics: Hangar does not support"),
     ('[processes]\nweb = "bin/server"\n', "processes: Hangar does not support process groups"),
     ('[[vm]]\nprocesses = ["web"]\n', "vm[0].processes: Hangar does not support"),
     ('[[restart]]\nprocesses = ["web"]\n', "restart[0].processes: Hangar does not support"),
@@ -232,3 +230,19 @@ def test_durations(text: str | int, seconds: float) -> None:
 def test_bad_durations(text: object) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+def test_metrics_tables_parse_with_their_bounds() -> None:
+    one = parse_app_config('app = "web"\n[metrics]\nport = 9091\n')
+    assert isinstance(one.metrics, Metrics) and (one.metrics.port, one.metrics.path) == (
+        9091,
+        "/metrics",
+    )
+    many = parse_app_config('app = "web"\n[[metrics]]\nport = 9091\npath = "/m"\n')
+    assert isinstance(many.metrics, list) and many.metrics[0].path == "/m"
+    for bad in ("port = 0", "port = 65536", 'port = 1\npath = "m"', 'port = 1\npath = "/a b"'):
+        with pytest.raises(ConfigError, match="metrics"):
+            parse_app_config(f'app = "web"\n[metrics]\n{bad}\n')
+    seventeen = 'app = "web"\n' + "[[metrics]]\nport = 9091\n" * 17
+    with pytest.raises(ConfigError, match="metrics"):
+        parse_app_config(seventeen)

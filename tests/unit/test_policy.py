@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hangar.auth.rbac import Action, Permission, Role
-from hangar.auth.tokens import Principal, Scope, parse_caveats
+from hangar.auth.rbac import CONFIGURABLE, Action, Grants, Permission, Role
+from hangar.auth.tokens import Principal, Scope, grants_from_rows, parse_caveats
 from hangar.errors import AuthError, NotFound, PermissionDenied
 
 ORG, OTHER = "org_a", "org_b"
@@ -157,3 +157,78 @@ def test_attenuation_never_widens(base: list[str], extra: list[str], role: Role,
 
 def test_scope_defaults_allow_everything_the_role_allows() -> None:
     assert Scope().unrestricted_in_org
+
+
+configurable = st.sampled_from(CONFIGURABLE)
+roles = st.sampled_from(list(Role))
+steps = st.lists(st.tuples(st.booleans(), configurable, roles), max_size=8)
+
+
+@given(steps)
+def test_grants_stay_monotonic_and_do_what_they_say(
+    ops: list[tuple[bool, Permission, Role]],
+) -> None:
+    grants = Grants()
+    for is_grant, perm, role in ops:
+        before = grants
+        grants = grants.grant(perm, role) if is_grant else grants.revoke(perm, role)
+        if is_grant:
+            assert grants.holds(perm, role)
+        else:
+            assert not any(grants.holds(perm, r) for r in Role if not r.at_least(role) or r is role)
+        for other in CONFIGURABLE:
+            if other is not perm:
+                assert grants.roles(other) == before.roles(other)
+        for p in CONFIGURABLE:
+            held = [grants.holds(p, r) for r in (Role.VIEWER, Role.MEMBER, Role.ADMIN)]
+            assert held == sorted(held)  # a role above one that holds it holds it too
+
+
+@given(steps, st.sampled_from(list(Permission)), roles)
+def test_grants_never_touch_a_permission_that_is_not_configurable(
+    ops: list[tuple[bool, Permission, Role]], perm: Permission, role: Role
+) -> None:
+    grants = Grants()
+    for is_grant, p, r in ops:
+        grants = grants.grant(p, r) if is_grant else grants.revoke(p, r)
+    p = Principal(
+        user_id="u",
+        email="e@example.com",
+        is_operator=False,
+        token_id="t",
+        scope=Scope(),
+        roles={ORG: role},
+        grants={ORG: grants},
+    )
+    if perm in CONFIGURABLE or perm is Permission.WHOAMI:
+        return
+    allowed = perm.least_role is not None and role.at_least(perm.least_role)
+    if allowed:
+        p.check(perm, org_id=ORG)
+    else:
+        with pytest.raises(PermissionDenied):
+            p.check(perm, org_id=ORG)
+    with pytest.raises(ValueError):
+        Grants({perm: Role.VIEWER})
+
+
+def test_viewers_hold_neither_logs_nor_exec_by_default() -> None:
+    for perm in (Permission.LOGS_READ, Permission.MACHINES_EXEC):
+        with pytest.raises(PermissionDenied):
+            principal(Role.VIEWER).check(perm, org_id=ORG)
+    with pytest.raises(PermissionDenied):
+        principal(Role.MEMBER).check(Permission.MACHINES_EXEC, org_id=ORG)
+    principal(Role.MEMBER).check(Permission.LOGS_READ, org_id=ORG)
+
+
+def test_stored_grants_fail_closed() -> None:
+    grants = grants_from_rows(
+        [
+            (ORG, "machines:exec", "superuser"),  # not a role: no one
+            (ORG, "members:write", "viewer"),  # not configurable: ignored
+            (ORG, "logs:read", "none"),
+        ]
+    )[ORG]
+    assert grants.roles(Permission.MACHINES_EXEC) == []
+    assert grants.roles(Permission.LOGS_READ) == []
+    assert Permission.MEMBERS_WRITE not in grants.least

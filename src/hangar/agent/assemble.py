@@ -14,6 +14,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from hangar.agent.appmetrics import AppMetrics
 from hangar.agent.health import HealthMonitor
 from hangar.agent.offload import Offload
 from hangar.agent.reconciler import Reconciler
@@ -101,4 +102,7 @@ def build_agent(link: ControlPlaneLink, options: AgentOptions) -> Agent:
         dns=options.dns,
         mesh=mesh,
         mesh_endpoint=options.mesh_endpoint,
+        # Each running machine's figures for its organization; scrapes of
+        # apps' own metrics wait on tenants' servers, so they run off the loop.
+        app_metrics=AppMetrics(Offload(workers=16, per_org=2, name="hangar-scrapes")),
     )

@@ -18,6 +18,7 @@ from typing import Any
 
 from hangar.agent.offload import Offload
 from hangar.contract.assignments import CheckResult, CheckSpec
+from hangar.telemetry.metrics import HEALTH_CHECKS
 
 __all__ = ["MAX_CHECK_SECONDS", "HealthMonitor", "run_check"]
 
@@ -78,6 +79,10 @@ class _Watched:
     results: dict[str, CheckResult] = field(default_factory=dict)
 
 
+def _count(watched: _Watched, passing: bool) -> None:
+    HEALTH_CHECKS.labels(watched.org, "passing" if passing else "failing").inc()
+
+
 class HealthMonitor:
     """The latest result of every check of every watched machine.
 
@@ -131,6 +136,7 @@ class HealthMonitor:
                 watched.results[check.name] = result
                 watched.due[check.name] = now + check.interval
                 produced.append(result)
+                _count(watched, passing)
         return produced
 
     @staticmethod
@@ -152,6 +158,7 @@ class HealthMonitor:
                     result = CheckResult(check.name, passing, seen, now)
                     watched.results[check.name] = result
                     produced.append(result)
+                    _count(watched, passing)
                 if now < watched.due[check.name] or pool.busy(key):
                     continue
                 due.append((watched.due[check.name], machine_id, key, watched, check))

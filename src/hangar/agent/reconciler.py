@@ -14,6 +14,7 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -29,8 +30,16 @@ from hangar.errors import HangarError, IntegrityError, NotFound, ValidationError
 from hangar.images.oci import ImageRef, parse_image_ref
 from hangar.images.safeio import open_regular
 from hangar.images.store import Image, ImageStore, resolve_inside
+from hangar.telemetry.metrics import MACHINE_RESTARTS, MACHINE_START_SECONDS
 
-__all__ = ["MAX_KILL_SECONDS", "ImageSource", "Outcome", "Reconciler", "SecretSource"]
+__all__ = [
+    "MAX_KILL_SECONDS",
+    "ImageSource",
+    "MachineSummary",
+    "Outcome",
+    "Reconciler",
+    "SecretSource",
+]
 
 # However long a machine asks to be given to stop, it is killed by then: a
 # stop holds one of its organization's slots, never for longer than this.
@@ -99,6 +108,16 @@ def _as_hangar_error(error: BaseException) -> HangarError:
     return HangarError(f"{type(error).__name__}: {error}")
 
 
+@dataclass(frozen=True)
+class MachineSummary:
+    """A machine on this host, as metrics show it."""
+
+    machine_id: str
+    org: str
+    app: str
+    state: str  # running, stopped, failed or absent
+
+
 class Reconciler:
     def __init__(
         self,
@@ -156,6 +175,23 @@ class Reconciler:
                 generation=int(meta.get("generation", 0)),
             )
         return observed
+
+    def machines(self) -> list[MachineSummary]:
+        """Every machine the runtime holds here; one whose state cannot be read is skipped."""
+        out = []
+        for machine_id in self.runtime.list():
+            try:
+                state = self.runtime.state(machine_id)
+                meta = self._meta(machine_id)
+            except (HangarError, OSError, ValueError):
+                continue  # removed while being read
+            status = "failed" if meta.get("failed") else state.status
+            out.append(
+                MachineSummary(
+                    machine_id, str(meta.get("org", "")), str(meta.get("app", "")), status
+                )
+            )
+        return out
 
     # applying
 
@@ -240,9 +276,12 @@ class Reconciler:
                     "restarts": [],
                     "failed": False,
                     "app": want.app,
+                    "org": want.org,
                 },
             )
+            started = time.perf_counter()
             self.runtime.start(spec)
+            MACHINE_START_SECONDS.observe(time.perf_counter() - started)
             self._watch(want, now)
         elif kind is ActionKind.RESTART:
             meta = self._meta(machine_id)
@@ -251,6 +290,7 @@ class Reconciler:
             restarts = [*meta.get("restarts", []), now]
             self._save_meta(machine_id, {**meta, "restarts": restarts[-100:]})
             self.runtime.restart(self._spec(want))
+            MACHINE_RESTARTS.labels(want.org, want.app).inc()
             self._watch(want, now)
 
     def _watch(self, want: Assignment, now: float) -> None:

@@ -19,8 +19,10 @@ from urllib.parse import urlsplit
 from hangar.agent.apilink import ApiLink, LogShipper
 from hangar.agent.assemble import AgentOptions, build_agent, prepare_agent_dir
 from hangar.agent.join import Identity
+from hangar.agent.metrics import AgentCollector
 from hangar.edge.haproxy import EdgeConfig
 from hangar.errors import ApiError, HangarError
+from hangar.telemetry.metrics import serve_metrics
 
 __all__ = ["run_agent"]
 
@@ -38,6 +40,7 @@ def run_agent(
     mesh_endpoint: str | None = None,
     mesh_port: int = 51820,
     dns: bool = True,
+    metrics: tuple[str, int] | None = None,
 ) -> int:
     """Run this host's machines until SIGTERM/SIGINT (machines keep running after)."""
     stop = stop or threading.Event()
@@ -71,6 +74,7 @@ def run_agent(
     log.info(
         "agent for host %s (%s) talking to %s", identity.name, identity.host_id, identity.agent_url
     )
+    listener = serve_metrics(*metrics, [AgentCollector(agent)]) if metrics is not None else None
     due: float | None = None
     backoff = 1.0
     try:
@@ -95,6 +99,8 @@ def run_agent(
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
     finally:
+        if listener is not None:
+            listener.stop()
         link.close()
         agent.stop()
     log.info("agent stopped; machines keep running and are adopted on the next start")

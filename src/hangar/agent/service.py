@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hangar.agent.appmetrics import AppMetrics
 from hangar.agent.offload import Offload
 from hangar.agent.reconciler import Reconciler
 from hangar.contract.assignments import Assignment, MachineStatus
@@ -76,6 +77,7 @@ class Agent:
         dns: bool = False,
         mesh: Mesh | None = None,
         mesh_endpoint: str | None = None,
+        app_metrics: AppMetrics | None = None,
     ) -> None:
         if mesh is not None and not mesh_endpoint:
             raise HangarError("this host's mesh needs an endpoint", hint="set mesh_endpoint")
@@ -87,8 +89,11 @@ class Agent:
         self.serves_dns = dns
         self.mesh = mesh
         self.mesh_endpoint = mesh_endpoint
+        self.app_metrics = app_metrics
         self._mesh_registered = False
         self._mesh_reported_at = 0.0
+        # Each mesh peer's latest handshake (unix time), as last read; None: no mesh.
+        self.mesh_handshakes: dict[str, int] | None = None
         self.dns: InternalDns | None = None
         self._dns_retry_at = 0.0
         self._dns_refreshed_at = 0.0
@@ -104,7 +109,8 @@ class Agent:
                 self._mesh_registered = True
             self.mesh.apply(self.link.peers())
             if time.time() - self._mesh_reported_at >= 10:
-                self.link.report_mesh(max(self.mesh.peers().values(), default=0))
+                self.mesh_handshakes = self.mesh.peers()
+                self.link.report_mesh(max(self.mesh_handshakes.values(), default=0))
                 self._mesh_reported_at = time.time()
         except HangarError as exc:
             log.error("mesh: %s", exc.message)
@@ -198,13 +204,35 @@ class Agent:
             for a in assignments
         }
         self.link.report(statuses, errors)
+        self.ship_metrics(assignments, statuses)
         due = [t for t in (*waits, self.reconciler.health.next_due()) if t is not None]
         if any(pool.pending() for pool in self._pools()):
             due.append(time.time() + 0.5)  # collect what runs off the loop soon
         return min(due) if due else None
 
+    def ship_metrics(
+        self, assignments: list[Assignment], statuses: Mapping[str, MachineStatus]
+    ) -> None:
+        """Collect running machines' figures when due, and send up what is ready."""
+        if self.app_metrics is None:
+            return
+        running = [
+            a
+            for a in assignments
+            if a.state == "started" and statuses[a.machine_id].status == "running"
+        ]
+        self.app_metrics.tick(running)
+        ready = self.app_metrics.take()
+        if not ready:
+            return
+        try:
+            self.link.report_metrics(ready)
+        except HangarError as exc:
+            log.warning("machines' metrics not sent: %s", exc.message)
+
     def _pools(self) -> list[Offload]:
-        pools = (self.reconciler.offload, self.reconciler.health.offload)
+        scrapes = self.app_metrics.offload if self.app_metrics is not None else None
+        pools = (self.reconciler.offload, self.reconciler.health.offload, scrapes)
         return [pool for pool in pools if pool is not None]
 
     def wake_on_finished_work(self, wake: Callable[[], None]) -> None:

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 import hangar
 from hangar.api.guard import assert_routes_guarded
+from hangar.api.metrics import MetricsMiddleware
 from hangar.api.middleware import RequestContextMiddleware
 from hangar.api.problems import PROBLEM_RESPONSES, install_problem_handlers
 from hangar.api.routers import (
@@ -23,7 +24,9 @@ from hangar.api.routers import (
     hosts,
     leases,
     logs,
+    logsinks,
     machines,
+    metrics,
     orgs,
     releases,
     secrets,
@@ -64,6 +67,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
         leases,
         execs,
         logs,
+        logsinks,
         secrets,
         certs,
         edge,
@@ -75,12 +79,16 @@ def create_app(cp: ControlPlane) -> FastAPI:
     ):
         app.include_router(module.router, responses=PROBLEM_RESPONSES)
     app.include_router(machines.by_id, responses=PROBLEM_RESPONSES)
+    app.include_router(metrics.orgs, responses=PROBLEM_RESPONSES)
+    app.include_router(metrics.apps, responses=PROBLEM_RESPONSES)
     install_problem_handlers(app)
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=cp.settings.max_body_bytes,
         max_upload_bytes=cp.settings.max_image_upload_bytes,
     )
+    if cp.settings.metrics_port:
+        app.add_middleware(MetricsMiddleware, listener="api")
     assert_routes_guarded(app)
     return app
 
@@ -98,5 +106,7 @@ def create_agent_app(cp: ControlPlane) -> FastAPI:
     app.include_router(agent.router, responses=PROBLEM_RESPONSES)
     install_problem_handlers(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=cp.settings.max_body_bytes)
+    if cp.settings.metrics_port:
+        app.add_middleware(MetricsMiddleware, listener="agents")
     assert_routes_guarded(app)
     return app

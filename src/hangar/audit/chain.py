@@ -9,7 +9,10 @@ fields include the chain name and sequence number, so editing, dropping or
 reordering any event breaks the chain at that point. A checkpoint is an
 Ed25519 signature over ``canonical_json({chain, seq, head_hash, time})``;
 cutting events off the tail behind the newest checkpoint is detected because
-the signed head no longer exists.
+the signed head no longer exists. Checkpoints a witness recorded outside the
+database (see ``witness``) are held against the chain the same way, so
+deleting the checkpoints from the database as well, or a whole chain, is
+detected too.
 """
 
 from __future__ import annotations
@@ -105,6 +108,7 @@ class VerifyResult:
     checkpoints: int
     first_bad_seq: int | None = None
     reason: str = ""
+    witnessed: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -114,6 +118,7 @@ class VerifyResult:
             "checkpoints": self.checkpoints,
             "first_bad_seq": self.first_bad_seq,
             "reason": self.reason,
+            "witnessed": self.witnessed,
         }
 
 
@@ -122,10 +127,14 @@ def verify_chain(
     events: Iterable[Event],
     checkpoints: Iterable[Checkpoint],
     public_key: Ed25519PublicKey,
+    witnessed: Iterable[Checkpoint] = (),
 ) -> VerifyResult:
     """Check one chain; report the first sequence number where it breaks.
 
     ``events`` must be in the order the store returns by sequence number.
+    ``witnessed`` are checkpoints of this chain a witness recorded (their
+    signatures already checked): the chain must still reach each of them,
+    with the same head.
     """
     expected_seq = 1
     prev = GENESIS
@@ -171,4 +180,19 @@ def verify_chain(
             )
         if hashes[cp.seq] != cp.head_hash:
             return bad(cp.seq, f"event {cp.seq} does not match its signed checkpoint")
-    return VerifyResult(chain, True, count, len(cps))
+    seen = sorted(witnessed, key=lambda c: c.seq)
+    for cp in seen:
+        if cp.chain != chain:
+            return bad(cp.seq, f"the witnessed checkpoint {cp.seq} belongs to chain {cp.chain!r}")
+    if seen and count == 0:
+        return bad(1, f"the chain is missing: a witness saw it reach event {seen[-1].seq}")
+    for cp in seen:
+        if cp.seq > last_seq:
+            return bad(
+                last_seq + 1,
+                f"the chain ends at event {last_seq}, but a witness saw it reach event "
+                f"{seen[-1].seq}: events {last_seq + 1}..{seen[-1].seq} were removed",
+            )
+        if hashes[cp.seq] != cp.head_hash:
+            return bad(cp.seq, f"event {cp.seq} does not match the checkpoint a witness saw")
+    return VerifyResult(chain, True, count, len(cps), witnessed=len(seen))

@@ -2,7 +2,8 @@
 
 ``AuditLog.record`` appends an event inside the caller's transaction, so the
 event and the change it describes commit together or not at all: if the event
-cannot be written, the change fails too (fail closed).
+cannot be written, the change fails too (fail closed). Checkpoints signed in a
+transaction go to the witnesses once it commits (never when it rolls back).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import event as sa_event
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -26,6 +28,7 @@ from hangar.audit.chain import (
     event_hash,
     verify_chain,
 )
+from hangar.audit.witness import Witnesses
 from hangar.crypto.signing import AuditSigner
 from hangar.store.tables import AuditCheckpoint, AuditEvent, AuditHead
 
@@ -68,12 +71,22 @@ def row_to_event(row: AuditEvent) -> Event:
     )
 
 
+_PENDING = "hangar.audit.pending_checkpoints"
+
+
 class AuditLog:
-    def __init__(self, signer: AuditSigner, *, checkpoint_every: int = 100) -> None:
+    def __init__(
+        self,
+        signer: AuditSigner,
+        *,
+        checkpoint_every: int = 100,
+        witnesses: Witnesses | None = None,
+    ) -> None:
         if checkpoint_every < 1:
             raise ValueError("checkpoint_every must be at least 1")
         self._signer = signer
         self.checkpoint_every = checkpoint_every
+        self.witnesses = witnesses or Witnesses([])
 
     def record(
         self,
@@ -145,6 +158,27 @@ class AuditLog:
             )
         )
         head.checkpointed_seq = head.seq
+        if self.witnesses:
+            self._witness_after_commit(
+                session, Checkpoint(head.chain, head.seq, head.hash, time, signature.hex())
+            )
+
+    def _witness_after_commit(self, session: Session, checkpoint: Checkpoint) -> None:
+        pending: list[Checkpoint] | None = session.info.get(_PENDING)
+        if pending is None:
+            pending = session.info[_PENDING] = []
+
+            def committed(_: Session) -> None:
+                done = list(pending)
+                pending.clear()
+                self.witnesses.publish(done)
+
+            def rolled_back(_: Session) -> None:
+                pending.clear()
+
+            sa_event.listen(session, "after_commit", committed)
+            sa_event.listen(session, "after_rollback", rolled_back)
+        pending.append(checkpoint)
 
     def checkpoint_all(self, session: Session) -> int:
         """Sign the head of every chain that moved since its last checkpoint."""

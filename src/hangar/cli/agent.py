@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from hangar.errors import ConfigError
+from hangar.telemetry.metrics import check_listen_host
 
 app = typer.Typer(
     name="agent", help="Run machines on this host for a Hangar installation.", no_args_is_help=True
@@ -63,6 +64,12 @@ def run(
     dns: Annotated[
         bool, typer.Option("--dns/--no-dns", help="answer this host's machines' .internal names")
     ] = True,
+    metrics_listen_host: Annotated[
+        str, typer.Option(help="loopback address for Prometheus metrics")
+    ] = "127.0.0.1",
+    metrics_port: Annotated[
+        int, typer.Option(help="port for Prometheus metrics at /metrics (0: none)")
+    ] = 9464,
 ) -> None:
     """Join (the first time, with --api and --join) and run this host's machines.
 
@@ -77,6 +84,8 @@ def run(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if metrics_port:
+        check_listen_host(metrics_listen_host)
     if os.geteuid() != 0:
         raise ConfigError("the agent runs machines with runc and needs root")
     identity = Identity.load(agent_dir)
@@ -111,5 +120,6 @@ def run(
             mesh_endpoint=mesh_endpoint,
             mesh_port=mesh_port,
             dns=dns,
+            metrics=(metrics_listen_host, metrics_port) if metrics_port else None,
         )
     )

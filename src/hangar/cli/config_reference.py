@@ -141,9 +141,10 @@ EFFECTS: dict[str, str] = {
     "restart[].policy": "`always` restarts it, `on-failure` only after a non-zero exit, `no` never",
     "restart[].retries": "restarts allowed within five minutes before the machine is left failed",
     "restart[].processes": NO_EFFECT,
-    "metrics": NO_EFFECT + " (a table or an array of tables)",
-    "metrics.port": NO_EFFECT,
-    "metrics.path": NO_EFFECT,
+    "metrics": "where the app's machines serve their own Prometheus metrics, scraped by "
+    "their host every 15 s over the private network (a table or up to 16)",
+    "metrics.port": "the port in the machine",
+    "metrics.path": "the path of the metrics page",
     "processes": NO_EFFECT + " (process groups: name = command)",
 }
 

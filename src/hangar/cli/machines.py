@@ -163,7 +163,13 @@ def exec_(
         float, typer.Option(parser=duration, show_default="30s", help="how long")
     ] = 30.0,
 ) -> None:
-    """Run a command in a running machine (audited); exits with its exit code."""
+    """Run a command in a running machine (audited); exits with its exit code.
+
+    Needs machines:exec (admins, unless the organization chose otherwise:
+    `hangar orgs show ORG`). A command in a machine can read every secret
+    the machine was given. The audit trail keeps the program, the number of
+    arguments and a SHA-256 of the arguments, not the arguments.
+    """
     api = client(ctx)
     result = api.request(
         "POST",

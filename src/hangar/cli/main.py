@@ -25,6 +25,7 @@ from hangar.cli import (
     hosts,
     logs,
     machines,
+    metrics,
     orgs,
     releases,
     secrets,
@@ -66,12 +67,13 @@ for module in (
     wireguard,
     audit,
     config,
+    logs,
     releases,
 ):
     app.add_typer(module.app)
 app.command()(deploy.deploy)
 app.command()(status.status)
-app.command()(logs.logs)
+app.command()(metrics.metrics)
 
 
 def _version(value: bool) -> None:

@@ -8,6 +8,7 @@ import typer
 
 from hangar.cli.common import JsonOpt, YesOpt, client
 from hangar.cli.output import confirm, emit, fields, table
+from hangar.errors import ValidationError
 
 app = typer.Typer(name="orgs", help="Organizations and members.", no_args_is_help=True)
 members = typer.Typer(name="members", help="Who belongs to an organization.", no_args_is_help=True)
@@ -27,12 +28,82 @@ def list_(ctx: typer.Context, json_out: JsonOpt = False) -> None:
         table(items, [("name", "NAME"), ("role", "ROLE"), ("id", "ID"), ("created_at", "CREATED")])
 
 
+def _show(data: dict[str, object], json_out: bool) -> None:
+    fields(data, ("name", "id", "role", "created_at"), json_out, width=15)
+    if json_out:
+        return
+    permissions = data.get("permissions") or {}
+    assert isinstance(permissions, dict)
+    for label, roles in sorted(permissions.items()):
+        typer.echo(f"{label:<15}{', '.join(roles) if roles else '(no role)'}")
+
+
 @app.command()
 def show(ctx: typer.Context, org: Org, json_out: JsonOpt = False) -> None:
-    """One organization."""
-    fields(
-        client(ctx).get(f"/v1/orgs/{org}"), ("name", "id", "role", "created_at"), json_out, width=11
-    )
+    """One organization, and which roles hold its configurable permissions."""
+    _show(client(ctx).get(f"/v1/orgs/{org}"), json_out)
+
+
+GrantOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--grant",
+        help="ROLE=PERMISSION: give it to ROLE (and the roles above it); repeatable",
+        show_default=False,
+    ),
+]
+RevokeOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--revoke",
+        help="ROLE=PERMISSION: take it from ROLE (and the roles below it); repeatable",
+        show_default=False,
+    ),
+]
+
+
+def _pairs(values: list[str] | None, flag: str) -> list[dict[str, str]]:
+    out = []
+    for value in values or []:
+        role, sep, permission = value.partition("=")
+        if not sep or not role.strip() or not permission.strip():
+            raise ValidationError(
+                f"{flag} {value!r}: expected ROLE=PERMISSION", hint=f"e.g. {flag} member=logs:read"
+            )
+        out.append({"role": role.strip(), "permission": permission.strip()})
+    return out
+
+
+@app.command("set")
+def set_(
+    ctx: typer.Context,
+    org: Org,
+    grant: GrantOpt = None,
+    revoke: RevokeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Choose which roles may read machines' output and run commands in machines.
+
+    Two permissions reach what machines hold rather than what Hangar stores,
+    and each organization chooses who holds them (organization admins):
+
+    \b
+      logs:read      read machines' output (hangar logs); default: member
+      machines:exec  run commands in machines (hangar machines exec);
+                     default: admin. It can read every secret of the machines.
+
+    A role above one that holds a permission holds it too. Revocations apply
+    before grants; revoking from admin leaves no role holding it. Audited as
+    org.set_grants.
+
+    \b
+      hangar orgs set acme --grant member=machines:exec
+      hangar orgs set acme --revoke member=logs:read --revoke admin=machines:exec
+    """
+    body = {"grant": _pairs(grant, "--grant"), "revoke": _pairs(revoke, "--revoke")}
+    if not body["grant"] and not body["revoke"]:
+        raise ValidationError("nothing to change", hint="give --grant or --revoke ROLE=PERMISSION")
+    _show(client(ctx).request("PATCH", f"/v1/orgs/{org}", json=body), json_out)
 
 
 @app.command()

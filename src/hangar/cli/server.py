@@ -189,6 +189,14 @@ def run(
         ),
     ] = None,
     mesh_port: Annotated[int | None, typer.Option(help="WireGuard's UDP listening port")] = None,
+    metrics_listen_host: Annotated[
+        str | None,
+        typer.Option(help="loopback address for Prometheus metrics (default 127.0.0.1)"),
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="port for Prometheus metrics at /metrics (default 9464; 0: none)"),
+    ] = None,
 ) -> None:
     """Run the control plane (API, deployer, ACME issuer), this host's agent and its edge.
 
@@ -218,6 +226,8 @@ def run(
         edge_domain=edge_domain,
         mesh_endpoint=mesh_endpoint,
         mesh_port=mesh_port,
+        metrics_listen_host=metrics_listen_host,
+        metrics_port=metrics_port,
     )
     serve(settings)
 

@@ -33,7 +33,7 @@ from pydantic import (
     model_validator,
 )
 
-from hangar.domain.names import validate_dns_label
+from hangar.domain.names import refuse_invisible, validate_dns_label
 from hangar.errors import ConfigError
 from hangar.errors import ValidationError as HangarValidationError
 
@@ -79,9 +79,11 @@ def parse_memory_mb(value: Any) -> int:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
-# Control (C0, DEL, C1), zero-width and bidirectional formatting characters:
-# they split headers, hide in logs and make one text read as another.
-_INVISIBLE = re.compile(
+# What a user writes is held to the full rule of domain/names.py (control,
+# zero-width, bidirectional and other invisible characters). Releases stored
+# before that rule was widened still load: they are held to the rule they were
+# accepted under, which refused these (C0, DEL, C1, zero-width and bidi).
+_STORED_INVISIBLE = re.compile(
     "[\x00-\x1f\x7f-\x9f\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]"
 )
 # What an HTTP check may request: a path and query of visible ASCII.
@@ -121,9 +123,24 @@ def _only(allowed: str, why: str) -> Any:
     return BeforeValidator(check)
 
 
-def _plain(value: str) -> str:
-    if _INVISIBLE.search(value):
+def _plain(value: str, info: pydantic.ValidationInfo) -> str:
+    if _from_user(info):
+        try:
+            return refuse_invisible(value, what="the value")
+        except HangarValidationError as exc:
+            raise ValueError(exc.message) from None
+    if _STORED_INVISIBLE.search(value):
         raise ValueError("control, zero-width and bidirectional characters are not allowed")
+    return value
+
+
+def _plain_name(value: str, info: pydantic.ValidationInfo) -> str:
+    """A name a user gives (a check, a process group): nothing invisible in it."""
+    if _from_user(info):
+        try:
+            refuse_invisible(value, what=f"the name {value!r}")
+        except HangarValidationError as exc:
+            raise ValueError(exc.message) from None
     return value
 
 
@@ -137,7 +154,8 @@ PlainText = Annotated[str, AfterValidator(_plain)]
 HeaderName = Annotated[str, Field(pattern=_HEADER_NAME)]
 HeaderValue = Annotated[str, Field(max_length=1024), AfterValidator(_plain)]
 RequestPath = Annotated[str, Field(pattern=_REQUEST_PATH)]
-GroupName = Annotated[str, Field(max_length=63)]
+GroupName = Annotated[str, Field(max_length=63), AfterValidator(_plain_name)]
+CheckName = Annotated[str, Field(min_length=1, max_length=63), AfterValidator(_plain_name)]
 Headers = Annotated[dict[HeaderName, HeaderValue], Field(max_length=32)]
 
 
@@ -364,17 +382,14 @@ class AppConfig(_Model):
     env: dict[str, Annotated[str, Field(max_length=32 * 1024)]] = Field(default={}, max_length=512)
     http_service: HttpService | None = None
     services: list[Service] = Field(default=[], max_length=32)
-    checks: dict[str, NamedCheck] = Field(default={}, max_length=32)
+    checks: dict[CheckName, NamedCheck] = Field(default={}, max_length=32)
     mounts: Annotated[list[Mount], _not_yet("volumes ([[mounts]])"), Field(max_length=16)] = []
     files: list[SecretFile] = Field(default=[], max_length=64)
     network: NetworkConfig = NetworkConfig()
     deploy: Deploy = Deploy()
     vm: list[Vm] = Field(default=[], max_length=32)
     restart: list[Restart] = Field(default=[], max_length=32)
-    metrics: Annotated[
-        Annotated[list[Metrics], Field(max_length=16)] | Metrics | None,
-        _not_yet("[metrics] (scraping an app's metrics)"),
-    ] = None
+    metrics: Annotated[list[Metrics], Field(max_length=16)] | Metrics | None = None
     processes: Annotated[
         dict[str, Annotated[str, Field(max_length=4096)]],
         _not_yet("process groups ([processes])"),
@@ -383,9 +398,10 @@ class AppConfig(_Model):
 
     @field_validator("app")
     @classmethod
-    def _app_name(cls, value: str) -> str:
+    def _app_name(cls, value: str, info: pydantic.ValidationInfo) -> str:
+        # An app stored before IDNA-shaped labels were refused keeps loading.
         try:
-            return validate_dns_label(value, what="app name")
+            return validate_dns_label(value, what="app name", reserved_ok=not _from_user(info))
         except HangarValidationError as exc:
             raise ValueError(exc.message) from exc
 

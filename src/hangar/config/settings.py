@@ -8,6 +8,7 @@ Unknown keys in the file are errors, as are values of the wrong type.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import tomllib
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from hangar.errors import ConfigError
 
@@ -44,6 +45,13 @@ class ServerSettings(BaseModel):
         default="hangar-kek", pattern=r"^[A-Za-z0-9_.]+(-[A-Za-z0-9_.]+)*$"
     )
     audit_checkpoint_every: int = Field(default=100, ge=1, le=1_000_000)
+    # A chain that moved is also checkpointed this often, so the newest events
+    # are covered by a signed (and witnessed) checkpoint within this time.
+    audit_checkpoint_seconds: float = Field(default=60, ge=1, le=86400)
+    # Where signed checkpoints go as they are made, outside the database:
+    # file:///PATH (an append-only file on another path), syslog+udp://HOST:PORT
+    # or syslog+unix:///dev/log (RFC 5424). See docs/audit.md.
+    audit_witness: list[str] = Field(default=[], max_length=8)
     max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
     tls_hostnames: list[str] = ["localhost", "127.0.0.1", "::1"]
     log_level: str = Field(default="info", pattern="^(critical|error|warning|info|debug)$")
@@ -63,6 +71,12 @@ class ServerSettings(BaseModel):
     # link-local or this host's own address. Every other registry must
     # resolve to public addresses only.
     allowed_registries: list[str] = []
+    # Log sink hosts (as written in the sink's URL) that may be shipped to
+    # although they resolve to a loopback, private or this host's own address.
+    allowed_log_sink_hosts: list[str] = []
+    # Each log sink's disk buffer: records wait there while the sink is down;
+    # past this many bytes the oldest are dropped (counted, and audited).
+    log_sink_buffer_bytes: int = Field(default=64 << 20, ge=64 << 10, le=16 << 30)
     # Server directories whose OCI layouts `oci:/PATH` may name (read without
     # following links). Empty, the default: images are only uploaded or copied
     # from registries.
@@ -107,6 +121,33 @@ class ServerSettings(BaseModel):
     acme_ca_bundle: Path | None = None
     acme_email: str = ""
     acme_poll_seconds: float = Field(default=60.0, gt=0, le=3600)
+    # Hangar's own Prometheus metrics (the API, this host's agent, the deployer,
+    # ACME) at http://metrics_listen_host:metrics_port/metrics; 0: none. Plain
+    # HTTP, so loopback only.
+    metrics_listen_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+
+    @field_validator("metrics_listen_host")
+    @classmethod
+    def _loopback_metrics(cls, value: str) -> str:
+        try:
+            if ipaddress.ip_address(value).is_loopback:
+                return value
+        except ValueError:
+            pass
+        raise ValueError(
+            f"{value!r} is not a loopback address: metrics are never served to a network"
+        )
+
+    @field_validator("audit_witness")
+    @classmethod
+    def _witnesses_are_usable(cls, urls: list[str], info: ValidationInfo) -> list[str]:
+        from hangar.audit.witness import parse_witness_url
+
+        data_dir = info.data.get("data_dir")
+        for url in urls:
+            parse_witness_url(url, data_dir=data_dir)
+        return urls
 
     @property
     def effective_edge_dir(self) -> Path:

@@ -18,10 +18,18 @@ from pydantic.dataclasses import dataclass
 from hangar.domain.reconcile import RestartPolicy
 from hangar.errors import ValidationError
 
-__all__ = ["Assignment", "CheckResult", "CheckSpec", "MachineStatus"]
+__all__ = ["Assignment", "CheckResult", "CheckSpec", "MachineStatus", "MetricsTarget"]
 
 _STRICT = ConfigDict(extra="forbid")
 _T = TypeVar("_T")
+
+
+@dataclass(frozen=True, config=_STRICT)
+class MetricsTarget:
+    """Where a machine serves its own Prometheus metrics (``[metrics]`` in hangar.toml)."""
+
+    port: int = Field(ge=1, le=65535)
+    path: str = Field(default="/metrics", pattern=r"^/[\x21-\x7e]{0,1023}$")
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -64,6 +72,8 @@ class Assignment:
     # The organization the machine belongs to: an agent bounds each one's
     # concurrent slow work (checks, image pulls, stops) by it.
     org: str = ""
+    # Where the agent scrapes the machine's own metrics, over the private network.
+    metrics: list[MetricsTarget] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -61,6 +61,10 @@ class ControlPlaneLink(Protocol):
         """The newest handshake with any peer (unix time, 0 for none)."""
         ...
 
+    def report_metrics(self, figures: Mapping[str, tuple[float, str]]) -> None:
+        """Machines' figures for their organizations: (when collected, exposition text)."""
+        ...
+
 
 class HostMachines(Protocol):
     """The machines on the control plane's own host, reached in-process."""
@@ -70,6 +74,13 @@ class HostMachines(Protocol):
     def exec(self, machine_id: str, argv: list[str], *, timeout: float) -> ExecResult: ...
 
     def logs(self, machine_id: str) -> list[dict[str, Any]]: ...
+
+    def logs_since(
+        self, machine_id: str, cursor: dict[str, int] | None, budget: int
+    ) -> tuple[list[dict[str, Any]], dict[str, int] | None]:
+        """Records after ``cursor`` (a position that survives rotation), about ``budget``
+        bytes of them, and the cursor after them."""
+        ...
 
     def edge(self) -> tuple[RoutingTable, Mapping[str, Any]] | None:
         """The table this host's edge serves and HAProxy's status; None without an edge."""

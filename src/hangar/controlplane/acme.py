@@ -39,6 +39,7 @@ from hangar.crypto.keyring import Keyring
 from hangar.errors import HangarError
 from hangar.store.db import Database
 from hangar.store.tables import AcmeChallenge, App, Certificate, Setting
+from hangar.telemetry.metrics import ACME_ORDERS
 
 __all__ = ["ACCOUNT_PURPOSE", "ACCOUNT_SETTING", "ISSUER", "Issuer"]
 
@@ -313,6 +314,7 @@ class Issuer(BackgroundLoop):
                     "serial": info.serial,
                 },
             )
+        ACME_ORDERS.labels("renew" if renewing else "issue", "success").inc()
         log.info("certificate for %s issued, valid until %s", info.sans, info.not_after)
         if self.on_change is not None:
             self.on_change()
@@ -343,6 +345,7 @@ class Issuer(BackgroundLoop):
                     "attempt": cert.attempts,
                 },
             )
+        ACME_ORDERS.labels("renew" if renewing else "issue", "failure").inc()
         log.warning("certificate %s: %s", cert_id, reason)
 
     def _audit(

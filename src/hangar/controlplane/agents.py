@@ -23,6 +23,7 @@ from hangar.audit.log import AuditContext
 from hangar.contract.assignments import Assignment, MachineStatus
 from hangar.contract.mesh import Peer
 from hangar.contract.names import Record
+from hangar.controlplane.appmetrics import receive
 from hangar.controlplane.changes import change, record_refusal
 from hangar.controlplane.hostlink import apply_report, dns_records, host_assignments
 from hangar.controlplane.hosts import renew_host_cert
@@ -33,7 +34,7 @@ from hangar.controlplane.secrets import deliver
 from hangar.controlplane.state import ControlPlane
 from hangar.crypto.peercert import IssuedCert
 from hangar.domain.routing import RoutingTable
-from hangar.errors import NotFound, PermissionDenied
+from hangar.errors import NotFound, PermissionDenied, audited
 from hangar.images.oci import ImageRef
 from hangar.store.tables import App, Host, Machine
 
@@ -120,9 +121,11 @@ class AgentService:
                 target=host.name,
                 reason="not an edge host",
             )
-            raise PermissionDenied(
-                f"host {host.name} is not an edge host",
-                hint="join it with a token from `hangar hosts join-token --edge`",
+            raise audited(
+                PermissionDenied(
+                    f"host {host.name} is not an edge host",
+                    hint="join it with a token from `hangar hosts join-token --edge`",
+                )
             )
         with cp.db.read() as session:
             return cp.routes.build(session)
@@ -161,6 +164,10 @@ class AgentService:
                     if latest_handshake
                     else None
                 )
+
+    def report_metrics(self, figures: Mapping[str, tuple[float, str]]) -> int:
+        """Keep this host's machines' figures for their organizations; how many were kept."""
+        return receive(self.cp, self.host_id, figures)
 
     def renew(self, csr_pem: str) -> IssuedCert:
         """A new client certificate for this host, audited."""

@@ -39,6 +39,7 @@ from hangar.controlplane.machines import (
 )
 from hangar.domain import deploys
 from hangar.store.tables import App, Machine, MachineEvent, Release
+from hangar.telemetry.metrics import RELEASES, ROLLBACKS
 
 __all__ = ["DEPLOYER", "EdgeCounts", "held_out", "step", "step_all"]
 
@@ -300,11 +301,13 @@ class _Apply:
                     else:
                         machine.version = version
                         self._event(machine_id, "rollback", f"to v{version}")
+                        ROLLBACKS.inc()
             case deploys.Revert(machine_ids=ids, version=version):
                 for machine_id in ids:
                     machine = self._row(machine_id)
                     machine.version = version
                     self._event(machine_id, "rollback", f"to v{version}")
+                    ROLLBACKS.inc()
                 self.detail["draining"] = []
                 self.detail["batch_started"] = self.now
             case deploys.MarkReleased():
@@ -379,6 +382,7 @@ class _Apply:
         release.detail = json.dumps(self.detail)
         outcome = "success" if status == "complete" else "failure"
         self._record(f"release.{status}", {"reason": reason} if reason else {}, outcome)
+        RELEASES.labels(status).inc()
         log.info("%s v%d %s %s", app.name, release.version, status, reason)
 
 

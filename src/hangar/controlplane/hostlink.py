@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hangar.config.appconfig import AppConfig
-from hangar.contract.assignments import Assignment, CheckSpec
+from hangar.contract.assignments import Assignment, CheckSpec, MetricsTarget
 from hangar.contract.names import Record
 from hangar.controlplane.machines import observe_state, release_config
 from hangar.domain.machines import MachineState
@@ -86,6 +86,11 @@ def _checks(cfg: AppConfig) -> list[CheckSpec]:
     return checks
 
 
+def _metrics(cfg: AppConfig) -> list[MetricsTarget]:
+    tables = cfg.metrics if isinstance(cfg.metrics, list) else [cfg.metrics] if cfg.metrics else []
+    return [MetricsTarget(t.port, t.path) for t in tables]
+
+
 def assignment_for(machine: Machine, app: App, release: Release | None) -> Assignment | None:
     """What the agent should run for ``machine``; None if it has nothing to run."""
     cfg = release_config(release) if release is not None else AppConfig(app=app.name)
@@ -116,6 +121,7 @@ def assignment_for(machine: Machine, app: App, release: Release | None) -> Assig
         files={f.guest_path: f.secret_name for f in cfg.files},
         egress=cfg.network.egress,
         org=app.org_id,
+        metrics=[] if machine.one_off else _metrics(cfg),
     )
 
 

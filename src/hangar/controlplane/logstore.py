@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from hangar.telemetry.logfiles import RotatingLog, read_all
+from hangar.telemetry.logfiles import RotatingLog, read_all, read_since
 
 __all__ = ["LogStore"]
 
@@ -43,3 +43,9 @@ class LogStore:
     def read(self, machine_id: str) -> list[dict[str, Any]]:
         path = self._path(machine_id)
         return read_all(path) if path.parent.exists() else []
+
+    def read_since(
+        self, machine_id: str, cursor: dict[str, int] | None, budget: int
+    ) -> tuple[list[dict[str, Any]], dict[str, int] | None]:
+        path = self._path(machine_id)
+        return read_since(path, cursor, budget) if path.parent.exists() else ([], cursor)

@@ -8,22 +8,25 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from hangar.audit.log import AuditContext
-from hangar.auth.rbac import Role
-from hangar.auth.tokens import new_id
+from hangar.auth.rbac import CONFIGURABLE, NO_ROLE, Grants, Permission, Role
+from hangar.auth.tokens import grants_from_rows, new_id
 from hangar.controlplane.changes import change
 from hangar.controlplane.state import ControlPlane
+from hangar.domain.names import normalize_email, validate_dns_label
 from hangar.errors import Conflict, NotFound, ValidationError
-from hangar.store.tables import Membership, Org, User
+from hangar.store.tables import Membership, Org, OrgGrant, User
 
 __all__ = [
     "add_member",
     "create_org",
     "find_org",
+    "get_grants",
     "get_org",
     "list_members",
     "list_orgs",
     "named_or_only",
     "remove_member",
+    "set_grants",
     "set_role",
 ]
 
@@ -72,6 +75,7 @@ def list_orgs(cp: ControlPlane, org_ids: list[str], after: str | None, limit: in
 
 def create_org(cp: ControlPlane, ctx: AuditContext, name: str, *, admin_id: str) -> Org:
     """A new organization whose first admin is ``admin_id``."""
+    validate_dns_label(name, what="organization name")
     now = dt.datetime.now(dt.UTC)
     with change(cp, ctx, org_id=None, action="org.create", target=name, wake=False) as (
         session,
@@ -106,6 +110,7 @@ def list_members(cp: ControlPlane, org: Org, after: str | None, limit: int) -> l
 
 def add_member(cp: ControlPlane, ctx: AuditContext, org: Org, email: str, role: Role) -> Member:
     """``email`` joins ``org`` with ``role`` (the user is made if new)."""
+    email = normalize_email(email)
     now = dt.datetime.now(dt.UTC)
     detail = {"role": role.value}
     with change(
@@ -127,10 +132,11 @@ def add_member(cp: ControlPlane, ctx: AuditContext, org: Org, email: str, role: 
 
 
 def _member(session: Session, org: Org, email: str) -> Member:
+    email = normalize_email(email)
     row = session.execute(
         select(Membership, User)
         .join(User, User.id == Membership.user_id)
-        .where(Membership.org_id == org.id, User.email == email.lower())
+        .where(Membership.org_id == org.id, User.email == email)
     ).one_or_none()
     if row is None:
         raise NotFound(f"{email} is not a member of {org.name}")
@@ -177,3 +183,78 @@ def remove_member(cp: ControlPlane, ctx: AuditContext, org: Org, email: str) -> 
         _keep_an_admin(session, org, member)
         session.delete(member[0])
         event.target = member[1].email
+
+
+def _grants(session: Session, org: Org) -> Grants:
+    rows = session.execute(
+        select(OrgGrant.org_id, OrgGrant.permission, OrgGrant.least_role).where(
+            OrgGrant.org_id == org.id
+        )
+    ).all()
+    return grants_from_rows([(r[0], r[1], r[2]) for r in rows]).get(org.id, Grants())
+
+
+def get_grants(cp: ControlPlane, org: Org) -> Grants:
+    """Which roles of ``org`` hold each configurable permission."""
+    with cp.db.read() as session:
+        return _grants(session, org)
+
+
+Change = tuple[Role, Permission]
+
+
+def set_grants(
+    cp: ControlPlane,
+    ctx: AuditContext,
+    org: Org,
+    *,
+    grant: list[Change],
+    revoke: list[Change],
+) -> Grants:
+    """Give (``grant``) or take (``revoke``) configurable permissions to or from roles.
+
+    Revocations apply first, then grants; a request whose result would undo
+    one of its own parts (granting and revoking the same thing) is refused
+    and changes nothing. Recorded as ``org.set_grants`` with before and after.
+    """
+    for _, perm in grant + revoke:
+        if perm not in CONFIGURABLE:
+            raise ValidationError(
+                f"{perm.label} cannot be granted per organization",
+                hint="configurable: " + ", ".join(p.label for p in CONFIGURABLE),
+            )
+    if not grant and not revoke:
+        raise ValidationError("nothing to change: give grants or revocations")
+    now = dt.datetime.now(dt.UTC)
+    with change(cp, ctx, org_id=org.id, action="org.set_grants", target=org.name, wake=False) as (
+        session,
+        event,
+    ):
+        before = _grants(session, org)
+        after = before
+        for role, perm in revoke:
+            after = after.revoke(perm, role)
+        for role, perm in grant:
+            after = after.grant(perm, role)
+        for role, perm in revoke:
+            if after.holds(perm, role):
+                raise ValidationError(
+                    f"the request both grants and revokes {perm.label} for {role}",
+                    hint="roles above one that holds a permission hold it too",
+                )
+        for perm in CONFIGURABLE:
+            row = session.get(OrgGrant, (org.id, perm.label))
+            if perm not in after.least:
+                if row is not None:
+                    session.delete(row)
+                continue
+            least = after.least[perm]
+            value = least.value if least is not None else NO_ROLE
+            if row is None:
+                session.add(
+                    OrgGrant(org_id=org.id, permission=perm.label, least_role=value, updated_at=now)
+                )
+            elif row.least_role != value:
+                row.least_role, row.updated_at = value, now
+        event.detail = {"from": before.as_labels(), "to": after.as_labels()}
+    return after

@@ -24,9 +24,10 @@ from hangar.controlplane.releases import busy_release, roll_out
 from hangar.controlplane.state import ControlPlane
 from hangar.crypto.keyring import Keyring
 from hangar.crypto.secretbox import SecretRef
-from hangar.errors import NotFound, PermissionDenied, ValidationError
+from hangar.errors import NotFound, PermissionDenied, ValidationError, audited
 from hangar.store.db import Database
 from hangar.store.tables import App, Machine, Secret
+from hangar.telemetry.metrics import SECRET_DELIVERIES
 
 __all__ = [
     "MAX_VALUE_BYTES",
@@ -290,7 +291,9 @@ def deliver(
                     detail={"host": host_id, "secrets": digests},
                 )
         if ok:
+            SECRET_DELIVERIES.labels("delivered").inc()
             return values
+    SECRET_DELIVERIES.labels("refused").inc()
     with db.write() as session:
         audit.record(
             session,
@@ -301,7 +304,7 @@ def deliver(
             outcome="denied",
             detail={"host": host_id, "reason": "machine not starting on this host"},
         )
-    raise PermissionDenied(f"machine {machine_id} is not starting on this host")
+    raise audited(PermissionDenied(f"machine {machine_id} is not starting on this host"))
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hangar.audit.log import AuditLog
+from hangar.audit.witness import Witnesses
 from hangar.auth.tokens import TokenService
 from hangar.config.settings import ServerSettings
 from hangar.contract.links import HostMachines
 from hangar.controlplane.execbroker import ExecBroker
+from hangar.controlplane.metricscache import MetricsCache
 from hangar.crypto.ca import InternalCA
 from hangar.crypto.kek import KekProvider, provider_for
 from hangar.crypto.keyring import Keyring
@@ -43,6 +45,8 @@ class ControlPlane:
     ca: InternalCA
     # Commands for machines on other hosts, waiting for those hosts' agents.
     execs: ExecBroker = field(default_factory=ExecBroker)
+    # What agents shipped of each machine's metrics, served to its organization.
+    app_metrics: MetricsCache = field(default_factory=MetricsCache)
     # Set by the server that runs the loops: desired or observed state changed.
     wake: Callable[[], None] = field(default=lambda: None)
     # Set by the server that runs the ACME issuer: a certificate wants ordering.
@@ -63,6 +67,7 @@ class ControlPlane:
         # Unwrapping proves this is the KEK the installation was made with.
         signer = AuditSigner.load(data_dir, keyring)
         ca = InternalCA.load(data_dir, keyring)
+        witnesses = Witnesses.from_urls(settings.audit_witness, data_dir=data_dir)
         db = Database(settings.effective_database_url)
         if migrate:
             db.migrate()
@@ -71,7 +76,9 @@ class ControlPlane:
             db=db,
             keyring=keyring,
             tokens=TokenService(TokenKeys(keyring)),
-            audit=AuditLog(signer, checkpoint_every=settings.audit_checkpoint_every),
+            audit=AuditLog(
+                signer, checkpoint_every=settings.audit_checkpoint_every, witnesses=witnesses
+            ),
             audit_public_pem=signer.public_pem(),
             ca=ca,
         )

@@ -32,7 +32,13 @@ from hangar.errors import CommandError, ConfigError, UpstreamError, ValidationEr
 from hangar.images.layouts import LayoutStore, is_digest_ref
 from hangar.images.oci import ImageRef, parse_image_ref, read_manifest
 
-__all__ = ["check_registry", "copy_from_registry", "registry_name", "resolve"]
+__all__ = [
+    "check_registry",
+    "copy_from_registry",
+    "internal_addresses",
+    "registry_name",
+    "resolve",
+]
 
 log = logging.getLogger("hangar.images")
 
@@ -96,6 +102,22 @@ def _own(address: IPAddress) -> bool:
         except OSError:
             return False
     return True
+
+
+def internal_addresses(host: str, port: int) -> list[str]:
+    """The internal (or this host's own) addresses ``host`` resolves to; OSError if it does not.
+
+    An empty list means every address is public. Also used for other URLs
+    the control plane calls out to on a tenant's behalf (log sinks).
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        addresses = {ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos}
+    except (UnicodeError, ValueError) as exc:
+        raise OSError(str(exc)) from exc
+    if not addresses:
+        raise OSError(f"{host} resolves to no address")
+    return sorted(str(a) for a in addresses if _internal(a) or _own(a))
 
 
 def check_registry(reference: str, allowed: Sequence[str] = ()) -> None:

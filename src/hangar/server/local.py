@@ -24,6 +24,7 @@ from hangar.controlplane.state import ControlPlane
 from hangar.domain.routing import RoutingTable
 from hangar.edge.haproxy import EdgeConfig
 from hangar.store.tables import Host
+from hangar.telemetry.logfiles import read_since
 
 __all__ = ["LocalMachines", "StoreLink", "local_agent"]
 
@@ -69,6 +70,9 @@ class StoreLink:
     def report_mesh(self, latest_handshake: int) -> None:
         self.service.report_mesh(latest_handshake)
 
+    def report_metrics(self, figures: Mapping[str, tuple[float, str]]) -> None:
+        self.service.report_metrics(figures)
+
 
 class LocalMachines:
     """The machines of the in-process agent, for the API (``HostMachines``)."""
@@ -82,6 +86,11 @@ class LocalMachines:
 
     def logs(self, machine_id: str) -> list[dict[str, Any]]:
         return self.agent.reconciler.runtime.logs(machine_id)
+
+    def logs_since(
+        self, machine_id: str, cursor: dict[str, int] | None, budget: int
+    ) -> tuple[list[dict[str, Any]], dict[str, int] | None]:
+        return read_since(self.agent.reconciler.runtime.log_path(machine_id), cursor, budget)
 
     def edge(self) -> tuple[RoutingTable, Mapping[str, Any]] | None:
         if self.agent.edge is None:

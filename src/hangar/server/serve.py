@@ -18,8 +18,10 @@ from typing import Any
 
 import h11
 import uvicorn
+from prometheus_client.registry import Collector
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from hangar.agent.metrics import AgentCollector
 from hangar.agent.service import Agent
 from hangar.api.app import create_agent_app, create_app
 from hangar.api.guard import PEER_CERT_SCOPE_KEY
@@ -27,8 +29,11 @@ from hangar.config.settings import ServerSettings
 from hangar.controlplane.acme import Issuer
 from hangar.controlplane.background import BackgroundLoop
 from hangar.controlplane.deployer import step_all
+from hangar.controlplane.logshipper import LogShipper
+from hangar.controlplane.metrics import ControlPlaneCollector
 from hangar.controlplane.state import ControlPlane
 from hangar.server.local import LocalMachines, local_agent
+from hangar.telemetry.metrics import serve_metrics
 from hangar.tlsprofile import TLS12_CIPHERS
 
 log = logging.getLogger("hangar.server")
@@ -128,6 +133,7 @@ class Loops(BackgroundLoop):
         super().__init__("hangar-loops", cp.settings.tick_seconds)
         self.cp = cp
         self.agent = agent
+        self._next_checkpoint = time.monotonic() + cp.settings.audit_checkpoint_seconds
         if agent is not None:
             agent.wake_on_finished_work(self.wake)
 
@@ -149,6 +155,12 @@ class Loops(BackgroundLoop):
         now = time.time()
         with self.cp.db.write() as session:
             step_all(session, self.cp.audit, now, self._edge_counts)
+        if time.monotonic() >= self._next_checkpoint:
+            # The newest events get a signed (and witnessed) checkpoint within
+            # audit_checkpoint_seconds, however few of them there are.
+            self._next_checkpoint = time.monotonic() + self.cp.settings.audit_checkpoint_seconds
+            with self.cp.db.write() as session:
+                self.cp.audit.checkpoint_all(session)
         if self.agent is None:
             return None
         due = self.agent.tick(now)
@@ -226,11 +238,22 @@ def serve(settings: ServerSettings) -> None:
                 agents.should_exit = True
                 await task
 
+    metrics = None
+    if settings.metrics_port:
+        collectors: list[Collector] = [ControlPlaneCollector(cp.db)]
+        if agent is not None:
+            collectors.append(AgentCollector(agent))
+        metrics = serve_metrics(settings.metrics_listen_host, settings.metrics_port, collectors)
+    shipper = LogShipper(cp)
     loops.start()
     issuer.start()
+    shipper.start()
     try:
         asyncio.run(run_all())
     finally:
+        if metrics is not None:
+            metrics.stop()
+        shipper.stop()
         issuer.stop()
         loops.stop()
         if agent is not None:

@@ -44,6 +44,7 @@ __all__ = [
     "Membership",
     "Network",
     "Org",
+    "OrgGrant",
     "Release",
     "RootKey",
     "Secret",
@@ -107,6 +108,20 @@ class Membership(Base):
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), primary_key=True)
     role: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class OrgGrant(Base):
+    """An organization's choice of the least role holding a configurable permission.
+
+    ``least_role`` is a role name, or ``none`` when no role holds it. A
+    permission without a row keeps its default.
+    """
+
+    __tablename__ = "org_grants"
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id"), primary_key=True)
+    permission: Mapped[str] = mapped_column(String(32), primary_key=True)
+    least_role: Mapped[str] = mapped_column(String(16))
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
 
 class App(Base):
@@ -404,5 +419,17 @@ class WireguardPeer(Base):
     public_key: Mapped[str] = mapped_column(String(64))
     address: Mapped[str] = mapped_column(String(64), unique=True)
     gateway_host_id: Mapped[str] = mapped_column(String(32))
+    created_by: Mapped[str] = mapped_column(String(254))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class LogSinkRow(Base):
+    """Where an organization's machines' output is shipped (``hangar logs sinks``)."""
+
+    __tablename__ = "log_sinks"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    url: Mapped[str] = mapped_column(String(2000))
     created_by: Mapped[str] = mapped_column(String(254))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

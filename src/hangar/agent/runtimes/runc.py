@@ -34,6 +34,7 @@ from hangar.errors import (
     IntegrityError,
     NotFound,
     ValidationError,
+    WaitTimeout,
 )
 from hangar.hostfs import ensure_private_tmpfs, write_private
 from hangar.images.store import resolve_inside
@@ -348,11 +349,20 @@ class RuncRuntime:
             raise ValidationError("nothing to run: give a command")
         if self.state(machine_id).status != "running":
             raise Conflict(f"machine {machine_id} is not running", hint="start it first")
-        result = hostcmd.run(
-            ["runc", "--root", str(self.runc_root), "exec", machine_id, *argv],
-            timeout=timeout,
-            check=False,
-        )
+        try:
+            result = hostcmd.run(
+                ["runc", "--root", str(self.runc_root), "exec", machine_id, *argv],
+                timeout=timeout,
+                check=False,
+            )
+        except CommandError as exc:
+            # The error names the program, never its arguments: they may hold
+            # a password, and errors end up in the server's log. Not chained,
+            # so no traceback shows them either.
+            what = f"{argv[0]} ({len(argv) - 1} argument(s)) in machine {machine_id}"
+            if exc.returncode == -1:
+                raise WaitTimeout(f"{what} did not finish within {timeout:g}s") from None
+            raise Conflict(f"could not run {what}: {exc.stderr}") from None
         return ExecResult(result.returncode, result.stdout, result.stderr)
 
     def logs(self, machine_id: str) -> list[dict[str, str]]:

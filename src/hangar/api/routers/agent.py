@@ -25,6 +25,7 @@ from hangar.contract import VERSION, check_version
 from hangar.contract.assignments import Assignment, MachineStatus
 from hangar.contract.execs import MAX_OUTPUT, ExecOrder, ExecResult
 from hangar.controlplane.agents import AgentService
+from hangar.controlplane.appmetrics import MAX_TEXT
 from hangar.controlplane.hostlink import assignments_version
 from hangar.crypto.secretbox import seal
 from hangar.domain.routing import edge_seal_context
@@ -315,6 +316,26 @@ def names(access: Annotated[HostAccess, HOST]) -> list[NameOut]:
 class MeshStatusIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     latest_handshake: int = Field(ge=0, description="unix time of the newest handshake; 0: none")
+
+
+class MachineFiguresIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    at: float = Field(ge=0)
+    text: str = Field(max_length=MAX_TEXT)
+
+
+class MetricsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    machines: dict[Annotated[str, Field(max_length=32)], MachineFiguresIn] = Field(
+        max_length=10_000
+    )
+
+
+@router.post("/metrics", status_code=204, summary="This host's machines' figures")
+def metrics(body: MetricsIn, access: Annotated[HostAccess, HOST]) -> None:
+    """Kept for the machines' organizations; another host's machines are ignored."""
+    figures = {m: (f.at, f.text) for m, f in body.machines.items()}
+    _service(access).report_metrics(figures)
 
 
 @router.put("/mesh/status", status_code=204, summary="This host's newest mesh handshake")

@@ -31,13 +31,13 @@ class ExecOut(BaseModel):
 @router.post(
     "/machines/{machine_id}/exec",
     response_model=ExecOut,
-    summary="Run a command in a running machine (audited)",
+    summary="Run a command in a running machine (audited; it can read the machine's secrets)",
 )
 def exec_machine(
     app: str,
     machine_id: str,
     body: ExecIn,
-    access: Annotated[Access, requires(Permission.MACHINES_CONTROL)],
+    access: Annotated[Access, requires(Permission.MACHINES_EXEC)],
 ) -> ExecOut:
     assert access.app is not None
     result = run_in_machine(

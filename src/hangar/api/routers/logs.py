@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Query, Request
 from fastapi.responses import StreamingResponse
 
 from hangar.api.guard import Access, GuardedRouter, requires
 from hangar.auth.rbac import Permission
-from hangar.controlplane.logs import LogSource, log_sources
+from hangar.controlplane.logs import LogFilter, LogSource, log_sources
 from hangar.errors import NotFound
 
 router = GuardedRouter(prefix="/v1/apps/{app}", tags=["machines"])
@@ -27,28 +28,41 @@ router = GuardedRouter(prefix="/v1/apps/{app}", tags=["machines"])
 async def logs(
     app: str,
     request: Request,
-    access: Annotated[Access, requires(Permission.APPS_READ)],
+    access: Annotated[Access, requires(Permission.LOGS_READ)],
     machine: Annotated[str | None, Query(max_length=32)] = None,
     follow: bool = False,
+    stream: Annotated[
+        Literal["stdout", "stderr"] | None, Query(description="only this stream")
+    ] = None,
+    since: Annotated[
+        dt.datetime | None, Query(description="records at or after this time (UTC if no zone)")
+    ] = None,
+    until: Annotated[
+        dt.datetime | None, Query(description="records before this time (UTC if no zone)")
+    ] = None,
+    match: Annotated[
+        str, Query(max_length=256, description="only lines containing this text (case-sensitive)")
+    ] = "",
 ) -> StreamingResponse:
     assert access.app is not None
+    wanted = LogFilter(stream=stream, since=since, until=until, match=match)
     sources = log_sources(access.cp, access.app, machine)
 
-    async def stream() -> AsyncIterator[bytes]:
+    async def lines() -> AsyncIterator[bytes]:
         sent: dict[str, int] = {}
         while True:
             for source in sources:
-                for line in _new_lines(source, app, sent):
+                for line in _new_lines(source, app, sent, wanted):
                     yield line
             if not follow or await request.is_disconnected():
                 return
             await asyncio.sleep(0.3)
 
-    return StreamingResponse(stream(), media_type="application/x-ndjson")
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
 
 
-def _new_lines(source: LogSource, app: str, sent: dict[str, int]) -> list[bytes]:
-    """The source's records not yet sent, as NDJSON lines; ``sent`` counts them."""
+def _new_lines(source: LogSource, app: str, sent: dict[str, int], wanted: LogFilter) -> list[bytes]:
+    """The source's records not yet looked at that ``wanted`` accepts, as NDJSON lines."""
     try:
         records = source.read()
     except NotFound:
@@ -72,4 +86,5 @@ def _new_lines(source: LogSource, app: str, sent: dict[str, int]) -> list[bytes]
             + "\n"
         ).encode()
         for record in records[start:]
+        if wanted.accepts(record)
     ]

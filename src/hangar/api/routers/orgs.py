@@ -10,9 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hangar.api.guard import Access, GuardedRouter, requires
 from hangar.api.pagination import Limit, Page, decode_cursor, page_of
-from hangar.auth.rbac import Permission, Role
+from hangar.auth.rbac import CONFIGURABLE, Grants, Permission, Role
 from hangar.controlplane import orgs
-from hangar.domain.names import validate_dns_label, validate_email
+from hangar.domain.names import DnsLabel, EmailAddress
+from hangar.errors import ValidationError
 from hangar.store.tables import Org
 
 router = GuardedRouter(prefix="/v1/orgs", tags=["orgs"])
@@ -23,11 +24,31 @@ class OrgOut(BaseModel):
     name: str
     created_at: dt.datetime
     role: Role | None = None
+    # For each configurable permission, the roles that hold it (shown one at a time).
+    permissions: dict[str, list[Role]] | None = None
+
+
+class GrantItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Role
+    permission: str = Field(
+        min_length=1,
+        max_length=32,
+        description="one of: " + ", ".join(p.label for p in CONFIGURABLE),
+    )
+
+
+class OrgUpdate(BaseModel):
+    """Give or take the configurable permissions; revocations apply before grants."""
+
+    model_config = ConfigDict(extra="forbid")
+    grant: list[GrantItem] = Field(default_factory=list, max_length=16)
+    revoke: list[GrantItem] = Field(default_factory=list, max_length=16)
 
 
 class OrgCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=63)
+    name: DnsLabel
 
 
 class MemberOut(BaseModel):
@@ -39,7 +60,7 @@ class MemberOut(BaseModel):
 
 class MemberAdd(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    email: str = Field(min_length=3, max_length=254)
+    email: EmailAddress = Field(description="stored NFKC-normalized and lowercased")
     role: Role = Role.MEMBER
 
 
@@ -75,16 +96,54 @@ def list_orgs(
 def create_org(
     body: OrgCreate, access: Annotated[Access, requires(Permission.ORGS_CREATE)]
 ) -> OrgOut:
-    name = validate_dns_label(body.name, what="organization name")
+    name = body.name
     access.check(Permission.ORGS_CREATE, org=None, shown=f"organization {name!r}")
     org = orgs.create_org(access.cp, access.ctx, name, admin_id=access.principal.user_id)
     return OrgOut(id=org.id, name=org.name, created_at=org.created_at, role=Role.ADMIN)
 
 
+def _with_grants(out: OrgOut, grants: Grants) -> OrgOut:
+    out.permissions = {p.label: grants.roles(p) for p in CONFIGURABLE}
+    return out
+
+
 @router.get("/{org}", response_model=OrgOut, summary="Show an organization")
 def show_org(org: str, access: Annotated[Access, requires(Permission.ORGS_READ)]) -> OrgOut:
     assert access.org is not None
-    return _org_out(access.org, access)
+    return _with_grants(_org_out(access.org, access), orgs.get_grants(access.cp, access.org))
+
+
+def _changes(items: list[GrantItem]) -> list[tuple[Role, Permission]]:
+    out = []
+    for item in items:
+        try:
+            perm = Permission.named(item.permission)
+        except ValueError:
+            raise ValidationError(
+                f"unknown permission {item.permission!r}",
+                hint="configurable: " + ", ".join(p.label for p in CONFIGURABLE),
+            ) from None
+        out.append((item.role, perm))
+    return out
+
+
+@router.patch(
+    "/{org}",
+    response_model=OrgOut,
+    summary="Grant or revoke the configurable permissions (logs:read, machines:exec) per role",
+)
+def update_org(
+    org: str, body: OrgUpdate, access: Annotated[Access, requires(Permission.ORGS_WRITE)]
+) -> OrgOut:
+    assert access.org is not None
+    grants = orgs.set_grants(
+        access.cp,
+        access.ctx,
+        access.org,
+        grant=_changes(body.grant),
+        revoke=_changes(body.revoke),
+    )
+    return _with_grants(_org_out(access.org, access), grants)
 
 
 def _member_out(member: orgs.Member) -> MemberOut:
@@ -120,8 +179,7 @@ def add_member(
     org: str, body: MemberAdd, access: Annotated[Access, requires(Permission.MEMBERS_WRITE)]
 ) -> MemberOut:
     assert access.org is not None
-    email = validate_email(body.email)
-    return _member_out(orgs.add_member(access.cp, access.ctx, access.org, email, body.role))
+    return _member_out(orgs.add_member(access.cp, access.ctx, access.org, body.email, body.role))
 
 
 @router.patch("/{org}/members/{email}", response_model=MemberOut, summary="Change a role")

@@ -1,0 +1,76 @@
+"""An organization's machines' metrics, for its own members only.
+
+``GET /v1/orgs/{org}/metrics`` is a Prometheus scrape target (text format):
+every machine of the organization, labelled ``org``, ``app`` and ``machine``
+from the store; ``GET /v1/apps/{app}/metrics`` the same for one app, as
+text or (``?format=json``) the key figures `hangar metrics` shows.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import Query
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
+
+from hangar.api.guard import Access, GuardedRouter, requires
+from hangar.auth.rbac import Permission
+from hangar.controlplane.appmetrics import app_figures, org_exposition
+
+orgs = GuardedRouter(prefix="/v1/orgs/{org}", tags=["metrics"])
+apps = GuardedRouter(prefix="/v1/apps/{app}", tags=["metrics"])
+
+_TEXT: dict[int | str, dict[str, Any]] = {
+    200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}
+}
+
+
+class MachineFiguresOut(BaseModel):
+    machine: str
+    age_seconds: float | None
+    cpu_seconds: float | None
+    memory_bytes: float | None
+    pids: float | None
+    scrape_ok: bool | None
+    app_series: int
+
+
+@orgs.get(
+    "/metrics",
+    response_class=Response,
+    responses=_TEXT,
+    summary="The organization's machines' metrics (Prometheus text format)",
+)
+async def org_metrics(
+    org: str, access: Annotated[Access, requires(Permission.APPS_READ)]
+) -> Response:
+    assert access.org is not None
+    org_id = access.org.id
+
+    def readable(app: str) -> bool:
+        return access.allows(Permission.APPS_READ, org_id=org_id, app=app)
+
+    body = await run_in_threadpool(org_exposition, access.cp, org_id, None, readable)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+@apps.get(
+    "/metrics",
+    response_model=list[MachineFiguresOut],
+    responses=_TEXT,
+    summary="One app's machines' metrics: text format, or key figures with format=json",
+)
+async def app_metrics(
+    app: str,
+    access: Annotated[Access, requires(Permission.APPS_READ)],
+    format: Annotated[Literal["prometheus", "json"], Query()] = "prometheus",
+) -> Response | list[MachineFiguresOut]:
+    assert access.org is not None and access.app is not None
+    if format == "json":
+        figures = await run_in_threadpool(app_figures, access.cp, access.org.id, access.app)
+        return [MachineFiguresOut(**vars(f)) for f in figures]
+    body = await run_in_threadpool(org_exposition, access.cp, access.org.id, access.app.id)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

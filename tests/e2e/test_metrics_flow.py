@@ -1,0 +1,165 @@
+"""A real Prometheus (Debian's) scrapes a running server and its agent; asked through its API."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import ssl
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.test_cli_flow import Server, free_port, init, login, start, stop
+from tests.e2e.test_deploy_flow import build_example_image, write_config
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the agent runs machines as root"),
+    pytest.mark.skipif(shutil.which("prometheus") is None, reason="Debian's prometheus is missing"),
+]
+
+SCRAPE = """
+global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: hangar
+    static_configs:
+      - targets: ["127.0.0.1:{port}"]
+  # What a member of acme scrapes: the organization's machines through the API.
+  - job_name: acme
+    scheme: https
+    metrics_path: /v1/orgs/acme/metrics
+    authorization:
+      credentials_file: {token}
+    tls_config:
+      ca_file: {ca}
+    static_configs:
+      - targets: ["127.0.0.1:{api_port}"]
+"""
+
+
+@pytest.fixture
+def platform(tmp_path: Path) -> Iterator[tuple[Server, Path, str]]:
+    """A server with its agent (metrics on a free loopback port) and a Prometheus scraping it."""
+    agent_root = Path(tempfile.mkdtemp(prefix="hangar-metrics-", dir="/var/tmp"))
+    agent_root.chmod(0o711)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HANGAR_")}
+    env["HANGAR_CONFIG_DIR"] = str(tmp_path / "cli")
+    data_dir, token_file = tmp_path / "data", tmp_path / "admin.token"
+    init(data_dir, token_file, env)
+    port, metrics_port, prom_port = free_port(), free_port(), free_port()
+    proc = start(
+        data_dir,
+        env,
+        port,
+        "--agent-dir",
+        str(agent_root / "agent"),
+        "--no-edge",
+        "--metrics-port",
+        str(metrics_port),
+    )
+    srv = Server(data_dir, f"https://127.0.0.1:{port}", token_file.read_text().strip(), env, proc)
+    (tmp_path / "prometheus.yml").write_text(
+        SCRAPE.format(port=metrics_port, token=token_file, ca=data_dir / "ca.crt", api_port=port)
+    )
+    with open(tmp_path / "prometheus.log", "ab") as log:
+        prometheus = subprocess.Popen(
+            [
+                "prometheus",
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{prom_port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    build_example_image(tmp_path / "image")
+    try:
+        login(srv)
+        srv.cli("apps", "create", "hello")
+        yield srv, tmp_path, f"http://127.0.0.1:{prom_port}"
+    finally:
+        prometheus.terminate()
+        prometheus.wait(timeout=30)
+        srv.cli("apps", "destroy", "hello", "--yes", check=False)
+        machines = agent_root / "agent/state/machines"
+        deadline = time.monotonic() + 30
+        while machines.exists() and any(machines.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        stop(srv.process)
+        subprocess.run(["umount", str(agent_root / "agent/bundles")], capture_output=True)
+        shutil.rmtree(agent_root, ignore_errors=True)
+
+
+def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
+    answer = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10)
+    answer.raise_for_status()
+    body = answer.json()
+    assert body["status"] == "success", body
+    return list(body["data"]["result"])
+
+
+def eventually(prometheus: str, expr: str, seconds: float = 60) -> list[dict[str, Any]]:
+    """The query's result once it is non-empty (Prometheus scrapes every second)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            result = query(prometheus, expr)
+        except httpx.HTTPError:
+            result = []  # Prometheus still starting
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(0.5)
+
+
+def test_prometheus_scrapes_the_api_and_the_agent(platform: tuple[Server, Path, str]) -> None:
+    srv, tmp, prometheus = platform
+    up = eventually(prometheus, 'up{job="hangar"} == 1')
+    assert len(up) == 1, (tmp / "prometheus.log").read_text()[-2000:]
+
+    # A deploy: the API, the deployer and the agent each count their part.
+    config = write_config(tmp, "good.toml")
+    config.write_text(config.read_text() + '[metrics]\n  port = 8080\n  path = "/metrics"\n')
+    srv.cli("deploy", "--config", str(config))
+    trust = ssl.create_default_context(cafile=str(srv.data_dir / "ca.crt"))
+    refused = httpx.get(
+        f"{srv.api}/v1/apps", headers={"Authorization": "Bearer nope"}, verify=trust, timeout=10
+    )
+    assert refused.status_code == 401
+
+    complete = eventually(prometheus, 'hangar_releases_total{outcome="complete"} >= 1')
+    assert len(complete) == 1
+    running = eventually(prometheus, 'hangar_machines{job="hangar",state="running"} == 1')
+    assert len(running) == 1 and running[0]["metric"]["org"].startswith("org_")
+    # The machine's own cgroup: memory in use, processes, CPU time.
+    memory = eventually(prometheus, 'hangar_machine_memory_bytes{job="hangar",app="hello"} > 0')
+    assert len(memory) == 1
+    assert eventually(prometheus, 'hangar_machine_pids{job="hangar",app="hello"} >= 1')
+    assert eventually(prometheus, "hangar_machine_start_seconds_count >= 1")
+    assert eventually(prometheus, 'hangar_health_checks_total{result="passing"} >= 1')
+    # The API by route template, never by raw path; the refused token counted.
+    posted = eventually(
+        prometheus, 'hangar_api_requests_total{route="/v1/apps/{app}/releases",method="POST"}'
+    )
+    assert posted and all(r["metric"]["status"].startswith("2") for r in posted)
+    assert eventually(prometheus, "hangar_api_auth_failures_total >= 1")
+    assert eventually(prometheus, 'hangar_api_request_duration_seconds_count{route="/v1/apps"}')
+
+    # The app's own metrics, scraped by its host over the private network, read
+    # by a member of its organization through the API, and by Prometheus too.
+    (machine,) = srv.json("machines", "list", "--app", "hello")  # type: ignore[misc]
+    hello = eventually(prometheus, 'hello_up{job="acme",app="hello"} == 1')
+    assert len(hello) == 1 and hello[0]["metric"]["machine"] == machine["id"]
+    assert eventually(prometheus, 'hangar_machine_memory_bytes{job="acme",app="hello"} > 0')
+    figures = srv.json("metrics", "--app", "hello")
+    assert isinstance(figures, list) and figures[0]["scrape_ok"] is True
+    assert figures[0]["app_series"] >= 1 and figures[0]["memory_bytes"] > 0
+    table = srv.cli("metrics", "--app", "hello").stdout
+    assert machine["id"] in table and " ok " in table
