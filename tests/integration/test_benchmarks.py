@@ -93,6 +93,9 @@ def test_machine_start_prints_hangar_against_raw_runc() -> None:
     has_line(out, rf"^  Hangar API create -> check passing\s+{N}ms\s+{N}ms$")
     has_line(out, rf"^  ratio \(p50\) {N}\s")
     has_line(out, rf"^rolling deploy of 2 machines .*: {N} s total, {N} ms per machine$")
+    has_line(out, rf"^  per machine / raw runc start \(p50\): {N}\s")
+    # Every request through the edge answered while the machines were replaced.
+    has_line(out, rf"^  requests through the edge during it: {N} answered 200, 0 failed$")
 
 
 @pytest.mark.slow

@@ -298,11 +298,48 @@ class SecretFile(_Model):
         return value
 
 
+def _max_unavailable(value: Any) -> Any:
+    """A count of machines (1 to 1000), a fraction (0 < f < 1) or a percentage ("25%")."""
+    if isinstance(value, bool):
+        raise ValueError("write a count (2) or a percentage ('25%')")
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d{1,3}(?:\.\d+)?)\s*%\s*", value)
+        if m is None or not 0 < float(m.group(1)) <= 100:
+            raise ValueError(f"{value!r}: write a percentage from '1%' to '100%', or a count")
+        return f"{float(m.group(1)):g}%"
+    if (
+        isinstance(value, int | float)
+        and math.isfinite(value)
+        and (0 < value < 1 or (float(value).is_integer() and 1 <= value <= 1000))
+    ):
+        return float(value)
+    raise ValueError(f"{value!r}: write a count from 1 to 1000, or a percentage ('25%')")
+
+
 class Deploy(_Model):
     strategy: Literal["immediate", "rolling", "canary", "bluegreen"] = "rolling"
-    max_unavailable: float = Field(default=1, gt=0)
+    # How many machines a rolling or canary deploy moves at once.
+    max_unavailable: Annotated[float | str, BeforeValidator(_max_unavailable)] = 1.0
     release_command: str | None = None
     wait_timeout: Duration = 300.0
+    # How long a machine out of the edge's rotation finishes its requests
+    # before it is stopped.
+    drain_timeout: KillTimeout = 1.0
+    # How long a blue-green deploy keeps the old set after the switch.
+    bluegreen_grace: GracePeriod = 30.0
+    # A blue-green switches back if, within error_window of its switch, the
+    # edge answers more than this share of the app's requests with a 5xx.
+    max_error_rate: float | None = Field(default=None, gt=0, le=1)
+    error_window: Annotated[float, BeforeValidator(parse_duration), Field(ge=1, le=600)] = 30.0
+
+    @model_validator(mode="after")
+    def _error_rate_needs_blue_green(self) -> Deploy:
+        if self.max_error_rate is not None and self.strategy != "bluegreen":
+            raise ValueError(
+                "max_error_rate: only a blue-green deploy watches the edge after its switch"
+                ' (it keeps the old set to switch back to); set strategy = "bluegreen"'
+            )
+        return self
 
 
 class Vm(_Model):
