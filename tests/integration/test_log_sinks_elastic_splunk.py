@@ -370,3 +370,30 @@ def test_a_sink_credential_is_write_only(
         if path.is_file():
             assert canary.encode() not in path.read_bytes(), path
     assert canary not in caplog.text
+
+
+def test_a_credential_that_does_not_unwrap_stops_only_its_own_sink(
+    api: TestClient,
+    installation: Installation,
+    control_plane: ControlPlane,
+    httpserver: HTTPServer,
+    output: Output,
+) -> None:
+    """A wrapped credential moved to another sink's row does not open there."""
+    elastic = Elastic(httpserver)
+    splunk = Splunk(httpserver, "t-" + secrets.token_hex(6))
+    first = add(
+        api, installation, "splunk-hec", splunk.url, auth={"scheme": "splunk", "secret": "x1"}
+    )
+    second = add(
+        api, installation, "elasticsearch", elastic.url, auth={"scheme": "apikey", "secret": "k2"}
+    )
+    with control_plane.db.write() as session:
+        rows = {r.id: r for r in session.execute(select(LogSinkRow)).scalars()}
+        rows[first.json()["id"]].credential = rows[second.json()["id"]].credential
+    output.write(4)
+    LogShipper(control_plane, clock=Clock()).round()
+    assert numbers(elastic.lines()) == [0, 1, 2, 3]
+    assert splunk.auth == []  # never called with a credential not its own
+    listed = api.get("/v1/orgs/acme/log-sinks", headers=installation.headers)
+    assert [s["auth"] for s in listed.json()] == ["splunk", "apikey"]

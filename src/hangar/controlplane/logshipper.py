@@ -137,7 +137,12 @@ class LogShipper(BackgroundLoop):
             shutil.rmtree(self.root / gone, ignore_errors=True)
         for sink_id, (row, org) in wanted.items():
             if sink_id not in self._sinks:
-                self._sinks[sink_id] = self._open(row, org)
+                try:
+                    self._sinks[sink_id] = self._open(row, org)
+                except (HangarError, OSError, ValueError) as exc:
+                    # One sink that cannot start (its credential does not
+                    # unwrap, its directory is unwritable) must not stop the others.
+                    log.warning("log sink %s: %s", sink_id, getattr(exc, "message", exc))
         if self.root.is_dir():
             for leftover in self.root.iterdir():  # removed while the server was down
                 if leftover.name not in wanted:

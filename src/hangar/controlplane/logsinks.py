@@ -184,6 +184,7 @@ def add_sink(
             url=url,
             index_name=index,
             credential=sealed,
+            auth=auth,
             created_by=ctx.actor,
             created_at=dt.datetime.now(dt.UTC),
         )
@@ -198,12 +199,7 @@ def list_sinks(cp: ControlPlane, org: Org) -> list[SinkOut]:
         rows = session.execute(
             select(LogSinkRow).where(LogSinkRow.org_id == org.id).order_by(LogSinkRow.created_at)
         ).scalars()
-        return [_out(r, _scheme(cp, r)) for r in rows]
-
-
-def _scheme(cp: ControlPlane, row: LogSinkRow) -> str | None:
-    credential = sink_credential(cp, row)
-    return credential.scheme if credential is not None else None
+        return [_out(r, r.auth) for r in rows]
 
 
 def sink_credential(cp: ControlPlane, row: LogSinkRow) -> Credential | None:
