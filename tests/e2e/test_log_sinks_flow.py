@@ -103,7 +103,7 @@ def test_a_deployed_apps_output_reaches_loki(
     httpserver.expect_request("/_bulk", method="POST").respond_with_handler(elastic)
     url = httpserver.url_for("/").rstrip("/")
     refused = srv.cli("logs", "sinks", "add", "syslog", url, check=False)
-    assert refused.returncode == 1 and "does not ship logs to syslog yet" in refused.stderr
+    assert refused.returncode == 1 and "a syslog sink is tls://" in refused.stderr
     refused = srv.cli("logs", "sinks", "add", "splunk-hec", url, check=False)
     assert refused.returncode == 1 and "needs a credential" in refused.stderr
     added = srv.cli("logs", "sinks", "add", "loki", url)

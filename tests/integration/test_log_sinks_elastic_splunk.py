@@ -321,7 +321,7 @@ def test_sink_credentials_are_checked_and_refused_clearly(
         ("elasticsearch", {"auth": {"scheme": "apikey", "secret": canary, "x": canary}}, "x"),
         ("elasticsearch", {"index": "Bad/Index"}, "not an index name"),
         ("loki", {"index": "logs"}, "has no index"),
-        ("syslog", {}, "does not ship logs to syslog yet"),
+        ("syslog", {}, "a syslog sink is tls://"),
     ]:
         refused = add(api, installation, kind, url, **extra)
         assert refused.status_code == 422, (kind, extra, refused.text)

@@ -35,11 +35,14 @@ def add(
     ctx: typer.Context,
     kind: Annotated[
         str,
-        typer.Argument(help="loki, elasticsearch or splunk-hec (syslog is refused: not yet)"),
+        typer.Argument(help="loki, elasticsearch, splunk-hec or syslog"),
     ],
     url: Annotated[
         str,
-        typer.Argument(help="the sink's base URL, e.g. https://es.example:9200 (no credentials)"),
+        typer.Argument(
+            help="the sink's base URL, e.g. https://es.example:9200 (no credentials);"
+            " syslog: tls://host[:6514]"
+        ),
     ],
     index: Annotated[
         str | None,
@@ -74,7 +77,8 @@ def add(
     Loki receives each machine's stdout and stderr through its push API,
     labelled org, app, machine and stream. Elasticsearch (or OpenSearch)
     receives one document per line through its bulk API; Splunk through its
-    HTTP Event Collector. Audit events go along as stream "audit". Records
+    HTTP Event Collector; syslog as RFC 5424 messages over TLS (RFC 5425,
+    tls://host[:6514]). Audit events go along as stream "audit". Records
     wait in a disk buffer on the control plane while the sink is down, and
     are retried; any the buffer's cap forces out, or the sink refuses, are
     counted and audited.

@@ -87,6 +87,12 @@ def _save(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _close(sink: _Sink) -> None:
+    close = getattr(sink.driver, "close", None)
+    if callable(close):
+        close()
+
+
 class LogShipper(BackgroundLoop):
     def __init__(
         self, cp: ControlPlane, interval: float = 1.0, clock: Callable[[], float] = time.time
@@ -133,7 +139,7 @@ class LogShipper(BackgroundLoop):
             rows = session.execute(select(LogSinkRow, Org.name).join(Org)).all()
         wanted = {row.id: (row, org) for row, org in rows}
         for gone in set(self._sinks) - set(wanted):
-            del self._sinks[gone]
+            _close(self._sinks.pop(gone))
             shutil.rmtree(self.root / gone, ignore_errors=True)
         for sink_id, (row, org) in wanted.items():
             if sink_id not in self._sinks:
@@ -147,6 +153,15 @@ class LogShipper(BackgroundLoop):
             for leftover in self.root.iterdir():  # removed while the server was down
                 if leftover.name not in wanted:
                     shutil.rmtree(leftover, ignore_errors=True)
+
+    def stop(self) -> None:
+        super().stop()
+        self.close()
+
+    def close(self) -> None:
+        """Close the sinks' connections (the loop stopping, or a test done with it)."""
+        while self._sinks:
+            _close(self._sinks.popitem()[1])
 
     def round(self) -> float | None:
         self._refresh()

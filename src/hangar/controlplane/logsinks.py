@@ -110,11 +110,11 @@ def check_sink_url(url: str, allowed: list[str]) -> None:
     """ValidationError unless ``url`` is one the control plane may ship to."""
     try:
         parts = urlsplit(url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        port = parts.port or {"https": 443, "tls": 6514}.get(parts.scheme, 80)
     except ValueError as exc:
         raise ValidationError(f"sink URL {url!r}: {exc}") from exc
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValidationError(f"sink URL {url!r} is not an http(s) URL")
+    if parts.scheme not in ("http", "https", "tls") or not parts.hostname:
+        raise ValidationError(f"sink URL {url!r} is not an http(s) URL (or tls:// for syslog)")
     if parts.username or parts.password:
         raise ValidationError(
             "a sink URL cannot carry credentials",
@@ -163,6 +163,14 @@ def add_sink(
 ) -> SinkOut:
     """Add a sink; its credential is kept only wrapped by the KEK."""
     _check_kind(kind)
+    scheme = urlsplit(url).scheme
+    if (kind == "syslog") != (scheme == "tls"):
+        raise ValidationError(
+            "a syslog sink is tls://host[:port] (RFC 5425); other sinks are http(s)",
+            hint="Hangar sends syslog over TLS only",
+        )
+    if kind == "syslog" and urlsplit(url).path not in ("", "/"):
+        raise ValidationError("a syslog sink's URL has no path")
     _check_credential(kind, credential)
     _check_index(kind, index)
     check_sink_url(url, cp.settings.allowed_log_sink_hosts)

@@ -31,10 +31,11 @@ class AuthIn(BaseModel):
 
 class SinkIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    kind: str = Field(
-        max_length=32, description="loki, elasticsearch or splunk-hec (syslog: not yet)"
+    kind: str = Field(max_length=32, description="loki, elasticsearch, splunk-hec or syslog")
+    url: str = Field(
+        max_length=2000,
+        description="the sink's base URL, without credentials; syslog: tls://host[:port]",
     )
-    url: str = Field(max_length=2000, description="the sink's base URL, without credentials")
     index: str | None = Field(
         default=None,
         max_length=100,
