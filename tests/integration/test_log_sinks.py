@@ -340,10 +340,17 @@ def test_a_batch_the_sink_refuses_for_good_is_counted_and_audited(
     (event,) = events(control_plane, "logs.sink.dropped")
     # The seven lines and, in the same batch, the audit event that added the sink.
     assert detail(event)["count"] == 7 + 1 and detail(event)["reason"] == "refused"
+    clock = Clock()
+    shipper = LogShipper(control_plane, clock=clock)
+    for _ in range(3):  # still refusing, nothing new: no record of a refusal feeds another
+        clock.now += 120
+        shipper.round()
+    assert len(events(control_plane, "logs.sink.dropped")) == 1
     loki.status = 204
     output.write(2)
-    LogShipper(control_plane, clock=Clock()).round()
+    shipper.round()
     assert numbers(loki.lines) == [7, 8]
+    assert "logs.sink.dropped" not in {a["action"] for a in loki.audit}
 
 
 def test_rotation_between_rounds_loses_nothing(

@@ -87,6 +87,13 @@ def _save(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _refused_by(event: AuditEvent, sink_id: str) -> bool:
+    if event.action != "logs.sink.dropped" or event.target != sink_id:
+        return False
+    detail = json.loads(event.detail) if event.detail else {}
+    return isinstance(detail, dict) and detail.get("reason") == "refused"
+
+
 def _close(sink: _Sink) -> None:
     close = getattr(sink.driver, "close", None)
     if callable(close):
@@ -228,6 +235,9 @@ class LogShipper(BackgroundLoop):
         if not rows:
             return []
         cursors[AUDIT] = {"seq": rows[-1].seq}
+        # A sink's own record of refusing records is not sent to it: refused
+        # again, it would make another, once a round, for as long as it refuses.
+        rows = [r for r in rows if not _refused_by(r, sink.id)]
         return [
             {
                 "ts": r.time,
