@@ -24,6 +24,8 @@ the CLI prints ``error: <message>`` and ``hint: <hint>`` and exits non-zero.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 __all__ = [
     "ApiError",
     "AuthError",
@@ -39,6 +41,7 @@ __all__ = [
     "StoreError",
     "ValidationError",
     "WaitTimeout",
+    "audited",
 ]
 
 
@@ -49,6 +52,9 @@ class HangarError(Exception):
     title: str = "Internal error"
     code: str = "internal"
     exit_code: int = 1
+    # Set once a refusal (401/403) is in the audit trail, so the API's last-resort
+    # auditing in its error handler does not record it twice.
+    audited: bool = False
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -146,6 +152,15 @@ class CommandError(HangarError):
         self.argv = argv
         self.returncode = returncode
         self.stderr = stderr
+
+
+_E = TypeVar("_E", bound=HangarError)
+
+
+def audited(exc: _E) -> _E:
+    """Mark ``exc`` as already written to the audit trail; returns it for ``raise``."""
+    exc.audited = True
+    return exc
 
 
 class ApiError(HangarError):

@@ -193,6 +193,57 @@ def test_server_killed_mid_deploy_finishes_it(deployed: tuple[Server, Path, Path
     assert on_host == [after["id"]]  # nothing orphaned
 
 
+@pytest.mark.parametrize("check", ["/healthz", "/nope"])
+def test_server_killed_mid_blue_green_finishes_it_truthfully(
+    deployed: tuple[Server, Path, Path], check: str
+) -> None:
+    """Killed while a blue-green's new set starts: after a restart the release ends
+    (switched, or the new set removed) and `hangar releases` says what runs."""
+    srv, tmp, agent_root = deployed
+    srv.cli("deploy", "--config", str(write_config(tmp, "good.toml")))
+    srv.cli("machines", "create", "--app", "hello")
+    old = set(machines_via_store(tmp / "data"))
+    blue_green = write_config(tmp, "bg.toml", path=check, wait="8s")
+    text = blue_green.read_text().replace('strategy = "rolling"', 'strategy = "bluegreen"')
+    blue_green.write_text(text.replace("[deploy]\n", '[deploy]\n  bluegreen_grace = "1s"\n'))
+    srv.cli("deploy", "--config", str(blue_green), "--detach")
+
+    def phase() -> str:
+        return str(srv.json("releases", "--app", "hello")[0]["phase"])  # type: ignore[index]
+
+    deadline = time.monotonic() + 60
+    seen = phase()
+    while not seen.startswith("starting 2 new") and time.monotonic() < deadline:
+        time.sleep(0.1)
+        seen = phase()
+    assert seen == "starting 2 new (not serving yet)"
+    srv.process.send_signal(signal.SIGKILL)  # no shutdown of any kind
+    srv.process.wait()
+    port = int(srv.api.rsplit(":", 1)[1])
+    srv.process = start_server(tmp / "data", agent_root / "agent", srv.env, port)
+    deadline = time.monotonic() + 90
+    release: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        release = srv.json("releases", "--app", "hello")[0]  # type: ignore[index]
+        if release["status"] in ("complete", "failed"):
+            break
+        time.sleep(0.3)
+    now = machines(srv)
+    if check == "/healthz":
+        assert (release["status"], release["phase"]) == ("complete", "released")
+        assert len(now) == 2 and not {m["id"] for m in now} & old
+        assert all(m["running_version"] == 2 for m in now)
+    else:
+        assert (release["status"], release["phase"]) == ("failed", "failed")
+        assert str(release["reason"]).endswith("the new machines were removed; v1 kept serving")
+        assert {m["id"] for m in now} == old and all(m["running_version"] == 1 for m in now)
+    deadline = time.monotonic() + 30
+    on_host = agent_root / "agent/state/machines"
+    while time.monotonic() < deadline and len(list(on_host.iterdir())) != 2:
+        time.sleep(0.2)
+    assert sorted(p.name for p in on_host.iterdir()) == sorted(str(m["id"]) for m in now)
+
+
 def machines_via_store(data_dir: Path) -> list[str]:
     import sqlite3
 
@@ -444,3 +495,15 @@ def test_secrets_reach_only_the_machine(deployed: tuple[Server, Path, Path]) -> 
             assert canary not in data, path
     # Where it does live: the machine's bundle, on the agent's 0700 tmpfs.
     assert second.encode() in (bundles / mid / "config.json").read_bytes()
+
+
+def test_watching_the_edge_is_refused_without_an_edge(deployed: tuple[Server, Path, Path]) -> None:
+    """max_error_rate needs the edge on the control plane's host: this one runs none."""
+    srv, tmp, _ = deployed
+    config = write_config(tmp, "watch.toml")
+    text = config.read_text().replace('strategy = "rolling"', 'strategy = "bluegreen"')
+    config.write_text(text.replace("[deploy]\n", "[deploy]\n  max_error_rate = 0.1\n"))
+    refused = srv.cli("deploy", "--config", str(config), check=False)
+    assert refused.returncode != 0
+    assert "max_error_rate needs the edge" in refused.stderr
+    assert srv.json("releases", "--app", "hello") == []  # nothing was made

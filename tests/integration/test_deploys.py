@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,7 +31,13 @@ from tests.integration.conftest import BASE_UID, needs_root
 pytestmark = [pytest.mark.slow, needs_root]
 
 
-def config(check_path: str = "/healthz", greeting: str = "v1", wait: str = "20s") -> AppConfig:
+def config(
+    check_path: str = "/healthz",
+    greeting: str = "v1",
+    wait: str = "20s",
+    strategy: str = "rolling",
+    extra: str = "",
+) -> AppConfig:
     return parse_app_config(f"""
 app = "hello"
 [env]
@@ -44,9 +50,10 @@ app = "hello"
     timeout = "1s"
     path = "{check_path}"
 [deploy]
-  strategy = "rolling"
+  strategy = "{strategy}"
   max_unavailable = 1
   wait_timeout = "{wait}"
+  {extra}
 [[vm]]
   memory = "64mb"
 """)
@@ -69,11 +76,24 @@ class World:
         with self.cp.db.read() as s:
             return active_machines(s, self.app.id)
 
-    def run_until_done(self, version: int, timeout: float = 90) -> Release:
+    def in_rotation(self) -> dict[str, bool]:
+        """Each machine the edge knows of: in rotation or not, as the routing table says."""
+        with self.cp.db.read() as s:
+            table = self.cp.routes.build(s)
+        return {server.name: server.up for route in table.http for server in route.servers}
+
+    def run_until_done(
+        self,
+        version: int,
+        timeout: float = 90,
+        observe: Callable[[], None] | None = None,
+    ) -> Release:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self.cp.db.write() as s:
                 step_all(s, self.cp.audit, time.time())
+            if observe is not None:
+                observe()
             self.agent.tick(time.time())
             healthy = sum(1 for m in self.machines() if m.healthy and m.state == "started")
             self.healthy_floor = (
@@ -171,3 +191,110 @@ def test_first_deploy_rolling_deploy_and_rollback(world: World, runtime: RuncRun
     rolled = {e.machine_id for e in events if (e.kind, e.detail) == ("rollback", "to v2")}
     touched = {e.machine_id for e in events if (e.kind, e.detail) == ("release", "to v3")}
     assert touched and rolled == touched
+
+
+def three_healthy(world: World) -> list[str]:
+    """A first release, then two more machines at it: three healthy machines at v1."""
+    v1 = world.run_until_done(world.release(config()))
+    assert v1.status == "complete", v1.detail
+    with world.cp.db.write() as s:
+        app = s.get(App, world.app.id)
+        assert app is not None
+        for _ in range(2):
+            create_machine(s, app, 1, None)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (
+        len(world.machines()) == 3 and all(m.healthy for m in world.machines())
+    ):
+        world.agent.tick(time.time())
+        time.sleep(0.1)
+    assert all(m.healthy and m.running_version == 1 for m in world.machines())
+    return sorted(m.id for m in world.machines())
+
+
+def release_moves(world: World, version: int) -> set[str]:
+    with world.cp.db.read() as s:
+        events = s.execute(select(MachineEvent)).scalars().all()
+    return {e.machine_id for e in events if (e.kind, e.detail) == ("release", f"to v{version}")}
+
+
+def test_a_canary_that_fails_its_check_is_the_only_machine_moved(world: World) -> None:
+    old = three_healthy(world)
+    v2 = world.run_until_done(
+        world.release(config(check_path="/nope", wait="3s", strategy="canary"))
+    )
+    assert v2.status == "failed" and v2.strategy == "canary"
+    detail = json.loads(v2.detail)
+    assert "rolled back to v1" in detail["reason"] and detail["phase"] == "failed"
+    assert len(release_moves(world, 2)) == 1  # the canary, and no other
+    # "Rolled back" is what the machines run when the release says so.
+    assert sorted(m.id for m in world.machines()) == old
+    assert all(m.version == 1 and m.running_version == 1 for m in world.machines())
+
+    v3 = world.run_until_done(world.release(config(greeting="v3", strategy="canary")))
+    assert v3.status == "complete"
+    assert release_moves(world, 3) == set(old)
+    assert all(m.running_version == 3 for m in world.machines())
+
+
+def test_blue_green_switches_the_edge_at_once(world: World, runtime: RuncRuntime) -> None:
+    old = set(three_healthy(world))
+    seen: list[dict[str, bool]] = []
+    version = world.release(
+        config(greeting="v2", strategy="bluegreen", extra='bluegreen_grace = "1s"')
+    )
+    v2 = world.run_until_done(version, observe=lambda: seen.append(world.in_rotation()))
+    assert v2.status == "complete", v2.detail
+    new = {m.id for m in world.machines()}
+    assert len(new) == 3 and not new & old
+    for table in seen:
+        serving = {name for name, up in table.items() if up}
+        # Never a mix: the old set serves until the switch, then only the new one.
+        assert serving <= old or serving <= new, table
+        if serving & old:
+            assert serving == old  # no old machine leaves before the switch
+    assert any(serving == new for serving in ({n for n, up in t.items() if up} for t in seen))
+    for machine in world.machines():
+        assert b"GREETING=v2" in runtime.exec(machine.id, ["/bin/env"]).stdout
+    with world.cp.db.read() as s:
+        actions = [e.action for e in s.execute(select(AuditEvent)).scalars()]
+    assert "release.switch" in actions
+
+
+def test_a_failed_blue_green_never_serves(world: World) -> None:
+    old = set(three_healthy(world))
+    seen: list[dict[str, bool]] = []
+    version = world.release(config(check_path="/nope", wait="3s", strategy="bluegreen"))
+    v2 = world.run_until_done(version, observe=lambda: seen.append(world.in_rotation()))
+    assert v2.status == "failed"
+    reason = json.loads(v2.detail)["reason"]
+    assert reason.endswith("the new machines were removed; v1 kept serving")
+    for table in seen:
+        assert {name for name, up in table.items() if up} <= old, table
+    assert {m.id for m in world.machines()} == old  # the new set is gone
+    assert all(m.running_version == 1 for m in world.machines())
+
+
+def test_a_machine_leaves_rotation_and_drains_before_it_is_replaced(world: World) -> None:
+    three_healthy(world)
+    seen: list[tuple[dict[str, bool], dict[str, tuple[int, int | None]]]] = []
+
+    def observe() -> None:
+        rows = {m.id: (m.version, m.running_version) for m in world.machines()}
+        seen.append((world.in_rotation(), rows))
+
+    version = world.release(config(greeting="v2", extra='drain_timeout = "1s"'))
+    v2 = world.run_until_done(version, observe=observe)
+    assert v2.status == "complete", v2.detail
+    for machine in world.machines():
+        moved = next(n for n, (_, rows) in enumerate(seen) if rows[machine.id][0] == 2)
+        # Before it was told to move, it ran v1 out of rotation: drained, not stopped.
+        drained = [
+            n
+            for n, (table, rows) in enumerate(seen[:moved])
+            if rows[machine.id] == (1, 1) and table[machine.id] is False
+        ]
+        assert drained, machine.id
+    # And at most one machine was out of rotation at a time (max_unavailable 1).
+    for table, _ in seen:
+        assert sum(1 for up in table.values() if not up) <= 1, table

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -141,3 +144,46 @@ def test_one_bad_assignment_does_not_stop_the_others(
         assert leftovers(runtime, "r-bad") == []
     finally:
         runtime.remove("r-good")
+
+
+def _kill_everything_of(runtime: RuncRuntime, machine_ids: list[str]) -> None:
+    """As a reboot would: every shim and every machine process gone at once, SIGKILL."""
+    for machine_id in machine_ids:
+        machine = runtime.state_dir / "machines" / machine_id
+        pids = [int((machine / name).read_text()) for name in ("shim.pid", "container.pid")]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    for machine_id in machine_ids:
+        wait_for(lambda m=machine_id: runtime.state(m).status == "stopped")  # type: ignore[misc]
+
+
+def test_after_a_host_restart_each_machine_comes_back_as_its_policy_says(
+    reconciler: Reconciler, runtime: RuncRuntime, base_dir: Path
+) -> None:
+    policies = {"r-always": "always", "r-onfail": "on-failure", "r-never": "no"}
+    wanted = [
+        assignment(base_dir, machine_id, 10 + n, restart=RestartPolicy(policy, base_delay=0.05))
+        for n, (machine_id, policy) in enumerate(policies.items())
+    ]
+    try:
+        settle(reconciler, wanted)
+        for machine_id in policies:
+            assert runtime.state(machine_id).status == "running"
+        before = {m: runtime.state(m).pid for m in policies}
+        # The agent dies too: nothing of it survives but its state directory.
+        _kill_everything_of(runtime, list(policies))
+        fresh = Reconciler(
+            RuncRuntime(runtime.state_dir, runtime.bundles_dir, uid_base=BASE_UID),
+            reconciler.images,
+            base_dir / "agent",
+        )
+        settle(fresh, wanted)
+        for machine_id in ("r-always", "r-onfail"):
+            state = runtime.state(machine_id)
+            assert state.status == "running" and state.pid != before[machine_id]
+            wait_for(lambda m=machine_id: healthy(fresh, m))  # type: ignore[misc]
+        assert runtime.state("r-never").status == "stopped"  # policy "no": left stopped
+    finally:
+        for machine_id in policies:
+            runtime.remove(machine_id)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from hangar.agent.runtimes.base import MachineSpec
-from hangar.agent.runtimes.ociconfig import CAPABILITIES
+from hangar.agent.runtimes.ociconfig import CAPABILITIES, INIT_PATH
 from hangar.agent.runtimes.runc import RuncRuntime
-from hangar.errors import CommandError, Conflict, ValidationError, WaitTimeout
+from hangar.errors import CommandError, ConfigError, Conflict, ValidationError, WaitTimeout
 from hangar.images.store import Image
 from tests.integration.conftest import (
     BASE_UID,
@@ -151,7 +151,9 @@ def test_machines_cannot_see_each_other(
     wait_for(lambda: runtime.exec("m-a", ["cat", "/tmp/a-secret"]).stdout == b"secret\n")
     ps = runtime.exec("m-b", ["ps"]).stdout.decode()
     assert "sleep 60" in ps and "a-secret" not in ps
-    assert len([line for line in ps.splitlines()[1:] if line.strip()]) == 2  # sleep and ps
+    procs = [line for line in ps.splitlines()[1:] if line.strip()]
+    assert len(procs) == 3  # the init, sleep and ps: nothing of m-a's
+    assert procs[0].split()[0] == "1" and INIT_PATH in procs[0]
     peek = runtime.exec("m-b", ["cat", "/tmp/a-secret"])
     assert peek.exit_code != 0
 
@@ -167,6 +169,55 @@ def test_stop_sends_the_signal_then_kills(
     started = time.monotonic()
     stopped = runtime.stop("m-stubborn", signal="SIGTERM", timeout=1)
     assert stopped.exit_code == 137 and time.monotonic() - started < 15
+
+
+def test_the_init_is_pid_1_and_forwards_the_kill_signal(
+    runtime: RuncRuntime, image: Image, machines: list[str]
+) -> None:
+    """A program with no handler for the kill signal stops on it at once: it is not PID 1."""
+    for signal, number in (("SIGTERM", 15), ("SIGINT", 2), ("SIGUSR1", 10)):
+        machine_id = f"m-sig{number}"
+        machines.append(machine_id)
+        # exec: sleep itself is the app, installing no handler at all.
+        runtime.start(spec(image, machine_id, "exec sleep 60"))
+        pid1 = runtime.exec(machine_id, ["cat", "/proc/1/cmdline"]).stdout.split(b"\0")
+        assert pid1[:4] == [INIT_PATH.encode(), b"--", b"/bin/sh", b"-c"]
+        started = time.monotonic()
+        stopped = runtime.stop(machine_id, signal=signal, timeout=30)
+        # The app's own status: killed by the signal it was sent, not SIGKILL.
+        assert stopped.status == "stopped" and stopped.exit_code == 128 + number
+        assert time.monotonic() - started < 30  # never reached the kill timeout
+
+
+def test_the_init_reaps_orphans_and_runs_as_the_machines_user(
+    runtime: RuncRuntime, image: Image, machines: list[str]
+) -> None:
+    machines.append("m-reap")
+    # Orphans: children of a shell that exits at once, reparented to PID 1.
+    script = "for i in 1 2 3 4 5; do sh -c 'sleep 0.2 &'; done; exec sleep 60"
+    runtime.start(spec(image, "m-reap", script, uid=1000, gid=1000))
+
+    def states() -> list[str]:
+        out = runtime.exec("m-reap", ["cat", "/proc/1/status"]).stdout.decode()
+        assert "Uid:\t1000" in out  # the init runs as the machine's user
+        ps = runtime.exec("m-reap", ["ps", "-o", "stat,args"]).stdout.decode()
+        return [line.split()[0] for line in ps.splitlines()[1:] if line.strip()]
+
+    time.sleep(1)  # the orphans have exited by now
+    wait_for(lambda: "Z" not in "".join(states()))
+    ps = runtime.exec("m-reap", ["ps", "-o", "user,args"]).stdout.decode()
+    app = next(line for line in ps.splitlines() if "sleep 60" in line)
+    assert app.split()[0] == "1000"  # the app runs as the image's user too
+
+
+def test_a_missing_init_is_a_clear_error(tmp_path: Path, image: Image, base_dir: Path) -> None:
+    broken = RuncRuntime(
+        base_dir / "state-noinit", base_dir / "bundles-noinit", uid_base=BASE_UID,
+        mount_tmpfs=False, init=tmp_path / "no-tini",
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"init .* is missing"):
+        broken.start(spec(image, "m-noinit", "true"))
+    assert broken.list() == []
 
 
 def test_bad_input_creates_nothing(runtime: RuncRuntime, image: Image) -> None:

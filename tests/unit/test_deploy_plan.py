@@ -13,21 +13,28 @@ from hangar.domain import deploys
 from hangar.domain.deploys import (
     BatchDone,
     CreateMachine,
+    CreateStandby,
     DeployPlan,
     DestroyMachine,
+    DrainMachines,
     Fail,
     Machine,
     MarkReleased,
     Release,
     ReleaseCommand,
     ReleaseStatus,
+    Revert,
     RollBack,
     Rollout,
     RunReleaseCommand,
     StartRelease,
+    Switch,
+    SwitchBack,
     UpdateMachines,
     Wait,
     batch_size,
+    out_of_rotation,
+    phase,
     plan,
 )
 from hangar.domain.machines import MachineState
@@ -85,6 +92,32 @@ class World:
                         r.rollout, touched=(*r.rollout.touched, mid), batch=(mid,)
                     )
                     r = dataclasses.replace(r, rollout=rollout)
+                case CreateStandby(count=count, version=version):
+                    made = []
+                    for _ in range(count):
+                        mid = f"new{self.created}"
+                        self.created += 1
+                        self.machines[mid] = Machine(mid, version)
+                        made.append(mid)
+                    assert r.rollout is not None
+                    rollout = dataclasses.replace(
+                        r.rollout,
+                        touched=(*r.rollout.touched, *made),
+                        standby=tuple(made),
+                        batch=tuple(made),
+                        batch_started_at=self.now,
+                    )
+                    r = dataclasses.replace(r, rollout=rollout)
+                case DrainMachines(machine_ids=ids):
+                    assert r.rollout is not None
+                    rollout = dataclasses.replace(
+                        r.rollout, draining=ids, drain_started_at=self.now
+                    )
+                    r = dataclasses.replace(r, rollout=rollout)
+                case Switch(retired=retired):
+                    assert r.rollout is not None
+                    rollout = dataclasses.replace(r.rollout, retired=retired, switched_at=self.now)
+                    r = dataclasses.replace(r, rollout=rollout)
                 case BatchDone():
                     assert r.rollout is not None
                     r = dataclasses.replace(r, rollout=dataclasses.replace(r.rollout, batch=()))
@@ -99,9 +132,15 @@ class World:
                         touched=(*r.rollout.touched, *ids),
                         batch=ids,
                         batch_started_at=self.now,
+                        draining=(),
                     )
                     r = dataclasses.replace(r, rollout=rollout)
-                case RollBack(machine_ids=ids, version=version):
+                case RollBack(machine_ids=ids, version=version, reason=reason):
+                    assert r.rollout is not None
+                    rollout = dataclasses.replace(
+                        r.rollout, failure=reason, rollback_started_at=self.now, batch=()
+                    )
+                    r = dataclasses.replace(r, rollout=rollout)
                     for mid in ids:
                         m = self.machines[mid]
                         self.machines[mid] = (
@@ -109,6 +148,14 @@ class World:
                             if version is None
                             else dataclasses.replace(m, version=version)
                         )
+                case Revert(machine_ids=ids, version=version):
+                    for mid in ids:
+                        self.machines[mid] = dataclasses.replace(
+                            self.machines[mid], version=version
+                        )
+                    assert r.rollout is not None
+                    rollout = dataclasses.replace(r.rollout, draining=(), batch_started_at=self.now)
+                    r = dataclasses.replace(r, rollout=rollout)
                 case MarkReleased():
                     r = dataclasses.replace(r, status=ReleaseStatus.COMPLETE)
                 case Fail():
@@ -178,7 +225,10 @@ def worlds(draw: st.DrawFn) -> World:
         strategy=draw(st.sampled_from(["immediate", "rolling", "canary", "bluegreen"])),
         status=ReleaseStatus.PENDING,
         max_unavailable=draw(st.sampled_from([0.2, 0.5, 0.99, 1.0, 2.0, 3.0])),
+        max_unavailable_percent=draw(st.sampled_from([None, 1.0, 25.0, 50.0, 100.0])),
         wait_timeout=draw(st.floats(1, 60)),
+        drain_timeout=draw(st.sampled_from([0.0, 1.0, 5.0])),
+        bluegreen_grace=draw(st.sampled_from([0.0, 3.0, 30.0])),
         needs_health=draw(st.booleans()),
         command=ReleaseCommand(command) if command else None,
         previous=OLD if count else None,
@@ -189,10 +239,12 @@ def worlds(draw: st.DrawFn) -> World:
 
 def bound(world: World) -> int:
     """Steps within which any release finishes when the clock moves >= 1s a step."""
-    per_wait = math.ceil(world.release.wait_timeout) + 2
+    r = world.release
+    per_wait = math.ceil(r.wait_timeout + r.drain_timeout) + 4
     batches = len(world.serving()) + 1
     leases = 200  # every lease has ended 100s after the start
-    return (batches + 1) * per_wait + leases
+    # Rolling back waits for the machines it moved as a batch waits for them.
+    return (2 * batches + 2) * per_wait + leases + math.ceil(r.bluegreen_grace)
 
 
 def run(world: World, steps: st.DataObject) -> list[DeployPlan]:
@@ -202,6 +254,7 @@ def run(world: World, steps: st.DataObject) -> list[DeployPlan]:
         if world.release.status in (ReleaseStatus.COMPLETE, ReleaseStatus.FAILED):
             return plans
         planned = plan(world.release, list(world.machines.values()), world.now)
+        assert phase(world.release)  # every state has words for `hangar releases`
         check_plan(world, planned)
         plans.append(planned)
         world.apply(planned)
@@ -223,25 +276,89 @@ def check_plan(world: World, planned: DeployPlan) -> None:
                     m = serving[mid]  # never a one-off, never one being destroyed
                     assert m.version != r.version
                     assert m.lease_expires_at is None or m.lease_expires_at <= world.now
+                assert r.strategy != "bluegreen"  # a blue-green never moves a machine
+                assert r.rollout is not None
+                if r.drain_timeout > 0:  # each left rotation and drained first
+                    assert set(ids) == set(r.rollout.draining)
+                    assert r.rollout.drain_started_at is not None
+                    assert world.now - r.rollout.drain_started_at >= r.drain_timeout
+                if r.strategy == "canary" and not r.rollout.touched:
+                    assert len(ids) == 1  # the canary goes alone
+                else:
+                    assert len(ids) <= batch_size(r, len(ids), len(serving))
+            case DrainMachines(machine_ids=ids):
+                assert r.strategy != "bluegreen" and r.drain_timeout > 0
+                assert r.rollout is not None
+                rolling_back = r.rollout.rollback_started_at is not None
+                for mid in ids:
+                    if rolling_back:  # it serves the new version: it drains, then goes back
+                        assert mid in r.rollout.touched and serving[mid].version == r.version
+                    else:
+                        assert serving[mid].version != r.version
+            case Revert(machine_ids=ids, version=version):
+                assert r.rollout is not None and r.rollout.rollback_started_at is not None
+                assert version == r.rollout.previous and set(ids) <= set(r.rollout.touched)
                 assert len(ids) <= batch_size(r, len(ids), len(serving))
-            case RollBack(machine_ids=ids):
+                if r.drain_timeout > 0:  # each left rotation and drained first
+                    assert set(ids) == set(r.rollout.draining)
+                    assert r.rollout.drain_started_at is not None
+                    assert world.now - r.rollout.drain_started_at >= r.drain_timeout
+            case RollBack(machine_ids=ids, version=version):
                 assert r.rollout is not None
                 assert set(ids) <= set(r.rollout.touched) and set(ids) <= set(serving)
+                if r.rollout.standby:  # a blue-green's failed new set is removed
+                    assert version is None and set(ids) <= set(r.rollout.standby)
+                    assert r.rollout.switched_at is None
             case DestroyMachine(machine_id=mid):
-                assert r.command is not None and mid == r.command.machine_id == "cmd"
+                if r.strategy == "bluegreen" and r.rollout is not None and r.rollout.switched_at:
+                    # The old set, only once its grace period is over.
+                    assert mid in r.rollout.retired
+                    grace = max(r.bluegreen_grace, r.drain_timeout)
+                    assert world.now - r.rollout.switched_at >= grace
+                else:
+                    assert r.command is not None and mid == r.command.machine_id == "cmd"
+            case Fail():
+                rollout = r.rollout
+                if rollout is not None and rollout.rollback_started_at is not None:
+                    # Rolled back, as it says: the machines run the previous version.
+                    moved = [m for m in serving.values() if m.id in rollout.touched]
+                    if rollout.standby:
+                        assert not [m for m in moved if m.id in rollout.standby]
+                    elif rollout.previous is None:
+                        assert moved == []
+                    elif "rolled back to" in action.reason:
+                        assert all(m.running_version == rollout.previous for m in moved)
             case _:
                 pass
 
 
 def check_availability(world: World) -> None:
-    """While it rolls, a release keeps all but one batch of machines ready."""
+    """While it rolls, a release keeps all but one batch of machines in rotation
+    (ready and not held out); a blue-green keeps the whole old set until its switch,
+    and no new machine serves before it."""
     r = world.release
-    if r.status != ReleaseStatus.RUNNING or r.strategy == "immediate":
+    if r.status != ReleaseStatus.RUNNING or r.strategy == "immediate" or r.rollout is None:
         return
+    rollout = r.rollout
+    if rollout.rollback_started_at is not None:
+        return  # failing: the machines it moved are on their way back
+    held = out_of_rotation(rollout)
     serving = world.serving()
-    down = [m for m in serving if not ready(m, r.needs_health)]
+    in_rotation = [m for m in serving if ready(m, r.needs_health) and m.id not in held]
+    if r.strategy == "bluegreen":
+        new = [m for m in serving if m.id in rollout.standby]
+        old = [m for m in serving if m.id not in rollout.standby]
+        if rollout.switched_at is None:
+            assert not [m for m in in_rotation if m.id in rollout.standby]
+            if rollout.previous is not None and new:
+                assert {m.id for m in old} <= {m.id for m in in_rotation}
+        else:
+            assert not [m for m in in_rotation if m.id in rollout.retired]
+            assert {m.id for m in new} <= {m.id for m in in_rotation}
+        return
     if serving:
-        assert len(down) <= batch_size(r, len(serving), len(serving))
+        out = len(serving) - len(in_rotation)
+        assert out <= batch_size(r, len(serving), len(serving))
 
 
 @given(worlds(), st.data())
@@ -280,7 +397,10 @@ def test_a_failing_check_rolls_every_machine_back(world: World, data: st.DataObj
     plans = run(world, data)
     assert world.release.status == ReleaseStatus.FAILED
     (rollback,) = [a for p in plans for a in p.actions if isinstance(a, RollBack)]
-    assert rollback.version == world.release.previous
+    if world.release.strategy == "bluegreen" and world.release.previous is not None:
+        assert rollback.version is None  # the new set never served: it goes
+    else:
+        assert rollback.version == world.release.previous
     world.tick()
     serving = world.serving()
     if world.release.previous is None:
@@ -288,7 +408,9 @@ def test_a_failing_check_rolls_every_machine_back(world: World, data: st.DataObj
     else:
         assert serving and all(m.version == OLD and m.running_version == OLD for m in serving)
     (fail,) = [a for p in plans for a in p.actions if isinstance(a, Fail)]
-    if world.release.previous is not None:
+    if world.release.previous is not None and world.release.strategy == "bluegreen":
+        assert fail.reason.endswith(f"the new machines were removed; v{OLD} kept serving")
+    elif world.release.previous is not None:
         assert fail.reason.endswith(f"; rolled back to v{OLD}")
 
 
@@ -351,7 +473,7 @@ def test_release_command_runs_first_then_the_release_starts() -> None:
 
 @pytest.mark.parametrize(
     ("strategy", "max_unavailable", "moved"),
-    [("rolling", 1, 1), ("rolling", 2, 2), ("rolling", 0.5, 3), ("canary", 0.3, 2),
+    [("rolling", 1, 1), ("rolling", 2, 2), ("rolling", 0.5, 3), ("canary", 0.3, 1),
      ("immediate", 1, 5)],
 )  # fmt: skip
 def test_batch_sizes(strategy: str, max_unavailable: float, moved: int) -> None:
@@ -378,14 +500,29 @@ def test_a_crashed_machine_is_named_in_the_reason() -> None:
     rollout = Rollout(OLD, touched=("m0",), batch=("m0",), batch_started_at=0)
     release = Release(NEW, "rolling", ReleaseStatus.RUNNING, rollout=rollout)
     crashed = Machine("m0", NEW, state=S.FAILED, exit_code=3)
-    assert plan(release, [crashed, up(Machine("m1", OLD))], 1).actions == (
-        RollBack(("m0",), OLD),
-        Fail("machine m0 failed: exit 3; rolled back to v1"),
-    )
+    (rollback,) = plan(release, [crashed, up(Machine("m1", OLD))], 1).actions
+    assert rollback == RollBack(("m0",), OLD, "machine m0 failed: exit 3")
     slow = Machine("m0", NEW, state=S.STARTING)
     assert plan(release, [slow], 301).actions == (
-        RollBack(("m0",), OLD),
-        Fail("machines were not healthy within 301s; rolled back to v1"),
+        RollBack(("m0",), OLD, "machines were not healthy within 301s"),
+    )
+    # The release says it rolled back only once the machine runs the old version.
+    rolling_back = dataclasses.replace(
+        release,
+        rollout=dataclasses.replace(
+            rollout, batch=(), failure="machine m0 failed: exit 3", rollback_started_at=1
+        ),
+    )
+    still_new = Machine("m0", OLD, state=S.STARTED, running_version=NEW, healthy=True)
+    assert plan(rolling_back, [still_new], 2).actions == (Wait("rolling back"),)
+    assert phase(rolling_back) == "rolling back to v1"
+    assert plan(rolling_back, [up(Machine("m0", OLD))], 3).actions == (
+        Fail("machine m0 failed: exit 3; rolled back to v1"),
+    )
+    assert plan(rolling_back, [still_new], 302).actions == (
+        Fail(
+            "machine m0 failed: exit 3; rolling back did not finish within 300s: m0 not yet at v1"
+        ),
     )
 
 
@@ -399,3 +536,149 @@ def test_the_module_does_no_io() -> None:
         assert module in ("__future__", "math", "collections.abc", "dataclasses", "enum") or (
             module.startswith("hangar.domain") or module == "hangar.errors"
         ), line
+
+
+@given(worlds(), st.data())
+@settings(max_examples=100, deadline=None)
+def test_a_canary_that_fails_its_check_is_the_only_machine_moved(
+    world: World, data: st.DataObject
+) -> None:
+    world.outcomes = [data.draw(st.sampled_from(["unhealthy", "crash", "exits", "slow"]))]
+    world.release = dataclasses.replace(
+        world.release, strategy="canary", needs_health=True, command=None
+    )
+    plans = run(world, data)
+    assert world.release.status == ReleaseStatus.FAILED
+    moved = {mid for p in plans for a in p.actions if isinstance(a, UpdateMachines)
+             for mid in a.machine_ids}  # fmt: skip
+    assert len(moved) <= 1
+
+
+@given(worlds(), st.data())
+@settings(max_examples=100, deadline=None)
+def test_a_failed_blue_green_never_serves_and_leaves_the_old_set_alone(
+    world: World, data: st.DataObject
+) -> None:
+    world.outcomes = [data.draw(st.sampled_from(["unhealthy", "crash", "exits", "slow"]))]
+    world.release = dataclasses.replace(
+        world.release, strategy="bluegreen", needs_health=True, command=None
+    )
+    before = {m.id: m for m in world.serving()}
+    plans = run(world, data)  # check_availability: no new machine is ever in rotation
+    assert world.release.status == ReleaseStatus.FAILED
+    assert not [a for p in plans for a in p.actions if isinstance(a, Switch | UpdateMachines)]
+    world.tick()
+    if before:
+        assert {m.id: m.version for m in world.serving()} == {
+            mid: m.version for mid, m in before.items()
+        }
+
+
+def test_blue_green_switches_at_once_and_keeps_the_old_set_for_its_grace() -> None:
+    old = [up(Machine(f"m{i}", OLD)) for i in range(3)]
+    release = Release(
+        NEW, "bluegreen", ReleaseStatus.RUNNING, rollout=Rollout(OLD), bluegreen_grace=30
+    )
+    assert plan(release, old, 0).actions == (CreateStandby(3, NEW),)
+    new = tuple(up(Machine(f"n{i}", NEW)) for i in range(3))
+    rollout = Rollout(OLD, touched=("n0", "n1", "n2"), standby=("n0", "n1", "n2"),
+                      batch=("n0", "n1", "n2"), batch_started_at=0)  # fmt: skip
+    release = dataclasses.replace(release, rollout=rollout)
+    assert out_of_rotation(rollout) == {"n0", "n1", "n2"}
+    assert plan(release, [*old, *new], 1).actions == (BatchDone(), Switch(("m0", "m1", "m2")))
+    switched = dataclasses.replace(rollout, batch=(), retired=("m0", "m1", "m2"), switched_at=1)
+    assert out_of_rotation(switched) == {"m0", "m1", "m2"}
+    release = dataclasses.replace(release, rollout=switched)
+    assert plan(release, [*old, *new], 30).actions == (
+        Wait("the old set is kept until its grace period ends"),
+    )
+    assert plan(release, [*old, *new], 31).actions == tuple(
+        DestroyMachine(f"m{i}") for i in range(3)
+    )
+    assert plan(release, list(new), 32).actions == (MarkReleased(),)
+
+
+def test_rolling_drains_before_it_moves_and_counts_percentages() -> None:
+    machines = [up(Machine(f"m{i}", OLD)) for i in range(8)]
+    release = Release(
+        NEW, "rolling", ReleaseStatus.RUNNING, rollout=Rollout(OLD),
+        max_unavailable_percent=25, drain_timeout=2,
+    )  # fmt: skip
+    assert plan(release, machines, 0).actions == (DrainMachines(("m0", "m1")),)
+    draining = Rollout(OLD, draining=("m0", "m1"), drain_started_at=0)
+    release = dataclasses.replace(release, rollout=draining)
+    assert out_of_rotation(draining) == {"m0", "m1"}
+    assert phase(release) == "draining 2"
+    assert plan(release, machines, 1).actions == (
+        Wait("machines out of rotation are finishing their requests"),
+    )
+    assert plan(release, machines, 2).actions == (UpdateMachines(("m0", "m1"), NEW),)
+
+
+def test_machines_that_serve_the_new_version_drain_before_they_roll_back() -> None:
+    served = [up(Machine(f"m{i}", NEW)) for i in range(2)]
+    crashed = Machine("m2", NEW, state=S.FAILED, exit_code=1)
+    rollout = Rollout(OLD, touched=("m0", "m1", "m2"), batch=("m2",), batch_started_at=0)
+    release = Release(NEW, "rolling", ReleaseStatus.RUNNING, rollout=rollout, drain_timeout=2)
+    # The crashed one serves nothing: it goes back at once; the others wait their turn.
+    (rollback,) = plan(release, [*served, crashed], 1).actions
+    assert rollback == RollBack(("m2",), OLD, "machine m2 failed: exit 1")
+    back = dataclasses.replace(rollout, batch=(), failure=rollback.reason, rollback_started_at=1)
+    release = dataclasses.replace(release, rollout=back)
+    m2 = up(Machine("m2", OLD))
+    assert plan(release, [*served, m2], 2).actions == (DrainMachines(("m0",)),)
+    draining = dataclasses.replace(back, draining=("m0",), drain_started_at=2)
+    release = dataclasses.replace(release, rollout=draining)
+    assert out_of_rotation(draining) == {"m0"}  # it serves no new request while it drains
+    assert phase(release) == "draining 1 to roll back to v1"
+    assert plan(release, [*served, m2], 3).actions == (
+        Wait("machines out of rotation are finishing their requests"),
+    )
+    assert plan(release, [*served, m2], 4).actions == (Revert(("m0",), OLD),)
+    reverted = dataclasses.replace(draining, draining=(), batch_started_at=4)
+    release = dataclasses.replace(release, rollout=reverted)
+    starting = Machine("m0", OLD, state=S.STARTING)
+    assert plan(release, [starting, served[1], m2], 5).actions == (Wait("rolling back"),)
+    assert plan(release, [up(Machine("m0", OLD)), served[1], m2], 6).actions == (
+        DrainMachines(("m1",)),
+    )
+
+
+def test_blue_green_switches_back_when_the_edge_answers_5xx_after_the_switch() -> None:
+    old = [up(Machine(f"m{i}", OLD)) for i in range(2)]
+    new = [up(Machine(f"n{i}", NEW)) for i in range(2)]
+    switched = Rollout(OLD, touched=("n0", "n1"), standby=("n0", "n1"), retired=("m0", "m1"),
+                       switched_at=10, edge_at_switch=(1000, 3))  # fmt: skip
+    release = Release(
+        NEW, "bluegreen", ReleaseStatus.RUNNING, rollout=switched, bluegreen_grace=5,
+        max_error_rate=0.1, error_window=30,
+    )  # fmt: skip
+
+    def at(counts: tuple[int, int] | None, now: float) -> tuple[object, ...]:
+        return plan(dataclasses.replace(release, edge_counts=counts), [*old, *new], now).actions
+
+    grace = Wait("the old set is kept until its grace period ends")
+    assert at((1100, 13), 11) == (grace,)  # 10 of 100 since the switch: not over 10%
+    assert at((1010, 9), 11) == (grace,)  # too few requests to tell
+    (back,) = at((1100, 14), 11)
+    assert back == SwitchBack(
+        ("n0", "n1"), "the edge answered 11 of 100 requests with 5xx after the switch (over 10%)"
+    )
+    assert at((50, 40), 11) == (
+        SwitchBack(
+            ("n0", "n1"), "the edge answered 40 of 50 requests with 5xx after the switch (over 10%)"
+        ),
+    )  # the counters restarted (a reload): counted from zero
+    assert at(None, 11) == (grace,)  # the edge cannot say: nothing decided
+    # The old set is kept through the whole window, then the watch ends.
+    assert at((1100, 13), 39) == (grace,)
+    assert at((1100, 90), 41) == tuple(DestroyMachine(f"m{i}") for i in range(2))
+    # Switched back: the old set serves again, the new set is held out until it is gone.
+    back_rollout = dataclasses.replace(
+        switched, retired=(), failure=back.reason, rollback_started_at=11
+    )
+    assert out_of_rotation(back_rollout) == {"n0", "n1"}
+    release = dataclasses.replace(release, rollout=back_rollout)
+    assert plan(release, old, 12).actions == (
+        Fail(f"{back.reason}; switched back to v1; the new machines were removed"),
+    )

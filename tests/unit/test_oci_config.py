@@ -8,15 +8,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hangar.agent.runtimes.base import MachineSpec
-from hangar.agent.runtimes.ociconfig import CAPABILITIES, oci_config
+from hangar.agent.runtimes.ociconfig import CAPABILITIES, INIT_PATH, oci_config
 from hangar.errors import ValidationError
 
 FILES = Path("/run/hangar/bundles/m1/files")
+INIT = Path("/usr/bin/tini-static")
 
 
 def config(**kw: object) -> dict[str, object]:
     spec = MachineSpec(id="m1", rootfs=Path("/images/x/rootfs"), args=["/app"], **kw)  # type: ignore[arg-type]
-    return oci_config(spec, uid_base=100000, id_range=65536, files_dir=FILES)
+    return oci_config(spec, uid_base=100000, id_range=65536, files_dir=FILES, init=INIT)
 
 
 def test_hardening_defaults() -> None:
@@ -101,3 +102,21 @@ def test_secret_files_are_read_only_binds_from_the_bundle() -> None:
     assert order.index("/run") < order.index("/run/secrets/db")
     assert order.index("/tmp") < order.index("/tmp/a")
     assert "content-" not in str(c)  # contents are written beside it, never into the config
+
+
+def test_the_init_is_pid_1_read_only_and_needs_no_image_write() -> None:
+    c = config()
+    process = c["process"]
+    # The command follows "--": an argument like "-s" is the app's, never the init's.
+    assert process["args"] == [INIT_PATH, "--", "/app"]  # type: ignore[index]
+    mounts = [m for m in c["mounts"] if m["destination"] == INIT_PATH]  # type: ignore[index,union-attr,attr-defined]
+    assert len(mounts) == 1
+    (init,) = mounts
+    assert init["source"] == str(INIT) and init["type"] == "none"
+    assert {"bind", "ro", "nosuid", "nodev"} <= set(init["options"])
+    # It lands on the machine's own /dev tmpfs (mounted before it), not in the image.
+    order = [m["destination"] for m in c["mounts"]]  # type: ignore[index,union-attr,attr-defined]
+    assert INIT_PATH.startswith("/dev/") and order.index("/dev") < order.index(INIT_PATH)
+    assert c["root"]["readonly"] is True  # type: ignore[index]
+    # It runs as the machine's user, as the command does.
+    assert config(uid=1000, gid=1000)["process"]["user"] == {"uid": 1000, "gid": 1000}  # type: ignore[index]

@@ -161,3 +161,17 @@ def test_a_new_generation_restarts_in_place() -> None:
     seen = {"m": Observed("m", 1, "running", generation=1)}
     assert plan(want, seen, 0) == [Action(ActionKind.REPLACE, "m", "restart requested")]
     assert plan(want, {"m": Observed("m", 1, "running", generation=2)}, 0) == []
+
+
+@given(st.floats(0, 1e9))
+def test_a_machine_that_vanished_unwatched_is_restarted_by_its_policy(now: float) -> None:
+    """A reboot leaves no exit time: waiting for a backoff "from now" would wait forever."""
+    vanished = {"m": Observed("m", 1, "stopped", exit_code=None, finished_at=None)}
+    for policy, restarted in (("always", True), ("on-failure", True), ("no", False)):
+        want = {"m": Desired("m", 1, "started", RestartPolicy(policy))}
+        kinds = [a.kind for a in plan(want, vanished, now)]
+        assert kinds == ([ActionKind.RESTART] if restarted else [])
+    # The retries still bound it.
+    want = {"m": Desired("m", 1, "started", RestartPolicy("always", max_retries=2))}
+    spent = {"m": Observed("m", 1, "stopped", restarts=(now, now))}
+    assert [a.kind for a in plan(want, spent, now)] == [ActionKind.FAIL]

@@ -22,7 +22,13 @@ MUST_NEVER_ALLOW = [
 
 def rendered(machine: str | None = None) -> dict[str, Any]:
     spec = MachineSpec(id="m1", rootfs=Path("/images/x/rootfs"), args=["/app"])
-    config = oci_config(spec, uid_base=100000, id_range=65536, files_dir=Path("/b/m1/files"))
+    config = oci_config(
+        spec,
+        uid_base=100000,
+        id_range=65536,
+        files_dir=Path("/b/m1/files"),
+        init=Path("/usr/bin/tini-static"),
+    )
     return config["linux"]["seccomp"] if machine is None else seccomp.profile(machine)  # type: ignore[no-any-return]
 
 

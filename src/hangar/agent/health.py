@@ -148,6 +148,7 @@ class HealthMonitor:
         finished: dict[str, Future[Any]] = {
             k: f for k, f in pool.take().items() if k.startswith("check:")
         }
+        due: list[tuple[float, str, str, _Watched, CheckSpec]] = []
         for machine_id, watched in self._machines.items():
             for check in watched.checks:
                 key = self._key(machine_id, watched, check.name)
@@ -160,9 +161,13 @@ class HealthMonitor:
                     _count(watched, passing)
                 if now < watched.due[check.name] or pool.busy(key):
                     continue
-                # Not started when the organization has no free slot: due still.
-                if pool.submit(key, watched.org, partial(run_check, watched.address, check)):
-                    watched.due[check.name] = now + check.interval
+                due.append((watched.due[check.name], machine_id, key, watched, check))
+        # The longest overdue first: with an organization's slots full, a
+        # machine whose checks come due often must not starve a newer one.
+        for _, _, key, watched, check in sorted(due, key=lambda d: (d[0], d[1])):
+            # Not started when the organization has no free slot: due still.
+            if pool.submit(key, watched.org, partial(run_check, watched.address, check)):
+                watched.due[check.name] = now + check.interval
         return produced
 
     def next_due(self) -> float | None:

@@ -8,8 +8,15 @@ certificate) or ``Public`` (it says, visibly, that the route needs none).
 
 A guard authenticates the bearer token (auditing failures), then, when the
 path names an ``{org}`` or an ``{app}``, loads it and checks the permission
-against it before the handler runs. Objects of an organization the token
-cannot see answer 404, exactly as objects that do not exist.
+against it before the handler runs. When the path names neither, it still
+checks what it can before the handler: the token's ``actions`` caveat, and
+the whole permission for installation-wide (operator) ones; the handler
+checks the target it resolves. Objects of an organization the token cannot
+see answer 404, exactly as objects that do not exist.
+
+Every refusal is audited: here as it happens, and, for any 401 or 403 that
+reaches the API's error handler without having been, by
+``audit_unrecorded_refusal`` there, so no refusal path can escape the trail.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from hangar.auth.tokens import Principal
 from hangar.controlplane.state import ControlPlane
 from hangar.crypto.macaroons import Macaroon
 from hangar.crypto.peercert import PeerIdentity
-from hangar.errors import AuthError, HangarError, NotFound, PermissionDenied
+from hangar.errors import AuthError, HangarError, NotFound, PermissionDenied, audited
 from hangar.store.tables import App, Host, Org
 from hangar.telemetry.metrics import API_AUTH_FAILURES
 
@@ -46,6 +53,7 @@ __all__ = [
     "HostGuard",
     "Public",
     "assert_routes_guarded",
+    "audit_unrecorded_refusal",
     "iter_routes",
     "requires",
 ]
@@ -105,6 +113,7 @@ def authenticate(request: Request, cp: ControlPlane) -> Principal:
                 outcome="failure",
                 detail={"reason": exc.message},
             )
+        audited(exc)
         raise
 
 
@@ -126,19 +135,55 @@ class Access:
         try:
             self.principal.check(perm, org_id=org.id if org else None, app=app)
         except (PermissionDenied, NotFound) as exc:
-            with self.cp.db.write() as session:
-                self.cp.audit.record(
-                    session,
-                    self.ctx,
-                    org_id=org.id if org else None,
-                    action=perm.label,
-                    target=shown or (org.name if org else "-"),
-                    outcome="denied",
-                    detail={"reason": exc.message},
-                )
+            self._record(perm.label, org, shown, exc)
             if isinstance(exc, NotFound):
-                raise NotFound(f"{shown or 'object'} not found") from None
-            raise
+                raise audited(NotFound(f"{shown or 'object'} not found")) from None
+            raise audited(exc) from None
+
+    def check_untargeted(self) -> None:
+        """What a guard can check before the handler names a target (audited)."""
+        try:
+            if self.perm.least_role is None:
+                self.principal.check(self.perm, org_id=None)
+            else:
+                self.principal.check_action(self.perm)
+        except PermissionDenied as exc:
+            # An installation-wide power goes on the system chain; any other
+            # refusal on the chain of the one organization the token reaches,
+            # where that organization's admins read it.
+            home = None if self.perm.least_role is None else self.home_org()
+            self._record_on(home, self.perm.label, "-", exc)
+            raise audited(exc) from None
+
+    def refuse(self, exc: PermissionDenied, *, org: Org | None, shown: str) -> PermissionDenied:
+        """Audit a refusal a handler decides on itself; returns ``exc`` to raise.
+
+        With no ``org``, it goes on the chain of the one organization the token
+        reaches, if it reaches exactly one, else on the system chain.
+        """
+        org_id = org.id if org else self.home_org()
+        self._record_on(org_id, self.perm.label, shown, exc)
+        return audited(exc)
+
+    def home_org(self) -> str | None:
+        """The one organization this token reaches, if it reaches exactly one."""
+        visible = self.principal.visible_orgs()
+        return visible[0] if len(visible) == 1 else None
+
+    def _record(self, action: str, org: Org | None, shown: str, exc: HangarError) -> None:
+        self._record_on(org.id if org else None, action, shown or (org.name if org else "-"), exc)
+
+    def _record_on(self, org_id: str | None, action: str, target: str, exc: HangarError) -> None:
+        with self.cp.db.write() as session:
+            self.cp.audit.record(
+                session,
+                self.ctx,
+                org_id=org_id,
+                action=action,
+                target=target,
+                outcome="denied",
+                detail={"reason": exc.message},
+            )
 
     def allows(self, perm: Permission, *, org_id: str, app: str | None = None) -> bool:
         """For filtering listings: no audit, no exception."""
@@ -169,6 +214,7 @@ class Guard:
             client_addr=_client(request),
         )
         access = Access(cp=cp, principal=principal, perm=self.perm, ctx=ctx)
+        request.state.hangar_access = access
         params = request.path_params
         if "app" in params:
             name = str(params["app"])
@@ -188,6 +234,8 @@ class Guard:
                 raise NotFound(f"organization {name!r} not found")
             access.org = org
             access.check(self.perm, org=org, shown=f"organization {name!r}")
+        else:
+            access.check_untargeted()
         return access
 
 
@@ -217,6 +265,7 @@ class HostGuard:
         der = request.scope.get(PEER_CERT_SCOPE_KEY)
         if not isinstance(der, bytes):
             raise AuthError("a host client certificate is required")
+        # A malformed certificate's refusal is audited by the error handler.
         peer = PeerIdentity.from_der(der)
         host_id, serial = peer.host_id, peer.serial
         ctx = AuditContext(
@@ -225,6 +274,7 @@ class HostGuard:
             request_id=getattr(request.state, "request_id", None),
             client_addr=_client(request),
         )
+        request.state.hangar_audit_ctx = ctx
         with cp.db.read() as session:
             host = session.get(Host, host_id) if host_id else None
         accepted = host is not None and host.state != "removed"
@@ -241,9 +291,11 @@ class HostGuard:
                     outcome="denied",
                     detail={"serial": serial, "reason": "certificate not accepted"},
                 )
-            raise PermissionDenied(
-                "this host's certificate is no longer accepted",
-                hint="the host was removed or its certificate replaced; join it again",
+            raise audited(
+                PermissionDenied(
+                    "this host's certificate is no longer accepted",
+                    hint="the host was removed or its certificate replaced; join it again",
+                )
             )
         if serial == host.cert_serial and host.prev_cert_serial is not None:
             # The renewed certificate is in use: the one before it is done.
@@ -252,6 +304,45 @@ class HostGuard:
                 if row is not None and row.cert_serial == serial:
                     row.prev_cert_serial = None
         return HostAccess(cp=cp, host=host, ctx=ctx)
+
+
+def audit_unrecorded_refusal(request: Request, status: int, reason: str) -> None:
+    """Record a 401/403 that no guard or service recorded: the error handler's backstop.
+
+    The event goes on the chain of the organization the request was about
+    when the guard got that far (or the one organization the token reaches),
+    else on the system chain, with the caller as far as they are known
+    (anonymous before authentication).
+    """
+    cp = getattr(request.app.state, "cp", None)
+    if not isinstance(cp, ControlPlane):
+        return
+    access = getattr(request.state, "hangar_access", None)
+    ctx = getattr(request.state, "hangar_audit_ctx", None)
+    org_id = None
+    action = f"http.{status}"
+    if isinstance(access, Access):
+        ctx, action = access.ctx, access.perm.label
+        org_id = access.org.id if access.org else access.home_org()
+    if not isinstance(ctx, AuditContext):
+        header = request.headers.get("authorization", "")
+        token = header.partition(" ")[2].strip()
+        ctx = AuditContext(
+            actor="anonymous",
+            token_id=_claimed_token_id(token) if token else None,
+            request_id=getattr(request.state, "request_id", None),
+            client_addr=_client(request),
+        )
+    with cp.db.write() as session:
+        cp.audit.record(
+            session,
+            ctx,
+            org_id=org_id,
+            action=action,
+            target=f"{request.method} {request.url.path}"[:300],
+            outcome="failure" if status == 401 else "denied",
+            detail={"reason": reason[:500], "status": status},
+        )
 
 
 class Public:

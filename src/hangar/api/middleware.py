@@ -1,4 +1,9 @@
-"""ASGI middleware: a request id on every response and a cap on body size.
+"""ASGI middleware: a request id on every response, a cap on body size, plain URLs.
+
+A path or query string holding a control, zero-width, bidirectional or other
+invisible character (after percent-decoding) is answered 400 before any
+route sees it: no name Hangar stores can hold one (domain/names.py), so such
+a URL can only be meant to deceive a log reader or a later parser.
 
 Written as plain ASGI (not BaseHTTPMiddleware) so it costs little per request.
 """
@@ -9,9 +14,11 @@ import json
 import re
 import secrets
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from hangar.domain.names import find_invisible
 from hangar.errors import PayloadTooLarge
 
 __all__ = ["RequestContextMiddleware"]
@@ -41,12 +48,32 @@ class RequestContextMiddleware:
                 message["headers"] = headers
             await send(message)
 
+        hidden = _invisible_in_url(scope)
+        if hidden is not None:
+            await _reject(
+                send_with_id,
+                request_id,
+                400,
+                "bad-url",
+                "Bad request",
+                f"the {hidden[0]} holds U+{ord(hidden[1]):04X}: control, zero-width and "
+                "bidirectional characters are not allowed in URLs",
+            )
+            return
         limit = self.max_body_bytes
         if self.max_upload_bytes and _UPLOAD_PATH.match(scope.get("path", "")):
             limit = max(limit, self.max_upload_bytes)
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            await _reject_too_large(send_with_id, request_id, limit)
+            await _reject(
+                send_with_id,
+                request_id,
+                413,
+                "payload-too-large",
+                "Request body too large",
+                f"request body is larger than {limit} bytes",
+                close=True,
+            )
             return
         received = 0
 
@@ -72,25 +99,44 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _reject_too_large(send: Any, request_id: str, limit: int) -> None:
+def _invisible_in_url(scope: Scope) -> tuple[str, str] | None:
+    """("path" or "query string", the character) for the first invisible one, if any."""
+    char = find_invisible(scope.get("path", ""))
+    if char is not None:
+        return "path", char
+    query = scope.get("query_string", b"")
+    if query:
+        text = unquote_to_bytes(query).decode("utf-8", "replace")
+        char = find_invisible(text)
+        if char is not None:
+            return "query string", char
+    return None
+
+
+async def _reject(
+    send: Any,
+    request_id: str,
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    *,
+    close: bool = False,
+) -> None:
     body = json.dumps(
         {
-            "type": "https://hangar.dev/problems/payload-too-large",
-            "title": "Request body too large",
-            "status": 413,
-            "detail": f"request body is larger than {limit} bytes",
+            "type": f"https://hangar.dev/problems/{code}",
+            "title": title,
+            "status": status,
+            "detail": detail,
             "request_id": request_id,
         }
     ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/problem+json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
+    headers = [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -1,4 +1,9 @@
-"""RFC 7807 problem responses, from one place."""
+"""RFC 7807 problem responses, from one place.
+
+Also the last line of the audit trail's defence: a 401 or 403 reaching these
+handlers that no guard or service wrote to the trail is written here, so a
+refusal cannot leave no trace whatever path raised it.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from hangar.api.guard import audit_unrecorded_refusal
 from hangar.errors import HangarError
 
 __all__ = ["PROBLEM_RESPONSES", "Problem", "install_problem_handlers", "problem"]
@@ -40,6 +46,7 @@ def _doc(description: str) -> dict[str, Any]:
 
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _doc("The URL holds control, zero-width or bidirectional characters"),
     401: _doc("No valid credentials"),
     403: _doc("Credentials valid, action not allowed"),
     404: _doc("No such object, or not yours"),
@@ -78,25 +85,43 @@ def problem(
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
+def _audit_refusal(request: Request, status: int, reason: str) -> None:
+    try:
+        audit_unrecorded_refusal(request, status, reason)
+    except Exception:
+        # The refusal stands either way; the failure to record it is loud.
+        log.exception("could not audit a %d refusal", status)
+
+
 async def _hangar_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HangarError)
     if exc.status >= 500:
         log.error("request failed: %s", exc.message)
+    if exc.status in (401, 403) and not exc.audited:
+        _audit_refusal(request, exc.status, exc.message)
     return problem(request, exc.status, exc.title, exc.message, code=exc.code, hint=exc.hint)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = []
+    details = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err.get("loc", ()))
-        errors.append({"field": loc, "message": str(err.get("msg", "invalid"))})
-    first = errors[0] if errors else {"field": "", "message": "invalid request"}
+        message = str(err.get("msg", "invalid"))
+        if err.get("type") == "value_error":
+            # Hangar's own checks (domain/names.py) name what they refuse;
+            # pydantic's "Value error, " prefix adds nothing.
+            message = message.removeprefix("Value error, ")
+            details.append(message)
+        else:
+            details.append(f"{loc}: {message}")
+        errors.append({"field": loc, "message": message})
     return problem(
         request,
         422,
         "Invalid request",
-        f"{first['field']}: {first['message']}",
+        details[0] if details else "invalid request",
         code="validation",
         extra={"errors": errors},
     )
@@ -106,6 +131,8 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     titles = {404: "Not found", 405: "Method not allowed", 400: "Bad request"}
     title = titles.get(exc.status_code, "Error")
+    if exc.status_code in (401, 403):
+        _audit_refusal(request, exc.status_code, str(exc.detail))
     return problem(request, exc.status_code, title, str(exc.detail), code=f"http-{exc.status_code}")
 
 

@@ -88,6 +88,7 @@ class Permission(Enum):
     # A sink receives every machine's output of the organization: admins choose it.
     LOG_SINKS_READ = ("log-sinks:read", Action.READ, Role.MEMBER)
     LOG_SINKS_WRITE = ("log-sinks:write", Action.WRITE, Role.ADMIN)
+    AUDIT_SYSTEM_READ = ("audit:read-system", Action.READ, None)
 
     def __init__(self, label: str, action: Action, least_role: Role | None) -> None:
         self.label = label

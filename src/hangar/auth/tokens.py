@@ -2,14 +2,20 @@
 
 A token acts for the user who made it, never with more than that user's role
 in an organization, and never with more than its caveats allow. Caveats
-understood here (every one present must hold; any other caveat makes the whole
-token invalid)::
+understood here (every one present must hold; any other caveat, or one not
+written exactly so, makes the whole token invalid)::
 
-    org = <org id>               only this organization
-    apps = <name>[,<name>...]    only these apps
-    actions = read[,write,...]   only these actions
-    expires = <unix seconds>     not at or after this time
-    not-before = <unix seconds>  not before this time
+    org = <org id>[,<org id>...]   only these organizations
+    apps = <name>[,<name>...]      only these apps
+    actions = read[,write,...]     only these actions: a write-only token cannot read
+    expires = <unix seconds>       not at or after this time
+    not-before = <unix seconds>    not before this time
+
+The same key may appear again (attenuation appends): lists intersect, the
+earliest ``expires`` and the latest ``not-before`` win, so no caveat added can
+widen what the ones before it allow. Caveats bind operators too: an operator's
+installation-wide powers need a token with no ``org`` and no ``apps`` caveat,
+and every permission needs its action in ``actions``.
 
 Authorization failures for objects of an organization the token cannot see
 raise ``NotFound``, so an id of another organization reveals nothing.
@@ -20,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import re
 import secrets
 from dataclasses import dataclass, field
 
@@ -28,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from hangar.auth.rbac import CONFIGURABLE, NO_ROLE, Action, Grants, Permission, Role
 from hangar.crypto.macaroons import Macaroon, TokenKeys
+from hangar.domain.names import validate_display_name
 from hangar.errors import AuthError, NotFound, PermissionDenied, ValidationError
 from hangar.store.tables import Membership, OrgGrant, RootKey, Token, User
 
@@ -91,41 +99,69 @@ class Scope:
     def unrestricted_in_org(self) -> bool:
         return self.apps is None and self.actions == ALL_ACTIONS
 
+    def check_time(self, stamp: int) -> None:
+        """Raise AuthError unless unix time ``stamp`` is inside the token's window."""
+        if self.expires is not None and stamp >= self.expires:
+            raise AuthError(
+                "the token has expired", hint="run `hangar auth login` with a new token"
+            )
+        if self.not_before is not None and stamp < self.not_before:
+            raise AuthError("the token is not valid yet")
+
 
 def _narrow(current: frozenset[str] | None, values: frozenset[str]) -> frozenset[str]:
     return values if current is None else current & values
 
 
+# One caveat: a known key, " = ", a value of visible ASCII. Anything else (a
+# look-alike key, a stray control character, a number in another script) is
+# refused rather than read generously.
+_KEYS = ("org", "apps", "actions", "expires", "not-before")
+_CAVEAT = re.compile(r"(org|apps|actions|expires|not-before) ?= ?([!-~]{1,1000})")
+_ITEM = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+_STAMP = re.compile(r"-?[0-9]{1,15}")
+
+
 def parse_caveats(caveats: tuple[str, ...]) -> Scope:
-    """Fold caveats into a Scope; AuthError on anything not understood."""
+    """Fold caveats into a Scope; AuthError on anything not understood.
+
+    Each caveat can only narrow: lists intersect with those before them, the
+    earliest expiry and the latest not-before win.
+    """
     scope = Scope()
     for caveat in caveats:
-        key, sep, value = caveat.partition("=")
-        key, value = key.strip(), value.strip()
-        if not sep or not value:
+        match = _CAVEAT.fullmatch(caveat)
+        if match is None:
+            key = caveat.partition("=")[0].strip()
+            if key in _KEYS:
+                raise AuthError(f"the token has a malformed caveat {caveat!r}")
+            raise AuthError(f"the token has a caveat this server does not know: {key!r}")
+        key, value = match.group(1), match.group(2)
+        if key in ("expires", "not-before"):
+            if not _STAMP.fullmatch(value):
+                raise AuthError(f"the token has a malformed caveat {caveat!r}")
+            when = int(value)
+            if key == "expires":
+                expires = when if scope.expires is None else min(when, scope.expires)
+                scope = _replace(scope, expires=expires)
+            else:
+                nb = when if scope.not_before is None else max(when, scope.not_before)
+                scope = _replace(scope, not_before=nb)
+            continue
+        parts = value.split(",")
+        if not all(_ITEM.fullmatch(part) for part in parts):
             raise AuthError(f"the token has a malformed caveat {caveat!r}")
-        items = frozenset(v.strip() for v in value.split(",") if v.strip())
+        items = frozenset(parts)
         if key == "org":
             scope = _replace(scope, orgs=_narrow(scope.orgs, items))
         elif key == "apps":
             scope = _replace(scope, apps=_narrow(scope.apps, items))
-        elif key == "actions":
+        else:
             try:
                 acts = frozenset(Action(a) for a in items)
             except ValueError as exc:
                 raise AuthError(f"the token has an unknown action in {caveat!r}") from exc
             scope = _replace(scope, actions=scope.actions & acts)
-        elif key in ("expires", "not-before"):
-            try:
-                when = int(value)
-            except ValueError as exc:
-                raise AuthError(f"the token has a malformed caveat {caveat!r}") from exc
-            if key == "expires":
-                scope = _replace(scope, expires=min(when, scope.expires or when))
-            else:
-                scope = _replace(scope, not_before=max(when, scope.not_before or when))
-        else:
-            raise AuthError(f"the token has a caveat this server does not know: {key!r}")
     return scope
 
 
@@ -150,17 +186,22 @@ class Principal:
         """Organizations this token may see at all."""
         return [o for o in self.roles if self.scope.orgs is None or o in self.scope.orgs]
 
-    def check(self, perm: Permission, *, org_id: str | None, app: str | None = None) -> None:
-        """Raise unless this principal may use ``perm`` on the target.
-
-        ``org_id`` is the organization owning the target (None for
-        installation-wide actions); ``app`` the app name when one is targeted.
-        """
+    def check_action(self, perm: Permission) -> None:
+        """Raise unless the token's ``actions`` caveat allows ``perm``'s action."""
         if perm.action not in self.scope.actions:
             raise PermissionDenied(
                 f"this token does not allow the {perm.action} action ({perm.label})",
                 hint="create a token with more actions: `hangar tokens create`",
             )
+
+    def check(self, perm: Permission, *, org_id: str | None, app: str | None = None) -> None:
+        """Raise unless this principal may use ``perm`` on the target.
+
+        ``org_id`` is the organization owning the target (None for
+        installation-wide actions); ``app`` the app name when one is targeted.
+        Every caveat applies, to operators as to anyone.
+        """
+        self.check_action(perm)
         if perm is Permission.WHOAMI:
             return
         if perm.least_role is None:
@@ -289,6 +330,7 @@ class TokenService:
             raise ValidationError(f"a {kind} token needs an organization")
         if kind == "app" and not app:
             raise ValidationError("an app token needs --app")
+        name = validate_display_name(name, what="the token name")
         now = _utcnow()
         expires = now + ttl if ttl is not None else None
         caveats: list[str] = []
@@ -341,15 +383,11 @@ class TokenService:
         if first.revoked_at is not None:
             raise AuthError("the token was revoked", hint="create a new one or log in again")
         expires_at = first.expires_at
-        stamp = int(now.timestamp())
-        if (scope.expires is not None and stamp >= scope.expires) or (
-            expires_at is not None and now >= expires_at
-        ):
+        if expires_at is not None and now >= expires_at:
             raise AuthError(
                 "the token has expired", hint="run `hangar auth login` with a new token"
             )
-        if scope.not_before is not None and stamp < scope.not_before:
-            raise AuthError("the token is not valid yet")
+        scope.check_time(int(now.timestamp()))
         if first.org_id is not None and (scope.orgs is None or scope.orgs - {first.org_id}):
             # Every organization token is minted with its org caveat; a token
             # whose caveats name another organization is forged or corrupt.

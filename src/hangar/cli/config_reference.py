@@ -110,10 +110,23 @@ EFFECTS: dict[str, str] = {
     "network.egress": "outbound connections to the internet, through NAT; `false` keeps "
     "machines to their organization's network",
     "deploy": "how a release replaces the machines",
-    "deploy.strategy": "`immediate` replaces every machine at once; the others replace "
-    "`max_unavailable` at a time, each health-gated",
-    "deploy.max_unavailable": "machines replaced at a time: a count (1 or more) or a fraction "
-    "of the machines (below 1)",
+    "deploy.strategy": "`rolling` replaces `max_unavailable` machines at a time, each "
+    "health-gated; `canary` replaces one first and rolls on once it passes its checks; "
+    "`bluegreen` starts a full new set out of rotation, switches the edge to it at once when "
+    "every new machine passes, and stops the old set after `bluegreen_grace`; `immediate` "
+    "replaces every machine at once (see docs/deploys.md)",
+    "deploy.max_unavailable": "machines a rolling or canary deploy replaces at a time: a count "
+    '(1 to 1000), a fraction of the machines (below 1) or a percentage (`"25%"`), rounded up',
+    "deploy.drain_timeout": "how long a machine, taken out of the edge's rotation, finishes "
+    "its requests before it is stopped and replaced",
+    "deploy.bluegreen_grace": "how long a blue-green deploy keeps the old set, out of "
+    "rotation, after the switch (at least `drain_timeout`) before stopping it",
+    "deploy.max_error_rate": "blue-green only: if, within `error_window` of the switch, the "
+    "edge (on the control plane's host) answers more than this share of the app's requests "
+    "(at least 20) with a 5xx, the edge switches back to the old set and the release fails; "
+    "unset: off",
+    "deploy.error_window": "how long after a blue-green's switch `max_error_rate` is watched "
+    "(the old set is kept at least this long)",
     "deploy.release_command": "a command run in a one-off machine of the new release before "
     "any machine is replaced; the release fails if it fails",
     "deploy.wait_timeout": "how long a new machine has to pass its checks before the "

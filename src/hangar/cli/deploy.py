@@ -29,7 +29,10 @@ def deploy(
             " (default: [build] image)",
         ),
     ] = None,
-    strategy: Annotated[str | None, typer.Option(help="immediate or rolling")] = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(help="rolling, canary, bluegreen or immediate (default: [deploy] strategy)"),
+    ] = None,
     app: AppOpt = None,
     detach: Annotated[bool, typer.Option(help="return once the release is created")] = False,
     json_out: JsonOpt = False,
@@ -64,12 +67,22 @@ def deploy(
     if detach:
         emit(release) if json_out else None
         return
+    follow(api, name, release, json_out)
+
+
+def follow(api: Any, name: str, release: dict[str, Any], json_out: bool) -> None:
+    """Print the release's phases and machines until it is live; HangarError if it failed."""
+    version = release["version"]
     seen: dict[str, tuple[Any, ...]] = {}
+    phase = ""
     while release["status"] in ("pending", "running"):
         time.sleep(0.5)
         release = api.get(f"/v1/apps/{name}/releases/{version}")
         if json_out:
             continue
+        if release.get("phase") and release["phase"] != phase:
+            phase = release["phase"]
+            typer.echo(f"v{version}: {phase}")
         for m in api.get(f"/v1/apps/{name}/machines"):
             now = (m["state"], m["running_version"], m["healthy"])
             if seen.get(m["id"]) != now:

@@ -68,10 +68,10 @@ for module in (
     audit,
     config,
     logs,
+    releases,
 ):
     app.add_typer(module.app)
 app.command()(deploy.deploy)
-app.command()(releases.releases)
 app.command()(status.status)
 app.command()(metrics.metrics)
 

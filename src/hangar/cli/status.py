@@ -20,8 +20,10 @@ def status(ctx: typer.Context, app: AppOpt = None, json_out: JsonOpt = False) ->
         return
     if latest:
         r = latest[0]
+        phase = r.get("phase") or r["status"]
         typer.echo(
-            f"{name}: release v{r['version']} {r['status']}"
+            f"{name}: release v{r['version']} {r['status']} ({r['strategy']})"
+            + (f": {phase}" if r["status"] in ("pending", "running") else "")
             + (f" ({r['reason']})" if r["reason"] else "")
         )
     else:

@@ -11,6 +11,7 @@ from hangar.cli.client import load_client_settings
 from hangar.cli.common import JsonOpt, OrgOpt, YesOpt, client, duration
 from hangar.cli.output import confirm, emit, table
 from hangar.crypto.macaroons import Macaroon
+from hangar.domain.names import validate_dns_label
 from hangar.errors import AuthError, ValidationError
 
 app = typer.Typer(name="tokens", help="API tokens (macaroons).", no_args_is_help=True)
@@ -112,7 +113,10 @@ def attenuate(
         raise AuthError("no token to attenuate", hint="pass --token or `hangar auth login`")
     caveats: list[str] = []
     if app_names:
-        caveats.append("apps = " + ",".join(app_names))
+        # The server reads only well-formed caveats; refuse here, not in a token
+        # that would fail on its first use.
+        names = [validate_dns_label(a, what="app name", reserved_ok=True) for a in app_names]
+        caveats.append("apps = " + ",".join(names))
     if actions:
         wanted = [a.strip() for a in actions.split(",") if a.strip()]
         bad = [a for a in wanted if a not in ACTIONS]

@@ -34,7 +34,7 @@ from hangar.controlplane.secrets import deliver
 from hangar.controlplane.state import ControlPlane
 from hangar.crypto.peercert import IssuedCert
 from hangar.domain.routing import RoutingTable
-from hangar.errors import NotFound, PermissionDenied
+from hangar.errors import NotFound, PermissionDenied, audited
 from hangar.images.oci import ImageRef
 from hangar.store.tables import App, Host, Machine
 
@@ -121,9 +121,11 @@ class AgentService:
                 target=host.name,
                 reason="not an edge host",
             )
-            raise PermissionDenied(
-                f"host {host.name} is not an edge host",
-                hint="join it with a token from `hangar hosts join-token --edge`",
+            raise audited(
+                PermissionDenied(
+                    f"host {host.name} is not an edge host",
+                    hint="join it with a token from `hangar hosts join-token --edge`",
+                )
             )
         with cp.db.read() as session:
             return cp.routes.build(session)

@@ -12,6 +12,7 @@ from hangar.auth.tokens import new_id
 from hangar.controlplane.changes import change
 from hangar.controlplane.machines import org_network
 from hangar.controlplane.state import ControlPlane
+from hangar.domain.names import validate_app_name, validate_dns_label
 from hangar.errors import Conflict, NotFound
 from hangar.store.tables import App, AppKey, Certificate, Machine, Org, Release, Secret
 
@@ -62,6 +63,8 @@ def create_app(
     cp: ControlPlane, ctx: AuditContext, org: Org, name: str, *, network: str, creator: str
 ) -> App:
     """A new app on the organization's private network ``network`` (made on first use)."""
+    validate_app_name(name)
+    validate_dns_label(network, what="network name")
     with change(
         cp,
         ctx,

@@ -10,8 +10,11 @@ planner; this module only reads and writes.
 A release's progress is kept in its ``detail`` column as JSON, so a control
 plane killed mid-deploy resumes (or rolls back) where it was:
 ``{"release_machine", "release_started"}`` while its release command runs,
-then ``{"previous", "touched", "batch", "batch_started"}``, and ``"reason"``
-once it is finished.
+then ``{"previous", "touched", "batch", "batch_started"}`` (with
+``"draining"``/``"drain_started"`` while machines leave rotation,
+``"standby"``/``"retired"``/``"switched_at"`` for a blue-green, and
+``"failure"``/``"rollback_started"`` while it rolls back), ``"phase"``, what
+it is doing in words, and ``"reason"`` once it is finished.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import datetime as dt
 import json
 import logging
 import shlex
+from collections.abc import Callable
 from typing import Any, assert_never
 
 from sqlalchemy import select
@@ -37,7 +41,7 @@ from hangar.domain import deploys
 from hangar.store.tables import App, Machine, MachineEvent, Release
 from hangar.telemetry.metrics import RELEASES, ROLLBACKS
 
-__all__ = ["DEPLOYER", "step", "step_all"]
+__all__ = ["DEPLOYER", "EdgeCounts", "held_out", "step", "step_all"]
 
 log = logging.getLogger("hangar.deployer")
 DEPLOYER = AuditContext(actor="deployer", token_id=None, request_id=None, client_addr=None)
@@ -70,8 +74,48 @@ def _machine(row: Machine) -> deploys.Machine:
     )
 
 
+def _float(value: Any) -> float | None:
+    return float(value) if value is not None else None
+
+
+def _counts(value: Any) -> tuple[int, int] | None:
+    return (int(value[0]), int(value[1])) if value is not None else None
+
+
+EdgeCounts = Callable[[str], tuple[int, int] | None]
+"""The edge's (responses, 5xx) for an app so far, by app name; None if it cannot say."""
+
+
+def _rollout(detail: dict[str, Any]) -> deploys.Rollout:
+    return deploys.Rollout(
+        previous=detail.get("previous"),
+        touched=tuple(detail.get("touched", ())),
+        batch=tuple(detail.get("batch", ())),
+        batch_started_at=_float(detail.get("batch_started")),
+        draining=tuple(detail.get("draining", ())),
+        drain_started_at=_float(detail.get("drain_started")),
+        standby=tuple(detail.get("standby", ())),
+        retired=tuple(detail.get("retired", ())),
+        switched_at=_float(detail.get("switched_at")),
+        edge_at_switch=_counts(detail.get("edge_at_switch")),
+        failure=str(detail.get("failure", "")),
+        rollback_started_at=_float(detail.get("rollback_started")),
+    )
+
+
+def held_out(row: Release) -> frozenset[str]:
+    """Machines this release keeps out of the edge's rotation now (none once it finished)."""
+    if row.status != deploys.ReleaseStatus.RUNNING:
+        return frozenset()
+    return deploys.out_of_rotation(_rollout(json.loads(row.detail or "{}")))
+
+
 def _release(
-    row: Release, cfg: AppConfig, detail: dict[str, Any], previous: int | None
+    row: Release,
+    cfg: AppConfig,
+    detail: dict[str, Any],
+    previous: int | None,
+    edge_counts: tuple[int, int] | None = None,
 ) -> deploys.Release:
     command = None
     if cfg.deploy.release_command is not None:
@@ -81,21 +125,23 @@ def _release(
             machine_id=detail.get("release_machine"),
             started_at=float(started) if started is not None else None,
         )
-    rollout = None
-    if row.status == deploys.ReleaseStatus.RUNNING:
-        started = detail.get("batch_started")
-        rollout = deploys.Rollout(
-            previous=detail.get("previous"),
-            touched=tuple(detail.get("touched", ())),
-            batch=tuple(detail.get("batch", ())),
-            batch_started_at=float(started) if started is not None else None,
-        )
+    rollout = _rollout(detail) if row.status == deploys.ReleaseStatus.RUNNING else None
+    unavailable = cfg.deploy.max_unavailable
+    percent = None
+    if isinstance(unavailable, str):
+        percent, unavailable = float(unavailable.rstrip("%")), 1.0
     return deploys.Release(
         version=row.version,
         strategy=row.strategy,
         status=deploys.ReleaseStatus(row.status),
-        max_unavailable=cfg.deploy.max_unavailable,
+        max_unavailable=unavailable,
+        max_unavailable_percent=percent,
         wait_timeout=cfg.deploy.wait_timeout,
+        drain_timeout=cfg.deploy.drain_timeout,
+        bluegreen_grace=cfg.deploy.bluegreen_grace,
+        max_error_rate=cfg.deploy.max_error_rate,
+        error_window=cfg.deploy.error_window,
+        edge_counts=edge_counts,
         needs_health=_needs_health(cfg),
         command=command,
         previous=previous,
@@ -112,8 +158,24 @@ def _live_version(session: Session, app: App) -> int | None:
     ).scalar_one_or_none()
 
 
-def step(session: Session, audit: AuditLog, release: Release, now: float) -> None:
-    """Plan the release's next move and do it."""
+def _watching_edge(row: Release, cfg: AppConfig, detail: dict[str, Any]) -> bool:
+    return (
+        cfg.deploy.max_error_rate is not None
+        and row.status == deploys.ReleaseStatus.RUNNING
+        and row.strategy == "bluegreen"
+        and detail.get("rollback_started") is None
+    )
+
+
+def step(
+    session: Session,
+    audit: AuditLog,
+    release: Release,
+    now: float,
+    edge: EdgeCounts | None = None,
+) -> None:
+    """Plan the release's next move and do it. ``edge``: the edge's counts, for a
+    blue-green that watches them after its switch."""
     app = session.get(App, release.app_id)
     assert app is not None
     cfg = release_config(release)
@@ -125,10 +187,11 @@ def step(session: Session, audit: AuditLog, release: Release, now: float) -> Non
     if command_row is not None and command_row not in rows:
         rows = [*rows, command_row]
     previous = _live_version(session, app) if pending else None
+    counts = edge(app.name) if edge is not None and _watching_edge(release, cfg, detail) else None
     planned = deploys.plan(
-        _release(release, cfg, detail, previous), [_machine(m) for m in rows], now
+        _release(release, cfg, detail, previous, counts), [_machine(m) for m in rows], now
     )
-    _Apply(session, audit, app, release, cfg, detail, now).run(planned)
+    _Apply(session, audit, app, release, cfg, detail, now, counts).run(planned)
 
 
 class _Apply:
@@ -143,14 +206,20 @@ class _Apply:
         cfg: AppConfig,
         detail: dict[str, Any],
         now: float,
+        edge_counts: tuple[int, int] | None = None,
     ) -> None:
         self.session, self.audit, self.app, self.release = session, audit, app, release
         self.cfg, self.detail, self.now = cfg, detail, now
+        self.edge_counts = edge_counts
 
     def run(self, planned: deploys.DeployPlan) -> None:
         before = json.dumps(self.detail)
         for action in planned.actions:
             self.do(action)
+        if self.release.status not in deploys.FINISHED:
+            self.detail["phase"] = deploys.phase(
+                _release(self.release, self.cfg, self.detail, None)
+            )
         if self.release.status not in deploys.FINISHED and json.dumps(self.detail) != before:
             self.release.detail = json.dumps(self.detail)
 
@@ -172,6 +241,40 @@ class _Apply:
                 )
                 self.detail["touched"] = [*self.detail["touched"], machine.id]
                 self.detail["batch"] = [machine.id]
+            case deploys.CreateStandby(count=count, version=version):
+                made = [
+                    create_machine(
+                        self.session,
+                        self.app,
+                        version,
+                        self.cfg.primary_region,
+                        memory_mb=machine_memory(self.cfg),
+                    ).id
+                    for _ in range(count)
+                ]
+                self.detail["touched"] = [*self.detail["touched"], *made]
+                self.detail["standby"] = made
+                self.detail["batch"] = made
+                self.detail["batch_started"] = self.now
+            case deploys.DrainMachines(machine_ids=ids):
+                for machine_id in ids:
+                    self._event(machine_id, "drain", "out of rotation")
+                self.detail["draining"] = list(ids)
+                self.detail["drain_started"] = self.now
+            case deploys.Switch(retired=retired):
+                self.detail["retired"] = list(retired)
+                self.detail["switched_at"] = self.now
+                if self.edge_counts is not None:
+                    self.detail["edge_at_switch"] = list(self.edge_counts)
+                self._record("release.switch", {"retired": list(retired)})
+            case deploys.SwitchBack(machine_ids=ids, reason=reason):
+                # The old set serves again in this very change; the new set goes.
+                self.detail["retired"] = []
+                self.detail["failure"] = reason
+                self.detail["rollback_started"] = self.now
+                self._record("release.switch_back", {"reason": reason})
+                for machine_id in ids:
+                    self._row(machine_id).desired = "destroyed"
             case deploys.BatchDone():
                 self.detail["batch"] = []
             case deploys.UpdateMachines(machine_ids=ids, version=version):
@@ -184,7 +287,13 @@ class _Apply:
                     self.detail["touched"].append(machine_id)
                 self.detail["batch"] = list(ids)
                 self.detail["batch_started"] = self.now
-            case deploys.RollBack(machine_ids=ids, version=version):
+                self.detail["draining"] = []
+            case deploys.RollBack(machine_ids=ids, version=version, reason=reason):
+                self.detail["failure"] = reason
+                self.detail["rollback_started"] = self.now
+                self.detail["batch"] = []
+                self.detail["draining"] = []
+                self._record("release.rollback", {"reason": reason, "to": version})
                 for machine_id in ids:
                     machine = self._row(machine_id)
                     if version is None:
@@ -193,6 +302,14 @@ class _Apply:
                         machine.version = version
                         self._event(machine_id, "rollback", f"to v{version}")
                         ROLLBACKS.inc()
+            case deploys.Revert(machine_ids=ids, version=version):
+                for machine_id in ids:
+                    machine = self._row(machine_id)
+                    machine.version = version
+                    self._event(machine_id, "rollback", f"to v{version}")
+                    ROLLBACKS.inc()
+                self.detail["draining"] = []
+                self.detail["batch_started"] = self.now
             case deploys.MarkReleased():
                 self._finish("complete", "")
             case deploys.Fail(reason=reason):
@@ -219,7 +336,11 @@ class _Apply:
             args=shlex.split(command),
             memory_mb=machine_memory(self.cfg),
         )
-        self.detail = {"release_machine": made.id, "release_started": self.now}
+        self.detail = {
+            **{k: v for k, v in self.detail.items() if k == "rollback_of"},
+            "release_machine": made.id,
+            "release_started": self.now,
+        }
         self._record("release.command", {"machine": made.id, "command": command})
 
     def _event(self, machine_id: str, kind: str, detail: str) -> None:
@@ -243,7 +364,10 @@ class _Apply:
         )
 
     def _start(self, previous: int | None) -> None:
+        rollback_of = self.detail.get("rollback_of")
         self.detail = {"previous": previous, "touched": [], "batch": [], "batch_started": self.now}
+        if rollback_of is not None:
+            self.detail["rollback_of"] = rollback_of  # `hangar releases` says what it is
         self.release.status = "running"
         self._record(
             "release.start", {"strategy": self.release.strategy, "image": self.release.image}
@@ -254,6 +378,7 @@ class _Apply:
         release.status = status
         release.finished_at = dt.datetime.now(dt.UTC)
         self.detail["reason"] = reason
+        self.detail["phase"] = "released" if status == "complete" else "failed"
         release.detail = json.dumps(self.detail)
         outcome = "success" if status == "complete" else "failure"
         self._record(f"release.{status}", {"reason": reason} if reason else {}, outcome)
@@ -261,7 +386,7 @@ class _Apply:
         log.info("%s v%d %s %s", app.name, release.version, status, reason)
 
 
-def step_all(session: Session, audit: AuditLog, now: float) -> int:
+def step_all(session: Session, audit: AuditLog, now: float, edge: EdgeCounts | None = None) -> int:
     """Advance every unfinished release by one move; returns how many there were."""
     releases = list(
         session.execute(
@@ -271,5 +396,5 @@ def step_all(session: Session, audit: AuditLog, now: float) -> int:
         ).scalars()
     )
     for release in releases:
-        step(session, audit, release, now)
+        step(session, audit, release, now, edge)
     return len(releases)

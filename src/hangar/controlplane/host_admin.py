@@ -14,7 +14,7 @@ from hangar.audit.log import AuditContext
 from hangar.controlplane.changes import change, record_refusal
 from hangar.controlplane.hosts import IssuedCert, make_join_token, redeem_join_token, remove_host
 from hangar.controlplane.state import ControlPlane
-from hangar.errors import HangarError, NotFound
+from hangar.errors import HangarError, NotFound, audited
 from hangar.store.tables import Host, JoinToken, Machine
 
 __all__ = ["join", "list_hosts", "new_join_token", "remove", "set_state"]
@@ -92,6 +92,7 @@ def join(
             event.detail = {"host_id": host.id, "region": host.region, "serial": issued.serial}
     except HangarError as exc:
         record_refusal(cp, ctx, org_id=None, action="host.join", target=name, reason=exc.message)
+        audited(exc)
         raise
     return host, issued
 

@@ -22,6 +22,7 @@ from hangar.crypto.digests import hash_secret, verify_secret
 from hangar.crypto.peercert import IssuedCert, serial_hex
 from hangar.domain.jointoken import JoinToken as TokenText
 from hangar.domain.jointoken import format_join_token, parse_join_token
+from hangar.domain.names import validate_dns_label
 from hangar.errors import AuthError, Conflict, NotFound, ValidationError
 from hangar.store.tables import Host, JoinToken, Machine
 
@@ -47,7 +48,8 @@ def validate_host_name(name: str) -> str:
             f"host name {name!r} is not valid: 1-63 lowercase letters, digits and hyphens,"
             " starting with a letter"
         )
-    return name
+    # And the rules every DNS label Hangar takes keeps (domain/names.py).
+    return validate_dns_label(name, what="host name")
 
 
 def make_join_token(

@@ -12,6 +12,7 @@ from hangar.auth.rbac import CONFIGURABLE, NO_ROLE, Grants, Permission, Role
 from hangar.auth.tokens import grants_from_rows, new_id
 from hangar.controlplane.changes import change
 from hangar.controlplane.state import ControlPlane
+from hangar.domain.names import normalize_email, validate_dns_label
 from hangar.errors import Conflict, NotFound, ValidationError
 from hangar.store.tables import Membership, Org, OrgGrant, User
 
@@ -74,6 +75,7 @@ def list_orgs(cp: ControlPlane, org_ids: list[str], after: str | None, limit: in
 
 def create_org(cp: ControlPlane, ctx: AuditContext, name: str, *, admin_id: str) -> Org:
     """A new organization whose first admin is ``admin_id``."""
+    validate_dns_label(name, what="organization name")
     now = dt.datetime.now(dt.UTC)
     with change(cp, ctx, org_id=None, action="org.create", target=name, wake=False) as (
         session,
@@ -108,6 +110,7 @@ def list_members(cp: ControlPlane, org: Org, after: str | None, limit: int) -> l
 
 def add_member(cp: ControlPlane, ctx: AuditContext, org: Org, email: str, role: Role) -> Member:
     """``email`` joins ``org`` with ``role`` (the user is made if new)."""
+    email = normalize_email(email)
     now = dt.datetime.now(dt.UTC)
     detail = {"role": role.value}
     with change(
@@ -129,10 +132,11 @@ def add_member(cp: ControlPlane, ctx: AuditContext, org: Org, email: str, role: 
 
 
 def _member(session: Session, org: Org, email: str) -> Member:
+    email = normalize_email(email)
     row = session.execute(
         select(Membership, User)
         .join(User, User.id == Membership.user_id)
-        .where(Membership.org_id == org.id, User.email == email.lower())
+        .where(Membership.org_id == org.id, User.email == email)
     ).one_or_none()
     if row is None:
         raise NotFound(f"{email} is not a member of {org.name}")

@@ -1,6 +1,15 @@
-"""Releases: deploy one, list them, the live one, and roll the live one out again."""
+"""Releases: deploy one, list them, the live one, roll it out again, roll back to an earlier one.
+
+A rollback is a new release made of an earlier one's image (by its manifest
+digest) and configuration, rolled out by the same strategies as any deploy.
+Secrets are not versioned with releases (an app holds one deployed value
+per name), so a rollback runs with the app's secrets as they are now; it is
+refused if the earlier configuration mounts a secret the app no longer has.
+"""
 
 from __future__ import annotations
+
+import json
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -12,15 +21,18 @@ from hangar.controlplane.images import resolve_image
 from hangar.controlplane.machines import create_release, get_release, release_config
 from hangar.controlplane.routes import check_service_ports, reserved_ports
 from hangar.controlplane.state import ControlPlane
-from hangar.errors import Conflict, ValidationError
-from hangar.store.tables import App, Release
+from hangar.errors import Conflict, NotFound, ValidationError
+from hangar.store.tables import App, Release, Secret
 
 __all__ = [
     "busy_release",
+    "check_edge_watch",
     "deploy",
     "list_releases",
     "live_release",
     "roll_out",
+    "rollback",
+    "rollback_target",
     "show_release",
 ]
 
@@ -67,6 +79,28 @@ def roll_out(session: Session, app: App, *, actor: str) -> Release | None:
     )
 
 
+def check_edge_watch(cp: ControlPlane, config: AppConfig, strategy: str | None) -> None:
+    """ValidationError unless a release with ``max_error_rate`` can be acted on here.
+
+    A blue-green watches the edge on the control plane's own host after its
+    switch; without a blue-green, or without that edge, the key would do nothing.
+    """
+    if config.deploy.max_error_rate is None:
+        return
+    if (strategy or config.deploy.strategy) != "bluegreen":
+        raise ValidationError(
+            "[deploy] max_error_rate needs a blue-green deploy: it switches back to the old"
+            " set it keeps",
+            hint="deploy with --strategy bluegreen, or remove max_error_rate",
+        )
+    if cp.local is None or cp.local.edge() is None:
+        raise ValidationError(
+            "[deploy] max_error_rate needs the edge on the control plane's host,"
+            " which this server does not run",
+            hint="remove max_error_rate, or run the server with its edge",
+        )
+
+
 def deploy(
     cp: ControlPlane,
     ctx: AuditContext,
@@ -83,6 +117,7 @@ def deploy(
     """
     if config.app != app.name:
         raise ValidationError(f"hangar.toml is for app {config.app!r}, not {app.name!r}")
+    check_edge_watch(cp, config, strategy)
     reserved = reserved_ports(cp.settings)
     with cp.db.read() as session:
         check_service_ports(session, app, config, reserved)
@@ -128,3 +163,119 @@ def list_releases(cp: ControlPlane, app_id: str, limit: int) -> list[Release]:
 def show_release(cp: ControlPlane, app_id: str, version: int) -> Release:
     with cp.db.read() as session:
         return get_release(session, app_id, version)
+
+
+def rollback_target(session: Session, app: App, version: int | None) -> Release:
+    """The release a rollback deploys again: ``version``, or the one before the live one.
+
+    Only a release that completed (it ran, and passed its checks) qualifies,
+    and never the one running now.
+    """
+    live = live_release(session, app.id)
+    if live is None:
+        raise Conflict(f"app {app.name} has no live release to roll back from")
+    if version is None:
+        target = session.execute(
+            select(Release)
+            .where(
+                Release.app_id == app.id,
+                Release.status == "complete",
+                Release.version < live.version,
+            )
+            .order_by(Release.version.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+        if target is None:
+            raise Conflict(
+                f"v{live.version} of {app.name} is its first completed release:"
+                " there is nothing earlier to roll back to"
+            )
+        return target
+    target = session.execute(
+        select(Release).where(Release.app_id == app.id, Release.version == version)
+    ).scalar_one_or_none()
+    if target is None:
+        raise NotFound(f"app {app.name} has no release v{version}", hint="see `hangar releases`")
+    if target.version == live.version:
+        raise Conflict(f"v{version} is what {app.name} runs now")
+    if target.status != "complete":
+        raise Conflict(
+            f"v{version} never completed ({target.status}): only a release that ran and"
+            " passed its checks can be rolled back to"
+        )
+    return target
+
+
+def _check_secrets_exist(session: Session, app: App, config: AppConfig, version: int) -> None:
+    wanted = {f.secret_name for f in config.files}
+    if not wanted:
+        return
+    have = set(
+        session.execute(
+            select(Secret.name).where(Secret.app_id == app.id, Secret.staged.is_(False))
+        ).scalars()
+    )
+    missing = sorted(wanted - have)
+    if missing:
+        raise Conflict(
+            f"v{version} mounts secret {', '.join(missing)} as a file, which {app.name} no"
+            " longer has; secrets are not rolled back with releases",
+            hint=f"hangar secrets set {missing[0]}=… and roll back again",
+        )
+
+
+def rollback(
+    cp: ControlPlane,
+    ctx: AuditContext,
+    app: App,
+    *,
+    version: int | None,
+    strategy: str | None,
+) -> tuple[Release, int]:
+    """A new release of an earlier one's image digest and configuration: (release, of version).
+
+    Runs with the app's current secrets (see the module docstring). The image
+    must still be in the organization's store, by the digest the release pinned.
+    """
+    with cp.db.read() as session:
+        row = session.get(App, app.id)
+        assert row is not None
+        target = rollback_target(session, row, version)
+        config = release_config(target)
+        if target.image_digest is None:
+            raise Conflict(f"v{target.version} pinned no image digest; deploy its image again")
+        digest, of = target.image_digest, target.version
+        _check_secrets_exist(session, row, config, of)
+    check_edge_watch(cp, config, strategy)
+    reserved = reserved_ports(cp.settings)
+    with cp.db.read() as session:
+        check_service_ports(session, app, config, reserved)
+    with (
+        resolve_image(cp, app.org_id, digest) as (layout, resolved),
+        change(cp, ctx, org_id=app.org_id, action="release.rollback") as (session, event),
+    ):
+        if resolved != digest:
+            raise Conflict(f"the image of v{of} is no longer {digest}")
+        row = session.get(App, app.id)
+        assert row is not None
+        target = rollback_target(session, row, of)  # still there, still complete
+        _check_secrets_exist(session, row, config, of)
+        check_service_ports(session, row, config, reserved)
+        release = create_release(
+            session,
+            row,
+            image=layout,
+            image_digest=digest,
+            config=config,
+            strategy=strategy,
+            actor=ctx.actor,
+        )
+        release.detail = json.dumps({"rollback_of": of})
+        event.target = f"{app.name} v{release.version}"
+        event.detail = {
+            "of": of,
+            "digest": digest,
+            "strategy": release.strategy,
+            "secrets": "current",
+        }
+    return release, of

@@ -4,8 +4,10 @@ An app is routed only if its current release declares ``[http_service]`` or
 ``[[services]]``. Its HTTP route answers on ``<app>.<edge domain>`` and on
 every host name added with ``hangar certs add``; its servers are its started
 machines, in rotation only while they run the version they should and pass
-their checks. The current release is the newest that is complete or
-rolling out, so a failed release never changes routing.
+their checks, and never while a deploy holds them out (a machine draining
+before it moves, a blue-green's new set before its switch and its old set
+after it). The current release is the newest that is complete or rolling
+out, so a failed release never changes routing.
 
 Certificate keys are unwrapped here, on the control plane, once per
 certificate and kept in memory; the table travels to edge hosts over mutual
@@ -25,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from hangar.config.appconfig import AppConfig
 from hangar.config.settings import ServerSettings
+from hangar.controlplane.deployer import held_out
 
 # The checks a release passes live in edgecheck; offered here as before.
 from hangar.controlplane.edgecheck import (
@@ -181,7 +184,11 @@ class RouteBuilder:
             if cfg.http_service is None and not cfg.services:
                 continue  # declared nothing: unreachable from outside
 
-            def servers(port_of: str, internal: int, app_id: str = app_id) -> tuple[Server, ...]:
+            held = held_out(release)
+
+            def servers(
+                port_of: str, internal: int, app_id: str = app_id, held: frozenset[str] = held
+            ) -> tuple[Server, ...]:
                 out = []
                 for m in machines.get(app_id, []):
                     rel = releases.get((app_id, m.version))
@@ -196,6 +203,7 @@ class RouteBuilder:
                         m.state == "started"
                         and m.running_version == m.version
                         and m.healthy is True
+                        and m.id not in held
                     )
                     out.append(Server(m.id, m.address, port, up))
                 return tuple(out)

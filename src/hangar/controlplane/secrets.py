@@ -24,7 +24,7 @@ from hangar.controlplane.releases import busy_release, roll_out
 from hangar.controlplane.state import ControlPlane
 from hangar.crypto.keyring import Keyring
 from hangar.crypto.secretbox import SecretRef
-from hangar.errors import NotFound, PermissionDenied, ValidationError
+from hangar.errors import NotFound, PermissionDenied, ValidationError, audited
 from hangar.store.db import Database
 from hangar.store.tables import App, Machine, Secret
 from hangar.telemetry.metrics import SECRET_DELIVERIES
@@ -304,7 +304,7 @@ def deliver(
             outcome="denied",
             detail={"host": host_id, "reason": "machine not starting on this host"},
         )
-    raise PermissionDenied(f"machine {machine_id} is not starting on this host")
+    raise audited(PermissionDenied(f"machine {machine_id} is not starting on this host"))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,9 @@ Rules, per machine:
   decides: ``restart`` (after an exponential backoff: ``wait`` until then), or
   nothing (policy ``no``, or ``on-failure`` after a clean exit), or ``fail``
   once the retries inside the window are used up (and nothing after that,
-  until a new version or an explicit start).
+  until a new version or an explicit start). A machine that stopped with no
+  exit known (its processes vanished with the host, on a reboot) is
+  restarted at once when its policy restarts failures.
 """
 
 from __future__ import annotations
@@ -95,8 +97,11 @@ def _restart_decision(want: Desired, seen: Observed, now: float) -> Action | Non
             f"exited {seen.exit_code} after {len(recent)} restarts in "
             f"{policy.window:g}s; giving up",
         )
-    finished = seen.finished_at if seen.finished_at is not None else now
-    due = finished + backoff(policy, len(recent))
+    # No exit time: the machine stopped while nothing watched it (its shim
+    # died with it, as on a reboot). Waiting "from now" would wait forever.
+    if seen.finished_at is None:
+        return Action(ActionKind.RESTART, want.machine_id, "stopped while unwatched")
+    due = seen.finished_at + backoff(policy, len(recent))
     if now < due:
         return Action(ActionKind.WAIT, want.machine_id, "restart backoff", at=due)
     return Action(ActionKind.RESTART, want.machine_id, f"exited {seen.exit_code}")

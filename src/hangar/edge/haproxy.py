@@ -34,7 +34,7 @@ from typing import Any
 
 from hangar import hostcmd
 from hangar.crypto.certs import self_signed_pem
-from hangar.domain.routing import RoutingTable
+from hangar.domain.routing import RoutingTable, http_backend
 from hangar.edge.quarantine import only, ports_in_use, units, without
 from hangar.edge.render import EdgeConfig, render
 from hangar.errors import CommandError
@@ -377,6 +377,28 @@ class Edge:
             "last_applied": self.last_applied,
             "proxies": proxies,
         }
+
+    def http_counts(self, app: str) -> tuple[int, int] | None:
+        """(responses, 5xx responses) HAProxy has sent for ``app`` since it last (re)started.
+
+        None when HAProxy is not running, does not answer, or has no such backend.
+        """
+        if not self.running():
+            return None
+        try:
+            text = _unix_command(self.admin_socket, "show stat", timeout=2.0)
+        except OSError:
+            return None
+        backend = http_backend(app)
+        for row in csv.DictReader(io.StringIO(text.lstrip("# "))):
+            if row.get("pxname") == backend and row.get("svname") == "BACKEND":
+                codes = ("hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "hrsp_other")
+                try:
+                    total = sum(int(row.get(c) or 0) for c in codes)
+                    return total, int(row.get("hrsp_5xx") or 0)
+                except ValueError:
+                    return None
+        return None
 
 
 def _unix_command(path: Path, command: str, timeout: float = 10.0) -> str:

@@ -129,6 +129,10 @@ def render(table: RoutingTable, cfg: EdgeConfig, conf_dir: Path, *, with_state: 
         "    retry-on conn-failure empty-response response-timeout 503",
         "    option redispatch 1",
         "    option http-keep-alive",
+        # On a reload, the old worker answers each keep-alive connection's next
+        # request with "Connection: close" instead of closing it idle: a client
+        # that just sent a request on it would see the connection drop.
+        "    option idle-close-on-response",
         "",
         "frontend http-in",
         f"    bind {cfg.bind(cfg.http_port)}",

@@ -147,10 +147,14 @@ class Loops(BackgroundLoop):
         if not self.in_loop():
             super().wake()
 
+    def _edge_counts(self, app: str) -> tuple[int, int] | None:
+        edge = self.agent.edge if self.agent is not None else None
+        return edge.http_counts(app) if edge is not None else None
+
     def round(self) -> float | None:
         now = time.time()
         with self.cp.db.write() as session:
-            step_all(session, self.cp.audit, now)
+            step_all(session, self.cp.audit, now, self._edge_counts)
         if time.monotonic() >= self._next_checkpoint:
             # The newest events get a signed (and witnessed) checkpoint within
             # audit_checkpoint_seconds, however few of them there are.

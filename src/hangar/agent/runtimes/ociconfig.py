@@ -8,6 +8,15 @@ no_new_privileges; a read-only root with tmpfs ``/tmp`` and ``/run``; a
 read-only ``/sys`` of its own network namespace and, under it, only its own
 cgroup, read-only; masked and read-only ``/proc`` paths; and cgroup limits
 for memory, CPU and pids.
+
+PID 1 of every machine is an init (Debian's statically linked ``tini``),
+bind-mounted read-only from the host at ``INIT_PATH``, on the machine's own
+``/dev`` tmpfs, so no image needs it and none is written to. It starts the
+machine's command as the machine's user (it runs as that user itself),
+forwards every signal it receives (the app's ``kill_signal`` among them),
+reaps orphaned processes and exits with the command's status. The command is
+no longer PID 1, so the kernel applies the default action of a signal it does
+not handle: SIGTERM stops a program that never installed a handler.
 """
 
 from __future__ import annotations
@@ -22,12 +31,16 @@ from hangar.errors import ValidationError
 
 __all__ = [
     "CAPABILITIES",
+    "INIT_PATH",
     "MIN_MEMORY_MB",
     "etc_files",
     "oci_config",
 ]
 
 MIN_MEMORY_MB = 32
+# Where the init appears inside a machine: on the machine's own /dev tmpfs,
+# a path no image provides and no image write is needed for.
+INIT_PATH = "/dev/.hangar-init"
 CAPABILITIES = [
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
@@ -57,10 +70,14 @@ def oci_config(
     uid_base: int,
     id_range: int,
     files_dir: Path,
+    init: Path,
     nofile: int = 65536,
     python: str = sys.executable,
 ) -> dict[str, Any]:
-    """The OCI runtime config for ``spec`` (pure; see the module docstring)."""
+    """The OCI runtime config for ``spec`` (pure; see the module docstring).
+
+    ``init`` is the host's static init binary, bound read-only at ``INIT_PATH``.
+    """
     if spec.memory_mb < MIN_MEMORY_MB:
         raise ValidationError(
             f"memory {spec.memory_mb} MB is below the minimum of {MIN_MEMORY_MB} MB"
@@ -87,7 +104,8 @@ def oci_config(
         "process": {
             "terminal": False,
             "user": {"uid": spec.uid, "gid": spec.gid},
-            "args": list(spec.args),
+            # The init, then "--": nothing in the command is read as its option.
+            "args": [INIT_PATH, "--", *spec.args],
             "env": [f"{k}={v}" for k, v in env.items()],
             "cwd": spec.cwd or "/",
             "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
@@ -104,6 +122,9 @@ def oci_config(
              "options": ["nosuid", "noexec", "nodev"]},
             {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
              "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            # The init: read-only, and no set-id bits honoured.
+            {"destination": INIT_PATH, "type": "none", "source": str(init),
+             "options": ["bind", "ro", "nosuid", "nodev"]},
             {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
              "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
             {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",

@@ -17,23 +17,35 @@ import os
 import resource
 import shutil
 import signal as signals
+import stat
 import sys
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from hangar import hostcmd
 from hangar.agent.runtimes.base import ExecResult, MachineSpec, RuntimeState
 from hangar.agent.runtimes.ociconfig import etc_files, oci_config
 from hangar.agent.runtimes.registry import register
-from hangar.errors import CommandError, Conflict, NotFound, ValidationError, WaitTimeout
+from hangar.errors import (
+    CommandError,
+    ConfigError,
+    Conflict,
+    IntegrityError,
+    NotFound,
+    ValidationError,
+    WaitTimeout,
+)
 from hangar.hostfs import ensure_private_tmpfs, write_private
+from hangar.images.store import resolve_inside
 from hangar.net import netns
 from hangar.telemetry.logfiles import read_all
 
 __all__ = ["HANDLE_VERSION", "RuncRuntime"]
 
 HANDLE_VERSION = 1
+# Debian's tini-static (package ``tini``): static, so it runs in any image.
+DEFAULT_INIT = Path("/usr/bin/tini-static")
 
 
 def _now() -> str:
@@ -54,8 +66,10 @@ class RuncRuntime:
         uid_base: int = 100000,
         id_range: int = 65536,
         mount_tmpfs: bool = True,
+        init: Path = DEFAULT_INIT,
     ) -> None:
         self.state_dir = state_dir
+        self.init = init
         self.bundles_dir = bundles_dir
         self.uid_base = uid_base
         self.id_range = id_range
@@ -131,14 +145,50 @@ class RuncRuntime:
         netns.detach(spec.id)
         return self._launch(spec, config)
 
+    @staticmethod
+    def _check_command(spec: MachineSpec, env: dict[str, str]) -> None:
+        """CommandError unless the command is an executable file in the image.
+
+        The init would say so too, but only once the machine runs; this says it
+        before anything is made. Paths resolve inside the image, never outside.
+        """
+        if not spec.args:
+            return  # oci_config refuses it, with its own words
+        command = spec.args[0]
+        if "/" in command:
+            candidates = [command]
+        else:
+            path = env.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            candidates = [f"{d}/{command}" for d in path.split(":") if d.startswith("/")]
+        for candidate in candidates:
+            try:
+                parts = [p for p in PurePosixPath(candidate).parts if p != "/"]
+                found = resolve_inside(spec.rootfs, parts, follow_last=True).lstat()
+            except (OSError, IntegrityError):
+                continue
+            if stat.S_ISREG(found.st_mode) and found.st_mode & 0o111:
+                return
+        raise CommandError(
+            ["runc", "run", spec.id],
+            127,
+            f"exec {command} failed: no executable file by that name in the image",
+        )
+
     def _config(self, spec: MachineSpec) -> dict[str, Any]:
         # A machine cannot be given more open files than the agent may have.
         nofile = min(65536, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+        self._check_command(spec, spec.env)
+        if not self.init.is_file():
+            raise ConfigError(
+                f"the machines' init {self.init} is missing",
+                hint="install Debian's tini package (scripts/apt-deps.sh)",
+            )
         return oci_config(
             spec,
             uid_base=self.uid_base,
             id_range=self.id_range,
             files_dir=self._bundle(spec.id) / "files",
+            init=self.init,
             nofile=nofile,
         )
 
@@ -255,7 +305,13 @@ class RuncRuntime:
             os.kill(pid, 0)
         except ProcessLookupError:
             return False
-        return True
+        # An exited shim stays a zombie until init reaps it, which some inits
+        # do only every second or so: it has finished all the same.
+        try:
+            stat_line = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        return stat_line.rpartition(")")[2].split()[:1] != ["Z"]
 
     def signal(self, machine_id: str, signal: str) -> None:
         if not hasattr(signals, signal) or not signal.startswith("SIG"):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import selectors
 import signal
 import sys
@@ -31,8 +32,12 @@ __all__ = ["main"]
 MAX_LINE = 16 << 10
 
 
-def pump(proc: hostcmd.Process, log: RotatingLog) -> None:
-    """Copy the container's output into the log until both streams close."""
+def pump(proc: hostcmd.Process, log: RotatingLog) -> bytes:
+    """Copy the container's output into the log until both streams close.
+
+    Returns the last line written to stderr (the init's word, if it could not
+    start the command)."""
+    last = b""
     selector = selectors.DefaultSelector()
     partial: dict[str, bytes] = {"stdout": b"", "stderr": b""}
     assert proc.stdout is not None and proc.stderr is not None
@@ -48,16 +53,26 @@ def pump(proc: hostcmd.Process, log: RotatingLog) -> None:
                 open_streams -= 1
                 if partial[stream]:
                     log.write(stream, partial[stream])
+                    if stream == "stderr":
+                        last = partial[stream]
                     partial[stream] = b""
                 continue
             data = partial[stream] + chunk
             *lines, rest = data.split(b"\n")
             for line in lines:
                 log.write(stream, line)
+                if stream == "stderr":
+                    last = line
             while len(rest) > MAX_LINE:
                 log.write(stream, rest[:MAX_LINE])
                 rest = rest[MAX_LINE:]
             partial[stream] = rest
+    return last[:MAX_LINE]
+
+
+# What the init (tini) says, exiting 126 or 127, when it could not exec the
+# command: the machine's own process never ran.
+_EXEC_FAILED = re.compile(rb"^\[FATAL tini \(\d+\)\] exec .* failed: ")
 
 
 def daemonize(state: Path) -> None:
@@ -102,13 +117,15 @@ def main(argv: list[str]) -> int:
         stdout=hostcmd.PIPE,
         stderr=hostcmd.PIPE,
     )
-    pump(proc, log)
+    last_error = pump(proc, log)
     code = proc.wait()
     log.close()
+    exec_failed = code in (126, 127) and _EXEC_FAILED.match(last_error) is not None
     result = {
         # runc writes the pid file once the machine's process exists: without
-        # it, runc failed before the machine ever ran.
-        "started": (state / "container.pid").exists(),
+        # it, runc failed before the machine ever ran; with it, the init may
+        # still have failed to run the command.
+        "started": (state / "container.pid").exists() and not exec_failed,
         "exit_code": code if code >= 0 else 128 - code,
         "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
     }

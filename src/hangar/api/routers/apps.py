@@ -12,7 +12,7 @@ from hangar.api.guard import Access, GuardedRouter, requires
 from hangar.api.pagination import Limit, Page, decode_cursor, page_of
 from hangar.auth.rbac import Permission
 from hangar.controlplane import apps, orgs
-from hangar.domain.names import validate_dns_label
+from hangar.domain.names import AppName, DnsLabel, PlainText
 from hangar.store.tables import Org
 
 router = GuardedRouter(prefix="/v1/apps", tags=["apps"])
@@ -28,9 +28,9 @@ class AppOut(BaseModel):
 
 class AppCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=63)
-    org: str | None = Field(default=None, min_length=1, max_length=63)
-    network: str = Field(
+    name: AppName
+    org: Annotated[PlainText, Field(min_length=1, max_length=63)] | None = None
+    network: DnsLabel = Field(
         default="default",
         min_length=1,
         max_length=63,
@@ -77,8 +77,7 @@ async def list_apps(
 async def create_app(
     body: AppCreate, access: Annotated[Access, requires(Permission.APPS_CREATE)]
 ) -> AppOut:
-    name = validate_dns_label(body.name, what="app name")
-    network = validate_dns_label(body.network, what="network name")
+    name, network = body.name, body.network
     org = _resolve_org(access, body.org)
     access.check(Permission.APPS_CREATE, org=org, shown=f"organization {org.name!r}")
     app = apps.create_app(

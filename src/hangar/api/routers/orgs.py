@@ -12,7 +12,7 @@ from hangar.api.guard import Access, GuardedRouter, requires
 from hangar.api.pagination import Limit, Page, decode_cursor, page_of
 from hangar.auth.rbac import CONFIGURABLE, Grants, Permission, Role
 from hangar.controlplane import orgs
-from hangar.domain.names import validate_dns_label, validate_email
+from hangar.domain.names import DnsLabel, EmailAddress
 from hangar.errors import ValidationError
 from hangar.store.tables import Org
 
@@ -48,7 +48,7 @@ class OrgUpdate(BaseModel):
 
 class OrgCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=63)
+    name: DnsLabel
 
 
 class MemberOut(BaseModel):
@@ -60,7 +60,7 @@ class MemberOut(BaseModel):
 
 class MemberAdd(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    email: str = Field(min_length=3, max_length=254)
+    email: EmailAddress = Field(description="stored NFKC-normalized and lowercased")
     role: Role = Role.MEMBER
 
 
@@ -96,7 +96,7 @@ def list_orgs(
 def create_org(
     body: OrgCreate, access: Annotated[Access, requires(Permission.ORGS_CREATE)]
 ) -> OrgOut:
-    name = validate_dns_label(body.name, what="organization name")
+    name = body.name
     access.check(Permission.ORGS_CREATE, org=None, shown=f"organization {name!r}")
     org = orgs.create_org(access.cp, access.ctx, name, admin_id=access.principal.user_id)
     return OrgOut(id=org.id, name=org.name, created_at=org.created_at, role=Role.ADMIN)
@@ -179,8 +179,7 @@ def add_member(
     org: str, body: MemberAdd, access: Annotated[Access, requires(Permission.MEMBERS_WRITE)]
 ) -> MemberOut:
     assert access.org is not None
-    email = validate_email(body.email)
-    return _member_out(orgs.add_member(access.cp, access.ctx, access.org, email, body.role))
+    return _member_out(orgs.add_member(access.cp, access.ctx, access.org, body.email, body.role))
 
 
 @router.patch("/{org}/members/{email}", response_model=MemberOut, summary="Change a role")

@@ -26,13 +26,17 @@ class ReleaseIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     image: str = Field(min_length=1, max_length=1000)
     config: str = Field(min_length=1, max_length=256 * 1024, description="hangar.toml text")
-    strategy: Literal["immediate", "rolling"] | None = None
+    strategy: Literal["immediate", "rolling", "canary", "bluegreen"] | None = None
 
 
 class ReleaseOut(BaseModel):
     version: int
     status: str
     strategy: str
+    phase: str = Field(description="what the release is doing now, in a few words")
+    rollback_of: int | None = Field(
+        default=None, description="the earlier release this one deploys again, if a rollback"
+    )
     image: str
     image_digest: str | None
     reason: str
@@ -47,6 +51,8 @@ def _out(r: Release) -> ReleaseOut:
         version=r.version,
         status=r.status,
         strategy=r.strategy,
+        phase=str(detail.get("phase") or r.status),
+        rollback_of=detail.get("rollback_of"),
         image=r.image,
         image_digest=r.image_digest,
         reason=str(detail.get("reason", "")),
@@ -69,6 +75,31 @@ def deploy(
     config = parse_app_config(body.config)
     release = releases.deploy(
         access.cp, access.ctx, access.app, image=body.image, config=config, strategy=body.strategy
+    )
+    return _out(release)
+
+
+class RollbackIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int | None = Field(
+        default=None, ge=1, description="the release to go back to (default: the one before)"
+    )
+    strategy: Literal["immediate", "rolling", "canary", "bluegreen"] | None = None
+
+
+@router.post(
+    "/releases/rollback",
+    response_model=ReleaseOut,
+    status_code=201,
+    summary="Roll back: an earlier release's image and configuration, deployed as a new release",
+    description="Runs with the app's current secrets: secrets are not versioned with releases.",
+)
+def rollback(
+    app: str, body: RollbackIn, access: Annotated[Access, requires(Permission.APPS_DEPLOY)]
+) -> ReleaseOut:
+    assert access.app is not None
+    release, _ = releases.rollback(
+        access.cp, access.ctx, access.app, version=body.version, strategy=body.strategy
     )
     return _out(release)
 

@@ -13,6 +13,7 @@ from hangar.api.guard import Access, GuardedRouter, requires
 from hangar.api.pagination import Limit, Page, decode_cursor, page_of
 from hangar.auth.rbac import Permission, Role
 from hangar.controlplane import apps, orgs, tokens
+from hangar.domain.names import DisplayName, PlainText
 from hangar.errors import NotFound, PermissionDenied, ValidationError
 from hangar.store.tables import Org, Token
 
@@ -39,10 +40,27 @@ class TokenCreated(TokenOut):
 class TokenCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["user", "org", "app", "readonly"]
-    org: str | None = Field(default=None, min_length=1, max_length=63)
-    app: str | None = Field(default=None, min_length=1, max_length=63)
+    org: Annotated[PlainText, Field(min_length=1, max_length=63)] | None = None
+    app: Annotated[PlainText, Field(min_length=1, max_length=63)] | None = None
     expiry_seconds: int | None = Field(default=86400, ge=60, le=int(MAX_TTL.total_seconds()))
-    name: str = Field(default="", max_length=64)
+    name: DisplayName = Field(
+        default="", description="shown in listings; control, zero-width and bidi characters refused"
+    )
+
+
+def _refuse_user_tokens(access: Access, shown: str) -> None:
+    """A token bound to an organization or apps does not reach its user's own tokens."""
+    scope = access.principal.scope
+    if scope.orgs is not None or scope.apps is not None:
+        raise access.refuse(
+            PermissionDenied(
+                "this token is limited to an organization or to apps: your user tokens are "
+                "outside it",
+                hint="pass --org NAME for the organization's tokens, or use a user token",
+            ),
+            org=None,
+            shown=shown,
+        )
 
 
 def _out(tok: Token, org_names: dict[str, str]) -> TokenOut:
@@ -70,7 +88,9 @@ def list_tokens(
     names: dict[str, str] = {}
     org_id = None
     user_id: str | None = access.principal.user_id
-    if org is not None:
+    if org is None:
+        _refuse_user_tokens(access, "user tokens")
+    else:
         target = orgs.find_org(access.cp, org)
         access.check(Permission.TOKENS_READ, org=target, shown=f"organization {org!r}")
         names[target.id] = target.name
@@ -91,9 +111,13 @@ def create_token(
     scope = principal.scope
     # A narrowed token must not mint a wider one: attenuate it instead.
     if not scope.unrestricted_in_org:
-        raise PermissionDenied(
-            "this token is limited to some apps or actions and cannot create tokens",
-            hint="narrow it offline with `hangar tokens attenuate`",
+        raise access.refuse(
+            PermissionDenied(
+                "this token is limited to some apps or actions and cannot create tokens",
+                hint="narrow it offline with `hangar tokens attenuate`",
+            ),
+            org=None,
+            shown=f"a {body.kind} token",
         )
     ttl = dt.timedelta(seconds=body.expiry_seconds) if body.expiry_seconds else None
     if scope.expires is not None:
@@ -103,7 +127,11 @@ def create_token(
     org: Org | None = None
     if body.kind == "user":
         if scope.orgs is not None:
-            raise PermissionDenied("an organization token cannot create a user token")
+            raise access.refuse(
+                PermissionDenied("an organization token cannot create a user token"),
+                org=None,
+                shown="a user token",
+            )
     else:
         org = orgs.named_or_only(
             access.cp,
@@ -143,8 +171,13 @@ def revoke_token(
     if org is None:
         if not own:
             raise NotFound(f"token {token_id!r} not found")
+        _refuse_user_tokens(access, f"token {token_id!r}")
     else:
         access.check(Permission.TOKENS_REVOKE, org=org, shown=f"token {token_id!r}")
         if not own and principal.roles.get(org.id) is not Role.ADMIN:
-            raise PermissionDenied("only an admin can revoke another member's token")
+            raise access.refuse(
+                PermissionDenied("only an admin can revoke another member's token"),
+                org=org,
+                shown=f"token {token_id!r}",
+            )
     tokens.revoke_token(access.cp, access.ctx, tok)
