@@ -315,9 +315,16 @@ def main() -> None:
         for name in runs:
             results[name]["ratio_to_hand_written"] = results[name]["rps"] / base
         fastest = max(results[name]["rps"] for name, _ in PROXIES)
+        # wrk and the backend share this host's cores when wrk is aimed straight at
+        # the backend, so its direct rate understates what the backend can answer.
+        # Its rate per CPU-second it used is what one core of it answers.
+        direct = results["backend"]
+        per_core = direct["rps"] / direct["backend_cpu"] if direct["backend_cpu"] > 0 else 0.0
         results["headroom"] = {
-            "over_hangar": results["backend"]["rps"] / results["hangar"]["rps"],
-            "over_fastest_proxy": results["backend"]["rps"] / fastest,
+            "over_hangar": direct["rps"] / results["hangar"]["rps"],
+            "over_fastest_proxy": direct["rps"] / fastest,
+            "backend_rps_per_core": per_core,
+            "per_core_over_hangar": per_core / results["hangar"]["rps"],
         }
         results["routing_change"] = routing_change(work, args.apps)
     finally:
@@ -386,10 +393,20 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
         f"the backend machine used at most {proxied:.0%} of a core behind a proxy, and"
         f" {results['backend']['backend_cpu']:.0%} with wrk straight at it"
     )
-    if headroom["over_hangar"] < HEADROOM:
+    print(
+        f"backend capacity: {headroom['backend_rps_per_core']:.0f} req/s per core it uses"
+        f" ({headroom['per_core_over_hangar']:.1f}x Hangar's edge with one core)"
+    )
+    if max(headroom["over_hangar"], headroom["per_core_over_hangar"]) < HEADROOM:
         print(
             f"WARNING: the backend answers less than {HEADROOM:.0f}x the rate of Hangar's edge:"
             " the ratios above may measure the backend, not the edge"
+        )
+    elif headroom["over_hangar"] < HEADROOM:
+        print(
+            f"note: wrk straight at the backend shares {os.cpu_count()} cores with it, so the"
+            f" direct rate reads low; one core of the backend answers"
+            f" {headroom['per_core_over_hangar']:.1f}x the edge's rate"
         )
     elif headroom["over_fastest_proxy"] < HEADROOM:
         print(

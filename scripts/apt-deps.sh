@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages Hangar and its tests need, only those missing.
 set -euo pipefail
-packages=(python3-venv postgresql wrk runc tini busybox-static skopeo docker-registry softhsm2 haproxy pebble caddy nftables iperf3 wireguard-tools wireguard-go tcpdump systemd prometheus)
+packages=(python3-venv postgresql wrk runc tini busybox-static skopeo docker-registry softhsm2 haproxy pebble caddy nftables iperf3 wireguard-tools wireguard-go tcpdump systemd prometheus rsyslog rsyslog-gnutls)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -17,8 +17,9 @@ $sudo apt-get update -qq
 # Packages that ship a service: Hangar runs its own HAProxy (the edge), and the
 # tests run their own registry and Caddy on loopback. The packaged services
 # (listening on every address) must not start or stay enabled; Prometheus is
-# only for the tests, which run their own on loopback.
-services=(docker-registry haproxy caddy prometheus)
+# only for the tests, which run their own on loopback; so is rsyslog (a TLS
+# syslog receiver the tests start on loopback).
+services=(docker-registry haproxy caddy prometheus rsyslog)
 policy=/usr/sbin/policy-rc.d
 guarded=
 wants_guard=

@@ -114,6 +114,7 @@ def test_edge_throughput_prints_the_backend_rate_headroom_and_ratios() -> None:
     has_line(out, r"^CPU: share of one core over each run")
     has_line(out, rf"^backend headroom: {N}x Hangar's edge \(needs >= 5x\), {N}x the fastest")
     has_line(out, rf"^the backend machine used at most {N}% of a core behind a proxy")
+    has_line(out, rf"^backend capacity: {N} req/s per core it uses \({N}x Hangar's edge with one")
     has_line(out, rf"^load generator: wrk used at most {N}% of its one thread's CPU")
     has_line(out, r"^Routing change with 20 apps: first start ")
     assert "some requests failed" not in out

@@ -80,3 +80,19 @@ def test_segments_roll_and_acked_ones_are_deleted(
     buffer.ack(18)
     assert [r["n"] for r in buffer.peek(10)] == [18, 19]
     assert len(list(tmp_path.glob("*.ndjson"))) <= 2
+
+
+@pytest.mark.parametrize("cut", [1, 7, 20])
+def test_a_line_torn_by_a_crash_mid_append_is_cut_not_glued_to_the_next(
+    tmp_path: Path, cut: int
+) -> None:
+    """A kill inside ``append`` leaves part of a line; the records after it still read."""
+    buffer = SinkBuffer(tmp_path, cap=1 << 20)
+    buffer.append([rec(n) for n in range(3)])
+    (segment,) = tmp_path.glob("*.ndjson")
+    torn = json.dumps(rec(3), separators=(",", ":")).encode()[:cut]
+    with open(segment, "ab") as handle:
+        handle.write(torn)  # the crash: no newline, never acknowledged
+    again = SinkBuffer(tmp_path, cap=1 << 20)
+    again.append([rec(4), rec(5)])
+    assert [r["n"] for r in again.peek(100)] == [0, 1, 2, 4, 5]

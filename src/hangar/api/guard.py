@@ -35,6 +35,7 @@ from starlette.routing import BaseRoute
 from hangar.audit.log import AuditContext
 from hangar.auth.rbac import Permission
 from hangar.auth.tokens import Principal
+from hangar.controlplane.changes import record_refusal
 from hangar.controlplane.state import ControlPlane
 from hangar.crypto.macaroons import Macaroon
 from hangar.crypto.peercert import PeerIdentity
@@ -97,22 +98,15 @@ def authenticate(request: Request, cp: ControlPlane) -> Principal:
             return cp.tokens.authenticate(conn, token)
     except AuthError as exc:
         API_AUTH_FAILURES.inc()
-        ctx = AuditContext(
-            actor="anonymous",
-            token_id=_claimed_token_id(token) if token else None,
-            request_id=getattr(request.state, "request_id", None),
-            client_addr=_client(request),
+        record_refusal(
+            cp,
+            _anonymous(request, token),
+            org_id=None,
+            action="auth.authenticate",
+            target=_target(request),
+            reason=exc.message,
+            outcome="failure",
         )
-        with cp.db.write() as session:
-            cp.audit.record(
-                session,
-                ctx,
-                org_id=None,
-                action="auth.authenticate",
-                target=f"{request.method} {request.url.path}"[:300],
-                outcome="failure",
-                detail={"reason": exc.message},
-            )
         audited(exc)
         raise
 
@@ -326,23 +320,31 @@ def audit_unrecorded_refusal(request: Request, status: int, reason: str) -> None
         org_id = access.org.id if access.org else access.home_org()
     if not isinstance(ctx, AuditContext):
         header = request.headers.get("authorization", "")
-        token = header.partition(" ")[2].strip()
-        ctx = AuditContext(
-            actor="anonymous",
-            token_id=_claimed_token_id(token) if token else None,
-            request_id=getattr(request.state, "request_id", None),
-            client_addr=_client(request),
-        )
-    with cp.db.write() as session:
-        cp.audit.record(
-            session,
-            ctx,
-            org_id=org_id,
-            action=action,
-            target=f"{request.method} {request.url.path}"[:300],
-            outcome="failure" if status == 401 else "denied",
-            detail={"reason": reason[:500], "status": status},
-        )
+        ctx = _anonymous(request, header.partition(" ")[2].strip())
+    record_refusal(
+        cp,
+        ctx,
+        org_id=org_id,
+        action=action,
+        target=_target(request),
+        reason=reason[:500],
+        outcome="failure" if status == 401 else "denied",
+        status=status,
+    )
+
+
+def _anonymous(request: Request, token: str) -> AuditContext:
+    """The audit context of a caller not (yet) authenticated: the token id it claims, if any."""
+    return AuditContext(
+        actor="anonymous",
+        token_id=_claimed_token_id(token) if token else None,
+        request_id=getattr(request.state, "request_id", None),
+        client_addr=_client(request),
+    )
+
+
+def _target(request: Request) -> str:
+    return f"{request.method} {request.url.path}"[:300]
 
 
 class Public:

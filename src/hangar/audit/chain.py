@@ -100,6 +100,18 @@ def checkpoint_message(chain: str, seq: int, head_hash: str, time: str) -> bytes
     return canonical({"chain": chain, "seq": seq, "head_hash": head_hash, "time": time})
 
 
+def verify_checkpoint(public_key: Ed25519PublicKey, cp: Checkpoint) -> None:
+    """Raise ``IntegrityError`` unless ``cp`` was signed by ``public_key`` as it reads."""
+    try:
+        verify_signature(
+            public_key,
+            bytes.fromhex(cp.signature),
+            checkpoint_message(cp.chain, cp.seq, cp.head_hash, cp.time),
+        )
+    except ValueError as exc:  # a signature that is not even hex
+        raise IntegrityError(f"checkpoint {cp.seq} of {cp.chain}: malformed signature") from exc
+
+
 @dataclass(frozen=True)
 class VerifyResult:
     chain: str
@@ -166,12 +178,8 @@ def verify_chain(
         if cp.chain != chain:
             return bad(cp.seq, f"checkpoint {cp.seq} belongs to chain {cp.chain!r}")
         try:
-            verify_signature(
-                public_key,
-                bytes.fromhex(cp.signature),
-                checkpoint_message(cp.chain, cp.seq, cp.head_hash, cp.time),
-            )
-        except (IntegrityError, ValueError):
+            verify_checkpoint(public_key, cp)
+        except IntegrityError:
             return bad(cp.seq, f"checkpoint at event {cp.seq} has a bad signature")
         if cp.seq > last_seq:
             return bad(

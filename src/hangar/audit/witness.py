@@ -43,8 +43,12 @@ from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from hangar.audit.chain import Checkpoint, VerifyResult, canonical, checkpoint_message
-from hangar.crypto.signing import verify_signature
+from hangar.audit.chain import (
+    Checkpoint,
+    VerifyResult,
+    canonical,
+    verify_checkpoint,
+)
 from hangar.errors import ConfigError, HangarError, IntegrityError
 
 __all__ = [
@@ -362,12 +366,8 @@ def check_witness(
     for item in lines:
         cp = item.checkpoint
         try:
-            verify_signature(
-                public_key,
-                bytes.fromhex(cp.signature),
-                checkpoint_message(cp.chain, cp.seq, cp.head_hash, cp.time),
-            )
-        except (IntegrityError, ValueError):
+            verify_checkpoint(public_key, cp)
+        except IntegrityError:
             failures.append(
                 VerifyResult(
                     cp.chain,

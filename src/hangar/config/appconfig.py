@@ -33,7 +33,26 @@ from pydantic import (
     model_validator,
 )
 
-from hangar.domain.names import refuse_invisible, validate_dns_label
+from hangar.config._fields import (
+    FROM_USER,
+    CheckInterval,
+    CheckName,
+    CheckTimeout,
+    Duration,
+    GracePeriod,
+    GroupName,
+    Headers,
+    KillTimeout,
+    Port,
+    RequestPath,
+    from_user,
+    not_yet,
+    parse_duration,
+    parse_memory_mb,
+    refuse_all_but,
+    refuse_hidden,
+)
+from hangar.domain.names import validate_dns_label
 from hangar.errors import ConfigError
 from hangar.errors import ValidationError as HangarValidationError
 
@@ -44,119 +63,6 @@ __all__ = [
     "parse_duration",
     "parse_memory_mb",
 ]
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-_SIZE = re.compile(r"^\s*(\d+)\s*(mb|gb|mib|gib)?\s*$", re.IGNORECASE)
-
-
-def parse_duration(value: Any) -> float:
-    """``"10s"`` → 10.0; bare numbers are seconds."""
-    if isinstance(value, bool):
-        raise ValueError("invalid duration")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
-        seconds = float(m.group(1)) * _UNITS[m.group(2)]
-    else:
-        raise ValueError(f"invalid duration {value!r}; write e.g. '500ms', '10s', '2m'")
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError("a duration must be a finite, non-negative number")
-    return seconds
-
-
-def parse_memory_mb(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError("invalid memory size")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and (m := _SIZE.match(value)):
-        number, unit = int(m.group(1)), (m.group(2) or "mb").lower()
-        return number * 1024 if unit in ("gb", "gib") else number
-    raise ValueError(f"invalid memory size {value!r}; write e.g. 256, '512mb', '1gb'")
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-Port = Annotated[int, Field(ge=1, le=65535)]
-
-# What a user writes is held to the full rule of domain/names.py (control,
-# zero-width, bidirectional and other invisible characters). Releases stored
-# before that rule was widened still load: they are held to the rule they were
-# accepted under, which refused these (C0, DEL, C1, zero-width and bidi).
-_STORED_INVISIBLE = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]"
-)
-# What an HTTP check may request: a path and query of visible ASCII.
-_REQUEST_PATH = r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]{0,1023}$"
-_HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$"
-
-
-# Keys of fly.toml that Hangar does not act on are refused when a user writes
-# them (parse_app_config validates with FROM_USER), never silently accepted.
-# Releases stored before a key was refused still load: they validate without it.
-FROM_USER = {"from_user": True}
-
-
-def _from_user(info: pydantic.ValidationInfo) -> bool:
-    return bool(info.context and info.context.get("from_user"))
-
-
-def _not_yet(what: str, hint: str = "remove it") -> Any:
-    """A validator refusing any value but the default: Hangar does not act on ``what`` yet."""
-
-    def refuse(value: Any, info: pydantic.ValidationInfo) -> Any:
-        if _from_user(info) and value not in (None, [], {}, False):
-            raise ValueError(f"Hangar does not support {what} yet; {hint}")
-        return value
-
-    return BeforeValidator(refuse)
-
-
-def _only(allowed: str, why: str) -> Any:
-    """A validator refusing every value but ``allowed`` (the one Hangar acts on)."""
-
-    def check(value: Any, info: pydantic.ValidationInfo) -> Any:
-        if _from_user(info) and value != allowed:
-            raise ValueError(f"{value!r} is not supported: {why}")
-        return value
-
-    return BeforeValidator(check)
-
-
-def _plain(value: str, info: pydantic.ValidationInfo) -> str:
-    if _from_user(info):
-        try:
-            return refuse_invisible(value, what="the value")
-        except HangarValidationError as exc:
-            raise ValueError(exc.message) from None
-    if _STORED_INVISIBLE.search(value):
-        raise ValueError("control, zero-width and bidirectional characters are not allowed")
-    return value
-
-
-def _plain_name(value: str, info: pydantic.ValidationInfo) -> str:
-    """A name a user gives (a check, a process group): nothing invisible in it."""
-    if _from_user(info):
-        try:
-            refuse_invisible(value, what=f"the name {value!r}")
-        except HangarValidationError as exc:
-            raise ValueError(exc.message) from None
-    return value
-
-
-# Ranges (docs/hosts.md, "Limits of hangar.toml"): wide enough for any real
-# app, narrow enough that no value stalls a loop or overflows what reads it.
-KillTimeout = Annotated[float, BeforeValidator(parse_duration), Field(ge=0, le=300)]
-GracePeriod = Annotated[float, BeforeValidator(parse_duration), Field(ge=0, le=3600)]
-CheckInterval = Annotated[float, BeforeValidator(parse_duration), Field(ge=0.05, le=3600)]
-CheckTimeout = Annotated[float, BeforeValidator(parse_duration), Field(ge=0.1, le=60)]
-PlainText = Annotated[str, AfterValidator(_plain)]
-HeaderName = Annotated[str, Field(pattern=_HEADER_NAME)]
-HeaderValue = Annotated[str, Field(max_length=1024), AfterValidator(_plain)]
-RequestPath = Annotated[str, Field(pattern=_REQUEST_PATH)]
-GroupName = Annotated[str, Field(max_length=63), AfterValidator(_plain_name)]
-CheckName = Annotated[str, Field(min_length=1, max_length=63), AfterValidator(_plain_name)]
-Headers = Annotated[dict[HeaderName, HeaderValue], Field(max_length=32)]
 
 
 class _Model(BaseModel):
@@ -175,7 +81,7 @@ class Concurrency(_Model):
 
     type: Annotated[
         Literal["connections", "requests"],
-        _only("requests", "the edge limits the requests in flight to each machine"),
+        refuse_all_but("requests", "the edge limits the requests in flight to each machine"),
     ] = "requests"
     soft_limit: int = Field(default=20, ge=1, le=100_000)
     hard_limit: int = Field(default=25, ge=1, le=100_000)
@@ -193,7 +99,9 @@ class HttpCheck(_Model):
     timeout: CheckTimeout = 2.0
     method: Literal["GET", "HEAD", "POST", "OPTIONS"] = "GET"
     path: RequestPath = "/"
-    protocol: Annotated[Literal["http", "https"], _only("http", "checks speak plain HTTP")] = "http"
+    protocol: Annotated[
+        Literal["http", "https"], refuse_all_but("http", "checks speak plain HTTP")
+    ] = "http"
     headers: Headers = {}
 
 
@@ -219,7 +127,7 @@ class HttpService(_Model):
 
 
 def _handlers(value: Any, info: pydantic.ValidationInfo) -> Any:
-    if _from_user(info) and isinstance(value, list) and "http" in value:
+    if from_user(info) and isinstance(value, list) and "http" in value:
         raise ValueError(
             "the `http` handler is not supported on [[services]]; use [http_service] for HTTP"
         )
@@ -233,7 +141,7 @@ class ServicePort(_Model):
         BeforeValidator(_handlers),
         Field(max_length=3),
     ] = []
-    force_https: Annotated[bool, _not_yet("force_https on [[services]] ports")] = False
+    force_https: Annotated[bool, not_yet("force_https on [[services]] ports")] = False
 
 
 class TcpConcurrency(_Model):
@@ -241,23 +149,25 @@ class TcpConcurrency(_Model):
 
     type: Annotated[
         Literal["connections", "requests"],
-        _only("connections", "a TCP service's limits count connections"),
+        refuse_all_but("connections", "a TCP service's limits count connections"),
     ] = "connections"
     soft_limit: Annotated[
-        int | None, _not_yet("soft_limit for TCP services", "set hard_limit only")
+        int | None, not_yet("soft_limit for TCP services", "set hard_limit only")
     ] = None
     hard_limit: int = Field(default=25, ge=1, le=100_000)
 
 
 class Service(_Model):
-    protocol: Annotated[Literal["tcp", "udp"], _only("tcp", "UDP services are not routed")] = "tcp"
+    protocol: Annotated[
+        Literal["tcp", "udp"], refuse_all_but("tcp", "UDP services are not routed")
+    ] = "tcp"
     internal_port: Port
     ports: list[ServicePort] = Field(min_length=1, max_length=16)
     concurrency: TcpConcurrency = TcpConcurrency()
     tcp_checks: list[TcpCheck] = Field(default=[], max_length=16)
     http_checks: Annotated[
         list[HttpCheck],
-        _not_yet("[[services.http_checks]]", 'use [checks.NAME] with type = "http"'),
+        not_yet("[[services.http_checks]]", 'use [checks.NAME] with type = "http"'),
         Field(max_length=16),
     ] = []
 
@@ -275,7 +185,9 @@ class NamedCheck(_Model):
 
 class Mount(_Model):
     source: str = Field(pattern=r"^[a-z][a-z0-9_]{0,29}$")
-    destination: Annotated[str, Field(pattern=r"^/.+", max_length=1024), AfterValidator(_plain)]
+    destination: Annotated[
+        str, Field(pattern=r"^/.+", max_length=1024), AfterValidator(refuse_hidden)
+    ]
     initial_size: str | None = Field(default=None, pattern=r"^\s*\d{1,7}\s*(mb|gb|mib|gib)?\s*$")
     processes: list[GroupName] = Field(default=[], max_length=32)
 
@@ -283,7 +195,7 @@ class Mount(_Model):
 class SecretFile(_Model):
     """A secret given to machines as a file, on tmpfs, under /run or /tmp."""
 
-    guest_path: Annotated[str, Field(max_length=1024), AfterValidator(_plain)]
+    guest_path: Annotated[str, Field(max_length=1024), AfterValidator(refuse_hidden)]
     secret_name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
     @field_validator("guest_path")
@@ -347,15 +259,15 @@ class Vm(_Model):
     memory: Annotated[int, BeforeValidator(parse_memory_mb), Field(ge=64, le=262144)] = 256
     cpu_kind: Annotated[
         Literal["shared", "performance"],
-        _only("shared", "machines share the host's CPUs (cpus sets a quota)"),
+        refuse_all_but("shared", "machines share the host's CPUs (cpus sets a quota)"),
     ] = "shared"
-    processes: Annotated[list[GroupName], _not_yet("process groups")] = []
+    processes: Annotated[list[GroupName], not_yet("process groups")] = []
 
 
 class Restart(_Model):
     policy: Literal["no", "always", "on-failure"] = "on-failure"
     retries: int = Field(default=10, ge=0, le=1000)
-    processes: Annotated[list[GroupName], _not_yet("process groups")] = []
+    processes: Annotated[list[GroupName], not_yet("process groups")] = []
 
 
 class Metrics(_Model):
@@ -370,7 +282,7 @@ class NetworkConfig(_Model):
 
 
 class Build(_Model):
-    image: Annotated[str, Field(max_length=1000), AfterValidator(_plain)] | None = None
+    image: Annotated[str, Field(max_length=1000), AfterValidator(refuse_hidden)] | None = None
 
 
 class AppConfig(_Model):
@@ -383,7 +295,7 @@ class AppConfig(_Model):
     http_service: HttpService | None = None
     services: list[Service] = Field(default=[], max_length=32)
     checks: dict[CheckName, NamedCheck] = Field(default={}, max_length=32)
-    mounts: Annotated[list[Mount], _not_yet("volumes ([[mounts]])"), Field(max_length=16)] = []
+    mounts: Annotated[list[Mount], not_yet("volumes ([[mounts]])"), Field(max_length=16)] = []
     files: list[SecretFile] = Field(default=[], max_length=64)
     network: NetworkConfig = NetworkConfig()
     deploy: Deploy = Deploy()
@@ -392,7 +304,7 @@ class AppConfig(_Model):
     metrics: Annotated[list[Metrics], Field(max_length=16)] | Metrics | None = None
     processes: Annotated[
         dict[str, Annotated[str, Field(max_length=4096)]],
-        _not_yet("process groups ([processes])"),
+        not_yet("process groups ([processes])"),
         Field(max_length=32),
     ] = {}
 
@@ -401,7 +313,7 @@ class AppConfig(_Model):
     def _app_name(cls, value: str, info: pydantic.ValidationInfo) -> str:
         # An app stored before IDNA-shaped labels were refused keeps loading.
         try:
-            return validate_dns_label(value, what="app name", reserved_ok=not _from_user(info))
+            return validate_dns_label(value, what="app name", reserved_ok=not from_user(info))
         except HangarValidationError as exc:
             raise ValueError(exc.message) from exc
 

@@ -81,8 +81,17 @@ def record_refusal(
     action: str,
     target: str,
     reason: str,
+    outcome: str = "denied",
+    status: int | None = None,
 ) -> None:
-    """Record a refused attempt, in a transaction of its own: the attempt changed nothing."""
+    """Record a refused attempt, in a transaction of its own: the attempt changed nothing.
+
+    ``outcome`` is "denied" (known caller, not allowed) or "failure" (not
+    authenticated); ``status`` is the HTTP status answered, when there is one.
+    """
+    detail: dict[str, object] = {"reason": reason}
+    if status is not None:
+        detail["status"] = status
     with cp.db.write() as session:
         cp.audit.record(
             session,
@@ -90,6 +99,6 @@ def record_refusal(
             org_id=org_id,
             action=action,
             target=target,
-            outcome="denied",
-            detail={"reason": reason},
+            outcome=outcome,
+            detail=detail,
         )

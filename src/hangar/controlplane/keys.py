@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from hangar.controlplane.acme import ACCOUNT_PURPOSE, ACCOUNT_SETTING
+from hangar.controlplane.logsinks import credential_purpose
 from hangar.controlplane.routes import cert_key_purpose
 from hangar.controlplane.state import ControlPlane
 from hangar.crypto.rotation import (
@@ -24,7 +25,7 @@ from hangar.crypto.rotation import (
     rewrap_file,
     root_key_purpose,
 )
-from hangar.store.tables import AppKey, Certificate, RootKey, Setting
+from hangar.store.tables import AppKey, Certificate, LogSinkRow, RootKey, Setting
 
 __all__ = ["Rotation", "rotate_kek"]
 
@@ -67,6 +68,12 @@ def _rewrap_rows(cp: ControlPlane) -> int:
                 fresh = rewrap(cp.keyring, cert.key_wrapped, cert_key_purpose(cert.id))
                 count += fresh != cert.key_wrapped
                 cert.key_wrapped = fresh
+        for sink in session.execute(select(LogSinkRow)).scalars():
+            if sink.credential is not None:
+                purpose = credential_purpose(sink.org_id, sink.id)
+                fresh = rewrap(cp.keyring, sink.credential, purpose)
+                count += fresh != sink.credential
+                sink.credential = fresh
         account = session.get(Setting, ACCOUNT_SETTING)
         if account is not None:
             stored = json.loads(account.value)

@@ -463,5 +463,10 @@ class LogSinkRow(Base):
     org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id"), index=True)
     kind: Mapped[str] = mapped_column(String(16))
     url: Mapped[str] = mapped_column(String(2000))
+    # The Elasticsearch index or data stream, or the Splunk index; None: the sink's default.
+    index_name: Mapped[str | None] = mapped_column(String(100))
+    # The sink's credential, wrapped by the KEK (purpose bound to the sink); never plaintext.
+    credential: Mapped[bytes | None] = mapped_column(LargeBinary)
+    auth: Mapped[str | None] = mapped_column(String(16))  # the credential's scheme, to list
     created_by: Mapped[str] = mapped_column(String(254))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

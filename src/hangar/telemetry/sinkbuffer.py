@@ -51,6 +51,31 @@ class SinkBuffer:
         for segment in self._segments():
             if segment < self._head[0]:
                 self._path(segment).unlink(missing_ok=True)  # acked before a crash
+        self._cut_torn_tail()
+
+    def _cut_torn_tail(self) -> None:
+        """A crash mid-append can leave a last line without its newline: it was never
+        acknowledged to anyone, and the next append must not glue itself onto it."""
+        segments = self._segments()
+        if not segments:
+            return
+        path = self._path(segments[-1])
+        with open(path, "r+b") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            keep = size
+            while keep > 0:
+                step = min(keep, 1 << 16)
+                handle.seek(keep - step)
+                chunk = handle.read(step)
+                newline = chunk.rfind(b"\n")
+                if newline >= 0:
+                    keep = keep - step + newline + 1
+                    break
+                keep -= step
+            if keep != size:
+                handle.truncate(keep)
+                handle.flush()
+                os.fsync(handle.fileno())
 
     def _path(self, segment: int) -> Path:
         return self.directory / f"{segment:010d}.ndjson"
@@ -64,6 +89,11 @@ class SinkBuffer:
             self._head_file,
             json.dumps({"segment": segment, "offset": offset, "dropped": self._dropped}),
         )
+
+    @property
+    def head(self) -> tuple[int, int]:
+        """Where the oldest record waiting starts: changes when records are acked or dropped."""
+        return self._head
 
     def size(self) -> int:
         """Bytes still waiting (from the head to the end)."""

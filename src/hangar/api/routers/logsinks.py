@@ -3,30 +3,53 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Path
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from hangar.api.guard import Access, GuardedRouter, requires
 from hangar.auth.rbac import Permission
 from hangar.controlplane.logsinks import SinkOut, add_sink, list_sinks, remove_sink
+from hangar.telemetry.sinks import Credential
 
 router = GuardedRouter(prefix="/v1/orgs/{org}/log-sinks", tags=["logs"])
 
 
+class AuthIn(BaseModel):
+    """Write-only: kept wrapped by the key-encryption key, never shown again."""
+
+    model_config = ConfigDict(extra="forbid")
+    scheme: Literal["basic", "apikey", "splunk"] = Field(
+        description="basic or apikey (Elasticsearch), splunk (a HEC token)"
+    )
+    secret: SecretStr = Field(
+        max_length=4096, description="the password, API key (id:key encoded) or HEC token"
+    )
+    username: str = Field(default="", max_length=256, description="for basic only")
+
+
 class SinkIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    kind: str = Field(
-        max_length=32, description="loki (elasticsearch, splunk-hec, syslog: not yet)"
+    kind: str = Field(max_length=32, description="loki, elasticsearch, splunk-hec or syslog")
+    url: str = Field(
+        max_length=2000,
+        description="the sink's base URL, without credentials; syslog: tls://host[:port]",
     )
-    url: str = Field(max_length=2000, description="the sink's base URL, without credentials")
+    index: str | None = Field(
+        default=None,
+        max_length=100,
+        description="Elasticsearch index or data stream (default hangar-logs), or Splunk index",
+    )
+    auth: AuthIn | None = Field(default=None, description="how Hangar proves itself to the sink")
 
 
 class SinkView(BaseModel):
     id: str
     kind: str
     url: str
+    index: str | None
+    auth: str | None = Field(description="the credential's scheme; the credential is never shown")
     created_by: str
     created_at: dt.datetime
 
@@ -42,7 +65,23 @@ def create(
     assert access.org is not None
     # A sink receives every machine's output: only someone who may read it all.
     access.check(Permission.LOGS_READ, org=access.org, shown=f"organization {org!r}")
-    return _view(add_sink(access.cp, access.ctx, access.org, body.kind, body.url))
+    auth = body.auth
+    credential = (
+        Credential(auth.scheme, auth.secret.get_secret_value(), auth.username)
+        if auth is not None
+        else None
+    )
+    return _view(
+        add_sink(
+            access.cp,
+            access.ctx,
+            access.org,
+            body.kind,
+            body.url,
+            credential=credential,
+            index=body.index,
+        )
+    )
 
 
 @router.get("", response_model=list[SinkView], summary="The organization's log sinks")
