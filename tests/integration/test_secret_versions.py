@@ -314,7 +314,7 @@ def test_a_store_migrated_from_before_versions_still_delivers(
     cfg.set_main_option("script_location", str(store_db._MIGRATIONS))
     with control_plane.db._writer.connect() as conn:
         cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0014")
+        command.downgrade(cfg, "0015")
         conn.commit()
     control_plane.db.migrate()
     with control_plane.db.read() as session:

@@ -1,7 +1,7 @@
 """versions of apps' secrets; each release names the version it deploys
 
-Revision ID: 0015
-Revises: 0014
+Revision ID: 0016
+Revises: 0015
 
 An app that has deployed secrets gets them as its version 1 (the same
 ciphertexts, copied as they are: nothing is decrypted), and each of its
@@ -15,8 +15,8 @@ from alembic import op
 
 import hangar.store.tables
 
-revision = "0015"
-down_revision = "0014"
+revision = "0016"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 
