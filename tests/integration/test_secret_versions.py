@@ -326,3 +326,26 @@ def test_a_store_migrated_from_before_versions_still_delivers(
     # The staged change is still staged, and deploying it makes version 2.
     assert api.post("/v1/apps/web/secrets/deploy", headers=h).status_code == 200
     assert _values_for(control_plane, web, 2) == {"K": "staged", "L": "two"}
+
+
+def test_a_rollback_to_a_version_no_longer_kept_is_refused_before_anything_changes(
+    api: TestClient, installation: Installation, control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    h = installation.headers
+    api.post("/v1/apps", headers=h, json={"name": "web"})
+    with control_plane.db.write() as session:
+        register_local_host(session, name="h1", region="local")
+    digest = _image(api, h, tmp_path, "web")
+    web = _app(control_plane, "web")
+    _set(api, h, "web", K="one")
+    _release(control_plane, web, digest)
+    _set(api, h, "web", K="two")
+    _complete(control_plane, web, 2)
+    with control_plane.db.write() as session:  # as if lost: never deliver another version
+        for table in (SecretVersionValue, SecretVersion):
+            session.execute(
+                table.__table__.delete().where(table.app_id == web.id, table.version == 1)
+            )
+    r = api.post("/v1/apps/web/releases/rollback", headers=h, json={"version": 1})
+    assert r.status_code == 409 and "secrets version 1" in r.json()["detail"], r.text
+    assert [x["version"] for x in api.get("/v1/apps/web/releases", headers=h).json()] == [2, 1]
