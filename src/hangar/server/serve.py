@@ -179,6 +179,9 @@ def _tls_config(app: Any, settings: ServerSettings, port: int, **extra: Any) -> 
         ssl_keyfile=str(settings.data_dir / "api.key"),
         ssl_ciphers=TLS12_CIPHERS,
         log_level=settings.log_level,
+        # Uvicorn's lines go through the root logger as Hangar's own do (same
+        # format, same shipping) instead of handlers of its own.
+        log_config=None,
         access_log=False,
         server_header=False,
         proxy_headers=False,
