@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,8 +46,7 @@ PUSH = "/loki/api/v1/push"
 @pytest.fixture
 def root(tmp_path: Path) -> Iterator[Path]:
     """The agent's directory: short (the edge's sockets live in it), under /run."""
-    path = Path("/run") / f"hangar-shiplogs-{tmp_path.name[-20:]}"
-    path.mkdir(mode=0o700)
+    path = Path(tempfile.mkdtemp(prefix="hangar-access-", dir="/run"))
     yield path
     subprocess.run(["umount", str(path / "edge")], capture_output=True)
     shutil.rmtree(path, ignore_errors=True)
