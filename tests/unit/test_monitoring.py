@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from hangar.agent.metrics import AgentCollector
+from hangar.controlplane.auditverify import AuditVerifier
 from hangar.controlplane.metrics import ControlPlaneCollector
 from hangar.controlplane.state import ControlPlane
 from hangar.telemetry.metrics import REGISTRY
@@ -63,6 +64,7 @@ def _exported_names(cp: ControlPlane) -> set[str]:
     agent = SimpleNamespace(reconciler=SimpleNamespace(machines=list), mesh_handshakes={"p=": 0})
     names |= {f.name for f in AgentCollector(agent).collect()}  # type: ignore[arg-type]
     names |= {f.name for f in ControlPlaneCollector(cp.db).collect()}
+    names |= {f.name for f in AuditVerifier(cp).collect()}
     return names
 
 
