@@ -10,7 +10,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from hangar.agent.edgemetrics import FIGURES, edge_texts
 from hangar.agent.metrics import AgentCollector
 from hangar.controlplane.auditverify import AuditVerifier
 from hangar.controlplane.metrics import ControlPlaneCollector
@@ -65,6 +67,10 @@ def _exported_names(cp: ControlPlane) -> set[str]:
     names |= {f.name for f in AgentCollector(agent).collect()}  # type: ignore[arg-type]
     names |= {f.name for f in ControlPlaneCollector(cp.db).collect()}
     names |= {f.name for f in AuditVerifier(cp).collect()}
+    # Each app's figures at the edge, as an edge host sends them for organizations' endpoints.
+    exporter = "".join(f'{source}{{proxy="app_x"}} 1\n' for source in FIGURES)
+    for text in edge_texts(exporter).values():
+        names |= {f.name for f in text_string_to_metric_families(text)}
     return names
 
 
