@@ -33,7 +33,7 @@ from hangar.net.dns import InternalDns, resolver_address
 
 if TYPE_CHECKING:
     from hangar.edge.haproxy import Edge
-    from hangar.net.nftables import Firewall
+    from hangar.net.nftables import Firewall, Traffic
     from hangar.net.wireguard import Mesh
 
 __all__ = ["Agent", "host_memory_mb"]
@@ -93,6 +93,8 @@ class Agent:
         self.mesh_endpoint = mesh_endpoint
         self.app_metrics = app_metrics
         self.edge_metrics = edge_metrics
+        if app_metrics is not None and firewall is not None and app_metrics.network is None:
+            app_metrics.network = self._traffic
         self._mesh_registered = False
         self._mesh_reported_at = 0.0
         # Each mesh peer's latest handshake (unix time), as last read; None: no mesh.
@@ -233,6 +235,12 @@ class Agent:
             self.link.report_metrics(ready)
         except HangarError as exc:
             log.warning("machines' metrics not sent: %s", exc.message)
+
+    def _traffic(self) -> dict[str, Traffic]:
+        """Each machine interface's traffic from this host's nftables counters."""
+        from hangar.net.nftables import table_name, traffic
+
+        return traffic(table_name(self.host_id))
 
     def ship_edge_metrics(self) -> None:
         """Read each app's figures at this host's edge when due, and send them up."""
