@@ -165,6 +165,12 @@ def test_prometheus_scrapes_the_api_and_the_agent(platform: tuple[Server, Path, 
     hello = eventually(prometheus, 'hello_up{job="acme",app="hello"} == 1')
     assert len(hello) == 1 and hello[0]["metric"]["machine"] == machine["id"]
     assert eventually(prometheus, 'hangar_machine_memory_bytes{job="acme",app="hello"} > 0')
+    # Its traffic through the host, from the host's nftables counters: the scrapes and
+    # health checks reached it, and it answered them.
+    for direction in ("receive", "transmit"):
+        for unit in ("bytes", "packets"):
+            name = f"hangar_machine_network_{direction}_{unit}_total"
+            assert eventually(prometheus, f'{name}{{job="acme",app="hello"}} > 0'), name
     figures = srv.json("metrics", "--app", "hello")
     assert isinstance(figures, list) and figures[0]["scrape_ok"] is True
     assert figures[0]["app_series"] >= 1 and figures[0]["memory_bytes"] > 0

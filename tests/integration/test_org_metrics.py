@@ -31,6 +31,9 @@ def shipped(org: str, app: str, machine: str, value: float) -> str:
         f'hangar_machine_memory_bytes{{org="{org}",app="{app}",machine="{machine}"}} {value}\n'
         "# TYPE hangar_scrape_ok gauge\n"
         f'hangar_scrape_ok{{org="{org}",app="{app}",machine="{machine}"}} 1\n'
+        "# TYPE hangar_machine_network_transmit_bytes counter\n"
+        "hangar_machine_network_transmit_bytes_total"
+        f'{{org="{org}",app="{app}",machine="{machine}"}} {value * 10}\n'
         "# TYPE app_requests counter\n"
         f'app_requests_total{{org="{org}",app="{app}",machine="{machine}",path="/"}} {value}\n'
     )
@@ -78,11 +81,14 @@ def test_members_read_their_own_organizations_machines_only(
     assert 222 not in {s[2] for s in got}  # globex's machine, whatever its labels said
     memory = [s for s in got if s[0] == "hangar_machine_memory_bytes"]
     assert [s[2] for s in memory] == [111]
+    sent = [s for s in got if s[0] == "hangar_machine_network_transmit_bytes_total"]
+    assert [s[2] for s in sent] == [1110]  # globex's machine's traffic is not here
 
     eve = bearer(two_orgs["eve"])
     globex = samples(api.get("/v1/orgs/globex/metrics", headers=eve).text)
     assert {s[1]["org"] for s in globex} == {machines["globex"]}
     assert {s[2] for s in globex if s[0] == "hangar_machine_memory_bytes"} == {222}
+    assert {s[2] for s in globex if s[0] == "hangar_machine_network_transmit_bytes_total"} == {2220}
     # Each one's view of the other's: refused, as every other object of it is.
     assert api.get("/v1/orgs/acme/metrics", headers=eve).status_code in (403, 404)
     assert api.get("/v1/apps/clinic-api/metrics", headers=eve).status_code in (403, 404)
