@@ -507,3 +507,75 @@ def test_watching_the_edge_is_refused_without_an_edge(deployed: tuple[Server, Pa
     assert refused.returncode != 0
     assert "max_error_rate needs the edge" in refused.stderr
     assert srv.json("releases", "--app", "hello") == []  # nothing was made
+
+
+def test_a_rollback_runs_with_its_releases_secrets(deployed: tuple[Server, Path, Path]) -> None:
+    """Roll back past a secrets change: the new machine reads the old value, in its
+    environment and its file mount, and neither value is anywhere else."""
+    srv, tmp, agent_root = deployed
+    first, second = "canary-" + secrets.token_hex(12), "canary-" + secrets.token_hex(20)
+    seen = []
+    out = srv.cli("secrets", "set", "DATABASE_URL=-", "--app", "hello", stdin=first)
+    seen.append(out.stdout + out.stderr)
+    config = write_config(tmp, "good.toml")
+    with config.open("a") as handle:
+        handle.write(
+            '[[files]]\n  guest_path = "/run/secrets/db"\n  secret_name = "DATABASE_URL"\n'
+        )
+    seen.append(srv.cli("deploy", "--config", str(config)).stdout)
+
+    def live_machine(version: int) -> str:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ready = [
+                m
+                for m in machines(srv)
+                if m["running_version"] == version and m["healthy"] and m["state"] == "started"
+            ]
+            if len(ready) == 1 and len(machines(srv)) == 1:
+                return str(ready[0]["id"])
+            time.sleep(0.3)
+        raise AssertionError(f"no healthy machine of v{version}: {machines(srv)}")
+
+    def inside(mid: str) -> list[str]:
+        # Only lengths leave the machine, never the value.
+        probe = (
+            'case "$DATABASE_URL" in canary-*) echo ${#DATABASE_URL};; *) echo none;; esac;'
+            " v=$(cat /run/secrets/db); echo ${#v}"
+        )
+        out = srv.cli("machines", "exec", mid, "--app", "hello", "--", "sh", "-c", probe)
+        return out.stdout.split()
+
+    assert inside(live_machine(1)) == [str(len(first))] * 2
+    out = srv.cli("secrets", "set", "DATABASE_URL=-", "--app", "hello", stdin=second)
+    seen.append(out.stdout + out.stderr)
+    assert "Rolling out as release v2" in out.stdout
+    assert inside(live_machine(2)) == [str(len(second))] * 2
+
+    out = srv.cli("releases", "rollback", "1", "--app", "hello")
+    seen.append(out.stdout + out.stderr)
+    assert "v1's image, configuration and secrets version 1" in out.stdout
+    assert "current secrets" not in out.stdout
+    assert inside(live_machine(3)) == [str(len(first))] * 2
+    listed = srv.json("releases", "--app", "hello")
+    assert [(r["version"], r["secrets_version"]) for r in listed] == [(3, 1), (2, 2), (1, 1)]  # type: ignore[index, union-attr]
+    table = srv.cli("releases", "--app", "hello").stdout
+    assert "SECRETS" in table
+    # The app's current secrets are still version 2, which the next change builds on.
+    names = srv.cli("secrets", "list", "--app", "hello").stdout
+    assert "Secrets version 2" in names
+    seen += [table, names, srv.cli("secrets", "list", "--app", "hello", "--json").stdout]
+    seen.append(srv.cli("audit", "list", "--org", "acme", "--json").stdout)
+
+    canaries = [first.encode(), second.encode()]
+    for text in seen:
+        assert not any(c.decode() in text for c in canaries)
+    files = [p for p in (tmp / "data").rglob("*") if p.is_file()] + [tmp / "server.log"]
+    bundles = agent_root / "agent/bundles"
+    files += [
+        p for p in (agent_root / "agent").rglob("*") if p.is_file() and bundles not in p.parents
+    ]
+    for path in files:
+        data = path.read_bytes()
+        for canary in canaries:
+            assert canary not in data, path

@@ -18,7 +18,7 @@ from hangar.controlplane.secrets import deliver, machine_secrets
 from hangar.controlplane.state import ControlPlane
 from hangar.crypto.secretbox import Opener
 from hangar.errors import IntegrityError, PermissionDenied
-from hangar.store.tables import AppKey, AuditEvent, Machine, Secret
+from hangar.store.tables import AppKey, AuditEvent, Machine, Secret, SecretVersionValue
 from tests.conftest import Installation, bearer, mint_token
 from tests.integration.test_hosts import _as_host, _join, _join_token
 from tests.uploads import upload_layout
@@ -143,11 +143,12 @@ def test_tampered_and_moved_ciphertexts_are_refused(
     with control_plane.db.write() as session:
         register_local_host(session, name="h1", region="local")
     machine = _one_off(api, h, tmp_path, "web")
+    # Machines receive a secrets version's values: tamper with what is delivered.
     with control_plane.db.write() as session:
         web, other = sorted(
-            session.execute(select(Secret)).scalars(), key=lambda r: r.app_id != _app_id(api, h)
+            session.execute(select(SecretVersionValue)).scalars(),
+            key=lambda r: r.app_id != _app_id(api, h),
         )
-        assert web.ciphertext is not None and other.ciphertext is not None
         web.ciphertext, saved = other.ciphertext, web.ciphertext  # api's value in web's row
     with control_plane.db.read() as session:
         row = session.get(Machine, str(machine["id"]))
@@ -156,7 +157,10 @@ def test_tampered_and_moved_ciphertexts_are_refused(
             machine_secrets(session, control_plane.keyring, row)
     with control_plane.db.write() as session:
         web = session.execute(
-            select(Secret).where(Secret.ciphertext == other.ciphertext, Secret.app_id == row.app_id)
+            select(SecretVersionValue).where(
+                SecretVersionValue.ciphertext == other.ciphertext,
+                SecretVersionValue.app_id == row.app_id,
+            )
         ).scalar_one()
         flipped = bytearray(saved)
         flipped[10] ^= 0x40

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 from pathlib import Path
@@ -44,6 +43,20 @@ def run(
         float, typer.Option(help="seconds to wait for new assignments before looking again")
     ] = 2.0,
     log_level: Annotated[str, typer.Option(help="critical|error|warning|info|debug")] = "info",
+    log_format: Annotated[str, typer.Option(help="text, or json: one JSON object a line")] = "text",
+    own_log_sink_url: Annotated[
+        str,
+        typer.Option(
+            help="ship the agent's own logs to the operator's sink at this URL (see docs/logs.md)"
+        ),
+    ] = "",
+    own_log_sink_kind: Annotated[
+        str, typer.Option(help="loki, elasticsearch, splunk-hec or syslog")
+    ] = "loki",
+    own_log_sink_credential_file: Annotated[
+        Path | None,
+        typer.Option(help="a file holding the sink's Splunk HEC token or Elasticsearch API key"),
+    ] = None,
     edge: Annotated[
         bool,
         typer.Option(
@@ -80,10 +93,18 @@ def run(
     """
     from hangar.agent.join import Identity, join
     from hangar.agent.remote import run_agent
+    from hangar.telemetry.ownlogs import OwnLogShipper, OwnLogSink, configure_logging
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    if log_level not in ("critical", "error", "warning", "info", "debug"):
+        raise ConfigError(f"--log-level {log_level!r} is not critical|error|warning|info|debug")
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"--log-format {log_format!r} is not text or json")
+    configure_logging(log_level, "json" if log_format == "json" else "text")
+    # Refused before the host joins or anything starts, if the sink is wrong.
+    own_sink = None
+    if own_log_sink_url:
+        own_sink = OwnLogSink(own_log_sink_kind, own_log_sink_url, own_log_sink_credential_file)
+        own_sink.driver()
     if metrics_port:
         check_listen_host(metrics_listen_host)
     if os.geteuid() != 0:
@@ -111,8 +132,14 @@ def run(
             https_port=edge_https_port,
             metrics_port=edge_metrics_port,
         )
-    raise typer.Exit(
-        run_agent(
+    own_logs = None
+    if own_sink is not None:
+        own_logs = OwnLogShipper(
+            own_sink, agent_dir / "own-logs", component="hangar-agent", host=identity.name
+        )
+        own_logs.start()
+    try:
+        code = run_agent(
             identity,
             agent_dir,
             poll_seconds=poll,
@@ -122,4 +149,7 @@ def run(
             dns=dns,
             metrics=(metrics_listen_host, metrics_port) if metrics_port else None,
         )
-    )
+    finally:
+        if own_logs is not None:
+            own_logs.stop()
+    raise typer.Exit(code)

@@ -18,6 +18,7 @@ from hangar.errors import ValidationError
 class Stream(StrEnum):
     stdout = "stdout"
     stderr = "stderr"
+    access = "access"
 
 
 def _when(value: str, option: str, now: dt.datetime) -> str:
@@ -46,7 +47,8 @@ def logs(
     app: AppOpt = None,
     machine: Annotated[str | None, typer.Option("--machine", "-m", help="one machine")] = None,
     stream: Annotated[
-        Stream | None, typer.Option("--stream", help="only stdout or only stderr")
+        Stream | None,
+        typer.Option("--stream", help="only stdout, stderr, or access (the edge's request lines)"),
     ] = None,
     since: Annotated[
         str | None,

@@ -26,6 +26,7 @@ def _list(ctx: typer.Context, app_: str | None, json_out: bool) -> None:
         return
     for item in items:
         item["digest"] = (item.get("image_digest") or "-")[:19]
+        item["secrets"] = item.get("secrets_version") or "-"
         if item.get("rollback_of"):
             item["strategy"] = f"{item['strategy']} (rollback to v{item['rollback_of']})"
     table(
@@ -35,6 +36,7 @@ def _list(ctx: typer.Context, app_: str | None, json_out: bool) -> None:
             ("status", "STATUS"),
             ("phase", "PHASE"),
             ("digest", "DIGEST"),
+            ("secrets", "SECRETS"),
             ("strategy", "STRATEGY"),
             ("created_by", "BY"),
             ("created_at", "CREATED"),
@@ -46,7 +48,8 @@ def _list(ctx: typer.Context, app_: str | None, json_out: bool) -> None:
 @app.callback()
 def releases(ctx: typer.Context, app_: AppOpt = None, json_out: JsonOpt = False) -> None:
     """Releases of an app, newest first: version, status, what it is doing, image digest,
-    strategy, who, when. `hangar releases rollback` deploys an earlier one again."""
+    secrets version, strategy, who, when.
+    `hangar releases rollback` deploys an earlier one again."""
     if ctx.invoked_subcommand is None:
         _list(ctx, app_, json_out)
 
@@ -69,10 +72,12 @@ def rollback(
     detach: Annotated[bool, typer.Option(help="return once the release is created")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Deploy an earlier release's image (by digest) and configuration as a new release.
+    """Deploy an earlier release's image (by digest), configuration and secrets version
+    as a new release.
 
-    It rolls out like any deploy (health-gated, with its strategy) and runs with
-    the app's current secrets: secrets are not versioned with releases.
+    It rolls out like any deploy (health-gated, with its strategy); its machines
+    receive the secret values the earlier release ran with. The app's current
+    secrets stay as they are: the next deploy or secrets change uses them.
     """
     name = app_name(app_)
     api = client(ctx)
@@ -82,9 +87,12 @@ def rollback(
         json={"version": version, "strategy": strategy},
     )
     if not json_out:
+        secrets = release.get("secrets_version")
         typer.echo(
-            f"Release v{release['version']} of {name} created: v{release['rollback_of']}'s image"
-            f" and configuration ({release['strategy']}), with the app's current secrets."
+            f"Release v{release['version']} of {name} created: v{release['rollback_of']}'s image,"
+            f" configuration and "
+            + (f"secrets version {secrets}" if secrets else "secrets (none)")
+            + f" ({release['strategy']})."
         )
     if detach:
         emit(release) if json_out else None

@@ -103,11 +103,15 @@ def unset(
 
 @app.command("list")
 def list_(ctx: typer.Context, app_: AppOpt = None, json_out: JsonOpt = False) -> None:
-    """Names, digests, versions and who set them; values are never shown."""
+    """Names, digests, versions and who set them, and the app's current secrets version
+    (each change to the deployed secrets makes the next one); values are never shown."""
     items = client(ctx).get(f"/v1/apps/{app_name(app_)}/secrets")
     if json_out:
         emit(items)
         return
+    current = next((i.get("secrets_version") for i in items if i.get("secrets_version")), None)
+    if current:
+        typer.echo(f"Secrets version {current}")
     for item in items:
         item["digest"] = (item.get("digest") or "-")[:16]
     table(

@@ -159,6 +159,9 @@ def run(
         typer.Option(help="port for other hosts' agents (mutual TLS only; 0: none)"),
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="critical|error|warning|info|debug")] = None,
+    log_format: Annotated[
+        str | None, typer.Option(help="text, or json: one JSON object a line (default text)")
+    ] = None,
     agent: Annotated[
         bool | None,
         typer.Option(
@@ -217,6 +220,7 @@ def run(
         listen_port=listen_port,
         agent_listen_port=agent_listen_port,
         log_level=log_level,
+        log_format=log_format,
         agent=agent,
         agent_dir=agent_dir,
         edge=edge,

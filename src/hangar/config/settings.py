@@ -55,6 +55,16 @@ class ServerSettings(BaseModel):
     max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
     tls_hostnames: list[str] = ["localhost", "127.0.0.1", "::1"]
     log_level: str = Field(default="info", pattern="^(critical|error|warning|info|debug)$")
+    # Hangar's own log lines on standard error: text, or one JSON object a line.
+    log_format: Literal["text", "json"] = "text"
+    # The operator's sink for the server's own logs (and its agent's): they
+    # may mention any organization, so never an organization's sink. Empty
+    # URL: not shipped. The credential file holds a Splunk HEC token or an
+    # Elasticsearch API key. See docs/logs.md.
+    own_log_sink_kind: Literal["loki", "elasticsearch", "splunk-hec", "syslog"] = "loki"
+    own_log_sink_url: str = ""
+    own_log_sink_credential_file: Path | None = None
+    own_log_sink_index: str | None = None
     agent: bool = True
     agent_dir: Path | None = None
     host_name: str = ""

@@ -14,7 +14,17 @@ from hangar.controlplane.machines import org_network
 from hangar.controlplane.state import ControlPlane
 from hangar.domain.names import validate_app_name, validate_dns_label
 from hangar.errors import Conflict, NotFound
-from hangar.store.tables import App, AppKey, Certificate, Machine, Org, Release, Secret
+from hangar.store.tables import (
+    App,
+    AppKey,
+    Certificate,
+    Machine,
+    Org,
+    Release,
+    Secret,
+    SecretVersion,
+    SecretVersionValue,
+)
 
 __all__ = ["create_app", "destroy_app", "find_app", "list_apps"]
 
@@ -94,7 +104,8 @@ def create_app(
 
 
 def destroy_app(cp: ControlPlane, ctx: AuditContext, app: App) -> None:
-    """The app and all that is its: machines, releases, secrets and their keys, host names."""
+    """The app and all that is its: machines, releases, secrets (every version) and their
+    keys, host names."""
     with change(cp, ctx, org_id=app.org_id, action="app.destroy", target=app.name) as (
         session,
         _,
@@ -107,6 +118,8 @@ def destroy_app(cp: ControlPlane, ctx: AuditContext, app: App) -> None:
         session.execute(delete(Release).where(Release.app_id == row.id))
         # Secrets and their data keys go with the app: nothing can read them after.
         session.execute(delete(Secret).where(Secret.app_id == row.id))
+        session.execute(delete(SecretVersionValue).where(SecretVersionValue.app_id == row.id))
+        session.execute(delete(SecretVersion).where(SecretVersion.app_id == row.id))
         session.execute(delete(AppKey).where(AppKey.app_id == row.id))
         # Its host names are free again; their keys go with their rows.
         session.execute(delete(Certificate).where(Certificate.app_id == row.id))

@@ -1,8 +1,8 @@
 """An app's data keys: the key its secrets are encrypted under, wrapped by the KEK.
 
 An app gets its first data key with its first secret. Rotating makes a new
-one, re-encrypts every value under it and deletes the old one, in one
-transaction.
+one, re-encrypts every value under it (the current ones and every kept
+version's) and deletes the old one, in one transaction.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from hangar.crypto.keyring import Keyring
 from hangar.crypto.secretbox import AppKey as DataKey
 from hangar.crypto.secretbox import SecretRef, new_app_key
 from hangar.errors import NotFound
-from hangar.store.tables import App, AppKey, Secret
+from hangar.store.tables import App, AppKey, Secret, SecretVersionValue
 
 __all__ = ["data_key", "rotate_data_key"]
 
@@ -76,6 +76,14 @@ def rotate_data_key(session: Session, keyring: Keyring, app: App) -> tuple[int, 
         row.ciphertext = new.encrypt(ref, plain)
         row.digest = new.digest(plain)
         row.key_version = version
+    # Every kept version too: a rollback may still deliver it.
+    kept = session.execute(select(SecretVersionValue).where(SecretVersionValue.app_id == app.id))
+    for value in kept.scalars():
+        ref = SecretRef(app.org_id, app.id, value.name, value.value_version)
+        plain = old.decrypt(ref, value.ciphertext)
+        value.ciphertext = new.encrypt(ref, plain)
+        value.digest = new.digest(plain)
+        value.key_version = version
     session.delete(old_row)
     session.flush()
     session.add(new_row)

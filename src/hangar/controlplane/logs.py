@@ -12,10 +12,14 @@ from hangar.contract.links import HostMachines
 from hangar.controlplane.logstore import LogStore
 from hangar.controlplane.machine_control import list_machines
 from hangar.controlplane.state import ControlPlane
+from hangar.edge.accesslog import access_log_path
 from hangar.errors import NotFound, ValidationError
 from hangar.store.tables import App
+from hangar.telemetry.logfiles import read_all, read_since
 
-__all__ = ["LogFilter", "LogSource", "log_sources"]
+__all__ = ["EDGE", "LogFilter", "LogSource", "log_sources"]
+
+EDGE = "edge"  # the "machine" of the edge's access lines
 
 
 def _aware(when: dt.datetime | None) -> dt.datetime | None:
@@ -30,7 +34,7 @@ class LogFilter:
     """Which records a reader wants: a stream, a time window (since inclusive, until
     exclusive) and a text the line must contain (plain text, case-sensitive)."""
 
-    stream: Literal["stdout", "stderr"] | None = None
+    stream: Literal["stdout", "stderr", "access"] | None = None
     since: dt.datetime | None = None
     until: dt.datetime | None = None
     match: str = ""
@@ -113,4 +117,40 @@ def log_sources(cp: ControlPlane, app: App, machine_id: str | None = None) -> li
                     partial(shipped.read_since, machine.id),
                 )
             )
+    if machine_id is None and local is not None and cp.settings.edge:
+        path = access_log_path(cp.settings.effective_agent_dir, app.name)
+        if path.exists() or path.with_name(path.name + ".1").exists():  # the edge served it
+            sources.append(_access_source(cp, app))
     return sources
+
+
+def _access_source(cp: ControlPlane, app: App) -> LogSource:
+    """This host's edge's access lines for the app (``stream`` ``access``).
+
+    Lines are kept by app name; a name freed and taken again by another
+    app (of another organization, maybe) must not inherit the old one's
+    lines, so only those from the app's creation on are read.
+    """
+    path = access_log_path(cp.settings.effective_agent_dir, app.name)
+    born = _aware(app.created_at)
+    assert born is not None
+
+    def mine(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        kept = []
+        for record in records:
+            try:
+                when = _aware(dt.datetime.fromisoformat(str(record.get("ts"))))
+            except ValueError:
+                continue
+            if when is not None and when >= born:
+                kept.append(record)
+        return kept
+
+    def read() -> list[dict[str, Any]]:
+        return mine(read_all(path))
+
+    def since(cursor: Cursor | None, budget: int) -> tuple[list[dict[str, Any]], Cursor | None]:
+        records, after = read_since(path, cursor, budget)
+        return mine(records), after
+
+    return LogSource(EDGE, cp.settings.region, read, since)

@@ -12,12 +12,14 @@ import ipaddress
 import json
 import logging
 import socket
+from typing import Literal
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from hangar.auth.tokens import new_id
 from hangar.config.appconfig import AppConfig
+from hangar.controlplane.secretversions import current_version
 from hangar.domain import addressing
 from hangar.domain.machines import MachineState, transition
 from hangar.domain.placement import Candidate, place
@@ -231,8 +233,13 @@ def create_release(
     strategy: str | None,
     actor: str,
     image_digest: str | None = None,
+    secrets_version: int | Literal["current"] | None = "current",
 ) -> Release:
-    """A new pending release; the deployer rolls it out."""
+    """A new pending release; the deployer rolls it out.
+
+    Its machines receive ``secrets_version`` of the app's secrets: by default
+    the newest, as after any deploy; a rollback names the earlier release's.
+    """
     busy = session.execute(
         select(Release.version).where(
             Release.app_id == app.id, Release.status.in_(("pending", "running"))
@@ -262,6 +269,9 @@ def create_release(
         created_by=actor,
         created_at=_now(),
         finished_at=None,
+        secrets_version=(
+            current_version(session, app.id) if secrets_version == "current" else secrets_version
+        ),
     )
     session.add(release)
     session.flush()

@@ -1,10 +1,10 @@
 """Releases: deploy one, list them, the live one, roll it out again, roll back to an earlier one.
 
 A rollback is a new release made of an earlier one's image (by its manifest
-digest) and configuration, rolled out by the same strategies as any deploy.
-Secrets are not versioned with releases (an app holds one deployed value
-per name), so a rollback runs with the app's secrets as they are now; it is
-refused if the earlier configuration mounts a secret the app no longer has.
+digest), configuration and secrets version, rolled out by the same strategies
+as any deploy: its machines receive the values the earlier release ran with.
+It leaves the app's current secrets as they are, so the next deploy or
+secrets change uses the newest version again.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from hangar.controlplane.changes import change
 from hangar.controlplane.images import resolve_image
 from hangar.controlplane.machines import create_release, get_release, release_config
 from hangar.controlplane.routes import check_service_ports, reserved_ports
+from hangar.controlplane.secretversions import version_exists
 from hangar.controlplane.state import ControlPlane
 from hangar.errors import Conflict, NotFound, ValidationError
-from hangar.store.tables import App, Release, Secret
+from hangar.store.tables import App, Release
 
 __all__ = [
     "busy_release",
@@ -206,21 +207,13 @@ def rollback_target(session: Session, app: App, version: int | None) -> Release:
     return target
 
 
-def _check_secrets_exist(session: Session, app: App, config: AppConfig, version: int) -> None:
-    wanted = {f.secret_name for f in config.files}
-    if not wanted:
-        return
-    have = set(
-        session.execute(
-            select(Secret.name).where(Secret.app_id == app.id, Secret.staged.is_(False))
-        ).scalars()
-    )
-    missing = sorted(wanted - have)
-    if missing:
+def _check_secrets_kept(session: Session, app: App, target: Release) -> None:
+    version = target.secrets_version
+    if version is not None and not version_exists(session, app.id, version):
         raise Conflict(
-            f"v{version} mounts secret {', '.join(missing)} as a file, which {app.name} no"
-            " longer has; secrets are not rolled back with releases",
-            hint=f"hangar secrets set {missing[0]}=… and roll back again",
+            f"v{target.version} ran with secrets version {version}, which {app.name} no"
+            " longer keeps",
+            hint="deploy its image again with the secrets set as they should be",
         )
 
 
@@ -232,10 +225,11 @@ def rollback(
     version: int | None,
     strategy: str | None,
 ) -> tuple[Release, int]:
-    """A new release of an earlier one's image digest and configuration: (release, of version).
+    """A new release of an earlier one's image digest, configuration and secrets
+    version: (release, of version).
 
-    Runs with the app's current secrets (see the module docstring). The image
-    must still be in the organization's store, by the digest the release pinned.
+    The image must still be in the organization's store, by the digest the
+    release pinned, and its secrets version must still be kept.
     """
     with cp.db.read() as session:
         row = session.get(App, app.id)
@@ -245,7 +239,7 @@ def rollback(
         if target.image_digest is None:
             raise Conflict(f"v{target.version} pinned no image digest; deploy its image again")
         digest, of = target.image_digest, target.version
-        _check_secrets_exist(session, row, config, of)
+        _check_secrets_kept(session, row, target)
     check_edge_watch(cp, config, strategy)
     reserved = reserved_ports(cp.settings)
     with cp.db.read() as session:
@@ -259,7 +253,7 @@ def rollback(
         row = session.get(App, app.id)
         assert row is not None
         target = rollback_target(session, row, of)  # still there, still complete
-        _check_secrets_exist(session, row, config, of)
+        _check_secrets_kept(session, row, target)
         check_service_ports(session, row, config, reserved)
         release = create_release(
             session,
@@ -269,6 +263,7 @@ def rollback(
             config=config,
             strategy=strategy,
             actor=ctx.actor,
+            secrets_version=target.secrets_version,
         )
         release.detail = json.dumps({"rollback_of": of})
         event.target = f"{app.name} v{release.version}"
@@ -276,6 +271,6 @@ def rollback(
             "of": of,
             "digest": digest,
             "strategy": release.strategy,
-            "secrets": "current",
+            "secrets_version": target.secrets_version,
         }
     return release, of

@@ -21,12 +21,13 @@ from hangar.audit.log import AuditContext, AuditLog
 from hangar.controlplane.changes import Event, change
 from hangar.controlplane.datakeys import data_key, rotate_data_key
 from hangar.controlplane.releases import busy_release, roll_out
+from hangar.controlplane.secretversions import current_version, new_version
 from hangar.controlplane.state import ControlPlane
 from hangar.crypto.keyring import Keyring
 from hangar.crypto.secretbox import SecretRef
 from hangar.errors import NotFound, PermissionDenied, ValidationError, audited
 from hangar.store.db import Database
-from hangar.store.tables import App, Machine, Secret
+from hangar.store.tables import App, Machine, Release, Secret, SecretVersionValue
 from hangar.telemetry.metrics import SECRET_DELIVERIES
 
 __all__ = [
@@ -139,6 +140,8 @@ def set_secrets(
         session.add(row)
         out.append(_info(row))
     session.flush()
+    if not stage:
+        new_version(session, app, actor=actor)
     return out
 
 
@@ -176,10 +179,12 @@ def unset_secrets(
         else:
             session.execute(delete(Secret).where(Secret.app_id == app.id, Secret.name == name))
     session.flush()
+    if not stage and wanted:
+        new_version(session, app, actor=actor)
     return wanted
 
 
-def apply_staged(session: Session, app: App) -> list[str]:
+def apply_staged(session: Session, app: App, *, actor: str) -> list[str]:
     """Make staged changes the deployed values; the names changed."""
     staged = list(
         session.execute(
@@ -198,6 +203,8 @@ def apply_staged(session: Session, app: App) -> list[str]:
         else:
             row.staged = False
     session.flush()
+    if staged:
+        new_version(session, app, actor=actor)
     return sorted(r.name for r in staged)
 
 
@@ -209,25 +216,40 @@ def _info(row: Secret) -> SecretInfo:
     return SecretInfo(row.name, row.digest, row.version, status, row.created_by, row.created_at)
 
 
-def list_secrets(cp: ControlPlane, app_id: str) -> list[SecretInfo]:
-    """The app's secrets: names, digests and versions, never values."""
+def list_secrets(cp: ControlPlane, app_id: str) -> tuple[list[SecretInfo], int | None]:
+    """The app's secrets (names, digests and versions, never values) and its
+    current secrets version (None if its secrets never changed)."""
     with cp.db.read() as session:
         rows = session.execute(
             select(Secret).where(Secret.app_id == app_id).order_by(Secret.name, Secret.staged)
         ).scalars()
-        return [_info(r) for r in rows]
+        return [_info(r) for r in rows], current_version(session, app_id)
 
 
 def machine_secrets(
     session: Session, keyring: Keyring, machine: Machine
 ) -> tuple[dict[str, str], dict[str, str]]:
-    """The deployed values for a machine's app: (values, digests). In memory only."""
+    """The values of the secrets version the machine's release names: (values, digests).
+
+    In memory only. A machine receives its own release's version, never
+    merely the newest: a rollback's machines get what the earlier release ran with.
+    A one-off made before the app had any release gets the newest version.
+    """
     app = session.get(App, machine.app_id)
     if app is None:
         raise NotFound(f"machine {machine.id} has no app")
+    release = session.execute(
+        select(Release).where(Release.app_id == app.id, Release.version == machine.version)
+    ).scalar_one_or_none()
+    # A one-off of an app with no release yet gets the newest version.
+    version = current_version(session, app.id) if release is None else release.secrets_version
+    if version is None:
+        return {}, {}
     rows = list(
         session.execute(
-            select(Secret).where(Secret.app_id == app.id, Secret.staged.is_(False))
+            select(SecretVersionValue).where(
+                SecretVersionValue.app_id == app.id, SecretVersionValue.version == version
+            )
         ).scalars()
     )
     if not rows:
@@ -235,10 +257,9 @@ def machine_secrets(
     key = data_key(session, keyring, app)
     values: dict[str, str] = {}
     for row in rows:
-        assert row.ciphertext is not None
-        ref = SecretRef(app.org_id, app.id, row.name, row.version)
+        ref = SecretRef(app.org_id, app.id, row.name, row.value_version)
         values[row.name] = key.decrypt(ref, row.ciphertext).decode()
-    return values, {r.name: r.digest or "" for r in rows}
+    return values, {r.name: r.digest for r in rows}
 
 
 def deliver(
@@ -374,7 +395,7 @@ def remove_secrets(
 def deploy_staged(cp: ControlPlane, ctx: AuditContext, app: App) -> SecretsChange:
     """Make staged changes the deployed values and roll them out."""
     with _app_change(cp, ctx, app, "secrets.deploy", rollout=True) as (session, row, event):
-        names = apply_staged(session, row)
+        names = apply_staged(session, row, actor=ctx.actor)
         release = _rolled_out(session, row, names, stage=False, actor=ctx.actor)
         event.detail = {"names": names, "release": release}
     return SecretsChange(names, release)

@@ -35,6 +35,8 @@ from typing import Any
 from hangar import hostcmd
 from hangar.crypto.certs import self_signed_pem
 from hangar.domain.routing import RoutingTable, http_backend
+from hangar.edge.accesslog import SOCKET as ACCESS_SOCKET
+from hangar.edge.accesslog import AccessLog
 from hangar.edge.quarantine import only, ports_in_use, units, without
 from hangar.edge.render import EdgeConfig, render
 from hangar.errors import CommandError
@@ -64,6 +66,8 @@ class Edge:
         self._quarantined_at = 0.0
         self._asked: str | None = None
         self._own_ports: frozenset[int] = frozenset()
+        # Requests' lines, per app, beside the edge's (tmpfs) directory.
+        self.access = AccessLog(self.dir / ACCESS_SOCKET, self.dir.parent)
 
     # paths
 
@@ -101,6 +105,7 @@ class Edge:
 
     def _prepare_dir(self) -> None:
         ensure_private_tmpfs(self.dir, self.cfg.tmpfs_mb)
+        self.access.start()  # on the tmpfs, once it is mounted
         default = self.dir / "default.pem"
         if not default.exists():
             write_private(default, self_signed_pem("hangar-edge-default"))
@@ -341,6 +346,7 @@ class Edge:
             while self.master_pid() is not None and time.monotonic() < deadline:
                 time.sleep(0.05)
         self._shape = None
+        self.access.close()
 
     def status(self) -> dict[str, Any]:
         """Listeners, backends and servers as HAProxy sees them now (``show stat``)."""

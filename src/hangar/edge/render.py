@@ -21,11 +21,15 @@ from hangar.domain.routing import (
     http_backend,
     tcp_backend,
 )
+from hangar.edge.accesslog import FORMAT as ACCESS_FORMAT
+from hangar.edge.accesslog import SOCKET as ACCESS_SOCKET
 from hangar.tlsprofile import CURVES, TLS12_CIPHERS, TLS13_SUITES
 
 __all__ = ["MISDIRECTED", "NOT_FOUND", "EdgeConfig", "Rendered", "render"]
 
 
+# Each HTTP request, without its query string, to the agent (see edge.accesslog).
+ACCESS_LOG = ["    log global", f'    log-format "{ACCESS_FORMAT}"']
 NOT_FOUND = "404 not found: no app answers to this name\n"
 MISDIRECTED = "421 misdirected request\n"
 
@@ -105,6 +109,7 @@ def render(table: RoutingTable, cfg: EdgeConfig, conf_dir: Path, *, with_state: 
         "    master-worker",
         f"    stats socket {cfg.directory / 'admin.sock'} mode 600 level admin expose-fd listeners",
         "    stats timeout 30s",
+        f"    log {cfg.directory / ACCESS_SOCKET} len 8192 format raw local0 info",
         "    hard-stop-after 5m",
         f"    ssl-default-bind-ciphers {ciphers}",
         f"    ssl-default-bind-ciphersuites {TLS13_SUITES}",
@@ -135,6 +140,7 @@ def render(table: RoutingTable, cfg: EdgeConfig, conf_dir: Path, *, with_state: 
         "    option idle-close-on-response",
         "",
         "frontend http-in",
+        *ACCESS_LOG,
         f"    bind {cfg.bind(cfg.http_port)}",
         f"    acl acme path_beg {ACME_CHALLENGE_PREFIX}",
         "    http-request set-var(txn.host) req.hdr(host),field(1,:),lower",
@@ -151,6 +157,7 @@ def render(table: RoutingTable, cfg: EdgeConfig, conf_dir: Path, *, with_state: 
         f"    use_backend %[var(txn.host),map_str({hosts})]",
         "",
         "frontend https-in",
+        *ACCESS_LOG,
         f"    bind {cfg.bind(cfg.https_port)} {tls_bind}",
         "    http-request set-var(txn.host) req.hdr(host),field(1,:),lower",
         "    http-request set-var(txn.sni) ssl_fc_sni,lower",

@@ -35,6 +35,7 @@ from hangar.controlplane.metrics import ControlPlaneCollector
 from hangar.controlplane.state import ControlPlane
 from hangar.server.local import LocalMachines, local_agent
 from hangar.telemetry.metrics import serve_metrics
+from hangar.telemetry.ownlogs import OwnLogShipper, OwnLogSink, configure_logging
 from hangar.tlsprofile import TLS12_CIPHERS
 
 log = logging.getLogger("hangar.server")
@@ -179,6 +180,9 @@ def _tls_config(app: Any, settings: ServerSettings, port: int, **extra: Any) -> 
         ssl_keyfile=str(settings.data_dir / "api.key"),
         ssl_ciphers=TLS12_CIPHERS,
         log_level=settings.log_level,
+        # Uvicorn's lines go through the root logger as Hangar's own do (same
+        # format, same shipping) instead of handlers of its own.
+        log_config=None,
         access_log=False,
         server_header=False,
         proxy_headers=False,
@@ -191,10 +195,37 @@ def _tls_config(app: Any, settings: ServerSettings, port: int, **extra: Any) -> 
 
 
 def serve(settings: ServerSettings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    configure_logging(settings.log_level, settings.log_format)
+    own_logs = own_log_shipper(settings)
+    if own_logs is not None:
+        own_logs.start()
+    try:
+        _serve(settings)
+    finally:
+        if own_logs is not None:
+            own_logs.stop()
+
+
+def own_log_shipper(settings: ServerSettings) -> OwnLogShipper | None:
+    """The server's own logs' shipper, if the operator named a sink for them."""
+    if not settings.own_log_sink_url:
+        return None
+    sink = OwnLogSink(
+        settings.own_log_sink_kind,
+        settings.own_log_sink_url,
+        settings.own_log_sink_credential_file,
+        settings.own_log_sink_index,
     )
+    return OwnLogShipper(
+        sink,
+        settings.data_dir / "own-logs",
+        component="hangar-server",
+        host=settings.host_name,
+        buffer_bytes=settings.log_sink_buffer_bytes,
+    )
+
+
+def _serve(settings: ServerSettings) -> None:
     cp = ControlPlane.open(settings)
     agent = local_agent(cp) if settings.agent else None
     loops = Loops(cp, agent)

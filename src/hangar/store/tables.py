@@ -48,6 +48,8 @@ __all__ = [
     "Release",
     "RootKey",
     "Secret",
+    "SecretVersion",
+    "SecretVersionValue",
     "Setting",
     "Token",
     "User",
@@ -274,6 +276,8 @@ class Release(Base):
     created_by: Mapped[str] = mapped_column(String(254))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # The app's secrets version the release's machines receive (None: no secrets).
+    secrets_version: Mapped[int | None] = mapped_column(Integer)
 
 
 class Machine(Base):
@@ -349,6 +353,34 @@ class Secret(Base):
     key_version: Mapped[int] = mapped_column(Integer)
     created_by: Mapped[str] = mapped_column(String(254))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class SecretVersion(Base):
+    """One version of an app's deployed secrets: every change makes the next one.
+
+    Its values are in ``secret_version_values``, as ciphertext under the app's
+    data key, exactly as sealed in ``secrets`` (never plaintext).
+    """
+
+    __tablename__ = "secret_versions"
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_by: Mapped[str] = mapped_column(String(254))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class SecretVersionValue(Base):
+    """A name's sealed value in one secrets version; ``value_version`` is the name's
+    own version, which (with org, app and name) the ciphertext is bound to."""
+
+    __tablename__ = "secret_version_values"
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    value_version: Mapped[int] = mapped_column(Integer)
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    digest: Mapped[str] = mapped_column(String(64))
+    key_version: Mapped[int] = mapped_column(Integer)
 
 
 class Certificate(Base):

@@ -32,7 +32,8 @@ async def logs(
     machine: Annotated[str | None, Query(max_length=32)] = None,
     follow: bool = False,
     stream: Annotated[
-        Literal["stdout", "stderr"] | None, Query(description="only this stream")
+        Literal["stdout", "stderr", "access"] | None,
+        Query(description="only this stream (access: the edge's request lines)"),
     ] = None,
     since: Annotated[
         dt.datetime | None, Query(description="records at or after this time (UTC if no zone)")

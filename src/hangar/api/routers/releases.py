@@ -39,6 +39,9 @@ class ReleaseOut(BaseModel):
     )
     image: str
     image_digest: str | None
+    secrets_version: int | None = Field(
+        description="the app's secrets version this release's machines receive (none: no secrets)"
+    )
     reason: str
     created_by: str
     created_at: dt.datetime
@@ -55,6 +58,7 @@ def _out(r: Release) -> ReleaseOut:
         rollback_of=detail.get("rollback_of"),
         image=r.image,
         image_digest=r.image_digest,
+        secrets_version=r.secrets_version,
         reason=str(detail.get("reason", "")),
         created_by=r.created_by,
         created_at=r.created_at,
@@ -91,8 +95,14 @@ class RollbackIn(BaseModel):
     "/releases/rollback",
     response_model=ReleaseOut,
     status_code=201,
-    summary="Roll back: an earlier release's image and configuration, deployed as a new release",
-    description="Runs with the app's current secrets: secrets are not versioned with releases.",
+    summary=(
+        "Roll back: an earlier release's image, configuration and secrets version,"
+        " deployed as a new release"
+    ),
+    description=(
+        "The new release's machines receive the secrets version the earlier release ran"
+        " with; the app's current secrets are left as they are."
+    ),
 )
 def rollback(
     app: str, body: RollbackIn, access: Annotated[Access, requires(Permission.APPS_DEPLOY)]

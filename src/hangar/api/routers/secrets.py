@@ -32,10 +32,15 @@ class SecretsIn(BaseModel):
 class SecretOut(BaseModel):
     name: str
     digest: str | None
-    version: int
+    version: int = Field(description="this name's own version")
     status: str
     created_by: str
     created_at: dt.datetime
+    secrets_version: int | None = Field(
+        default=None,
+        description="the app's current secrets version (every change to its deployed"
+        " secrets makes the next one)",
+    )
 
 
 class ChangeOut(BaseModel):
@@ -43,8 +48,9 @@ class ChangeOut(BaseModel):
     release: int | None = Field(description="the release that rolls the change out, if any")
 
 
-def _out(info: SecretInfo) -> SecretOut:
+def _out(info: SecretInfo, secrets_version: int | None = None) -> SecretOut:
     return SecretOut(
+        secrets_version=secrets_version,
         name=info.name,
         digest=info.digest,
         version=info.version,
@@ -54,12 +60,17 @@ def _out(info: SecretInfo) -> SecretOut:
     )
 
 
-@router.get("", response_model=list[SecretOut], summary="Names, digests and versions (no values)")
+@router.get(
+    "",
+    response_model=list[SecretOut],
+    summary="Names, digests and versions, with the app's current secrets version (no values)",
+)
 def list_(
     app: str, access: Annotated[Access, requires(Permission.SECRETS_READ)]
 ) -> list[SecretOut]:
     assert access.app is not None
-    return [_out(i) for i in secrets.list_secrets(access.cp, access.app.id)]
+    infos, current = secrets.list_secrets(access.cp, access.app.id)
+    return [_out(i, current) for i in infos]
 
 
 def _changed(done: SecretsChange) -> ChangeOut:
