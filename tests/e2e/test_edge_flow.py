@@ -21,8 +21,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from cryptography import x509
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from tests.e2e.test_cli_flow import Server, free_port, init, login, start, stop
 from tests.e2e.test_deploy_flow import CONFIG, build_example_image
@@ -415,3 +418,34 @@ def test_a_failing_machine_leaves_rotation_and_returns(edge: Edge) -> None:
     )
     wait_for("the machine to return", lambda: victim in in_rotation(edge, "hello"))
     print(f"\ncheck interval 1s: the failing machine left rotation after {left:.1f}s")
+
+
+def test_the_apps_figures_at_the_edge_reach_its_organization(edge: Edge) -> None:
+    """The server's own agent reads HAProxy's exporter; a member reads them through the API."""
+    srv = edge.srv
+    srv.cli("deploy", "--config", str(edge.config("hello.toml")))
+    wait_for("the machine in rotation", lambda: in_rotation(edge, "hello"))
+    ca = (srv.data_dir / "ca.crt").read_text()
+    for _ in range(5):
+        status, _, _ = fetch(edge, APP_HOST, ca)
+        assert status == 200
+    trust = ssl.create_default_context(cadata=ca)
+
+    def answered() -> list[Sample]:
+        text = httpx.get(
+            f"{srv.api}/v1/orgs/acme/metrics",
+            headers={"Authorization": f"Bearer {srv.token}"},
+            verify=trust,
+            timeout=10,
+        ).text
+        found = [
+            s
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "hangar_edge_http_responses_total" and s.labels.get("code") == "2xx"
+        ]
+        return [s for s in found if s.value >= 5]
+
+    samples = wait_for("the edge's figures for hello", answered)
+    assert isinstance(samples, list) and len(samples) == 1
+    assert samples[0].labels["app"] == "hello" and samples[0].labels["org"].startswith("org_")

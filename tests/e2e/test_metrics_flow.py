@@ -151,6 +151,13 @@ def test_prometheus_scrapes_the_api_and_the_agent(platform: tuple[Server, Path, 
     assert posted and all(r["metric"]["status"].startswith("2") for r in posted)
     assert eventually(prometheus, "hangar_api_auth_failures_total >= 1")
     assert eventually(prometheus, 'hangar_api_request_duration_seconds_count{route="/v1/apps"}')
+    # The server verifies every audit chain on its own: the system's and the organization's.
+    org = running[0]["metric"]["org"]
+    verified = eventually(prometheus, f'hangar_audit_chain_verified{{chain="{org}"}} == 1')
+    assert len(verified) == 1
+    assert eventually(prometheus, 'hangar_audit_chain_verified{chain="system"} == 1')
+    assert not query(prometheus, "hangar_audit_chain_verified == 0")
+    assert eventually(prometheus, "hangar_audit_chain_verified_timestamp_seconds > 0")
 
     # The app's own metrics, scraped by its host over the private network, read
     # by a member of its organization through the API, and by Prometheus too.
@@ -158,6 +165,12 @@ def test_prometheus_scrapes_the_api_and_the_agent(platform: tuple[Server, Path, 
     hello = eventually(prometheus, 'hello_up{job="acme",app="hello"} == 1')
     assert len(hello) == 1 and hello[0]["metric"]["machine"] == machine["id"]
     assert eventually(prometheus, 'hangar_machine_memory_bytes{job="acme",app="hello"} > 0')
+    # Its traffic through the host, from the host's nftables counters: the scrapes and
+    # health checks reached it, and it answered them.
+    for direction in ("receive", "transmit"):
+        for unit in ("bytes", "packets"):
+            name = f"hangar_machine_network_{direction}_{unit}_total"
+            assert eventually(prometheus, f'{name}{{job="acme",app="hello"}} > 0'), name
     figures = srv.json("metrics", "--app", "hello")
     assert isinstance(figures, list) and figures[0]["scrape_ok"] is True
     assert figures[0]["app_series"] >= 1 and figures[0]["memory_bytes"] > 0

@@ -9,6 +9,7 @@ forged source addresses, the host's own services, and egress to an
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import shutil
 import socket
@@ -20,7 +21,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from hangar.agent.appmetrics import AppMetrics
 from hangar.agent.reconciler import Reconciler
 from hangar.agent.runtimes.runc import RuncRuntime
 from hangar.agent.service import Agent
@@ -29,6 +32,7 @@ from hangar.contract.names import Record
 from hangar.domain.addressing import host_slice, machine_address, network_prefix
 from hangar.errors import CommandError
 from hangar.images.store import Image, ImageStore
+from hangar.net.netns import names
 from hangar.net.nftables import Firewall, FirewallSpec, counters, render, table_name
 from tests.integration.conftest import BASE_UID, needs_root, wait_for
 
@@ -410,3 +414,51 @@ def test_internal_dns_names_only_the_askers_network(
     assert code == 0 and m["a2"].address in text and m["a1"].address not in text, text
     code, text = lookup("a1", "example.com")  # not forwarded: refused
     assert code != 0, text
+
+
+def test_each_machines_traffic_is_counted_and_survives_a_new_table(
+    runtime: RuncRuntime, cluster: tuple[Agent, Reconciler, dict[str, Assignment]]
+) -> None:
+    agent, _, m = cluster
+    a1, a2, b1 = m["a1"], m["a2"], m["b1"]
+    iface = {k: names(v.machine_id)[0] for k, v in m.items()}
+    before = agent._traffic()
+    assert set(iface.values()) <= set(before)
+    assert udp(runtime, a1, a2)
+    assert tcp(runtime, a1.machine_id, a2)
+    after = agent._traffic()
+    # a1 sent at least the 3 datagrams and a TCP exchange; a2 received them.
+    assert after[iface["a1"]].tx_packets >= before[iface["a1"]].tx_packets + 3
+    assert after[iface["a1"]].tx_bytes > before[iface["a1"]].tx_bytes + 3 * len(b"probe")
+    assert after[iface["a2"]].rx_packets >= before[iface["a2"]].rx_packets + 3
+    assert after[iface["a1"]].rx_bytes > before[iface["a1"]].rx_bytes  # the HTTP answer
+
+    # A new table (a machine's egress changed) carries the counters on.
+    agent.apply_firewall([a1, a2, dataclasses.replace(b1, egress=True)])
+    carried = agent._traffic()
+    for k in ("a1", "a2"):
+        assert carried[iface[k]].tx_bytes >= after[iface[k]].tx_bytes
+        assert carried[iface[k]].rx_packets >= after[iface[k]].rx_packets
+
+    # What the agent ships for each machine: its own interface's figures, labelled.
+    metrics = AppMetrics(network=agent._traffic)
+    metrics.tick([a1, a2, b1])
+    shipped = metrics.take()
+    for k, want in m.items():
+        figures = {
+            s.name: s.value
+            for f in text_string_to_metric_families(shipped[want.machine_id][1])
+            for s in f.samples
+            if s.labels["machine"] == want.machine_id
+        }
+        now = agent._traffic()[iface[k]]
+        assert figures["hangar_machine_network_transmit_packets_total"] <= now.tx_packets
+        if k in ("a1", "a2"):  # they talked above; b1 may not have sent anything
+            assert figures["hangar_machine_network_transmit_packets_total"] >= (
+                after[iface[k]].tx_packets
+            )
+        assert figures["hangar_machine_network_transmit_bytes_total"] <= now.tx_bytes
+        assert figures["hangar_machine_network_receive_bytes_total"] <= now.rx_bytes
+        assert figures["hangar_machine_network_receive_packets_total"] <= now.rx_packets
+    a1_sent = text_string_to_metric_families(shipped[a1.machine_id][1])
+    assert {s.labels["machine"] for f in a1_sent for s in f.samples} == {a1.machine_id}

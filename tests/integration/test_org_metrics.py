@@ -31,6 +31,9 @@ def shipped(org: str, app: str, machine: str, value: float) -> str:
         f'hangar_machine_memory_bytes{{org="{org}",app="{app}",machine="{machine}"}} {value}\n'
         "# TYPE hangar_scrape_ok gauge\n"
         f'hangar_scrape_ok{{org="{org}",app="{app}",machine="{machine}"}} 1\n'
+        "# TYPE hangar_machine_network_transmit_bytes counter\n"
+        "hangar_machine_network_transmit_bytes_total"
+        f'{{org="{org}",app="{app}",machine="{machine}"}} {value * 10}\n'
         "# TYPE app_requests counter\n"
         f'app_requests_total{{org="{org}",app="{app}",machine="{machine}",path="/"}} {value}\n'
     )
@@ -78,11 +81,14 @@ def test_members_read_their_own_organizations_machines_only(
     assert 222 not in {s[2] for s in got}  # globex's machine, whatever its labels said
     memory = [s for s in got if s[0] == "hangar_machine_memory_bytes"]
     assert [s[2] for s in memory] == [111]
+    sent = [s for s in got if s[0] == "hangar_machine_network_transmit_bytes_total"]
+    assert [s[2] for s in sent] == [1110]  # globex's machine's traffic is not here
 
     eve = bearer(two_orgs["eve"])
     globex = samples(api.get("/v1/orgs/globex/metrics", headers=eve).text)
     assert {s[1]["org"] for s in globex} == {machines["globex"]}
     assert {s[2] for s in globex if s[0] == "hangar_machine_memory_bytes"} == {222}
+    assert {s[2] for s in globex if s[0] == "hangar_machine_network_transmit_bytes_total"} == {2220}
     # Each one's view of the other's: refused, as every other object of it is.
     assert api.get("/v1/orgs/acme/metrics", headers=eve).status_code in (403, 404)
     assert api.get("/v1/apps/clinic-api/metrics", headers=eve).status_code in (403, 404)
@@ -180,3 +186,36 @@ def test_a_joined_host_ships_figures_for_its_own_machines_only(
     got = samples(api.get("/v1/apps/web/metrics", headers=h).text)
     memory = [s for s in got if s[0] == "hangar_machine_memory_bytes"]
     assert [(s[1]["machine"], s[2]) for s in memory] == [(mine, 1)]
+
+
+EDGE_TEXT = (
+    "# TYPE hangar_edge_http_requests counter\n"
+    'hangar_edge_http_requests_total{app="web"} 9\n'
+    "# TYPE hangar_machine_memory_bytes gauge\n"
+    'hangar_machine_memory_bytes{app="web"} 4\n'
+)
+
+
+def test_only_a_joined_edge_host_ships_apps_edge_figures(
+    api: TestClient, installation: Installation, control_plane: ControlPlane
+) -> None:
+    """Through the agents' API: a machine host's edge figures are ignored; an edge host's
+    are kept, and only their ``hangar_edge_*`` families."""
+    h = installation.headers
+    api.post("/v1/apps", headers=h, json={"name": "web"})
+    plain = _join(api, _join_token(api, h), name="host-b").json()
+    edge = _join(api, _join_token(api, h, edge=True), name="edge-b").json()
+    agents = create_agent_app(control_plane)
+    body = {"machines": {}, "edge": {"web": {"at": time.time(), "text": EDGE_TEXT}}}
+    with TestClient(_as_host(agents, plain["certificate"]), raise_server_exceptions=False) as b:
+        assert b.post("/agent/v1/metrics", json=body).status_code == 204
+    assert samples(api.get("/v1/apps/web/metrics", headers=h).text) == []
+    with TestClient(_as_host(agents, edge["certificate"]), raise_server_exceptions=False) as e:
+        assert e.post("/agent/v1/metrics", json=body).status_code == 204
+        unknown = {"machines": {}, "edge": {"x" * 64: {"at": 0, "text": ""}}}
+        assert e.post("/agent/v1/metrics", json=unknown).status_code == 422
+    got = samples(api.get("/v1/apps/web/metrics", headers=h).text)
+    assert [(s[0], s[1]["app"], s[2]) for s in got] == [
+        ("hangar_edge_http_requests_total", "web", 9)
+    ]
+    assert got[0][1]["edge"] == edge["host_id"]

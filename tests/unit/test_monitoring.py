@@ -10,10 +10,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from hangar.agent.appmetrics import _usage_text
+from hangar.agent.edgemetrics import FIGURES, edge_texts
 from hangar.agent.metrics import AgentCollector
+from hangar.controlplane.auditverify import AuditVerifier
 from hangar.controlplane.metrics import ControlPlaneCollector
 from hangar.controlplane.state import ControlPlane
+from hangar.net.nftables import Traffic
 from hangar.telemetry.metrics import REGISTRY
 
 MONITORING = Path(__file__).resolve().parents[2] / "deploy" / "monitoring"
@@ -63,6 +68,15 @@ def _exported_names(cp: ControlPlane) -> set[str]:
     agent = SimpleNamespace(reconciler=SimpleNamespace(machines=list), mesh_handshakes={"p=": 0})
     names |= {f.name for f in AgentCollector(agent).collect()}  # type: ignore[arg-type]
     names |= {f.name for f in ControlPlaneCollector(cp.db).collect()}
+    names |= {f.name for f in AuditVerifier(cp).collect()}
+    # Each app's figures at the edge, as an edge host sends them for organizations' endpoints.
+    exporter = "".join(f'{source}{{proxy="app_x"}} 1\n' for source in FIGURES)
+    for text in edge_texts(exporter).values():
+        names |= {f.name for f in text_string_to_metric_families(text)}
+    # Each machine's traffic, as its host ships it for organizations' endpoints.
+    labels = {"org": "o", "app": "a", "machine": "m"}
+    traffic = _usage_text("m", labels, Path("/nonexistent"), None, Traffic(1, 1, 1, 1))
+    names |= {f.name for f in text_string_to_metric_families(traffic)}
     return names
 
 

@@ -22,7 +22,7 @@ import logging
 import math
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
 
@@ -35,6 +35,8 @@ from hangar.agent.metrics import CGROUP_ROOT, cgroup_usage
 from hangar.agent.offload import Offload
 from hangar.contract.assignments import Assignment, MetricsTarget
 from hangar.errors import HangarError
+from hangar.net.netns import names
+from hangar.net.nftables import Traffic
 
 __all__ = ["INTERVAL", "MAX_BODY", "MAX_SAMPLES", "AppMetrics", "label_families", "scrape"]
 
@@ -138,10 +140,31 @@ def render(families: Iterable[Metric]) -> str:
     return generate_latest(registry).decode()
 
 
-def _usage_text(machine_id: str, labels: dict[str, str], root: Path, scrape_ok: int | None) -> str:
+_NETWORK = (
+    ("hangar_machine_network_receive_bytes", "rx_bytes", "Bytes delivered to the machine."),
+    ("hangar_machine_network_receive_packets", "rx_packets", "Packets delivered to the machine."),
+    ("hangar_machine_network_transmit_bytes", "tx_bytes", "Bytes the machine sent."),
+    ("hangar_machine_network_transmit_packets", "tx_packets", "Packets the machine sent."),
+)
+
+
+def _usage_text(
+    machine_id: str,
+    labels: dict[str, str],
+    root: Path,
+    scrape_ok: int | None,
+    network: Traffic | None = None,
+) -> str:
     lines = []
     usage = cgroup_usage(machine_id, root)
     label = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    if network is not None:
+        for name, field, text in _NETWORK:
+            lines += [
+                f"# HELP {name} {text}",
+                f"# TYPE {name} counter",
+                f"{name}_total{{{label}}} {getattr(network, field)}",
+            ]
     if usage is not None:
         if usage.cpu_seconds is not None:
             lines += [
@@ -190,10 +213,15 @@ class AppMetrics:
         offload: Offload | None = None,
         cgroup_root: Path = CGROUP_ROOT,
         clock: Callable[[], float] = time.time,
+        network: Callable[[], Mapping[str, Traffic]] | None = None,
     ) -> None:
         self.offload = offload
         self.cgroup_root = cgroup_root
         self.clock = clock
+        # Each filtered interface's traffic (the host's nftables counters), read
+        # at most once a tick and only when some machine is due.
+        self.network = network
+        self._traffic: Mapping[str, Traffic] = {}
         self._last: dict[str, float] = {}
         self._ready: dict[str, tuple[float, str]] = {}
         self._wants: dict[str, Assignment] = {}
@@ -205,14 +233,18 @@ class AppMetrics:
         for gone in set(self._last) - set(current):
             self._last.pop(gone, None)
         self._gather()
+        read = False
         for machine_id, want in current.items():
             if now - self._last.get(machine_id, -math.inf) < INTERVAL:
                 continue
+            if not read:
+                self._read_traffic()
+                read = True
             labels = {"org": want.org, "app": want.app, "machine": machine_id}
             if not want.metrics or want.address is None:
                 self._ready[machine_id] = (
                     now,
-                    _usage_text(machine_id, labels, self.cgroup_root, None),
+                    self._usage(machine_id, labels, None),
                 )
                 self._last[machine_id] = now
                 continue
@@ -248,15 +280,28 @@ class AppMetrics:
         labels = {"org": want.org, "app": want.app, "machine": machine_id}
         if isinstance(result, HangarError):
             log.info("machine %s: %s", machine_id, result.message)
-            text = _usage_text(machine_id, labels, self.cgroup_root, 0)
+            text = self._usage(machine_id, labels, 0)
         else:
-            text = _usage_text(machine_id, labels, self.cgroup_root, 1) + render(result)
+            text = self._usage(machine_id, labels, 1) + render(result)
             if len(text.encode()) > MAX_TEXT:
                 log.info(
                     "machine %s: its metrics exceed %d bytes once labelled", machine_id, MAX_TEXT
                 )
-                text = _usage_text(machine_id, labels, self.cgroup_root, 0)
+                text = self._usage(machine_id, labels, 0)
         self._ready[machine_id] = (now, text)
+
+    def _read_traffic(self) -> None:
+        if self.network is None:
+            return
+        try:
+            self._traffic = self.network()
+        except HangarError as exc:
+            log.info("machines' traffic not read: %s", exc.message)
+            self._traffic = {}
+
+    def _usage(self, machine_id: str, labels: dict[str, str], scrape_ok: int | None) -> str:
+        network = self._traffic.get(names(machine_id)[0]) if self._traffic else None
+        return _usage_text(machine_id, labels, self.cgroup_root, scrape_ok, network)
 
     def take(self) -> dict[str, tuple[float, str]]:
         """Each machine's newest figures since the last call: (when, exposition text)."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hangar.agent.appmetrics import AppMetrics
+from hangar.agent.edgemetrics import EdgeMetrics
 from hangar.agent.health import HealthMonitor
 from hangar.agent.offload import Offload
 from hangar.agent.reconciler import Reconciler
@@ -105,4 +106,10 @@ def build_agent(link: ControlPlaneLink, options: AgentOptions) -> Agent:
         # Each running machine's figures for its organization; scrapes of
         # apps' own metrics wait on tenants' servers, so they run off the loop.
         app_metrics=AppMetrics(Offload(workers=16, per_org=2, name="hangar-scrapes")),
+        # Each app's figures at this host's edge, from HAProxy's loopback exporter.
+        edge_metrics=(
+            EdgeMetrics(options.edge.metrics_port)
+            if options.edge is not None and options.edge.metrics_port
+            else None
+        ),
     )

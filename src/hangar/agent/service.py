@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hangar.agent.appmetrics import AppMetrics
+from hangar.agent.edgemetrics import EdgeMetrics
 from hangar.agent.offload import Offload
 from hangar.agent.reconciler import Reconciler
 from hangar.contract.assignments import Assignment, MachineStatus
@@ -32,7 +33,7 @@ from hangar.net.dns import InternalDns, resolver_address
 
 if TYPE_CHECKING:
     from hangar.edge.haproxy import Edge
-    from hangar.net.nftables import Firewall
+    from hangar.net.nftables import Firewall, Traffic
     from hangar.net.wireguard import Mesh
 
 __all__ = ["Agent", "host_memory_mb"]
@@ -78,6 +79,7 @@ class Agent:
         mesh: Mesh | None = None,
         mesh_endpoint: str | None = None,
         app_metrics: AppMetrics | None = None,
+        edge_metrics: EdgeMetrics | None = None,
     ) -> None:
         if mesh is not None and not mesh_endpoint:
             raise HangarError("this host's mesh needs an endpoint", hint="set mesh_endpoint")
@@ -90,6 +92,9 @@ class Agent:
         self.mesh = mesh
         self.mesh_endpoint = mesh_endpoint
         self.app_metrics = app_metrics
+        self.edge_metrics = edge_metrics
+        if app_metrics is not None and firewall is not None and app_metrics.network is None:
+            app_metrics.network = self._traffic
         self._mesh_registered = False
         self._mesh_reported_at = 0.0
         # Each mesh peer's latest handshake (unix time), as last read; None: no mesh.
@@ -214,6 +219,7 @@ class Agent:
         self, assignments: list[Assignment], statuses: Mapping[str, MachineStatus]
     ) -> None:
         """Collect running machines' figures when due, and send up what is ready."""
+        self.ship_edge_metrics()
         if self.app_metrics is None:
             return
         running = [
@@ -229,6 +235,24 @@ class Agent:
             self.link.report_metrics(ready)
         except HangarError as exc:
             log.warning("machines' metrics not sent: %s", exc.message)
+
+    def _traffic(self) -> dict[str, Traffic]:
+        """Each machine interface's traffic from this host's nftables counters."""
+        from hangar.net.nftables import table_name, traffic
+
+        return traffic(table_name(self.host_id))
+
+    def ship_edge_metrics(self) -> None:
+        """Read each app's figures at this host's edge when due, and send them up."""
+        if self.edge_metrics is None or self.edge is None or not self.edge.running():
+            return
+        ready = self.edge_metrics.take()
+        if not ready:
+            return
+        try:
+            self.link.report_edge_metrics(ready)
+        except HangarError as exc:
+            log.warning("the edge's metrics not sent: %s", exc.message)
 
     def _pools(self) -> list[Offload]:
         scrapes = self.app_metrics.offload if self.app_metrics is not None else None

@@ -65,6 +65,10 @@ class ControlPlaneLink(Protocol):
         """Machines' figures for their organizations: (when collected, exposition text)."""
         ...
 
+    def report_edge_metrics(self, figures: Mapping[str, tuple[float, str]]) -> None:
+        """Apps' figures at this host's edge, by app name: (when read, exposition text)."""
+        ...
+
 
 class HostMachines(Protocol):
     """The machines on the control plane's own host, reached in-process."""

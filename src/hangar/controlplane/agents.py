@@ -23,7 +23,7 @@ from hangar.audit.log import AuditContext
 from hangar.contract.assignments import Assignment, MachineStatus
 from hangar.contract.mesh import Peer
 from hangar.contract.names import Record
-from hangar.controlplane.appmetrics import receive
+from hangar.controlplane.appmetrics import receive, receive_edge
 from hangar.controlplane.changes import change, record_refusal
 from hangar.controlplane.hostlink import apply_report, dns_records, host_assignments
 from hangar.controlplane.hosts import renew_host_cert
@@ -168,6 +168,10 @@ class AgentService:
     def report_metrics(self, figures: Mapping[str, tuple[float, str]]) -> int:
         """Keep this host's machines' figures for their organizations; how many were kept."""
         return receive(self.cp, self.host_id, figures)
+
+    def report_edge_metrics(self, figures: Mapping[str, tuple[float, str]]) -> int:
+        """Keep the apps' figures at this edge host for their organizations; how many were kept."""
+        return receive_edge(self.cp, self.host_id, figures)
 
     def renew(self, csr_pem: str) -> IssuedCert:
         """A new client certificate for this host, audited."""

@@ -8,6 +8,12 @@ organization or one app, every sample is labelled again from the store
 into another organization's view. Figures older than ``STALE`` are dropped.
 Each API replica holds what the agents it serves sent: with several
 replicas, a scrape sees the machines of the agents connected to that one.
+
+Edge hosts send each app's figures at their edge (``hangar_edge_*``, read
+from HAProxy's exporter) by app name. They are kept only from a host joined
+as an edge, only for an app the store has, and only ``hangar_edge_*``
+families; served, they are labelled again from the store (org, app) and
+with the edge host's id (``edge``).
 """
 
 from __future__ import annotations
@@ -26,9 +32,17 @@ from sqlalchemy import select
 
 from hangar.controlplane.metricscache import Shipped
 from hangar.controlplane.state import ControlPlane
-from hangar.store.tables import App, Machine
+from hangar.store.tables import App, Host, Machine
 
-__all__ = ["MAX_TEXT", "MachineFigures", "app_figures", "org_exposition", "receive"]
+__all__ = [
+    "EDGE_PREFIX",
+    "MAX_TEXT",
+    "MachineFigures",
+    "app_figures",
+    "org_exposition",
+    "receive",
+    "receive_edge",
+]
 
 log = logging.getLogger("hangar.controlplane")
 
@@ -56,9 +70,46 @@ def receive(cp: ControlPlane, host_id: str, figures: Mapping[str, tuple[float, s
     return kept
 
 
-def _families(text: str, labels: dict[str, str]) -> Iterator[Metric]:
+EDGE_PREFIX = "hangar_edge_"
+MAX_EDGE_TEXT = 16 << 10  # bytes of an app's figures at one edge (a few dozen lines)
+
+
+def _edge_key(app_id: str, host_id: str) -> str:
+    return f"edge:{app_id}:{host_id}"
+
+
+def receive_edge(cp: ControlPlane, host_id: str, figures: Mapping[str, tuple[float, str]]) -> int:
+    """Keep an edge host's figures of apps, by app name; returns how many were kept.
+
+    A host not joined as an edge sends none: it keeps nothing. A name the store
+    does not know is ignored.
+    """
+    if not figures:
+        return 0
+    with cp.db.read() as session:
+        host = session.get(Host, host_id)
+        if host is None or not host.edge:
+            log.warning("host %s sent edge figures but is not an edge host", host_id)
+            return 0
+        apps = dict(
+            session.execute(select(App.name, App.id).where(App.name.in_(list(figures)))).all()
+        )
+    now = time.time()
+    kept = 0
+    for name, (at, text) in figures.items():
+        app_id = apps.get(name)
+        if app_id is None or len(text) > MAX_EDGE_TEXT:
+            continue
+        cp.app_metrics.put(_edge_key(app_id, host_id), Shipped(host_id, min(at, now), text))
+        kept += 1
+    return kept
+
+
+def _families(text: str, labels: dict[str, str], only: str | None = None) -> Iterator[Metric]:
     try:
         for family in text_string_to_metric_families(text):
+            if only is not None and not family.name.startswith(only):
+                continue
             family.samples = [
                 s._replace(labels={**s.labels, **labels})
                 for s in family.samples
@@ -78,26 +129,43 @@ def _machines(cp: ControlPlane, org_id: str, app_id: str | None) -> list[tuple[s
         return [(m, a) for m, a in session.execute(query.order_by(Machine.id)).all()]
 
 
+def _apps(cp: ControlPlane, org_id: str, app_id: str | None) -> list[tuple[str, str]]:
+    query = select(App.id, App.name).where(App.org_id == org_id)
+    if app_id is not None:
+        query = query.where(App.id == app_id)
+    with cp.db.read() as session:
+        return [(i, n) for i, n in session.execute(query.order_by(App.name)).all()]
+
+
 def _merged(
     cp: ControlPlane, org_id: str, app_id: str | None, readable: Callable[[str], bool]
 ) -> list[Metric]:
     """The organization's (or one app's) families, one per name, samples relabelled."""
     now = time.time()
     merged: dict[str, Metric] = {}
-    for machine_id, app in _machines(cp, org_id, app_id):
-        if not readable(app):
-            continue  # a token bound to other apps
-        shipped = cp.app_metrics.get(machine_id, now)
-        if shipped is None:
-            continue
-        labels = {"org": org_id, "app": app, "machine": machine_id}
-        for family in _families(shipped.text, labels):
+
+    def add(families: Iterable[Metric]) -> None:
+        for family in families:
             have = merged.get(family.name)
             if have is None:
                 merged[family.name] = family
             elif have.type == family.type:
                 have.samples.extend(family.samples)
             # else: two machines disagree on a metric's type; the first one stands
+
+    for machine_id, app in _machines(cp, org_id, app_id):
+        if not readable(app):
+            continue  # a token bound to other apps
+        shipped = cp.app_metrics.get(machine_id, now)
+        if shipped is None:
+            continue
+        add(_families(shipped.text, {"org": org_id, "app": app, "machine": machine_id}))
+    for the_app, app in _apps(cp, org_id, app_id):
+        if not readable(app):
+            continue
+        for _key, edge in cp.app_metrics.matching(_edge_key(the_app, ""), now):
+            labels = {"org": org_id, "app": app, "edge": edge.host_id}
+            add(_families(edge.text, labels, only=EDGE_PREFIX))
     return list(merged.values())
 
 

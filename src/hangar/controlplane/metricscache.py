@@ -35,3 +35,15 @@ class MetricsCache:
                 del self._by_machine[machine_id]
                 return None
             return shipped
+
+    def matching(self, prefix: str, now: float) -> list[tuple[str, Shipped]]:
+        """The fresh entries whose key starts with ``prefix``, by key."""
+        with self._lock:
+            found = []
+            for key in sorted(k for k in self._by_machine if k.startswith(prefix)):
+                shipped = self._by_machine[key]
+                if now - shipped.at > STALE:
+                    del self._by_machine[key]
+                else:
+                    found.append((key, shipped))
+            return found

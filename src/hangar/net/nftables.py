@@ -32,6 +32,7 @@ a machine's. A machine's interface is in the table before the machine starts
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -40,7 +41,17 @@ from pathlib import Path
 from hangar import hostcmd
 from hangar.errors import CommandError
 
-__all__ = ["Firewall", "FirewallSpec", "MachineRule", "counters", "render", "table_name"]
+__all__ = [
+    "Firewall",
+    "FirewallSpec",
+    "MachineRule",
+    "Traffic",
+    "counter_values",
+    "counters",
+    "render",
+    "table_name",
+    "traffic",
+]
 
 log = logging.getLogger("hangar.net")
 
@@ -75,12 +86,41 @@ class FirewallSpec:
     mesh_interfaces: tuple[str, ...] = field(default_factory=tuple)
 
 
+@dataclass(frozen=True)
+class Traffic:
+    """A machine's traffic through this host since its interface was first filtered."""
+
+    rx_bytes: int  # to the machine (delivered to its interface)
+    rx_packets: int
+    tx_bytes: int  # from the machine (past the spoofing checks)
+    tx_packets: int
+
+
+def _rx(interface: str) -> str:
+    return f"rx_{interface}"
+
+
+def _tx(interface: str) -> str:
+    return f"tx_{interface}"
+
+
+def _counter(name: str, carry: dict[str, tuple[int, int]]) -> str:
+    packets, octets = carry.get(name, (0, 0))
+    return f"    counter {name} {{ packets {packets} bytes {octets} }}"
+
+
 def _elements(items: list[str]) -> str:
     return "elements = { " + ", ".join(items) + " }" if items else ""
 
 
-def render(spec: FirewallSpec) -> str:
-    """The whole ``inet hangar`` table, as one atomic ``nft -f`` transaction."""
+def render(spec: FirewallSpec, carry: dict[str, tuple[int, int]] | None = None) -> str:
+    """The whole ``inet hangar`` table, as one atomic ``nft -f`` transaction.
+
+    Each machine has two named counters, ``rx_<interface>`` (to it) and
+    ``tx_<interface>`` (from it); ``carry`` gives their (packets, bytes) to
+    start from, so replacing the table does not set them back to zero.
+    """
+    carry = carry or {}
     machines = sorted(spec.machines, key=lambda m: m.interface)
     ifaces = [f'"{m.interface}"' for m in machines]
     sources = [f'"{m.interface}" . {m.address}' for m in machines]
@@ -104,6 +144,7 @@ def render(spec: FirewallSpec) -> str:
         "    counter cross_network {}",
         "    counter to_host {}",
         "    counter no_egress {}",
+        *(_counter(f(m.interface), carry) for m in machines for f in (_rx, _tx)),
         "    set ifaces {",
         "        type ifname",
         f"        {_elements(ifaces)}",
@@ -131,6 +172,14 @@ def render(spec: FirewallSpec) -> str:
         "        ip6 saddr fe80::/10 accept",
         "        iifname . ip6 saddr != @machines counter name spoofed drop",
         "        fib saddr . iif oif missing counter name spoofed drop",
+        *(f'        iifname "{m.interface}" counter name {_tx(m.interface)}' for m in machines),
+        "    }",
+        "",
+        # What reaches a machine's interface: after every filter, so nothing
+        # dropped on its way is counted as delivered.
+        "    chain accounting {",
+        "        type filter hook postrouting priority filter; policy accept;",
+        *(f'        oifname "{m.interface}" counter name {_rx(m.interface)}' for m in machines),
         "    }",
         "",
         "    chain forward {",
@@ -212,8 +261,13 @@ class Firewall:
         if ruleset == self._applied:
             return False
         self._forwarding()
-        self._nft(ruleset, check=True)
-        self._nft(ruleset, check=False)
+        # The machines' traffic counters go on from where they are: the new
+        # table starts them at the old one's values (what passes between the
+        # read and the swap, a few packets at most, goes uncounted).
+        carry = counter_values(spec.table) if not self._gone else {}
+        loaded = render(spec, carry)
+        self._nft(loaded, check=True)
+        self._nft(loaded, check=False)
         self._applied = ruleset
         self._gone = False
         log.info(
@@ -255,16 +309,36 @@ class Firewall:
         self._applied = None
 
 
-def counters(table: str) -> dict[str, int]:
-    """Packets each of the table's named counters has seen (empty if it is not loaded)."""
+def counter_values(table: str) -> dict[str, tuple[int, int]]:
+    """(packets, bytes) of each of the table's named counters (empty if it is not loaded)."""
     result = hostcmd.run(["nft", "-j", "list", "counters", "table", "inet", table], check=False)
     if result.returncode != 0:
         return {}
-    import json
+    out: dict[str, tuple[int, int]] = {}
+    try:
+        items = json.loads(result.stdout).get("nftables", [])
+        for item in items:
+            counter = item.get("counter")
+            if counter:
+                out[str(counter["name"])] = (int(counter["packets"]), int(counter["bytes"]))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CommandError(["nft", "-j", "list", "counters"], 0, f"unreadable: {exc}") from exc
+    return out
 
-    out: dict[str, int] = {}
-    for item in json.loads(result.stdout).get("nftables", []):
-        counter = item.get("counter")
-        if counter:
-            out[counter["name"]] = int(counter["packets"])
+
+def counters(table: str) -> dict[str, int]:
+    """Packets each of the table's named counters has seen (empty if it is not loaded)."""
+    return {name: packets for name, (packets, _) in counter_values(table).items()}
+
+
+def traffic(table: str) -> dict[str, Traffic]:
+    """Each filtered interface's traffic, by interface name (empty if no table is loaded)."""
+    values = counter_values(table)
+    out = {}
+    for name, (rx_packets, rx_bytes) in values.items():
+        if not name.startswith("rx_"):
+            continue
+        interface = name[3:]
+        tx_packets, tx_bytes = values.get(_tx(interface), (0, 0))
+        out[interface] = Traffic(rx_bytes, rx_packets, tx_bytes, tx_packets)
     return out

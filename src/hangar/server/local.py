@@ -73,6 +73,9 @@ class StoreLink:
     def report_metrics(self, figures: Mapping[str, tuple[float, str]]) -> None:
         self.service.report_metrics(figures)
 
+    def report_edge_metrics(self, figures: Mapping[str, tuple[float, str]]) -> None:
+        self.service.report_edge_metrics(figures)
+
 
 class LocalMachines:
     """The machines of the in-process agent, for the API (``HostMachines``)."""

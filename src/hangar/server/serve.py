@@ -27,6 +27,7 @@ from hangar.api.app import create_agent_app, create_app
 from hangar.api.guard import PEER_CERT_SCOPE_KEY
 from hangar.config.settings import ServerSettings
 from hangar.controlplane.acme import Issuer
+from hangar.controlplane.auditverify import AuditVerifier
 from hangar.controlplane.background import BackgroundLoop
 from hangar.controlplane.deployer import step_all
 from hangar.controlplane.logshipper import LogShipper
@@ -270,8 +271,11 @@ def _serve(settings: ServerSettings) -> None:
                 await task
 
     metrics = None
+    verifier: AuditVerifier | None = None
     if settings.metrics_port:
-        collectors: list[Collector] = [ControlPlaneCollector(cp.db)]
+        # The audit chains are verified on a schedule only where the result is exported.
+        verifier = AuditVerifier(cp)
+        collectors: list[Collector] = [ControlPlaneCollector(cp.db), verifier]
         if agent is not None:
             collectors.append(AgentCollector(agent))
         metrics = serve_metrics(settings.metrics_listen_host, settings.metrics_port, collectors)
@@ -279,11 +283,15 @@ def _serve(settings: ServerSettings) -> None:
     loops.start()
     issuer.start()
     shipper.start()
+    if verifier is not None:
+        verifier.start()
     try:
         asyncio.run(run_all())
     finally:
         if metrics is not None:
             metrics.stop()
+        if verifier is not None:
+            verifier.stop()
         shipper.stop()
         issuer.stop()
         loops.stop()

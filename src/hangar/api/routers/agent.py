@@ -329,13 +329,23 @@ class MetricsIn(BaseModel):
     machines: dict[Annotated[str, Field(max_length=32)], MachineFiguresIn] = Field(
         max_length=10_000
     )
+    # Apps' figures at this host's edge, by app name (an edge host only).
+    edge: dict[Annotated[str, Field(max_length=63)], MachineFiguresIn] = Field(
+        default_factory=dict, max_length=10_000
+    )
 
 
-@router.post("/metrics", status_code=204, summary="This host's machines' figures")
+@router.post("/metrics", status_code=204, summary="This host's machines' and edge's figures")
 def metrics(body: MetricsIn, access: Annotated[HostAccess, HOST]) -> None:
-    """Kept for the machines' organizations; another host's machines are ignored."""
+    """Kept for the machines' (and apps') organizations; another host's machines are ignored,
+    and so are edge figures from a host that is not an edge."""
+    service = _service(access)
     figures = {m: (f.at, f.text) for m, f in body.machines.items()}
-    _service(access).report_metrics(figures)
+    if figures:
+        service.report_metrics(figures)
+    edge = {a: (f.at, f.text) for a, f in body.edge.items()}
+    if edge:
+        service.report_edge_metrics(edge)
 
 
 @router.put("/mesh/status", status_code=204, summary="This host's newest mesh handshake")
