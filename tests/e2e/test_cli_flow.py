@@ -292,9 +292,12 @@ def test_secrets_from_the_command_line(server: Server) -> None:
     listed = server.json("secrets", "list", "--app", "web")
     assert [s["name"] for s in listed] == ["A", "B", "C"]  # type: ignore[index]
     assert all(
-        set(s) == {"name", "digest", "version", "status", "created_by", "created_at"}
+        set(s)
+        == {"name", "digest", "version", "status", "created_by", "created_at", "secrets_version"}
         for s in listed
     )  # type: ignore[union-attr]
+    # The import made the app's first secrets version; every row names it.
+    assert {s["secrets_version"] for s in listed} == {1}  # type: ignore[index]
     server.cli("secrets", "unset", "C", "--app", "web", "--stage")
     table = server.cli("secrets", "list", "--app", "web").stdout
     assert "staged-unset" in table and "two" not in table
