@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages Hangar and its tests need, only those missing.
 set -euo pipefail
-packages=(python3-venv postgresql wrk runc tini busybox-static skopeo docker-registry softhsm2 haproxy pebble caddy nftables iperf3 wireguard-tools wireguard-go tcpdump systemd prometheus rsyslog rsyslog-gnutls)
+packages=(python3-venv postgresql wrk runc tini busybox-static skopeo docker-registry softhsm2 haproxy pebble caddy nftables iperf3 wireguard-tools wireguard-go tcpdump systemd prometheus rsyslog rsyslog-gnutls gocryptfs fuse3 restic fio cryptsetup-bin e2fsprogs chromium)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
