@@ -89,6 +89,11 @@ class Permission(Enum):
     LOG_SINKS_READ = ("log-sinks:read", Action.READ, Role.MEMBER)
     LOG_SINKS_WRITE = ("log-sinks:write", Action.WRITE, Role.ADMIN)
     AUDIT_SYSTEM_READ = ("audit:read-system", Action.READ, None)
+    # Backups hold every volume's data: members list and run them; admins choose
+    # the repository and restore over live data.
+    BACKUPS_READ = ("backups:read", Action.READ, Role.MEMBER)
+    BACKUPS_RUN = ("backups:run", Action.CONTROL, Role.MEMBER)
+    BACKUPS_WRITE = ("backups:write", Action.WRITE, Role.ADMIN)
 
     def __init__(self, label: str, action: Action, least_role: Role | None) -> None:
         self.label = label

@@ -18,6 +18,7 @@ from hangar.cli import (
     apps,
     audit,
     auth,
+    backups,
     certs,
     config,
     deploy,
@@ -69,6 +70,7 @@ for module in (
     config,
     logs,
     releases,
+    backups,
 ):
     app.add_typer(module.app)
 app.command()(deploy.deploy)

@@ -84,6 +84,13 @@ class ServerSettings(BaseModel):
     # Log sink hosts (as written in the sink's URL) that may be shipped to
     # although they resolve to a loopback, private or this host's own address.
     allowed_log_sink_hosts: list[str] = []
+    # Backup repository hosts (as written in the repository's URL) that
+    # organizations may use although they resolve to a loopback, private or
+    # this host's own address.
+    allowed_backup_hosts: list[str] = []
+    # Where organizations may keep restic repositories on this server's disks
+    # (each under ROOT/ORG_ID/); unset: only rest: and s3: repositories.
+    backup_local_root: Path | None = None
     # Each log sink's disk buffer: records wait there while the sink is down;
     # past this many bytes the oldest are dropped (counted, and audited).
     log_sink_buffer_bytes: int = Field(default=64 << 20, ge=64 << 10, le=16 << 30)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from hangar.controlplane.acme import ACCOUNT_PURPOSE, ACCOUNT_SETTING
+from hangar.controlplane.backups import credential_purpose as backup_credential_purpose
+from hangar.controlplane.backups import password_purpose as backup_password_purpose
 from hangar.controlplane.logsinks import credential_purpose
 from hangar.controlplane.routes import cert_key_purpose
 from hangar.controlplane.state import ControlPlane
@@ -25,7 +27,14 @@ from hangar.crypto.rotation import (
     rewrap_file,
     root_key_purpose,
 )
-from hangar.store.tables import AppKey, Certificate, LogSinkRow, RootKey, Setting
+from hangar.store.tables import (
+    AppKey,
+    BackupRepoRow,
+    Certificate,
+    LogSinkRow,
+    RootKey,
+    Setting,
+)
 
 __all__ = ["Rotation", "rotate_kek"]
 
@@ -74,6 +83,15 @@ def _rewrap_rows(cp: ControlPlane) -> int:
                 fresh = rewrap(cp.keyring, sink.credential, purpose)
                 count += fresh != sink.credential
                 sink.credential = fresh
+        for repo in session.execute(select(BackupRepoRow)).scalars():
+            fresh = rewrap(cp.keyring, repo.password, backup_password_purpose(repo.org_id))
+            count += fresh != repo.password
+            repo.password = fresh
+            if repo.credential is not None:
+                purpose = backup_credential_purpose(repo.org_id)
+                fresh = rewrap(cp.keyring, repo.credential, purpose)
+                count += fresh != repo.credential
+                repo.credential = fresh
         account = session.get(Setting, ACCOUNT_SETTING)
         if account is not None:
             stored = json.loads(account.value)
