@@ -138,13 +138,15 @@ class CheckResult:
 
 @dataclass(frozen=True)
 class Retention:
-    """What ``forget --prune`` keeps: the newest per day, week and month, and everything
-    newer than ``within_days``. Every count is bounded; at least one keeps something."""
+    """What ``forget --prune`` keeps: the newest per day, week and month, the ``last``
+    few, and everything newer than ``within_days``. Every count is bounded; at least
+    one keeps something."""
 
     daily: int = 7
     weekly: int = 4
     monthly: int = 6
     within_days: int = 0
+    last: int = 0
 
     def __post_init__(self) -> None:
         for name, value, top in (
@@ -152,10 +154,11 @@ class Retention:
             ("weekly", self.weekly, 520),
             ("monthly", self.monthly, 120),
             ("within_days", self.within_days, 3660),
+            ("last", self.last, 1000),
         ):
             if not 0 <= value <= top:
                 raise ValidationError(f"retention {name} must be between 0 and {top}")
-        if not (self.daily or self.weekly or self.monthly or self.within_days):
+        if not (self.daily or self.weekly or self.monthly or self.within_days or self.last):
             raise ValidationError(
                 "a retention policy that keeps nothing would delete every backup",
                 hint="keep at least one daily, weekly or monthly backup",
@@ -172,6 +175,8 @@ class Retention:
         ]
         if self.within_days:
             args += ["--keep-within", f"{self.within_days}d"]
+        if self.last:
+            args += ["--keep-last", str(self.last)]
         return args
 
 

@@ -19,6 +19,7 @@ from hangar.controlplane.backups import credential_purpose as backup_credential_
 from hangar.controlplane.backups import password_purpose as backup_password_purpose
 from hangar.controlplane.logsinks import credential_purpose
 from hangar.controlplane.routes import cert_key_purpose
+from hangar.controlplane.serverbackup import rewrap_repo_file
 from hangar.controlplane.state import ControlPlane
 from hangar.crypto.rotation import (
     WRAPPED_FILES,
@@ -52,6 +53,7 @@ def rotate_kek(cp: ControlPlane) -> Rotation:
     count = 0
     for name, purpose in WRAPPED_FILES.items():
         count += rewrap_file(cp.keyring, cp.data_dir / name, purpose)
+    count += rewrap_repo_file(cp.keyring, cp.data_dir)
     # Twice: a key another request wrapped under the old KEK just before the
     # switch, and committed after the first pass read, is caught by the second.
     for _ in range(2):
