@@ -285,8 +285,9 @@ class ApiLink:
         ).json()
         return open_sealed_keys(opener, sealed, want.machine_id)
 
-    def volumes(self, backend: str) -> list[HostVolume]:
-        found = self._call("GET", "/agent/v1/volumes", params={"backend": backend}).json()
+    def volumes(self, backend: str, grows_online: bool) -> list[HostVolume]:
+        params = {"backend": backend, "grows_online": "true" if grows_online else "false"}
+        found = self._call("GET", "/agent/v1/volumes", params=params).json()
         return [HostVolume.from_json(v) for v in found]
 
     def renew_if_due(self, now: dt.datetime | None = None) -> bool:

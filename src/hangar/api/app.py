@@ -32,6 +32,7 @@ from hangar.api.routers import (
     secrets,
     system,
     tokens,
+    volumes,
     wireguard,
 )
 from hangar.controlplane.state import ControlPlane
@@ -69,6 +70,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
         logs,
         logsinks,
         secrets,
+        volumes,
         certs,
         edge,
         wireguard,

@@ -47,8 +47,9 @@ class ControlPlaneLink(Protocol):
         (held only in memory; refused unless the machine is assigned to this host)."""
         ...
 
-    def volumes(self, backend: str) -> list[HostVolume]:
-        """The volumes that live on this host; says which backend the host encrypts with."""
+    def volumes(self, backend: str, grows_online: bool) -> list[HostVolume]:
+        """The volumes that live on this host; says which backend the host encrypts with,
+        and whether it can grow a volume while a machine uses it."""
         ...
 
     def routes(self) -> RoutingTable:

@@ -97,14 +97,14 @@ class AgentService:
         """The keys of the volumes a machine starting on this host holds (audited)."""
         return deliver_keys(self.cp, self.ctx, host_id=self.host_id, machine_id=machine_id)
 
-    def volumes(self, backend: str) -> list[HostVolume]:
+    def volumes(self, backend: str, grows_online: bool) -> list[HostVolume]:
         """The volumes that live on this host; records the backend it reports."""
         with self.cp.db.read() as session:
             host = session.get(Host, self.host_id)
-            known = host.volume_backend if host is not None else None
-        if known != backend:
+            known = (host.volume_backend, host.volume_grows_online) if host else None
+        if known != (backend, grows_online):
             with self.cp.db.write() as session:
-                report_backend(session, self.host_id, backend)
+                report_backend(session, self.host_id, backend, grows_online)
         with self.cp.db.read() as session:
             return host_volumes(session, self.host_id)
 

@@ -41,6 +41,7 @@ __all__ = [
     "BACKENDS",
     "VolumeInfo",
     "attach",
+    "check_mounts",
     "create_volume",
     "deliver_keys",
     "destroy_volume",
@@ -217,8 +218,12 @@ def create_volume(
 
 def extend_volume(
     cp: ControlPlane, ctx: AuditContext, app: App, ref: str, size_mb: int
-) -> VolumeInfo:
-    """Grow a volume to ``size_mb`` (never shrink): its host grows it while in use."""
+) -> tuple[VolumeInfo, bool]:
+    """Grow a volume to ``size_mb`` (never shrink); and whether it grows while in use.
+
+    A free volume grows when a machine next mounts it; a held one grows at once
+    where its host can grow a mounted file system, else at its machine's next start.
+    """
     with change(cp, ctx, org_id=app.org_id, action="volume.extend", target=ref) as (
         session,
         event,
@@ -232,10 +237,17 @@ def extend_volume(
                 hint=f"ask for more than {format_size(volume.size_mb)}",
             )
         event.target = f"{app.name}/{volume.id}"
-        event.detail = {"from": format_size(volume.size_mb), "to": format_size(size_mb)}
+        host = session.get(Host, volume.host_id)
+        online = volume.machine_id is None or bool(host and host.volume_grows_online)
+        event.detail = {
+            "from": format_size(volume.size_mb),
+            "to": format_size(size_mb),
+            "online": online,
+        }
         volume.size_mb = size_mb
         volume.updated_at = _now()
-        return _info(volume, app.name, _host_names(session).get(volume.host_id, volume.host_id))
+        name = host.name if host is not None else volume.host_id
+        return _info(volume, app.name, name), online
 
 
 def destroy_volume(cp: ControlPlane, ctx: AuditContext, app: App, ref: str) -> VolumeInfo:
@@ -288,6 +300,53 @@ def attach(session: Session, app: App, sources: Sequence[str]) -> tuple[str | No
     return first.host_id, [v for v in volumes if v is not None]
 
 
+def check_mounts(session: Session, app: App, sources: Sequence[str], strategy: str) -> None:
+    """Refuse a release whose ``[[mounts]]`` cannot be met, before anything is made.
+
+    The app's serving machines keep their volumes across a rolling, canary or
+    immediate deploy (each is updated in place); each must already hold a
+    volume of every name. An app with no machine yet needs a free volume of
+    every name, all on one host, for its first. A blue-green deploy would
+    need a second set of volumes beside the first: refused.
+    """
+    if not sources:
+        return
+    if strategy == "bluegreen":
+        raise ValidationError(
+            "an app with [[mounts]] cannot deploy blue-green: a volume is held by one machine "
+            "at a time, and a blue-green deploy runs a new set of machines beside the old",
+            hint='use strategy = "rolling", "canary" or "immediate" in [deploy]',
+        )
+    machines = list(
+        session.execute(
+            select(Machine.id).where(
+                Machine.app_id == app.id,
+                Machine.desired != "destroyed",
+                Machine.one_off.is_(False),
+            )
+        ).scalars()
+    )
+    if not machines:
+        attach(session, app, sources)  # Conflict, naming what is missing, if it cannot
+        return
+    held: dict[str, set[str]] = {}
+    for machine_id, name in session.execute(
+        select(Volume.machine_id, Volume.name).where(
+            Volume.machine_id.in_(machines), Volume.state != "destroyed"
+        )
+    ).tuples():
+        held.setdefault(machine_id or "", set()).add(name)
+    for machine_id in machines:
+        missing = [s for s in sources if s not in held.get(machine_id, set())]
+        if missing:
+            raise Conflict(
+                f"machine {machine_id} of app {app.name} holds no volume {missing[0]!r}: "
+                "a running machine cannot be given a volume",
+                hint=f"destroy it (`hangar machines destroy {machine_id}`) and deploy again: "
+                "the new machine takes a free volume",
+            )
+
+
 def release_machine(session: Session, machine_id: str) -> None:
     """The machine is gone from its host: the volumes it held are free."""
     for volume in session.execute(select(Volume).where(Volume.machine_id == machine_id)).scalars():
@@ -330,13 +389,14 @@ def host_volumes(session: Session, host_id: str) -> list[HostVolume]:
     ]
 
 
-def report_backend(session: Session, host_id: str, backend: str) -> None:
-    """Record the host's volume backend if it changed (a write only then)."""
+def report_backend(session: Session, host_id: str, backend: str, grows_online: bool) -> None:
+    """Record the host's volume backend and whether it grows volumes in use."""
     if backend not in BACKENDS:
         raise ValidationError(f"unknown volume backend {backend!r}")
     host = session.get(Host, host_id)
-    if host is not None and host.volume_backend != backend:
+    if host is not None:
         host.volume_backend = backend
+        host.volume_grows_online = grows_online
 
 
 def deliver_keys(

@@ -59,8 +59,8 @@ class StoreLink:
     def volume_keys(self, want: Assignment) -> dict[str, bytes]:
         return self.service.volume_keys(want.machine_id)
 
-    def volumes(self, backend: str) -> list[HostVolume]:
-        return self.service.volumes(backend)
+    def volumes(self, backend: str, grows_online: bool) -> list[HostVolume]:
+        return self.service.volumes(backend, grows_online)
 
     def routes(self) -> RoutingTable:
         return self.service.routes()

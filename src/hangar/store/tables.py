@@ -242,6 +242,8 @@ class Host(Base):
     # How the host encrypts volumes at rest ("luks2" or "gocryptfs"), as its agent
     # reported it; None until it has. A volume on the host uses this backend.
     volume_backend: Mapped[str | None] = mapped_column(String(16))
+    # Whether its agent can grow a volume's file system while a machine uses it.
+    volume_grows_online: Mapped[bool | None] = mapped_column(Boolean)
 
 
 class JoinToken(Base):

@@ -262,8 +262,9 @@ def machine_volume_keys(
 def host_volumes(
     access: Annotated[HostAccess, HOST],
     backend: Annotated[Literal["luks2", "gocryptfs"], Query(description="this host's backend")],
+    grows_online: Annotated[bool, Query(description="can grow a volume in use")] = False,
 ) -> list[dict[str, Any]]:
-    return [v.to_json() for v in _service(access).volumes(backend)]
+    return [v.to_json() for v in _service(access).volumes(backend, grows_online)]
 
 
 class RoutesOut(BaseModel):

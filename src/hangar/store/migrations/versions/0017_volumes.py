@@ -46,10 +46,12 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_volumes_org_id"), ["org_id"], unique=False)
     with op.batch_alter_table("hosts", schema=None) as batch_op:
         batch_op.add_column(sa.Column("volume_backend", sa.String(length=16), nullable=True))
+        batch_op.add_column(sa.Column("volume_grows_online", sa.Boolean(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("hosts", schema=None) as batch_op:
+        batch_op.drop_column("volume_grows_online")
         batch_op.drop_column("volume_backend")
     with op.batch_alter_table("volumes", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_volumes_org_id"))
