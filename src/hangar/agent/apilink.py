@@ -32,8 +32,10 @@ from hangar.contract.assignments import Assignment, MachineStatus
 from hangar.contract.execs import MAX_OUTPUT, ExecOrder
 from hangar.contract.mesh import Peer
 from hangar.contract.names import Record
+from hangar.contract.volumes import HostVolume
 from hangar.crypto.hostcert import certificate_window, csr_for, new_host_key
 from hangar.crypto.secretbox import Opener
+from hangar.crypto.volumekeys import open_sealed_keys
 from hangar.domain.routing import RoutingTable, edge_seal_context
 from hangar.errors import HangarError, IntegrityError
 from hangar.hostfs import write_private
@@ -272,6 +274,21 @@ class ApiLink:
             json={"public_key": opener.public_b64()},
         ).json()
         return opener.open(sealed, want.machine_id)
+
+    def volume_keys(self, want: Assignment) -> dict[str, bytes]:
+        """The starting machine's volume keys, sealed to a key made for this one request."""
+        opener = Opener()
+        sealed = self._call(
+            "POST",
+            f"/agent/v1/machines/{want.machine_id}/volume-keys",
+            json={"public_key": opener.public_b64()},
+        ).json()
+        return open_sealed_keys(opener, sealed, want.machine_id)
+
+    def volumes(self, backend: str, grows_online: bool) -> list[HostVolume]:
+        params = {"backend": backend, "grows_online": "true" if grows_online else "false"}
+        found = self._call("GET", "/agent/v1/volumes", params=params).json()
+        return [HostVolume.from_json(v) for v in found]
 
     def renew_if_due(self, now: dt.datetime | None = None) -> bool:
         """Renew the certificate once two thirds of its lifetime have passed."""

@@ -33,6 +33,7 @@ from hangar.api.routers import (
     secrets,
     system,
     tokens,
+    volumes,
     wireguard,
 )
 from hangar.controlplane.state import ControlPlane
@@ -71,6 +72,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
         logsinks,
         backups,
         secrets,
+        volumes,
         certs,
         edge,
         wireguard,

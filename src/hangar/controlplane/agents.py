@@ -23,6 +23,7 @@ from hangar.audit.log import AuditContext
 from hangar.contract.assignments import Assignment, MachineStatus
 from hangar.contract.mesh import Peer
 from hangar.contract.names import Record
+from hangar.contract.volumes import HostVolume
 from hangar.controlplane.appmetrics import receive, receive_edge
 from hangar.controlplane.changes import change, record_refusal
 from hangar.controlplane.hostlink import apply_report, dns_records, host_assignments
@@ -32,6 +33,7 @@ from hangar.controlplane.logstore import LogStore
 from hangar.controlplane.mesh import mesh_peers, register_mesh
 from hangar.controlplane.secrets import deliver
 from hangar.controlplane.state import ControlPlane
+from hangar.controlplane.volumes import deliver_keys, host_volumes, report_backend
 from hangar.crypto.peercert import IssuedCert
 from hangar.domain.routing import RoutingTable
 from hangar.errors import NotFound, PermissionDenied, audited
@@ -90,6 +92,21 @@ class AgentService:
         return deliver(
             cp.db, cp.keyring, cp.audit, self.ctx, host_id=self.host_id, machine_id=machine_id
         )
+
+    def volume_keys(self, machine_id: str) -> dict[str, bytes]:
+        """The keys of the volumes a machine starting on this host holds (audited)."""
+        return deliver_keys(self.cp, self.ctx, host_id=self.host_id, machine_id=machine_id)
+
+    def volumes(self, backend: str, grows_online: bool) -> list[HostVolume]:
+        """The volumes that live on this host; records the backend it reports."""
+        with self.cp.db.read() as session:
+            host = session.get(Host, self.host_id)
+            known = (host.volume_backend, host.volume_grows_online) if host else None
+        if known != (backend, grows_online):
+            with self.cp.db.write() as session:
+                report_backend(session, self.host_id, backend, grows_online)
+        with self.cp.db.read() as session:
+            return host_volumes(session, self.host_id)
 
     def image(self, machine_id: str) -> tuple[ImageRef, str | None]:
         """A machine's image layout and the digest its release pinned (own machines only).

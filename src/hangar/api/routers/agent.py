@@ -28,6 +28,7 @@ from hangar.controlplane.agents import AgentService
 from hangar.controlplane.appmetrics import MAX_TEXT
 from hangar.controlplane.hostlink import assignments_version
 from hangar.crypto.secretbox import seal
+from hangar.crypto.volumekeys import seal_keys
 from hangar.domain.routing import edge_seal_context
 from hangar.errors import Conflict, IntegrityError, NotFound, ValidationError
 from hangar.images.oci import ImageRef, Manifest, open_blob, read_manifest
@@ -243,6 +244,27 @@ def machine_secrets(
 ) -> SealedOut:
     values = _service(access).secrets(machine_id)
     return SealedOut(**seal(values, body.public_key, machine_id))
+
+
+@router.post(
+    "/machines/{machine_id}/volume-keys",
+    response_model=SealedOut,
+    summary="The keys of a starting machine's volumes, sealed to the agent's one-time key",
+)
+def machine_volume_keys(
+    machine_id: str, body: DeliveryIn, access: Annotated[HostAccess, HOST]
+) -> SealedOut:
+    keys = _service(access).volume_keys(machine_id)
+    return SealedOut(**seal_keys(keys, body.public_key, machine_id))
+
+
+@router.get("/volumes", summary="The volumes that live on this host")
+def host_volumes(
+    access: Annotated[HostAccess, HOST],
+    backend: Annotated[Literal["luks2", "gocryptfs"], Query(description="this host's backend")],
+    grows_online: Annotated[bool, Query(description="can grow a volume in use")] = False,
+) -> list[dict[str, Any]]:
+    return [v.to_json() for v in _service(access).volumes(backend, grows_online)]
 
 
 class RoutesOut(BaseModel):
