@@ -279,3 +279,35 @@ def test_kek_rotation_rewraps_the_repository_password(
         assert after is not None and after.password != old
     assert open_repo(control_plane, org_id).repo.password.encode() == password
     assert api.get("/v1/orgs/acme/backups", headers=installation.headers).status_code == 200
+
+
+def test_the_last_success_metric_the_alert_reads(
+    api: TestClient, installation: Installation, control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    from hangar.controlplane.metrics import ControlPlaneCollector
+
+    def samples() -> dict[str, float]:
+        found: dict[str, float] = {}
+        for family in ControlPlaneCollector(control_plane.db).collect():
+            for sample in family.samples:
+                if "backup" in sample.name:
+                    found[sample.name + str(sorted(sample.labels.items()))] = sample.value
+        return found
+
+    assert samples() == {}
+    r = api.put("/v1/orgs/acme/backups/repo", headers=installation.headers, json={"url": "n"})
+    assert r.status_code == 200, r.text
+    org_id = _org_id(control_plane)
+    key = f"hangar_backup_last_success_timestamp_seconds[('org', '{org_id}')]"
+    with control_plane.db.write() as session:
+        row = session.get(BackupRepoRow, org_id)
+        assert row is not None
+        created = row.created_at.timestamp()
+        success = row.created_at.replace(year=2031)
+    # Until the first backup, the clock runs from when the repository was set.
+    assert samples() == {key: pytest.approx(created)}
+    with control_plane.db.write() as session:
+        row = session.get(BackupRepoRow, org_id)
+        assert row is not None
+        row.last_success_at = success
+    assert samples() == {key: pytest.approx(success.timestamp())}
