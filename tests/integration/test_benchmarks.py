@@ -141,3 +141,13 @@ def test_telemetry_prints_its_ratio_table() -> None:
     has_line(out, rf"^GET  /v1/apps \(auth\)\s+{N}/s\s+{N}/s\s+{N}\s+>= 0.95$")
     has_line(out, r"^\s+to a file\s+to a sink\s+ratio$")
     has_line(out, rf"^log lines/s\s+{N}/s\s+{N}/s\s+{N}$")
+
+
+@pytest.mark.slow
+@needs_root
+def test_volumes_prints_snapshot_backup_and_restore_ratios() -> None:
+    out = run_quick("volumes.py", timeout=300)
+    has_line(out, r"^\s+Hangar\s+baseline\s+ratio\s+baseline is$")
+    has_line(out, rf"^snapshot\s+{N}s\s+{N}s\s+{N}\s+cp -a of the plaintext$")
+    has_line(out, rf"^backup\s+{N}s\s+{N}s\s+{N}\s+restic backup of the plaintext$")
+    has_line(out, rf"^restore\s+{N}s\s+{N}s\s+{N}\s+restic restore of the plaintext$")
