@@ -116,6 +116,5 @@ def report(rows: list[Row], size: int) -> None:
     print(f"{'':<10}{'Hangar':>10}{'baseline':>10}{'ratio':>8}  baseline is")
     for row in rows:
         ratio = row.hangar / row.baseline if row.baseline > 0 else float("inf")
-        print(
-            f"{row.name:<10}{row.hangar:>9.2f}s{row.baseline:>9.2f}s{ratio:>8.2f}  {row.baseline_is}"
-        )
+        figures = f"{row.hangar:>9.2f}s{row.baseline:>9.2f}s{ratio:>8.2f}"
+        print(f"{row.name:<10}{figures}  {row.baseline_is}")
