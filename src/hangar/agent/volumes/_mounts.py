@@ -16,8 +16,6 @@ from hangar.errors import CommandError
 __all__ = [
     "can_grow_online",
     "daemons_serving",
-    "unmount_when_idle",
-    "wait_exited",
     "ext4_grow",
     "file_size_mb",
     "fs_size_mb",
@@ -28,6 +26,8 @@ __all__ = [
     "mount_source",
     "mounts_under",
     "unmount",
+    "unmount_when_idle",
+    "wait_exited",
     "write_handle",
 ]
 
