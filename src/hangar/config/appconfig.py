@@ -192,12 +192,11 @@ class Mount(_Model):
         str, Field(pattern=r"^/.+", max_length=512), AfterValidator(refuse_hidden)
     ]
     initial_size: Annotated[
-        str | None,
+        Annotated[str, Field(pattern=r"^\s*\d{1,7}\s*(mb|gb|mib|gib)?\s*$")] | None,
         not_yet(
             "making volumes on deploy (initial_size)",
             "create them first: `hangar volumes create NAME --app APP --size 1gb`",
         ),
-        Field(pattern=r"^\s*\d{1,7}\s*(mb|gb|mib|gib)?\s*$"),
     ] = None
     processes: Annotated[
         list[GroupName], not_yet("process groups (mounts' processes)"), Field(max_length=32)

@@ -93,7 +93,7 @@ def _info(volume: Volume, app: str, host: str) -> VolumeInfo:
 
 
 def _host_names(session: Session) -> dict[str, str]:
-    return dict(session.execute(select(Host.id, Host.name)).tuples().all())
+    return {host_id: name for host_id, name in session.execute(select(Host.id, Host.name))}
 
 
 def list_volumes(cp: ControlPlane, app: App, *, destroyed: bool = False) -> list[VolumeInfo]:
@@ -156,15 +156,14 @@ def _pick_host(session: Session, host_name: str | None) -> Host:
             else "no active host has reported how it encrypts volumes yet",
             hint="wait for its agent's first report (a few seconds after it starts)",
         )
-    counts = dict(
-        session.execute(
+    counts: dict[str, int] = {
+        host_id: count
+        for host_id, count in session.execute(
             select(Volume.host_id, func.count())
             .where(Volume.state != "destroyed")
             .group_by(Volume.host_id)
         )
-        .tuples()
-        .all()
-    )
+    }
     return min(ready, key=lambda h: (counts.get(h.id, 0), h.number))
 
 
@@ -334,7 +333,7 @@ def check_mounts(session: Session, app: App, sources: Sequence[str], strategy: s
         select(Volume.machine_id, Volume.name).where(
             Volume.machine_id.in_(machines), Volume.state != "destroyed"
         )
-    ).tuples():
+    ):
         held.setdefault(machine_id or "", set()).add(name)
     for machine_id in machines:
         missing = [s for s in sources if s not in held.get(machine_id, set())]

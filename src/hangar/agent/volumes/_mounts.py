@@ -6,6 +6,7 @@ import datetime as dt
 import errno
 import json
 import os
+import time
 from pathlib import Path
 
 from hangar import hostcmd
@@ -14,6 +15,7 @@ from hangar.errors import CommandError
 
 __all__ = [
     "can_grow_online",
+    "daemons_serving",
     "ext4_grow",
     "file_size_mb",
     "fs_size_mb",
@@ -24,6 +26,8 @@ __all__ = [
     "mount_source",
     "mounts_under",
     "unmount",
+    "unmount_when_idle",
+    "wait_exited",
     "write_handle",
 ]
 
@@ -85,6 +89,53 @@ def unmount(point: Path, *, lazy: bool = False) -> None:
         # Still busy (a process of a stopped machine lingers): detach it now, the
         # kernel finishes when the last user goes; nothing new can open it.
         hostcmd.run(["umount", "-l", str(point)], timeout=60)
+
+
+def daemons_serving(point: Path) -> list[int]:
+    """Pids of processes whose command line names ``point`` (a FUSE daemon serving it)."""
+    wanted = str(point).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if wanted in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def wait_exited(pids: list[int], timeout: float = 30.0) -> bool:
+    """Wait until none of ``pids`` runs; False if one still does after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = []
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                continue
+            alive.append(pid)
+        if not alive:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+
+
+def unmount_when_idle(point: Path, timeout: float = 30.0) -> None:
+    """Unmount ``point``, retrying while it is busy; lazily only as the last resort."""
+    deadline = time.monotonic() + timeout
+    while mount_source(point) is not None:
+        done = hostcmd.run(["umount", str(point)], timeout=60, check=False)
+        if done.returncode == 0:
+            return
+        if time.monotonic() >= deadline:
+            hostcmd.run(["umount", "-l", str(point)], timeout=60)
+            return
+        time.sleep(0.05)
 
 
 def make_sparse(path: Path, size_mb: int) -> None:

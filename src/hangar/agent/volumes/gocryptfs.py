@@ -123,8 +123,16 @@ class GocryptfsDriver:
 
     def unmount(self, volume_id: str) -> None:
         plain, lower = self.layout.plain(volume_id), self.layout.lower(volume_id)
+        daemons = _mounts.daemons_serving(plain)
         _mounts.unmount(plain, lazy=_mounts.is_stale(plain))
-        _mounts.unmount(lower)  # the loop device goes with it (autoclear)
+        # The daemon flushes and closes its files as it exits; only then is the
+        # ext4 under it idle. Never lazily while it runs: the next mount of
+        # volume.img would be a second ext4 over the same blocks.
+        if not _mounts.wait_exited(daemons):
+            raise CommandError(
+                ["gocryptfs", str(plain)], -1, "the daemon did not exit after its unmount"
+            )
+        _mounts.unmount_when_idle(lower)  # the loop device goes with it (autoclear)
 
     def extend(self, spec: VolumeSpec, key: bytes | None) -> bool:
         backing = self.layout.backing(spec.id)
