@@ -19,6 +19,7 @@ from hangar.contract.assignments import Assignment, MachineStatus
 from hangar.contract.execs import ExecResult
 from hangar.contract.mesh import Peer
 from hangar.contract.names import Record
+from hangar.contract.volumejobs import VolumeJob, VolumeJobResult
 from hangar.contract.volumes import HostVolume
 from hangar.domain.routing import RoutingTable
 
@@ -50,6 +51,15 @@ class ControlPlaneLink(Protocol):
     def volumes(self, backend: str, grows_online: bool) -> list[HostVolume]:
         """The volumes that live on this host; says which backend the host encrypts with,
         and whether it can grow a volume while a machine uses it."""
+        ...
+
+    def volume_jobs(self, recipient: str) -> list[tuple[VolumeJob, dict[str, str] | None]]:
+        """This host's pending volume jobs (now running); the repository's secrets of
+        those that need it, sealed to ``recipient`` (a one-time X25519 public key)."""
+        ...
+
+    def volume_job_done(self, done: VolumeJobResult) -> None:
+        """Report a job this host took as done or failed, with what it produced."""
         ...
 
     def routes(self) -> RoutingTable:

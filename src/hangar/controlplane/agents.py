@@ -23,6 +23,7 @@ from hangar.audit.log import AuditContext
 from hangar.contract.assignments import Assignment, MachineStatus
 from hangar.contract.mesh import Peer
 from hangar.contract.names import Record
+from hangar.contract.volumejobs import VolumeJob, VolumeJobResult
 from hangar.contract.volumes import HostVolume
 from hangar.controlplane.appmetrics import receive, receive_edge
 from hangar.controlplane.changes import change, record_refusal
@@ -33,6 +34,7 @@ from hangar.controlplane.logstore import LogStore
 from hangar.controlplane.mesh import mesh_peers, register_mesh
 from hangar.controlplane.secrets import deliver
 from hangar.controlplane.state import ControlPlane
+from hangar.controlplane.volumejobs import finish, take_jobs
 from hangar.controlplane.volumes import deliver_keys, host_volumes, report_backend
 from hangar.crypto.peercert import IssuedCert
 from hangar.domain.routing import RoutingTable
@@ -107,6 +109,14 @@ class AgentService:
                 report_backend(session, self.host_id, backend, grows_online)
         with self.cp.db.read() as session:
             return host_volumes(session, self.host_id)
+
+    def volume_jobs(self, recipient: str) -> list[tuple[VolumeJob, dict[str, str] | None]]:
+        """This host's pending volume jobs, taken (their repository sealed to ``recipient``)."""
+        return take_jobs(self.cp, self.host_id, recipient)
+
+    def volume_job_done(self, done: VolumeJobResult) -> None:
+        """What this host did of a job it took (audited)."""
+        finish(self.cp, self.ctx, self.host_id, done)
 
     def image(self, machine_id: str) -> tuple[ImageRef, str | None]:
         """A machine's image layout and the digest its release pinned (own machines only).

@@ -538,3 +538,45 @@ class BackupRepoRow(Base):
     last_run_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     last_success_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     last_outcome: Mapped[str | None] = mapped_column(String(16))
+
+
+class VolumeJob(Base):
+    """Work on a volume's files that its host does: snapshot, restore, fork, backup, drill.
+
+    The control plane files it (``pending``); the volume's host takes it
+    (``running``), does it off its loop and reports ``done`` or ``failed``
+    with a result (JSON). Never holds a key or a password: a host gets the
+    repository's secrets sealed to a one-time key when it takes the job.
+    """
+
+    __tablename__ = "volume_jobs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id"), index=True)
+    volume_id: Mapped[str] = mapped_column(ForeignKey("volumes.id"), index=True)
+    host_id: Mapped[str] = mapped_column(ForeignKey("hosts.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    params: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(12))
+    result: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(254))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class VolumeSnapshotRow(Base):
+    """A snapshot of a volume, kept as ciphertext on the volume's host; ``backup_id``
+    is its restic snapshot once backed up."""
+
+    __tablename__ = "volume_snapshots"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id"), index=True)
+    volume_id: Mapped[str] = mapped_column(ForeignKey("volumes.id"), index=True)
+    host_id: Mapped[str] = mapped_column(ForeignKey("hosts.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    bytes: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(16))
+    consistent: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(12))  # ready, deleted
+    backup_id: Mapped[str | None] = mapped_column(String(64))

@@ -330,11 +330,17 @@ class Snapshots:
             shutil.rmtree(staging, ignore_errors=True)
             raise
 
-    def restore_backup(self, restic: Restic, backup_id: str, new_volume_id: str) -> SnapshotInfo:
+    def restore_backup(
+        self, restic: Restic, backup_id: str, new_volume_id: str, *, expect_volume: str = ""
+    ) -> SnapshotInfo:
         """A backup as a new volume on this host (any host: the key travels with the
         volume's record, not with the host). Verified against its checksum first."""
         info, image, staging = self._fetch(restic, backup_id)
         try:
+            if expect_volume and info.volume_id != expect_volume:
+                raise IntegrityError(
+                    f"backup {backup_id} is of volume {info.volume_id}, not {expect_volume}"
+                )
             if _sha256(image) != info.sha256:
                 raise IntegrityError(f"backup {backup_id} does not match its checksum")
             self._adopt(image, info, new_volume_id, copy=False)

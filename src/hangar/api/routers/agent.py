@@ -15,7 +15,7 @@ import datetime as dt
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from fastapi import Query
+from fastapi import Path, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,6 +24,7 @@ from hangar.api.guard import HOST, GuardedRouter, HostAccess
 from hangar.contract import VERSION, check_version
 from hangar.contract.assignments import Assignment, MachineStatus
 from hangar.contract.execs import MAX_OUTPUT, ExecOrder, ExecResult
+from hangar.contract.volumejobs import VolumeJobResult
 from hangar.controlplane.agents import AgentService
 from hangar.controlplane.appmetrics import MAX_TEXT
 from hangar.controlplane.hostlink import assignments_version
@@ -265,6 +266,33 @@ def host_volumes(
     grows_online: Annotated[bool, Query(description="can grow a volume in use")] = False,
 ) -> list[dict[str, Any]]:
     return [v.to_json() for v in _service(access).volumes(backend, grows_online)]
+
+
+class JobTaken(BaseModel):
+    job: dict[str, Any]
+    sealed: dict[str, str] | None
+
+
+@router.post(
+    "/volume-jobs/take",
+    response_model=list[JobTaken],
+    summary="This host's pending volume jobs; repository secrets sealed to a one-time key",
+)
+def take_volume_jobs(body: DeliveryIn, access: Annotated[HostAccess, HOST]) -> list[JobTaken]:
+    taken = _service(access).volume_jobs(body.public_key)
+    return [JobTaken(job=job.to_json(), sealed=sealed) for job, sealed in taken]
+
+
+@router.post("/volume-jobs/{job_id}/done", status_code=204, summary="Report a volume job")
+def volume_job_done(
+    job_id: Annotated[str, Path(max_length=40)],
+    body: dict[str, Any],
+    access: Annotated[HostAccess, HOST],
+) -> None:
+    done = VolumeJobResult.from_json(body)
+    if done.job_id != job_id:
+        raise ValidationError("the job id in the path and the body differ")
+    _service(access).volume_job_done(done)
 
 
 class RoutesOut(BaseModel):

@@ -1,4 +1,4 @@
-"""organizations' restic repositories
+"""organizations' restic repositories; volumes' snapshots and the jobs hosts do on them
 
 Revision ID: 0018
 Revises: 0017
@@ -40,6 +40,61 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("org_id", name=op.f("pk_backup_repos")),
     )
 
+    utc = hangar.store.tables.UTCDateTime(timezone=True)
+    op.create_table(
+        "volume_jobs",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("org_id", sa.String(length=32), nullable=False),
+        sa.Column("volume_id", sa.String(length=32), nullable=False),
+        sa.Column("host_id", sa.String(length=32), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("params", sa.Text(), nullable=False),
+        sa.Column("state", sa.String(length=12), nullable=False),
+        sa.Column("result", sa.Text(), nullable=True),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("created_by", sa.String(length=254), nullable=False),
+        sa.Column("created_at", utc, nullable=False),
+        sa.Column("finished_at", utc, nullable=True),
+        sa.ForeignKeyConstraint(["org_id"], ["orgs.id"], name=op.f("fk_volume_jobs_org_id_orgs")),
+        sa.ForeignKeyConstraint(
+            ["volume_id"], ["volumes.id"], name=op.f("fk_volume_jobs_volume_id_volumes")
+        ),
+        sa.ForeignKeyConstraint(
+            ["host_id"], ["hosts.id"], name=op.f("fk_volume_jobs_host_id_hosts")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_volume_jobs")),
+    )
+    for column in ("org_id", "volume_id", "host_id"):
+        op.create_index(op.f(f"ix_volume_jobs_{column}"), "volume_jobs", [column])
+    op.create_table(
+        "volume_snapshots",
+        sa.Column("id", sa.String(length=40), nullable=False),
+        sa.Column("org_id", sa.String(length=32), nullable=False),
+        sa.Column("volume_id", sa.String(length=32), nullable=False),
+        sa.Column("host_id", sa.String(length=32), nullable=False),
+        sa.Column("created_at", utc, nullable=False),
+        sa.Column("bytes", sa.Integer(), nullable=False),
+        sa.Column("sha256", sa.String(length=64), nullable=False),
+        sa.Column("reason", sa.String(length=16), nullable=False),
+        sa.Column("consistent", sa.String(length=16), nullable=False),
+        sa.Column("state", sa.String(length=12), nullable=False),
+        sa.Column("backup_id", sa.String(length=64), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["org_id"], ["orgs.id"], name=op.f("fk_volume_snapshots_org_id_orgs")
+        ),
+        sa.ForeignKeyConstraint(
+            ["volume_id"], ["volumes.id"], name=op.f("fk_volume_snapshots_volume_id_volumes")
+        ),
+        sa.ForeignKeyConstraint(
+            ["host_id"], ["hosts.id"], name=op.f("fk_volume_snapshots_host_id_hosts")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_volume_snapshots")),
+    )
+    for column in ("org_id", "volume_id"):
+        op.create_index(op.f(f"ix_volume_snapshots_{column}"), "volume_snapshots", [column])
+
 
 def downgrade() -> None:
+    op.drop_table("volume_snapshots")
+    op.drop_table("volume_jobs")
     op.drop_table("backup_repos")
