@@ -34,6 +34,7 @@ __all__ = [
     "Retention",
     "Snapshot",
     "Summary",
+    "check_subset",
 ]
 
 REDACTED = "[redacted]"
@@ -352,7 +353,7 @@ class Restic:
         "1/5"), read back that part of the data and verify it."""
         args = ["check"]
         if read_data_subset:
-            _check_subset(read_data_subset)
+            check_subset(read_data_subset)
             args += ["--read-data-subset", read_data_subset]
         self.unlock()
         done = self.run(*args, check=False)
@@ -419,7 +420,8 @@ def _check_snapshot_id(snapshot: str) -> None:
         )
 
 
-def _check_subset(subset: str) -> None:
+def check_subset(subset: str) -> str:
+    """``subset`` if restic reads it as a part of the data (10%, 1/5); else ValidationError."""
     import re
 
     if not re.fullmatch(
@@ -429,3 +431,4 @@ def _check_subset(subset: str) -> None:
             f"{subset!r} is not a data subset",
             hint="a percentage such as 10% or a part such as 1/5",
         )
+    return subset

@@ -42,7 +42,7 @@ _STRICT = ConfigDict(extra="forbid")
 @dataclass(frozen=True, config=_STRICT)
 class VolumeJob:
     id: str = Field(pattern=r"^job_[0-9a-z]{6,30}$")
-    kind: Kind
+    kind: Kind = Field()
     volume_id: str = Field(pattern=VOLUME_ID_PATTERN)
     snapshot_id: str = Field(default="", pattern=r"^$|^snap_[0-9a-z]{6,30}$")
     new_volume_id: str = Field(default="", pattern=r"^$|^vol_[0-9a-z]{6,30}$")

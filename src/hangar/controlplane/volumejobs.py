@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from hangar.audit.log import AuditContext
 from hangar.auth.tokens import new_id
+from hangar.backups.restic import check_subset
 from hangar.contract.volumejobs import VolumeJob, VolumeJobResult
 from hangar.controlplane.backups import open_repo
 from hangar.controlplane.changes import change
@@ -38,7 +39,7 @@ from hangar.controlplane.state import ControlPlane
 from hangar.crypto.secretbox import seal
 from hangar.crypto.volumekeys import open_volume_key, volume_key_purpose
 from hangar.domain.volumes import check_volume_name
-from hangar.errors import Conflict, HangarError, NotFound, WaitTimeout
+from hangar.errors import Conflict, NotFound, WaitTimeout
 from hangar.store.tables import App, BackupRepoRow, Org, Volume, VolumeSnapshotRow
 from hangar.store.tables import VolumeJob as JobRow
 
@@ -47,6 +48,7 @@ __all__ = [
     "SCHEDULER",
     "due",
     "finish",
+    "new_volume_of",
     "request",
     "sealed_repository",
     "snapshots_of",
@@ -78,6 +80,7 @@ def _file(
     volume: Volume,
     kind: str,
     actor: str,
+    host_id: str = "",
     **params: Any,
 ) -> JobRow:
     pending = session.execute(
@@ -95,7 +98,7 @@ def _file(
         id=job.id,
         org_id=volume.org_id,
         volume_id=volume.id,
-        host_id=volume.host_id,
+        host_id=host_id or volume.host_id,
         kind=kind,
         params=json.dumps(job.to_json()),
         state="pending",
@@ -107,11 +110,28 @@ def _file(
 
 
 def _new_volume(
-    session: Session, cp: ControlPlane, source: Volume, name: str, actor: str
+    session: Session,
+    cp: ControlPlane,
+    source: Volume,
+    name: str,
+    actor: str,
+    host_name: str | None = None,
 ) -> Volume:
-    """A new volume of the source's app, on its host, sharing its key (its data is the
-    source's ciphertext)."""
+    """A new volume of the source's app, on its host (or ``host_name``, which must
+    encrypt volumes the same way), sharing its key: its data is the source's ciphertext."""
+    from hangar.controlplane.volumes import _pick_host
+
     check_volume_name(name)
+    host_id = source.host_id
+    if host_name is not None:
+        host = _pick_host(session, host_name)
+        if host.volume_backend != source.encryption:
+            raise Conflict(
+                f"host {host_name} encrypts volumes with {host.volume_backend}; this volume"
+                f" is {source.encryption}",
+                hint="restore onto a host with the same backend (`hangar hosts list`)",
+            )
+        host_id = host.id
     assert source.key_wrapped is not None
     key = open_volume_key(cp.keyring, source.id, source.key_wrapped)
     volume_id = new_id("vol")
@@ -121,7 +141,7 @@ def _new_volume(
         org_id=source.org_id,
         app_id=source.app_id,
         name=name,
-        host_id=source.host_id,
+        host_id=host_id,
         size_mb=source.size_mb,
         encryption=source.encryption,
         key_wrapped=cp.keyring.wrap(key, purpose=volume_key_purpose(volume_id)),
@@ -147,6 +167,7 @@ def request(
     name: str = "",
     backup_id: str = "",
     read_data_subset: str = "",
+    host_name: str | None = None,
 ) -> str:
     """File a job on the app's volume ``ref`` for its host; the job's id (audited)."""
     action = {
@@ -180,19 +201,23 @@ def request(
                 f"volume {ref} is held by machine {volume.machine_id}",
                 hint="stop or destroy the machine, then restore",
             )
+        host_id = ""
         if kind in ("fork", "restore_backup"):
-            new = _new_volume(session, cp, volume, name or volume.name, ctx.actor)
+            # A fork copies the snapshot on the volume's host; a backup can land anywhere.
+            target = host_name if kind == "restore_backup" else None
+            new = _new_volume(session, cp, volume, name or volume.name, ctx.actor, target)
             params["new_volume_id"] = new.id
+            host_id = new.host_id
             event.detail["new_volume"] = new.id
         if kind in ("restore_backup", "drill"):
             params["backup_id"] = backup_id or "latest"
         if kind == "drill":
-            params["read_data_subset"] = read_data_subset or "5%"
+            params["read_data_subset"] = check_subset(read_data_subset or "5%")
         if kind == "snapshot":
             params["reason"] = "manual"
         if kind in ("backup", "restore_backup", "drill"):
             params["org_tag"] = f"org:{app.org_id}"
-        row = _file(session, volume, kind, ctx.actor, **params)
+        row = _file(session, volume, kind, ctx.actor, host_id, **params)
         event.target = f"{app.name}/{volume.id}"
         event.detail.update({"job": row.id, **params})
         return row.id
@@ -211,7 +236,7 @@ def wait(cp: ControlPlane, job_id: str, *, timeout: float = 600.0) -> dict[str, 
         if state == "done":
             return dict(json.loads(result or "{}"))
         if state == "failed":
-            raise HangarError(f"the volume's host could not do it: {error}")
+            raise Conflict(f"the volume's host could not do it: {error}")
         if time.monotonic() > deadline:
             raise WaitTimeout(
                 f"job {job_id} is still {state} on the volume's host",
@@ -370,6 +395,14 @@ def _add_snapshot(session: Session, row: JobRow, volume: Volume, result: dict[st
             state="ready",
         )
     )
+
+
+def new_volume_of(cp: ControlPlane, job_id: str) -> str:
+    """The volume a fork or a restored backup made."""
+    with cp.db.read() as session:
+        row = session.get(JobRow, job_id)
+        assert row is not None
+        return VolumeJob.from_json(json.loads(row.params)).new_volume_id
 
 
 def snapshots_of(cp: ControlPlane, app: App, ref: str) -> list[VolumeSnapshotRow]:
