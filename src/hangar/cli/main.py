@@ -32,6 +32,7 @@ from hangar.cli import (
     server,
     status,
     tokens,
+    volumes,
     wireguard,
 )
 from hangar.cli.output import print_error
@@ -59,6 +60,7 @@ for module in (
     orgs,
     apps,
     secrets,
+    volumes,
     certs,
     machines,
     hosts,
