@@ -33,6 +33,7 @@ from hangar.cli import (
     server,
     status,
     tokens,
+    volumes,
     wireguard,
 )
 from hangar.cli.output import print_error
@@ -60,6 +61,7 @@ for module in (
     orgs,
     apps,
     secrets,
+    volumes,
     certs,
     machines,
     hosts,
