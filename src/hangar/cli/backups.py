@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from hangar.cli.common import JsonOpt, OrgOpt, client
+from hangar.cli.common import AppOpt, JsonOpt, OrgOpt, app_name, client
 from hangar.cli.logsinks import _read_secret
 from hangar.cli.output import emit, fields, listing
 from hangar.cli.wireguard import _org
@@ -14,7 +14,8 @@ from hangar.errors import HangarError, ValidationError
 
 app = typer.Typer(
     name="backups",
-    help="Off-site backups with restic: the repository, list, check.",
+    help="Off-site backups of volumes with restic: the repository; list, run, restore, drill,"
+    " check.",
     no_args_is_help=True,
 )
 repo_app = typer.Typer(
@@ -173,4 +174,111 @@ def check(
         raise HangarError(
             "the repository is damaged",
             hint="run `hangar backups run` for a fresh backup; see docs/backups.md",
+        )
+
+
+VolumeOpt = Annotated[
+    str, typer.Option("--volume", "-v", help="the volume (vol_…, or a name only one has)")
+]
+
+
+def _volume_path(app_: str | None, volume: str, rest: str) -> str:
+    return f"/v1/apps/{app_name(app_)}/volumes/{volume}/backups{rest}"
+
+
+@app.command()
+def run(
+    ctx: typer.Context,
+    volume: VolumeOpt,
+    app_: AppOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Back a volume up now: a fresh snapshot, sent to the organization's repository.
+
+    The snapshot goes as it is, ciphertext inside restic's own encryption: the
+    repository's password alone opens nothing of the volume. Backups also run
+    on the repository's schedule (`repo set --every-hours`).
+    """
+    if not json_out:
+        typer.echo(f"Backing up {volume} (snapshot, then restic)…", err=True)
+    data = client(ctx).request("POST", _volume_path(app_, volume, ""))
+    if json_out:
+        emit(data)
+        return
+    typer.echo(
+        f"Backup {data['backup_id']} of {volume}: {data['bytes']} bytes read, {data['added']} new."
+    )
+
+
+@app.command()
+def restore(
+    ctx: typer.Context,
+    backup: Annotated[
+        str, typer.Argument(help="the backup's id (`hangar backups list`), or latest")
+    ],
+    volume: VolumeOpt,
+    name: Annotated[str, typer.Option("--name", help="the new volume's name")],
+    host: Annotated[
+        str | None, typer.Option("--host", help="where the new volume lives (default: the same)")
+    ] = None,
+    app_: AppOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """A backup of a volume as a new volume, on any host with the same encryption.
+
+    Nothing is overwritten: mount the new volume (its name in [[mounts]]) or
+    copy from it. Its checksum is verified before it is used. A destroyed
+    volume's backups cannot be restored: its key went with it. Admins only.
+    """
+    body: dict[str, Any] = {"backup": backup, "name": name}
+    if host is not None:
+        body["host"] = host
+    if not json_out:
+        typer.echo(f"Restoring {backup} of {volume}…", err=True)
+    data = client(ctx).request("POST", _volume_path(app_, volume, "/restore"), json=body)
+    if json_out:
+        emit(data)
+        return
+    typer.echo(f"Restored as volume {data['volume']} ({name}).")
+
+
+@app.command()
+def drill(
+    ctx: typer.Context,
+    volume: VolumeOpt,
+    backup: Annotated[str, typer.Option("--backup", help="which backup (default: latest)")] = (
+        "latest"
+    ),
+    read_data_subset: Annotated[
+        str, typer.Option("--read-data-subset", help="part of the repository read back: 5%, 1/5")
+    ] = "5%",
+    app_: AppOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Prove a backup restores: into scratch space, checksum compared, repository checked.
+
+    The volume's host restores the backup, compares its SHA-256 with the one
+    taken with the snapshot, and runs `restic check --read-data-subset`. The
+    result (time, sizes, outcome) is an audit event: evidence of a tested
+    contingency plan (HIPAA 164.308(a)(7)). Exit 1 if the drill failed.
+    """
+    if not json_out:
+        typer.echo(f"Drilling a restore of {volume}…", err=True)
+    data = client(ctx).request(
+        "POST",
+        _volume_path(app_, volume, "/drill"),
+        json={"backup": backup, "read_data_subset": read_data_subset},
+    )
+    if json_out:
+        emit(data)
+    else:
+        typer.echo(
+            f"Drill of backup {data['backup_id']}: restored {data['bytes']} bytes in"
+            f" {data['restore_seconds']}s, checksum {'matches' if data['ok'] else 'DIFFERS'};"
+            f" restic check of {data['check_subset']}: {'ok' if data['check_ok'] else 'FAILED'}."
+        )
+    if not data["ok"]:
+        raise HangarError(
+            "the restore drill failed",
+            hint=data.get("detail") or "see `hangar audit list` for the drill's event",
         )

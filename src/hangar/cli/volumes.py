@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
+from hangar.cli import snapshots
 from hangar.cli.common import AppOpt, JsonOpt, YesOpt, app_name, client
 from hangar.cli.output import confirm, emit, listing
 
@@ -143,3 +144,7 @@ def destroy(ctx: typer.Context, volume: RefArg, app_: AppOpt = None, yes: YesOpt
     confirm(f"Destroy volume {volume} of {name}? Its data cannot be recovered.", yes)
     data = client(ctx).request("DELETE", f"/v1/apps/{name}/volumes/{volume}")
     typer.echo(f"Destroyed volume {data['id']}: its key is gone; its host deletes its files.")
+
+
+app.add_typer(snapshots.app)
+app.command()(snapshots.fork)

@@ -1,0 +1,102 @@
+"""``hangar volumes snapshots`` and ``hangar volumes fork``: a volume's snapshots."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from hangar.cli.common import AppOpt, JsonOpt, YesOpt, app_name, client
+from hangar.cli.output import confirm, emit, listing
+
+app = typer.Typer(
+    name="snapshots",
+    help="A volume's snapshots: list, create, restore. Taken daily and kept 5 days; each is"
+    " a consistent copy of the volume's ciphertext on its host.",
+    no_args_is_help=True,
+)
+RefArg = Annotated[str, typer.Argument(help="a volume id (vol_…), or a name only one volume has")]
+COLUMNS = [
+    ("id", "ID"),
+    ("created_at", "TAKEN"),
+    ("reason", "WHY"),
+    ("consistent", "HOW"),
+    ("bytes", "BYTES"),
+    ("backup_id", "BACKUP"),
+]
+
+
+def _path(app_: str | None, volume: str, rest: str = "") -> str:
+    return f"/v1/apps/{app_name(app_)}/volumes/{volume}{rest}"
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context, volume: RefArg, app_: AppOpt = None, json_out: JsonOpt = False
+) -> None:
+    """The volume's snapshots, newest first (BACKUP: its restic id, once backed up)."""
+    listing(client(ctx).get(_path(app_, volume, "/snapshots")), COLUMNS, json_out)
+
+
+@app.command()
+def create(
+    ctx: typer.Context, volume: RefArg, app_: AppOpt = None, json_out: JsonOpt = False
+) -> None:
+    """Take a snapshot now, while machines keep running.
+
+    The volume's host syncs it, freezes the file system that holds its
+    ciphertext (fsfreeze) for the length of a sparse copy, and thaws it: a
+    machine writing meanwhile waits, and the snapshot is what a power cut
+    would leave. Snapshots stay ciphertext.
+    """
+    if not json_out:
+        typer.echo(f"Taking a snapshot of {volume} on its host…", err=True)
+    data = client(ctx).request("POST", _path(app_, volume, "/snapshots"))
+    if json_out:
+        emit(data)
+        return
+    typer.echo(f"Snapshot {data['id']} of {volume}: {data['bytes']} bytes ({data['consistent']}).")
+
+
+@app.command()
+def restore(
+    ctx: typer.Context,
+    volume: RefArg,
+    snapshot: Annotated[str, typer.Argument(help="the snapshot's id (snap_…)")],
+    app_: AppOpt = None,
+    yes: YesOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Put the volume back as it was at a snapshot; what was written since is lost.
+
+    No machine may hold the volume: stop it first. Organization admins only.
+    To keep today's data too, `hangar volumes fork` the snapshot instead.
+    """
+    confirm(f"Restore {volume} to {snapshot}? Everything written since is lost.", yes)
+    data = client(ctx).request("POST", _path(app_, volume, f"/snapshots/{snapshot}/restore"))
+    if json_out:
+        emit(data)
+        return
+    typer.echo(f"Restored {volume} to snapshot {snapshot} of {data['created_at']}.")
+
+
+def fork(
+    ctx: typer.Context,
+    volume: RefArg,
+    snapshot: Annotated[str, typer.Option("--snapshot", help="the snapshot (snap_…)")],
+    name: Annotated[str, typer.Option("--name", help="the new volume's name")],
+    app_: AppOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """A new volume of the app from a snapshot, on the same host, with the same data.
+
+    For a new volume on another host, restore a backup there: `hangar backups
+    restore BACKUP --volume VOLUME --name NAME --host HOST`.
+    """
+    data = client(ctx).request(
+        "POST", _path(app_, volume, "/fork"), json={"snapshot": snapshot, "name": name}
+    )
+    if json_out:
+        emit(data)
+        return
+    typer.echo(f"Forked {volume} at {snapshot} as volume {data['volume']} ({name}).")
