@@ -275,3 +275,52 @@ def test_another_organization_cannot_snapshot_back_up_or_restore_our_volume(
         json={"job_id": job_id, "ok": False, "error": "forged", "result": {}},
     )
     assert other.status_code == 404
+
+
+def test_the_schedule_snapshots_daily_and_backs_up_when_the_repository_is_due(
+    api: TestClient,
+    installation: Installation,
+    control_plane: ControlPlane,
+    hosts: dict[str, FakeAgentHost],
+    rest_server: RestServer,
+) -> None:
+    import datetime as dt
+
+    from hangar.controlplane.volumejobs import due, wait
+    from hangar.store.tables import VolumeSnapshotRow
+
+    cp, h = control_plane, installation.headers
+    api.post("/v1/apps", headers=h, json={"name": "web"})
+    vol = api.post(
+        "/v1/apps/web/volumes", headers=h, json={"name": "data", "size": "64mb", "host": "host-c"}
+    ).json()["id"]
+    assert due(cp) == []  # never mounted: nothing to snapshot yet
+    (_mount(cp, hosts["host-c"], vol) / "canary.txt").write_bytes(CANARY)
+    with cp.db.write() as session:
+        row = session.get(Volume, vol)
+        assert row is not None
+        row.state = "ready"  # as the first key delivery marks it
+    api.put(
+        "/v1/orgs/acme/backups/repo",
+        headers=h,
+        json={
+            "url": rest_server.url("acme"),
+            "credential": {
+                "kind": "basic",
+                "user": rest_server.user,
+                "secret": rest_server.password,
+            },
+        },
+    )
+    [first] = due(cp)
+    wait(cp, first, timeout=120)
+    [backup] = due(cp)  # today's snapshot exists, not backed up, and the repository is due
+    wait(cp, backup, timeout=120)
+    with cp.db.read() as session:
+        snaps = list(session.execute(select(VolumeSnapshotRow)).scalars())
+        repo = session.execute(select(BackupRepoRow)).scalar_one()
+    assert [(s.reason, s.backup_id is not None) for s in snaps] == [("schedule", True)]
+    assert repo.last_success_at is not None
+    assert due(cp) == []  # backed up, and today's snapshot is fresh
+    tomorrow = dt.datetime.now(dt.UTC) + dt.timedelta(days=1, minutes=1)
+    assert len(due(cp, tomorrow)) == 1  # a day later: the next snapshot
