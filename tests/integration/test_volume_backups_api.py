@@ -287,6 +287,7 @@ def test_the_schedule_snapshots_daily_and_backs_up_when_the_repository_is_due(
     import datetime as dt
 
     from hangar.controlplane.volumejobs import due, wait
+    from hangar.store.tables import VolumeJob as JobRow
     from hangar.store.tables import VolumeSnapshotRow
 
     cp, h = control_plane, installation.headers
@@ -323,4 +324,16 @@ def test_the_schedule_snapshots_daily_and_backs_up_when_the_repository_is_due(
     assert repo.last_success_at is not None
     assert due(cp) == []  # backed up, and today's snapshot is fresh
     tomorrow = dt.datetime.now(dt.UTC) + dt.timedelta(days=1, minutes=1)
-    assert len(due(cp, tomorrow)) == 1  # a day later: the next snapshot
+    [later] = due(cp, tomorrow)  # a day later: the next snapshot, kept as the schedule says
+    wait(cp, later, timeout=120)
+    path = f"/v1/apps/web/volumes/{vol}/snapshot-schedule"
+    assert api.get(path, headers=h).json() == {"scheduled": True, "keep_days": 5}
+    for bad in ({"keep_days": 0}, {"keep_days": 61}, {"keep": 3}):
+        assert api.put(path, headers=h, json=bad).status_code == 422
+    changed = api.put(path, headers=h, json={"scheduled": False, "keep_days": 30})
+    assert changed.json() == {"scheduled": False, "keep_days": 30}
+    filed = due(cp, tomorrow + dt.timedelta(days=2))
+    with cp.db.read() as session:
+        kinds = [session.get(JobRow, job).kind for job in filed]  # type: ignore[union-attr]
+    assert kinds == ["backup"]  # off: no new snapshot; the newest still goes to the repository
+    wait(cp, filed[0], timeout=120)

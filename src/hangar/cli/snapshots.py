@@ -11,8 +11,8 @@ from hangar.cli.output import confirm, emit, listing
 
 app = typer.Typer(
     name="snapshots",
-    help="A volume's snapshots: list, create, restore. Taken daily and kept 5 days; each is"
-    " a consistent copy of the volume's ciphertext on its host.",
+    help="A volume's snapshots: list, create, restore, schedule. Taken daily and kept 5 days"
+    " (schedule changes it); each is a consistent copy of the volume's ciphertext on its host.",
     no_args_is_help=True,
 )
 RefArg = Annotated[str, typer.Argument(help="a volume id (vol_…), or a name only one volume has")]
@@ -78,6 +78,36 @@ def restore(
         emit(data)
         return
     typer.echo(f"Restored {volume} to snapshot {snapshot} of {data['created_at']}.")
+
+
+@app.command()
+def schedule(
+    ctx: typer.Context,
+    volume: RefArg,
+    keep_days: Annotated[
+        int | None,
+        typer.Option("--keep-days", min=1, max=60, help="keep each scheduled snapshot 1-60 days"),
+    ] = None,
+    on: Annotated[
+        bool | None, typer.Option("--on/--off", help="take a snapshot daily (default on)")
+    ] = None,
+    app_: AppOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show or change the volume's daily snapshots: on or off, and how long each is kept.
+
+    Without options, shows the schedule. The newest snapshot is always kept.
+    """
+    path = _path(app_, volume, "/snapshot-schedule")
+    body = {k: v for k, v in (("scheduled", on), ("keep_days", keep_days)) if v is not None}
+    data = client(ctx).request("PUT", path, json=body) if body else client(ctx).get(path)
+    if json_out:
+        emit(data)
+        return
+    if data["scheduled"]:
+        typer.echo(f"{volume}: a snapshot daily, each kept {data['keep_days']} days.")
+    else:
+        typer.echo(f"{volume}: no scheduled snapshots (take them with `snapshots create`).")
 
 
 def fork(

@@ -39,8 +39,15 @@ from hangar.controlplane.state import ControlPlane
 from hangar.crypto.secretbox import seal
 from hangar.crypto.volumekeys import open_volume_key, volume_key_purpose
 from hangar.domain.volumes import check_volume_name
-from hangar.errors import Conflict, NotFound, WaitTimeout
-from hangar.store.tables import App, BackupRepoRow, Org, Volume, VolumeSnapshotRow
+from hangar.errors import Conflict, NotFound, ValidationError, WaitTimeout
+from hangar.store.tables import (
+    App,
+    BackupRepoRow,
+    Org,
+    Volume,
+    VolumeSnapshotPolicy,
+    VolumeSnapshotRow,
+)
 from hangar.store.tables import VolumeJob as JobRow
 
 __all__ = [
@@ -49,14 +56,17 @@ __all__ = [
     "due",
     "finish",
     "new_volume_of",
+    "policy_of",
     "request",
     "sealed_repository",
+    "set_policy",
     "snapshots_of",
     "take_jobs",
     "wait",
 ]
 
 DEFAULT_KEEP_DAYS = 5
+MAX_KEEP_DAYS = 60
 SNAPSHOT_EVERY = dt.timedelta(days=1)
 MAX_PENDING_PER_ORG = 16
 SCHEDULER = AuditContext(actor="backup-scheduler", token_id=None, request_id=None, client_addr=None)
@@ -425,6 +435,51 @@ def snapshots_of(cp: ControlPlane, app: App, ref: str) -> list[VolumeSnapshotRow
         return rows
 
 
+def set_policy(
+    cp: ControlPlane,
+    ctx: AuditContext,
+    app: App,
+    ref: str,
+    *,
+    scheduled: bool | None = None,
+    keep_days: int | None = None,
+) -> tuple[bool, int]:
+    """Change a volume's snapshot schedule; (scheduled, keep_days) as they now are."""
+    if keep_days is not None and not 1 <= keep_days <= MAX_KEEP_DAYS:
+        raise ValidationError(f"snapshots are kept 1 to {MAX_KEEP_DAYS} days")
+    with change(
+        cp, ctx, org_id=app.org_id, action="volume.snapshot.schedule", target=f"{app.name}/{ref}"
+    ) as (session, event):
+        volume = _volume(session, app, ref)
+        policy = session.get(VolumeSnapshotPolicy, volume.id)
+        if policy is None:
+            policy = VolumeSnapshotPolicy(
+                volume_id=volume.id,
+                scheduled=True,
+                keep_days=DEFAULT_KEEP_DAYS,
+                updated_by=ctx.actor,
+                updated_at=_now(),
+            )
+            session.add(policy)
+        if scheduled is not None:
+            policy.scheduled = scheduled
+        if keep_days is not None:
+            policy.keep_days = keep_days
+        policy.updated_by, policy.updated_at = ctx.actor, _now()
+        event.target = f"{app.name}/{volume.id}"
+        event.detail = {"scheduled": policy.scheduled, "keep_days": policy.keep_days}
+        return policy.scheduled, policy.keep_days
+
+
+def policy_of(cp: ControlPlane, app: App, ref: str) -> tuple[bool, int]:
+    with cp.db.read() as session:
+        volume = _volume(session, app, ref)
+        policy = session.get(VolumeSnapshotPolicy, volume.id)
+        if policy is None:
+            return True, DEFAULT_KEEP_DAYS
+        return policy.scheduled, policy.keep_days
+
+
 def due(cp: ControlPlane, now: dt.datetime | None = None) -> list[str]:
     """File the scheduled jobs that are due: daily snapshots, and backups when an
     organization's repository is due. The ids filed."""
@@ -433,6 +488,7 @@ def due(cp: ControlPlane, now: dt.datetime | None = None) -> list[str]:
     with cp.db.write() as session:
         volumes = list(session.execute(select(Volume).where(Volume.state == "ready")).scalars())
         repos = {r.org_id: r for r in session.execute(select(BackupRepoRow)).scalars()}
+        policies = {p.volume_id: p for p in session.execute(select(VolumeSnapshotPolicy)).scalars()}
         busy = {
             v
             for (v,) in session.execute(
@@ -449,18 +505,22 @@ def due(cp: ControlPlane, now: dt.datetime | None = None) -> list[str]:
                 .limit(1)
             ).scalar_one_or_none()
             repo = repos.get(volume.org_id)
-            if last is None or now - last.created_at >= SNAPSHOT_EVERY:
+            policy = policies.get(volume.id)
+            scheduled = policy.scheduled if policy is not None else True
+            keep_days = policy.keep_days if policy is not None else DEFAULT_KEEP_DAYS
+            if scheduled and (last is None or now - last.created_at >= SNAPSHOT_EVERY):
                 row = _file(
                     session,
                     volume,
                     "snapshot",
                     SCHEDULER.actor,
                     reason="schedule",
-                    keep_days=DEFAULT_KEEP_DAYS,
+                    keep_days=keep_days,
                 )
                 filed.append(row.id)
             elif (
-                repo is not None
+                last is not None
+                and repo is not None
                 and last.backup_id is None
                 and (
                     repo.last_run_at is None

@@ -580,3 +580,14 @@ class VolumeSnapshotRow(Base):
     consistent: Mapped[str] = mapped_column(String(16))
     state: Mapped[str] = mapped_column(String(12))  # ready, deleted
     backup_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class VolumeSnapshotPolicy(Base):
+    """A volume's snapshot schedule, where it differs from the default (daily, kept 5 days)."""
+
+    __tablename__ = "volume_snapshot_policies"
+    volume_id: Mapped[str] = mapped_column(ForeignKey("volumes.id"), primary_key=True)
+    scheduled: Mapped[bool] = mapped_column(Boolean)
+    keep_days: Mapped[int] = mapped_column(Integer)  # 1 to 60
+    updated_by: Mapped[str] = mapped_column(String(254))
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

@@ -51,6 +51,17 @@ class DrillIn(BaseModel):
     read_data_subset: str = Field(default="5%", max_length=16)
 
 
+class ScheduleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    scheduled: bool | None = Field(default=None, description="take a snapshot daily")
+    keep_days: int | None = Field(default=None, ge=1, le=60, description="keep each 1-60 days")
+
+
+class ScheduleOut(BaseModel):
+    scheduled: bool
+    keep_days: int
+
+
 def _snapshots(access: Access, volume: str) -> list[SnapshotOut]:
     assert access.app is not None
     return [
@@ -164,3 +175,31 @@ def drill(
         backup_id=body.backup,
         read_data_subset=body.read_data_subset,
     )
+
+
+@router.get("/snapshot-schedule", response_model=ScheduleOut, summary="The snapshot schedule")
+def show_schedule(
+    app: str, volume: VolumeRef, access: Annotated[Access, requires(Permission.VOLUMES_READ)]
+) -> ScheduleOut:
+    assert access.app is not None
+    scheduled, keep = volumejobs.policy_of(access.cp, access.app, volume)
+    return ScheduleOut(scheduled=scheduled, keep_days=keep)
+
+
+@router.put("/snapshot-schedule", response_model=ScheduleOut, summary="Change the schedule")
+def set_schedule(
+    app: str,
+    volume: VolumeRef,
+    body: ScheduleIn,
+    access: Annotated[Access, requires(Permission.VOLUMES_WRITE)],
+) -> ScheduleOut:
+    assert access.app is not None
+    scheduled, keep = volumejobs.set_policy(
+        access.cp,
+        access.ctx,
+        access.app,
+        volume,
+        scheduled=body.scheduled,
+        keep_days=body.keep_days,
+    )
+    return ScheduleOut(scheduled=scheduled, keep_days=keep)

@@ -92,9 +92,24 @@ def upgrade() -> None:
     )
     for column in ("org_id", "volume_id"):
         op.create_index(op.f(f"ix_volume_snapshots_{column}"), "volume_snapshots", [column])
+    op.create_table(
+        "volume_snapshot_policies",
+        sa.Column("volume_id", sa.String(length=32), nullable=False),
+        sa.Column("scheduled", sa.Boolean(), nullable=False),
+        sa.Column("keep_days", sa.Integer(), nullable=False),
+        sa.Column("updated_by", sa.String(length=254), nullable=False),
+        sa.Column("updated_at", utc, nullable=False),
+        sa.ForeignKeyConstraint(
+            ["volume_id"],
+            ["volumes.id"],
+            name=op.f("fk_volume_snapshot_policies_volume_id_volumes"),
+        ),
+        sa.PrimaryKeyConstraint("volume_id", name=op.f("pk_volume_snapshot_policies")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("volume_snapshot_policies")
     op.drop_table("volume_snapshots")
     op.drop_table("volume_jobs")
     op.drop_table("backup_repos")
