@@ -11,6 +11,7 @@ import json
 import shutil
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -204,3 +205,73 @@ def test_backup_without_a_repository_says_how_to_choose_one(
     assert code != 0
     assert "error: no backup repository is configured" in err
     assert "hint: hangar server backup-repo" in err
+
+
+@pytest.mark.postgres
+def test_a_postgresql_store_is_dumped_and_restored_into_an_empty_database(
+    tmp_path: Path,
+    postgres: Any,
+    rest_server: RestServer,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.conftest import make_installation
+
+    source_url = postgres.url(postgres.create_database())
+    inst = make_installation(tmp_path / "data", source_url)
+    data = inst.settings.data_dir
+    code, _, err = cli(
+        capsys,
+        monkeypatch,
+        "server",
+        "backup-repo",
+        rest_server.url("pg"),
+        "--data-dir",
+        str(data),
+        "--user",
+        rest_server.user,
+        stdin=rest_server.password + "\n",
+    )
+    assert code == 0, err
+    code, out, err = cli(
+        capsys,
+        monkeypatch,
+        "server",
+        "backup",
+        "--data-dir",
+        str(data),
+        "--database-url",
+        source_url,
+        "--json",
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["database"] == "postgresql" and "hangar.pgdump" in result["files"]
+    target_url = postgres.url(postgres.create_database())
+    fresh = tmp_path / "restored"
+    code, out, err = cli(
+        capsys,
+        monkeypatch,
+        "server",
+        "restore",
+        "--data-dir",
+        str(fresh),
+        "--database-url",
+        target_url,
+        "--kek-file",
+        str(data / "kek.key"),
+        "--repo-config",
+        str(data / "backup-repo.json"),
+    )
+    assert code == 0, err
+    code, out, err = cli(
+        capsys,
+        monkeypatch,
+        "audit",
+        "verify",
+        "--data-dir",
+        str(fresh),
+        "--database-url",
+        target_url,
+    )
+    assert code == 0, out + err
