@@ -61,6 +61,10 @@ class AgentsApiLink:
         r = self.client.post(f"/agent/v1/volume-jobs/{done.job_id}/done", json=done.to_json())
         assert r.status_code == 204, r.text
 
+    def volume_export(self, job_id: str, chunks: Iterator[bytes]) -> None:
+        r = self.client.post(f"/agent/v1/volume-jobs/{job_id}/export", content=chunks)
+        assert r.status_code == 204, r.text
+
 
 class FakeAgentHost:
     """A joined host: its agents'-API client, and a real gocryptfs volume manager."""
@@ -337,3 +341,46 @@ def test_the_schedule_snapshots_daily_and_backs_up_when_the_repository_is_due(
         kinds = [session.get(JobRow, job).kind for job in filed]  # type: ignore[union-attr]
     assert kinds == ["backup"]  # off: no new snapshot; the newest still goes to the repository
     wait(cp, filed[0], timeout=120)
+
+
+def test_export_streams_a_decrypted_tar_to_admins_only_and_is_audited(
+    api: TestClient,
+    installation: Installation,
+    control_plane: ControlPlane,
+    hosts: dict[str, FakeAgentHost],
+) -> None:
+    import io
+    import tarfile
+
+    cp, h = control_plane, installation.headers
+    api.post("/v1/apps", headers=h, json={"name": "web"})
+    vol = api.post(
+        "/v1/apps/web/volumes", headers=h, json={"name": "data", "size": "64mb", "host": "host-c"}
+    ).json()["id"]
+    (_mount(cp, hosts["host-c"], vol) / "canary.txt").write_bytes(CANARY)
+    snap = api.post(f"/v1/apps/web/volumes/{vol}/snapshots", headers=h).json()["id"]
+    path = f"/v1/apps/web/volumes/{vol}/snapshots/{snap}/export"
+    got = api.get(path, headers=h)
+    assert got.status_code == 200, got.text
+    assert got.headers["content-type"] == "application/x-tar"
+    with tarfile.open(fileobj=io.BytesIO(got.content)) as tar:
+        member = tar.extractfile("./canary.txt")
+        assert member is not None and member.read() == CANARY
+    api.post(
+        "/v1/orgs/acme/members", headers=h, json={"email": "vic@example.com", "role": "member"}
+    )
+    vic = bearer(mint_token(cp, "vic@example.com", kind="org", org="acme"))
+    assert api.get(path, headers=vic).status_code == 403  # members may not take data out
+    assert api.post("/v1/orgs", headers=h, json={"name": "globex"}).status_code == 201
+    api.post(
+        "/v1/orgs/globex/members", headers=h, json={"email": "eve@example.com", "role": "admin"}
+    )
+    eve = bearer(mint_token(cp, "eve@example.com", kind="org", org="globex"))
+    assert api.get(path, headers=eve).status_code in (403, 404)
+    missing = api.get(f"/v1/apps/web/volumes/{vol}/snapshots/snap_0000000000/export", headers=h)
+    assert missing.status_code == 404
+    delivered = _events(cp, "volume.deliver_keys")
+    assert [e.get("for") for e in delivered] == ["export"]  # one export, one key delivery
+    exported = _events(cp, "volume.job.export")
+    assert exported[-1]["ok"] is True and exported[-1]["bytes"] == len(got.content)
+    assert len(_events(cp, "volume.snapshot.export")) == 1

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -299,6 +299,14 @@ class ApiLink:
 
     def volume_job_done(self, done: VolumeJobResult) -> None:
         self._call("POST", f"/agent/v1/volume-jobs/{done.job_id}/done", json=done.to_json())
+
+    def volume_export(self, job_id: str, chunks: Iterator[bytes]) -> None:
+        self._call(
+            "POST",
+            f"/agent/v1/volume-jobs/{job_id}/export",
+            content=chunks,
+            headers={"Content-Type": "application/x-tar"},
+        )
 
     def renew_if_due(self, now: dt.datetime | None = None) -> bool:
         """Renew the certificate once two thirds of its lifetime have passed."""

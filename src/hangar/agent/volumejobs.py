@@ -10,8 +10,11 @@ secrets exist only in the worker's memory for the job's length.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
@@ -26,12 +29,14 @@ from hangar.backups.restic import Repository, Restic
 from hangar.contract.links import ControlPlaneLink
 from hangar.contract.volumejobs import VolumeJob, VolumeJobResult
 from hangar.crypto.secretbox import Opener
+from hangar.crypto.volumekeys import open_sealed_keys
 from hangar.errors import HangarError, IntegrityError
 
 __all__ = ["VolumeJobs"]
 
 log = logging.getLogger("hangar.agent.volumes")
 WORKERS = 2
+IDLE_SECONDS = 120.0
 
 
 class VolumeJobs:
@@ -90,6 +95,58 @@ class VolumeJobs:
             )
         )
 
+    def _export(self, job: VolumeJob, sealed: dict[str, str] | None, opener: Opener) -> int:
+        """Decrypt the snapshot into a tar, streamed to the control plane as it is made."""
+        if sealed is None:
+            raise IntegrityError(f"export {job.id} came without the volume's key")
+        key = open_sealed_keys(opener, sealed, job.id).get(job.volume_id)
+        if key is None:
+            raise IntegrityError(f"export {job.id} came without the volume's key")
+        pipe: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+        written: list[int] = []
+        failed: list[BaseException] = []
+
+        class _Writer:
+            def write(self, data: bytes) -> int:
+                pipe.put(bytes(data), timeout=IDLE_SECONDS)
+                return len(data)
+
+        def produce() -> None:
+            try:
+                written.append(
+                    self.snapshots.export_tar(
+                        job.volume_id,
+                        job.snapshot_id,
+                        key,
+                        _Writer(),  # type: ignore[arg-type]
+                    )
+                )
+            except BaseException as exc:
+                failed.append(exc)
+            finally:
+                with contextlib.suppress(queue.Full):
+                    pipe.put(None, timeout=IDLE_SECONDS)
+
+        def chunks() -> Iterator[bytes]:
+            while (item := pipe.get(timeout=IDLE_SECONDS)) is not None:
+                yield item
+            if failed:
+                raise failed[0]
+
+        producer = threading.Thread(target=produce, name=f"export-{job.id}", daemon=True)
+        producer.start()
+        try:
+            self.link.volume_export(job.id, chunks())
+        finally:
+            # The upload may have stopped early: let the producer finish and unmount.
+            while producer.is_alive():
+                with contextlib.suppress(queue.Empty):
+                    pipe.get(timeout=0.1)
+            producer.join()
+        if failed:
+            raise failed[0]
+        return written[0] if written else 0
+
     def do(self, job: VolumeJob, sealed: dict[str, str] | None, opener: Opener) -> dict[str, Any]:
         """Do one job; what it produced (never a key or a password)."""
         snaps = self.snapshots
@@ -102,6 +159,8 @@ class VolumeJobs:
             return asdict(snaps.restore(job.volume_id, job.snapshot_id))
         if job.kind == "fork":
             return asdict(snaps.fork(job.volume_id, job.snapshot_id, job.new_volume_id))
+        if job.kind == "export":
+            return {"bytes": self._export(job, sealed, opener)}
         restic = self._repository(job, sealed, opener)
         if job.kind == "backup":
             restic.ensure()

@@ -98,6 +98,8 @@ class Permission(Enum):
     BACKUPS_READ = ("backups:read", Action.READ, Role.MEMBER)
     BACKUPS_RUN = ("backups:run", Action.CONTROL, Role.MEMBER)
     BACKUPS_WRITE = ("backups:write", Action.WRITE, Role.ADMIN)
+    # An export takes a volume's files off the platform, decrypted: admins only.
+    VOLUMES_EXPORT = ("volumes:export", Action.READ, Role.ADMIN)
 
     def __init__(self, label: str, action: Action, least_role: Role | None) -> None:
         self.label = label

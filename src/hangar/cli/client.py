@@ -91,6 +91,20 @@ class Client:
                 hint="is `hangar server run` running?",
             ) from exc
 
+    def stream_bytes(self, path: str) -> Iterator[bytes]:
+        """The body of a streamed binary response (a tar), as it arrives."""
+        try:
+            with self._http.stream("GET", path, timeout=None) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _problem(response)
+                yield from response.iter_bytes()
+        except httpx.ConnectError as exc:
+            raise HangarError(
+                f"cannot reach the Hangar API at {self.settings.api_url}: {exc}",
+                hint="is `hangar server run` running?",
+            ) from exc
+
     def get(self, path: str, **params: Any) -> Any:
         clean = {k: v for k, v in params.items() if v is not None}
         return self.request("GET", path, params=clean)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from hangar.cli.common import AppOpt, JsonOpt, YesOpt, app_name, client
 from hangar.cli.output import confirm, emit, listing
+from hangar.errors import ValidationError
 
 app = typer.Typer(
     name="snapshots",
@@ -130,3 +134,53 @@ def fork(
         emit(data)
         return
     typer.echo(f"Forked {volume} at {snapshot} as volume {data['volume']} ({name}).")
+
+
+def export(
+    ctx: typer.Context,
+    volume: RefArg,
+    snapshot: Annotated[str, typer.Argument(help="the snapshot (snap_…)")],
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="the tar file to write (- for standard output)"),
+    ],
+    app_: AppOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Take a snapshot's files off the platform, decrypted, as a tar.
+
+    The volume's host mounts the snapshot read-only with the volume's key and
+    streams a tar of its files, relayed to you as it is made; nothing of it is
+    stored on the control plane. Organization admins only; each export (and
+    the key's delivery for it) is an audit event. Keep the tar as you keep
+    the data: it is plaintext.
+    """
+    if str(output) != "-" and output.exists():
+        raise ValidationError(f"{output} exists", hint="name a new file; nothing is overwritten")
+    chunks = client(ctx).stream_bytes(_path(app_, volume, f"/snapshots/{snapshot}/export"))
+    written = 0
+    if str(output) == "-":
+        sink = sys.stdout.buffer
+        for chunk in chunks:
+            sink.write(chunk)
+            written += len(chunk)
+        sink.flush()
+    else:
+        partial = output.with_name(output.name + ".partial")
+        try:
+            with partial.open("xb") as f:
+                os.fchmod(f.fileno(), 0o600)
+                for chunk in chunks:
+                    f.write(chunk)
+                    written += len(chunk)
+                    if not json_out:
+                        typer.echo(f"\r  {written >> 20} MiB", nl=False, err=True)
+            partial.replace(output)
+        finally:
+            partial.unlink(missing_ok=True)
+        if not json_out:
+            typer.echo("", err=True)
+    if json_out:
+        emit({"snapshot": snapshot, "bytes": written, "output": str(output)})
+    elif str(output) != "-":
+        typer.echo(f"Exported {snapshot} of {volume} to {output} ({written} bytes).")

@@ -148,3 +148,4 @@ def destroy(ctx: typer.Context, volume: RefArg, app_: AppOpt = None, yes: YesOpt
 
 app.add_typer(snapshots.app)
 app.command()(snapshots.fork)
+app.command()(snapshots.export)

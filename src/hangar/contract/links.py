@@ -12,7 +12,7 @@ Machines on other hosts are reached through their agents' long poll instead.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 from hangar.contract.assignments import Assignment, MachineStatus
@@ -60,6 +60,10 @@ class ControlPlaneLink(Protocol):
 
     def volume_job_done(self, done: VolumeJobResult) -> None:
         """Report a job this host took as done or failed, with what it produced."""
+        ...
+
+    def volume_export(self, job_id: str, chunks: Iterator[bytes]) -> None:
+        """Upload an export job's tar, relayed to the person who asked for it."""
         ...
 
     def routes(self) -> RoutingTable:

@@ -1,5 +1,5 @@
 """Work on a volume's files that its host does, as it crosses between the control plane
-and the host: snapshot, restore, fork, backup, restore a backup, drill.
+and the host: snapshot, restore, fork, backup, restore a backup, drill, export.
 
 ``VolumeJob`` names the work; it never carries a key or a password. A job
 that reaches the organization's restic repository comes with the
@@ -7,6 +7,8 @@ repository's secrets sealed to the one-time key the host sent when it asked
 (``ControlPlaneLink.volume_jobs``); a job that needs a volume's key (a
 restored backup lands as a new volume) gets none: the host mounts the new
 volume later with the key the control plane delivers as for any volume.
+An export, which decrypts a snapshot for a person, gets the volume's key
+sealed the same way (its delivery audited), and uploads the tar.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from hangar.errors import ValidationError
 
 __all__ = ["JOB_KINDS", "REPO_FIELDS", "VolumeJob", "VolumeJobResult"]
 
-JOB_KINDS = ("snapshot", "restore", "fork", "backup", "restore_backup", "drill")
-Kind = Literal["snapshot", "restore", "fork", "backup", "restore_backup", "drill"]
+JOB_KINDS = ("snapshot", "restore", "fork", "backup", "restore_backup", "drill", "export")
+Kind = Literal["snapshot", "restore", "fork", "backup", "restore_backup", "drill", "export"]
 # The sealed repository's fields (every one a string).
 REPO_FIELDS = (
     "location",

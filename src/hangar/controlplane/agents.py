@@ -14,7 +14,7 @@ own machines.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import select
@@ -34,7 +34,7 @@ from hangar.controlplane.logstore import LogStore
 from hangar.controlplane.mesh import mesh_peers, register_mesh
 from hangar.controlplane.secrets import deliver
 from hangar.controlplane.state import ControlPlane
-from hangar.controlplane.volumejobs import finish, take_jobs
+from hangar.controlplane.volumejobs import check_export, finish, take_jobs
 from hangar.controlplane.volumes import deliver_keys, host_volumes, report_backend
 from hangar.crypto.peercert import IssuedCert
 from hangar.domain.routing import RoutingTable
@@ -112,7 +112,17 @@ class AgentService:
 
     def volume_jobs(self, recipient: str) -> list[tuple[VolumeJob, dict[str, str] | None]]:
         """This host's pending volume jobs, taken (their repository sealed to ``recipient``)."""
-        return take_jobs(self.cp, self.host_id, recipient)
+        return take_jobs(self.cp, self.ctx, self.host_id, recipient)
+
+    def volume_export_start(self, job_id: str) -> None:
+        """Begin the upload of an export job this host runs (refused for any other)."""
+        check_export(self.cp, self.host_id, job_id)
+        self.cp.exports.start(job_id)
+
+    def volume_export(self, job_id: str, chunks: Iterator[bytes]) -> None:
+        """An export job's tar, relayed to the person who asked."""
+        check_export(self.cp, self.host_id, job_id)
+        self.cp.exports.upload(job_id, chunks)
 
     def volume_job_done(self, done: VolumeJobResult) -> None:
         """What this host did of a job it took (audited)."""

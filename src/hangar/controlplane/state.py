@@ -14,6 +14,7 @@ from hangar.auth.tokens import TokenService
 from hangar.config.settings import ServerSettings
 from hangar.contract.links import HostMachines
 from hangar.controlplane.execbroker import ExecBroker
+from hangar.controlplane.exportrelay import ExportRelay
 from hangar.controlplane.metricscache import MetricsCache
 from hangar.crypto.ca import InternalCA
 from hangar.crypto.kek import KekProvider, provider_for
@@ -45,6 +46,8 @@ class ControlPlane:
     ca: InternalCA
     # Commands for machines on other hosts, waiting for those hosts' agents.
     execs: ExecBroker = field(default_factory=ExecBroker)
+    # Snapshot exports, relayed from a volume's host to the person who asked.
+    exports: ExportRelay = field(default_factory=ExportRelay)
     # What agents shipped of each machine's metrics, served to its organization.
     app_metrics: MetricsCache = field(default_factory=MetricsCache)
     # Set by the server that runs the loops: desired or observed state changed.

@@ -37,9 +37,9 @@ from hangar.controlplane.backups import open_repo
 from hangar.controlplane.changes import change
 from hangar.controlplane.state import ControlPlane
 from hangar.crypto.secretbox import seal
-from hangar.crypto.volumekeys import open_volume_key, volume_key_purpose
+from hangar.crypto.volumekeys import open_volume_key, seal_keys, volume_key_purpose
 from hangar.domain.volumes import check_volume_name
-from hangar.errors import Conflict, NotFound, ValidationError, WaitTimeout
+from hangar.errors import Conflict, HangarError, NotFound, ValidationError, WaitTimeout
 from hangar.store.tables import (
     App,
     BackupRepoRow,
@@ -53,6 +53,7 @@ from hangar.store.tables import VolumeJob as JobRow
 __all__ = [
     "DEFAULT_KEEP_DAYS",
     "SCHEDULER",
+    "check_export",
     "due",
     "finish",
     "new_volume_of",
@@ -187,6 +188,7 @@ def request(
         "backup": "backups.run",
         "restore_backup": "backups.restore",
         "drill": "backups.drill.request",
+        "export": "volume.snapshot.export",
     }[kind]
     if kind in ("backup", "restore_backup", "drill"):
         with cp.db.read() as session:
@@ -201,7 +203,7 @@ def request(
     ):
         volume = _volume(session, app, ref)
         params: dict[str, Any] = {}
-        if kind in ("restore", "fork") or (kind == "backup" and snapshot_id):
+        if kind in ("restore", "fork", "export") or (kind == "backup" and snapshot_id):
             snap = session.get(VolumeSnapshotRow, snapshot_id)
             if snap is None or snap.volume_id != volume.id or snap.state != "ready":
                 raise NotFound(f"snapshot {snapshot_id!r} of volume {ref!r} not found")
@@ -228,6 +230,8 @@ def request(
         if kind in ("backup", "restore_backup", "drill"):
             params["org_tag"] = f"org:{app.org_id}"
         row = _file(session, volume, kind, ctx.actor, host_id, **params)
+        if kind == "export":
+            cp.exports.open(row.id)  # before the host can take it
         event.target = f"{app.name}/{volume.id}"
         event.detail.update({"job": row.id, **params})
         return row.id
@@ -271,11 +275,19 @@ def sealed_repository(cp: ControlPlane, org_id: str, recipient: str, job_id: str
     return seal(values, recipient, f"volume-job:{job_id}")
 
 
+def check_export(cp: ControlPlane, host_id: str, job_id: str) -> None:
+    """NotFound unless ``job_id`` is an export this host is running."""
+    with cp.db.read() as session:
+        row = session.get(JobRow, job_id)
+        if row is None or row.host_id != host_id or row.kind != "export" or row.state != "running":
+            raise NotFound(f"job {job_id} is not an export running on this host")
+
+
 def take_jobs(
-    cp: ControlPlane, host_id: str, recipient: str
+    cp: ControlPlane, ctx: AuditContext, host_id: str, recipient: str
 ) -> list[tuple[VolumeJob, dict[str, str] | None]]:
     """The host's pending jobs, marked running; those that reach the repository with
-    its secrets sealed to ``recipient``."""
+    its secrets sealed to ``recipient``, an export with the volume's key (audited)."""
     with cp.db.read() as session:
         # Asked every round: most rounds find nothing, and write nothing.
         if not session.execute(
@@ -291,13 +303,34 @@ def take_jobs(
                 .limit(8)
             ).scalars()
         )
+        keys: dict[str, dict[str, str]] = {}
         for row in rows:
             row.state = "running"
-        taken = [(VolumeJob.from_json(json.loads(r.params)), r.org_id) for r in rows]
+            if row.kind != "export":
+                continue
+            volume = session.get(Volume, row.volume_id)
+            if volume is None or volume.key_wrapped is None:
+                row.state, row.error = "failed", "the volume was destroyed"
+                continue
+            key = open_volume_key(cp.keyring, volume.id, volume.key_wrapped)
+            keys[row.id] = seal_keys({volume.id: key}, recipient, row.id)
+            cp.audit.record(
+                session,
+                ctx,
+                org_id=row.org_id,
+                action="volume.deliver_keys",
+                target=row.id,
+                detail={"host": host_id, "volumes": [volume.id], "for": "export"},
+            )
+        taken = [
+            (VolumeJob.from_json(json.loads(r.params)), r.org_id)
+            for r in rows
+            if r.state == "running"
+        ]
     out: list[tuple[VolumeJob, dict[str, str] | None]] = []
     for job, org_id in taken:
         sealed = sealed_repository(cp, org_id, recipient, job.id) if job.needs_repository else None
-        out.append((job, sealed))
+        out.append((job, keys.get(job.id, sealed)))
     return out
 
 
@@ -338,6 +371,10 @@ def finish(cp: ControlPlane, ctx: AuditContext, host_id: str, done: VolumeJobRes
             detail["ok"] = done.ok and bool(done.result.get("ok"))
         elif job.kind == "backup":
             detail.update({k: done.result.get(k) for k in ("backup_id", "bytes", "added")})
+        elif job.kind == "export":
+            detail.update({"snapshot": job.snapshot_id, "bytes": done.result.get("bytes")})
+            if not done.ok:
+                cp.exports.fail(job.id, HangarError(done.error or "the export failed"))
         cp.audit.record(
             session,
             ctx,

@@ -8,7 +8,7 @@ other direction: the API reaching this host's machines (exec, logs).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from hangar.agent.assemble import AgentOptions, build_agent
@@ -68,6 +68,9 @@ class StoreLink:
 
     def volume_job_done(self, done: VolumeJobResult) -> None:
         self.service.volume_job_done(done)
+
+    def volume_export(self, job_id: str, chunks: Iterator[bytes]) -> None:
+        self.service.volume_export(job_id, chunks)
 
     def routes(self) -> RoutingTable:
         return self.service.routes()

@@ -15,7 +15,7 @@ import datetime as dt
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from fastapi import Path, Query
+from fastapi import Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,7 +31,7 @@ from hangar.controlplane.hostlink import assignments_version
 from hangar.crypto.secretbox import seal
 from hangar.crypto.volumekeys import seal_keys
 from hangar.domain.routing import edge_seal_context
-from hangar.errors import Conflict, IntegrityError, NotFound, ValidationError
+from hangar.errors import Conflict, HangarError, IntegrityError, NotFound, ValidationError
 from hangar.images.oci import ImageRef, Manifest, open_blob, read_manifest
 
 router = GuardedRouter(prefix="/agent/v1", tags=["agent"])
@@ -293,6 +293,28 @@ def volume_job_done(
     if done.job_id != job_id:
         raise ValidationError("the job id in the path and the body differ")
     _service(access).volume_job_done(done)
+
+
+@router.post(
+    "/volume-jobs/{job_id}/export",
+    status_code=204,
+    summary="Upload an export job's tar, relayed to the person who asked",
+)
+async def volume_export(
+    job_id: Annotated[str, Path(max_length=40)],
+    request: Request,
+    access: Annotated[HostAccess, HOST],
+) -> None:
+    service = _service(access)
+    relay = access.cp.exports
+    await run_in_threadpool(service.volume_export_start, job_id)
+    try:
+        async for chunk in request.stream():
+            await run_in_threadpool(relay.push, job_id, chunk)
+    except BaseException:
+        relay.fail(job_id, HangarError(f"the upload of export {job_id} broke off"))
+        raise
+    await run_in_threadpool(relay.end, job_id)
 
 
 class RoutesOut(BaseModel):

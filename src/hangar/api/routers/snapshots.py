@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import Path
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from hangar.api.guard import Access, GuardedRouter, requires
@@ -203,3 +205,36 @@ def set_schedule(
         keep_days=body.keep_days,
     )
     return ScheduleOut(scheduled=scheduled, keep_days=keep)
+
+
+@router.get(
+    "/snapshots/{snapshot}/export",
+    response_class=StreamingResponse,
+    summary="The snapshot's files, decrypted on the volume's host, streamed as a tar",
+    responses={200: {"content": {"application/x-tar": {}}, "description": "a tar stream"}},
+)
+def export(
+    app: str,
+    volume: VolumeRef,
+    snapshot: SnapshotRef,
+    access: Annotated[Access, requires(Permission.VOLUMES_EXPORT)],
+) -> StreamingResponse:
+    assert access.app is not None
+    job = volumejobs.request(
+        access.cp, access.ctx, access.app, volume, "export", snapshot_id=snapshot
+    )
+    chunks = access.cp.exports.read(job)
+    # The first piece before the answer starts: a host that cannot do it is an
+    # error the caller sees, not an empty tar.
+    first = next(chunks, b"")
+
+    def stream() -> Iterator[bytes]:
+        if first:
+            yield first
+        yield from chunks
+
+    return StreamingResponse(
+        stream(),
+        media_type="application/x-tar",
+        headers={"Content-Disposition": f'attachment; filename="{snapshot}.tar"'},
+    )
