@@ -22,6 +22,7 @@ from hangar.backups.restic import Repository, Restic
 from hangar.controlplane.backups import open_repo, password_purpose
 from hangar.controlplane.keys import rotate_kek
 from hangar.controlplane.state import ControlPlane
+from hangar.errors import HangarError
 from hangar.store.tables import AuditEvent, BackupRepoRow
 from tests.backup_targets import RestServer, S3Server, rest_server, s3_server
 from tests.conftest import Installation, bearer, make_installation, mint_token
@@ -110,8 +111,14 @@ def _org_id(cp: ControlPlane) -> str:
 
 
 def test_an_s3_repository_on_moto(
-    api: TestClient, installation: Installation, control_plane: ControlPlane, s3_server: S3Server
+    api: TestClient,
+    installation: Installation,
+    control_plane: ControlPlane,
+    s3_server: S3Server,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
 ) -> None:
+    caplog.set_level("DEBUG")
     secret = "s3-secret-" + os.urandom(8).hex()
     body = {
         "url": s3_server.url("acme-backups"),
@@ -131,6 +138,35 @@ def test_an_s3_repository_on_moto(
     )
     assert no_keys.status_code == 422 or no_keys.status_code == 400
     assert "access key" in no_keys.text
+    # The S3 secret and restic's password: in no argv, file, row or log line.
+    password = restic.repo.password
+    proc, errors = restic.backup_process(some_data(tmp_path / "more", files=20, size=1 << 20))
+    try:
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        assert secret.encode() not in cmdline and password.encode() not in cmdline
+    finally:
+        restic.finish_backup(proc, errors)
+    for path in installation.settings.data_dir.rglob("*"):
+        if path.is_file():
+            blob = path.read_bytes()
+            assert secret.encode() not in blob and password.encode() not in blob, path
+    with sqlite3.connect(installation.settings.data_dir / "hangar.db") as db:
+        dump = "\n".join(db.iterdump())
+    assert secret not in dump and password not in dump
+    assert secret not in caplog.text and password not in caplog.text
+    # Its errors name the repository, never its secrets.
+    wrong = Restic(
+        Repository(
+            s3_server.url("acme-backups"),
+            "x",
+            s3_key_id="AKIATEST",
+            s3_secret=secret,
+            s3_region="us-east-1",
+        )
+    )
+    with pytest.raises(HangarError) as failed:
+        wrong.ensure()
+    assert secret not in str(failed.value)
 
 
 @pytest.mark.parametrize(
