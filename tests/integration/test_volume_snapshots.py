@@ -198,3 +198,24 @@ def test_export_streams_the_snapshot_decrypted_only_with_its_key(
         host.snapshots.export_tar(spec.id, info.id, secrets.token_bytes(32), wrong)
     assert CANARY not in wrong.getvalue()
     assert not list(host.layout.run_dir.glob(".export-*"))  # unmounted and removed
+
+
+def test_a_volume_left_frozen_by_a_killed_agent_is_thawed_at_start(
+    hosts: tuple[Host, Host],
+) -> None:
+    import subprocess
+
+    host, _ = hosts
+    spec, data = volume(host, secrets.token_bytes(32))
+    lower = host.layout.lower(spec.id)
+    subprocess.run(["fsfreeze", "--freeze", str(lower)], check=True)  # as a killed snapshot left it
+    try:
+        writer = threading.Thread(target=lambda: (data / "late.txt").write_bytes(b"x" * 8192))
+        # A fresh agent's first step thaws it; the machine's write then completes.
+        assert Snapshots(host.layout, host.driver).thaw_stale() == [spec.id]
+        writer.start()
+        writer.join()
+        assert (data / "late.txt").stat().st_size == 8192
+        assert Snapshots(host.layout, host.driver).thaw_stale() == []  # nothing frozen now
+    finally:
+        subprocess.run(["fsfreeze", "--unfreeze", str(lower)], check=False)

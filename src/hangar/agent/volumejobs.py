@@ -43,6 +43,10 @@ class VolumeJobs:
     def __init__(self, link: ControlPlaneLink, volumes: VolumeManager) -> None:
         self.link = link
         self.snapshots = Snapshots(volumes.layout, volumes.driver)
+        for volume_id in self.snapshots.thaw_stale():
+            log.warning(
+                "volume %s: thawed, left frozen by a snapshot a killed agent took", volume_id
+            )
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="volume-job")
         self._lock = threading.Lock()
         self._running: set[str] = set()

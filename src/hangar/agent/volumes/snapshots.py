@@ -192,6 +192,20 @@ class Snapshots:
         finally:
             hostcmd.run(["fsfreeze", "--unfreeze", str(point)], timeout=300)
 
+    def thaw_stale(self) -> list[str]:
+        """Thaw what a killed agent left frozen mid-snapshot (machines' writes would
+        hang until then); the volumes thawed. Run once when the agent starts."""
+        thawed = []
+        for volume_id in self.layout.on_disk():
+            point = self._frozen_fs(volume_id)
+            if point is None:
+                continue
+            # EINVAL ("not frozen") is the usual answer: nothing to undo.
+            done = hostcmd.run(["fsfreeze", "--unfreeze", str(point)], timeout=60, check=False)
+            if done.returncode == 0:
+                thawed.append(volume_id)
+        return thawed
+
     def take(self, volume_id: str, snapshot_id: str, *, reason: str = "manual") -> SnapshotInfo:
         """A consistent copy of the volume's ciphertext (see the module)."""
         check_snapshot_id(snapshot_id)
