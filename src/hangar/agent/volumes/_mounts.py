@@ -25,6 +25,7 @@ __all__ = [
     "make_sparse",
     "mount_source",
     "mounts_under",
+    "own_top",
     "unmount",
     "unmount_when_idle",
     "wait_exited",
@@ -136,6 +137,13 @@ def unmount_when_idle(point: Path, timeout: float = 30.0) -> None:
             hostcmd.run(["umount", "-l", str(point)], timeout=60)
             return
         time.sleep(0.05)
+
+
+def own_top(plain: Path, owner: int, group: int | None) -> None:
+    """A new volume's top directory: the machine's root owns it; its user's group may
+    write in it too, and what is made there keeps that group."""
+    os.chown(plain, owner, owner if group is None else group)
+    os.chmod(plain, 0o755 if group is None else 0o2775)
 
 
 def make_sparse(path: Path, size_mb: int) -> None:

@@ -57,7 +57,7 @@ class GocryptfsDriver:
         found = _mounts.mount_source(self.layout.plain(volume_id))
         return found is not None and found[1] == "fuse.gocryptfs"
 
-    def mount(self, spec: VolumeSpec, key: bytes, *, owner: int) -> Path:
+    def mount(self, spec: VolumeSpec, key: bytes, *, owner: int, group: int | None = None) -> Path:
         if len(key) != KEY_BYTES:
             raise IntegrityError(f"volume {spec.id}'s key is not a gocryptfs key")
         layout = self.layout
@@ -117,8 +117,7 @@ class GocryptfsDriver:
             _mounts.unmount(lower)
             raise
         if made:
-            os.chown(plain, owner, owner)
-            os.chmod(plain, 0o755)  # noqa: S103 - a directory as any other
+            _mounts.own_top(plain, owner, group)
         return plain
 
     def unmount(self, volume_id: str) -> None:

@@ -59,7 +59,7 @@ class LuksDriver:
     def mounted(self, volume_id: str) -> bool:
         return _mounts.mount_source(self.layout.plain(volume_id)) is not None
 
-    def mount(self, spec: VolumeSpec, key: bytes, *, owner: int) -> Path:
+    def mount(self, spec: VolumeSpec, key: bytes, *, owner: int, group: int | None = None) -> Path:
         if len(key) != KEY_BYTES:
             raise IntegrityError(f"volume {spec.id}'s key is not a LUKS2 key")
         layout = self.layout
@@ -115,8 +115,7 @@ class LuksDriver:
             self.unmount(spec.id)
             raise
         if made:
-            os.chown(plain, owner, owner)
-            os.chmod(plain, 0o755)  # noqa: S103 - a directory as any other
+            _mounts.own_top(plain, owner, group)
         return plain
 
     def unmount(self, volume_id: str) -> None:

@@ -45,7 +45,9 @@ class VolumeManager:
             log.warning("volume %s: cleaned up a mount left by an earlier run", volume_id)
         return touched
 
-    def mount_for(self, want: Assignment, keys: dict[str, bytes], *, owner: int) -> dict[str, Path]:
+    def mount_for(
+        self, want: Assignment, keys: dict[str, bytes], *, owner: int, group: int | None = None
+    ) -> dict[str, Path]:
         """Mount the machine's volumes; {guest destination: host mount point}."""
         out: dict[str, Path] = {}
         for mount in want.mounts:
@@ -60,7 +62,7 @@ class VolumeManager:
                     f"the control plane sent no key for volume {mount.volume_id}"
                 )
             spec = VolumeSpec(mount.volume_id, mount.size_mb, mount.encryption)
-            out[mount.destination] = self.driver.mount(spec, key, owner=owner)
+            out[mount.destination] = self.driver.mount(spec, key, owner=owner, group=group)
             self.pending_growth.discard(mount.volume_id)
         return out
 
