@@ -141,3 +141,15 @@ def test_telemetry_prints_its_ratio_table() -> None:
     has_line(out, rf"^GET  /v1/apps \(auth\)\s+{N}/s\s+{N}/s\s+{N}\s+>= 0.95$")
     has_line(out, r"^\s+to a file\s+to a sink\s+ratio$")
     has_line(out, rf"^log lines/s\s+{N}/s\s+{N}/s\s+{N}$")
+
+
+@pytest.mark.slow
+@needs_root
+@pytest.mark.skipif(shutil.which("fio") is None, reason="fio is not installed (make deps)")
+def test_volumes_prints_each_target_against_a_plain_directory() -> None:
+    out = run_quick("volumes.py", timeout=600)
+    has_line(out, r"^  job\s+target\s+MB/s\s+IOPS\s+ratio$")
+    for job in ("sequential write", "sequential read", "random write 4k", "random read 4k"):
+        has_line(out, rf"^  {job}\s+plain directory\s+{N}\s+(-|{N})\s+1\.00$")
+        has_line(out, rf"^  {job}\s+ext4 loop file\s+{N}\s+(-|{N})\s+{N}$")
+        has_line(out, rf"^  {job}\s+encrypted \((gocryptfs|luks2)\)\s+{N}\s+(-|{N})\s+{N}$")
