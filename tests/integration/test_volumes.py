@@ -275,12 +275,14 @@ def test_sync_destroys_volumes_the_control_plane_no_longer_lists(manager: Volume
         _mount(manager, f"m-{vid}", vid, _key(manager))
     listed = [HostVolume(kept, 64, manager.backend)]  # type: ignore[arg-type]
     # A volume still held by a machine here is never destroyed under it.
-    assert manager.sync(listed, in_use={dropped}) != []
+    assert manager.sync(listed, in_use={dropped, kept}) != []
     assert manager.layout.dir(dropped).exists()
-    assert manager.sync(listed, in_use=set()) == []
+    assert manager.sync(listed, in_use={kept}) == []
     assert not manager.layout.dir(dropped).exists()
     assert manager.driver.mounted(kept)
-    manager.release([kept])
+    # Listed, but no machine here holds it any more: unmounted, kept.
+    assert manager.sync(listed, in_use=set()) == []
+    assert not manager.driver.mounted(kept) and manager.layout.backing(kept).exists()
     manager.driver.destroy(kept)
 
 
