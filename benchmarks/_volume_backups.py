@@ -1,5 +1,5 @@
 """Snapshot, backup and restore times of an encrypted volume, against plain tools on the
-same data in the same run (used by ``benchmarks/volumes.py``).
+same data in the same run: the rows ``benchmarks/volumes.py`` adds under its I/O table.
 
 A gocryptfs volume is filled with ``size`` bytes of random data (files of
 8 MiB) through its plaintext mount; the same files are written to a plain
@@ -17,10 +17,12 @@ directory on the same disk. Then, each timed:
 
 from __future__ import annotations
 
+import argparse
 import os
 import secrets
 import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,16 +107,28 @@ def measure(work: Path, size: int) -> list[Row]:
             driver.unmount(volume_id)
         shutil.rmtree(layout.run_dir, ignore_errors=True)
     return [
-        Row("snapshot", snap, copy, "cp -a of the plaintext"),
-        Row("backup", backup, plain_backup, "restic backup of the plaintext"),
-        Row("restore", restore, plain_restore, "restic restore of the plaintext"),
+        Row("snapshot", snap, copy, "cp -a"),
+        Row("backup", backup, plain_backup, "restic backup"),
+        Row("restore", restore, plain_restore, "restic restore"),
     ]
 
 
-def report(rows: list[Row], size: int) -> None:
-    print(f"volume snapshots and backups: {size >> 20} MiB, gocryptfs, local restic repository")
-    print(f"{'':<10}{'Hangar':>10}{'baseline':>10}{'ratio':>8}  baseline is")
+def step(_volume: object, args: argparse.Namespace) -> list[tuple[str, str]]:
+    """``benchmarks/volumes.py``'s rows for snapshot, backup and restore of ``--size-mb``
+    (32 MiB with ``--quick``), on a volume of their own under ``--dir``."""
+    size = (32 if args.quick else args.size_mb) << 20
+    work = Path(tempfile.mkdtemp(prefix="hangar-bench-backups-", dir=args.dir))
+    try:
+        rows = measure(work, size)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    out = []
     for row in rows:
         ratio = row.hangar / row.baseline if row.baseline > 0 else float("inf")
-        figures = f"{row.hangar:>9.2f}s{row.baseline:>9.2f}s{ratio:>8.2f}"
-        print(f"{row.name:<10}{figures}  {row.baseline_is}")
+        out.append(
+            (
+                f"{row.name} {size >> 20} MiB (vs {row.baseline_is})",
+                f"{row.hangar:.2f} s vs {row.baseline:.2f} s, ratio {ratio:.2f}",
+            )
+        )
+    return out

@@ -8,6 +8,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -274,12 +275,14 @@ def test_sync_destroys_volumes_the_control_plane_no_longer_lists(manager: Volume
         _mount(manager, f"m-{vid}", vid, _key(manager))
     listed = [HostVolume(kept, 64, manager.backend)]  # type: ignore[arg-type]
     # A volume still held by a machine here is never destroyed under it.
-    assert manager.sync(listed, in_use={dropped}) != []
+    assert manager.sync(listed, in_use={dropped, kept}) != []
     assert manager.layout.dir(dropped).exists()
-    assert manager.sync(listed, in_use=set()) == []
+    assert manager.sync(listed, in_use={kept}) == []
     assert not manager.layout.dir(dropped).exists()
     assert manager.driver.mounted(kept)
-    manager.release([kept])
+    # Listed, but no machine here holds it any more: unmounted, kept.
+    assert manager.sync(listed, in_use=set()) == []
+    assert not manager.driver.mounted(kept) and manager.layout.backing(kept).exists()
     manager.driver.destroy(kept)
 
 
@@ -313,3 +316,36 @@ def test_backend_registry_names_why_luks_cannot_run_here() -> None:
     if Path("/dev/mapper/control").exists():
         pytest.skip("this host has device-mapper")
     assert why is not None and "device-mapper" in why
+
+
+@needs_fuse
+def test_server_stop_unmounts_volumes_and_keeps_their_files(tmp_path: Path) -> None:
+    from hangar.agent.teardown import Holdings, teardown
+    from hangar.hostfs import ensure_private_tmpfs
+
+    agent_dir = Path(tempfile.mkdtemp(prefix="hangar-vol-", dir="/var/tmp"))
+    try:
+        ensure_private_tmpfs(agent_dir / "bundles")
+        layout = VolumeLayout.for_agent(agent_dir)
+        manager = VolumeManager(layout, "gocryptfs")
+        vid, key = _vid(), secrets.token_bytes(32)
+        plain = _mount(manager, "m-td", vid, key)["/data"]
+        (plain / "kept").write_text("yes")
+        done = teardown(Holdings(agent_dir, host_id=f"td{secrets.token_hex(4)}"))
+        assert done.failed == [], done.failed
+        assert f"volume {vid}" in done.removed
+        assert _mounts.mounts_under(agent_dir) == []
+        assert _gocryptfs_daemons(plain) == []
+        # The ciphertext stays for the next start, and opens with the key.
+        again = VolumeManager(layout, "gocryptfs")
+        ensure_private_tmpfs(agent_dir / "bundles")
+        assert (_mount(again, "m-td", vid, key)["/data"] / "kept").read_text() == "yes"
+        again.release([vid])
+    finally:
+        for _, point, _ in _mounts.mounts_under(agent_dir):
+            subprocess.run(["umount", "-l", str(point)], capture_output=True)
+        shutil.rmtree(agent_dir, ignore_errors=True)
+
+
+def _gocryptfs_daemons(plain: Path) -> list[int]:
+    return _mounts.daemons_serving(plain)

@@ -32,7 +32,7 @@ from hangar.images.store import ImageStore
 from hangar.net.nftables import Firewall
 from hangar.net.wireguard import Mesh, validate_endpoint
 
-__all__ = ["AgentOptions", "build_agent", "prepare_agent_dir", "volume_layout"]
+__all__ = ["AgentOptions", "build_agent", "prepare_agent_dir"]
 
 log = logging.getLogger("hangar.agent")
 
@@ -54,16 +54,11 @@ class AgentOptions:
     volume_backend: str = "auto"
 
 
-def volume_layout(agent_dir: Path) -> VolumeLayout:
-    """Where an agent keeps volumes' ciphertext (disk) and mounts their plaintext (tmpfs)."""
-    return VolumeLayout(agent_dir / "volumes", agent_dir / "bundles" / ".volumes")
-
-
 def _volumes(options: AgentOptions) -> VolumeManager | None:
     """The host's volume manager, with what a killed agent left cleaned up; None without
     a backend (the host then takes no volumes, and says why in its log)."""
     try:
-        manager = VolumeManager(volume_layout(options.agent_dir), options.volume_backend)
+        manager = VolumeManager(VolumeLayout.for_agent(options.agent_dir), options.volume_backend)
     except ConfigError as exc:
         if options.volume_backend != "auto":
             raise

@@ -410,7 +410,10 @@ class Reconciler:
                 )
             # Delivered for this start only; the drivers pass them on stdin and drop them.
             keys = self.volume_key_source(want)
-            volumes = self.volumes.mount_for(want, keys, owner=self.runtime.root_uid)
+            # The machine's root owns each new volume; its user's group may write there.
+            root = self.runtime.root_uid
+            group = root + gid if gid < 65536 else None  # a group the namespace maps
+            volumes = self.volumes.mount_for(want, keys, owner=root, group=group)
             del keys
         hosts: dict[str, str] = {}
         if want.address is not None:

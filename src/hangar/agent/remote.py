@@ -41,6 +41,7 @@ def run_agent(
     mesh_port: int = 51820,
     dns: bool = True,
     metrics: tuple[str, int] | None = None,
+    volume_backend: str = "auto",
 ) -> int:
     """Run this host's machines until SIGTERM/SIGINT (machines keep running after)."""
     stop = stop or threading.Event()
@@ -66,6 +67,7 @@ def run_agent(
         dns=dns,
         mesh_endpoint=mesh_endpoint,
         mesh_port=mesh_port,
+        volume_backend=volume_backend,
     )
     agent = build_agent(link, options)
     runtime = agent.reconciler.runtime

@@ -192,6 +192,13 @@ def run(
         ),
     ] = None,
     mesh_port: Annotated[int | None, typer.Option(help="WireGuard's UDP listening port")] = None,
+    volume_backend: Annotated[
+        str | None,
+        typer.Option(
+            help="how volumes are encrypted here: auto (LUKS2 where the kernel has "
+            "device-mapper, else gocryptfs), luks2 or gocryptfs"
+        ),
+    ] = None,
     metrics_listen_host: Annotated[
         str | None,
         typer.Option(help="loopback address for Prometheus metrics (default 127.0.0.1)"),
@@ -230,6 +237,7 @@ def run(
         edge_domain=edge_domain,
         mesh_endpoint=mesh_endpoint,
         mesh_port=mesh_port,
+        volume_backend=volume_backend,
         metrics_listen_host=metrics_listen_host,
         metrics_port=metrics_port,
     )

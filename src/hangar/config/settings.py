@@ -113,6 +113,8 @@ class ServerSettings(BaseModel):
     # Join the WireGuard mesh between hosts: ADDRESS:PORT other hosts reach this one at.
     mesh_endpoint: str = ""
     mesh_port: int = Field(default=51820, ge=1, le=65535)
+    # How this host encrypts volumes: auto (LUKS2 where device-mapper is, else gocryptfs).
+    volume_backend: Literal["auto", "luks2", "gocryptfs"] = "auto"
     # The edge (HAProxy) on this host: where it listens, and the domain under
     # which every app answers as <app>.<edge_domain>.
     edge: bool = True

@@ -31,7 +31,7 @@ __all__ = [
 MIN_SIZE_MB = 64
 MAX_SIZE_MB = 500 * 1024  # 500 GB, as Fly.io's largest volume
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,29}$")
-_SIZE = re.compile(r"^\s*(\d{1,7})\s*(mb|mib|m|gb|gib|g)?\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^\s*([0-9]{1,7})\s*(mb|mib|m|gb|gib|g)?\s*$", re.IGNORECASE | re.ASCII)
 _DEST = re.compile(r"^/[A-Za-z0-9._/@+-]{1,511}$")
 # Paths a machine's runtime owns: its own /proc, /sys, /dev, the tmpfs it
 # gives /tmp and /run (where secrets as files go), the /etc files it writes.

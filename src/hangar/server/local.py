@@ -155,5 +155,6 @@ def local_agent(cp: ControlPlane) -> Agent:
         dns=settings.dns,
         mesh_endpoint=settings.mesh_endpoint or None,
         mesh_port=settings.mesh_port,
+        volume_backend=settings.volume_backend,
     )
     return build_agent(StoreLink.for_host(cp, host.id, host.name), options)

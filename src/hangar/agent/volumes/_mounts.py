@@ -23,8 +23,10 @@ __all__ = [
     "is_stale",
     "make_ext4",
     "make_sparse",
+    "mount_points",
     "mount_source",
     "mounts_under",
+    "own_top",
     "unmount",
     "unmount_when_idle",
     "wait_exited",
@@ -136,6 +138,25 @@ def unmount_when_idle(point: Path, timeout: float = 30.0) -> None:
             hostcmd.run(["umount", "-l", str(point)], timeout=60)
             return
         time.sleep(0.05)
+
+
+def mount_points(layout: VolumeLayout, volume_id: str, owner: int, *points: Path) -> None:
+    """The directories down to a volume's mount points: only root and the machines'
+    root group (``owner``, whose runc init opens the bind source) may pass; the
+    mount points themselves are root's (what is mounted there sets its own)."""
+    for directory in (layout.run_dir, layout.mount_dir(volume_id)):
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chown(directory, 0, owner)
+        os.chmod(directory, 0o710)  # noqa: S103 - search, for the machines' root group only
+    for point in points:
+        point.mkdir(exist_ok=True, mode=0o700)
+
+
+def own_top(plain: Path, owner: int, group: int | None) -> None:
+    """A new volume's top directory: the machine's root owns it; its user's group may
+    write in it too, and what is made there keeps that group."""
+    os.chown(plain, owner, owner if group is None else group)
+    os.chmod(plain, 0o755 if group is None else 0o2775)
 
 
 def make_sparse(path: Path, size_mb: int) -> None:

@@ -70,6 +70,11 @@ class VolumeLayout:
     volumes_dir: Path
     run_dir: Path
 
+    @classmethod
+    def for_agent(cls, agent_dir: Path) -> VolumeLayout:
+        """An agent's: ciphertext under ``volumes/``, plaintext mounted on its bundles tmpfs."""
+        return cls(agent_dir / "volumes", agent_dir / "bundles" / ".volumes")
+
     def dir(self, volume_id: str) -> Path:
         return self.volumes_dir / check_volume_id(volume_id)
 
@@ -116,11 +121,12 @@ class VolumeDriver(Protocol):
     name: str
     layout: VolumeLayout
 
-    def mount(self, spec: VolumeSpec, key: bytes, *, owner: int) -> Path:
+    def mount(self, spec: VolumeSpec, key: bytes, *, owner: int, group: int | None = None) -> Path:
         """Make the volume on first use, mount its plaintext and return the mount point.
 
         ``owner`` (a host uid, the machine's user namespace root) owns the
-        top directory of a volume made now.
+        top directory of a volume made now; with ``group`` (a host gid, the
+        machine user's group) that group may write there too (mode 2775).
         """
         ...
 

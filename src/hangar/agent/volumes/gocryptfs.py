@@ -57,7 +57,7 @@ class GocryptfsDriver:
         found = _mounts.mount_source(self.layout.plain(volume_id))
         return found is not None and found[1] == "fuse.gocryptfs"
 
-    def mount(self, spec: VolumeSpec, key: bytes, *, owner: int) -> Path:
+    def mount(self, spec: VolumeSpec, key: bytes, *, owner: int, group: int | None = None) -> Path:
         if len(key) != KEY_BYTES:
             raise IntegrityError(f"volume {spec.id}'s key is not a gocryptfs key")
         layout = self.layout
@@ -69,8 +69,12 @@ class GocryptfsDriver:
         made = not backing.exists()
         if made:
             layout.dir(spec.id).mkdir(parents=True, exist_ok=True, mode=0o700)
-            _mounts.make_sparse(backing, spec.size_mb)
-            _mounts.make_ext4(str(backing), spec.id)
+            try:
+                _mounts.make_sparse(backing, spec.size_mb)
+                _mounts.make_ext4(str(backing), spec.id)
+            except BaseException:
+                shutil.rmtree(layout.dir(spec.id), ignore_errors=True)  # made again next time
+                raise
             _mounts.write_handle(layout, spec)
         elif (
             _mounts.fs_size_mb(layout, spec.id) < spec.size_mb
@@ -79,11 +83,7 @@ class GocryptfsDriver:
             _mounts.grow_file(backing, spec.size_mb)  # extended while unmounted
             _mounts.ext4_grow(str(backing), mounted=False)
             _mounts.write_handle(layout, spec)
-        # Machines' roots (an unprivileged host uid) traverse to the bind source.
-        layout.run_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
-        for directory in (layout.mount_dir(spec.id), lower, plain):
-            directory.mkdir(parents=True, exist_ok=True, mode=0o711)
-            os.chmod(directory, 0o711)  # noqa: S103 - search-only
+        _mounts.mount_points(layout, spec.id, owner, lower, plain)
         if _mounts.mount_source(lower) is None:
             hostcmd.run(
                 ["mount", "-t", "ext4", "-o", "loop,nosuid,nodev,noexec", str(backing), str(lower)],
@@ -117,8 +117,7 @@ class GocryptfsDriver:
             _mounts.unmount(lower)
             raise
         if made:
-            os.chown(plain, owner, owner)
-            os.chmod(plain, 0o755)  # noqa: S103 - a directory as any other
+            _mounts.own_top(plain, owner, group)
         return plain
 
     def unmount(self, volume_id: str) -> None:

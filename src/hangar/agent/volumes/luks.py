@@ -14,7 +14,6 @@ volume in use) needs no key. ``destroy`` erases the key slots
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -59,7 +58,7 @@ class LuksDriver:
     def mounted(self, volume_id: str) -> bool:
         return _mounts.mount_source(self.layout.plain(volume_id)) is not None
 
-    def mount(self, spec: VolumeSpec, key: bytes, *, owner: int) -> Path:
+    def mount(self, spec: VolumeSpec, key: bytes, *, owner: int, group: int | None = None) -> Path:
         if len(key) != KEY_BYTES:
             raise IntegrityError(f"volume {spec.id}'s key is not a LUKS2 key")
         layout = self.layout
@@ -103,20 +102,18 @@ class LuksDriver:
                 hostcmd.run(["cryptsetup", "resize", mapper_name(spec.id)], timeout=60)
                 _mounts.ext4_grow(str(device), mounted=False)
             _mounts.write_handle(layout, spec)
-            layout.run_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
-            for directory in (layout.mount_dir(spec.id), plain):
-                directory.mkdir(parents=True, exist_ok=True, mode=0o711)
-                os.chmod(directory, 0o711)  # noqa: S103 - search-only
+            _mounts.mount_points(layout, spec.id, owner, plain)
             hostcmd.run(
                 ["mount", "-t", "ext4", "-o", "nosuid,nodev", str(device), str(plain)],
                 timeout=60,
             )
         except CommandError:
             self.unmount(spec.id)
+            if made:  # a half-made volume is made again from nothing next time
+                shutil.rmtree(layout.dir(spec.id), ignore_errors=True)
             raise
         if made:
-            os.chown(plain, owner, owner)
-            os.chmod(plain, 0o755)  # noqa: S103 - a directory as any other
+            _mounts.own_top(plain, owner, group)
         return plain
 
     def unmount(self, volume_id: str) -> None:

@@ -45,7 +45,9 @@ class VolumeManager:
             log.warning("volume %s: cleaned up a mount left by an earlier run", volume_id)
         return touched
 
-    def mount_for(self, want: Assignment, keys: dict[str, bytes], *, owner: int) -> dict[str, Path]:
+    def mount_for(
+        self, want: Assignment, keys: dict[str, bytes], *, owner: int, group: int | None = None
+    ) -> dict[str, Path]:
         """Mount the machine's volumes; {guest destination: host mount point}."""
         out: dict[str, Path] = {}
         for mount in want.mounts:
@@ -60,7 +62,7 @@ class VolumeManager:
                     f"the control plane sent no key for volume {mount.volume_id}"
                 )
             spec = VolumeSpec(mount.volume_id, mount.size_mb, mount.encryption)
-            out[mount.destination] = self.driver.mount(spec, key, owner=owner)
+            out[mount.destination] = self.driver.mount(spec, key, owner=owner, group=group)
             self.pending_growth.discard(mount.volume_id)
         return out
 
@@ -70,7 +72,8 @@ class VolumeManager:
             self.driver.unmount(volume_id)
 
     def sync(self, desired: Sequence[HostVolume], in_use: Iterable[str]) -> list[str]:
-        """Destroy volumes no longer listed, grow the listed ones; errors, in words."""
+        """Destroy volumes no longer listed, unmount those no machine here holds, grow
+        the others; errors, in words."""
         errors: list[str] = []
         wanted = {v.volume_id: v for v in desired}
         busy = set(in_use)
@@ -87,6 +90,14 @@ class VolumeManager:
                 errors.append(f"volume {volume_id}: {exc}")
         for volume in desired:
             if not self.driver.mounted(volume.volume_id):
+                continue
+            if volume.volume_id not in busy:
+                # No machine here holds it (one that failed to start, one removed
+                # while the agent was down): nothing may write to it now.
+                try:
+                    self.driver.unmount(volume.volume_id)
+                except (HangarError, OSError) as exc:
+                    errors.append(f"volume {volume.volume_id}: {exc}")
                 continue
             spec = VolumeSpec(volume.volume_id, volume.size_mb, volume.encryption)
             try:
