@@ -219,3 +219,27 @@ def test_a_volume_left_frozen_by_a_killed_agent_is_thawed_at_start(
         assert Snapshots(host.layout, host.driver).thaw_stale() == []  # nothing frozen now
     finally:
         subprocess.run(["fsfreeze", "--unfreeze", str(lower)], check=False)
+
+
+def test_retention_forgets_a_volumes_older_backups_and_no_other_volumes(
+    hosts: tuple[Host, Host], tmp_path: Path
+) -> None:
+    from hangar.backups.restic import Retention
+
+    host, _ = hosts
+    repo = Restic(Repository(str(tmp_path / "repo"), "pw-" + secrets.token_hex(16)))
+    repo.ensure()
+    ids = {}
+    for volume_id in ("vol_keep0001", "vol_keep0002"):
+        spec, data = volume(host, secrets.token_bytes(32), volume_id)
+        (data / "f").write_bytes(CANARY)
+        for _ in range(2):
+            info = host.snapshots.take(spec.id, new_snapshot_id())
+            ids.setdefault(volume_id, []).append(
+                host.snapshots.backup(repo, spec.id, info.id, tags=("org:acme",)).snapshot_id
+            )
+    keep = Retention(daily=1, weekly=0, monthly=0)
+    removed = repo.forget(keep, tags=("volume:vol_keep0001",))
+    assert [r[:8] for r in removed] == [ids["vol_keep0001"][0]]  # the older of that volume only
+    left = {s.short_id for s in repo.snapshots()}
+    assert left == {ids["vol_keep0001"][1], *ids["vol_keep0002"]}

@@ -25,7 +25,7 @@ from hangar.agent.volumes.snapshots import (
     check_keep_days,
     new_snapshot_id,
 )
-from hangar.backups.restic import Repository, Restic
+from hangar.backups.restic import Repository, Restic, Retention
 from hangar.contract.links import ControlPlaneLink
 from hangar.contract.volumejobs import VolumeJob, VolumeJobResult
 from hangar.crypto.secretbox import Opener
@@ -183,6 +183,9 @@ class VolumeJobs:
                 "added": summary.bytes_added,
                 "seconds": summary.seconds,
             }
+            if job.keep_daily or job.keep_weekly or job.keep_monthly:
+                policy = Retention(job.keep_daily, job.keep_weekly, job.keep_monthly)
+                out["forgotten"] = len(restic.forget(policy, tags=(f"volume:{job.volume_id}",)))
             if made is not None:
                 out["snapshot"] = made
             else:

@@ -53,6 +53,10 @@ class VolumeJob:
     keep_days: int = Field(default=0, ge=0, le=60)  # prune after a snapshot; 0: keep all
     read_data_subset: str = Field(default="", max_length=16)
     org_tag: str = Field(default="", max_length=40)
+    # A backup's retention, applied to the volume's backups after it (all 0: none).
+    keep_daily: int = Field(default=0, ge=0, le=366)
+    keep_weekly: int = Field(default=0, ge=0, le=520)
+    keep_monthly: int = Field(default=0, ge=0, le=120)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -91,6 +91,7 @@ def _file(
     volume: Volume,
     kind: str,
     actor: str,
+    *,
     host_id: str = "",
     **params: Any,
 ) -> JobRow:
@@ -167,6 +168,17 @@ def _new_volume(
     return volume
 
 
+def _retention(session: Session, org_id: str) -> dict[str, Any]:
+    repo = session.get(BackupRepoRow, org_id)
+    if repo is None:
+        return {}
+    return {
+        "keep_daily": repo.keep_daily,
+        "keep_weekly": repo.keep_weekly,
+        "keep_monthly": repo.keep_monthly,
+    }
+
+
 def request(
     cp: ControlPlane,
     ctx: AuditContext,
@@ -229,7 +241,9 @@ def request(
             params["reason"] = "manual"
         if kind in ("backup", "restore_backup", "drill"):
             params["org_tag"] = f"org:{app.org_id}"
-        row = _file(session, volume, kind, ctx.actor, host_id, **params)
+        if kind == "backup":
+            params.update(_retention(session, app.org_id))
+        row = _file(session, volume, kind, ctx.actor, host_id=host_id, **params)
         if kind == "export":
             cp.exports.open(row.id)  # before the host can take it
         event.target = f"{app.name}/{volume.id}"
@@ -571,6 +585,7 @@ def due(cp: ControlPlane, now: dt.datetime | None = None) -> list[str]:
                     SCHEDULER.actor,
                     snapshot_id=last.id,
                     org_tag=f"org:{volume.org_id}",
+                    **_retention(session, volume.org_id),
                 )
                 filed.append(row.id)
     return filed

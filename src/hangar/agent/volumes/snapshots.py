@@ -323,7 +323,9 @@ class Snapshots:
             (staging / _META).write_text(info.to_json())
             return restic.backup(
                 staging,
-                tags=(f"volume:{volume_id}", f"snapshot:{snapshot_id}", *tags),
+                # The snapshot's id is in its metadata, not a tag: retention groups
+                # backups by their tags, one group per volume.
+                tags=(f"volume:{volume_id}", *tags),
                 host=socket.gethostname(),
                 progress=progress,
             )
