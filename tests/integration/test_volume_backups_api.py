@@ -384,3 +384,43 @@ def test_export_streams_a_decrypted_tar_to_admins_only_and_is_audited(
     exported = _events(cp, "volume.job.export")
     assert exported[-1]["ok"] is True and exported[-1]["bytes"] == len(got.content)
     assert len(_events(cp, "volume.snapshot.export")) == 1
+
+
+def test_a_job_its_host_never_finishes_is_given_up_and_frees_the_schedule(
+    api: TestClient, installation: Installation, control_plane: ControlPlane
+) -> None:
+    import datetime as dt
+
+    from hangar.controlplane.volumejobs import JOB_GIVE_UP, due
+    from hangar.store.tables import VolumeJob as JobRow
+
+    cp, h = control_plane, installation.headers
+    agents = create_agent_app(cp)
+    joined = _join(api, _join_token(api, h), name="host-d").json()
+    with TestClient(_as_host(agents, joined["certificate"])) as host:
+        host.get("/agent/v1/volumes", params={"backend": "gocryptfs"})
+        api.post("/v1/apps", headers=h, json={"name": "web"})
+        vol = api.post(
+            "/v1/apps/web/volumes", headers=h, json={"name": "data", "host": "host-d"}
+        ).json()["id"]
+        with cp.db.write() as session:
+            row = session.get(Volume, vol)
+            assert row is not None
+            row.state = "ready"
+        [job] = due(cp)
+        # The host takes it, then dies: no report ever comes.
+        taken = host.post("/agent/v1/volume-jobs/take", json={"public_key": _public_key()})
+        assert [j["job"]["id"] for j in taken.json()] == [job]
+    assert due(cp) == []  # still running: the volume's schedule waits for it
+    later = dt.datetime.now(dt.UTC) + JOB_GIVE_UP + dt.timedelta(minutes=1)
+    [again] = due(cp, later)
+    with cp.db.read() as session:
+        old = session.get(JobRow, job)
+        assert old is not None and old.state == "failed" and "did not finish" in str(old.error)
+    assert again != job
+
+
+def _public_key() -> str:
+    from hangar.crypto.secretbox import Opener
+
+    return Opener().public_b64()

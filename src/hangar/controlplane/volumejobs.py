@@ -70,6 +70,7 @@ DEFAULT_KEEP_DAYS = 5
 MAX_KEEP_DAYS = 60
 SNAPSHOT_EVERY = dt.timedelta(days=1)
 MAX_PENDING_PER_ORG = 16
+JOB_GIVE_UP = dt.timedelta(hours=12)
 SCHEDULER = AuditContext(actor="backup-scheduler", token_id=None, request_id=None, client_addr=None)
 
 
@@ -537,6 +538,18 @@ def due(cp: ControlPlane, now: dt.datetime | None = None) -> list[str]:
     now = now or _now()
     filed: list[str] = []
     with cp.db.write() as session:
+        # A host that died with a job (or never came back for it) must not
+        # hold its volume's schedule, nor its organization's slots, for ever.
+        for job in session.execute(
+            select(JobRow).where(JobRow.state.in_(("pending", "running")))
+        ).scalars():
+            if now - job.created_at > JOB_GIVE_UP:
+                job.state, job.finished_at = "failed", now
+                job.error = f"its host did not finish it within {JOB_GIVE_UP}"
+                if job.kind in ("backup",):
+                    repo = session.get(BackupRepoRow, job.org_id)
+                    if repo is not None:
+                        repo.last_run_at, repo.last_outcome = now, "failure"
         volumes = list(session.execute(select(Volume).where(Volume.state == "ready")).scalars())
         repos = {r.org_id: r for r in session.execute(select(BackupRepoRow)).scalars()}
         policies = {p.volume_id: p for p in session.execute(select(VolumeSnapshotPolicy)).scalars()}
