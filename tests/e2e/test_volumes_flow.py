@@ -105,6 +105,18 @@ def test_a_volume_keeps_data_across_deploys_and_crashes_and_only_as_ciphertext(
         time.sleep(0.3)
     assert got.stdout.strip() == canary
 
+    # A stopped machine's volume is unmounted; started again, the data is there.
+    mid = str(machine["id"])
+    srv.cli("machines", "stop", mid, "--app", "hello")
+    srv.cli("machines", "wait", mid, "--app", "hello", "--state", "stopped", "--timeout", "30s")
+    deadline = time.monotonic() + 30
+    while f"{volume['id']}/data " in Path("/proc/self/mounts").read_text():
+        assert time.monotonic() < deadline, "the stopped machine's volume is still mounted"
+        time.sleep(0.2)
+    srv.cli("machines", "start", mid, "--app", "hello")
+    srv.cli("machines", "wait", mid, "--app", "hello", "--state", "started", "--timeout", "30s")
+    assert _inside(srv, mid, "cat /data/note").strip() == canary
+
     # Another app naming the volume in its hangar.toml gets none of it.
     srv.cli("apps", "create", "other")
     other = tmp / "other.toml"
