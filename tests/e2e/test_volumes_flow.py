@@ -137,6 +137,21 @@ def test_a_volume_keeps_data_across_deploys_and_crashes_and_only_as_ciphertext(
     if not host["volume_grows_online"]:  # type: ignore[index]
         assert "next starts" in grown.stdout
 
+    # A new machine (the old one destroyed) takes the freed volume, data and all,
+    # grown to its new size as it is mounted again.
+    srv.cli("machines", "destroy", mid, "--app", "hello", "--force", "--yes")
+    deadline = time.monotonic() + 60
+    while srv.json("volumes", "show", "data", "--app", "hello")["machine"] is not None:  # type: ignore[index]
+        assert time.monotonic() < deadline, "the volume was not freed"
+        time.sleep(0.3)
+    made = srv.json("machines", "create", "--app", "hello")
+    new_id = str(made["id"])  # type: ignore[index]
+    assert new_id != mid
+    srv.cli("machines", "wait", new_id, "--app", "hello", "--state", "started", "--timeout", "30s")
+    assert _inside(srv, new_id, "cat /data/note").strip() == canary
+    handle = agent_root / "agent/volumes" / str(volume["id"]) / "handle.json"
+    assert json.loads(handle.read_text())["size_mb"] == 128
+
     # Nowhere on the host's disk in plaintext: store, logs, the agent's files (the volume
     # file among them); the plaintext mount is on the agent's tmpfs, never on disk.
     bundles = agent_root / "agent/bundles"
