@@ -10,6 +10,8 @@ over mutual TLS, validated here at the boundary.
 - ``execs``: commands run inside machines (``ExecOrder``, ``ExecResult``).
 - ``names``: the .internal DNS records a host serves (``Record``).
 - ``mesh``: WireGuard peers (``Peer``).
+- ``reports``: a host's report (``Report``): statuses, machines' output and
+  (version 2) its edge's access lines by app.
 - ``links``: the two directions as protocols, ``ControlPlaneLink`` (what an
   agent asks of the control plane) and ``HostMachines`` (what the control
   plane asks of the machines on its own host).
@@ -24,7 +26,7 @@ from hangar.errors import ValidationError
 
 __all__ = ["VERSION", "check_version"]
 
-VERSION = 1
+VERSION = 2  # 2: a report carries the edge's access lines (``access``)
 
 
 def check_version(received: object) -> None:
