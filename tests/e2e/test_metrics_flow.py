@@ -172,7 +172,9 @@ def test_prometheus_scrapes_the_api_and_the_agent(platform: tuple[Server, Path, 
             name = f"hangar_machine_network_{direction}_{unit}_total"
             assert eventually(prometheus, f'{name}{{job="acme",app="hello"}} > 0'), name
     figures = srv.json("metrics", "--app", "hello")
-    assert isinstance(figures, list) and figures[0]["scrape_ok"] is True
-    assert figures[0]["app_series"] >= 1 and figures[0]["memory_bytes"] > 0
+    assert isinstance(figures, dict) and figures["edge"] == []  # this server runs no edge
+    (mine,) = figures["machines"]
+    assert mine["scrape_ok"] is True and mine["app_series"] >= 1 and mine["memory_bytes"] > 0
+    assert mine["rx_bytes"] > 0 and mine["tx_packets"] > 0
     table = srv.cli("metrics", "--app", "hello").stdout
-    assert machine["id"] in table and " ok " in table
+    assert machine["id"] in table and " ok " in table and " pkts" in table
