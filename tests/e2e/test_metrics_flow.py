@@ -6,17 +6,18 @@ import os
 import shutil
 import ssl
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from tests.e2e.test_cli_flow import Server, free_port, init, login, start, stop
-from tests.e2e.test_deploy_flow import build_example_image, write_config
+from tests.e2e.conftest import running_server
+from tests.e2e.test_cli_flow import Server, free_port
+from tests.e2e.test_deploy_flow import write_config
 
 pytestmark = [
     pytest.mark.slow,
@@ -48,54 +49,33 @@ scrape_configs:
 @pytest.fixture
 def platform(tmp_path: Path) -> Iterator[tuple[Server, Path, str]]:
     """A server with its agent (metrics on a free loopback port) and a Prometheus scraping it."""
-    agent_root = Path(tempfile.mkdtemp(prefix="hangar-metrics-", dir="/var/tmp"))
-    agent_root.chmod(0o711)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HANGAR_")}
-    env["HANGAR_CONFIG_DIR"] = str(tmp_path / "cli")
-    data_dir, token_file = tmp_path / "data", tmp_path / "admin.token"
-    init(data_dir, token_file, env)
-    port, metrics_port, prom_port = free_port(), free_port(), free_port()
-    proc = start(
-        data_dir,
-        env,
-        port,
-        "--agent-dir",
-        str(agent_root / "agent"),
-        "--no-edge",
-        "--metrics-port",
-        str(metrics_port),
-    )
-    srv = Server(data_dir, f"https://127.0.0.1:{port}", token_file.read_text().strip(), env, proc)
-    (tmp_path / "prometheus.yml").write_text(
-        SCRAPE.format(port=metrics_port, token=token_file, ca=data_dir / "ca.crt", api_port=port)
-    )
-    with open(tmp_path / "prometheus.log", "ab") as log:
-        prometheus = subprocess.Popen(
-            [
-                "prometheus",
-                f"--config.file={tmp_path / 'prometheus.yml'}",
-                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{prom_port}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+    metrics_port, prom_port = free_port(), free_port()
+    options = ("--no-edge", "--metrics-port", str(metrics_port))
+    with running_server(tmp_path, "metrics", *options) as (srv, _):
+        (tmp_path / "prometheus.yml").write_text(
+            SCRAPE.format(
+                port=metrics_port,
+                token=tmp_path / "admin.token",
+                ca=srv.data_dir / "ca.crt",
+                api_port=urlsplit(srv.api).port,
+            )
         )
-    build_example_image(tmp_path / "image")
-    try:
-        login(srv)
-        srv.cli("apps", "create", "hello")
-        yield srv, tmp_path, f"http://127.0.0.1:{prom_port}"
-    finally:
-        prometheus.terminate()
-        prometheus.wait(timeout=30)
-        srv.cli("apps", "destroy", "hello", "--yes", check=False)
-        machines = agent_root / "agent/state/machines"
-        deadline = time.monotonic() + 30
-        while machines.exists() and any(machines.iterdir()) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        stop(srv.process)
-        subprocess.run(["umount", str(agent_root / "agent/bundles")], capture_output=True)
-        shutil.rmtree(agent_root, ignore_errors=True)
+        with open(tmp_path / "prometheus.log", "ab") as log:
+            prometheus = subprocess.Popen(
+                [
+                    "prometheus",
+                    f"--config.file={tmp_path / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{prom_port}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            yield srv, tmp_path, f"http://127.0.0.1:{prom_port}"
+        finally:
+            prometheus.terminate()
+            prometheus.wait(timeout=30)
 
 
 def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
