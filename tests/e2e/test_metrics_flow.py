@@ -43,21 +43,42 @@ scrape_configs:
       ca_file: {ca}
     static_configs:
       - targets: ["127.0.0.1:{api_port}"]
+  # A Prometheus on another host: the listener over mutual TLS, with a scraper's certificate.
+  - job_name: hangar-tls
+    scheme: https
+    tls_config:
+      ca_file: {scraper}/ca.crt
+      cert_file: {scraper}/prom.crt
+      key_file: {scraper}/prom.key
+    static_configs:
+      - targets: ["127.0.0.1:{tls_port}"]
+  # The same without a client certificate: refused.
+  - job_name: hangar-tls-anonymous
+    scheme: https
+    tls_config:
+      ca_file: {scraper}/ca.crt
+    static_configs:
+      - targets: ["127.0.0.1:{tls_port}"]
 """
 
 
 @pytest.fixture
 def platform(tmp_path: Path) -> Iterator[tuple[Server, Path, str]]:
     """A server with its agent (metrics on a free loopback port) and a Prometheus scraping it."""
-    metrics_port, prom_port = free_port(), free_port()
+    metrics_port, prom_port, tls_port = free_port(), free_port(), free_port()
     options = ("--no-edge", "--metrics-port", str(metrics_port))
-    with running_server(tmp_path, "metrics", *options) as (srv, _):
+    toml = f'metrics_tls_listen_host = "127.0.0.1"\nmetrics_tls_port = {tls_port}\n'
+    with running_server(tmp_path, "metrics", *options, server_toml=toml) as (srv, _):
+        scraper = tmp_path / "scraper"
+        srv.cli("server", "metrics-cert", "prom", "--out", str(scraper), "--days", "1")
         (tmp_path / "prometheus.yml").write_text(
             SCRAPE.format(
                 port=metrics_port,
                 token=tmp_path / "admin.token",
                 ca=srv.data_dir / "ca.crt",
                 api_port=urlsplit(srv.api).port,
+                scraper=scraper,
+                tls_port=tls_port,
             )
         )
         with open(tmp_path / "prometheus.log", "ab") as log:
@@ -116,6 +137,10 @@ def test_prometheus_scrapes_the_api_and_the_agent(platform: tuple[Server, Path, 
 
     complete = eventually(prometheus, 'hangar_releases_total{outcome="complete"} >= 1')
     assert len(complete) == 1
+    # Over mutual TLS: the scraper's certificate is let in, a Prometheus without one is not.
+    assert eventually(prometheus, 'hangar_releases_total{job="hangar-tls",outcome="complete"} >= 1')
+    assert eventually(prometheus, 'up{job="hangar-tls-anonymous"} == 0')
+    assert not query(prometheus, 'up{job="hangar-tls-anonymous"} == 1')
     running = eventually(prometheus, 'hangar_machines{job="hangar",state="running"} == 1')
     assert len(running) == 1 and running[0]["metric"]["org"].startswith("org_")
     # The machine's own cgroup: memory in use, processes, CPU time.
