@@ -135,7 +135,7 @@ def test_prometheus_scrapes_the_api_and_the_agent(platform: tuple[Server, Path, 
     )
     assert refused.status_code == 401
 
-    complete = eventually(prometheus, 'hangar_releases_total{outcome="complete"} >= 1')
+    complete = eventually(prometheus, 'hangar_releases_total{job="hangar",outcome="complete"} >= 1')
     assert len(complete) == 1
     # Over mutual TLS: the scraper's certificate is let in, a Prometheus without one is not.
     assert eventually(prometheus, 'hangar_releases_total{job="hangar-tls",outcome="complete"} >= 1')
@@ -158,7 +158,9 @@ def test_prometheus_scrapes_the_api_and_the_agent(platform: tuple[Server, Path, 
     assert eventually(prometheus, 'hangar_api_request_duration_seconds_count{route="/v1/apps"}')
     # The server verifies every audit chain on its own: the system's and the organization's.
     org = running[0]["metric"]["org"]
-    verified = eventually(prometheus, f'hangar_audit_chain_verified{{chain="{org}"}} == 1')
+    verified = eventually(
+        prometheus, f'hangar_audit_chain_verified{{job="hangar",chain="{org}"}} == 1'
+    )
     assert len(verified) == 1
     assert eventually(prometheus, 'hangar_audit_chain_verified{chain="system"} == 1')
     assert not query(prometheus, "hangar_audit_chain_verified == 0")

@@ -104,17 +104,10 @@ class AgentService:
         strings are cut again whatever the host sent.
         """
         cp = self.cp
-        host = self._host()
-        if not host.edge:
-            record_refusal(
-                cp,
-                self.ctx,
-                org_id=None,
-                action="edge.access",
-                target=host.name,
-                reason="not an edge host",
-            )
-            log.warning("host %s sent access lines but is not an edge host", host.name)
+        try:
+            host = self._edge_host("edge.access")
+        except PermissionDenied:
+            log.warning("host %s sent access lines but is not an edge host", self.host_id)
             return
         with cp.db.read() as session:
             served = {route.app for route in cp.routes.build(session).http}
@@ -158,17 +151,19 @@ class AgentService:
             raise NotFound(f"machine {machine_id!r} is not assigned to this host")
         return machine_layout(self.cp, app.org_id, found[0].image), found[0].image_digest
 
-    def routes(self) -> RoutingTable:
-        """The edge's routing table, keys included; only for hosts joined as edges."""
-        cp = self.cp
+    def _edge_host(self, action: str) -> Host:
+        """This host, if it was joined as an edge; else PermissionDenied, the attempt audited.
+
+        Only edge hosts hold tenants' TLS keys and write access lines: a machine
+        host asking is suspect.
+        """
         host = self._host()
         if not host.edge:
-            # Only edge hosts hold tenants' TLS keys; a machine host asking is suspect.
             record_refusal(
-                cp,
+                self.cp,
                 self.ctx,
                 org_id=None,
-                action="edge.routes",
+                action=action,
                 target=host.name,
                 reason="not an edge host",
             )
@@ -178,8 +173,13 @@ class AgentService:
                     hint="join it with a token from `hangar hosts join-token --edge`",
                 )
             )
-        with cp.db.read() as session:
-            return cp.routes.build(session)
+        return host
+
+    def routes(self) -> RoutingTable:
+        """The edge's routing table, keys included; only for hosts joined as edges."""
+        self._edge_host("edge.routes")
+        with self.cp.db.read() as session:
+            return self.cp.routes.build(session)
 
     def names(self) -> list[Record]:
         with self.cp.db.read() as session:
