@@ -13,9 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_cli_flow import Server
-from tests.e2e.test_deploy_flow import deployed, machines, start_server, write_config
-
-__all__ = ["deployed"]  # the fixture, shared with the deploy flow
+from tests.e2e.test_deploy_flow import machines, start_server, write_config
 
 pytestmark = [
     pytest.mark.slow,
