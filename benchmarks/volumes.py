@@ -8,7 +8,10 @@ the kernel has device-mapper, gocryptfs otherwise). Each target runs the
 same four jobs: sequential write and read (1 MiB blocks), random write and
 read (4 KiB blocks, a queue of 8 at most through libaio where it applies).
 Writes end with fsync; each read job drops the file's cached pages first
-(fio's ``invalidate``), so reads go below the page cache of the file read.
+(fio's ``invalidate``). That is the file's own cache only: gocryptfs reads
+may still come from the page cache of the ext4 below it, and the plain
+directory's writes from the page cache until the final fsync. The figures
+are what a machine sees, on this host, now.
 
     sudo .venv/bin/python benchmarks/volumes.py [--size-mb 1024] [--seconds 10] [--quick]
 

@@ -13,9 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_cli_flow import Server
-from tests.e2e.test_deploy_flow import deployed, machines, start_server, write_config
-
-__all__ = ["deployed"]  # the fixture, shared with the deploy flow
+from tests.e2e.test_deploy_flow import machines, start_server, write_config
 
 pytestmark = [
     pytest.mark.slow,
@@ -105,6 +103,18 @@ def test_a_volume_keeps_data_across_deploys_and_crashes_and_only_as_ciphertext(
         time.sleep(0.3)
     assert got.stdout.strip() == canary
 
+    # A stopped machine's volume is unmounted; started again, the data is there.
+    mid = str(machine["id"])
+    srv.cli("machines", "stop", mid, "--app", "hello")
+    srv.cli("machines", "wait", mid, "--app", "hello", "--state", "stopped", "--timeout", "30s")
+    deadline = time.monotonic() + 30
+    while f"{volume['id']}/data " in Path("/proc/self/mounts").read_text():
+        assert time.monotonic() < deadline, "the stopped machine's volume is still mounted"
+        time.sleep(0.2)
+    srv.cli("machines", "start", mid, "--app", "hello")
+    srv.cli("machines", "wait", mid, "--app", "hello", "--state", "started", "--timeout", "30s")
+    assert _inside(srv, mid, "cat /data/note").strip() == canary
+
     # Another app naming the volume in its hangar.toml gets none of it.
     srv.cli("apps", "create", "other")
     other = tmp / "other.toml"
@@ -124,6 +134,21 @@ def test_a_volume_keeps_data_across_deploys_and_crashes_and_only_as_ciphertext(
     assert "now 128mb" in grown.stdout
     if not host["volume_grows_online"]:  # type: ignore[index]
         assert "next starts" in grown.stdout
+
+    # A new machine (the old one destroyed) takes the freed volume, data and all,
+    # grown to its new size as it is mounted again.
+    srv.cli("machines", "destroy", mid, "--app", "hello", "--force", "--yes")
+    deadline = time.monotonic() + 60
+    while srv.json("volumes", "show", "data", "--app", "hello")["machine"] is not None:  # type: ignore[index]
+        assert time.monotonic() < deadline, "the volume was not freed"
+        time.sleep(0.3)
+    made = srv.json("machines", "create", "--app", "hello")
+    new_id = str(made["id"])  # type: ignore[index]
+    assert new_id != mid
+    srv.cli("machines", "wait", new_id, "--app", "hello", "--state", "started", "--timeout", "30s")
+    assert _inside(srv, new_id, "cat /data/note").strip() == canary
+    handle = agent_root / "agent/volumes" / str(volume["id"]) / "handle.json"
+    assert json.loads(handle.read_text())["size_mb"] == 128
 
     # Nowhere on the host's disk in plaintext: store, logs, the agent's files (the volume
     # file among them); the plaintext mount is on the agent's tmpfs, never on disk.

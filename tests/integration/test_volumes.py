@@ -122,6 +122,12 @@ def test_a_canary_written_in_a_machine_is_ciphertext_on_the_host_disk(
     # And it is really there, for whoever holds the key.
     plain = _mount(manager, "m-vol-canary-2", vid, key)["/data"]
     assert (plain / "canary.txt").read_text().strip() == canary
+    # The key itself is on no file, no command line, no environment of what serves it.
+    for form in (key, key.hex().encode(), key.hex().upper().encode()):
+        assert _files_containing(manager.layout.volumes_dir, form) == []
+        for pid in _mounts.daemons_serving(plain):
+            for what in ("cmdline", "environ"):
+                assert form not in Path(f"/proc/{pid}/{what}").read_bytes()
     manager.release([vid])
     manager.driver.destroy(vid)
 

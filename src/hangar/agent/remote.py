@@ -71,7 +71,12 @@ def run_agent(
     )
     agent = build_agent(link, options)
     runtime = agent.reconciler.runtime
-    shipper = LogShipper(runtime, agent_dir / "state" / "log-cursors.json")
+    shipper = LogShipper(
+        runtime,
+        agent_dir / "state" / "log-cursors.json",
+        # The edge's access lines (see hangar.edge.accesslog) go up with the machines' output.
+        access_dir=agent_dir / "access" if edge is not None else None,
+    )
     link.runtime, link.shipper = runtime, shipper
     log.info(
         "agent for host %s (%s) talking to %s", identity.name, identity.host_id, identity.agent_url

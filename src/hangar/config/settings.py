@@ -145,6 +145,27 @@ class ServerSettings(BaseModel):
     # HTTP, so loopback only.
     metrics_listen_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9464, ge=0, le=65535)
+    # The same metrics over mutual TLS, for a Prometheus on another host: only a
+    # client certificate from `hangar server metrics-cert` is let in. 0: none.
+    # Needs metrics_port (the loopback listener) on.
+    metrics_tls_listen_host: str = "127.0.0.1"
+    metrics_tls_port: int = Field(default=0, ge=0, le=65535)
+
+    @field_validator("metrics_tls_listen_host")
+    @classmethod
+    def _an_address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address") from None
+        return value
+
+    @field_validator("metrics_tls_port")
+    @classmethod
+    def _metrics_on(cls, value: int, info: ValidationInfo) -> int:
+        if value and not info.data.get("metrics_port"):
+            raise ValueError("metrics_tls_port needs metrics_port: metrics are off")
+        return value
 
     @field_validator("metrics_listen_host")
     @classmethod

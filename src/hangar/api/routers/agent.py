@@ -24,6 +24,7 @@ from hangar.api.guard import HOST, GuardedRouter, HostAccess
 from hangar.contract import VERSION, check_version
 from hangar.contract.assignments import Assignment, MachineStatus
 from hangar.contract.execs import MAX_OUTPUT, ExecOrder, ExecResult
+from hangar.contract.reports import Report
 from hangar.contract.volumejobs import VolumeJobResult
 from hangar.controlplane.agents import AgentService
 from hangar.controlplane.appmetrics import MAX_TEXT
@@ -53,21 +54,6 @@ class ExecDone(BaseModel):
     stdout: str = Field(default="", max_length=2 * MAX_OUTPUT, description="base64")
     stderr: str = Field(default="", max_length=2 * MAX_OUTPUT, description="base64")
     error: str | None = Field(default=None, max_length=4096)
-
-
-class LogRecord(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    ts: str = Field(max_length=40)
-    stream: Literal["stdout", "stderr"]
-    line: str = Field(max_length=64 << 10)
-
-
-class ReportIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    contract: int = VERSION
-    machines: dict[str, dict[str, Any]] = Field(max_length=10_000)
-    errors: dict[str, str] = Field(default_factory=dict, max_length=10_000)
-    logs: dict[str, list[LogRecord]] = Field(default_factory=dict, max_length=10_000)
 
 
 class RenewIn(BaseModel):
@@ -141,11 +127,14 @@ def exec_done(exec_id: str, body: ExecDone, access: Annotated[HostAccess, HOST])
 
 
 @router.post("/report", status_code=204, summary="What this host observed of its machines")
-def report(body: ReportIn, access: Annotated[HostAccess, HOST]) -> None:
+def report(body: Report, access: Annotated[HostAccess, HOST]) -> None:
+    """Statuses, machines' output and (an edge host) its access lines; another host's
+    machines, and lines of apps this host's edge does not serve, are dropped."""
     check_version(body.contract)
     statuses = {mid: MachineStatus.from_json(info) for mid, info in body.machines.items()}
     logs = {mid: [r.model_dump() for r in records] for mid, records in body.logs.items()}
-    _service(access).report(statuses, body.errors, logs)
+    lines = {app: [r.model_dump() for r in records] for app, records in body.access.items()}
+    _service(access).report(statuses, body.errors, logs, lines)
 
 
 @router.post("/renew", response_model=CertOut, summary="A new client certificate for this host")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-from fastapi import Query
+from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from hangar.api.guard import Access, GuardedRouter, requires
@@ -18,6 +18,8 @@ from hangar.domain.volumes import format_size, parse_size
 router = GuardedRouter(prefix="/v1/apps/{app}/volumes", tags=["volumes"])
 
 VolumeRef = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z][a-z0-9_]*$")]
+# A volume in a path: its id, or its name where the app has one volume of that name.
+VolumePath = Annotated[str, Path(min_length=1, max_length=63, pattern=r"^[a-z][a-z0-9_]*$")]
 Size = Annotated[
     str,
     Field(
@@ -110,22 +112,22 @@ def create(
 
 @router.get("/{volume}", response_model=VolumeOut, summary="Show a volume (by id or name)")
 def show(
-    app: str, volume: str, access: Annotated[Access, requires(Permission.VOLUMES_READ)]
+    app: str, volume: VolumePath, access: Annotated[Access, requires(Permission.VOLUMES_READ)]
 ) -> VolumeOut:
     assert access.app is not None
-    return _out(volumes.find_volume(access.cp, access.app, volume[:64]))
+    return _out(volumes.find_volume(access.cp, access.app, volume))
 
 
 @router.post("/{volume}/extend", response_model=ExtendOut, summary="Grow a volume (never shrinks)")
 def extend(
     app: str,
-    volume: str,
+    volume: VolumePath,
     body: VolumeExtend,
     access: Annotated[Access, requires(Permission.VOLUMES_WRITE)],
 ) -> ExtendOut:
     assert access.app is not None
     size_mb = parse_size(body.size)
-    info, online = volumes.extend_volume(access.cp, access.ctx, access.app, volume[:64], size_mb)
+    info, online = volumes.extend_volume(access.cp, access.ctx, access.app, volume, size_mb)
     return ExtendOut(**_out(info).model_dump(), online=online)
 
 
@@ -133,7 +135,7 @@ def extend(
     "/{volume}", response_model=VolumeOut, summary="Destroy a volume: its key, then its files"
 )
 def destroy(
-    app: str, volume: str, access: Annotated[Access, requires(Permission.VOLUMES_DELETE)]
+    app: str, volume: VolumePath, access: Annotated[Access, requires(Permission.VOLUMES_DELETE)]
 ) -> VolumeOut:
     assert access.app is not None
-    return _out(volumes.destroy_volume(access.cp, access.ctx, access.app, volume[:64]))
+    return _out(volumes.destroy_volume(access.cp, access.ctx, access.app, volume))
