@@ -74,7 +74,7 @@ class FakeAgentHost:
         self.client = client
         layout = VolumeLayout(base / "volumes", Path("/run") / f"hangar-t-{base.name}")
         self.manager = VolumeManager(layout, "gocryptfs")
-        self.jobs = VolumeJobs(AgentsApiLink(client), self.manager)  # type: ignore[arg-type]
+        self.jobs = VolumeJobs(AgentsApiLink(client), self.manager, every=0)  # type: ignore[arg-type]
 
     def close(self) -> None:
         self.jobs.close()

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -36,12 +37,18 @@ __all__ = ["VolumeJobs"]
 
 log = logging.getLogger("hangar.agent.volumes")
 WORKERS = 2
+POLL_SECONDS = 2.0
 IDLE_SECONDS = 120.0
 
 
 class VolumeJobs:
-    def __init__(self, link: ControlPlaneLink, volumes: VolumeManager) -> None:
+    def __init__(
+        self, link: ControlPlaneLink, volumes: VolumeManager, *, every: float = POLL_SECONDS
+    ) -> None:
         self.link = link
+        # Asked at most this often: the agent's rounds are faster, and each ask is a call.
+        self.every = every
+        self._next = 0.0
         self.snapshots = Snapshots(volumes.layout, volumes.driver)
         for volume_id in self.snapshots.thaw_stale():
             log.warning(
@@ -56,6 +63,10 @@ class VolumeJobs:
         with self._lock:
             if len(self._running) >= WORKERS:
                 return 0
+        now = time.monotonic()
+        if now < self._next:
+            return 0
+        self._next = now + self.every
         opener = Opener()
         taken = self.link.volume_jobs(opener.public_b64())
         for job, sealed in taken:
