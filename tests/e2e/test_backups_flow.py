@@ -56,12 +56,23 @@ def deployed(tmp_path: Path) -> Iterator[tuple[Server, Path]]:
         yield srv, tmp_path
     finally:
         srv.cli("apps", "destroy", "hello", "--yes", check=False)
-        machines_dir = agent_root / "agent/state/machines"
-        deadline = time.monotonic() + 30
-        while machines_dir.exists() and any(machines_dir.iterdir()) and time.monotonic() < deadline:
+        # The machine goes, then its volume (key dropped, files and mounts removed).
+        machines_dir, volumes = agent_root / "agent/state/machines", agent_root / "agent/volumes"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (
+            (machines_dir.exists() and any(machines_dir.iterdir()))
+            or (volumes.exists() and any(volumes.iterdir()))
+        ):
             time.sleep(0.2)
         stop(srv.process)
-        subprocess.run(["umount", str(agent_root / "agent/bundles")], capture_output=True)
+        # Whatever is still mounted under the agent's directory, deepest first.
+        mounts = [
+            line.split()[1]
+            for line in Path("/proc/self/mounts").read_text().splitlines()
+            if line.split()[1].startswith(str(agent_root))
+        ]
+        for point in sorted(mounts, key=len, reverse=True):
+            subprocess.run(["umount", "-l", point], capture_output=True)
         shutil.rmtree(agent_root, ignore_errors=True)
 
 
