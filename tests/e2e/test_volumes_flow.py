@@ -12,8 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_cli_flow import Server
+from tests.e2e.test_cli_flow import Server, stop
 from tests.e2e.test_deploy_flow import machines, start_server, write_config
+from tests.e2e.test_second_host import (  # the second host's fixture and helpers
+    Installation,
+    hosts,
+    installation,  # noqa: F401 - a fixture
+    start_agent,
+    wait_for,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -171,3 +178,52 @@ def test_a_volume_keeps_data_across_deploys_and_crashes_and_only_as_ciphertext(
         time.sleep(0.3)
     mounts = Path("/proc/self/mounts").read_text()
     assert str(volume["id"]) not in mounts
+
+
+def test_a_volume_on_a_joined_host_gets_its_key_there_and_only_there(
+    installation: Installation,  # noqa: F811 - the fixture imported above
+) -> None:
+    """The machine follows its volume to host-b; host-b's agent gets the key over mutual
+    TLS, sealed; the server's own host never holds the volume or its key."""
+    inst = installation
+    srv, tmp = inst.srv, inst.tmp
+    token = str(srv.json("hosts", "join-token", "--name", "host-b", "--expires", "5m")["token"])  # type: ignore[index]
+    agent_b = start_agent(inst, inst.root / "b", "--api", srv.api, "--join", token)
+    try:
+        wait_for(
+            "host-b to say how it encrypts volumes",
+            lambda: hosts(srv).get("host-b", {}).get("volume_backend") == "gocryptfs",
+        )
+        made = srv.json(
+            "volumes", "create", "data", "--app", "hello", "--size", "64mb", "--host", "host-b"
+        )
+        config = write_config(tmp, "vol.toml")
+        with config.open("a") as handle:
+            handle.write(MOUNT)
+        # The server's own host has fewer machines to run; the volume decides.
+        srv.cli("deploy", "--config", str(config))
+        (machine,) = machines(srv)
+        assert machine["host"] == "host-b"
+        mid = str(machine["id"])
+        canary = "CANARY-" + secrets.token_hex(16)
+        assert canary in _inside(srv, mid, f"echo {canary} > /data/n && cat /data/n")
+        volume_id = str(made["id"])  # type: ignore[index]
+        assert (inst.root / "b/volumes" / volume_id / "volume.img").is_file()
+        assert not (inst.root / "a/volumes" / volume_id).exists()
+        bundles = inst.root / "b/bundles"
+        files = [
+            p for p in (inst.root / "b").rglob("*") if p.is_file() and bundles not in p.parents
+        ]
+        for path in [*files, tmp / "b.log"]:
+            assert canary.encode() not in path.read_bytes(), path
+        events = json.loads(srv.cli("audit", "list", "--org", "acme", "--json").stdout)
+        delivered = [e for e in events if e["action"] == "volume.deliver_keys"]
+        assert delivered and all(e["outcome"] == "success" for e in delivered)
+        # The app destroyed: host-b deletes the volume's files once its machine is gone.
+        srv.cli("apps", "destroy", "hello", "--yes")
+        wait_for(
+            "host-b to delete the volume",
+            lambda: not (inst.root / "b/volumes" / volume_id).exists(),
+        )
+    finally:
+        stop(agent_b)
