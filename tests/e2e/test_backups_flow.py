@@ -138,3 +138,77 @@ def test_snapshot_backup_drill_and_export_of_a_running_machines_volume(
     events = srv.json("audit", "list", "--org", "acme", "--limit", "1000")
     actions = {e["action"] for e in events}  # type: ignore[union-attr,index]
     assert {"backups.repo.set", "volume.job.backup", "volume.job.drill"} <= actions
+
+
+def test_a_backup_restores_onto_a_joined_host_over_mutual_tls(
+    tmp_path: Path, rest_server: RestServer
+) -> None:
+    """The restore runs on host-b's own agent: it takes the job over mutual TLS with the
+    repository's secrets sealed to it, fetches the backup with restic, verifies it."""
+    import hashlib
+
+    from tests.e2e.conftest import running_server
+    from tests.e2e.test_second_host import Installation, hosts, start_agent, wait_for
+
+    agent_port = free_port()
+    options = ("--agent-listen-port", str(agent_port), "--no-edge")
+    toml = 'allowed_backup_hosts = ["127.0.0.1"]\n'
+    with running_server(tmp_path, "bkp2", *options, server_toml=toml, agent="a") as (srv, root):
+        inst = Installation(srv, tmp_path, root, agent_port)
+        token = str(srv.json("hosts", "join-token", "--name", "host-b", "--expires", "5m")["token"])  # type: ignore[index]
+        agent_b = start_agent(inst, root / "b", "--api", srv.api, "--join", token)
+        try:
+            wait_for(
+                "host-b to say how it encrypts volumes",
+                lambda: hosts(srv).get("host-b", {}).get("volume_backend") == "gocryptfs",
+            )
+            _create_volume(srv)
+            config = write_config(tmp_path, "vol.toml")
+            with config.open("a") as handle:
+                handle.write(MOUNT)
+            srv.cli("deploy", "--config", str(config))
+            (machine,) = machines(srv)
+            canary = "CANARY-" + secrets.token_hex(16)
+            srv.cli(
+                "machines", "exec", str(machine["id"]), "--app", "hello", "--",
+                "sh", "-c", f"echo {canary} > /data/note",
+            )  # fmt: skip
+            srv.cli(
+                "backups", "repo", "set", rest_server.url("hello"), "--user", rest_server.user,
+                stdin=rest_server.password + "\n",
+            )  # fmt: skip
+            backup = srv.json("backups", "run", "--volume", "data", "--app", "hello")
+            snap = srv.json("volumes", "snapshots", "list", "data", "--app", "hello")[0]  # type: ignore[index]
+            restored = srv.json(
+                "backups", "restore", str(backup["backup_id"]), "--volume", "data",  # type: ignore[index]
+                "--name", "copy", "--host", "host-b", "--app", "hello",
+            )  # fmt: skip
+            new = str(restored["volume"])  # type: ignore[index]
+            shown = srv.json("volumes", "show", new, "--app", "hello")
+            assert (shown["host"], shown["state"]) == ("host-b", "ready")  # type: ignore[index]
+            image = root / "b/volumes" / new / "volume.img"
+            assert hashlib.sha256(image.read_bytes()).hexdigest() == snap["sha256"]  # type: ignore[index]
+            assert canary.encode() not in image.read_bytes()  # ciphertext there too
+            assert not (root / "a/volumes" / new).exists()
+            log = (tmp_path / "b.log").read_text(errors="replace")
+            assert rest_server.password not in log
+        finally:
+            srv.cli("apps", "destroy", "hello", "--yes", check=False)
+            wait_for(
+                "the volumes to be deleted",
+                lambda: (
+                    not any((root / "b/volumes").glob("vol_*"))
+                    and not any((root / "a/volumes").glob("vol_*"))
+                ),
+            )
+            stop(agent_b)
+            for point in sorted(
+                (
+                    line.split()[1]
+                    for line in Path("/proc/self/mounts").read_text().splitlines()
+                    if line.split()[1].startswith(str(root))
+                ),
+                key=len,
+                reverse=True,
+            ):
+                subprocess.run(["umount", "-l", point], capture_output=True)

@@ -384,6 +384,16 @@ def test_export_streams_a_decrypted_tar_to_admins_only_and_is_audited(
     exported = _events(cp, "volume.job.export")
     assert exported[-1]["ok"] is True and exported[-1]["bytes"] == len(got.content)
     assert len(_events(cp, "volume.snapshot.export")) == 1
+    # The app destroyed: its volumes' snapshots, jobs and schedules go with them.
+    api.put(f"/v1/apps/web/volumes/{vol}/snapshot-schedule", headers=h, json={"keep_days": 9})
+    gone = api.delete("/v1/apps/web", headers=h)
+    assert gone.status_code in (200, 204), gone.text
+    from hangar.store.tables import VolumeJob as JobRow
+    from hangar.store.tables import VolumeSnapshotPolicy, VolumeSnapshotRow
+
+    with cp.db.read() as session:
+        for table in (JobRow, VolumeSnapshotRow, VolumeSnapshotPolicy):
+            assert session.execute(select(table)).first() is None, table
 
 
 def test_a_job_its_host_never_finishes_is_given_up_and_frees_the_schedule(

@@ -552,7 +552,7 @@ class VolumeJob(Base):
     __tablename__ = "volume_jobs"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id"), index=True)
-    volume_id: Mapped[str] = mapped_column(ForeignKey("volumes.id"), index=True)
+    volume_id: Mapped[str] = mapped_column(ForeignKey("volumes.id", ondelete="CASCADE"), index=True)
     host_id: Mapped[str] = mapped_column(ForeignKey("hosts.id"), index=True)
     kind: Mapped[str] = mapped_column(String(16))
     params: Mapped[str] = mapped_column(Text)
@@ -571,7 +571,7 @@ class VolumeSnapshotRow(Base):
     __tablename__ = "volume_snapshots"
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id"), index=True)
-    volume_id: Mapped[str] = mapped_column(ForeignKey("volumes.id"), index=True)
+    volume_id: Mapped[str] = mapped_column(ForeignKey("volumes.id", ondelete="CASCADE"), index=True)
     host_id: Mapped[str] = mapped_column(ForeignKey("hosts.id"))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     bytes: Mapped[int] = mapped_column(Integer)
@@ -586,7 +586,9 @@ class VolumeSnapshotPolicy(Base):
     """A volume's snapshot schedule, where it differs from the default (daily, kept 5 days)."""
 
     __tablename__ = "volume_snapshot_policies"
-    volume_id: Mapped[str] = mapped_column(ForeignKey("volumes.id"), primary_key=True)
+    volume_id: Mapped[str] = mapped_column(
+        ForeignKey("volumes.id", ondelete="CASCADE"), primary_key=True
+    )
     scheduled: Mapped[bool] = mapped_column(Boolean)
     keep_days: Mapped[int] = mapped_column(Integer)  # 1 to 60
     updated_by: Mapped[str] = mapped_column(String(254))

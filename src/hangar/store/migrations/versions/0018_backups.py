@@ -57,7 +57,10 @@ def upgrade() -> None:
         sa.Column("finished_at", utc, nullable=True),
         sa.ForeignKeyConstraint(["org_id"], ["orgs.id"], name=op.f("fk_volume_jobs_org_id_orgs")),
         sa.ForeignKeyConstraint(
-            ["volume_id"], ["volumes.id"], name=op.f("fk_volume_jobs_volume_id_volumes")
+            ["volume_id"],
+            ["volumes.id"],
+            name=op.f("fk_volume_jobs_volume_id_volumes"),
+            ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
             ["host_id"], ["hosts.id"], name=op.f("fk_volume_jobs_host_id_hosts")
@@ -83,7 +86,10 @@ def upgrade() -> None:
             ["org_id"], ["orgs.id"], name=op.f("fk_volume_snapshots_org_id_orgs")
         ),
         sa.ForeignKeyConstraint(
-            ["volume_id"], ["volumes.id"], name=op.f("fk_volume_snapshots_volume_id_volumes")
+            ["volume_id"],
+            ["volumes.id"],
+            name=op.f("fk_volume_snapshots_volume_id_volumes"),
+            ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
             ["host_id"], ["hosts.id"], name=op.f("fk_volume_snapshots_host_id_hosts")
@@ -103,6 +109,7 @@ def upgrade() -> None:
             ["volume_id"],
             ["volumes.id"],
             name=op.f("fk_volume_snapshot_policies_volume_id_volumes"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("volume_id", name=op.f("pk_volume_snapshot_policies")),
     )
