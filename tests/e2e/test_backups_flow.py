@@ -202,6 +202,7 @@ def test_a_backup_restores_onto_a_joined_host_over_mutual_tls(
                 ),
             )
             stop(agent_b)
+            subprocess.run(["umount", str(root / "b/bundles")], capture_output=True)
             for point in sorted(
                 (
                     line.split()[1]
