@@ -434,3 +434,154 @@ def _public_key() -> str:
     from hangar.crypto.secretbox import Opener
 
     return Opener().public_b64()
+
+
+def _set_repo(api: TestClient, h: dict[str, str], rest_server: RestServer) -> None:
+    repo = api.put(
+        "/v1/orgs/acme/backups/repo",
+        headers=h,
+        json={
+            "url": rest_server.url("acme"),
+            "credential": {
+                "kind": "basic",
+                "user": rest_server.user,
+                "secret": rest_server.password,
+            },
+        },
+    )
+    assert repo.status_code == 200, repo.text
+
+
+def test_a_fork_lands_on_another_host_through_the_repository_as_ciphertext(
+    api: TestClient,
+    installation: Installation,
+    control_plane: ControlPlane,
+    hosts: dict[str, FakeAgentHost],
+    rest_server: RestServer,
+) -> None:
+    cp, h = control_plane, installation.headers
+    assert api.post("/v1/apps", headers=h, json={"name": "web"}).status_code == 201
+    made = api.post(
+        "/v1/apps/web/volumes", headers=h, json={"name": "data", "size": "64mb", "host": "host-c"}
+    )
+    assert made.status_code == 201, made.text
+    vol = made.json()["id"]
+    (_mount(cp, hosts["host-c"], vol) / "canary.txt").write_bytes(CANARY)
+
+    none_yet = api.post(f"/v1/apps/web/volumes/{vol}/fork", headers=h, json={"host": "host-b"})
+    assert none_yet.status_code == 404 and "snapshots create" in none_yet.text
+    snap = api.post(f"/v1/apps/web/volumes/{vol}/snapshots", headers=h).json()["id"]
+    no_repo = api.post(f"/v1/apps/web/volumes/{vol}/fork", headers=h, json={"host": "host-b"})
+    assert no_repo.status_code == 404 and "backups repo set" in no_repo.text
+    nowhere = api.post(f"/v1/apps/web/volumes/{vol}/fork", headers=h, json={"host": "host-z"})
+    assert nowhere.status_code in (404, 422), nowhere.text
+    # Refused before anything was made: no half-made volume is left behind.
+    listed = api.get("/v1/apps/web/volumes", headers=h, params={"all": "true"}).json()
+    assert [v["id"] for v in listed] == [vol]
+
+    _set_repo(api, h, rest_server)
+    fork = api.post(
+        f"/v1/apps/web/volumes/{vol}/fork", headers=h, json={"host": "host-b", "name": "copy"}
+    )
+    assert fork.status_code == 201, fork.text
+    out = fork.json()
+    assert (out["host"], out["via"], out["snapshot"]) == ("host-b", "backup repository", snap)
+    shown = api.get(f"/v1/apps/web/volumes/{out['volume']}", headers=h).json()
+    assert (shown["host"], shown["state"], shown["name"]) == ("host-b", "ready", "copy")
+    # The new host holds the data, opened with the fork's own wrapped copy of the key.
+    assert (_mount(cp, hosts["host-b"], out["volume"]) / "canary.txt").read_bytes() == CANARY
+    assert _key(cp, out["volume"]) == _key(cp, vol)
+    with cp.db.read() as session:
+        new_row, old_row = session.get(Volume, out["volume"]), session.get(Volume, vol)
+        assert new_row is not None and old_row is not None
+        assert new_row.key_wrapped != old_row.key_wrapped
+    # What travelled was ciphertext: the canary is nowhere in the repository's files.
+    for path in rest_server.repo_dir("acme").rglob("*"):
+        if path.is_file():
+            assert CANARY not in path.read_bytes()
+    # The whole fork is one audited request, and the host it went to is in it.
+    forks = _events(cp, "volume.fork")
+    assert forks[-1]["outcome"] == "success" and forks[-1]["via"] == "backup repository"
+    assert forks[-1]["new_volume"] == out["volume"] and forks[-1]["host"] == "host-b"
+    jobs = [
+        e["job"]
+        for e in _events(cp, "volume.job.backup") + _events(cp, "volume.job.restore_backup")
+    ]
+    assert len(jobs) == 2
+
+    # Onto the volume's own host it stays a local copy, no repository involved.
+    local = api.post(f"/v1/apps/web/volumes/{vol}/fork", headers=h, json={"name": "here"})
+    assert local.status_code == 201, local.text
+    assert (local.json()["host"], local.json()["via"]) == ("host-c", "copy")
+
+
+class CliOverApi:
+    """The CLI's client, its requests answered by the API under test."""
+
+    def __init__(self, api: TestClient, headers: dict[str, str]) -> None:
+        self.api, self.headers = api, headers
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        from hangar.cli.client import _problem
+
+        r = self.api.request(method, path, headers=self.headers, **kwargs)
+        if r.status_code >= 400:
+            raise _problem(r)  # type: ignore[arg-type]
+        return r.json() if r.content else None
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self.request("GET", path, params={k: v for k, v in params.items() if v})
+
+
+def test_backups_run_app_backs_up_every_volume_and_reports_each(
+    api: TestClient,
+    installation: Installation,
+    control_plane: ControlPlane,
+    hosts: dict[str, FakeAgentHost],
+    rest_server: RestServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from hangar.cli import backups as cli_backups
+    from hangar.cli.main import run
+
+    cp, h = control_plane, installation.headers
+    monkeypatch.setattr(cli_backups, "client", lambda ctx: CliOverApi(api, h))
+    assert api.post("/v1/apps", headers=h, json={"name": "web"}).status_code == 201
+    ids = {}
+    for name, host in (("data", "host-b"), ("uploads", "host-c"), ("fresh", "host-b")):
+        made = api.post(
+            "/v1/apps/web/volumes", headers=h, json={"name": name, "size": "64mb", "host": host}
+        )
+        assert made.status_code == 201, made.text
+        ids[name] = made.json()["id"]
+    for name, host in (("data", "host-b"), ("uploads", "host-c")):
+        (_mount(cp, hosts[host], ids[name]) / "f").write_bytes(CANARY)
+        with cp.db.write() as session:
+            row = session.get(Volume, ids[name])
+            assert row is not None
+            row.state = "ready"  # as its host reports once it has mounted it
+    _set_repo(api, h, rest_server)
+
+    assert run(["backups", "run", "--app", "web", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert sorted(r["volume"] for r in out) == sorted([ids["data"], ids["uploads"]])
+    assert all(r["ok"] and r["backup_id"] and r["bytes"] > 0 for r in out)
+    tags = [t for b in api.get("/v1/orgs/acme/backups", headers=h).json() for t in b["tags"]]
+    assert f"volume:{ids['data']}" in tags and f"volume:{ids['uploads']}" in tags
+
+    # One volume failing is said, the others still go, and the exit status tells.
+    with cp.db.write() as session:
+        row = session.get(Volume, ids["fresh"])
+        assert row is not None
+        row.state = "ready"  # but its host has nothing of it
+    assert run(["backups", "run", "--app", "web"]) == 1
+    said = capsys.readouterr()
+    assert "[1/3]" in said.err and "[3/3]" in said.err
+    assert f"error: fresh ({ids['fresh']})" in said.err and "1 of 3 volumes" in said.err
+    assert said.out.count("Backup ") == 2
+
+    # An app with nothing to back up gets a hint, not silence.
+    assert api.post("/v1/apps", headers=h, json={"name": "empty"}).status_code == 201
+    assert run(["backups", "run", "--app", "empty"]) != 0
+    assert "hint: hangar volumes list --app empty" in capsys.readouterr().err

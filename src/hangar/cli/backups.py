@@ -10,7 +10,7 @@ from hangar.cli.common import AppOpt, JsonOpt, OrgOpt, app_name, client
 from hangar.cli.logsinks import _read_secret
 from hangar.cli.output import emit, fields, listing
 from hangar.cli.wireguard import _org
-from hangar.errors import HangarError, ValidationError
+from hangar.errors import HangarError, NotFound, ValidationError
 
 app = typer.Typer(
     name="backups",
@@ -189,25 +189,74 @@ def _volume_path(app_: str | None, volume: str, rest: str) -> str:
 @app.command()
 def run(
     ctx: typer.Context,
-    volume: VolumeOpt,
+    volume: Annotated[
+        str | None,
+        typer.Option(
+            "--volume", "-v", help="the volume (vol_…, or a name only one has); default: every one"
+        ),
+    ] = None,
     app_: AppOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Back a volume up now: a fresh snapshot, sent to the organization's repository.
+    """Back up a volume, or every volume of the app, now: a fresh snapshot of each,
+    sent to the organization's repository.
 
-    The snapshot goes as it is, ciphertext inside restic's own encryption: the
-    repository's password alone opens nothing of the volume. Backups also run
-    on the repository's schedule (`repo set --every-hours`).
+    Without --volume every ready volume of the app is backed up, one after
+    the other, each line saying how it went; exit 1 if any failed (the others
+    are still backed up). The snapshot goes as it is, ciphertext inside
+    restic's own encryption: the repository's password alone opens nothing
+    of the volume. Backups also run on the repository's schedule (`repo set
+    --every-hours`).
     """
-    if not json_out:
-        typer.echo(f"Backing up {volume} (snapshot, then restic)…", err=True)
-    data = client(ctx).request("POST", _volume_path(app_, volume, ""))
+    name = app_name(app_)
+    http = client(ctx)
+    if volume is not None:
+        targets = [(volume, volume)]
+    else:
+        listed = http.get(f"/v1/apps/{name}/volumes")
+        targets = [(v["id"], v["name"]) for v in listed if v["state"] == "ready"]
+        empty = len(listed) - len(targets)
+        if empty and not json_out:
+            typer.echo(
+                f"Skipping {empty} volume(s) no machine has mounted yet: they hold no data.",
+                err=True,
+            )
+        if not targets:
+            raise NotFound(
+                f"app {name} has no volume to back up",
+                hint=f"hangar volumes list --app {name} (a volume is backed up once it has data)",
+            )
+    results: list[dict[str, Any]] = []
+    failed = 0
+    for n, (ref, label) in enumerate(targets, 1):
+        shown = label if ref == label else f"{label} ({ref})"
+        if not json_out:
+            typer.echo(
+                f"[{n}/{len(targets)}] Backing up {shown} (snapshot, then restic)…", err=True
+            )
+        try:
+            data = http.request("POST", _volume_path(name, ref, ""))
+        except HangarError as exc:
+            if volume is not None:
+                raise
+            failed += 1
+            results.append({"volume": ref, "ok": False, "error": str(exc)})
+            if not json_out:
+                typer.echo(f"error: {shown}: {exc}", err=True)
+            continue
+        results.append({"volume": ref, "ok": True, **data})
+        if not json_out:
+            typer.echo(
+                f"Backup {data['backup_id']} of {shown}: {data['bytes']} bytes read,"
+                f" {data['added']} new."
+            )
     if json_out:
-        emit(data)
-        return
-    typer.echo(
-        f"Backup {data['backup_id']} of {volume}: {data['bytes']} bytes read, {data['added']} new."
-    )
+        emit(results[0] if volume is not None else results)
+    if failed:
+        raise HangarError(
+            f"{failed} of {len(targets)} volumes were not backed up",
+            hint="see each error above; `hangar backups run --volume VOLUME` retries one",
+        )
 
 
 @app.command()

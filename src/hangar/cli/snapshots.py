@@ -117,23 +117,45 @@ def schedule(
 def fork(
     ctx: typer.Context,
     volume: RefArg,
-    snapshot: Annotated[str, typer.Option("--snapshot", help="the snapshot (snap_…)")],
-    name: Annotated[str, typer.Option("--name", help="the new volume's name")],
+    snapshot: Annotated[
+        str | None,
+        typer.Option("--snapshot", help="the snapshot (snap_…; default: the volume's newest)"),
+    ] = None,
+    host: Annotated[
+        str | None,
+        typer.Option("--host", help="the host the new volume lives on (default: the volume's)"),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="the new volume's name (default: the volume's)")
+    ] = None,
     app_: AppOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """A new volume of the app from a snapshot, on the same host, with the same data.
+    """A new volume of the app from a snapshot, with the same data, on any host.
 
-    For a new volume on another host, restore a backup there: `hangar backups
-    restore BACKUP --volume VOLUME --name NAME --host HOST`.
+    On the volume's own host the snapshot is copied. Onto another host (with
+    the same encryption, `hangar hosts list`) it travels as ciphertext through
+    the organization's backup repository: the volume's host backs it up, the
+    new host restores it, each checking its SHA-256; that needs `hangar backups
+    repo set` first. The new volume keeps the source's key (its own copy,
+    wrapped by the KEK): plaintext never leaves a host. Without --snapshot the
+    newest is used (`hangar volumes snapshots create VOLUME` takes one).
     """
-    data = client(ctx).request(
-        "POST", _path(app_, volume, "/fork"), json={"snapshot": snapshot, "name": name}
-    )
+    body: dict[str, str] = {}
+    for key, value in (("snapshot", snapshot), ("name", name), ("host", host)):
+        if value is not None:
+            body[key] = value
+    if not json_out:
+        where = f" onto {host}" if host else ""
+        typer.echo(f"Forking {volume}{where}…", err=True)
+    data = client(ctx).request("POST", _path(app_, volume, "/fork"), json=body)
     if json_out:
         emit(data)
         return
-    typer.echo(f"Forked {volume} at {snapshot} as volume {data['volume']} ({name}).")
+    how = " through the backup repository" if data["via"] != "copy" else ""
+    typer.echo(
+        f"Forked {volume} at {data['snapshot']} as volume {data['volume']} on {data['host']}{how}."
+    )
 
 
 def export(

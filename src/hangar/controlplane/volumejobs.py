@@ -64,6 +64,7 @@ __all__ = [
     "snapshots_of",
     "take_jobs",
     "wait",
+    "wait_all",
 ]
 
 DEFAULT_KEEP_DAYS = 5
@@ -216,6 +217,8 @@ def request(
     ):
         volume = _volume(session, app, ref)
         params: dict[str, Any] = {}
+        if kind == "fork" and not snapshot_id:
+            snapshot_id = _newest_snapshot(session, volume, ref)
         if kind in ("restore", "fork", "export") or (kind == "backup" and snapshot_id):
             snap = session.get(VolumeSnapshotRow, snapshot_id)
             if snap is None or snap.volume_id != volume.id or snap.state != "ready":
@@ -228,12 +231,25 @@ def request(
             )
         host_id = ""
         if kind in ("fork", "restore_backup"):
-            # A fork copies the snapshot on the volume's host; a backup can land anywhere.
-            target = host_name if kind == "restore_backup" else None
-            new = _new_volume(session, cp, volume, name or volume.name, ctx.actor, target)
+            new = _new_volume(session, cp, volume, name or volume.name, ctx.actor, host_name)
             params["new_volume_id"] = new.id
             host_id = new.host_id
             event.detail["new_volume"] = new.id
+            if kind == "fork" and new.host_id != volume.host_id:
+                # Onto another host: the snapshot travels as ciphertext inside the
+                # organization's restic repository (a backup on the volume's host, then
+                # its restore on the new one, filed when the backup is done).
+                if session.get(BackupRepoRow, app.org_id) is None:
+                    raise NotFound(
+                        "a fork onto another host travels through the organization's backup"
+                        " repository, and it has none",
+                        hint="hangar backups repo set rest:https://host/path"
+                        " (or fork on the volume's own host: leave out --host)",
+                    )
+                kind, host_id = "backup", ""
+                params["org_tag"] = f"org:{app.org_id}"
+                event.detail["via"] = "backup repository"
+                event.detail["host"] = host_name
         if kind in ("restore_backup", "drill"):
             params["backup_id"] = backup_id or "latest"
         if kind == "drill":
@@ -250,6 +266,31 @@ def request(
         event.target = f"{app.name}/{volume.id}"
         event.detail.update({"job": row.id, **params})
         return row.id
+
+
+def _newest_snapshot(session: Session, volume: Volume, ref: str) -> str:
+    newest = session.execute(
+        select(VolumeSnapshotRow.id)
+        .where(VolumeSnapshotRow.volume_id == volume.id, VolumeSnapshotRow.state == "ready")
+        .order_by(VolumeSnapshotRow.created_at.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    if newest is None:
+        raise NotFound(
+            f"volume {ref!r} has no snapshot to fork",
+            hint=f"take one first: hangar volumes snapshots create {ref}",
+        )
+    return str(newest)
+
+
+def wait_all(cp: ControlPlane, job_id: str, *, timeout: float = 600.0) -> dict[str, Any]:
+    """As ``wait``, following a job the finished one filed (a fork onto another
+    host: its backup, then the restore on the new host)."""
+    deadline = time.monotonic() + timeout
+    done = wait(cp, job_id, timeout=timeout)
+    while then := str(done.get("then_job", "")):
+        done = wait(cp, then, timeout=max(1.0, deadline - time.monotonic()))
+    return done
 
 
 def wait(cp: ControlPlane, job_id: str, *, timeout: float = 600.0) -> dict[str, Any]:
@@ -364,6 +405,10 @@ def finish(cp: ControlPlane, ctx: AuditContext, host_id: str, done: VolumeJobRes
         volume = session.get(Volume, row.volume_id)
         assert volume is not None
         _apply(session, row, job, volume, done, now)
+        if job.kind == "backup" and job.new_volume_id and done.ok:
+            then = _then_restore(session, row, job, volume, done)
+            if then is not None:
+                row.result = json.dumps({**done.result, "then_job": then})[:65536]
         detail: dict[str, Any] = {"job": row.id, "ok": done.ok}
         if done.error:
             detail["error"] = done.error[:500]
@@ -402,6 +447,28 @@ def finish(cp: ControlPlane, ctx: AuditContext, host_id: str, done: VolumeJobRes
     cp.wake()
 
 
+def _then_restore(
+    session: Session, row: JobRow, job: VolumeJob, volume: Volume, done: VolumeJobResult
+) -> str | None:
+    """A fork onto another host, its backup done: file the restore on the new
+    volume's host; its id (None if the new volume went meanwhile)."""
+    new = session.get(Volume, job.new_volume_id)
+    backup_id = str(done.result.get("backup_id", ""))
+    if new is None or new.state != "created" or not backup_id:
+        return None
+    then = _file(
+        session,
+        volume,
+        "restore_backup",
+        row.created_by,
+        host_id=new.host_id,
+        backup_id=backup_id[:64],
+        new_volume_id=new.id,
+        org_tag=job.org_tag,
+    )
+    return then.id
+
+
 def _apply(
     session: Session,
     row: JobRow,
@@ -419,7 +486,7 @@ def _apply(
             if done.ok:
                 repo.last_success_at = now
     if not done.ok:
-        if job.kind in ("fork", "restore_backup") and job.new_volume_id:
+        if job.kind in ("fork", "restore_backup", "backup") and job.new_volume_id:
             new = session.get(Volume, job.new_volume_id)
             if new is not None and new.state == "created":
                 new.state, new.key_wrapped, new.destroyed_at = "destroyed", None, now

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hangar.api.guard import Access, GuardedRouter, requires
 from hangar.auth.rbac import Permission
-from hangar.controlplane import volumejobs
+from hangar.controlplane import volumejobs, volumes
 
 router = GuardedRouter(prefix="/v1/apps/{app}/volumes/{volume}", tags=["volumes", "backups"])
 
@@ -34,8 +34,20 @@ class SnapshotOut(BaseModel):
 
 class ForkIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    snapshot: str = Field(pattern=r"^snap_[0-9a-z]{6,30}$")
-    name: str = Field(min_length=1, max_length=63, description="the new volume's name")
+    snapshot: str = Field(
+        default="",
+        pattern=r"^$|^snap_[0-9a-z]{6,30}$",
+        description="the snapshot (default: the volume's newest)",
+    )
+    name: str = Field(
+        default="", max_length=63, description="the new volume's name (default: the volume's)"
+    )
+    host: str | None = Field(
+        default=None,
+        max_length=63,
+        description="where the new volume lives (default: the volume's host); another host"
+        " receives the snapshot through the organization's backup repository",
+    )
 
 
 class RestoreBackupIn(BaseModel):
@@ -127,11 +139,26 @@ def fork(
     access: Annotated[Access, requires(Permission.VOLUMES_WRITE)],
 ) -> dict[str, Any]:
     assert access.app is not None
+    source = volumes.find_volume(access.cp, access.app, volume)
     job = volumejobs.request(
-        access.cp, access.ctx, access.app, volume, "fork", snapshot_id=body.snapshot, name=body.name
+        access.cp,
+        access.ctx,
+        access.app,
+        source.id,
+        "fork",
+        snapshot_id=body.snapshot,
+        name=body.name,
+        host_name=body.host,
     )
-    done = volumejobs.wait(access.cp, job, timeout=WAIT_SECONDS)
-    return {"volume": volumejobs.new_volume_of(access.cp, job), "snapshot": done.get("id")}
+    done = volumejobs.wait_all(access.cp, job, timeout=WAIT_SECONDS)
+    new = volumejobs.new_volume_of(access.cp, job)
+    made = volumes.find_volume(access.cp, access.app, new)
+    return {
+        "volume": new,
+        "snapshot": done.get("id"),
+        "host": made.host,
+        "via": "copy" if made.host == source.host else "backup repository",
+    }
 
 
 @router.post("/backups", status_code=201, summary="Back the volume up now (a fresh snapshot)")
