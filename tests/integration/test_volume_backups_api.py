@@ -211,6 +211,14 @@ def test_snapshot_fork_backup_restore_elsewhere_and_drill(
     assert evidence[-1]["outcome"] == "success" and evidence[-1]["ok"] is True
     assert evidence[-1]["bytes"] > 0 and evidence[-1]["restore_seconds"] is not None
     assert evidence[-1]["expected_sha256"] == evidence[-1]["restored_sha256"]
+    # The host opened the restored copy with the volume's key (delivered to it, audited)
+    # and found the files the backup's manifest names.
+    assert drill.json()["plaintext_ok"] is True
+    assert evidence[-1]["plaintext_ok"] is True and evidence[-1]["plaintext_files"] == 1
+    assert evidence[-1]["plaintext_bytes"] == len(CANARY)
+    delivered = [e for e in _events(cp, "volume.deliver_keys") if e["for"] in ("drill", "backup")]
+    assert {e["for"] for e in delivered} == {"drill", "backup"}
+    assert all(e["host"] == _host_id(cp, "host-c") for e in delivered)
 
     # Restoring a snapshot over a volume in use is refused by its host.
     refused = api.post(
@@ -224,6 +232,13 @@ def test_snapshot_fork_backup_restore_elsewhere_and_drill(
     )
     assert password not in dump and rest_server.password not in dump
     assert password.encode() not in (installation.settings.data_dir / "hangar.db").read_bytes()
+
+
+def _host_id(cp: ControlPlane, name: str) -> str:
+    from hangar.store.tables import Host
+
+    with cp.db.read() as session:
+        return str(session.execute(select(Host.id).where(Host.name == name)).scalar_one())
 
 
 def _org_id(cp: ControlPlane) -> str:

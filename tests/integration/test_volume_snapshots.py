@@ -243,3 +243,62 @@ def test_retention_forgets_a_volumes_older_backups_and_no_other_volumes(
     assert [r[:8] for r in removed] == [ids["vol_keep0001"][0]]  # the older of that volume only
     left = {s.short_id for s in repo.snapshots()}
     assert left == {ids["vol_keep0001"][1], *ids["vol_keep0002"]}
+
+
+def test_a_drill_opens_the_restored_copy_and_fails_when_it_does_not_decrypt_or_differs(
+    hosts: tuple[Host, Host], rest_server: RestServer
+) -> None:
+    from hangar.agent.volumes.snapshots import PlaintextManifest, plaintext_manifest
+
+    host, _ = hosts
+    key = secrets.token_bytes(32)
+    spec, data = volume(host, key)
+    (data / "canary.txt").write_bytes(CANARY)
+    (data / "sub").mkdir()
+    (data / "sub" / "b.txt").write_bytes(b"b" * 5000)
+    os.symlink("/etc/shadow", data / "sub" / "link")  # named, never followed
+    first = host.snapshots.take(spec.id, new_snapshot_id())
+    repo = Restic(
+        Repository(
+            rest_server.url("org"),
+            "pw-" + secrets.token_hex(16),
+            rest_user=rest_server.user,
+            rest_password=rest_server.password,
+        )
+    )
+    repo.ensure()
+    good = host.snapshots.backup(repo, spec.id, first.id, key=key)
+    drill = host.snapshots.drill(repo, good.snapshot_id, read_data_subset="100%", key=key)
+    assert drill.ok and drill.plaintext_ok is True, drill.detail
+    assert (drill.plaintext_files, drill.plaintext_bytes) == (2, len(CANARY) + 5000)
+
+    # The wrong key: the ciphertext came back whole, but it is not readable.
+    wrong = host.snapshots.drill(
+        repo, good.snapshot_id, read_data_subset="1%", key=secrets.token_bytes(32)
+    )
+    assert wrong.restored_sha256 == wrong.expected_sha256 and wrong.check_ok
+    assert not wrong.ok and wrong.plaintext_ok is False and "does not open" in wrong.detail
+
+    # A backup whose files are not those its manifest names (the image and its
+    # checksum agree, the plaintext does not): the drill says so.
+    (data / "canary.txt").write_bytes(b"changed since")
+    second = host.snapshots.take(spec.id, new_snapshot_id())
+    staging = host.layout.dir(spec.id) / "forged"
+    staging.mkdir()
+    os.link(host.snapshots.image(spec.id, second.id), staging / "volume.img")
+    (staging / "snapshot.json").write_text(second.to_json())
+    with host.snapshots._opened(host.snapshots.image(spec.id, first.id), key, first.id) as plain:
+        (staging / "plaintext.json").write_text(plaintext_manifest(plain, key).to_json())
+    forged = repo.backup(staging, tags=(f"volume:{spec.id}",), host="h")
+    differs = host.snapshots.drill(repo, forged.snapshot_id, read_data_subset="1%", key=key)
+    assert differs.restored_sha256 == second.sha256 and not differs.ok
+    assert differs.plaintext_ok is False and "differ" in differs.detail
+
+    # A backup made without the key has no manifest: a drill with the key fails it.
+    bare = host.snapshots.backup(repo, spec.id, second.id)
+    old = host.snapshots.drill(repo, bare.snapshot_id, read_data_subset="1%", key=key)
+    assert not old.ok and "no plaintext manifest" in old.detail
+    # The manifest says nothing of the data without the key.
+    manifest = PlaintextManifest.from_json((staging / "plaintext.json").read_text())
+    assert CANARY.decode() not in manifest.to_json() and "canary" not in manifest.to_json()
+    assert not list(host.layout.run_dir.glob(".export-*"))  # every copy unmounted

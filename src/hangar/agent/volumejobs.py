@@ -94,10 +94,14 @@ class VolumeJobs:
             with self._lock:
                 self._running.discard(job.id)
 
-    def _repository(self, job: VolumeJob, sealed: dict[str, str] | None, opener: Opener) -> Restic:
+    def _repository(
+        self, job: VolumeJob, sealed: dict[str, str] | None, opener: Opener
+    ) -> tuple[Restic, bytes | None]:
+        """The repository, and the volume's key when the job came with it."""
         if sealed is None:
             raise IntegrityError(f"job {job.id} came without its repository")
         values = opener.open(sealed, f"volume-job:{job.id}")
+        key = bytes.fromhex(values["volume_key"]) if values.get("volume_key") else None
         return Restic(
             Repository(
                 values["location"],
@@ -108,7 +112,7 @@ class VolumeJobs:
                 s3_secret=values.get("s3_secret", ""),
                 s3_region=values.get("s3_region", ""),
             )
-        )
+        ), key
 
     def _export(self, job: VolumeJob, sealed: dict[str, str] | None, opener: Opener) -> int:
         """Decrypt the snapshot into a tar, streamed to the control plane as it is made."""
@@ -176,7 +180,7 @@ class VolumeJobs:
             return asdict(snaps.fork(job.volume_id, job.snapshot_id, job.new_volume_id))
         if job.kind == "export":
             return {"bytes": self._export(job, sealed, opener)}
-        restic = self._repository(job, sealed, opener)
+        restic, key = self._repository(job, sealed, opener)
         if job.kind == "backup":
             restic.ensure()
             snapshot_id = job.snapshot_id
@@ -186,7 +190,11 @@ class VolumeJobs:
                 snapshot_id, made = info.id, asdict(info)
                 made["pruned"] = []
             summary = snaps.backup(
-                restic, job.volume_id, snapshot_id, tags=(job.org_tag,) if job.org_tag else ()
+                restic,
+                job.volume_id,
+                snapshot_id,
+                tags=(job.org_tag,) if job.org_tag else (),
+                key=key,
             )
             out: dict[str, Any] = {
                 "backup_id": summary.snapshot_id,
@@ -209,7 +217,7 @@ class VolumeJobs:
             return asdict(info)
         if job.kind == "drill":
             drill = snaps.drill(
-                restic, job.backup_id, read_data_subset=job.read_data_subset or "5%"
+                restic, job.backup_id, read_data_subset=job.read_data_subset or "5%", key=key
             )
             return asdict(drill)
         raise HangarError(f"unknown volume job {job.kind!r}")

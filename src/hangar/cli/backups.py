@@ -304,12 +304,16 @@ def drill(
     app_: AppOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Prove a backup restores: into scratch space, checksum compared, repository checked.
+    """Prove a backup restores and reads: into scratch space, checksums compared,
+    files read with the volume's key, repository checked.
 
     The volume's host restores the backup, compares its SHA-256 with the one
-    taken with the snapshot, and runs `restic check --read-data-subset`. The
-    result (time, sizes, outcome) is an audit event: evidence of a tested
-    contingency plan (HIPAA 164.308(a)(7)). Exit 1 if the drill failed.
+    taken with the snapshot, opens the restored copy read-only with the
+    volume's key and compares its files with the manifest taken at backup
+    time (a keyed digest of every path and content), and runs `restic check
+    --read-data-subset`. The result (time, sizes, files, outcome) is an audit
+    event: evidence of a tested contingency plan (HIPAA 164.308(a)(7)). Exit 1
+    if the drill failed.
     """
     if not json_out:
         typer.echo(f"Drilling a restore of {volume}…", err=True)
@@ -321,9 +325,19 @@ def drill(
     if json_out:
         emit(data)
     else:
+        same = data["restored_sha256"] == data["expected_sha256"]
+        plain = data.get("plaintext_ok")
+        opened = (
+            "not checked on this host's encryption"
+            if plain is None
+            else f"{data['plaintext_files']} files, {data['plaintext_bytes']} bytes match"
+            if plain
+            else "FAILED"
+        )
         typer.echo(
             f"Drill of backup {data['backup_id']}: restored {data['bytes']} bytes in"
-            f" {data['restore_seconds']}s, checksum {'matches' if data['ok'] else 'DIFFERS'};"
+            f" {data['restore_seconds']}s, checksum {'matches' if same else 'DIFFERS'};"
+            f" opened with the volume's key: {opened};"
             f" restic check of {data['check_subset']}: {'ok' if data['check_ok'] else 'FAILED'}."
         )
     if not data["ok"]:

@@ -72,6 +72,9 @@ MAX_KEEP_DAYS = 60
 SNAPSHOT_EVERY = dt.timedelta(days=1)
 MAX_PENDING_PER_ORG = 16
 JOB_GIVE_UP = dt.timedelta(hours=12)
+# Jobs that get the volume's key, on its own host only: an export decrypts a snapshot;
+# a backup records what its files are (a keyed manifest); a drill opens the restored copy.
+KEYED_JOBS = ("export", "backup", "drill")
 SCHEDULER = AuditContext(actor="backup-scheduler", token_id=None, request_id=None, client_addr=None)
 
 
@@ -316,8 +319,11 @@ def wait(cp: ControlPlane, job_id: str, *, timeout: float = 600.0) -> dict[str, 
         delay = min(delay * 2, 1.0)
 
 
-def sealed_repository(cp: ControlPlane, org_id: str, recipient: str, job_id: str) -> dict[str, str]:
-    """The organization's repository secrets, sealed to a host's one-time key for one job."""
+def sealed_repository(
+    cp: ControlPlane, org_id: str, recipient: str, job_id: str, volume_key: bytes | None = None
+) -> dict[str, str]:
+    """The organization's repository secrets, sealed to a host's one-time key for one
+    job (with the volume's key for a backup's plaintext manifest or a drill)."""
     repo = open_repo(cp, org_id).repo
     values = {
         "location": repo.location,
@@ -328,6 +334,8 @@ def sealed_repository(cp: ControlPlane, org_id: str, recipient: str, job_id: str
         "s3_secret": repo.s3_secret,
         "s3_region": repo.s3_region,
     }
+    if volume_key is not None:
+        values["volume_key"] = volume_key.hex()
     return seal(values, recipient, f"volume-job:{job_id}")
 
 
@@ -360,23 +368,31 @@ def take_jobs(
             ).scalars()
         )
         keys: dict[str, dict[str, str]] = {}
+        plain_keys: dict[str, bytes] = {}
         for row in rows:
             row.state = "running"
-            if row.kind != "export":
+            if row.kind not in KEYED_JOBS:
                 continue
             volume = session.get(Volume, row.volume_id)
             if volume is None or volume.key_wrapped is None:
                 row.state, row.error = "failed", "the volume was destroyed"
                 continue
+            # Only to the volume's own host: a backup reads, and a drill opens, its files there.
+            if volume.host_id != host_id:
+                row.state, row.error = "failed", "the volume is not on this host"
+                continue
             key = open_volume_key(cp.keyring, volume.id, volume.key_wrapped)
-            keys[row.id] = seal_keys({volume.id: key}, recipient, row.id)
+            if row.kind == "export":
+                keys[row.id] = seal_keys({volume.id: key}, recipient, row.id)
+            else:
+                plain_keys[row.id] = key
             cp.audit.record(
                 session,
                 ctx,
                 org_id=row.org_id,
                 action="volume.deliver_keys",
                 target=row.id,
-                detail={"host": host_id, "volumes": [volume.id], "for": "export"},
+                detail={"host": host_id, "volumes": [volume.id], "for": row.kind},
             )
         taken = [
             (VolumeJob.from_json(json.loads(r.params)), r.org_id)
@@ -385,7 +401,11 @@ def take_jobs(
         ]
     out: list[tuple[VolumeJob, dict[str, str] | None]] = []
     for job, org_id in taken:
-        sealed = sealed_repository(cp, org_id, recipient, job.id) if job.needs_repository else None
+        sealed = (
+            sealed_repository(cp, org_id, recipient, job.id, plain_keys.get(job.id))
+            if job.needs_repository
+            else None
+        )
         out.append((job, keys.get(job.id, sealed)))
     return out
 
@@ -425,6 +445,11 @@ def finish(cp: ControlPlane, ctx: AuditContext, host_id: str, done: VolumeJobRes
                         "check_seconds",
                         "expected_sha256",
                         "restored_sha256",
+                        "plaintext_ok",
+                        "plaintext_files",
+                        "plaintext_bytes",
+                        "plaintext_seconds",
+                        "detail",
                     )
                 }
             )

@@ -30,12 +30,14 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import hmac
 import json
 import os
 import re
 import secrets
 import shutil
 import socket
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -58,10 +60,12 @@ from hangar.errors import (
 __all__ = [
     "DEFAULT_KEEP_DAYS",
     "DrillResult",
+    "PlaintextManifest",
     "SnapshotInfo",
     "Snapshots",
     "check_snapshot_id",
     "new_snapshot_id",
+    "plaintext_manifest",
 ]
 
 DEFAULT_KEEP_DAYS = 5
@@ -69,6 +73,7 @@ MAX_KEEP_DAYS = 60
 _ID = re.compile(r"^snap_[0-9a-z]{6,30}$")
 _IMAGE = "volume.img"
 _META = "snapshot.json"
+_PLAINTEXT = "plaintext.json"
 
 
 def new_snapshot_id() -> str:
@@ -129,6 +134,70 @@ class DrillResult:
     check_subset: str
     check_seconds: float
     detail: str
+    # The restored copy opened with the volume's key and its files compared with
+    # the manifest taken at backup time: None when not checked (no key given, or
+    # a LUKS2 host, which cannot open a copy beside the volume).
+    plaintext_ok: bool | None = None
+    plaintext_files: int = 0
+    plaintext_bytes: int = 0
+    plaintext_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class PlaintextManifest:
+    """What a snapshot holds, as its files read through the volume's key: how many,
+    how many bytes, and a digest of every path, type, mode, size and content,
+    keyed by the volume's key (HMAC-SHA256): stored with a backup, it tells
+    nothing of the data to whoever holds the repository without the key."""
+
+    files: int
+    bytes: int
+    digest: str
+
+    def to_json(self) -> str:
+        return json.dumps({"version": 1, **asdict(self)}, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> PlaintextManifest:
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict) or data.get("version") != 1:
+                raise ValueError("not a version 1 manifest")
+            return cls(int(data["files"]), int(data["bytes"]), str(data["digest"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IntegrityError(f"a backup's plaintext manifest is malformed: {exc}") from exc
+
+
+def plaintext_manifest(root: Path, key: bytes) -> PlaintextManifest:
+    """The manifest of the tree under ``root`` (a snapshot opened read-only in a
+    private mount point). Nothing is followed: a symbolic link is its target's
+    name, a file is opened with O_NOFOLLOW, only regular files are read."""
+    mac = hmac.new(
+        hmac.new(key, b"hangar plaintext manifest v1", "sha256").digest(), None, "sha256"
+    )
+    files = total = 0
+    entries: list[tuple[bytes, os.stat_result]] = []
+    for top, dirs, names in os.walk(root, followlinks=False):
+        dirs.sort()
+        for name in sorted(dirs + names):
+            path = Path(top) / name
+            entries.append((os.fsencode(path.relative_to(root)), path.lstat()))
+    for rel, st in sorted(entries, key=lambda e: e[0]):
+        kind = stat.S_IFMT(st.st_mode)
+        line = b"%s\0%o\0%o\0" % (rel, kind, stat.S_IMODE(st.st_mode))
+        if stat.S_ISREG(kind):
+            digest = hashlib.sha256()
+            fd = os.open(root / os.fsdecode(rel), os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            line += b"%d\0%s" % (st.st_size, digest.hexdigest().encode())
+            files += 1
+            total += st.st_size
+        elif stat.S_ISLNK(kind):
+            line += os.fsencode(os.readlink(root / os.fsdecode(rel)))
+        mac.update(hashlib.sha256(line).digest())
+    return PlaintextManifest(files=files, bytes=total, digest=mac.hexdigest())
 
 
 def _sha256(path: Path) -> str:
@@ -313,14 +382,22 @@ class Snapshots:
         *,
         tags: tuple[str, ...] = (),
         progress: Callable[[Progress], None] | None = None,
+        key: bytes | None = None,
     ) -> Summary:
-        """Send a snapshot (ciphertext, with its metadata) to the repository."""
+        """Send a snapshot (ciphertext, with its metadata) to the repository; with the
+        volume's ``key``, also its plaintext manifest, which a drill compares."""
         info, image = self._verified(volume_id, snapshot_id)
+        manifest = None
+        if key is not None and self.driver.name == "gocryptfs":
+            with self._opened(image, key, snapshot_id) as plain:
+                manifest = plaintext_manifest(plain, key)
         staging = self.layout.dir(volume_id) / f".backup-{secrets.token_hex(4)}"
         staging.mkdir(mode=0o700)
         try:
             os.link(image, staging / _IMAGE)  # no copy: the same blocks
             (staging / _META).write_text(info.to_json())
+            if manifest is not None:
+                (staging / _PLAINTEXT).write_text(manifest.to_json())
             return restic.backup(
                 staging,
                 # The snapshot's id is in its metadata, not a tag: retention groups
@@ -365,27 +442,44 @@ class Snapshots:
         return info
 
     def drill(
-        self, restic: Restic, backup_id: str = "latest", *, read_data_subset: str = "5%"
+        self,
+        restic: Restic,
+        backup_id: str = "latest",
+        *,
+        read_data_subset: str = "5%",
+        key: bytes | None = None,
     ) -> DrillResult:
         """Restore a backup into a scratch directory, compare its checksum with the
-        one taken with the snapshot, and read back part of the repository's data."""
+        one taken with the snapshot, open it with the volume's ``key`` and compare its
+        files with the manifest taken at backup time, and read back part of the
+        repository's data."""
         started = time.monotonic()
         info, image, staging = self._fetch(restic, backup_id)
+        problems: list[str] = []
+        plain: tuple[bool | None, int, int, float] = (None, 0, 0, 0.0)
         try:
             restored = _sha256(image)
             size = image.stat().st_size
+            restore_seconds = time.monotonic() - started
+            if restored != info.sha256:
+                problems.append("the restored image does not match the snapshot's checksum")
+            elif key is not None and self.driver.name == "gocryptfs":
+                plain = self._drill_plaintext(staging, image, key, info.id, problems)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        restore_seconds = time.monotonic() - started
         started = time.monotonic()
         check = restic.check(read_data_subset=read_data_subset)
         check_seconds = time.monotonic() - started
         same = restored == info.sha256
-        detail = "" if same else "the restored image does not match the snapshot's checksum"
         if not check.ok:
-            detail = (detail + "; " if detail else "") + check.detail[-500:]
+            problems.append(check.detail[-500:])
+        plaintext_ok, files, plain_bytes, plain_seconds = plain
         return DrillResult(
-            ok=same and check.ok,
+            ok=same and check.ok and plaintext_ok is not False,
+            plaintext_ok=plaintext_ok,
+            plaintext_files=files,
+            plaintext_bytes=plain_bytes,
+            plaintext_seconds=round(plain_seconds, 3),
             backup_id=backup_id,
             volume_id=info.volume_id,
             snapshot_id=info.id,
@@ -396,8 +490,36 @@ class Snapshots:
             check_ok=check.ok,
             check_subset=read_data_subset,
             check_seconds=round(check_seconds, 3),
-            detail=detail,
+            detail="; ".join(problems),
         )
+
+    def _drill_plaintext(
+        self, staging: Path, image: Path, key: bytes, snapshot_id: str, problems: list[str]
+    ) -> tuple[bool, int, int, float]:
+        """Open the restored copy with the key and compare it with the backup's manifest."""
+        started = time.monotonic()
+        stored = staging / _PLAINTEXT
+        if not stored.is_file():
+            problems.append(
+                "the backup holds no plaintext manifest (it predates them): back up again"
+            )
+            return False, 0, 0, time.monotonic() - started
+        try:
+            expected = PlaintextManifest.from_json(stored.read_text())
+            with self._opened(image, key, snapshot_id) as plain:
+                found = plaintext_manifest(plain, key)
+        except (HangarError, OSError) as exc:
+            problems.append(f"the restored copy does not open with the volume's key: {exc}")
+            return False, 0, 0, time.monotonic() - started
+        seconds = time.monotonic() - started
+        if not hmac.compare_digest(found.digest, expected.digest):
+            problems.append(
+                f"the restored files differ from those backed up ({found.files} files,"
+                f" {found.bytes} bytes read; {expected.files} files, {expected.bytes} bytes"
+                " backed up)"
+            )
+            return False, found.files, found.bytes, seconds
+        return True, found.files, found.bytes, seconds
 
     # -- export -----------------------------------------------------------------
 
@@ -414,6 +536,13 @@ class Snapshots:
                 hint="fork the snapshot to a new volume and copy its files out of a machine",
             )
         _, image = self._verified(volume_id, snapshot_id)
+        with self._opened(image, key, snapshot_id) as plain:
+            return _stream_tar(plain, out)
+
+    @contextlib.contextmanager
+    def _opened(self, image: Path, key: bytes, snapshot_id: str) -> Iterator[Path]:
+        """A gocryptfs snapshot image, opened read-only with ``key`` in a private mount
+        point under the host's run directory; unmounted after, whatever happens."""
         base = self.layout.run_dir / f".export-{secrets.token_hex(6)}"
         lower, plain = base / "lower", base / "plain"
         for directory in (base, lower, plain):
@@ -441,7 +570,7 @@ class Snapshots:
             stored = [p for p in (lower / "cipher").iterdir() if p.name != "gocryptfs.diriv"]
             if stored and not any(plain.iterdir()):
                 raise IntegrityError(f"the key given does not open snapshot {snapshot_id}")
-            return _stream_tar(plain, out)
+            yield plain
         finally:
             _mounts.unmount(plain, lazy=True)
             _mounts.unmount(lower)
