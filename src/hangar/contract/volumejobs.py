@@ -4,11 +4,17 @@ and the host: snapshot, restore, fork, backup, restore a backup, drill, export.
 ``VolumeJob`` names the work; it never carries a key or a password. A job
 that reaches the organization's restic repository comes with the
 repository's secrets sealed to the one-time key the host sent when it asked
-(``ControlPlaneLink.volume_jobs``); a job that needs a volume's key (a
-restored backup lands as a new volume) gets none: the host mounts the new
-volume later with the key the control plane delivers as for any volume.
-An export, which decrypts a snapshot for a person, gets the volume's key
-sealed the same way (its delivery audited), and uploads the tar.
+(``ControlPlaneLink.volume_jobs``). A restored backup (a new volume) gets
+no key: the host mounts the new volume later with the key the control
+plane delivers as for any volume. A backup and a drill, on the volume's own
+host, get the volume's key sealed with the repository's secrets (field
+``volume_key``, hex; its delivery audited): a backup to record a keyed
+manifest of the snapshot's files, a drill to open the restored copy and
+compare. An export, which decrypts a snapshot for a person, gets the
+volume's key sealed the same way, and uploads the tar.
+
+A fork onto another host is a backup on the volume's host (with the new
+volume's id) whose completion files the restore on the new host.
 """
 
 from __future__ import annotations
