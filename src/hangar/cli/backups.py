@@ -36,7 +36,7 @@ def repo_set(
     url: Annotated[
         str,
         typer.Argument(
-            help="rest:https://host/path (a restic REST server), s3:https://host/bucket[/prefix],"
+            help="rest:https://host/path (a restic REST server), s3:https://host/bucket\\[/prefix],"
             " or a NAME under the server's backup_local_root"
         ),
     ],
@@ -198,8 +198,7 @@ def run(
     app_: AppOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Back up a volume, or every volume of the app, now: a fresh snapshot of each,
-    sent to the organization's repository.
+    """Back up a volume, or every volume of the app, now: a fresh snapshot, then restic.
 
     Without --volume every ready volume of the app is backed up, one after
     the other, each line saying how it went; exit 1 if any failed (the others
@@ -275,7 +274,7 @@ def restore(
 ) -> None:
     """A backup of a volume as a new volume, on any host with the same encryption.
 
-    Nothing is overwritten: mount the new volume (its name in [[mounts]]) or
+    Nothing is overwritten: mount the new volume (its name in \\[\\[mounts]]) or
     copy from it. Its checksum is verified before it is used. A destroyed
     volume's backups cannot be restored: its key went with it. Admins only.
     """
@@ -304,8 +303,7 @@ def drill(
     app_: AppOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Prove a backup restores and reads: into scratch space, checksums compared,
-    files read with the volume's key, repository checked.
+    """Prove a backup restores and reads: checksum, files opened with the key, restic check.
 
     The volume's host restores the backup, compares its SHA-256 with the one
     taken with the snapshot, opens the restored copy read-only with the

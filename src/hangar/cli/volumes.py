@@ -17,7 +17,9 @@ app = typer.Typer(
     " of its own, and runs on that volume's host.",
     no_args_is_help=True,
 )
-NameArg = Annotated[str, typer.Argument(help="the volume's name (as [[mounts]] source names it)")]
+NameArg = Annotated[
+    str, typer.Argument(help="the volume's name (as \\[\\[mounts]] source names it)")
+]
 RefArg = Annotated[str, typer.Argument(help="a volume id (vol_…), or a name only one volume has")]
 SizeOpt = Annotated[
     str, typer.Option("--size", help="1gb, 10gb, 512mb (a number alone is GB); 64mb to 500gb")
