@@ -93,7 +93,7 @@ def test_snapshot_backup_drill_and_export_of_a_running_machines_volume(
     deployed: tuple[Server, Path], rest_server: RestServer
 ) -> None:
     srv, tmp = deployed
-    _create_volume(srv)
+    vol = _create_volume(srv)
     config = write_config(tmp, "vol.toml")
     with config.open("a") as handle:
         handle.write(MOUNT)
@@ -126,6 +126,10 @@ def test_snapshot_backup_drill_and_export_of_a_running_machines_volume(
 
     drill = srv.json("backups", "drill", "--volume", "data", "--app", "hello")
     assert drill["ok"] is True and drill["check_ok"] is True  # type: ignore[index]
+    # The host opened the restored copy with the volume's key and found the note.
+    assert drill["plaintext_ok"] is True and drill["plaintext_files"] >= 1  # type: ignore[index,operator]
+    every = srv.json("backups", "run", "--app", "hello")
+    assert [(r["volume"], r["ok"]) for r in every] == [(vol["id"], True)]  # type: ignore[index,union-attr]
     check = srv.cli("backups", "check", "--read-data-subset", "100%")
     assert "intact" in check.stdout
 
@@ -190,6 +194,12 @@ def test_a_backup_restores_onto_a_joined_host_over_mutual_tls(
             assert hashlib.sha256(image.read_bytes()).hexdigest() == snap["sha256"]  # type: ignore[index]
             assert canary.encode() not in image.read_bytes()  # ciphertext there too
             assert not (root / "a/volumes" / new).exists()
+            # A fork of the newest snapshot onto host-b: through the repository, as ciphertext.
+            forked = srv.json("volumes", "fork", "data", "--host", "host-b", "--app", "hello")
+            assert (forked["host"], forked["via"]) == ("host-b", "backup repository")  # type: ignore[index]
+            image = root / "b/volumes" / str(forked["volume"]) / "volume.img"  # type: ignore[index]
+            assert hashlib.sha256(image.read_bytes()).hexdigest() == snap["sha256"]  # type: ignore[index]
+            assert canary.encode() not in image.read_bytes()
             log = (tmp_path / "b.log").read_text(errors="replace")
             assert rest_server.password not in log
         finally:

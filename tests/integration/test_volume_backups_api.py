@@ -600,3 +600,63 @@ def test_backups_run_app_backs_up_every_volume_and_reports_each(
     assert api.post("/v1/apps", headers=h, json={"name": "empty"}).status_code == 201
     assert run(["backups", "run", "--app", "empty"]) != 0
     assert "hint: hangar volumes list --app empty" in capsys.readouterr().err
+
+
+def test_a_fork_its_host_never_finishes_leaves_no_volume_with_a_key(
+    api: TestClient, installation: Installation, control_plane: ControlPlane
+) -> None:
+    import datetime as dt
+
+    from hangar.controlplane import volumejobs
+    from hangar.store.tables import App, VolumeSnapshotRow
+
+    cp, h = control_plane, installation.headers
+    agents = create_agent_app(cp)
+    for name in ("host-d", "host-e"):
+        joined = _join(api, _join_token(api, h), name=name).json()
+        with TestClient(_as_host(agents, joined["certificate"])) as host:
+            host.get("/agent/v1/volumes", params={"backend": "gocryptfs"})
+    api.post("/v1/apps", headers=h, json={"name": "web"})
+    vol = api.post(
+        "/v1/apps/web/volumes", headers=h, json={"name": "data", "host": "host-d"}
+    ).json()["id"]
+    _set_repo_row(cp)
+    now = dt.datetime.now(dt.UTC)
+    with cp.db.write() as session:
+        row = session.get(Volume, vol)
+        assert row is not None
+        session.add(
+            VolumeSnapshotRow(
+                id="snap_000000aa", org_id=row.org_id, volume_id=vol, host_id=row.host_id,
+                created_at=now, bytes=1, sha256="0" * 64, reason="manual",
+                consistent="unmounted", state="ready",
+            )
+        )  # fmt: skip
+    with cp.db.read() as session:
+        app = session.execute(select(App).where(App.name == "web")).scalar_one()
+        session.expunge(app)
+    job = volumejobs.request(cp, volumejobs.SCHEDULER, app, vol, "fork", host_name="host-e")
+    new = volumejobs.new_volume_of(cp, job)
+    volumejobs.due(cp, now + volumejobs.JOB_GIVE_UP + dt.timedelta(minutes=1))
+    with cp.db.read() as session:
+        made = session.get(Volume, new)
+        assert made is not None and made.state == "destroyed" and made.key_wrapped is None
+
+
+def _set_repo_row(cp: ControlPlane) -> None:
+    """A repository row, as `backups repo set` leaves it (never reached here)."""
+    import datetime as dt
+
+    from hangar.store.tables import Org
+
+    now = dt.datetime.now(dt.UTC)
+    with cp.db.write() as session:
+        org = session.execute(select(Org).where(Org.name == "acme")).scalar_one()
+        session.add(
+            BackupRepoRow(
+                org_id=org.id, location="rest:http://127.0.0.1:9/x/", kind="rest",
+                password=b"x", credential=None, auth=None, keep_daily=7, keep_weekly=4,
+                keep_monthly=6, every_hours=24, created_by="t", created_at=now, updated_at=now,
+                last_run_at=None, last_success_at=None, last_outcome=None,
+            )
+        )  # fmt: skip

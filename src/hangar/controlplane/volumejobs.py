@@ -638,6 +638,11 @@ def due(cp: ControlPlane, now: dt.datetime | None = None) -> list[str]:
             if now - job.created_at > JOB_GIVE_UP:
                 job.state, job.finished_at = "failed", now
                 job.error = f"its host did not finish it within {JOB_GIVE_UP}"
+                # A fork or a restore that never came: its new volume goes (key dropped).
+                made = VolumeJob.from_json(json.loads(job.params)).new_volume_id
+                new = session.get(Volume, made) if made else None
+                if new is not None and new.state == "created":
+                    new.state, new.key_wrapped, new.destroyed_at = "destroyed", None, now
                 if job.kind in ("backup",):
                     repo = session.get(BackupRepoRow, job.org_id)
                     if repo is not None:
