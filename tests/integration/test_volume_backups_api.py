@@ -220,6 +220,27 @@ def test_snapshot_fork_backup_restore_elsewhere_and_drill(
     assert {e["for"] for e in delivered} == {"drill", "backup"}
     assert all(e["host"] == _host_id(cp, "host-c") for e in delivered)
 
+    # Were the key on record not the one the data was written with, the bytes would
+    # still come back whole; the drill fails, and its evidence says why.
+    from hangar.crypto.volumekeys import volume_key_purpose
+
+    with cp.db.write() as session:
+        row = session.get(Volume, vol)
+        assert row is not None
+        right = row.key_wrapped
+        row.key_wrapped = cp.keyring.wrap(secrets.token_bytes(32), purpose=volume_key_purpose(vol))
+    failed = api.post(f"/v1/apps/web/volumes/{vol}/backups/drill", headers=h, json={})
+    assert failed.status_code == 200, failed.text
+    assert failed.json()["ok"] is False and failed.json()["plaintext_ok"] is False
+    assert failed.json()["restored_sha256"] == failed.json()["expected_sha256"]
+    bad = _events(cp, "volume.job.drill")[-1]
+    assert bad["outcome"] == "failure" and bad["ok"] is False and bad["plaintext_ok"] is False
+    assert "does not open" in bad["detail"]
+    with cp.db.write() as session:
+        row = session.get(Volume, vol)
+        assert row is not None
+        row.key_wrapped = right
+
     # Restoring a snapshot over a volume in use is refused by its host.
     refused = api.post(
         f"/v1/apps/web/volumes/{vol}/snapshots/{snap.json()['id']}/restore", headers=h
