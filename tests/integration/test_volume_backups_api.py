@@ -556,6 +556,7 @@ class CliOverApi:
 
     def __init__(self, api: TestClient, headers: dict[str, str]) -> None:
         self.api, self.headers = api, headers
+        self.long: list[str] = []  # the requests made to wait for a host's job
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         from hangar.cli.client import _problem
@@ -567,6 +568,10 @@ class CliOverApi:
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v})
+
+    def request_long(self, method: str, path: str, **kwargs: Any) -> Any:
+        self.long.append(path)
+        return self.request(method, path, **kwargs)
 
 
 def test_backups_run_app_backs_up_every_volume_and_reports_each(
@@ -582,7 +587,8 @@ def test_backups_run_app_backs_up_every_volume_and_reports_each(
     from hangar.cli.main import run
 
     cp, h = control_plane, installation.headers
-    monkeypatch.setattr(cli_backups, "client", lambda ctx: CliOverApi(api, h))
+    over = CliOverApi(api, h)
+    monkeypatch.setattr(cli_backups, "client", lambda ctx: over)
     assert api.post("/v1/apps", headers=h, json={"name": "web"}).status_code == 201
     ids = {}
     for name, host in (("data", "host-b"), ("uploads", "host-c"), ("fresh", "host-b")):
@@ -603,6 +609,8 @@ def test_backups_run_app_backs_up_every_volume_and_reports_each(
     out = json.loads(capsys.readouterr().out)
     assert sorted(r["volume"] for r in out) == sorted([ids["data"], ids["uploads"]])
     assert all(r["ok"] and r["backup_id"] and r["bytes"] > 0 for r in out)
+    # Each waits as long as the server waits for the host, not the client's usual 30 s.
+    assert sorted(over.long) == sorted(f"/v1/apps/web/volumes/{r['volume']}/backups" for r in out)
     tags = [t for b in api.get("/v1/orgs/acme/backups", headers=h).json() for t in b["tags"]]
     assert f"volume:{ids['data']}" in tags and f"volume:{ids['uploads']}" in tags
 

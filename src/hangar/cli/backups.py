@@ -161,7 +161,7 @@ def check(
     """
     if not json_out:
         typer.echo("Checking the repository (this reads it over the network)…", err=True)
-    data = client(ctx).request(
+    data = client(ctx).request_long(
         "POST", _path(ctx, org, "/check"), json={"read_data_subset": read_data_subset}
     )
     if json_out:
@@ -234,7 +234,7 @@ def run(
                 f"[{n}/{len(targets)}] Backing up {shown} (snapshot, then restic)…", err=True
             )
         try:
-            data = http.request("POST", _volume_path(name, ref, ""))
+            data = http.request_long("POST", _volume_path(name, ref, ""))
         except HangarError as exc:
             if volume is not None:
                 raise
@@ -283,7 +283,7 @@ def restore(
         body["host"] = host
     if not json_out:
         typer.echo(f"Restoring {backup} of {volume}…", err=True)
-    data = client(ctx).request("POST", _volume_path(app_, volume, "/restore"), json=body)
+    data = client(ctx).request_long("POST", _volume_path(app_, volume, "/restore"), json=body)
     if json_out:
         emit(data)
         return
@@ -315,7 +315,7 @@ def drill(
     """
     if not json_out:
         typer.echo(f"Drilling a restore of {volume}…", err=True)
-    data = client(ctx).request(
+    data = client(ctx).request_long(
         "POST",
         _volume_path(app_, volume, "/drill"),
         json={"backup": backup, "read_data_subset": read_data_subset},

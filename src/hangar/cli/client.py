@@ -14,7 +14,10 @@ from hangar.config.settings import ClientSettings, client_config_path, load_sett
 from hangar.errors import ApiError, AuthError, ConfigError, HangarError
 from hangar.hostfs import write_private
 
-__all__ = ["Client", "load_client_settings", "save_login"]
+# The server waits up to ten minutes for a host's job; the client a little longer.
+LONG_READ_SECONDS = 660.0
+
+__all__ = ["LONG_READ_SECONDS", "Client", "load_client_settings", "save_login"]
 
 
 def load_client_settings(flags: dict[str, Any] | None = None) -> ClientSettings:
@@ -67,6 +70,11 @@ class Client:
                 f"cannot reach the Hangar API at {self.settings.api_url}: {exc}",
                 hint="is `hangar server run` running, and is --api right?",
             ) from exc
+        except httpx.ReadTimeout as exc:
+            raise HangarError(
+                f"the Hangar API at {self.settings.api_url} did not answer in time",
+                hint="what was asked may still be going on: look before asking again",
+            ) from exc
         except httpx.HTTPError as exc:
             raise HangarError(f"request to {self.settings.api_url} failed: {exc}") from exc
         if response.status_code >= 400:
@@ -76,6 +84,12 @@ class Client:
         if response.headers.get("content-type", "").startswith("application/json"):
             return response.json()
         return response.text
+
+    def request_long(self, method: str, path: str, **kwargs: Any) -> Any:
+        """A request the server answers once a host has done the work (a snapshot, a
+        backup, a drill): it may take up to ten minutes, so the client waits as long."""
+        timeout = httpx.Timeout(self.settings.timeout, read=LONG_READ_SECONDS)
+        return self.request(method, path, timeout=timeout, **kwargs)
 
     def stream_lines(self, path: str, params: dict[str, str]) -> Iterator[str]:
         """The lines of a streamed (NDJSON) response, as they arrive."""

@@ -55,7 +55,7 @@ def create(
     """
     if not json_out:
         typer.echo(f"Taking a snapshot of {volume} on its host…", err=True)
-    data = client(ctx).request("POST", _path(app_, volume, "/snapshots"))
+    data = client(ctx).request_long("POST", _path(app_, volume, "/snapshots"))
     if json_out:
         emit(data)
         return
@@ -77,7 +77,7 @@ def restore(
     To keep today's data too, `hangar volumes fork` the snapshot instead.
     """
     confirm(f"Restore {volume} to {snapshot}? Everything written since is lost.", yes)
-    data = client(ctx).request("POST", _path(app_, volume, f"/snapshots/{snapshot}/restore"))
+    data = client(ctx).request_long("POST", _path(app_, volume, f"/snapshots/{snapshot}/restore"))
     if json_out:
         emit(data)
         return
@@ -148,7 +148,7 @@ def fork(
     if not json_out:
         where = f" onto {host}" if host else ""
         typer.echo(f"Forking {volume}{where}…", err=True)
-    data = client(ctx).request("POST", _path(app_, volume, "/fork"), json=body)
+    data = client(ctx).request_long("POST", _path(app_, volume, "/fork"), json=body)
     if json_out:
         emit(data)
         return

@@ -146,7 +146,7 @@ def _new_volume(
             raise Conflict(
                 f"host {host_name} encrypts volumes with {host.volume_backend}; this volume"
                 f" is {source.encryption}",
-                hint="restore onto a host with the same backend (`hangar hosts list`)",
+                hint="choose a host with the same backend (`hangar hosts list` shows each)",
             )
         host_id = host.id
     assert source.key_wrapped is not None
