@@ -176,13 +176,7 @@ def plaintext_manifest(root: Path, key: bytes) -> PlaintextManifest:
         hmac.new(key, b"hangar plaintext manifest v1", "sha256").digest(), None, "sha256"
     )
     files = total = 0
-    entries: list[tuple[bytes, os.stat_result]] = []
-    for top, dirs, names in os.walk(root, followlinks=False):
-        dirs.sort()
-        for name in sorted(dirs + names):
-            path = Path(top) / name
-            entries.append((os.fsencode(path.relative_to(root)), path.lstat()))
-    for rel, st in sorted(entries, key=lambda e: e[0]):
+    for rel, st in _walk(root):
         kind = stat.S_IFMT(st.st_mode)
         line = b"%s\0%o\0%o\0" % (rel, kind, stat.S_IMODE(st.st_mode))
         if stat.S_ISREG(kind):
@@ -198,6 +192,17 @@ def plaintext_manifest(root: Path, key: bytes) -> PlaintextManifest:
             line += os.fsencode(os.readlink(root / os.fsdecode(rel)))
         mac.update(hashlib.sha256(line).digest())
     return PlaintextManifest(files=files, bytes=total, digest=mac.hexdigest())
+
+
+def _walk(root: Path) -> Iterator[tuple[bytes, os.stat_result]]:
+    """Every entry under ``root`` (relative path, lstat), in an order that depends on
+    the tree alone (names sorted in each directory), one directory held at a time:
+    a tree of millions of files costs no more memory than its widest directory."""
+    for top, dirs, names in os.walk(root, followlinks=False):
+        dirs.sort()
+        for name in sorted(dirs + names):
+            path = Path(top) / name
+            yield os.fsencode(path.relative_to(root)), path.lstat()
 
 
 def _sha256(path: Path) -> str:
