@@ -16,7 +16,13 @@ is due (``every_hours``).
 A fork or a restored backup is a new volume with the source volume's key,
 wrapped again under the new volume's purpose: its data is the source's
 ciphertext. So a destroyed volume (its key dropped) cannot be restored:
-crypto-shredding reaches its backups too.
+crypto-shredding reaches its backups too. A fork onto another host is a
+backup of the snapshot on the volume's host (carrying the new volume's id)
+whose report files the restore on the new host (``wait_all`` follows both).
+
+A backup and a drill get the volume's key, on the volume's own host only
+(its delivery audited): a backup records a keyed manifest of the snapshot's
+files, a drill opens the restored copy with the key and compares.
 """
 
 from __future__ import annotations
