@@ -20,7 +20,9 @@ __all__ = [
     "file_size_mb",
     "fs_size_mb",
     "grow_file",
+    "has_ext4",
     "is_stale",
+    "made",
     "make_ext4",
     "make_sparse",
     "mount_points",
@@ -93,8 +95,25 @@ def unmount(point: Path, *, lazy: bool = False) -> None:
         hostcmd.run(["umount", "-l", str(point)], timeout=60)
 
 
-def daemons_serving(point: Path) -> list[int]:
-    """Pids of processes whose command line names ``point`` (a FUSE daemon serving it)."""
+def _host_root_running(entry: Path, program: str) -> bool:
+    """Whether the process ``entry`` (a /proc/PID) is the host's root running ``program``.
+
+    A machine's processes are unprivileged host uids (its user namespace), so
+    none passes, whatever it names itself or its arguments."""
+    try:
+        status = (entry / "status").read_text()
+        exe = os.readlink(entry / "exe")
+    except OSError:
+        return False
+    uids = next((line.split()[1:] for line in status.splitlines() if line.startswith("Uid:")), [])
+    if not uids or any(uid != "0" for uid in uids):
+        return False
+    return Path(exe.removesuffix(" (deleted)")).name == program
+
+
+def daemons_serving(point: Path, program: str = "gocryptfs") -> list[int]:
+    """Pids of the host root's ``program`` processes whose command line names ``point``
+    (the FUSE daemon serving it); never a process of a machine that merely names it."""
     wanted = str(point).encode()
     found = []
     for entry in Path("/proc").iterdir():
@@ -104,7 +123,7 @@ def daemons_serving(point: Path) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if wanted in argv:
+        if wanted in argv and _host_root_running(entry, program):
             found.append(int(entry.name))
     return found
 
@@ -203,6 +222,37 @@ def fs_size_mb(layout: VolumeLayout, volume_id: str) -> int:
     handle = layout.read_handle(volume_id) or {}
     size = handle.get("size_mb", 0)
     return size if isinstance(size, int) else 0
+
+
+def _starts_with(path: Path, magic: bytes, offset: int = 0) -> bool:
+    try:
+        with open(path, "rb") as image:
+            image.seek(offset)
+            return image.read(len(magic)) == magic
+    except OSError:
+        return False
+
+
+def has_ext4(path: Path) -> bool:
+    """Whether ``path`` holds an ext4 superblock (its magic, written last by mkfs)."""
+    return _starts_with(path, b"\x53\xef", 1024 + 0x38)
+
+
+def made(layout: VolumeLayout, spec: VolumeSpec) -> bool:
+    """Whether the volume's file system was made whole. Its handle is written once it is,
+    before it is first mounted: with neither a handle nor a file system, ``volume.img``
+    is what a create killed half-way left, and never held data. A file system whose
+    handle was lost gets one again (at the file's size)."""
+    if layout.handle(spec.id).exists():
+        return True
+    backing = layout.backing(spec.id)
+    if spec.encryption == "luks2":
+        # Formatted: whether its ext4 was made too is seen once it is open.
+        return _starts_with(backing, b"LUKS\xba\xbe")
+    if not has_ext4(backing):
+        return False
+    write_handle(layout, VolumeSpec(spec.id, file_size_mb(backing), spec.encryption))
+    return True
 
 
 def can_grow_online() -> bool:

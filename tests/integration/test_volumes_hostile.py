@@ -1,0 +1,169 @@
+"""Volumes on a host, tried by a tenant planting things in its volume or posing as a
+volume's daemon, and by an agent killed half-way through making one."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hangar import hostcmd
+from hangar.agent.runtimes.runc import RuncRuntime
+from hangar.agent.volumes import _mounts
+from hangar.agent.volumes.base import VolumeLayout, VolumeSpec
+from hangar.agent.volumes.manager import VolumeManager
+from hangar.contract.assignments import Assignment
+from hangar.contract.volumes import HostVolume, VolumeMount
+from tests.integration.conftest import BASE_UID, needs_root
+
+pytestmark = [
+    pytest.mark.slow,
+    needs_root,
+    pytest.mark.skipif(
+        shutil.which("gocryptfs") is None or not Path("/dev/fuse").exists(),
+        reason="gocryptfs and /dev/fuse are needed",
+    ),
+]
+
+
+@pytest.fixture
+def layout(runtime: RuncRuntime) -> Iterator[VolumeLayout]:
+    base = runtime.state_dir.parent / f"volh-{secrets.token_hex(4)}"
+    layout = VolumeLayout(base / "volumes", runtime.bundles_dir / f".volumes-{base.name}")
+    yield layout
+    for _, point, _ in _mounts.mounts_under(layout.run_dir):
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
+    shutil.rmtree(layout.run_dir, ignore_errors=True)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def manager(layout: VolumeLayout) -> VolumeManager:
+    return VolumeManager(layout, "gocryptfs")
+
+
+def _vid() -> str:
+    return f"vol_{secrets.token_hex(8)}"
+
+
+def _mount(manager: VolumeManager, vid: str, key: bytes, size_mb: int = 64) -> Path:
+    mount = VolumeMount(vid, "data", "/data", size_mb, "gocryptfs")
+    want = Assignment(f"m-{vid}", "app", 1, "started", "img", mounts=[mount])
+    return manager.mount_for(want, {vid: key}, owner=BASE_UID)["/data"]
+
+
+def test_a_machine_naming_a_volume_in_its_arguments_is_not_taken_for_its_daemon(
+    manager: VolumeManager,
+) -> None:
+    """A tenant's process whose command line names another tenant's mount point (its
+    path is predictable) must not be waited for when that volume is unmounted: the
+    agent would stall, and the volume would stay mounted."""
+    vid, key = _vid(), secrets.token_bytes(32)
+    plain = _mount(manager, vid, key)
+    real = _mounts.daemons_serving(plain)
+    assert len(real) == 1
+    impostor = subprocess.Popen(
+        ["/bin/sh", "-c", "sleep 600; exit 0", "gocryptfs", str(plain)],
+        user=BASE_UID + 7,
+        group=BASE_UID + 7,
+        extra_groups=[],
+    )
+    try:
+        assert _mounts.daemons_serving(plain) == real
+        manager.release([vid])
+        assert _mounts.mounts_under(manager.layout.mount_dir(vid)) == []
+        assert impostor.poll() is None  # untouched, and not waited for
+    finally:
+        impostor.kill()
+        impostor.wait()
+    manager.driver.destroy(vid)
+
+
+def test_a_create_killed_before_mkfs_is_made_again(manager: VolumeManager) -> None:
+    """SIGKILL between the sparse file and its file system leaves a volume.img with no
+    ext4 and no handle: the next mount makes it again instead of failing for good."""
+    layout, vid, key = manager.layout, _vid(), secrets.token_bytes(32)
+    layout.dir(vid).mkdir(parents=True, mode=0o700)
+    _mounts.make_sparse(layout.backing(vid), 64)
+    plain = _mount(manager, vid, key)
+    (plain / "f").write_text("kept")
+    assert os.stat(plain).st_uid == BASE_UID
+    manager.release([vid])
+    assert (_mount(manager, vid, key) / "f").read_text() == "kept"
+    manager.release([vid])
+    manager.driver.destroy(vid)
+
+
+def test_a_create_killed_before_the_encrypted_tree_was_whole_is_made_again(
+    manager: VolumeManager,
+) -> None:
+    """SIGKILL after ``cipher/`` was made but before its ``gocryptfs.diriv`` was written,
+    and before the top directory was given to the machine's root."""
+    layout, vid, key = manager.layout, _vid(), secrets.token_bytes(32)
+    spec = VolumeSpec(vid, 64, "gocryptfs")
+    layout.dir(vid).mkdir(parents=True, mode=0o700)
+    _mounts.make_sparse(layout.backing(vid), 64)
+    _mounts.make_ext4(str(layout.backing(vid)), vid)
+    _mounts.write_handle(layout, spec)
+    lower = layout.lower(vid)
+    _mounts.mount_points(layout, vid, BASE_UID, lower, layout.plain(vid))
+    hostcmd.run(["mount", "-t", "ext4", "-o", "loop", str(layout.backing(vid)), str(lower)])
+    (lower / "cipher").mkdir(mode=0o700)
+    _mounts.unmount_when_idle(lower)
+    plain = _mount(manager, vid, key)
+    assert os.stat(plain).st_uid == BASE_UID  # the machine's root may write its volume
+    (plain / "f").write_text("kept")
+    manager.release([vid])
+    manager.driver.destroy(vid)
+
+
+def test_a_volume_whose_handle_was_lost_keeps_its_data(manager: VolumeManager) -> None:
+    layout, vid, key = manager.layout, _vid(), secrets.token_bytes(32)
+    (_mount(manager, vid, key) / "f").write_text("kept")
+    manager.release([vid])
+    layout.handle(vid).unlink()
+    assert (_mount(manager, vid, key) / "f").read_text() == "kept"
+    assert layout.handle(vid).exists()
+    manager.release([vid])
+    manager.driver.destroy(vid)
+
+
+def test_what_a_tenant_plants_in_its_volume_leads_the_host_nowhere(
+    manager: VolumeManager, tmp_path: Path
+) -> None:
+    """Symlinks to host paths, a FIFO, a device node, a hard link, a set-uid file and a
+    huge sparse file in the volume: extend, unmount, recover and destroy follow none,
+    open none, and are not held up by any."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious").write_text("host data")
+    layout, vid, key = manager.layout, _vid(), secrets.token_bytes(32)
+    plain = _mount(manager, vid, key)
+    (plain / "to-host-dir").symlink_to(victim)
+    (plain / "to-host-file").symlink_to(victim / "precious")
+    (plain / "to-root").symlink_to("/")
+    (plain / "up").symlink_to("../../../../../../..")
+    os.mkfifo(plain / "fifo")
+    os.mknod(plain / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    (plain / "suid").write_bytes(b"#!/bin/sh\n")
+    (plain / "suid").chmod(0o4755)
+    os.link(plain / "suid", plain / "hardlink")
+    with open(plain / "sparse", "wb") as huge:
+        huge.truncate(1 << 40)  # 1 TiB of holes on a 64 MB volume
+    listed = [HostVolume(vid, 128, "gocryptfs")]
+    assert manager.sync(listed, in_use={vid}) == []  # grown online, or later: no error
+    manager.release([vid])
+    assert manager.recover() == []
+    assert (_mount(manager, vid, key, 128) / "to-host-dir").is_symlink()
+    manager.release([vid])
+    assert manager.sync([], in_use=set()) == []  # destroyed
+    assert not layout.dir(vid).exists() and not layout.mount_dir(vid).exists()
+    assert (victim / "precious").read_text() == "host data"
+    assert Path("/").exists() and os.listdir("/")
+    assert _mounts.mounts_under(layout.run_dir) == []
