@@ -29,7 +29,10 @@ from hangar.controlplane.changes import change, record_refusal
 from hangar.controlplane.state import ControlPlane
 from hangar.crypto.volumekeys import new_volume_key, open_volume_key
 from hangar.domain.volumes import (
+    MAX_VOLUMES_PER_APP,
+    MAX_VOLUMES_PER_ORG,
     FreeVolume,
+    check_size,
     check_volume_name,
     format_size,
     pick_free,
@@ -167,6 +170,33 @@ def _pick_host(session: Session, host_name: str | None) -> Host:
     return min(ready, key=lambda h: (counts.get(h.id, 0), h.number))
 
 
+def _check_count(session: Session, app: App) -> None:
+    """Refuse a volume past the app's or its organization's bound (destroyed ones aside)."""
+    live = Volume.state != "destroyed"
+    in_app = (
+        session.scalar(
+            select(func.count()).select_from(Volume).where(Volume.app_id == app.id, live)
+        )
+        or 0
+    )
+    if in_app >= MAX_VOLUMES_PER_APP:
+        raise Conflict(
+            f"app {app.name} has {in_app} volumes: an app has at most {MAX_VOLUMES_PER_APP}",
+            hint=f"destroy one it no longer needs: `hangar volumes list --app {app.name}`",
+        )
+    in_org = (
+        session.scalar(
+            select(func.count()).select_from(Volume).where(Volume.org_id == app.org_id, live)
+        )
+        or 0
+    )
+    if in_org >= MAX_VOLUMES_PER_ORG:
+        raise Conflict(
+            f"the organization has {in_org} volumes: it has at most {MAX_VOLUMES_PER_ORG}",
+            hint="destroy volumes it no longer needs (`hangar volumes list --app APP`)",
+        )
+
+
 def create_volume(
     cp: ControlPlane,
     ctx: AuditContext,
@@ -179,10 +209,12 @@ def create_volume(
 ) -> VolumeInfo:
     """A new, empty, encrypted volume of ``app`` on one host (validated before any write)."""
     check_volume_name(name)
+    check_size(size_mb)
     with change(cp, ctx, org_id=app.org_id, action="volume.create", target=name) as (
         session,
         event,
     ):
+        _check_count(session, app)
         host = _pick_host(session, host_name)
         backend = host.volume_backend
         assert backend is not None
@@ -223,6 +255,7 @@ def extend_volume(
     A free volume grows when a machine next mounts it; a held one grows at once
     where its host can grow a mounted file system, else at its machine's next start.
     """
+    check_size(size_mb)
     with change(cp, ctx, org_id=app.org_id, action="volume.extend", target=ref) as (
         session,
         event,
