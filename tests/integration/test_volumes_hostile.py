@@ -20,6 +20,7 @@ from hangar.agent.volumes.base import VolumeLayout, VolumeSpec
 from hangar.agent.volumes.manager import VolumeManager
 from hangar.contract.assignments import Assignment
 from hangar.contract.volumes import HostVolume, VolumeMount
+from hangar.errors import Conflict
 from tests.integration.conftest import BASE_UID, needs_root
 
 pytestmark = [
@@ -167,3 +168,38 @@ def test_what_a_tenant_plants_in_its_volume_leads_the_host_nowhere(
     assert (victim / "precious").read_text() == "host data"
     assert Path("/").exists() and os.listdir("/")
     assert _mounts.mounts_under(layout.run_dir) == []
+
+
+def test_a_host_never_promises_more_volume_than_its_disk_holds(manager: VolumeManager) -> None:
+    """Volume files are sparse: a tenant filling a volume larger than what the host's
+    disk has free would fill that disk under every other tenant. Making or growing
+    one past it is refused, and nothing of the refused volume is left."""
+    layout = manager.layout
+    layout.volumes_dir.mkdir(parents=True, exist_ok=True)
+    hostcmd.run(
+        ["mount", "-t", "tmpfs", "-o", "size=300m,mode=0700", "tmpfs", str(layout.volumes_dir)]
+    )
+    try:
+        first, second, key = _vid(), _vid(), secrets.token_bytes(32)
+        plain = _mount(manager, first, key, size_mb=192)
+        with pytest.raises(Conflict, match="does not fit on this host"):
+            _mount(manager, second, key, size_mb=192)
+        assert not layout.dir(second).exists()
+        _mount(manager, second, key, size_mb=64)  # what does fit is made
+        # Growing in use past the disk: refused, said, and the volume keeps working.
+        grown = [HostVolume(first, 512, "gocryptfs"), HostVolume(second, 64, "gocryptfs")]
+        errors = manager.sync(grown, in_use={first, second})
+        if manager.online_resize:
+            assert len(errors) == 1 and "does not fit" in errors[0]
+        (plain / "f").write_text("still here")
+        manager.release([first])
+        with pytest.raises(Conflict, match="does not fit on this host"):
+            _mount(manager, first, key, size_mb=512)
+        assert (_mount(manager, first, key, size_mb=192) / "f").read_text() == "still here"
+        manager.release([first, second])
+        for vid in (first, second):
+            manager.driver.destroy(vid)
+    finally:
+        for _, point, _ in _mounts.mounts_under(layout.run_dir):
+            subprocess.run(["umount", "-l", str(point)], capture_output=True)
+        hostcmd.run(["umount", "-l", str(layout.volumes_dir)])

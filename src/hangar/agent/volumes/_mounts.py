@@ -6,15 +6,17 @@ import datetime as dt
 import errno
 import json
 import os
+import stat
 import time
 from pathlib import Path
 
 from hangar import hostcmd
 from hangar.agent.volumes.base import HANDLE_VERSION, VolumeLayout, VolumeSpec
-from hangar.errors import CommandError
+from hangar.errors import CommandError, Conflict
 
 __all__ = [
     "can_grow_online",
+    "check_room",
     "daemons_serving",
     "ext4_grow",
     "file_size_mb",
@@ -178,8 +180,51 @@ def own_top(plain: Path, owner: int, group: int | None) -> None:
     os.chmod(plain, 0o755 if group is None else 0o2775)
 
 
+def _unallocated(path: Path) -> int:
+    """Bytes a sparse file may still take on its disk (0 if it is no file)."""
+    try:
+        found = os.lstat(path)
+    except OSError:
+        return 0
+    if not stat.S_ISREG(found.st_mode):
+        return 0
+    return max(0, found.st_size - found.st_blocks * 512)
+
+
+def check_room(path: Path, size_mb: int) -> None:
+    """Refuse a volume file of ``size_mb`` that its host's disk could not hold whole.
+
+    Volume files are sparse: each takes blocks as its machine writes. The disk's free
+    blocks must hold what every volume of the host may still take, or a machine
+    filling its volume would fill the host's disk under every other one.
+    """
+    here = path.parent
+    disk = os.statvfs(here.parent)
+    free = disk.f_bavail * disk.f_frsize
+    promised = sum(
+        _unallocated(other / path.name)
+        for other in here.parent.iterdir()
+        if other.name != here.name and other.is_dir() and not other.is_symlink()
+    )
+    try:
+        allocated = os.lstat(path).st_blocks * 512
+    except FileNotFoundError:
+        allocated = 0
+    need = size_mb * MB - allocated
+    if need > free - promised:
+        raise Conflict(
+            f"volume {here.name} of {size_mb} MB does not fit on this host: its disk has "
+            f"{free // MB} MB free, and {promised // MB} MB of that may yet be written to "
+            "its other volumes",
+            hint="free disk space on the host, or make the volume on another host "
+            "(`hangar volumes create NAME --host HOST`)",
+        )
+
+
 def make_sparse(path: Path, size_mb: int) -> None:
-    """A new sparse file of ``size_mb`` (0600); its blocks are allocated as written."""
+    """A new sparse file of ``size_mb`` (0600); its blocks are allocated as written.
+    Refused (Conflict) if the host's disk could not hold it whole."""
+    check_room(path, size_mb)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         os.ftruncate(fd, size_mb * MB)
@@ -188,9 +233,12 @@ def make_sparse(path: Path, size_mb: int) -> None:
 
 
 def grow_file(path: Path, size_mb: int) -> None:
+    """Grow the file to ``size_mb``; refused (Conflict) if the host's disk could not
+    hold it whole."""
     fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
     try:
         if os.fstat(fd).st_size < size_mb * MB:
+            check_room(path, size_mb)
             os.ftruncate(fd, size_mb * MB)
     finally:
         os.close(fd)

@@ -77,7 +77,11 @@ class LuksDriver:
             # opened, so it holds nothing): made again from nothing.
             shutil.rmtree(layout.dir(spec.id), ignore_errors=True)
             layout.dir(spec.id).mkdir(parents=True, exist_ok=True, mode=0o700)
-            _mounts.make_sparse(backing, spec.size_mb)
+            try:
+                _mounts.make_sparse(backing, spec.size_mb)
+            except BaseException:
+                shutil.rmtree(layout.dir(spec.id), ignore_errors=True)
+                raise
         grow = not made and _mounts.fs_size_mb(layout, spec.id) < spec.size_mb
         if grow:
             _mounts.grow_file(backing, spec.size_mb)  # extended while unmounted
