@@ -65,3 +65,21 @@ def test_destroying_an_app_names_the_volumes_it_shreds(
     # Its host is told to delete the files.
     assert hosts["host-b"].get("/agent/v1/volumes", params={"backend": "gocryptfs"}).json() == []
     assert hosts["host-c"].get("/agent/v1/volumes", params={"backend": "gocryptfs"}).json() == []
+
+
+def test_a_host_keeping_volumes_is_not_removed_under_them(
+    api: TestClient,
+    installation: Installation,
+    control_plane: ControlPlane,
+    hosts: dict[str, TestClient],  # noqa: F811
+) -> None:
+    """A volume's data lives only on its host: removing the host would strand the volume
+    (listed, keyed, and taken by new machines that can never run)."""
+    h = installation.headers
+    api.post("/v1/apps", headers=h, json={"name": "web"})
+    vol = _create(api, h, "web", name="data", size="64mb", host="host-c")
+    refused = api.delete("/v1/hosts/host-c", headers=h)
+    assert refused.status_code == 409 and "volume" in refused.json()["detail"], refused.text
+    assert api.get("/v1/hosts/host-c", headers=h).json()["state"] == "active"
+    assert api.delete(f"/v1/apps/web/volumes/{vol['id']}", headers=h).status_code == 200
+    assert api.delete("/v1/hosts/host-c", headers=h).status_code == 204
