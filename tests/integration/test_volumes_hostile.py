@@ -8,6 +8,7 @@ import secrets
 import shutil
 import stat
 import subprocess
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,11 +18,13 @@ from hangar import hostcmd
 from hangar.agent.runtimes.runc import RuncRuntime
 from hangar.agent.volumes import _mounts
 from hangar.agent.volumes.base import VolumeLayout, VolumeSpec
-from hangar.agent.volumes.manager import VolumeManager
+from hangar.agent.volumes.manager import VolumeManager, check_destinations
 from hangar.contract.assignments import Assignment
 from hangar.contract.volumes import HostVolume, VolumeMount
-from hangar.errors import Conflict
-from tests.integration.conftest import BASE_UID, needs_root
+from hangar.errors import Conflict, ValidationError
+from hangar.images.oci import ImageRef, build_layout, layer_tar
+from hangar.images.store import Image, ImageStore
+from tests.integration.conftest import BASE_UID, busybox_layer, needs_root, run_to_end, spec
 
 pytestmark = [
     pytest.mark.slow,
@@ -203,3 +206,62 @@ def test_a_host_never_promises_more_volume_than_its_disk_holds(manager: VolumeMa
         for _, point, _ in _mounts.mounts_under(layout.run_dir):
             subprocess.run(["umount", "-l", str(point)], capture_output=True)
         hostcmd.run(["umount", "-l", str(layout.volumes_dir)])
+
+
+@pytest.fixture
+def linked_image(base_dir: Path) -> Image:
+    """busybox with ``data`` a symlink out of its root, ``dev2`` one to /dev and
+    ``kernel`` one into /proc: an image planting them where a volume is mounted."""
+    host_dir = base_dir / "host-target"
+    host_dir.mkdir(exist_ok=True)
+    links = []
+    for name, target in (
+        ("data", "../" * 12 + str(host_dir).lstrip("/")),
+        ("dev2", "/dev"),
+        ("kernel", "/proc/sys/kernel"),
+    ):
+        link = tarfile.TarInfo(name)
+        link.type, link.linkname = tarfile.SYMTYPE, target
+        links.append(link)
+    where = base_dir / f"layout-linked-{secrets.token_hex(3)}"
+    build_layout(where, [busybox_layer(), layer_tar(links)])  # type: ignore[list-item]
+    return ImageStore(base_dir / "images", uid_base=BASE_UID).pull(ImageRef("oci", path=where))
+
+
+def test_a_destination_the_image_made_a_symlink_leads_no_mount_out_of_the_machine(
+    runtime: RuncRuntime,
+    linked_image: Image,
+    machines: list[str],
+    manager: VolumeManager,
+    base_dir: Path,
+) -> None:
+    """An image's symlink at a mount's destination: to a host path, runc keeps the mount
+    inside the machine's root (the host path gets nothing); to /dev (where the init
+    is) or into /proc, the agent refuses before it asks for a key or mounts."""
+    for destination, resolved in (("/dev2", "/dev"), ("/kernel", "/proc/sys/kernel")):
+        want = Assignment(
+            "m-x", "app", 1, "started", "img",
+            mounts=[VolumeMount(_vid(), "data", destination, 64, "gocryptfs")],
+        )  # fmt: skip
+        with pytest.raises(ValidationError, match=f"symlink in the image to {resolved}"):
+            check_destinations(want, linked_image.rootfs)
+    vid, key = _vid(), secrets.token_bytes(32)
+    want = Assignment(
+        "m-x", "app", 1, "started", "img",
+        mounts=[VolumeMount(vid, "data", "/data", 64, "gocryptfs")],
+    )  # fmt: skip
+    check_destinations(want, linked_image.rootfs)  # a path of the machine's own
+    plain = _mount(manager, vid, key)
+    machine = f"m-link-{secrets.token_hex(3)}"
+    code, out = run_to_end(
+        runtime,
+        machines,
+        spec(linked_image, machine, "echo planted > /data/x", volumes={"/data": plain}),
+    )
+    assert code == 0, out
+    assert list((base_dir / "host-target").iterdir()) == []  # nothing reached the host path
+    assert (plain / "x").read_text() == "planted\n"
+    runtime.remove(machine)
+    machines.remove(machine)
+    manager.release([vid])
+    manager.driver.destroy(vid)

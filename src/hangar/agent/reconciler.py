@@ -24,7 +24,7 @@ from typing import Any
 from hangar.agent.health import HealthMonitor
 from hangar.agent.offload import Offload
 from hangar.agent.runtimes.base import MachineSpec, Runtime
-from hangar.agent.volumes.manager import VolumeManager
+from hangar.agent.volumes.manager import VolumeManager, check_destinations
 from hangar.contract.assignments import Assignment
 from hangar.domain.reconcile import Action, ActionKind, Desired, Observed, plan
 from hangar.errors import HangarError, IntegrityError, NotFound, ValidationError
@@ -408,6 +408,7 @@ class Reconciler:
                     "backend",
                     hint="install gocryptfs (or cryptsetup, with device-mapper) on the host",
                 )
+            check_destinations(want, image.rootfs)
             # Delivered for this start only; the drivers pass them on stdin and drop them.
             keys = self.volume_key_source(want)
             # The machine's root owns each new volume; its user's group may write there.
