@@ -110,18 +110,16 @@ def list_volumes(cp: ControlPlane, app: App, *, destroyed: bool = False) -> list
         return [_info(v, app.name, hosts.get(v.host_id, v.host_id)) for v in rows]
 
 
-def _find(session: Session, app: App, ref: str) -> Volume:
-    """The app's volume with id ``ref``, or the only live one named ``ref``."""
-    volume = session.get(Volume, ref)
+def _find(session: Session, app: App, ref: str, *, lock: bool = False) -> Volume:
+    """The app's volume with id ``ref``, or the only live one named ``ref``; with
+    ``lock``, locked to the end of the transaction (a machine taking it waits)."""
+    volume = session.get(Volume, ref, with_for_update=lock)
     if volume is not None and volume.app_id == app.id:
         return volume
-    named = list(
-        session.execute(
-            select(Volume).where(
-                Volume.app_id == app.id, Volume.name == ref, Volume.state != "destroyed"
-            )
-        ).scalars()
+    query = select(Volume).where(
+        Volume.app_id == app.id, Volume.name == ref, Volume.state != "destroyed"
     )
+    named = list(session.execute(query.with_for_update() if lock else query).scalars())
     if len(named) == 1:
         return named[0]
     if len(named) > 1:
@@ -260,7 +258,7 @@ def extend_volume(
         session,
         event,
     ):
-        volume = _find(session, app, ref)
+        volume = _find(session, app, ref, lock=True)
         if volume.state == "destroyed":
             raise Conflict(f"volume {volume.id} is destroyed")
         if size_mb <= volume.size_mb:
@@ -288,7 +286,7 @@ def destroy_volume(cp: ControlPlane, ctx: AuditContext, app: App, ref: str) -> V
         session,
         event,
     ):
-        volume = _find(session, app, ref)
+        volume = _find(session, app, ref, lock=True)
         if volume.state == "destroyed":
             raise Conflict(f"volume {volume.id} is destroyed already")
         if volume.machine_id is not None and session.get(Machine, volume.machine_id) is not None:
@@ -306,8 +304,10 @@ def destroy_volume(cp: ControlPlane, ctx: AuditContext, app: App, ref: str) -> V
 
 
 def _free(session: Session, app_id: str) -> list[FreeVolume]:
+    # Locked to the end of the transaction: on PostgreSQL, a machine made at the same
+    # time (a deploy beside a scale) waits here, then sees which volumes this one took.
     rows = session.execute(
-        select(Volume).where(Volume.app_id == app_id, Volume.state != "destroyed")
+        select(Volume).where(Volume.app_id == app_id, Volume.state != "destroyed").with_for_update()
     ).scalars()
     return [
         FreeVolume(v.id, v.name, v.host_id, v.machine_id, v.created_at.timestamp()) for v in rows
