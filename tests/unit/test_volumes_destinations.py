@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 from hangar.agent.volumes.manager import check_destinations, resolve_in_root
+from hangar.config.appconfig import parse_app_config
 from hangar.contract.assignments import Assignment
 from hangar.contract.volumes import VolumeMount
-from hangar.errors import ValidationError
+from hangar.domain.volumes import check_destination
+from hangar.errors import HangarError, ValidationError
 
 
 @pytest.fixture
@@ -70,3 +72,24 @@ def test_a_symlink_to_a_place_no_volume_may_go_is_refused(root: Path, destinatio
 def test_a_symlink_to_a_directory_of_its_own_is_taken(root: Path) -> None:
     check_destinations(_want("/rel"), root)
     check_destinations(_want("/srv/app"), root)
+
+
+@pytest.mark.parametrize(
+    "destination", ["//proc", "//dev", "//etc", "//run/x", "//etc/hosts", "//", "//data"]
+)
+def test_a_leading_double_slash_is_not_normalized(destination: str) -> None:
+    """POSIX normpath keeps a leading ``//``: such a path passed every check and runc
+    mounted ``//dev`` on /dev."""
+    with pytest.raises(ValidationError, match="not normalized"):
+        check_destination(destination)
+
+
+def test_a_leading_double_slash_is_refused_in_hangar_toml() -> None:
+    with pytest.raises(HangarError, match="not normalized"):
+        parse_app_config('app = "a"\n[[mounts]]\nsource = "data"\ndestination = "//dev"\n')
+
+
+def test_the_agent_checks_a_destination_it_is_given_again(root: Path) -> None:
+    """A release stored before a rule was added still reaches the agent: it checks too."""
+    with pytest.raises(ValidationError, match="not normalized"):
+        check_destinations(_want("//dev"), root)

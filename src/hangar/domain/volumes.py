@@ -93,10 +93,17 @@ def check_destination(path: str) -> str:
             f"mount destination {path!r} is not an absolute path of plain characters",
             hint='say it as destination = "/data"',
         )
-    if posixpath.normpath(path) != path or "/./" in path + "/" or "/../" in path + "/":
+    # normpath keeps a leading "//" (POSIX lets it mean something else): "//proc"
+    # would pass every check below, and runc mounts it on /proc.
+    if (
+        posixpath.normpath(path) != path
+        or "//" in path
+        or "/./" in path + "/"
+        or "/../" in path + "/"
+    ):
         raise ValidationError(
             f"mount destination {path!r} is not normalized",
-            hint=f"write it as {posixpath.normpath(path)!r}",
+            hint=f"write it as {'/' + posixpath.normpath(path).lstrip('/')!r}",
         )
     for tree in _RUNTIME_TREES:
         if path == tree or path.startswith(tree + "/"):

@@ -75,6 +75,8 @@ def check_destinations(want: Assignment, rootfs: Path) -> None:
     """Refuse a mount whose destination the image made a symlink to a place no volume
     may go (/dev, /proc, /run, a system directory...), before anything is mounted."""
     for mount in want.mounts:
+        check_destination(mount.destination)  # as hangar.toml was checked (a release kept
+        # from before a rule was added is checked again here)
         resolved = resolve_in_root(rootfs, mount.destination)
         if resolved == mount.destination:
             continue
