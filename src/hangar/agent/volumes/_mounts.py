@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import json
+import logging
 import os
 import stat
 import time
@@ -22,6 +23,7 @@ __all__ = [
     "file_size_mb",
     "fs_size_mb",
     "grow_file",
+    "grow_file_if_room",
     "has_ext4",
     "is_stale",
     "made",
@@ -38,6 +40,7 @@ __all__ = [
 ]
 
 MB = 1 << 20
+log = logging.getLogger("hangar.agent.volumes")
 
 
 def _unescape(path: str) -> str:
@@ -242,6 +245,17 @@ def grow_file(path: Path, size_mb: int) -> None:
             os.ftruncate(fd, size_mb * MB)
     finally:
         os.close(fd)
+
+
+def grow_file_if_room(path: Path, size_mb: int) -> bool:
+    """``grow_file``, or False (and a warning) where the host's disk could not hold the
+    volume grown: a volume being mounted keeps its size rather than fail its machine."""
+    try:
+        grow_file(path, size_mb)
+    except Conflict as exc:
+        log.warning("%s; it keeps its size for now", exc.message)
+        return False
+    return True
 
 
 def file_size_mb(path: Path) -> int:

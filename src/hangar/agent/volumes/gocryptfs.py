@@ -82,8 +82,8 @@ class GocryptfsDriver:
         elif (
             _mounts.fs_size_mb(layout, spec.id) < spec.size_mb
             and _mounts.mount_source(lower) is None
+            and _mounts.grow_file_if_room(backing, spec.size_mb)  # extended while unmounted
         ):
-            _mounts.grow_file(backing, spec.size_mb)  # extended while unmounted
             _mounts.ext4_grow(str(backing), mounted=False)
             _mounts.write_handle(layout, spec)
         _mounts.mount_points(layout, spec.id, owner, lower, plain)

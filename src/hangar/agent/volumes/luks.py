@@ -83,8 +83,8 @@ class LuksDriver:
                 shutil.rmtree(layout.dir(spec.id), ignore_errors=True)
                 raise
         grow = not made and _mounts.fs_size_mb(layout, spec.id) < spec.size_mb
-        if grow:
-            _mounts.grow_file(backing, spec.size_mb)  # extended while unmounted
+        if grow:  # extended while unmounted; kept at its size if the disk cannot hold it
+            grow = _mounts.grow_file_if_room(backing, spec.size_mb)
         loop = self._loop_of(backing)
         if loop is None:
             attached = hostcmd.run(["losetup", "--find", "--show", str(backing)], timeout=60)
