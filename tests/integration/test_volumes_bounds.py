@@ -145,3 +145,27 @@ def test_two_machines_made_at_once_never_take_the_same_volume(
     with control_plane.db.read() as session:
         row = session.get(Volume, vol["id"])
         assert row is not None and row.machine_id == first
+
+
+def test_a_new_machine_takes_a_free_volume_on_a_host_that_takes_machines(
+    api: TestClient,
+    installation: Installation,
+    control_plane: ControlPlane,
+    hosts: dict[str, TestClient],  # noqa: F811
+) -> None:
+    """The oldest free volume is on a cordoned host, another one is free elsewhere: the
+    machine takes that one instead of being refused."""
+    h = installation.headers
+    api.post("/v1/apps", headers=h, json={"name": "web"})
+    _create(api, h, "web", name="data", size="64mb", host="host-b")
+    elsewhere = _create(api, h, "web", name="data", size="64mb", host="host-c")
+    assert api.post("/v1/hosts/host-b/cordon", headers=h).status_code == 200
+    cfg = parse_app_config('app = "web"\n[[mounts]]\nsource = "data"\ndestination = "/data"\n')
+    with control_plane.db.write() as session:
+        app = session.execute(select(App).where(App.name == "web")).scalar_one()
+        release = create_release(session, app, image="img", config=cfg, strategy=None, actor="t")
+        machine = create_machine(session, app, release.version, None, mounts=["data"])
+        machine_id = machine.id
+    with control_plane.db.read() as session:
+        row = session.get(Volume, elsewhere["id"])
+        assert row is not None and row.machine_id == machine_id

@@ -323,7 +323,13 @@ def attach(session: Session, app: App, sources: Sequence[str]) -> tuple[str | No
     if not sources:
         return None, []
     free = _free(session, app.id)
-    first = pick_free(free, sources[0], app.name)
+    # A volume on a host that takes machines first: one on a cordoned host only if
+    # no other is free (placement then says why the machine cannot run).
+    active = set(session.execute(select(Host.id).where(Host.state == "active")).scalars())
+    try:
+        first = pick_free([v for v in free if v.host_id in active], sources[0], app.name)
+    except Conflict:
+        first = pick_free(free, sources[0], app.name)
     chosen = [first]
     for source in sources[1:]:
         here = [v for v in free if v.host_id == first.host_id]
