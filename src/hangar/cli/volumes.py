@@ -102,7 +102,7 @@ def list_(
 def show(
     ctx: typer.Context, volume: RefArg, app_: AppOpt = None, json_out: JsonOpt = False
 ) -> None:
-    """One volume."""
+    """One volume: its size, host, encryption, state and the machine holding it."""
     _show(client(ctx).get(f"/v1/apps/{app_name(app_)}/volumes/{volume}"), json_out)
 
 
