@@ -6,15 +6,18 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import stat
 import subprocess
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from hangar import hostcmd
+from hangar.agent.reconciler import Reconciler
 from hangar.agent.runtimes.runc import RuncRuntime
 from hangar.agent.volumes import _mounts
 from hangar.agent.volumes.base import VolumeLayout, VolumeSpec
@@ -24,7 +27,15 @@ from hangar.contract.volumes import HostVolume, VolumeMount
 from hangar.errors import Conflict, ValidationError
 from hangar.images.oci import ImageRef, build_layout, layer_tar
 from hangar.images.store import Image, ImageStore
-from tests.integration.conftest import BASE_UID, busybox_layer, needs_root, run_to_end, spec
+from tests.integration.conftest import (
+    BASE_UID,
+    busybox_layer,
+    needs_root,
+    output,
+    run_to_end,
+    spec,
+    wait_for,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -63,30 +74,42 @@ def _mount(manager: VolumeManager, vid: str, key: bytes, size_mb: int = 64) -> P
 
 
 def test_a_machine_naming_a_volume_in_its_arguments_is_not_taken_for_its_daemon(
-    manager: VolumeManager,
+    manager: VolumeManager, tmp_path: Path
 ) -> None:
     """A tenant's process whose command line names another tenant's mount point (its
-    path is predictable) must not be waited for when that volume is unmounted: the
-    agent would stall, and the volume would stay mounted."""
+    path is predictable), even a program called gocryptfs, must not be waited for when
+    that volume is unmounted: the agent would stall, and the volume would stay mounted."""
     vid, key = _vid(), secrets.token_bytes(32)
     plain = _mount(manager, vid, key)
     real = _mounts.daemons_serving(plain)
     assert len(real) == 1
-    impostor = subprocess.Popen(
-        ["/bin/sh", "-c", "sleep 600; exit 0", "gocryptfs", str(plain)],
-        user=BASE_UID + 7,
-        group=BASE_UID + 7,
-        extra_groups=[],
-    )
+    named = tmp_path / "gocryptfs"  # a program of that name, in a user namespace of its own
+    shutil.copy("/bin/sh", named)
+    script = ["-c", "sleep 600; exit 0", "gocryptfs", str(plain)]
+    impostors = [
+        subprocess.Popen(
+            ["/bin/sh", *script], user=BASE_UID + 7, group=BASE_UID + 7, extra_groups=[]
+        ),
+        subprocess.Popen(["unshare", "--user", "--map-root-user", str(named), *script]),
+    ]
     try:
+        wait_for(lambda: all(_names(p.pid, plain) for p in impostors))
         assert _mounts.daemons_serving(plain) == real
         manager.release([vid])
         assert _mounts.mounts_under(manager.layout.mount_dir(vid)) == []
-        assert impostor.poll() is None  # untouched, and not waited for
+        assert all(p.poll() is None for p in impostors)  # untouched, and not waited for
     finally:
-        impostor.kill()
-        impostor.wait()
+        for impostor in impostors:
+            impostor.kill()
+            impostor.wait()
     manager.driver.destroy(vid)
+
+
+def _names(pid: int, plain: Path) -> bool:
+    try:
+        return str(plain).encode() in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
 
 
 def test_a_create_killed_before_mkfs_is_made_again(manager: VolumeManager) -> None:
@@ -266,4 +289,49 @@ def test_a_destination_the_image_made_a_symlink_leads_no_mount_out_of_the_machin
     runtime.remove(machine)
     machines.remove(machine)
     manager.release([vid])
+    manager.driver.destroy(vid)
+
+
+def test_a_machine_whose_volume_daemon_died_is_started_again_with_it_mounted(
+    runtime: RuncRuntime, image: Image, base_dir: Path, manager: VolumeManager
+) -> None:
+    """gocryptfs killed under a running machine (OOM, a crash): the machine would see
+    only ENOTCONN for good. The agent kills it; its restart mounts the volume anew."""
+    vid, key = _vid(), secrets.token_bytes(32)
+    reconciler = Reconciler(
+        runtime,
+        ImageStore(base_dir / "images", uid_base=BASE_UID),
+        base_dir / f"agent-{vid}",
+        volumes=manager,
+        volume_key_source=lambda want: {vid: key},
+    )
+    machine = f"m-stale-{secrets.token_hex(3)}"
+    want = Assignment(
+        machine, "app", 1, "started", f"oci:{base_dir / 'layout'}:latest",
+        args=["/bin/sh", "-c", "cat /data/f 2>/dev/null; echo kept > /data/f; exec sleep 600"],
+        mounts=[VolumeMount(vid, "data", "/data", 64, "gocryptfs")],
+    )  # fmt: skip
+    try:
+        reconciler.reconcile([want], time.time())
+        assert runtime.state(machine).status == "running"
+        plain = manager.layout.plain(vid)
+        wait_for(lambda: (plain / "f").exists())
+        (daemon,) = _mounts.daemons_serving(plain)
+        os.kill(daemon, signal.SIGKILL)
+        wait_for(lambda: _mounts.is_stale(plain))
+        in_use = reconciler.volumes_in_use()
+        assert manager.stale(in_use) == [vid]
+        assert reconciler.kill_holders(manager.stale(in_use)) == [machine]
+        wait_for(lambda: runtime.state(machine).status != "running")
+
+        def started_again() -> bool:
+            reconciler.reconcile([want], time.time())
+            return runtime.state(machine).status == "running" and not _mounts.is_stale(plain)
+
+        wait_for(started_again, timeout=60)
+        assert manager.stale(reconciler.volumes_in_use()) == []
+        wait_for(lambda: "kept" in output(runtime, machine))  # it read its file back
+    finally:
+        runtime.remove(machine)
+        manager.release([vid])
     manager.driver.destroy(vid)

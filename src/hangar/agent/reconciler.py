@@ -15,7 +15,7 @@ import ipaddress
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -320,6 +320,21 @@ class Reconciler:
         for machine_id in self.runtime.list():
             held.update(str(v) for v in self._meta(machine_id).get("volumes", []))
         return held
+
+    def kill_holders(self, volume_ids: Iterable[str]) -> list[str]:
+        """SIGKILL the running machines holding any of ``volume_ids`` (whose mount died):
+        each then stops, failed, and its restart policy starts it again, which mounts
+        the volume anew. The machines killed."""
+        wanted = set(volume_ids)
+        killed = []
+        for machine_id in self.runtime.list():
+            if not wanted & {str(v) for v in self._meta(machine_id).get("volumes", [])}:
+                continue
+            if self.runtime.state(machine_id).status != "running":
+                continue
+            self.runtime.signal(machine_id, "SIGKILL")
+            killed.append(machine_id)
+        return killed
 
     def _watch(self, want: Assignment, now: float) -> None:
         if want.address is not None:

@@ -100,25 +100,22 @@ def unmount(point: Path, *, lazy: bool = False) -> None:
         hostcmd.run(["umount", "-l", str(point)], timeout=60)
 
 
-def _host_root_running(entry: Path, program: str) -> bool:
-    """Whether the process ``entry`` (a /proc/PID) is the host's root running ``program``.
-
-    A machine's processes are unprivileged host uids (its user namespace), so
-    none passes, whatever it names itself or its arguments."""
+def _host_program(entry: Path, program: str) -> bool:
+    """Whether the process ``entry`` (a /proc/PID) runs ``program`` in this host's
+    user namespace. A machine's processes run in a user namespace of their own, so
+    none passes, whatever it names itself or its arguments. (Not by uid: a gocryptfs
+    daemon takes on its callers' uids as it serves them.)"""
     try:
-        status = (entry / "status").read_text()
+        same_userns = os.readlink(entry / "ns" / "user") == os.readlink("/proc/self/ns/user")
         exe = os.readlink(entry / "exe")
     except OSError:
         return False
-    uids = next((line.split()[1:] for line in status.splitlines() if line.startswith("Uid:")), [])
-    if not uids or any(uid != "0" for uid in uids):
-        return False
-    return Path(exe.removesuffix(" (deleted)")).name == program
+    return same_userns and Path(exe.removesuffix(" (deleted)")).name == program
 
 
 def daemons_serving(point: Path, program: str = "gocryptfs") -> list[int]:
-    """Pids of the host root's ``program`` processes whose command line names ``point``
-    (the FUSE daemon serving it); never a process of a machine that merely names it."""
+    """Pids of the host's ``program`` processes whose command line names ``point`` (the
+    FUSE daemon serving it); never a process of a machine that merely names it."""
     wanted = str(point).encode()
     found = []
     for entry in Path("/proc").iterdir():
@@ -128,7 +125,7 @@ def daemons_serving(point: Path, program: str = "gocryptfs") -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if wanted in argv and _host_root_running(entry, program):
+        if wanted in argv and _host_program(entry, program):
             found.append(int(entry.name))
     return found
 

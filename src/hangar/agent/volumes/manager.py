@@ -133,6 +133,16 @@ class VolumeManager:
         for volume_id in volume_ids:
             self.driver.unmount(volume_id)
 
+    def stale(self, in_use: Iterable[str]) -> list[str]:
+        """Volumes held here whose plaintext mount lost its daemon (a gocryptfs killed or
+        crashed): the machines holding them see only errors until they start again."""
+        return sorted(
+            volume_id
+            for volume_id in set(in_use)
+            if _mounts.mount_source(self.layout.plain(volume_id)) is not None
+            and _mounts.is_stale(self.layout.plain(volume_id))
+        )
+
     def sync(self, desired: Sequence[HostVolume], in_use: Iterable[str]) -> list[str]:
         """Destroy volumes no longer listed, unmount those no machine here holds, grow
         the others; errors, in words."""
