@@ -34,6 +34,7 @@ from hangar.api.routers import (
     tokens,
     wireguard,
 )
+from hangar.api.web import pages
 from hangar.controlplane.state import ControlPlane
 
 __all__ = ["create_agent_app", "create_app"]
@@ -81,6 +82,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
     app.include_router(machines.by_id, responses=PROBLEM_RESPONSES)
     app.include_router(metrics.orgs, responses=PROBLEM_RESPONSES)
     app.include_router(metrics.apps, responses=PROBLEM_RESPONSES)
+    app.include_router(pages.router)
     install_problem_handlers(app)
     app.add_middleware(
         RequestContextMiddleware,
