@@ -232,7 +232,7 @@ class Principal:
         Every caveat applies, to operators as to anyone.
         """
         self.check_action(perm)
-        if perm is Permission.WHOAMI:
+        if perm in _OWN:
             return
         if perm.least_role is None:
             if not self.is_operator or self.scope.orgs is not None or self.scope.apps is not None:
@@ -264,6 +264,8 @@ class Principal:
 
 
 _DEFAULT_GRANTS = Grants()
+# Permissions over the caller's own person, not any organization's objects.
+_OWN = frozenset({Permission.WHOAMI, Permission.SESSIONS_READ, Permission.SESSIONS_REVOKE})
 _CONFIGURABLE_BY_LABEL = {p.label: p for p in CONFIGURABLE}
 
 

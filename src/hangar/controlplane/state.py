@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 from hangar.audit.log import AuditContext, AuditLog
 from hangar.audit.witness import Witnesses
+from hangar.auth.oidc import OidcClient
+from hangar.auth.ratelimit import FailureLimiter
 from hangar.auth.sessions import SessionService
 from hangar.auth.tokens import Principal, TokenService
 from hangar.config.settings import ServerSettings
@@ -63,6 +65,16 @@ class ControlPlane:
     # The machines on this process's own host, when it runs an agent.
     local: HostMachines | None = None
     _break_glass: list[str] = field(default_factory=list)
+
+    @functools.cached_property
+    def oidc(self) -> OidcClient:
+        """The OpenID Connect client (discovery documents and JWKS cached per provider)."""
+        return OidcClient()
+
+    @functools.cached_property
+    def signin_limiter(self) -> FailureLimiter:
+        """Failed sign-ins per address and per person, with backoff."""
+        return FailureLimiter()
 
     @functools.cached_property
     def sessions(self) -> SessionService:
