@@ -8,6 +8,7 @@ site, or a former member would try.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import secrets
 from collections.abc import Iterator
@@ -331,3 +332,73 @@ def test_the_bootstrap_token_is_break_glass(world: World) -> None:
     before = len(_events(world.cp, "auth.break_glass"))
     assert world.api.get("/v1/whoami", headers=world.admin).status_code == 200
     assert len(_events(world.cp, "auth.break_glass")) == before + 1
+
+
+def test_a_user_the_idp_disables_is_offboarded_at_the_next_check(world: World) -> None:
+    from hangar.controlplane.identitycheck import check_identities
+
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "bob@example.com"})
+    world.set_user("bob", email="bob@example.com")
+    world.sign_in("bob")
+    cookie = world.api.cookies.get("__Host-hangar-session") or ""
+    tok = world.api.post(
+        "/v1/tokens", headers=bearer(cookie), json={"kind": "org", "org": "acme"}
+    ).json()["token"]
+    # The provider still vouches: nothing happens.
+    assert check_identities(world.cp) == 0
+    assert world.api.get("/v1/whoami", headers=bearer(cookie)).status_code == 200
+    # The provider disables bob (its refresh tokens for him stop working).
+    httpx.post(f"{world.issuer}/users/bob/revoke-tokens").raise_for_status()
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=world.cp.settings.idp_check_seconds + 1)
+    assert check_identities(world.cp, later) == 1
+    assert world.api.get("/v1/whoami", headers=bearer(cookie)).status_code == 401
+    assert world.api.get("/v1/whoami", headers=bearer(tok)).status_code == 401
+    assert [e.target for e in _events(world.cp, "user.idp_disabled")] == ["bob@example.com"]
+
+
+def test_sessions_end_when_expired_or_idle(world: World) -> None:
+    from hangar.store.tables import UserSession
+
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "bob@example.com"})
+    world.set_user("bob", email="bob@example.com")
+    world.sign_in("bob")
+    cookie = world.api.cookies.get("__Host-hangar-session") or ""
+    assert world.api.get("/v1/whoami", headers=bearer(cookie)).status_code == 200
+    with world.cp.db.write() as session:
+        row = session.execute(select(UserSession)).scalars().one()
+        row.last_seen_at -= dt.timedelta(seconds=row.idle_timeout_s + 5)
+    idle = world.api.get("/v1/whoami", headers=bearer(cookie))
+    assert idle.status_code == 401 and "automatic logoff" in idle.json()["detail"]
+    with world.cp.db.write() as session:
+        row = session.execute(select(UserSession)).scalars().one()
+        row.last_seen_at = dt.datetime.now(dt.UTC)
+        row.expires_at = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    expired = world.api.get("/v1/whoami", headers=bearer(cookie))
+    assert expired.status_code == 401 and "expired" in expired.json()["detail"]
+    failures = [e for e in _events(world.cp, "auth.authenticate") if e.outcome == "failure"]
+    assert len(failures) >= 2
+
+
+def test_an_org_requiring_another_idp_is_out_of_reach(world: World) -> None:
+    r = world.api.post(
+        "/v1/idps",
+        headers=world.admin,
+        json={"name": "other", "issuer": world.issuer, "client_id": "x"},
+    )
+    assert r.status_code == 201
+    world.api.post("/v1/orgs", headers=world.admin, json={"name": "beta"})
+    for org in ("acme", "beta"):
+        world.api.post(
+            f"/v1/orgs/{org}/members", headers=world.admin, json={"email": "bob@example.com"}
+        )
+    assert (
+        world.api.patch(
+            "/v1/orgs/beta/policy", headers=world.admin, json={"set": {"sso_idp": "other"}}
+        ).status_code
+        == 200
+    )
+    world.set_user("bob", email="bob@example.com")
+    world.sign_in("bob")
+    cookie = world.api.cookies.get("__Host-hangar-session") or ""
+    assert world.api.get("/v1/orgs/acme", headers=bearer(cookie)).status_code == 200
+    assert world.api.get("/v1/orgs/beta", headers=bearer(cookie)).status_code == 404
