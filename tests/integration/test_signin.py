@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from hangar.api.app import create_app
 from hangar.controlplane.state import ControlPlane
-from hangar.store.tables import AuditEvent, WireguardPeer
+from hangar.store.tables import AuditEvent, Org, WireguardPeer
 from tests.conftest import Installation, bearer, make_installation
 
 PUBLIC = "https://testserver"
@@ -253,14 +253,36 @@ def test_removing_a_member_ends_their_sessions_tokens_and_devices(world: World) 
         "/v1/tokens", headers=bearer(cookie), json={"kind": "org", "org": "acme"}
     ).json()["token"]
     assert world.api.get("/v1/orgs/acme", headers=bearer(tok)).status_code == 200
+    _add_device(world.cp, "bob-laptop", "bob@example.com")
+    _add_device(world.cp, "admin-laptop", "admin@example.com")
     r = world.api.delete("/v1/orgs/acme/members/bob@example.com", headers=world.admin)
     assert r.status_code == 204, r.text
     assert world.api.get("/v1/whoami", headers=bearer(cookie)).status_code == 401
     assert world.api.get("/v1/whoami", headers=bearer(tok)).status_code == 401
     with world.cp.db.read() as session:
-        assert not session.execute(
-            select(WireguardPeer).where(WireguardPeer.created_by == "bob@example.com")
-        ).all()
+        left = session.execute(select(WireguardPeer.name)).scalars().all()
+    assert left == ["admin-laptop"]
+    removed = _events(world.cp, "member.remove")[-1]
+    assert '"bob-laptop"' in removed.detail and "tokens_revoked" in removed.detail
+
+
+def _add_device(cp: ControlPlane, name: str, email: str) -> None:
+    """A person's WireGuard device, as `hangar wireguard add` records it."""
+    with cp.db.write() as session:
+        org_id = session.execute(select(Org.id).where(Org.name == "acme")).scalar_one()
+        session.add(
+            WireguardPeer(
+                id=f"wg_{name}"[:32],
+                org_id=org_id,
+                name=name,
+                network="default",
+                public_key=base64.b64encode(secrets.token_bytes(32)).decode(),
+                address=f"fdaa:0:0:0:0:0:0:{secrets.randbelow(60000) + 1:x}",
+                gateway_host_id="host_local",
+                created_by=email,
+                created_at=dt.datetime.now(dt.UTC),
+            )
+        )
 
 
 def test_a_disabled_user_cannot_sign_in_or_call(world: World) -> None:
@@ -402,3 +424,33 @@ def test_an_org_requiring_another_idp_is_out_of_reach(world: World) -> None:
     cookie = world.api.cookies.get("__Host-hangar-session") or ""
     assert world.api.get("/v1/orgs/acme", headers=bearer(cookie)).status_code == 200
     assert world.api.get("/v1/orgs/beta", headers=bearer(cookie)).status_code == 404
+
+
+def test_a_token_cannot_pose_as_a_session_nor_a_session_as_another(world: World) -> None:
+    from hangar.crypto.macaroons import Macaroon
+
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "bob@example.com"})
+    world.set_user("bob", email="bob@example.com")
+    world.sign_in("bob")
+    session_token = world.api.cookies.get("__Host-hangar-session") or ""
+    sid = world.api.get("/v1/auth/sessions", headers=bearer(session_token)).json()[0]["id"]
+    api_token = world.api.post(
+        "/v1/tokens", headers=bearer(session_token), json={"kind": "user"}
+    ).json()["token"]
+    posing = Macaroon.parse(api_token).attenuate(f"session = {sid}").serialize()
+    assert world.api.get("/v1/whoami", headers=bearer(posing)).status_code == 401
+    other = Macaroon.parse(session_token).attenuate("session = ses_0000000000000000").serialize()
+    assert world.api.get("/v1/whoami", headers=bearer(other)).status_code == 401
+    # An API token in the session cookie does not sign a browser in.
+    world.api.cookies.set("__Host-hangar-session", api_token)
+    page = world.api.get("/web/", follow_redirects=False)
+    assert page.status_code == 303 and page.headers["location"] == "/web/signin"
+
+
+def test_session_tokens_are_not_listed_as_api_tokens(world: World) -> None:
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "bob@example.com"})
+    world.set_user("bob", email="bob@example.com")
+    world.sign_in("bob")
+    session_token = world.api.cookies.get("__Host-hangar-session") or ""
+    listed = world.api.get("/v1/tokens", headers=bearer(session_token)).json()["items"]
+    assert all(t["kind"] != "session" for t in listed)
