@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from hangar.controlplane.acme import ACCOUNT_PURPOSE, ACCOUNT_SETTING
+from hangar.controlplane.idps import secret_purpose as idp_secret_purpose
 from hangar.controlplane.logsinks import credential_purpose
 from hangar.controlplane.routes import cert_key_purpose
+from hangar.controlplane.signins import refresh_purpose
 from hangar.controlplane.state import ControlPlane
 from hangar.crypto.rotation import (
     WRAPPED_FILES,
@@ -25,7 +27,15 @@ from hangar.crypto.rotation import (
     rewrap_file,
     root_key_purpose,
 )
-from hangar.store.tables import AppKey, Certificate, LogSinkRow, RootKey, Setting
+from hangar.store.tables import (
+    AppKey,
+    Certificate,
+    IdentityProvider,
+    LogSinkRow,
+    RootKey,
+    Setting,
+    UserIdentity,
+)
 
 __all__ = ["Rotation", "rotate_kek"]
 
@@ -74,6 +84,17 @@ def _rewrap_rows(cp: ControlPlane) -> int:
                 fresh = rewrap(cp.keyring, sink.credential, purpose)
                 count += fresh != sink.credential
                 sink.credential = fresh
+        for idp in session.execute(select(IdentityProvider)).scalars():
+            if idp.client_secret is not None:
+                fresh = rewrap(cp.keyring, idp.client_secret, idp_secret_purpose(idp.id))
+                count += fresh != idp.client_secret
+                idp.client_secret = fresh
+        for identity in session.execute(select(UserIdentity)).scalars():
+            if identity.refresh_token is not None:
+                purpose = refresh_purpose(identity.idp_id, identity.subject)
+                fresh = rewrap(cp.keyring, identity.refresh_token, purpose)
+                count += fresh != identity.refresh_token
+                identity.refresh_token = fresh
         account = session.get(Setting, ACCOUNT_SETTING)
         if account is not None:
             stored = json.loads(account.value)
