@@ -486,3 +486,37 @@ def test_use_keeps_a_session_from_idling_out(world: World) -> None:
     with world.cp.db.read() as session:
         seen = session.execute(select(UserSession)).scalars().one().last_seen_at
     assert seen > before + dt.timedelta(minutes=4)
+
+
+def test_a_planted_session_cookie_is_replaced_at_sign_in(world: World) -> None:
+    """Session fixation: whatever session cookie a browser held, signing in issues a new one."""
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "bob@example.com"})
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "eve@example.com"})
+    world.set_user("eve", email="eve@example.com")
+    world.set_user("bob", email="bob@example.com")
+    world.sign_in("eve")
+    planted = world.api.cookies.get("__Host-hangar-session") or ""
+    world.api.cookies.clear()
+    world.api.cookies.set("__Host-hangar-session", planted)
+    done = world.sign_in("bob")
+    assert signed_in_to(done) == "/web/"
+    issued = done.cookies.get("__Host-hangar-session")
+    assert issued and issued != planted
+    me = world.api.get("/v1/whoami", headers=bearer(issued)).json()
+    assert me["email"] == "bob@example.com"
+    # The attacker's own session is still only the attacker's.
+    assert world.api.get("/v1/whoami", headers=bearer(planted)).json()["email"] == "eve@example.com"
+
+
+def test_failed_sign_ins_are_limited_per_person_too(world: World) -> None:
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "bob@example.com"})
+    world.set_user("bob", email="bob@example.com")
+    world.set_user("eve", email="eve@elsewhere.example")
+    for _ in range(5):
+        assert world.sign_in("eve").status_code == 401
+    # As if eve came from a fresh address: the person's own count still holds her back.
+    world.cp.signin_limiter.succeeded(["addr:testclient"])
+    assert world.sign_in("eve").status_code == 429
+    # Others from that address are not held back by eve's failures.
+    world.cp.signin_limiter.succeeded(["addr:testclient"])
+    assert signed_in_to(world.sign_in("bob")) == "/web/"
