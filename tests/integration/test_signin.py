@@ -520,3 +520,48 @@ def test_failed_sign_ins_are_limited_per_person_too(world: World) -> None:
     # Others from that address are not held back by eve's failures.
     world.cp.signin_limiter.succeeded(["addr:testclient"])
     assert signed_in_to(world.sign_in("bob")) == "/web/"
+
+
+def test_a_registered_step_runs_before_the_session_is_issued(world: World) -> None:
+    """The pipeline's seam: a step (as a second factor registers one) holds the session back."""
+    from hangar.auth import signin
+    from hangar.controlplane import signins
+    from hangar.errors import AuthError
+
+    @dataclass(frozen=True)
+    class Extra:
+        name: str = "extra"
+        page: str = "/web/extra-step"
+
+        def applies(self, ctx: signin.SigninContext) -> bool:
+            return ctx.email == "bob@example.com"
+
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "bob@example.com"})
+    world.set_user("bob", email="bob@example.com", amr=["pwd"])
+    signin.register_step(Extra())
+    try:
+        held = world.sign_in("bob")
+        assert held.status_code == 303 and held.headers["location"] == "/web/extra-step"
+        assert not world.api.cookies.get("__Host-hangar-session")
+        cookie = world.api.cookies.get("__Host-hangar-signin")
+        with pytest.raises(AuthError):
+            signins.step_done(
+                world.cp, cookie, "other", signin.StepResult(), client_addr=None, request_id=None
+            )
+        outcome = signins.step_done(
+            world.cp,
+            cookie,
+            "extra",
+            signin.StepResult(amr=["hwk"], second_factor=True),
+            client_addr=None,
+            request_id=None,
+        )
+        assert outcome.session_token is not None
+        me = world.api.get("/v1/whoami", headers=bearer(outcome.session_token)).json()
+        assert me["mfa_verified_at"] is not None
+        with pytest.raises(AuthError):  # the pending sign-in is spent
+            signins.step_done(
+                world.cp, cookie, "extra", signin.StepResult(), client_addr=None, request_id=None
+            )
+    finally:
+        signin.STEPS[:] = [s for s in signin.STEPS if s.name != "extra"]
