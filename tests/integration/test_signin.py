@@ -565,3 +565,16 @@ def test_a_registered_step_runs_before_the_session_is_issued(world: World) -> No
             )
     finally:
         signin.STEPS[:] = [s for s in signin.STEPS if s.name != "extra"]
+
+
+def test_a_device_page_sends_a_stranger_to_sign_in_and_back(world: World) -> None:
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "bob@example.com"})
+    world.set_user("bob", email="bob@example.com")
+    start = world.api.post("/v1/auth/device").json()
+    away = world.api.get("/web/device", params={"code": start["user_code"]}, follow_redirects=False)
+    assert away.status_code == 303
+    target = parse_qs(urlsplit(away.headers["location"]).query)["next"][0]
+    assert target == f"/web/device?code={start['user_code']}"
+    listing = world.api.get("/web/signin", params={"next": target})
+    assert "next=/web/device%3Fcode%3D" in listing.text
+    assert signed_in_to(world.sign_in("bob", next=target)) == target

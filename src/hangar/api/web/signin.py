@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import Query, Request
 from fastapi.responses import Response
@@ -55,7 +56,7 @@ def signin(
     """Choose an identity provider, or (with ``idp``) be sent to it."""
     cp = request.app.state.cp
     if not idp:
-        after = esc(signins.safe_next(next))
+        after = esc(quote(signins.safe_next(next), safe="/"))
         items = "".join(
             f'<li><a href="/web/signin?idp={esc(row.name)}&amp;next={after}">'
             f"Sign in with {esc(row.name)}</a></li>"
@@ -142,7 +143,7 @@ def device(request: Request, web: Annotated[WebAccess, WEB], code: Text = "") ->
     """Enter (or confirm) the code a device shows, to let it sign in as you."""
     if web.principal is None:
         target = "/web/device" + (f"?code={signins.normalize_user_code(code)}" if code else "")
-        return redirect(f"/web/signin?next={target.replace('?', '%3F').replace('=', '%3D')}")
+        return redirect(f"/web/signin?next={quote(target, safe='/')}")
     found = signins.find_device(web.cp, code) if code else None
     if found is None:
         note = "<p class=error>No device is waiting with that code.</p>" if code else ""
