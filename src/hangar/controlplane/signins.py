@@ -256,6 +256,9 @@ class Outcome:
     location: str
     session_token: str | None = None
     session_max_age: int = 0
+    # The CLI's loopback redirect: the person confirms it with a click, so a
+    # sign-in link someone else made cannot hand a code to a listener of theirs.
+    to_cli: bool = False
 
 
 def _pending(session: Session, cookie: str | None) -> PendingSignin | None:
@@ -613,7 +616,7 @@ def issue_from_pending(
                 target=user.email,
                 detail={**detail, "stage": "cli code issued"},
             )
-            return Outcome(location=f"{row.return_to}&code={code}")
+            return Outcome(location=f"{row.return_to}&code={code}", to_cli=True)
         issued = _issue(cp, session, row, user, claims, done, via="web", client_addr=client_addr)
         row.done_at = now
         ctx = AuditContext(
