@@ -417,6 +417,23 @@ def _verified_in(
         user = session.get(User, identity.user_id) if identity is not None else None
         if user is None:
             user = session.execute(select(User).where(User.email == email)).scalar_one_or_none()
+            linked_elsewhere = (
+                user is not None
+                and session.execute(
+                    select(UserIdentity.idp_id).where(UserIdentity.user_id == user.id).limit(1)
+                ).first()
+            )
+            if linked_elsewhere and claims.get("email_verified") is not True:
+                # The person already signs in through another provider: taking
+                # over their user by e-mail needs a provider that vouches for
+                # the address (some leave unverified addresses unmarked).
+                raise _Refusal(
+                    SigninRefused(
+                        f"{email} signs in through another identity provider, and this one "
+                        "does not say the address is verified",
+                        hint="sign in through the provider you used before",
+                    )
+                )
         all_policies = _all_policies(session)
         jit = {
             org_id: role
