@@ -69,8 +69,8 @@ def provider() -> Iterator[str]:
 
 
 @pytest.fixture
-def world(tmp_path: Path, provider: str) -> Iterator[World]:
-    inst: Installation = make_installation(tmp_path / "data", public_url=PUBLIC)
+def world(tmp_path: Path, provider: str, database_url: str) -> Iterator[World]:
+    inst: Installation = make_installation(tmp_path / "data", database_url, public_url=PUBLIC)
     cp = ControlPlane.open(inst.settings)
     with TestClient(create_app(cp), base_url=PUBLIC, raise_server_exceptions=False) as api:
         r = api.post(
