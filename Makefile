@@ -57,6 +57,7 @@ bench: deps
 	$(PY) benchmarks/api_throughput.py $(BENCH_ARGS)
 	$(PY) benchmarks/machine_start.py $(BENCH_ARGS)
 	$(PY) benchmarks/secrets_at_scale.py $(BENCH_ARGS)
+	$(PY) benchmarks/volumes.py $(BENCH_ARGS)
 	$(PY) benchmarks/edge_throughput.py $(BENCH_ARGS)
 	$(PY) benchmarks/network_paths.py $(BENCH_ARGS)
 	$(PY) benchmarks/telemetry.py $(BENCH_ARGS)

@@ -6,18 +6,15 @@ import importlib.util
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_cli_flow import HANGAR, Server, free_port, init, login, start, stop
+from tests.e2e.test_cli_flow import HANGAR, Server, start
 
 pytestmark = [
     pytest.mark.slow,
@@ -57,33 +54,6 @@ def start_server(
     data_dir: Path, agent_dir: Path, env: dict[str, str], port: int
 ) -> subprocess.Popen[bytes]:
     return start(data_dir, env, port, "--agent-dir", str(agent_dir), "--no-edge")
-
-
-@pytest.fixture
-def deployed(tmp_path: Path) -> Iterator[tuple[Server, Path, Path]]:
-    agent_root = Path(tempfile.mkdtemp(prefix="hangar-e2e-", dir="/var/tmp"))
-    agent_root.chmod(0o711)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HANGAR_")}
-    env["HANGAR_CONFIG_DIR"] = str(tmp_path / "cli")
-    data_dir, token_file = tmp_path / "data", tmp_path / "admin.token"
-    init(data_dir, token_file, env)
-    port = free_port()
-    proc = start_server(data_dir, agent_root / "agent", env, port)
-    srv = Server(data_dir, f"https://127.0.0.1:{port}", token_file.read_text().strip(), env, proc)
-    build_example_image(tmp_path / "image")
-    try:
-        login(srv)
-        srv.cli("apps", "create", "hello")
-        yield srv, tmp_path, agent_root
-    finally:
-        srv.cli("apps", "destroy", "hello", "--yes", check=False)
-        machines = agent_root / "agent/state/machines"
-        deadline = time.monotonic() + 30
-        while machines.exists() and any(machines.iterdir()) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        stop(srv.process)
-        subprocess.run(["umount", str(agent_root / "agent/bundles")], capture_output=True)
-        shutil.rmtree(agent_root, ignore_errors=True)
 
 
 def write_config(tmp: Path, name: str, path: str = "/healthz", wait: str = "30s") -> Path:

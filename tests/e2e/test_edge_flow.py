@@ -7,14 +7,9 @@ edge, and keeps every request answered while machines are replaced.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
-import os
 import shutil
-import signal
 import ssl
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,8 +22,9 @@ from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from tests.e2e.test_cli_flow import Server, free_port, init, login, start, stop
-from tests.e2e.test_deploy_flow import CONFIG, build_example_image
+from tests.e2e.conftest import running_server
+from tests.e2e.test_cli_flow import Server, free_port
+from tests.e2e.test_deploy_flow import CONFIG
 from tests.edge_client import EdgeConnection
 from tests.pebble import Pebble, have_pebble, pebble
 
@@ -96,61 +92,25 @@ def fetch(
 
 @pytest.fixture
 def edge(tmp_path: Path) -> Iterator[Edge]:
-    agent_root = Path(tempfile.mkdtemp(prefix="hangar-edge-", dir="/var/tmp"))
-    agent_root.chmod(0o711)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HANGAR_")}
-    env["HANGAR_CONFIG_DIR"] = str(tmp_path / "cli")
-    data_dir, token_file = tmp_path / "data", tmp_path / "admin.token"
-    init(data_dir, token_file, env)
     http_port, https_port = free_port(), free_port()
     with pebble(tmp_path / "pebble", http_port) as acme:
-        (data_dir / "server.toml").write_text(
-            "\n".join(
-                [
-                    'edge_listen_host = "127.0.0.1"',
-                    f"edge_http_port = {http_port}",
-                    f"edge_https_port = {https_port}",
-                    f"edge_metrics_port = {free_port()}",
-                    f'acme_directory_url = "{acme.directory_url}"',
-                    f'acme_ca_bundle = "{acme.ca_bundle}"',
-                    "acme_poll_seconds = 1",
-                    "",
-                ]
-            )
+        toml = "\n".join(
+            [
+                'edge_listen_host = "127.0.0.1"',
+                f"edge_http_port = {http_port}",
+                f"edge_https_port = {https_port}",
+                f"edge_metrics_port = {free_port()}",
+                f'acme_directory_url = "{acme.directory_url}"',
+                f'acme_ca_bundle = "{acme.ca_bundle}"',
+                "acme_poll_seconds = 1",
+                "",
+            ]
         )
-        port = free_port()
-        proc = start(data_dir, env, port, "--agent-dir", str(agent_root / "agent"))
-        srv = Server(
-            data_dir, f"https://127.0.0.1:{port}", token_file.read_text().strip(), env, proc
-        )
-        build_example_image(tmp_path / "image")
-        try:
-            login(srv)
-            srv.cli("apps", "create", "hello")
+        with running_server(tmp_path, "edge", server_toml=toml, apps=("hello", "other")) as (
+            srv,
+            agent_root,
+        ):
             yield Edge(srv, tmp_path, agent_root, http_port, https_port, acme)
-        finally:
-            for app in ("hello", "other"):
-                srv.cli("apps", "destroy", app, "--yes", check=False)
-            machines = agent_root / "agent/state/machines"
-            deadline = time.monotonic() + 30
-            while machines.exists() and any(machines.iterdir()) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            stop(srv.process)
-            # A test that failed half-way must not leave machines running.
-            runc_root = agent_root / "agent/state/runc"
-            for left in machines.iterdir() if machines.exists() else []:
-                subprocess.run(
-                    ["runc", "--root", str(runc_root), "delete", "--force", left.name],
-                    capture_output=True,
-                )
-            pidfile = agent_root / "agent/edge/haproxy.pid"
-            if pidfile.exists():
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pidfile.read_text().split()[0]), signal.SIGTERM)
-                time.sleep(0.5)
-            for mount in ("edge", "bundles"):
-                subprocess.run(["umount", str(agent_root / "agent" / mount)], capture_output=True)
-            shutil.rmtree(agent_root, ignore_errors=True)
 
 
 def in_rotation(edge: Edge, app: str) -> list[str]:

@@ -5,11 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
-import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +13,8 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from tests.e2e.test_cli_flow import Server, free_port, init, login, stop
-from tests.e2e.test_deploy_flow import build_example_image, start_server, write_config
+from tests.e2e.test_cli_flow import Server
+from tests.e2e.test_deploy_flow import write_config
 
 pytestmark = [
     pytest.mark.slow,
@@ -27,36 +23,9 @@ pytestmark = [
 
 
 @pytest.fixture
-def deployed(tmp_path: Path) -> Iterator[tuple[Server, Path, Path]]:
-    """A server with its agent, allowing the fake Loki (on localhost) as a sink, app hello."""
-    agent_root = Path(tempfile.mkdtemp(prefix="hangar-sinks-", dir="/var/tmp"))
-    agent_root.chmod(0o711)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HANGAR_")}
-    env["HANGAR_CONFIG_DIR"] = str(tmp_path / "cli")
-    data_dir, token_file = tmp_path / "data", tmp_path / "admin.token"
-    init(data_dir, token_file, env)
-    port = free_port()
-    proc = start_server(
-        data_dir,
-        agent_root / "agent",
-        {**env, "HANGAR_ALLOWED_LOG_SINK_HOSTS": '["localhost"]'},
-        port,
-    )
-    srv = Server(data_dir, f"https://127.0.0.1:{port}", token_file.read_text().strip(), env, proc)
-    build_example_image(tmp_path / "image")
-    try:
-        login(srv)
-        srv.cli("apps", "create", "hello")
-        yield srv, tmp_path, agent_root
-    finally:
-        srv.cli("apps", "destroy", "hello", "--yes", check=False)
-        machines = agent_root / "agent/state/machines"
-        deadline = time.monotonic() + 30
-        while machines.exists() and any(machines.iterdir()) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        stop(srv.process)
-        subprocess.run(["umount", str(agent_root / "agent/bundles")], capture_output=True)
-        shutil.rmtree(agent_root, ignore_errors=True)
+def server_env() -> dict[str, str]:
+    """The fake Loki (on localhost) is allowed as a sink."""
+    return {"HANGAR_ALLOWED_LOG_SINK_HOSTS": '["localhost"]'}
 
 
 def test_a_deployed_apps_output_reaches_loki(

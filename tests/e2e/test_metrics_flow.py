@@ -6,17 +6,18 @@ import os
 import shutil
 import ssl
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from tests.e2e.test_cli_flow import Server, free_port, init, login, start, stop
-from tests.e2e.test_deploy_flow import build_example_image, write_config
+from tests.e2e.conftest import running_server
+from tests.e2e.test_cli_flow import Server, free_port
+from tests.e2e.test_deploy_flow import write_config
 
 pytestmark = [
     pytest.mark.slow,
@@ -42,60 +43,60 @@ scrape_configs:
       ca_file: {ca}
     static_configs:
       - targets: ["127.0.0.1:{api_port}"]
+  # A Prometheus on another host: the listener over mutual TLS, with a scraper's certificate.
+  - job_name: hangar-tls
+    scheme: https
+    tls_config:
+      ca_file: {scraper}/ca.crt
+      cert_file: {scraper}/prom.crt
+      key_file: {scraper}/prom.key
+    static_configs:
+      - targets: ["127.0.0.1:{tls_port}"]
+  # The same without a client certificate: refused.
+  - job_name: hangar-tls-anonymous
+    scheme: https
+    tls_config:
+      ca_file: {scraper}/ca.crt
+    static_configs:
+      - targets: ["127.0.0.1:{tls_port}"]
 """
 
 
 @pytest.fixture
 def platform(tmp_path: Path) -> Iterator[tuple[Server, Path, str]]:
     """A server with its agent (metrics on a free loopback port) and a Prometheus scraping it."""
-    agent_root = Path(tempfile.mkdtemp(prefix="hangar-metrics-", dir="/var/tmp"))
-    agent_root.chmod(0o711)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HANGAR_")}
-    env["HANGAR_CONFIG_DIR"] = str(tmp_path / "cli")
-    data_dir, token_file = tmp_path / "data", tmp_path / "admin.token"
-    init(data_dir, token_file, env)
-    port, metrics_port, prom_port = free_port(), free_port(), free_port()
-    proc = start(
-        data_dir,
-        env,
-        port,
-        "--agent-dir",
-        str(agent_root / "agent"),
-        "--no-edge",
-        "--metrics-port",
-        str(metrics_port),
-    )
-    srv = Server(data_dir, f"https://127.0.0.1:{port}", token_file.read_text().strip(), env, proc)
-    (tmp_path / "prometheus.yml").write_text(
-        SCRAPE.format(port=metrics_port, token=token_file, ca=data_dir / "ca.crt", api_port=port)
-    )
-    with open(tmp_path / "prometheus.log", "ab") as log:
-        prometheus = subprocess.Popen(
-            [
-                "prometheus",
-                f"--config.file={tmp_path / 'prometheus.yml'}",
-                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{prom_port}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+    metrics_port, prom_port, tls_port = free_port(), free_port(), free_port()
+    options = ("--no-edge", "--metrics-port", str(metrics_port))
+    toml = f'metrics_tls_listen_host = "127.0.0.1"\nmetrics_tls_port = {tls_port}\n'
+    with running_server(tmp_path, "metrics", *options, server_toml=toml) as (srv, _):
+        scraper = tmp_path / "scraper"
+        srv.cli("server", "metrics-cert", "prom", "--out", str(scraper), "--days", "1")
+        (tmp_path / "prometheus.yml").write_text(
+            SCRAPE.format(
+                port=metrics_port,
+                token=tmp_path / "admin.token",
+                ca=srv.data_dir / "ca.crt",
+                api_port=urlsplit(srv.api).port,
+                scraper=scraper,
+                tls_port=tls_port,
+            )
         )
-    build_example_image(tmp_path / "image")
-    try:
-        login(srv)
-        srv.cli("apps", "create", "hello")
-        yield srv, tmp_path, f"http://127.0.0.1:{prom_port}"
-    finally:
-        prometheus.terminate()
-        prometheus.wait(timeout=30)
-        srv.cli("apps", "destroy", "hello", "--yes", check=False)
-        machines = agent_root / "agent/state/machines"
-        deadline = time.monotonic() + 30
-        while machines.exists() and any(machines.iterdir()) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        stop(srv.process)
-        subprocess.run(["umount", str(agent_root / "agent/bundles")], capture_output=True)
-        shutil.rmtree(agent_root, ignore_errors=True)
+        with open(tmp_path / "prometheus.log", "ab") as log:
+            prometheus = subprocess.Popen(
+                [
+                    "prometheus",
+                    f"--config.file={tmp_path / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{prom_port}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            yield srv, tmp_path, f"http://127.0.0.1:{prom_port}"
+        finally:
+            prometheus.terminate()
+            prometheus.wait(timeout=30)
 
 
 def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
@@ -134,8 +135,12 @@ def test_prometheus_scrapes_the_api_and_the_agent(platform: tuple[Server, Path, 
     )
     assert refused.status_code == 401
 
-    complete = eventually(prometheus, 'hangar_releases_total{outcome="complete"} >= 1')
+    complete = eventually(prometheus, 'hangar_releases_total{job="hangar",outcome="complete"} >= 1')
     assert len(complete) == 1
+    # Over mutual TLS: the scraper's certificate is let in, a Prometheus without one is not.
+    assert eventually(prometheus, 'hangar_releases_total{job="hangar-tls",outcome="complete"} >= 1')
+    assert eventually(prometheus, 'up{job="hangar-tls-anonymous"} == 0')
+    assert not query(prometheus, 'up{job="hangar-tls-anonymous"} == 1')
     running = eventually(prometheus, 'hangar_machines{job="hangar",state="running"} == 1')
     assert len(running) == 1 and running[0]["metric"]["org"].startswith("org_")
     # The machine's own cgroup: memory in use, processes, CPU time.
@@ -153,7 +158,9 @@ def test_prometheus_scrapes_the_api_and_the_agent(platform: tuple[Server, Path, 
     assert eventually(prometheus, 'hangar_api_request_duration_seconds_count{route="/v1/apps"}')
     # The server verifies every audit chain on its own: the system's and the organization's.
     org = running[0]["metric"]["org"]
-    verified = eventually(prometheus, f'hangar_audit_chain_verified{{chain="{org}"}} == 1')
+    verified = eventually(
+        prometheus, f'hangar_audit_chain_verified{{job="hangar",chain="{org}"}} == 1'
+    )
     assert len(verified) == 1
     assert eventually(prometheus, 'hangar_audit_chain_verified{chain="system"} == 1')
     assert not query(prometheus, "hangar_audit_chain_verified == 0")
@@ -172,7 +179,9 @@ def test_prometheus_scrapes_the_api_and_the_agent(platform: tuple[Server, Path, 
             name = f"hangar_machine_network_{direction}_{unit}_total"
             assert eventually(prometheus, f'{name}{{job="acme",app="hello"}} > 0'), name
     figures = srv.json("metrics", "--app", "hello")
-    assert isinstance(figures, list) and figures[0]["scrape_ok"] is True
-    assert figures[0]["app_series"] >= 1 and figures[0]["memory_bytes"] > 0
+    assert isinstance(figures, dict) and figures["edge"] == []  # this server runs no edge
+    (mine,) = figures["machines"]
+    assert mine["scrape_ok"] is True and mine["app_series"] >= 1 and mine["memory_bytes"] > 0
+    assert mine["rx_bytes"] > 0 and mine["tx_packets"] > 0
     table = srv.cli("metrics", "--app", "hello").stdout
-    assert machine["id"] in table and " ok " in table
+    assert machine["id"] in table and " ok " in table and " pkts" in table

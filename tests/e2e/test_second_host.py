@@ -15,7 +15,6 @@ import shutil
 import signal
 import ssl
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,14 +27,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.e2e.test_cli_flow import HANGAR, Server, free_port, init, login, start, stop
-from tests.e2e.test_deploy_flow import build_example_image, page, write_config
+from tests.e2e.conftest import running_server
+from tests.e2e.test_cli_flow import HANGAR, Server, free_port, stop
+from tests.e2e.test_deploy_flow import page, write_config
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(os.geteuid() != 0, reason="agents run machines as root"),
 ]
 CERT_SECONDS = 45  # renewed after two thirds: 30 s
+SSN = "123-45-6789"
 
 
 @dataclass
@@ -82,43 +83,20 @@ def hosts(srv: Server) -> dict[str, dict[str, object]]:
 
 @pytest.fixture
 def installation(tmp_path: Path) -> Iterator[Installation]:
-    root = Path(tempfile.mkdtemp(prefix="hangar-2host-", dir="/var/tmp"))
-    root.chmod(0o711)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HANGAR_")}
-    env["HANGAR_CONFIG_DIR"] = str(tmp_path / "cli")
-    data_dir, token_file = tmp_path / "data", tmp_path / "admin.token"
-    init(data_dir, token_file, env)
+    """The server's own agent in ``a``; a second host's goes in ``b``."""
     agent_port = free_port()
-    (data_dir / "server.toml").write_text(f"host_cert_seconds = {CERT_SECONDS}\n")
-    port = free_port()
-    proc = start(
-        data_dir,
-        env,
-        port,
-        "--agent-dir",
-        str(root / "a"),
-        "--agent-listen-port",
-        str(agent_port),
-        "--no-edge",
-    )
-    srv = Server(data_dir, f"https://127.0.0.1:{port}", token_file.read_text().strip(), env, proc)
-    build_example_image(tmp_path / "image")
-    inst = Installation(srv, tmp_path, root, agent_port)
-    try:
-        login(srv)
-        srv.cli("apps", "create", "hello")
-        yield inst
-    finally:
-        srv.cli("apps", "destroy", "hello", "--yes", check=False)
-        for name in ("a", "b"):
-            machines = root / name / "state/machines"
+    options = ("--agent-listen-port", str(agent_port), "--no-edge")
+    toml = f"host_cert_seconds = {CERT_SECONDS}\n"
+    with running_server(tmp_path, "2host", *options, server_toml=toml, agent="a") as (srv, root):
+        try:
+            yield Installation(srv, tmp_path, root, agent_port)
+        finally:
+            srv.cli("apps", "destroy", "hello", "--yes", check=False)
+            machines = root / "b/state/machines"
             deadline = time.monotonic() + 30
             while machines.exists() and any(machines.iterdir()) and time.monotonic() < deadline:
                 time.sleep(0.2)
-        stop(srv.process)
-        for name in ("a", "b"):
-            subprocess.run(["umount", str(root / name / "bundles")], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+            subprocess.run(["umount", str(root / "b/bundles")], capture_output=True)
 
 
 def agent_client(inst: Installation, cert: Path | None, key: Path | None) -> httpx.Client:
@@ -320,7 +298,7 @@ def test_an_edge_host_serves_apps_with_the_tables_it_is_given(installation: Inst
         "--edge-https-port",
         str(https_port),
         "--edge-metrics-port",
-        "0",
+        str(free_port()),
     )
     try:
         wait_for("edge-b to join", lambda: "edge-b" in hosts(srv))
@@ -343,6 +321,43 @@ def test_an_edge_host_serves_apps_with_the_tables_it_is_given(installation: Inst
                 conn.close()
 
         wait_for("edge-b to serve the app", served)
+        conn = EdgeConnection("hello.apps.localhost", https_port, ctx)
+        try:
+            conn.request("GET", f"/records?ssn={SSN}", headers={"Host": "hello.apps.localhost"})
+            conn.getresponse().read()
+        finally:
+            conn.close()
+
+        # Its access lines come up with its reports, without the query string.
+        def access_lines() -> list[dict[str, str]]:
+            out = srv.cli("logs", "--app", "hello", "--stream", "access", "--json").stdout
+            return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+        wait_for(
+            "edge-b's access lines", lambda: any("/records" in r["line"] for r in access_lines())
+        )
+        edge_id = hosts(srv)["edge-b"]["id"]
+        lines = access_lines()
+        assert {r["machine"] for r in lines} == {f"edge:{edge_id}"}
+        assert SSN not in json.dumps(lines) and "ssn" not in json.dumps(lines)
+        found = subprocess.run(
+            ["grep", "-rl", "--", SSN, str(srv.data_dir), str(inst.root)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert found.stdout == "", found.stdout
+
+        # Its figures of the app (HAProxy's exporter, read by edge-b's agent), for `hangar metrics`.
+        def edge_figures() -> list[dict[str, object]]:
+            return srv.json("metrics", "--app", "hello")["edge"]  # type: ignore[index,no-any-return]
+
+        wait_for("edge-b's figures", lambda: any(e["requests"] for e in edge_figures()))
+        (figures,) = edge_figures()
+        assert figures["edge"] == "edge-b"
+        assert figures["responses"]["2xx"] >= 1  # type: ignore[index]
+        table = srv.cli("metrics", "--app", "hello").stdout
+        assert "edge-b" in table and "2xx:" in table
         # Its keys sit only on its tmpfs.
         mounts = Path("/proc/self/mounts").read_text()
         assert f" {inst.root / 'b/edge'} tmpfs " in mounts

@@ -35,6 +35,10 @@ APPLETS = [
     "grep",
     "true",
     "wc",
+    "dd",
+    "df",
+    "stat",
+    "sync",
 ]
 BASE_UID = 100000
 ROOT = Path(__file__).resolve().parents[2]

@@ -150,3 +150,15 @@ def test_identity_prints_its_ratio_table() -> None:
     has_line(out, rf"^GET /v1/whoami\s+{N}/s\s+{N}/s\s+{N}\s+<= 1.2$")
     has_line(out, rf"^authenticate\s+{N}/s\s+{N}/s\s+{N}\s+<= 1.2$")
     has_line(out, rf"^\s+{N}ms\s+{N}ms$")
+
+
+@pytest.mark.slow
+@needs_root
+@pytest.mark.skipif(shutil.which("fio") is None, reason="fio is not installed (make deps)")
+def test_volumes_prints_each_target_against_a_plain_directory() -> None:
+    out = run_quick("volumes.py", timeout=600)
+    has_line(out, r"^  job\s+target\s+MB/s\s+IOPS\s+ratio$")
+    for job in ("sequential write", "sequential read", "random write 4k", "random read 4k"):
+        has_line(out, rf"^  {job}\s+plain directory\s+{N}\s+(-|{N})\s+1\.00$")
+        has_line(out, rf"^  {job}\s+ext4 loop file\s+{N}\s+(-|{N})\s+{N}$")
+        has_line(out, rf"^  {job}\s+encrypted \((gocryptfs|luks2)\)\s+{N}\s+(-|{N})\s+{N}$")

@@ -34,13 +34,19 @@ PUSH = "/loki/api/v1/push"
 
 
 @pytest.fixture
-def installation(tmp_path: Path, database_url: str) -> Installation:
+def sink_buffer_bytes() -> int:
+    """Each sink's buffer: small, so that tests can fill it (a module overrides it)."""
+    return 64 << 10
+
+
+@pytest.fixture
+def installation(tmp_path: Path, database_url: str, sink_buffer_bytes: int) -> Installation:
     """The fake Loki listens on localhost: the operator allows it by name."""
     return make_installation(
         tmp_path / "data",
         database_url,
         allowed_log_sink_hosts=["localhost"],
-        log_sink_buffer_bytes=64 << 10,
+        log_sink_buffer_bytes=sink_buffer_bytes,
     )
 
 
@@ -126,6 +132,19 @@ class Clock:
         return self.now
 
 
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def shipper(control_plane: ControlPlane, clock: Clock) -> Iterator[LogShipper]:
+    """The control plane's log shipper on the test's clock, its sinks closed at the end."""
+    made = LogShipper(control_plane, clock=clock)
+    yield made
+    made.close()
+
+
 def events(cp: ControlPlane, action: str) -> list[AuditEvent]:
     with cp.db.read() as session:
         return list(
@@ -207,10 +226,10 @@ def test_output_reaches_loki_in_order_through_an_outage(
     control_plane: ControlPlane,
     loki: Loki,
     output: Output,
+    clock: Clock,
+    shipper: LogShipper,
 ) -> None:
     add(api, installation, loki.url)
-    clock = Clock()
-    shipper = LogShipper(control_plane, clock=clock)
     output.write(5)
     shipper.round()
     assert numbers(loki.lines) == [0, 1, 2, 3, 4]
@@ -273,10 +292,10 @@ def test_a_full_buffer_drops_the_oldest_and_the_count_is_exact_and_audited(
     control_plane: ControlPlane,
     loki: Loki,
     output: Output,
+    clock: Clock,
+    shipper: LogShipper,
 ) -> None:
     add(api, installation, loki.url)
-    clock = Clock()
-    shipper = LogShipper(control_plane, clock=clock)
     loki.status = 500
     for _ in range(4):
         output.write(300, pad=100)  # far more than the 64 KiB buffer holds
@@ -332,6 +351,8 @@ def test_a_batch_the_sink_refuses_for_good_is_counted_and_audited(
     control_plane: ControlPlane,
     loki: Loki,
     output: Output,
+    clock: Clock,
+    shipper: LogShipper,
 ) -> None:
     add(api, installation, loki.url)
     loki.status = 400
@@ -340,8 +361,6 @@ def test_a_batch_the_sink_refuses_for_good_is_counted_and_audited(
     (event,) = events(control_plane, "logs.sink.dropped")
     # The seven lines and, in the same batch, the audit event that added the sink.
     assert detail(event)["count"] == 7 + 1 and detail(event)["reason"] == "refused"
-    clock = Clock()
-    shipper = LogShipper(control_plane, clock=clock)
     for _ in range(3):  # still refusing, nothing new: no record of a refusal feeds another
         clock.now += 120
         shipper.round()
@@ -360,12 +379,12 @@ def test_rotation_between_rounds_loses_nothing(
     loki: Loki,
     one_machine: tuple[App, str, str],
     tmp_path: Path,
+    shipper: LogShipper,
 ) -> None:
     """The cursor is a file and an offset: it follows its file when the log rotates."""
     output = Output(one_machine[2], tmp_path / "small" / "output.log", max_bytes=2000)
     control_plane.local = output
     add(api, installation, loki.url)
-    shipper = LogShipper(control_plane, clock=Clock())
     for _ in range(6):
         output.write(15, pad=20)  # each batch rotates the log at least once
         shipper.round()

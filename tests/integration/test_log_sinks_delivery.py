@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -32,21 +31,25 @@ from hangar.controlplane.logshipper import LogShipper
 from hangar.controlplane.logstore import LogStore
 from hangar.controlplane.state import ControlPlane
 from hangar.store.tables import App, AuditEvent, Org
-from tests.conftest import Installation, bearer, make_installation, mint_token
-from tests.integration.test_log_sinks import Clock, Loki, add, events, one_machine
+from tests.conftest import Installation, bearer, mint_token
+from tests.integration.test_log_sinks import (
+    Clock,
+    Loki,
+    add,
+    clock,
+    events,
+    installation,
+    one_machine,
+    shipper,
+)
 
-__all__ = ["one_machine"]  # the fixture, shared
+__all__ = ["clock", "installation", "one_machine", "shipper"]  # the fixtures, shared
 
 
 @pytest.fixture
-def installation(tmp_path: Path, database_url: str) -> Installation:
-    """The receiver listens on localhost; the buffer holds everything these tests write."""
-    return make_installation(
-        tmp_path / "data",
-        database_url,
-        allowed_log_sink_hosts=["localhost"],
-        log_sink_buffer_bytes=8 << 20,
-    )
+def sink_buffer_bytes() -> int:
+    """The buffer holds everything these tests write."""
+    return 8 << 20
 
 
 T0 = dt.datetime(2026, 2, 1, 8, 0, tzinfo=dt.UTC)
@@ -65,13 +68,16 @@ def chain(cp: ControlPlane, org: str) -> list[AuditEvent]:
 
 
 def test_the_audit_trail_reaches_the_sink_in_order_through_an_outage_and_only_its_own(
-    api: TestClient, installation: Installation, control_plane: ControlPlane, httpserver: HTTPServer
+    api: TestClient,
+    installation: Installation,
+    control_plane: ControlPlane,
+    httpserver: HTTPServer,
+    clock: Clock,
+    shipper: LogShipper,
 ) -> None:
     loki = Loki(httpserver)
     h = installation.headers
     sink = add(api, installation, loki.url).json()
-    clock = Clock()
-    shipper = LogShipper(control_plane, clock=clock)
     shipper.round()
     assert [a["action"] for a in loki.audit] == ["logs.sink.add"]
     loki.status = 503

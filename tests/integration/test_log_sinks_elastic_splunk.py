@@ -32,14 +32,24 @@ from tests.conftest import Installation
 from tests.integration.test_log_sinks import (
     Clock,
     Output,
+    clock,
     detail,
     events,
     installation,
     one_machine,
     output,
+    shipper,
+    sink_buffer_bytes,
 )
 
-__all__ = ["installation", "one_machine", "output"]  # fixtures, shared
+__all__ = [  # fixtures, shared
+    "clock",
+    "installation",
+    "one_machine",
+    "output",
+    "shipper",
+    "sink_buffer_bytes",
+]
 
 
 def add(api: TestClient, installation: Installation, kind: str, url: str, **extra: Any) -> Any:
@@ -192,11 +202,11 @@ def test_a_partial_bulk_failure_sends_again_only_the_failed_items_and_counts_the
     control_plane: ControlPlane,
     httpserver: HTTPServer,
     output: Output,
+    clock: Clock,
+    shipper: LogShipper,
 ) -> None:
     elastic = Elastic(httpserver)
     assert add(api, installation, "elasticsearch", elastic.url).status_code == 201
-    clock = Clock()
-    shipper = LogShipper(control_plane, clock=clock)
     output.write(20)
     elastic.busy_once = {f"line {n} " for n in (3, 11, 12)}
     elastic.refuse = {f"line {n} " for n in (5, 17)}
@@ -226,6 +236,8 @@ def test_an_unavailable_elasticsearch_loses_nothing(
     control_plane: ControlPlane,
     httpserver: HTTPServer,
     output: Output,
+    clock: Clock,
+    shipper: LogShipper,
 ) -> None:
     elastic = Elastic(httpserver)
     add(
@@ -235,8 +247,6 @@ def test_an_unavailable_elasticsearch_loses_nothing(
         elastic.url,
         auth={"scheme": "basic", "username": "hangar", "secret": "pw-" + secrets.token_hex(6)},
     )
-    clock = Clock()
-    shipper = LogShipper(control_plane, clock=clock)
     for status in (503, 429, 401):
         elastic.status = status
         output.write(5)
@@ -255,6 +265,8 @@ def test_splunk_hec_gets_events_with_its_token_through_busy_and_bad_events(
     control_plane: ControlPlane,
     httpserver: HTTPServer,
     output: Output,
+    clock: Clock,
+    shipper: LogShipper,
 ) -> None:
     token = "hec-" + secrets.token_hex(8)
     splunk = Splunk(httpserver, token)
@@ -262,8 +274,6 @@ def test_splunk_hec_gets_events_with_its_token_through_busy_and_bad_events(
         api, installation, "splunk-hec", splunk.url, auth={"scheme": "splunk", "secret": token}
     )
     assert made.status_code == 201, made.text
-    clock = Clock()
-    shipper = LogShipper(control_plane, clock=clock)
     output.write(6)
     splunk.status = 503  # server busy: retried
     shipper.round()
@@ -337,6 +347,8 @@ def test_a_sink_credential_is_write_only(
     httpserver: HTTPServer,
     output: Output,
     caplog: pytest.LogCaptureFixture,
+    clock: Clock,
+    shipper: LogShipper,
 ) -> None:
     """Never listed, audited, logged or stored in plaintext; it survives KEK rotation."""
     caplog.set_level(logging.DEBUG)
@@ -348,8 +360,6 @@ def test_a_sink_credential_is_write_only(
     assert made.status_code == 201 and canary not in made.text
     listed = api.get("/v1/orgs/acme/log-sinks", headers=installation.headers)
     assert listed.json()[0]["auth"] == "splunk" and canary not in listed.text
-    clock = Clock()
-    shipper = LogShipper(control_plane, clock=clock)
     output.write(3)
     shipper.round()
     assert splunk.auth == [f"Splunk {canary}"] and splunk.events == []  # refused: 401

@@ -26,9 +26,24 @@ from hangar.store.tables import Org
 from hangar.telemetry.metrics import REGISTRY
 from hangar.telemetry.sinkbuffer import SinkBuffer
 from tests.conftest import Installation
-from tests.integration.test_log_sinks import Clock, Output, installation, one_machine, output
+from tests.integration.test_log_sinks import (
+    Output,
+    clock,
+    installation,
+    one_machine,
+    output,
+    shipper,
+    sink_buffer_bytes,
+)
 
-__all__ = ["installation", "one_machine", "output"]  # fixtures, shared
+__all__ = [  # fixtures, shared
+    "clock",
+    "installation",
+    "one_machine",
+    "output",
+    "shipper",
+    "sink_buffer_bytes",
+]
 
 pytestmark = pytest.mark.skipif(
     shutil.which("rsyslogd") is None, reason="rsyslog is not installed (scripts/apt-deps.sh)"
@@ -152,6 +167,7 @@ def test_lines_and_audit_reach_rsyslog_over_tls_as_rfc5424(
     control_plane: ControlPlane,
     output: Output,
     rsyslog: Rsyslog,
+    shipper: LogShipper,
 ) -> None:
     made = api.post(
         "/v1/orgs/acme/log-sinks",
@@ -160,9 +176,7 @@ def test_lines_and_audit_reach_rsyslog_over_tls_as_rfc5424(
     )
     assert made.status_code == 201, made.text
     output.write(9)
-    shipper = LogShipper(control_plane, clock=Clock())
     shipper.round()
-    shipper.close()
     got = [MESSAGE.match(line) for line in rsyslog.lines(10)]
     assert all(got), rsyslog.lines(10)
     parsed = [m.groups() for m in got if m]
@@ -186,6 +200,7 @@ def test_a_syslog_sink_must_be_tls_and_trusted(
     output: Output,
     rsyslog: Rsyslog,
     monkeypatch: pytest.MonkeyPatch,
+    shipper: LogShipper,
 ) -> None:
     for url in (f"http://localhost:{rsyslog.port}", f"tls://localhost:{rsyslog.port}/x"):
         refused = api.post(
@@ -201,9 +216,7 @@ def test_a_syslog_sink_must_be_tls_and_trusted(
     )
     monkeypatch.delenv("SSL_CERT_FILE")  # the receiver's CA is no longer trusted
     output.write(3)
-    shipper = LogShipper(control_plane, clock=Clock())
     shipper.round()
-    shipper.close()
     sink = api.get("/v1/orgs/acme/log-sinks", headers=installation.headers).json()[0]["id"]
     with control_plane.db.read() as session:
         org = session.execute(select(Org.id).where(Org.name == "acme")).scalar_one()

@@ -124,10 +124,13 @@ def test_key_figures_for_one_app(
         "/v1/apps/clinic-api/metrics", headers=installation.headers, params={"format": "json"}
     )
     assert got.status_code == 200
-    (figures,) = got.json()
+    (figures,) = got.json()["machines"]
     assert figures["machine"] == machines["clinic-api"]
     assert figures["memory_bytes"] == 111 and figures["scrape_ok"] is True
     assert figures["app_series"] == 1 and 0 <= figures["age_seconds"] < 300
+    # Its traffic, from its host's counters; only what was counted is shown.
+    assert figures["tx_bytes"] == 1110 and figures["rx_bytes"] is None
+    assert got.json()["edge"] == []  # no edge has served it
     text = api.get("/v1/apps/clinic-api/metrics", headers=installation.headers).text
     assert {s[1]["app"] for s in samples(text)} == {"clinic-api"}
 
@@ -219,3 +222,41 @@ def test_only_a_joined_edge_host_ships_apps_edge_figures(
         ("hangar_edge_http_requests_total", "web", 9)
     ]
     assert got[0][1]["edge"] == edge["host_id"]
+
+
+EDGE_FIGURES = (
+    "# TYPE hangar_edge_http_requests counter\n"
+    'hangar_edge_http_requests_total{app="web"} 12\n'
+    "# TYPE hangar_edge_http_responses counter\n"
+    'hangar_edge_http_responses_total{app="web",code="2xx"} 9\n'
+    'hangar_edge_http_responses_total{app="web",code="4xx"} 2\n'
+    'hangar_edge_http_responses_total{app="web",code="5xx"} 1\n'
+    "# TYPE hangar_edge_response_time_average_seconds gauge\n"
+    'hangar_edge_response_time_average_seconds{app="web"} 0.042\n'
+    "# TYPE hangar_edge_current_sessions gauge\n"
+    'hangar_edge_current_sessions{app="web"} 3\n'
+)
+
+
+def test_key_figures_show_each_edges_requests_and_response_time(
+    api: TestClient, installation: Installation, control_plane: ControlPlane
+) -> None:
+    h = installation.headers
+    api.post("/v1/apps", headers=h, json={"name": "web"})
+    api.post("/v1/apps", headers=h, json={"name": "other"})
+    edge = _join(api, _join_token(api, h, edge=True), name="edge-b").json()
+    agents = create_agent_app(control_plane)
+    body = {"machines": {}, "edge": {"web": {"at": time.time(), "text": EDGE_FIGURES}}}
+    with TestClient(_as_host(agents, edge["certificate"]), raise_server_exceptions=False) as e:
+        assert e.post("/agent/v1/metrics", json=body).status_code == 204
+    got = api.get("/v1/apps/web/metrics", headers=h, params={"format": "json"})
+    assert got.status_code == 200, got.text
+    (figures,) = got.json()["edge"]
+    assert figures["edge"] == "edge-b" and 0 <= figures["age_seconds"] < 300
+    assert figures["requests"] == 12 and figures["current_sessions"] == 3
+    assert figures["responses"] == {"2xx": 9, "4xx": 2, "5xx": 1}
+    assert figures["response_time_seconds"] == pytest.approx(0.042)
+    assert figures["bytes_in"] is None
+    # Another app's view has none of them.
+    other = api.get("/v1/apps/other/metrics", headers=h, params={"format": "json"})
+    assert other.json() == {"machines": [], "edge": []}

@@ -96,20 +96,40 @@ def _image(api: TestClient, h: dict[str, str], tmp_path: Path, app: str) -> str:
     return upload_layout(api, h, app, tmp_path / f"img-{app}")
 
 
+@pytest.fixture
+def deployable(
+    api: TestClient, installation: Installation, control_plane: ControlPlane, tmp_path: Path
+) -> tuple[App, str]:
+    """App web of acme, host h1 to run it, its image uploaded: (the app, the image's digest)."""
+    h = installation.headers
+    api.post("/v1/apps", headers=h, json={"name": "web"})
+    with control_plane.db.write() as session:
+        register_local_host(session, name="h1", region="local")
+    digest = _image(api, h, tmp_path, "web")
+    return _app(control_plane, "web"), digest
+
+
+def _two_versions(
+    api: TestClient, h: dict[str, str], cp: ControlPlane, web: App, digest: str, key: str
+) -> None:
+    """Release v1 with ``K`` = ``key``-1, then v2 (complete) with ``K`` = ``key``-2."""
+    _set(api, h, "web", K=f"{key}-1")
+    _release(cp, web, digest)
+    _set(api, h, "web", K=f"{key}-2")
+    _complete(cp, web, 2)
+
+
 def test_a_rollback_delivers_the_secrets_its_release_ran_with(
     api: TestClient,
     installation: Installation,
     control_plane: ControlPlane,
     tmp_path: Path,
     request: pytest.FixtureRequest,
+    deployable: tuple[App, str],
 ) -> None:
     h = installation.headers
     old, new = "canary-" + random.token_hex(16), "canary-" + random.token_hex(16)
-    api.post("/v1/apps", headers=h, json={"name": "web"})
-    with control_plane.db.write() as session:
-        register_local_host(session, name="h1", region="local")
-    digest = _image(api, h, tmp_path, "web")
-    web = _app(control_plane, "web")
+    web, digest = deployable
     _set(api, h, "web", DATABASE_URL=old, KEEP="same")
     assert _release(control_plane, web, digest) == 1
     # Changing a secret rolls out as v2 with the next version; v1's machines keep theirs.
@@ -149,18 +169,15 @@ def test_a_rollback_delivers_the_secrets_its_release_ran_with(
 
 
 def test_another_org_never_reaches_this_apps_versions(
-    api: TestClient, installation: Installation, control_plane: ControlPlane, tmp_path: Path
+    api: TestClient,
+    installation: Installation,
+    control_plane: ControlPlane,
+    tmp_path: Path,
+    deployable: tuple[App, str],
 ) -> None:
     h = installation.headers
-    api.post("/v1/apps", headers=h, json={"name": "web"})
-    with control_plane.db.write() as session:
-        register_local_host(session, name="h1", region="local")
-    digest = _image(api, h, tmp_path, "web")
-    web = _app(control_plane, "web")
-    _set(api, h, "web", K="acme-1")
-    _release(control_plane, web, digest)
-    _set(api, h, "web", K="acme-2")
-    _complete(control_plane, web, 2)
+    web, digest = deployable
+    _two_versions(api, h, control_plane, web, digest, "acme")
 
     # globex has its own app, with one release and no secrets.
     assert api.post("/v1/orgs", headers=h, json={"name": "globex"}).status_code == 201
@@ -256,18 +273,15 @@ def test_changes_make_versions_and_retention_keeps_what_releases_name(
 
 
 def test_kek_and_data_key_rotation_cover_every_version(
-    api: TestClient, installation: Installation, control_plane: ControlPlane, tmp_path: Path
+    api: TestClient,
+    installation: Installation,
+    control_plane: ControlPlane,
+    tmp_path: Path,
+    deployable: tuple[App, str],
 ) -> None:
     h = installation.headers
-    api.post("/v1/apps", headers=h, json={"name": "web"})
-    with control_plane.db.write() as session:
-        register_local_host(session, name="h1", region="local")
-    digest = _image(api, h, tmp_path, "web")
-    web = _app(control_plane, "web")
-    _set(api, h, "web", K="first")
-    _release(control_plane, web, digest)
-    _set(api, h, "web", K="second")
-    _complete(control_plane, web, 2)
+    web, digest = deployable
+    _two_versions(api, h, control_plane, web, digest, "kek")
     with control_plane.db.read() as session:
         before = {
             (v.version, v.name): v.ciphertext
@@ -276,8 +290,8 @@ def test_kek_and_data_key_rotation_cover_every_version(
     rotated = api.post("/v1/system/rotate-kek", headers=h)
     assert rotated.status_code == 200, rotated.text
     assert len(rotated.json()["retired"]) == 1  # the old KEK is gone
-    assert _values_for(control_plane, web, 1) == {"K": "first"}
-    assert _values_for(control_plane, web, 2) == {"K": "second"}
+    assert _values_for(control_plane, web, 1) == {"K": "kek-1"}
+    assert _values_for(control_plane, web, 2) == {"K": "kek-2"}
     key = api.post("/v1/apps/web/secrets/rotate-key", headers=h)
     assert key.status_code == 200, key.text
     with control_plane.db.read() as session:
@@ -288,8 +302,8 @@ def test_kek_and_data_key_rotation_cover_every_version(
     assert set(after) == set(before)
     for where, (ciphertext, key_version) in after.items():
         assert ciphertext != before[where] and key_version == key.json()["key_version"]
-    assert _values_for(control_plane, web, 1) == {"K": "first"}
-    assert _values_for(control_plane, web, 2) == {"K": "second"}
+    assert _values_for(control_plane, web, 1) == {"K": "kek-1"}
+    assert _values_for(control_plane, web, 2) == {"K": "kek-2"}
 
 
 def test_a_store_migrated_from_before_versions_still_delivers(
@@ -329,18 +343,15 @@ def test_a_store_migrated_from_before_versions_still_delivers(
 
 
 def test_a_rollback_to_a_version_no_longer_kept_is_refused_before_anything_changes(
-    api: TestClient, installation: Installation, control_plane: ControlPlane, tmp_path: Path
+    api: TestClient,
+    installation: Installation,
+    control_plane: ControlPlane,
+    tmp_path: Path,
+    deployable: tuple[App, str],
 ) -> None:
     h = installation.headers
-    api.post("/v1/apps", headers=h, json={"name": "web"})
-    with control_plane.db.write() as session:
-        register_local_host(session, name="h1", region="local")
-    digest = _image(api, h, tmp_path, "web")
-    web = _app(control_plane, "web")
-    _set(api, h, "web", K="one")
-    _release(control_plane, web, digest)
-    _set(api, h, "web", K="two")
-    _complete(control_plane, web, 2)
+    web, digest = deployable
+    _two_versions(api, h, control_plane, web, digest, "lost")
     with control_plane.db.write() as session:  # as if lost: never deliver another version
         for table in (SecretVersionValue, SecretVersion):
             session.execute(

@@ -84,7 +84,19 @@ def test_fly_style_config_parses() -> None:
 # fly.toml keys and values Hangar does not act on: each refused by name, never
 # accepted and ignored.
 NOT_ACTED_ON = [
-    ('[[mounts]]\nsource = "data"\ndestination = "/data"\n', "mounts: Hangar does not support"),
+    (
+        '[[mounts]]\nsource = "data"\ndestination = "/data"\ninitial_size = "1gb"\n',
+        "mounts[0].initial_size: Hangar does not support making volumes on deploy",
+    ),
+    ('[[mounts]]\nsource = "data"\ndestination = "/proc/x"\n', "under /proc, which the"),
+    ('[[mounts]]\nsource = "data"\ndestination = "/data/../etc"\n', "is not normalized"),
+    ('[[mounts]]\nsource = "data"\ndestination = "/run/x"\n', "the machine's runtime owns"),
+    ('[[mounts]]\nsource = "data"\ndestination = "/etc/hosts"\n', "hide a path the machine"),
+    (
+        '[[mounts]]\nsource = "a"\ndestination = "/data"\n'
+        '[[mounts]]\nsource = "b"\ndestination = "/data/x"\n',
+        "overlaps '/data'",
+    ),
     ('[processes]\nweb = "bin/server"\n', "processes: Hangar does not support process groups"),
     ('[[vm]]\nprocesses = ["web"]\n', "vm[0].processes: Hangar does not support"),
     ('[[restart]]\nprocesses = ["web"]\n', "restart[0].processes: Hangar does not support"),

@@ -16,6 +16,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import threading
 from collections.abc import Mapping
 from dataclasses import replace
@@ -32,8 +33,10 @@ from hangar.contract.assignments import Assignment, MachineStatus
 from hangar.contract.execs import MAX_OUTPUT, ExecOrder
 from hangar.contract.mesh import Peer
 from hangar.contract.names import Record
+from hangar.contract.volumes import HostVolume
 from hangar.crypto.hostcert import certificate_window, csr_for, new_host_key
 from hangar.crypto.secretbox import Opener
+from hangar.crypto.volumekeys import open_sealed_keys
 from hangar.domain.routing import RoutingTable, edge_seal_context
 from hangar.errors import HangarError, IntegrityError
 from hangar.hostfs import write_private
@@ -45,24 +48,34 @@ __all__ = ["RENEW_AT", "ApiLink", "LogShipper"]
 log = logging.getLogger("hangar.agent")
 
 RENEW_AT = 2 / 3  # of a certificate's lifetime
+ACCESS = "access/"  # the edge's access logs' cursors, among the machines' ones
+# Bytes of one app's access lines per report, so every app moves; well under
+# the contract's MAX_ACCESS_LINES lines even of the shortest lines.
+ACCESS_BUDGET = 64 << 10
+_APP = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
 
 class LogShipper:
-    """Machines' output, sent up with each report from where the last one left off.
+    """Machines' output, and the edge's access lines, sent up with each report from where
+    the last one left off.
 
     Cursors are saved only after the control plane took the lines, so a
     crash resends rather than loses (a line may arrive twice, never not).
+    The edge's lines are the files under ``access_dir`` (``<app>.log``, see
+    ``hangar.edge.accesslog``), cursors keyed ``access/<app>``.
     """
 
     BUDGET = 256 << 10  # bytes of log per report, well under the API's body cap
 
-    def __init__(self, runtime: Runtime, path: Path) -> None:
+    def __init__(self, runtime: Runtime, path: Path, access_dir: Path | None = None) -> None:
         self.runtime = runtime
         self.path = path
+        self.access_dir = access_dir
         self.cursors: dict[str, dict[str, int]] = (
             json.loads(path.read_text()) if path.exists() else {}
         )
         self._pending: dict[str, dict[str, int]] = {}
+        self._budget = self.BUDGET
         self.backlog = False
 
     def collect(self, machine_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
@@ -83,11 +96,51 @@ class LogShipper:
                 budget -= sum(len(str(r.get("line", ""))) + 80 for r in records)
             if cursor is not None:
                 self._pending[machine_id] = cursor
+        self._budget = budget
         return shipped
+
+    def collect_access(self) -> dict[str, list[dict[str, Any]]]:
+        """The edge's new access lines by app, within what ``collect`` left of the budget."""
+        shipped: dict[str, list[dict[str, Any]]] = {}
+        if self.access_dir is None or not self.access_dir.is_dir():
+            return shipped
+        budget = self._budget
+        for app in self._access_apps():
+            if budget <= 0:
+                self.backlog = True
+                break
+            key = ACCESS + app
+            records, cursor = read_since(
+                self.access_dir / f"{app}.log", self.cursors.get(key), min(budget, ACCESS_BUDGET)
+            )
+            if records:
+                shipped[app] = [
+                    {"ts": r["ts"], "stream": "access", "line": str(r.get("line", ""))}
+                    for r in records
+                ]
+                budget -= sum(len(str(r.get("line", ""))) + 80 for r in records)
+            if cursor is not None:
+                self._pending[key] = cursor
+        self._budget = budget
+        return shipped
+
+    def _access_apps(self) -> list[str]:
+        assert self.access_dir is not None
+        names = {p.name.split(".", 1)[0] for p in self.access_dir.iterdir()}
+        return sorted(n for n in names if _APP.fullmatch(n))
 
     def commit(self, present: list[str]) -> None:
         self.cursors.update(self._pending)
-        self.cursors = {k: v for k, v in self.cursors.items() if k in present}
+        apps = (
+            set(self._access_apps())
+            if self.access_dir is not None and self.access_dir.is_dir()
+            else set()
+        )
+        self.cursors = {
+            k: v
+            for k, v in self.cursors.items()
+            if k in present or (k.startswith(ACCESS) and k[len(ACCESS) :] in apps)
+        }
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.cursors))
         os.replace(tmp, self.path)
@@ -179,12 +232,10 @@ class ApiLink:
     def report(self, statuses: Mapping[str, MachineStatus], errors: Mapping[str, str]) -> None:
         ids = sorted(statuses)
         logs = self.shipper.collect(ids) if self.shipper is not None else {}
+        access = self.shipper.collect_access() if self.shipper is not None else {}
         machines = {machine_id: status.to_json() for machine_id, status in statuses.items()}
-        self._call(
-            "POST",
-            "/agent/v1/report",
-            json={"contract": VERSION, "machines": machines, "errors": errors, "logs": logs},
-        )
+        body = {"machines": machines, "errors": errors, "logs": logs, "access": access}
+        self._call("POST", "/agent/v1/report", json={"contract": VERSION, **body})
         if self.shipper is not None:
             self.shipper.commit(ids)
 
@@ -272,6 +323,21 @@ class ApiLink:
             json={"public_key": opener.public_b64()},
         ).json()
         return opener.open(sealed, want.machine_id)
+
+    def volume_keys(self, want: Assignment) -> dict[str, bytes]:
+        """The starting machine's volume keys, sealed to a key made for this one request."""
+        opener = Opener()
+        sealed = self._call(
+            "POST",
+            f"/agent/v1/machines/{want.machine_id}/volume-keys",
+            json={"public_key": opener.public_b64()},
+        ).json()
+        return open_sealed_keys(opener, sealed, want.machine_id)
+
+    def volumes(self, backend: str, grows_online: bool) -> list[HostVolume]:
+        params = {"backend": backend, "grows_online": "true" if grows_online else "false"}
+        found = self._call("GET", "/agent/v1/volumes", params=params).json()
+        return [HostVolume.from_json(v) for v in found]
 
     def renew_if_due(self, now: dt.datetime | None = None) -> bool:
         """Renew the certificate once two thirds of its lifetime have passed."""

@@ -9,6 +9,7 @@ mutual-TLS link, so both hosts run the same agent built the same way.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from hangar.agent.offload import Offload
 from hangar.agent.reconciler import Reconciler
 from hangar.agent.runtimes import registry
 from hangar.agent.service import Agent
+from hangar.agent.volumes.base import VolumeLayout
+from hangar.agent.volumes.manager import VolumeManager
 from hangar.contract.links import ControlPlaneLink
 from hangar.edge.haproxy import Edge, EdgeConfig
 from hangar.errors import ConfigError
@@ -30,6 +33,8 @@ from hangar.net.nftables import Firewall
 from hangar.net.wireguard import Mesh, validate_endpoint
 
 __all__ = ["AgentOptions", "build_agent", "prepare_agent_dir"]
+
+log = logging.getLogger("hangar.agent")
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,23 @@ class AgentOptions:
     mesh_endpoint: str | None = None  # None: this host is not in the mesh
     mesh_port: int = 51820
     runtime: str = "runc"  # a name in hangar.agent.runtimes.registry
+    # How volumes are encrypted here: "auto" (LUKS2 where device-mapper is, else
+    # gocryptfs), "luks2" or "gocryptfs".
+    volume_backend: str = "auto"
+
+
+def _volumes(options: AgentOptions) -> VolumeManager | None:
+    """The host's volume manager, with what a killed agent left cleaned up; None without
+    a backend (the host then takes no volumes, and says why in its log)."""
+    try:
+        manager = VolumeManager(VolumeLayout.for_agent(options.agent_dir), options.volume_backend)
+    except ConfigError as exc:
+        if options.volume_backend != "auto":
+            raise
+        log.warning("volumes: %s; this host takes no volumes", exc.message)
+        return None
+    manager.recover()
+    return manager
 
 
 def prepare_agent_dir(agent_dir: Path) -> None:
@@ -82,14 +104,17 @@ def build_agent(link: ControlPlaneLink, options: AgentOptions) -> Agent:
     # each organization has a few slots: one tenant's slow work never delays
     # another's machines. Threads mostly wait (on a socket, on a machine's
     # exit), so the pools are wide; organizations are made by operators only.
+    runtime = factory(root / "state", root / "bundles")  # mounts the bundles tmpfs
     reconciler = Reconciler(
-        factory(root / "state", root / "bundles"),
+        runtime,
         ImageStore(root / "images"),
         root / "state",
         health=HealthMonitor(Offload(workers=32, per_org=4, name="hangar-checks")),
         image_source=lambda want: parse_image_ref(link.image(want)),
         secret_source=link.secrets,
         offload=Offload(workers=32, per_org=2, name="hangar-machines"),
+        volumes=_volumes(options),
+        volume_key_source=link.volume_keys,
     )
     mesh = None
     if options.mesh_endpoint is not None:

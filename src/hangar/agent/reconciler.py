@@ -24,6 +24,7 @@ from typing import Any
 from hangar.agent.health import HealthMonitor
 from hangar.agent.offload import Offload
 from hangar.agent.runtimes.base import MachineSpec, Runtime
+from hangar.agent.volumes.manager import VolumeManager
 from hangar.contract.assignments import Assignment
 from hangar.domain.reconcile import Action, ActionKind, Desired, Observed, plan
 from hangar.errors import HangarError, IntegrityError, NotFound, ValidationError
@@ -39,6 +40,7 @@ __all__ = [
     "Outcome",
     "Reconciler",
     "SecretSource",
+    "VolumeKeySource",
 ]
 
 # However long a machine asks to be given to stop, it is killed by then: a
@@ -51,6 +53,10 @@ ImageSource = Callable[[Assignment], ImageRef]
 
 SecretSource = Callable[[Assignment], dict[str, str]]
 """Where this host gets the secrets of a machine it is starting."""
+
+
+VolumeKeySource = Callable[[Assignment], dict[str, bytes]]
+"""Where this host gets the keys of the volumes a machine it is starting mounts."""
 
 
 def _local_layout(want: Assignment) -> ImageRef:
@@ -128,8 +134,13 @@ class Reconciler:
         image_source: ImageSource | None = None,
         secret_source: SecretSource | None = None,
         offload: Offload | None = None,
+        volumes: VolumeManager | None = None,
+        volume_key_source: VolumeKeySource | None = None,
     ) -> None:
         self.runtime = runtime
+        # This host's volumes (None: it has no volume backend); keys come per start.
+        self.volumes = volumes
+        self.volume_key_source = volume_key_source
         # With a pool (as the agent runs it), stops and image pulls run there,
         # bounded per organization, and never hold up another machine's action.
         self.offload = offload
@@ -234,7 +245,9 @@ class Reconciler:
             return
         if kind is ActionKind.REMOVE:
             self.health.forget(machine_id)
+            held = self._meta(machine_id).get("volumes", [])
             self.runtime.remove(machine_id)
+            self._release(held)
             (self.meta_dir / f"{machine_id}.json").unlink(missing_ok=True)
             return
         assert want is not None
@@ -246,19 +259,10 @@ class Reconciler:
                 self.offload.submit(
                     f"machine:{machine_id}",
                     want.org,
-                    partial(
-                        self.runtime.stop,
-                        machine_id,
-                        signal=want.kill_signal,
-                        timeout=min(want.kill_timeout, MAX_KILL_SECONDS),
-                    ),
+                    partial(self._stop, want),
                 )
                 return
-            self.runtime.stop(
-                machine_id,
-                signal=want.kill_signal,
-                timeout=min(want.kill_timeout, MAX_KILL_SECONDS),
-            )
+            self._stop(want)
         elif kind is ActionKind.FAIL:
             meta = self._meta(machine_id)
             self._save_meta(machine_id, {**meta, "failed": True, "reason": action.reason})
@@ -266,7 +270,10 @@ class Reconciler:
             if not self._image_ready(want):
                 return  # being pulled off the loop; started on a later round
             if kind is ActionKind.REPLACE:
+                held = self._meta(machine_id).get("volumes", [])
                 self.runtime.remove(machine_id)
+                # The new one may hold other volumes (or none): let go of the old ones.
+                self._release(set(held) - {m.volume_id for m in want.mounts})
             spec = self._spec(want)
             self._save_meta(
                 machine_id,
@@ -277,6 +284,7 @@ class Reconciler:
                     "failed": False,
                     "app": want.app,
                     "org": want.org,
+                    "volumes": [m.volume_id for m in want.mounts],
                 },
             )
             started = time.perf_counter()
@@ -292,6 +300,26 @@ class Reconciler:
             self.runtime.restart(self._spec(want))
             MACHINE_RESTARTS.labels(want.org, want.app).inc()
             self._watch(want, now)
+
+    def _stop(self, want: Assignment) -> None:
+        """Stop the machine, then unmount its volumes (nothing of it writes to them now)."""
+        self.runtime.stop(
+            want.machine_id,
+            signal=want.kill_signal,
+            timeout=min(want.kill_timeout, MAX_KILL_SECONDS),
+        )
+        self._release(self._meta(want.machine_id).get("volumes", []))
+
+    def _release(self, volume_ids: Any) -> None:
+        if self.volumes is not None and volume_ids:
+            self.volumes.release(str(v) for v in volume_ids)
+
+    def volumes_in_use(self) -> set[str]:
+        """Volumes held by the machines this runtime has (running or not)."""
+        held: set[str] = set()
+        for machine_id in self.runtime.list():
+            held.update(str(v) for v in self._meta(machine_id).get("volumes", []))
+        return held
 
     def _watch(self, want: Assignment, now: float) -> None:
         if want.address is not None:
@@ -372,6 +400,21 @@ class Reconciler:
                     hint=f"hangar secrets set {name}=…",
                 )
             files[guest_path] = secrets[name]
+        volumes: dict[str, Path] = {}
+        if want.mounts:
+            if self.volumes is None or self.volume_key_source is None:
+                raise ValidationError(
+                    f"machine {want.machine_id} mounts volumes, and this host has no volume "
+                    "backend",
+                    hint="install gocryptfs (or cryptsetup, with device-mapper) on the host",
+                )
+            # Delivered for this start only; the drivers pass them on stdin and drop them.
+            keys = self.volume_key_source(want)
+            # The machine's root owns each new volume; its user's group may write there.
+            root = self.runtime.root_uid
+            group = root + gid if gid < 65536 else None  # a group the namespace maps
+            volumes = self.volumes.mount_for(want, keys, owner=root, group=group)
+            del keys
         hosts: dict[str, str] = {}
         if want.address is not None:
             env["HANGAR_PRIVATE_IP"] = want.address
@@ -389,6 +432,7 @@ class Reconciler:
             address=ipaddress.IPv6Address(want.address) if want.address else None,
             hosts=hosts,
             files=files,
+            volumes=volumes,
             nameservers=[str(ns) for ns in self.nameservers],
         )
 

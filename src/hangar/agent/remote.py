@@ -41,6 +41,7 @@ def run_agent(
     mesh_port: int = 51820,
     dns: bool = True,
     metrics: tuple[str, int] | None = None,
+    volume_backend: str = "auto",
 ) -> int:
     """Run this host's machines until SIGTERM/SIGINT (machines keep running after)."""
     stop = stop or threading.Event()
@@ -66,10 +67,16 @@ def run_agent(
         dns=dns,
         mesh_endpoint=mesh_endpoint,
         mesh_port=mesh_port,
+        volume_backend=volume_backend,
     )
     agent = build_agent(link, options)
     runtime = agent.reconciler.runtime
-    shipper = LogShipper(runtime, agent_dir / "state" / "log-cursors.json")
+    shipper = LogShipper(
+        runtime,
+        agent_dir / "state" / "log-cursors.json",
+        # The edge's access lines (see hangar.edge.accesslog) go up with the machines' output.
+        access_dir=agent_dir / "access" if edge is not None else None,
+    )
     link.runtime, link.shipper = runtime, shipper
     log.info(
         "agent for host %s (%s) talking to %s", identity.name, identity.host_id, identity.agent_url

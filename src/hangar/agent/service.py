@@ -197,6 +197,7 @@ class Agent:
         # the reconciler stops it.
         self.apply_edge()
         outcomes = self.reconciler.reconcile(assignments, now)
+        self.sync_volumes()
         waits = [o.action.at for o in outcomes if o.action.at is not None]
         errors = {o.action.machine_id: o.error for o in outcomes if not o.ok}
         for machine_id, error in errors.items():
@@ -214,6 +215,19 @@ class Agent:
         if any(pool.pending() for pool in self._pools()):
             due.append(time.time() + 0.5)  # collect what runs off the loop soon
         return min(due) if due else None
+
+    def sync_volumes(self) -> None:
+        """Say this host's backend; destroy the volumes no longer listed, grow the others."""
+        volumes = self.reconciler.volumes
+        if volumes is None:
+            return
+        try:
+            desired = self.link.volumes(volumes.backend, volumes.online_resize)
+        except HangarError as exc:
+            log.warning("volumes: %s", exc.message)
+            return
+        for error in volumes.sync(desired, self.reconciler.volumes_in_use()):
+            log.warning("%s", error)
 
     def ship_metrics(
         self, assignments: list[Assignment], statuses: Mapping[str, MachineStatus]

@@ -3,7 +3,8 @@
 A stopped agent leaves its machines, its edge and their plumbing in place on
 purpose, so a restart adopts them without dropping a request. This is the
 other way out, for an operator who wants the host back as it was: every
-machine stopped (its signal, then SIGKILL) and removed, HAProxy stopped, and
+machine stopped (its signal, then SIGKILL) and removed, its volumes unmounted
+(their files stay: ciphertext, for the next start), HAProxy stopped, and
 what the agent put on the host removed with them: the nftables table, the
 machines' veths, the mesh interface, the resolver's address on the loopback
 and the tmpfs mounts under the agent directory. The desired state in the
@@ -25,6 +26,8 @@ from pathlib import Path
 
 from hangar import hostcmd
 from hangar.agent.runtimes.runc import RuncRuntime
+from hangar.agent.volumes import _mounts, registry
+from hangar.agent.volumes.base import VolumeLayout
 from hangar.edge.haproxy import Edge
 from hangar.edge.render import EdgeConfig
 from hangar.errors import CommandError, HangarError
@@ -126,6 +129,17 @@ def teardown(holdings: Holdings) -> Teardown:
                 runtime.remove(machine_id)  # SIGKILL if still running; veth, cgroup, files
 
             step(f"machine {machine_id}", stop_machine)
+    # Volumes before the mounts under the agent directory: a FUSE daemon must
+    # exit before the ext4 under it can be unmounted (unmount_all waits for it).
+    layout = VolumeLayout.for_agent(root)
+    for volume_id in layout.on_disk():
+        if _mounts.mounts_under(layout.mount_dir(volume_id)):
+
+            def unmount_volume(volume_id: str = volume_id) -> None:
+                handle = layout.read_handle(volume_id) or {}
+                registry.create(str(handle.get("driver", "gocryptfs")), layout).unmount(volume_id)
+
+            step(f"volume {volume_id}", unmount_volume)
     edge = Edge(EdgeConfig(directory=root / "edge"))
     if edge.master_pid() is not None:
         step("the edge (HAProxy)", edge.stop)

@@ -32,6 +32,7 @@ from hangar.api.routers import (
     secrets,
     system,
     tokens,
+    volumes,
     wireguard,
 )
 from hangar.api.routers import auth as auth_routes
@@ -74,6 +75,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
         logs,
         logsinks,
         secrets,
+        volumes,
         certs,
         edge,
         wireguard,

@@ -75,6 +75,10 @@ class Permission(Enum):
     MACHINES_EXEC = ("machines:exec", Action.CONTROL, Role.ADMIN)
     SECRETS_READ = ("secrets:read", Action.READ, Role.MEMBER)  # names and digests only
     SECRETS_WRITE = ("secrets:write", Action.WRITE, Role.MEMBER)
+    VOLUMES_READ = ("volumes:read", Action.READ, Role.VIEWER)
+    VOLUMES_WRITE = ("volumes:write", Action.WRITE, Role.MEMBER)
+    # Destroying a volume destroys its data for good (its key goes): admins only.
+    VOLUMES_DELETE = ("volumes:delete", Action.DELETE, Role.ADMIN)
     CERTS_READ = ("certs:read", Action.READ, Role.VIEWER)
     CERTS_WRITE = ("certs:write", Action.WRITE, Role.MEMBER)
     EDGE_READ = ("edge:read", Action.READ, None)

@@ -74,6 +74,13 @@ def run(
         typer.Option(help="join the WireGuard mesh: ADDRESS:PORT other hosts reach this one at"),
     ] = None,
     mesh_port: Annotated[int, typer.Option(help="WireGuard's UDP listening port")] = 51820,
+    volume_backend: Annotated[
+        str,
+        typer.Option(
+            help="how volumes are encrypted here: auto (LUKS2 where the kernel has "
+            "device-mapper, else gocryptfs), luks2 or gocryptfs"
+        ),
+    ] = "auto",
     dns: Annotated[
         bool, typer.Option("--dns/--no-dns", help="answer this host's machines' .internal names")
     ] = True,
@@ -146,6 +153,7 @@ def run(
             edge=edge_config,
             mesh_endpoint=mesh_endpoint,
             mesh_port=mesh_port,
+            volume_backend=volume_backend,
             dns=dns,
             metrics=(metrics_listen_host, metrics_port) if metrics_port else None,
         )

@@ -98,9 +98,11 @@ EFFECTS: dict[str, str] = {
     "checks.<name>.method": "the request's method (`http`)",
     "checks.<name>.path": "the request's path (`http`)",
     "checks.<name>.headers": "extra request headers (`http`)",
-    "mounts[]": NO_EFFECT + " (volumes)",
-    "mounts[].source": NO_EFFECT + " (the volume's name)",
-    "mounts[].destination": NO_EFFECT + " (where it is mounted)",
+    "mounts[]": "a volume mounted in each machine; each machine holds its own volume of the"
+    " name (see docs/volumes.md)",
+    "mounts[].source": "the volume's name (`hangar volumes create NAME`)",
+    "mounts[].destination": "where the machine sees it: an absolute, normalized path, not under"
+    " /proc, /sys, /dev, /tmp or /run",
     "mounts[].initial_size": NO_EFFECT,
     "mounts[].processes": NO_EFFECT,
     "files[]": "secrets given to machines as files (on tmpfs, read-only)",

@@ -55,11 +55,13 @@ def show(ctx: typer.Context, host: HostArg, json_out: JsonOpt = False) -> None:
             "state",
             "machines",
             "memory_mb",
+            "volume_backend",
+            "volume_grows_online",
             "created_at",
             "last_seen",
         ),
         json_out,
-        width=11,
+        width=19,
     )
 
 

@@ -34,6 +34,7 @@ from hangar.cli import (
     status,
     tokens,
     users,
+    volumes,
     wireguard,
 )
 from hangar.cli.output import print_error
@@ -61,6 +62,7 @@ for module in (
     orgs,
     apps,
     secrets,
+    volumes,
     certs,
     machines,
     hosts,

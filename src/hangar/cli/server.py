@@ -198,6 +198,13 @@ def run(
         ),
     ] = None,
     mesh_port: Annotated[int | None, typer.Option(help="WireGuard's UDP listening port")] = None,
+    volume_backend: Annotated[
+        str | None,
+        typer.Option(
+            help="how volumes are encrypted here: auto (LUKS2 where the kernel has "
+            "device-mapper, else gocryptfs), luks2 or gocryptfs"
+        ),
+    ] = None,
     metrics_listen_host: Annotated[
         str | None,
         typer.Option(help="loopback address for Prometheus metrics (default 127.0.0.1)"),
@@ -236,6 +243,7 @@ def run(
         edge_domain=edge_domain,
         mesh_endpoint=mesh_endpoint,
         mesh_port=mesh_port,
+        volume_backend=volume_backend,
         metrics_listen_host=metrics_listen_host,
         metrics_port=metrics_port,
     )
@@ -256,6 +264,58 @@ def rotate_kek(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     typer.echo(
         f"New key-encryption key {data['kek_id']}: {data['rewrapped']} wrapped keys re-wrapped;"
         f" retired {', '.join(data['retired']) or 'none'}."
+    )
+
+
+@app.command("metrics-cert")
+def metrics_cert(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="the scraper's name (e.g. its Prometheus's host)")],
+    out: Annotated[
+        Path, typer.Option("--out", help="directory for NAME.crt, NAME.key and ca.crt")
+    ] = Path("."),
+    days: Annotated[int, typer.Option(help="how long the certificate lasts (1 to 397 days)")] = 90,
+    json_out: JsonOpt = False,
+) -> None:
+    """A client certificate for a Prometheus on another host to scrape the metrics listener
+    over mutual TLS (metrics_tls_port in server.toml).
+
+    The key is made here and never leaves this machine; the server signs its
+    request (installation operators only, audited as metrics.cert). Point
+    Prometheus's tls_config at the three files: ca_file ca.crt, cert_file
+    NAME.crt, key_file NAME.key. A certificate cannot be revoked: it expires,
+    so keep --days short and issue a new one before then.
+    """
+    from hangar.crypto.hostcert import csr_for, new_host_key
+
+    paths = {kind: out / f"{name}.{kind}" for kind in ("crt", "key")}
+    taken = [str(p) for p in paths.values() if p.exists()]
+    if taken:
+        raise Conflict(
+            f"{', '.join(taken)} already exists",
+            hint="remove it, or pass --out with another directory",
+        )
+    key_pem = new_host_key()
+    body = {"name": name, "csr": csr_for(key_pem, name).decode(), "days": days}
+    data = client(ctx).request("POST", "/v1/system/metrics-certs", json=body)
+    out.mkdir(parents=True, exist_ok=True)
+    write_private(paths["key"], key_pem)
+    paths["crt"].write_text(data["certificate"])
+    (out / "ca.crt").write_text(data["ca_certificate"])
+    result = {
+        "name": name,
+        "serial": data["serial"],
+        "expires_at": data["expires_at"],
+        "cert_file": str(paths["crt"]),
+        "key_file": str(paths["key"]),
+        "ca_file": str(out / "ca.crt"),
+    }
+    if json_out:
+        emit(result)
+        return
+    typer.echo(
+        f"Certificate for scraper {name} (serial {data['serial']}), valid until"
+        f" {data['expires_at']}: {paths['crt']}, key {paths['key']}, CA {out / 'ca.crt'}."
     )
 
 

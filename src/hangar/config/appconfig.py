@@ -53,6 +53,7 @@ from hangar.config._fields import (
     refuse_hidden,
 )
 from hangar.domain.names import validate_dns_label
+from hangar.domain.volumes import check_destination
 from hangar.errors import ConfigError
 from hangar.errors import ValidationError as HangarValidationError
 
@@ -184,12 +185,32 @@ class NamedCheck(_Model):
 
 
 class Mount(_Model):
+    """A volume of the app, mounted in each of its machines (each holds its own)."""
+
     source: str = Field(pattern=r"^[a-z][a-z0-9_]{0,29}$")
     destination: Annotated[
-        str, Field(pattern=r"^/.+", max_length=1024), AfterValidator(refuse_hidden)
+        str, Field(pattern=r"^/.+", max_length=512), AfterValidator(refuse_hidden)
     ]
-    initial_size: str | None = Field(default=None, pattern=r"^\s*\d{1,7}\s*(mb|gb|mib|gib)?\s*$")
-    processes: list[GroupName] = Field(default=[], max_length=32)
+    initial_size: Annotated[
+        Annotated[str, Field(pattern=r"^\s*\d{1,7}\s*(mb|gb|mib|gib)?\s*$")] | None,
+        not_yet(
+            "making volumes on deploy (initial_size)",
+            "create them first: `hangar volumes create NAME --app APP --size 1gb`",
+        ),
+    ] = None
+    processes: Annotated[
+        list[GroupName], not_yet("process groups (mounts' processes)"), Field(max_length=32)
+    ] = []
+
+    @field_validator("destination")
+    @classmethod
+    def _destination(cls, value: str, info: pydantic.ValidationInfo) -> str:
+        if not from_user(info):
+            return value
+        try:
+            return check_destination(value)
+        except HangarValidationError as exc:
+            raise ValueError(exc.message + (f" ({exc.hint})" if exc.hint else "")) from exc
 
 
 class SecretFile(_Model):
@@ -295,7 +316,7 @@ class AppConfig(_Model):
     http_service: HttpService | None = None
     services: list[Service] = Field(default=[], max_length=32)
     checks: dict[CheckName, NamedCheck] = Field(default={}, max_length=32)
-    mounts: Annotated[list[Mount], not_yet("volumes ([[mounts]])"), Field(max_length=16)] = []
+    mounts: list[Mount] = Field(default=[], max_length=4)
     files: list[SecretFile] = Field(default=[], max_length=64)
     network: NetworkConfig = NetworkConfig()
     deploy: Deploy = Deploy()
@@ -317,6 +338,24 @@ class AppConfig(_Model):
         except HangarValidationError as exc:
             raise ValueError(exc.message) from exc
 
+    @model_validator(mode="after")
+    def _mounts_apart(self) -> AppConfig:
+        """Each volume mounted once, at its own place, not over or under another mount."""
+        seen: list[str] = []
+        names: set[str] = set()
+        for mount in self.mounts:
+            if mount.source in names:
+                raise ValueError(f"mounts: volume {mount.source!r} is mounted twice")
+            names.add(mount.source)
+            for other in [*seen, *(f.guest_path for f in self.files)]:
+                if _nested(mount.destination, other):
+                    raise ValueError(
+                        f"mounts: {mount.destination!r} overlaps {other!r}: "
+                        "each mount needs a place of its own"
+                    )
+            seen.append(mount.destination)
+        return self
+
     @field_validator("env")
     @classmethod
     def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
@@ -326,6 +365,10 @@ class AppConfig(_Model):
             if name.upper().startswith("HANGAR_"):
                 raise ValueError(f"{name!r}: names starting HANGAR_ are reserved")
         return value
+
+
+def _nested(a: str, b: str) -> bool:
+    return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
 
 
 def _locate(text: str, loc: tuple[int | str, ...]) -> int | None:

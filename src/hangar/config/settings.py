@@ -112,6 +112,8 @@ class ServerSettings(BaseModel):
     # Join the WireGuard mesh between hosts: ADDRESS:PORT other hosts reach this one at.
     mesh_endpoint: str = ""
     mesh_port: int = Field(default=51820, ge=1, le=65535)
+    # How this host encrypts volumes: auto (LUKS2 where device-mapper is, else gocryptfs).
+    volume_backend: Literal["auto", "luks2", "gocryptfs"] = "auto"
     # The edge (HAProxy) on this host: where it listens, and the domain under
     # which every app answers as <app>.<edge_domain>.
     edge: bool = True
@@ -142,6 +144,27 @@ class ServerSettings(BaseModel):
     # HTTP, so loopback only.
     metrics_listen_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9464, ge=0, le=65535)
+    # The same metrics over mutual TLS, for a Prometheus on another host: only a
+    # client certificate from `hangar server metrics-cert` is let in. 0: none.
+    # Needs metrics_port (the loopback listener) on.
+    metrics_tls_listen_host: str = "127.0.0.1"
+    metrics_tls_port: int = Field(default=0, ge=0, le=65535)
+
+    @field_validator("metrics_tls_listen_host")
+    @classmethod
+    def _an_address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address") from None
+        return value
+
+    @field_validator("metrics_tls_port")
+    @classmethod
+    def _metrics_on(cls, value: int, info: ValidationInfo) -> int:
+        if value and not info.data.get("metrics_port"):
+            raise ValueError("metrics_tls_port needs metrics_port: metrics are off")
+        return value
 
     @field_validator("metrics_listen_host")
     @classmethod

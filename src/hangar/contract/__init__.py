@@ -10,6 +10,10 @@ over mutual TLS, validated here at the boundary.
 - ``execs``: commands run inside machines (``ExecOrder``, ``ExecResult``).
 - ``names``: the .internal DNS records a host serves (``Record``).
 - ``mesh``: WireGuard peers (``Peer``).
+- ``reports``: a host's report (``Report``): statuses, machines' output and
+  (version 2) its edge's access lines by app.
+- ``volumes``: volumes a machine mounts (``VolumeMount``, in an assignment
+  since version 3) and volumes that live on a host (``HostVolume``).
 - ``links``: the two directions as protocols, ``ControlPlaneLink`` (what an
   agent asks of the control plane) and ``HostMachines`` (what the control
   plane asks of the machines on its own host).
@@ -24,7 +28,9 @@ from hangar.errors import ValidationError
 
 __all__ = ["VERSION", "check_version"]
 
-VERSION = 1
+# 2: a report carries the edge's access lines (``access``);
+# 3: an assignment carries the volumes its machine mounts (``mounts``).
+VERSION = 3
 
 
 def check_version(received: object) -> None:

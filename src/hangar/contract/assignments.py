@@ -15,6 +15,7 @@ from pydantic import ConfigDict, Field, TypeAdapter
 from pydantic import ValidationError as PydanticError
 from pydantic.dataclasses import dataclass
 
+from hangar.contract.volumes import VolumeMount
 from hangar.domain.reconcile import RestartPolicy
 from hangar.errors import ValidationError
 
@@ -74,6 +75,8 @@ class Assignment:
     org: str = ""
     # Where the agent scrapes the machine's own metrics, over the private network.
     metrics: list[MetricsTarget] = dataclasses.field(default_factory=list)
+    # The volumes it mounts (their keys are asked for separately, sealed).
+    mounts: list[VolumeMount] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -19,6 +19,7 @@ from hangar.contract.assignments import Assignment, MachineStatus
 from hangar.contract.execs import ExecResult
 from hangar.contract.mesh import Peer
 from hangar.contract.names import Record
+from hangar.contract.volumes import HostVolume
 from hangar.domain.routing import RoutingTable
 
 __all__ = ["ControlPlaneLink", "HostMachines"]
@@ -39,6 +40,16 @@ class ControlPlaneLink(Protocol):
 
     def secrets(self, want: Assignment) -> dict[str, str]:
         """The secrets of a machine this host is starting (held only in memory)."""
+        ...
+
+    def volume_keys(self, want: Assignment) -> dict[str, bytes]:
+        """The keys of the volumes a machine this host is starting mounts, by volume id
+        (held only in memory; refused unless the machine is assigned to this host)."""
+        ...
+
+    def volumes(self, backend: str, grows_online: bool) -> list[HostVolume]:
+        """The volumes that live on this host; says which backend the host encrypts with,
+        and whether it can grow a volume while a machine uses it."""
         ...
 
     def routes(self) -> RoutingTable:

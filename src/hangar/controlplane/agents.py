@@ -14,6 +14,7 @@ own machines.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,6 +24,8 @@ from hangar.audit.log import AuditContext
 from hangar.contract.assignments import Assignment, MachineStatus
 from hangar.contract.mesh import Peer
 from hangar.contract.names import Record
+from hangar.contract.reports import without_query
+from hangar.contract.volumes import HostVolume
 from hangar.controlplane.appmetrics import receive, receive_edge
 from hangar.controlplane.changes import change, record_refusal
 from hangar.controlplane.hostlink import apply_report, dns_records, host_assignments
@@ -32,6 +35,7 @@ from hangar.controlplane.logstore import LogStore
 from hangar.controlplane.mesh import mesh_peers, register_mesh
 from hangar.controlplane.secrets import deliver
 from hangar.controlplane.state import ControlPlane
+from hangar.controlplane.volumes import deliver_keys, host_volumes, report_backend
 from hangar.crypto.peercert import IssuedCert
 from hangar.domain.routing import RoutingTable
 from hangar.errors import NotFound, PermissionDenied, audited
@@ -39,6 +43,8 @@ from hangar.images.oci import ImageRef
 from hangar.store.tables import App, Host, Machine
 
 __all__ = ["AgentService"]
+
+log = logging.getLogger("hangar.controlplane")
 
 
 class AgentService:
@@ -65,8 +71,12 @@ class AgentService:
         statuses: Mapping[str, MachineStatus],
         errors: Mapping[str, str],
         logs: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+        access: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     ) -> None:
-        """Record what the host saw; its machines' output first (only its own machines)."""
+        """Record what the host saw; its machines' output first (only its own machines),
+        and its edge's access lines (only of apps its edge serves: see ``_keep_access``)."""
+        if access:
+            self._keep_access(access)
         if logs:
             # Logs first: a report can delete a destroyed machine, and its last lines count.
             with self.cp.db.read() as session:
@@ -85,11 +95,62 @@ class AgentService:
             apply_report(session, self.host_id, infos, errors)
         self.cp.wake()  # the deployer may be waiting on these machines
 
+    def _keep_access(self, access: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
+        """Keep the access lines of apps this host's edge serves, under the app's id.
+
+        A host not joined as an edge serves no app: its lines are refused
+        (audited). Lines of an app the routing table does not give this edge
+        (another organization's app that it does not route, a name no app
+        holds, an app whose service was just removed) are dropped, so a host
+        cannot write into the access log of an app it does not serve. Query
+        strings are cut again whatever the host sent.
+        """
+        cp = self.cp
+        try:
+            host = self._edge_host("edge.access")
+        except PermissionDenied:
+            log.warning("host %s sent access lines but is not an edge host", self.host_id)
+            return
+        with cp.db.read() as session:
+            served = {route.app for route in cp.routes.build(session).http}
+            wanted = [name for name in access if name in served]
+            apps = dict(session.execute(select(App.name, App.id).where(App.name.in_(wanted))).all())
+        dropped = sorted(set(access) - set(apps))
+        if dropped:
+            log.warning(
+                "host %s sent access lines of apps it does not serve: %s", host.name, dropped
+            )
+        store = LogStore(cp.data_dir / "logs")
+        for name, app_id in sorted(apps.items()):
+            store.append_access(
+                app_id,
+                self.host_id,
+                (
+                    {"ts": r["ts"], "stream": "access", "line": without_query(str(r["line"]))}
+                    for r in access[name]
+                ),
+            )
+
     def secrets(self, machine_id: str) -> dict[str, str]:
         cp = self.cp
         return deliver(
             cp.db, cp.keyring, cp.audit, self.ctx, host_id=self.host_id, machine_id=machine_id
         )
+
+    def volume_keys(self, machine_id: str) -> dict[str, bytes]:
+        """The keys of the volumes a machine starting on this host holds (audited)."""
+        return deliver_keys(self.cp, self.ctx, host_id=self.host_id, machine_id=machine_id)
+
+    def volumes(self, backend: str, grows_online: bool) -> list[HostVolume]:
+        """The volumes that live on this host; records the backend it reports."""
+        with self.cp.db.read() as session:
+            host = session.get(Host, self.host_id)
+            known = (host.volume_backend, host.volume_grows_online) if host else None
+        if known != (backend, grows_online):
+            with self.cp.db.write() as session:
+                report_backend(session, self.host_id, backend, grows_online)
+        with self.cp.db.read() as session:
+            return host_volumes(session, self.host_id)
 
     def image(self, machine_id: str) -> tuple[ImageRef, str | None]:
         """A machine's image layout and the digest its release pinned (own machines only).
@@ -107,17 +168,19 @@ class AgentService:
             raise NotFound(f"machine {machine_id!r} is not assigned to this host")
         return machine_layout(self.cp, app.org_id, found[0].image), found[0].image_digest
 
-    def routes(self) -> RoutingTable:
-        """The edge's routing table, keys included; only for hosts joined as edges."""
-        cp = self.cp
+    def _edge_host(self, action: str) -> Host:
+        """This host, if it was joined as an edge; else PermissionDenied, the attempt audited.
+
+        Only edge hosts hold tenants' TLS keys and write access lines: a machine
+        host asking is suspect.
+        """
         host = self._host()
         if not host.edge:
-            # Only edge hosts hold tenants' TLS keys; a machine host asking is suspect.
             record_refusal(
-                cp,
+                self.cp,
                 self.ctx,
                 org_id=None,
-                action="edge.routes",
+                action=action,
                 target=host.name,
                 reason="not an edge host",
             )
@@ -127,8 +190,13 @@ class AgentService:
                     hint="join it with a token from `hangar hosts join-token --edge`",
                 )
             )
-        with cp.db.read() as session:
-            return cp.routes.build(session)
+        return host
+
+    def routes(self) -> RoutingTable:
+        """The edge's routing table, keys included; only for hosts joined as edges."""
+        self._edge_host("edge.routes")
+        with self.cp.db.read() as session:
+            return self.cp.routes.build(session)
 
     def names(self) -> list[Record]:
         with self.cp.db.read() as session:

@@ -37,6 +37,8 @@ from hangar.store.tables import App, Host, Machine
 __all__ = [
     "EDGE_PREFIX",
     "MAX_TEXT",
+    "AppFigures",
+    "EdgeFigures",
     "MachineFigures",
     "app_figures",
     "org_exposition",
@@ -204,10 +206,42 @@ class MachineFigures:
     pids: float | None
     scrape_ok: bool | None  # None: the app declares no [metrics]
     app_series: int
+    # Its traffic through its host, from the host's nftables counters (None: not counted).
+    rx_bytes: float | None = None
+    tx_bytes: float | None = None
+    rx_packets: float | None = None
+    tx_packets: float | None = None
 
 
-def app_figures(cp: ControlPlane, org_id: str, app: App) -> list[MachineFigures]:
-    now = time.time()
+@dataclass(frozen=True)
+class EdgeFigures:
+    """The key figures of one app at one edge host, for `hangar metrics`."""
+
+    edge: str  # the edge host's name
+    age_seconds: float
+    requests: float | None
+    responses: dict[str, float]  # by status class: 1xx … 5xx, other
+    response_time_seconds: float | None  # average over the last 1024 requests
+    current_sessions: float | None
+    bytes_in: float | None
+    bytes_out: float | None
+
+
+@dataclass(frozen=True)
+class AppFigures:
+    machines: list[MachineFigures]
+    edge: list[EdgeFigures]
+
+
+_NETWORK = {
+    "hangar_machine_network_receive_bytes_total": "rx_bytes",
+    "hangar_machine_network_transmit_bytes_total": "tx_bytes",
+    "hangar_machine_network_receive_packets_total": "rx_packets",
+    "hangar_machine_network_transmit_packets_total": "tx_packets",
+}
+
+
+def _machine_figures(cp: ControlPlane, org_id: str, app: App, now: float) -> list[MachineFigures]:
     out = []
     for machine_id, _ in _machines(cp, org_id, app.id):
         shipped = cp.app_metrics.get(machine_id, now)
@@ -230,6 +264,49 @@ def app_figures(cp: ControlPlane, org_id: str, app: App) -> list[MachineFigures]
                 pids=values.get("hangar_machine_pids"),
                 scrape_ok=None if scrape is None else scrape == 1,
                 app_series=series,
+                **{field: values.get(name) for name, field in _NETWORK.items()},
             )
         )
     return out
+
+
+def _edge_figures(cp: ControlPlane, app: App, now: float) -> list[EdgeFigures]:
+    found = cp.app_metrics.matching(_edge_key(app.id, ""), now)
+    if not found:
+        return []
+    with cp.db.read() as session:
+        names = dict(
+            session.execute(
+                select(Host.id, Host.name).where(Host.id.in_([e.host_id for _, e in found]))
+            ).all()
+        )
+    out = []
+    for _key, shipped in found:
+        values: dict[str, float] = {}
+        responses: dict[str, float] = {}
+        for family in _families(shipped.text, {}, only=EDGE_PREFIX):
+            for sample in family.samples:
+                if sample.name == "hangar_edge_http_responses_total":
+                    code = sample.labels.get("code", "other")
+                    responses[code] = responses.get(code, 0.0) + sample.value
+                else:
+                    values[sample.name] = sample.value
+        out.append(
+            EdgeFigures(
+                edge=names.get(shipped.host_id, shipped.host_id),
+                age_seconds=max(0.0, now - shipped.at),
+                requests=values.get("hangar_edge_http_requests_total"),
+                responses=dict(sorted(responses.items())),
+                response_time_seconds=values.get("hangar_edge_response_time_average_seconds"),
+                current_sessions=values.get("hangar_edge_current_sessions"),
+                bytes_in=values.get("hangar_edge_bytes_in_total"),
+                bytes_out=values.get("hangar_edge_bytes_out_total"),
+            )
+        )
+    return sorted(out, key=lambda e: e.edge)
+
+
+def app_figures(cp: ControlPlane, org_id: str, app: App) -> AppFigures:
+    """The key figures of an app: each machine's, and the app's at each edge host."""
+    now = time.time()
+    return AppFigures(_machine_figures(cp, org_id, app, now), _edge_figures(cp, app, now))

@@ -24,6 +24,7 @@ from hangar.store.tables import (
     Secret,
     SecretVersion,
     SecretVersionValue,
+    Volume,
 )
 
 __all__ = ["create_app", "destroy_app", "find_app", "list_apps"]
@@ -105,7 +106,7 @@ def create_app(
 
 def destroy_app(cp: ControlPlane, ctx: AuditContext, app: App) -> None:
     """The app and all that is its: machines, releases, secrets (every version) and their
-    keys, host names."""
+    keys, host names, volumes and their keys."""
     with change(cp, ctx, org_id=app.org_id, action="app.destroy", target=app.name) as (
         session,
         _,
@@ -123,4 +124,6 @@ def destroy_app(cp: ControlPlane, ctx: AuditContext, app: App) -> None:
         session.execute(delete(AppKey).where(AppKey.app_id == row.id))
         # Its host names are free again; their keys go with their rows.
         session.execute(delete(Certificate).where(Certificate.app_id == row.id))
+        # Its volumes go with their keys (crypto-shredded); hosts then delete the files.
+        session.execute(delete(Volume).where(Volume.app_id == row.id))
         session.delete(row)

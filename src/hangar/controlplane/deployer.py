@@ -238,6 +238,7 @@ class _Apply:
                     version,
                     self.cfg.primary_region,
                     memory_mb=machine_memory(self.cfg),
+                    mounts=[m.source for m in self.cfg.mounts],
                 )
                 self.detail["touched"] = [*self.detail["touched"], machine.id]
                 self.detail["batch"] = [machine.id]
@@ -249,6 +250,7 @@ class _Apply:
                         version,
                         self.cfg.primary_region,
                         memory_mb=machine_memory(self.cfg),
+                        mounts=[m.source for m in self.cfg.mounts],
                     ).id
                     for _ in range(count)
                 ]

@@ -15,7 +15,7 @@ import datetime as dt
 import hashlib
 import ipaddress
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, cast
 
 from sqlalchemy import select
@@ -25,9 +25,10 @@ from hangar.config.appconfig import AppConfig
 from hangar.contract.assignments import Assignment, CheckSpec, MetricsTarget
 from hangar.contract.names import Record
 from hangar.controlplane.machines import observe_state, release_config
+from hangar.controlplane.volumes import machine_mounts, release_machine
 from hangar.domain.machines import MachineState
 from hangar.domain.reconcile import RestartPolicy
-from hangar.store.tables import App, Host, Machine, Release
+from hangar.store.tables import App, Host, Machine, Release, Volume
 
 DesiredState = Literal["started", "stopped", "destroyed"]
 
@@ -91,8 +92,13 @@ def _metrics(cfg: AppConfig) -> list[MetricsTarget]:
     return [MetricsTarget(t.port, t.path) for t in tables]
 
 
-def assignment_for(machine: Machine, app: App, release: Release | None) -> Assignment | None:
-    """What the agent should run for ``machine``; None if it has nothing to run."""
+def assignment_for(
+    machine: Machine, app: App, release: Release | None, volumes: Sequence[Volume] = ()
+) -> Assignment | None:
+    """What the agent should run for ``machine``; None if it has nothing to run.
+
+    ``volumes``: those the machine holds (mounted as its release's ``[[mounts]]`` say).
+    """
     cfg = release_config(release) if release is not None else AppConfig(app=app.name)
     image = machine.image or (release.image if release is not None else None)
     image_digest = release.image_digest if release is not None else None
@@ -122,6 +128,11 @@ def assignment_for(machine: Machine, app: App, release: Release | None) -> Assig
         egress=cfg.network.egress,
         org=app.org_id,
         metrics=[] if machine.one_off else _metrics(cfg),
+        mounts=(
+            []
+            if machine.one_off
+            else machine_mounts(volumes, [(m.source, m.destination) for m in cfg.mounts])
+        ),
     )
 
 
@@ -136,7 +147,16 @@ def host_assignments(session: Session, host_id: str) -> list[Assignment]:
         .where(Machine.host_id == host_id)
         .order_by(Machine.id)
     ).all()
-    found = [assignment_for(m, a, r) for m, a, r in rows]
+    held: dict[str, list[Volume]] = {}
+    for volume in session.execute(
+        select(Volume).where(
+            Volume.host_id == host_id,
+            Volume.machine_id.is_not(None),
+            Volume.state != "destroyed",
+        )
+    ).scalars():
+        held.setdefault(volume.machine_id or "", []).append(volume)
+    found = [assignment_for(m, a, r, held.get(m.id, ())) for m, a, r in rows]
     return [a for a in found if a is not None]
 
 
@@ -163,6 +183,7 @@ def apply_report(
         status = info["status"]
         if status == "absent" and machine.desired == "destroyed":
             session.delete(machine)  # destroyed: nothing left on the host
+            release_machine(session, machine.id)  # its volumes are free for another
             continue
         if status == "running":
             state = MachineState.STARTED

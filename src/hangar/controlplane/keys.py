@@ -27,6 +27,7 @@ from hangar.crypto.rotation import (
     rewrap_file,
     root_key_purpose,
 )
+from hangar.crypto.volumekeys import volume_key_purpose
 from hangar.store.tables import (
     AppKey,
     Certificate,
@@ -35,6 +36,7 @@ from hangar.store.tables import (
     RootKey,
     Setting,
     UserIdentity,
+    Volume,
 )
 
 __all__ = ["Rotation", "rotate_kek"]
@@ -78,6 +80,11 @@ def _rewrap_rows(cp: ControlPlane) -> int:
                 fresh = rewrap(cp.keyring, cert.key_wrapped, cert_key_purpose(cert.id))
                 count += fresh != cert.key_wrapped
                 cert.key_wrapped = fresh
+        for volume in session.execute(select(Volume)).scalars():
+            if volume.key_wrapped is not None:
+                fresh = rewrap(cp.keyring, volume.key_wrapped, volume_key_purpose(volume.id))
+                count += fresh != volume.key_wrapped
+                volume.key_wrapped = fresh
         for sink in session.execute(select(LogSinkRow)).scalars():
             if sink.credential is not None:
                 purpose = credential_purpose(sink.org_id, sink.id)

@@ -1,4 +1,9 @@
-"""Machines' output: this host's from its runtime, other hosts' as their agents shipped it."""
+"""Machines' output: this host's from its runtime, other hosts' as their agents shipped it.
+
+The edge's access lines of an app are sources too: this host's edge's
+(machine ``edge``) read from its files, and each other edge host's
+(machine ``edge:<host id>``) as its agent shipped them.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +13,18 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
 
+from sqlalchemy import select
+
 from hangar.contract.links import HostMachines
 from hangar.controlplane.logstore import LogStore
 from hangar.controlplane.machine_control import list_machines
 from hangar.controlplane.state import ControlPlane
 from hangar.edge.accesslog import access_log_path
 from hangar.errors import NotFound, ValidationError
-from hangar.store.tables import App
+from hangar.store.tables import App, Host
 from hangar.telemetry.logfiles import read_all, read_since
 
-__all__ = ["EDGE", "LogFilter", "LogSource", "log_sources"]
+__all__ = ["EDGE", "LogFilter", "LogSource", "edge_source_name", "log_sources"]
 
 EDGE = "edge"  # the "machine" of the edge's access lines
 
@@ -121,7 +128,34 @@ def log_sources(cp: ControlPlane, app: App, machine_id: str | None = None) -> li
         path = access_log_path(cp.settings.effective_agent_dir, app.name)
         if path.exists() or path.with_name(path.name + ".1").exists():  # the edge served it
             sources.append(_access_source(cp, app))
+    if machine_id is None:
+        sources += _shipped_access_sources(cp, app, shipped)
     return sources
+
+
+def edge_source_name(host_id: str) -> str:
+    """The "machine" of an edge host's shipped access lines (``edge:<host id>``)."""
+    return f"{EDGE}:{host_id}"
+
+
+def _shipped_access_sources(cp: ControlPlane, app: App, shipped: LogStore) -> list[LogSource]:
+    """The access lines edges on other hosts shipped for the app, one source a host."""
+    hosts = shipped.access_hosts(app.id)
+    if not hosts:
+        return []
+    with cp.db.read() as session:
+        regions = dict(
+            session.execute(select(Host.id, Host.region).where(Host.id.in_(hosts))).all()
+        )
+    return [
+        LogSource(
+            edge_source_name(host_id),
+            regions.get(host_id, ""),
+            partial(shipped.read_access, app.id, host_id),
+            partial(shipped.read_access_since, app.id, host_id),
+        )
+        for host_id in hosts
+    ]
 
 
 def _access_source(cp: ControlPlane, app: App) -> LogSource:

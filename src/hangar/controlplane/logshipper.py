@@ -191,10 +191,12 @@ class LogShipper(BackgroundLoop):
         cursors = dict(sink.cursors)
         for app in apps:
             for source in log_sources(self.cp, app):
+                # Machines' ids are unique; an edge's lines are per app, and so is their cursor.
+                key = source.machine_id
+                if not key.startswith("m_"):
+                    key = f"{app.id}/{key}"
                 try:
-                    fresh, cursors[source.machine_id] = source.read_since(
-                        sink.cursors.get(source.machine_id), READ_BUDGET
-                    )
+                    fresh, cursors[key] = source.read_since(sink.cursors.get(key), READ_BUDGET)
                 except (HangarError, OSError, ValueError):
                     continue
                 taken += [

@@ -161,6 +161,12 @@ def add_machine(
                 image_digest=digest,
                 args=cmd,
                 memory_mb=machine_memory(release_config(live)) if live else DEFAULT_MEMORY_MB,
+                # A machine of the release mounts its volumes; a one-off mounts none.
+                mounts=(
+                    [m.source for m in release_config(live).mounts]
+                    if live is not None and layout is None and cmd is None
+                    else ()
+                ),
             )
             host = session.get(Host, machine.host_id)
             assert host is not None

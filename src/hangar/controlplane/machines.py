@@ -12,6 +12,7 @@ import ipaddress
 import json
 import logging
 import socket
+from collections.abc import Sequence
 from typing import Literal
 
 from sqlalchemy import func, select
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session
 from hangar.auth.tokens import new_id
 from hangar.config.appconfig import AppConfig
 from hangar.controlplane.secretversions import current_version
+from hangar.controlplane.volumes import attach, check_mounts
 from hangar.domain import addressing
 from hangar.domain.machines import MachineState, transition
 from hangar.domain.placement import Candidate, place
@@ -100,7 +102,7 @@ def machine_memory(cfg: AppConfig) -> int:
     return cfg.vm[0].memory if cfg.vm else DEFAULT_MEMORY_MB
 
 
-def _place(session: Session, region: str | None, memory_mb: int) -> Host:
+def _place(session: Session, region: str | None, memory_mb: int, pinned: str | None = None) -> Host:
     """The host for a new machine: each host's load from the store, the rule in ``place``."""
     load = {
         host_id: (count, used or 0)
@@ -123,7 +125,7 @@ def _place(session: Session, region: str | None, memory_mb: int) -> Host:
         )
         for host in hosts.values()
     ]
-    return hosts[place(candidates, region, memory_mb).id]
+    return hosts[place(candidates, region, memory_mb, pinned).id]
 
 
 def _address(session: Session, app: App, host: Host) -> str:
@@ -146,9 +148,15 @@ def create_machine(
     image_digest: str | None = None,
     args: list[str] | None = None,
     memory_mb: int = DEFAULT_MEMORY_MB,
+    mounts: Sequence[str] = (),
 ) -> Machine:
-    """A machine of ``app``; with ``image`` or ``args`` it is a one-off (never restarted)."""
-    host = _place(session, region, memory_mb)
+    """A machine of ``app``; with ``image`` or ``args`` it is a one-off (never restarted).
+
+    ``mounts``: the volume names it mounts; it takes a free volume of each
+    (Conflict if there is none) and runs on their host.
+    """
+    pinned, volumes = attach(session, app, mounts)
+    host = _place(session, region, memory_mb, pinned)
     now = _now()
     one_off = image is not None or args is not None
     machine = Machine(
@@ -172,6 +180,9 @@ def create_machine(
         updated_at=now,
     )
     session.add(machine)
+    for volume in volumes:
+        volume.machine_id = machine.id
+        volume.updated_at = now
     session.flush()
     return machine
 
@@ -250,6 +261,9 @@ def create_release(
             f"app {app.name} is already deploying release v{busy[0]}",
             hint="wait for it: `hangar releases`",
         )
+    check_mounts(
+        session, app, [m.source for m in config.mounts], strategy or config.deploy.strategy
+    )
     last = (
         session.execute(
             select(func.max(Release.version)).where(Release.app_id == app.id)

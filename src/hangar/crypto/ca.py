@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from hangar.crypto.keyring import Keyring
-from hangar.crypto.peercert import HOST_URI_PREFIX
+from hangar.crypto.peercert import HOST_URI_PREFIX, SCRAPER_URI_PREFIX
 from hangar.errors import ValidationError
 from hangar.hostfs import write_private
 
@@ -133,6 +133,21 @@ class InternalCA:
         Only the CSR's public key is used: the name, usage and lifetime come
         from here, so a CSR cannot ask for a CA certificate or another host.
         """
+        return self._issue_client(csr_pem, host_id, HOST_URI_PREFIX + host_id, lifetime)
+
+    def issue_scraper_cert(
+        self, csr_pem: bytes, name: str, *, lifetime: dt.timedelta
+    ) -> x509.Certificate:
+        """Sign a metrics scraper's CSR as a client certificate naming ``name``.
+
+        It names no host: the agents' API refuses it, and only the metrics
+        listener over mutual TLS accepts it.
+        """
+        return self._issue_client(csr_pem, name, SCRAPER_URI_PREFIX + name, lifetime)
+
+    def _issue_client(
+        self, csr_pem: bytes, common_name: str, uri: str, lifetime: dt.timedelta
+    ) -> x509.Certificate:
         try:
             csr = x509.load_pem_x509_csr(csr_pem)
         except ValueError as exc:
@@ -141,16 +156,16 @@ class InternalCA:
             raise ValidationError("the certificate request's signature does not verify")
         public = csr.public_key()
         if not isinstance(public, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
-            raise ValidationError("a host key must be ECDSA (P-256 or stronger) or Ed25519")
+            raise ValidationError("a client key must be ECDSA (P-256 or stronger) or Ed25519")
         if isinstance(public, ec.EllipticCurvePublicKey) and public.curve.key_size < 256:
-            raise ValidationError("a host key must be ECDSA (P-256 or stronger) or Ed25519")
+            raise ValidationError("a client key must be ECDSA (P-256 or stronger) or Ed25519")
         now = _now()
         # A little slack for clocks; small against the lifetime, whose last third
-        # is when the host renews.
+        # is when a host renews.
         slack = min(dt.timedelta(minutes=5), lifetime * 0.05)
         return (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host_id)]))
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
             .issuer_name(self.cert.subject)
             .public_key(public)
             .serial_number(x509.random_serial_number())
@@ -158,9 +173,7 @@ class InternalCA:
             .not_valid_after(now + lifetime)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.UniformResourceIdentifier(HOST_URI_PREFIX + host_id)]
-                ),
+                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]),
                 critical=False,
             )
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)

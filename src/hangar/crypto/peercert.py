@@ -17,10 +17,20 @@ from cryptography.hazmat.primitives import serialization
 
 from hangar.errors import AuthError
 
-__all__ = ["HOST_URI_PREFIX", "IssuedCert", "PeerIdentity", "host_id_of", "serial_hex"]
+__all__ = [
+    "HOST_URI_PREFIX",
+    "SCRAPER_URI_PREFIX",
+    "IssuedCert",
+    "PeerIdentity",
+    "host_id_of",
+    "scraper_of",
+    "serial_hex",
+]
 
 # A host's client certificate names it by this URI in its subjectAltName.
 HOST_URI_PREFIX = "hangar://host/"
+# A metrics scraper's (a Prometheus on another host) names it by this one.
+SCRAPER_URI_PREFIX = "hangar://metrics/"
 
 
 def serial_hex(cert: x509.Certificate) -> str:
@@ -28,15 +38,27 @@ def serial_hex(cert: x509.Certificate) -> str:
     return format(cert.serial_number, "x")
 
 
-def host_id_of(cert: x509.Certificate) -> str | None:
-    """The host a client certificate names, or None if it names none or several."""
+def _named(cert: x509.Certificate, prefix: str) -> str | None:
+    """The one name under ``prefix`` in the certificate's URIs; None if none or several."""
     try:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return None
     uris = [u for u in sans.get_values_for_type(x509.UniformResourceIdentifier)]
-    hosts = [u.removeprefix(HOST_URI_PREFIX) for u in uris if u.startswith(HOST_URI_PREFIX)]
-    return hosts[0] if len(hosts) == 1 else None
+    names = [u.removeprefix(prefix) for u in uris if u.startswith(prefix)]
+    return names[0] if len(names) == 1 else None
+
+
+def host_id_of(cert: x509.Certificate) -> str | None:
+    """The host a client certificate names, or None if it names none or several."""
+    return _named(cert, HOST_URI_PREFIX)
+
+
+def scraper_of(cert: x509.Certificate) -> str | None:
+    """The metrics scraper a client certificate names, or None (a host's, or no one's)."""
+    if host_id_of(cert) is not None:
+        return None
+    return _named(cert, SCRAPER_URI_PREFIX)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from hangar.contract.assignments import Assignment, MachineStatus
 from hangar.contract.execs import ExecResult
 from hangar.contract.mesh import Peer
 from hangar.contract.names import Record
+from hangar.contract.volumes import HostVolume
 from hangar.controlplane.agents import AgentService
 from hangar.controlplane.machines import register_local_host
 from hangar.controlplane.state import ControlPlane
@@ -54,6 +55,12 @@ class StoreLink:
 
     def secrets(self, want: Assignment) -> dict[str, str]:
         return self.service.secrets(want.machine_id)
+
+    def volume_keys(self, want: Assignment) -> dict[str, bytes]:
+        return self.service.volume_keys(want.machine_id)
+
+    def volumes(self, backend: str, grows_online: bool) -> list[HostVolume]:
+        return self.service.volumes(backend, grows_online)
 
     def routes(self) -> RoutingTable:
         return self.service.routes()
@@ -138,5 +145,6 @@ def local_agent(cp: ControlPlane) -> Agent:
         dns=settings.dns,
         mesh_endpoint=settings.mesh_endpoint or None,
         mesh_port=settings.mesh_port,
+        volume_backend=settings.volume_backend,
     )
     return build_agent(StoreLink.for_host(cp, host.id, host.name), options)

@@ -35,7 +35,7 @@ from hangar.controlplane.logshipper import LogShipper
 from hangar.controlplane.metrics import ControlPlaneCollector
 from hangar.controlplane.state import ControlPlane
 from hangar.server.local import LocalMachines, local_agent
-from hangar.telemetry.metrics import serve_metrics
+from hangar.telemetry.metrics import serve_metrics, serve_metrics_tls
 from hangar.telemetry.ownlogs import OwnLogShipper, OwnLogSink, configure_logging
 from hangar.tlsprofile import TLS12_CIPHERS
 
@@ -280,6 +280,16 @@ def _serve(settings: ServerSettings) -> None:
         if agent is not None:
             collectors.append(AgentCollector(agent))
         metrics = serve_metrics(settings.metrics_listen_host, settings.metrics_port, collectors)
+    metrics_tls = None
+    if settings.metrics_tls_port:
+        # The same registry, over mutual TLS, with the API's server certificate.
+        metrics_tls = serve_metrics_tls(
+            settings.metrics_tls_listen_host,
+            settings.metrics_tls_port,
+            cert_file=settings.data_dir / "api.crt",
+            key_file=settings.data_dir / "api.key",
+            ca_file=settings.data_dir / "ca.crt",
+        )
     shipper = LogShipper(cp)
     identity_checks = IdentityChecks(cp)
     loops.start()
@@ -291,6 +301,8 @@ def _serve(settings: ServerSettings) -> None:
     try:
         asyncio.run(run_all())
     finally:
+        if metrics_tls is not None:
+            metrics_tls.stop()
         if metrics is not None:
             metrics.stop()
         if verifier is not None:

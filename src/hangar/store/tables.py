@@ -59,6 +59,7 @@ __all__ = [
     "User",
     "UserIdentity",
     "UserSession",
+    "Volume",
     "WireguardPeer",
 ]
 
@@ -369,6 +370,11 @@ class Host(Base):
     mesh_endpoint: Mapped[str | None] = mapped_column(String(300))
     # The newest WireGuard handshake the host has seen with any peer.
     mesh_handshake_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # How the host encrypts volumes at rest ("luks2" or "gocryptfs"), as its agent
+    # reported it; None until it has. A volume on the host uses this backend.
+    volume_backend: Mapped[str | None] = mapped_column(String(16))
+    # Whether its agent can grow a volume's file system while a machine uses it.
+    volume_grows_online: Mapped[bool | None] = mapped_column(Boolean)
 
 
 class JoinToken(Base):
@@ -601,3 +607,37 @@ class LogSinkRow(Base):
     auth: Mapped[str | None] = mapped_column(String(16))  # the credential's scheme, to list
     created_by: Mapped[str] = mapped_column(String(254))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class Volume(Base):
+    """A persistent volume: lives on one host, held by at most one machine at a time.
+
+    Its data key is stored only wrapped by the KEK (purpose ``volume-key:<id>``)
+    and sent sealed only to the host of the machine that mounts it. Destroying
+    a volume drops ``key_wrapped`` in the same transaction (crypto-shredding:
+    whatever of its ciphertext remains on disk can no longer be read) and the
+    host then deletes its files. Several volumes of an app may share a name:
+    each machine of the app that mounts ``source = NAME`` holds one of them.
+
+    ``encryption`` is the host's backend when the volume was made ("luks2",
+    "gocryptfs"); ``state`` is ``created`` (the host has not prepared it yet),
+    ``ready`` (the host made its encrypted file system) or ``destroyed``.
+    """
+
+    __tablename__ = "volumes"
+    __table_args__ = (Index("ix_volumes_app_id_name", "app_id", "name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id"), index=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id"))
+    name: Mapped[str] = mapped_column(String(63))
+    host_id: Mapped[str] = mapped_column(ForeignKey("hosts.id"), index=True)
+    size_mb: Mapped[int] = mapped_column(Integer)
+    encryption: Mapped[str] = mapped_column(String(16))
+    key_wrapped: Mapped[bytes | None] = mapped_column(LargeBinary)
+    state: Mapped[str] = mapped_column(String(16))
+    # The machine holding it (None: free); cleared once that machine is gone from its host.
+    machine_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    created_by: Mapped[str] = mapped_column(String(254))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    destroyed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())

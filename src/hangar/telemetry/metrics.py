@@ -6,7 +6,11 @@ scrape time rather than counted (machines by state, their cgroups, the
 mesh) is a collector the composition root registers with ``register``.
 
 The listener serves ``/metrics`` over plain HTTP and so is never public:
-``serve_metrics`` refuses any address but a loopback one. Label values are
+``serve_metrics`` refuses any address but a loopback one. A Prometheus on
+another host scrapes ``serve_metrics_tls`` instead: mutual TLS, where only a
+client certificate the installation's CA issued to a metrics scraper
+(``hangar server metrics-cert``) is let in; a host's certificate, another
+CA's, or none are refused during or right after the handshake. Label values are
 bounded: routes are templates (``/v1/apps/{app}``), never raw paths, and
 organizations and apps are the platform's own names.
 """
@@ -16,17 +20,30 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import socket
+import ssl
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
-from wsgiref.simple_server import WSGIServer
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from typing import Any, Protocol
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from cryptography import x509
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    make_wsgi_app,
+    start_http_server,
+)
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from hangar.crypto.peercert import scraper_of
 from hangar.errors import ConfigError
+from hangar.tlsprofile import TLS12_CIPHERS
 
 __all__ = [
     "ACME_ORDERS",
@@ -48,6 +65,7 @@ __all__ = [
     "exposition",
     "register",
     "serve_metrics",
+    "serve_metrics_tls",
     "unregister",
 ]
 
@@ -216,3 +234,88 @@ def serve_metrics(host: str, port: int, collectors: Iterable[Collector] = ()) ->
         register(collector)
     log.info("metrics on http://%s:%d/metrics", host, bound)
     return MetricsServer(host, int(bound), server, thread, collectors)
+
+
+class ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+HANDSHAKE_SECONDS = 10.0  # for one connection's TLS handshake and request, in its own thread
+
+
+class _MutualTLSServer(ThreadingWSGIServer):
+    """The WSGI server, its connections wrapped in TLS in their own threads (a slow or
+    silent client holds no one else up), and let in only with a scraper's certificate."""
+
+    context: ssl.SSLContext
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        request.settimeout(HANDSHAKE_SECONDS)
+        try:
+            tls = self.context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            log.info("metrics over TLS: %s refused: %s", client_address[0], exc)
+            return
+        with tls:
+            der = tls.getpeercert(binary_form=True)
+            who = scraper_of(x509.load_der_x509_certificate(der)) if der else None
+            if who is None:
+                log.warning("metrics over TLS: %s is not a metrics scraper", client_address[0])
+                return
+            super().finish_request(tls, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with contextlib.suppress(OSError):
+            request.close()  # the TLS socket took the connection over
+
+
+def serve_metrics_tls(
+    host: str,
+    port: int,
+    *,
+    cert_file: Path,
+    key_file: Path,
+    ca_file: Path,
+    collectors: Iterable[Collector] = (),
+) -> MetricsServer:
+    """Serve ``/metrics`` on ``host:port`` over mutual TLS (TLS 1.2 or later).
+
+    The server presents ``cert_file``; a client must present a certificate
+    that ``ca_file`` issued for a metrics scraper (``scraper_of``).
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(TLS12_CIPHERS)
+    context.verify_mode = ssl.CERT_REQUIRED
+    try:
+        context.load_cert_chain(str(cert_file), str(key_file))
+        context.load_verify_locations(str(ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"metrics over TLS: cannot load the certificates: {exc}") from exc
+
+    class Server(_MutualTLSServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    Server.context = context
+    try:
+        server = make_server(
+            host, port, make_wsgi_app(REGISTRY), Server, handler_class=_QuietHandler
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen for metrics over TLS on {host}:{port}: {exc.strerror}",
+            hint="set metrics_tls_port to a free port, or 0 for none",
+        ) from exc
+    thread = threading.Thread(target=server.serve_forever, name="hangar-metrics-tls", daemon=True)
+    thread.start()
+    collectors = tuple(collectors)
+    for collector in collectors:
+        register(collector)
+    bound = int(server.server_address[1])
+    log.info("metrics on https://%s:%d/metrics (mutual TLS)", host, bound)
+    return MetricsServer(host, bound, server, thread, collectors)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass

@@ -107,12 +107,14 @@ def _nanoseconds(ts: str) -> str:
     return str((delta.days * 86400 + delta.seconds) * 10**9 + delta.microseconds * 1000)
 
 
-class Loki:
-    """Grafana Loki's push API (``POST /loki/api/v1/push``, JSON).
+class _HttpSink:
+    """What the HTTP drivers share: the endpoint (``PATH`` under the sink's URL), the
+    credential as an ``Authorization`` header, one client with the push deadline that
+    follows no redirect, and a post whose transport failure is worth a retry."""
 
-    Each (org, app, machine, stream) is one Loki stream, labelled so; lines
-    keep their order within it, as Loki requires.
-    """
+    NAME = ""
+    PATH = ""
+    CONTENT_TYPE = "application/json"
 
     def __init__(
         self,
@@ -121,8 +123,32 @@ class Loki:
         index: str | None = None,
         client: httpx.Client | None = None,
     ) -> None:
-        self.url = url.rstrip("/") + "/loki/api/v1/push"
+        self.url = url.rstrip("/") + self.PATH
+        self.index = index
+        self.headers = {"Content-Type": self.CONTENT_TYPE}
+        if credential is not None:
+            self.headers["Authorization"] = credential.header()
         self.client = client or httpx.Client(timeout=PUSH_SECONDS, follow_redirects=False)
+
+    def _post(self, content: bytes) -> httpx.Response:
+        try:
+            return self.client.post(self.url, content=content, headers=self.headers)
+        except httpx.HTTPError as exc:
+            raise SinkError(f"{self.NAME}: {exc}", retry=True) from exc
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class Loki(_HttpSink):
+    """Grafana Loki's push API (``POST /loki/api/v1/push``, JSON).
+
+    Each (org, app, machine, stream) is one Loki stream, labelled so; lines
+    keep their order within it, as Loki requires.
+    """
+
+    NAME = "loki"
+    PATH = "/loki/api/v1/push"
 
     @staticmethod
     def payload(records: list[Record]) -> dict[str, Any]:
@@ -151,10 +177,7 @@ class Loki:
         }
 
     def push(self, records: list[Record]) -> Partial | None:
-        try:
-            answer = self.client.post(self.url, json=self.payload(records))
-        except httpx.HTTPError as exc:
-            raise SinkError(f"loki: {exc}", retry=True) from exc
+        answer = self._post(json.dumps(self.payload(records)).encode())
         if answer.status_code == 429 or answer.status_code >= 500:
             raise SinkError(f"loki answered {answer.status_code}", retry=True)
         if answer.status_code >= 300:
@@ -181,7 +204,7 @@ def _document(record: Record) -> dict[str, Any]:
     }
 
 
-class Elasticsearch:
+class Elasticsearch(_HttpSink):
     """Elasticsearch's (and OpenSearch's) bulk API: ``POST /_bulk``, NDJSON.
 
     Each record is one ``create`` into ``index`` (a data stream or an index;
@@ -192,32 +215,19 @@ class Elasticsearch:
     crash) counts as taken.
     """
 
-    def __init__(
-        self,
-        url: str,
-        credential: Credential | None = None,
-        index: str | None = None,
-        client: httpx.Client | None = None,
-    ) -> None:
-        self.url = url.rstrip("/") + "/_bulk"
-        self.index = index or "hangar-logs"
-        self.headers = {"Content-Type": "application/x-ndjson"}
-        if credential is not None:
-            self.headers["Authorization"] = credential.header()
-        self.client = client or httpx.Client(timeout=PUSH_SECONDS, follow_redirects=False)
+    NAME = "elasticsearch"
+    PATH = "/_bulk"
+    CONTENT_TYPE = "application/x-ndjson"
 
     def body(self, records: list[Record]) -> bytes:
-        action = json.dumps({"create": {"_index": self.index}})
+        action = json.dumps({"create": {"_index": self.index or "hangar-logs"}})
         lines = []
         for r in records:
             lines += [action, json.dumps(_document(r), separators=(",", ":"))]
         return ("\n".join(lines) + "\n").encode()
 
     def push(self, records: list[Record]) -> Partial | None:
-        try:
-            answer = self.client.post(self.url, content=self.body(records), headers=self.headers)
-        except httpx.HTTPError as exc:
-            raise SinkError(f"elasticsearch: {exc}", retry=True) from exc
+        answer = self._post(self.body(records))
         if _retry_status(answer.status_code):
             raise SinkError(f"elasticsearch answered {answer.status_code}", retry=True)
         if answer.status_code >= 300:
@@ -259,7 +269,7 @@ class Elasticsearch:
         return Partial(retry, refused, reason)
 
 
-class SplunkHec:
+class SplunkHec(_HttpSink):
     """Splunk's HTTP Event Collector: ``POST /services/collector/event``.
 
     Authenticates with ``Authorization: Splunk <token>``; events are JSON
@@ -270,6 +280,9 @@ class SplunkHec:
     sends the others again; any other 400 refuses the batch.
     """
 
+    NAME = "splunk"
+    PATH = "/services/collector/event"
+
     def __init__(
         self,
         url: str,
@@ -279,10 +292,7 @@ class SplunkHec:
     ) -> None:
         if credential is None or credential.scheme != "splunk":
             raise SinkError("a Splunk HEC sink needs its token", retry=False)
-        self.url = url.rstrip("/") + "/services/collector/event"
-        self.index = index
-        self.headers = {"Authorization": credential.header(), "Content-Type": "application/json"}
-        self.client = client or httpx.Client(timeout=PUSH_SECONDS, follow_redirects=False)
+        super().__init__(url, credential, index, client)
 
     def body(self, records: list[Record]) -> bytes:
         out = []
@@ -310,10 +320,7 @@ class SplunkHec:
         return "\n".join(out).encode()
 
     def push(self, records: list[Record]) -> Partial | None:
-        try:
-            answer = self.client.post(self.url, content=self.body(records), headers=self.headers)
-        except httpx.HTTPError as exc:
-            raise SinkError(f"splunk: {exc}", retry=True) from exc
+        answer = self._post(self.body(records))
         if answer.status_code < 300:
             return None
         try:

@@ -32,6 +32,8 @@ class MachineSpec:
     hosts: dict[str, str] = field(default_factory=dict)
     nameservers: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)  # guest path -> content (secret)
+    # Volumes: guest destination -> the host directory where its plaintext is mounted.
+    volumes: dict[str, Path] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,9 @@ class Runtime(Protocol):
     """
 
     name: str
+    # The host uid a machine's root is (its user namespace's root): it owns
+    # the top directory of each volume made for a machine.
+    root_uid: int
 
     def start(self, spec: MachineSpec) -> RuntimeState:
         """Create and start a machine; on failure leave nothing behind."""

@@ -57,6 +57,7 @@ class FakeRuntime:
     """Machines that are entries in a dict; see the module docstring."""
 
     name = "fake"
+    root_uid = 0
 
     def __init__(self, state_dir: Path, bundles_dir: Path) -> None:
         self.state_dir = state_dir

@@ -160,6 +160,14 @@ def oci_config(
                  "options": ["bind", "ro", "nosuid", "nodev", "noexec"]}
                 for n, guest_path in enumerate(sorted(spec.files))
             ],
+            # Volumes: their plaintext, mounted on the host (dm-crypt or FUSE), bound
+            # read-write; no set-id bits or device files honoured.
+            *[
+                {"destination": destination, "type": "none",
+                 "source": str(spec.volumes[destination]),
+                 "options": ["bind", "rw", "nosuid", "nodev"]}
+                for destination in sorted(spec.volumes)
+            ],
         ],
         "linux": {
             "uidMappings": [{"containerID": 0, "hostID": uid_base, "size": id_range}],

@@ -72,6 +72,7 @@ class RuncRuntime:
         self.init = init
         self.bundles_dir = bundles_dir
         self.uid_base = uid_base
+        self.root_uid = uid_base
         self.id_range = id_range
         self.runc_root = state_dir / "runc"
         for directory in (state_dir, self.runc_root, state_dir / "machines"):

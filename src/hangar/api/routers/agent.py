@@ -24,10 +24,12 @@ from hangar.api.guard import HOST, GuardedRouter, HostAccess
 from hangar.contract import VERSION, check_version
 from hangar.contract.assignments import Assignment, MachineStatus
 from hangar.contract.execs import MAX_OUTPUT, ExecOrder, ExecResult
+from hangar.contract.reports import Report
 from hangar.controlplane.agents import AgentService
 from hangar.controlplane.appmetrics import MAX_TEXT
 from hangar.controlplane.hostlink import assignments_version
 from hangar.crypto.secretbox import seal
+from hangar.crypto.volumekeys import seal_keys
 from hangar.domain.routing import edge_seal_context
 from hangar.errors import Conflict, IntegrityError, NotFound, ValidationError
 from hangar.images.oci import ImageRef, Manifest, open_blob, read_manifest
@@ -51,21 +53,6 @@ class ExecDone(BaseModel):
     stdout: str = Field(default="", max_length=2 * MAX_OUTPUT, description="base64")
     stderr: str = Field(default="", max_length=2 * MAX_OUTPUT, description="base64")
     error: str | None = Field(default=None, max_length=4096)
-
-
-class LogRecord(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    ts: str = Field(max_length=40)
-    stream: Literal["stdout", "stderr"]
-    line: str = Field(max_length=64 << 10)
-
-
-class ReportIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    contract: int = VERSION
-    machines: dict[str, dict[str, Any]] = Field(max_length=10_000)
-    errors: dict[str, str] = Field(default_factory=dict, max_length=10_000)
-    logs: dict[str, list[LogRecord]] = Field(default_factory=dict, max_length=10_000)
 
 
 class RenewIn(BaseModel):
@@ -139,11 +126,14 @@ def exec_done(exec_id: str, body: ExecDone, access: Annotated[HostAccess, HOST])
 
 
 @router.post("/report", status_code=204, summary="What this host observed of its machines")
-def report(body: ReportIn, access: Annotated[HostAccess, HOST]) -> None:
+def report(body: Report, access: Annotated[HostAccess, HOST]) -> None:
+    """Statuses, machines' output and (an edge host) its access lines; another host's
+    machines, and lines of apps this host's edge does not serve, are dropped."""
     check_version(body.contract)
     statuses = {mid: MachineStatus.from_json(info) for mid, info in body.machines.items()}
     logs = {mid: [r.model_dump() for r in records] for mid, records in body.logs.items()}
-    _service(access).report(statuses, body.errors, logs)
+    lines = {app: [r.model_dump() for r in records] for app, records in body.access.items()}
+    _service(access).report(statuses, body.errors, logs, lines)
 
 
 @router.post("/renew", response_model=CertOut, summary="A new client certificate for this host")
@@ -243,6 +233,27 @@ def machine_secrets(
 ) -> SealedOut:
     values = _service(access).secrets(machine_id)
     return SealedOut(**seal(values, body.public_key, machine_id))
+
+
+@router.post(
+    "/machines/{machine_id}/volume-keys",
+    response_model=SealedOut,
+    summary="The keys of a starting machine's volumes, sealed to the agent's one-time key",
+)
+def machine_volume_keys(
+    machine_id: str, body: DeliveryIn, access: Annotated[HostAccess, HOST]
+) -> SealedOut:
+    keys = _service(access).volume_keys(machine_id)
+    return SealedOut(**seal_keys(keys, body.public_key, machine_id))
+
+
+@router.get("/volumes", summary="The volumes that live on this host")
+def host_volumes(
+    access: Annotated[HostAccess, HOST],
+    backend: Annotated[Literal["luks2", "gocryptfs"], Query(description="this host's backend")],
+    grows_online: Annotated[bool, Query(description="can grow a volume in use")] = False,
+) -> list[dict[str, Any]]:
+    return [v.to_json() for v in _service(access).volumes(backend, grows_online)]
 
 
 class RoutesOut(BaseModel):

@@ -31,6 +31,14 @@ class HostOut(BaseModel):
     mesh_handshake_at: dt.datetime | None
     created_at: dt.datetime
     last_seen: dt.datetime | None
+    volume_backend: str | None = Field(
+        default=None,
+        description="how its volumes are encrypted at rest: luks2 (dm-crypt) or gocryptfs;"
+        " null until its agent reports, or if it has neither",
+    )
+    volume_grows_online: bool | None = Field(
+        default=None, description="whether it grows a volume while a machine uses it"
+    )
 
 
 def _hosts(access: Access, name: str | None = None) -> list[HostOut]:
@@ -47,6 +55,8 @@ def _hosts(access: Access, name: str | None = None) -> list[HostOut]:
             edge=h.edge,
             mesh_public_key=h.mesh_public_key,
             mesh_endpoint=h.mesh_endpoint,
+            volume_backend=h.volume_backend,
+            volume_grows_online=h.volume_grows_online,
             mesh_handshake_at=h.mesh_handshake_at,
             created_at=h.created_at,
             last_seen=h.last_seen,

@@ -1,14 +1,16 @@
-"""The installation itself: key rotation (installation operators only)."""
+"""The installation itself: key rotation, and metrics scrapers' client certificates
+(installation operators only)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from hangar.api.guard import Access, GuardedRouter, requires
 from hangar.auth.rbac import Permission
-from hangar.controlplane.system import rotate_keys
+from hangar.controlplane.system import MAX_SCRAPER_DAYS, issue_scraper_cert, rotate_keys
 
 router = GuardedRouter(prefix="/v1/system", tags=["system"])
 
@@ -28,3 +30,38 @@ def rotate(access: Annotated[Access, requires(Permission.KEYS_ROTATE)]) -> Rotat
     access.check(access.perm, org=None, shown="keys")
     done = rotate_keys(access.cp, access.ctx)
     return RotationOut(kek_id=done.kek_id, retired=done.retired, rewrapped=done.rewrapped)
+
+
+class ScraperCertIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=63, description="the scraper's name")
+    csr: str = Field(max_length=16_384, description="a PEM certificate request for its key")
+    days: int = Field(default=90, ge=1, le=MAX_SCRAPER_DAYS)
+
+
+class ScraperCertOut(BaseModel):
+    name: str
+    serial: str
+    certificate: str
+    ca_certificate: str
+    expires_at: dt.datetime
+
+
+@router.post(
+    "/metrics-certs",
+    response_model=ScraperCertOut,
+    status_code=201,
+    summary="A client certificate for a metrics scraper (the metrics listener over mutual TLS)",
+)
+def metrics_cert(
+    body: ScraperCertIn, access: Annotated[Access, requires(Permission.HOSTS_WRITE)]
+) -> ScraperCertOut:
+    access.check(access.perm, org=None, shown="hosts")
+    issued = issue_scraper_cert(access.cp, access.ctx, body.name, body.csr, body.days)
+    return ScraperCertOut(
+        name=body.name,
+        serial=issued.serial,
+        certificate=issued.pem,
+        ca_certificate=access.cp.ca.pem(),
+        expires_at=issued.expires_at,
+    )

@@ -1,7 +1,7 @@
 """people sign in: identity providers, sessions, pending sign-ins, device codes, policies
 
 Revision ID: 0019
-Revises: 0016
+Revises: 0017
 
 Session tokens are tokens whose ``session_id`` names a row of ``sessions``;
 users may be disabled (``disabled_at``). Nothing existing changes meaning.
@@ -15,7 +15,7 @@ from alembic import op
 import hangar.store.tables
 
 revision = "0019"
-down_revision = "0016"
+down_revision = "0017"
 branch_labels = None
 depends_on = None
 
