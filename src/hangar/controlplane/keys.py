@@ -20,6 +20,8 @@ from hangar.controlplane.backups import password_purpose as backup_password_purp
 from hangar.controlplane.logsinks import credential_purpose
 from hangar.controlplane.routes import cert_key_purpose
 from hangar.controlplane.serverbackup import rewrap_repo_file
+from hangar.controlplane.idps import secret_purpose as idp_secret_purpose
+from hangar.controlplane.signins import refresh_purpose
 from hangar.controlplane.state import ControlPlane
 from hangar.crypto.rotation import (
     WRAPPED_FILES,
@@ -36,6 +38,8 @@ from hangar.store.tables import (
     LogSinkRow,
     RootKey,
     Setting,
+    IdentityProvider,
+    UserIdentity,
     Volume,
 )
 
@@ -101,6 +105,17 @@ def _rewrap_rows(cp: ControlPlane) -> int:
                 fresh = rewrap(cp.keyring, repo.credential, purpose)
                 count += fresh != repo.credential
                 repo.credential = fresh
+        for idp in session.execute(select(IdentityProvider)).scalars():
+            if idp.client_secret is not None:
+                fresh = rewrap(cp.keyring, idp.client_secret, idp_secret_purpose(idp.id))
+                count += fresh != idp.client_secret
+                idp.client_secret = fresh
+        for identity in session.execute(select(UserIdentity)).scalars():
+            if identity.refresh_token is not None:
+                purpose = refresh_purpose(identity.idp_id, identity.subject)
+                fresh = rewrap(cp.keyring, identity.refresh_token, purpose)
+                count += fresh != identity.refresh_token
+                identity.refresh_token = fresh
         account = session.get(Setting, ACCOUNT_SETTING)
         if account is not None:
             stored = json.loads(account.value)
