@@ -17,10 +17,10 @@ from sqlalchemy import select
 from hangar.controlplane.acme import ACCOUNT_PURPOSE, ACCOUNT_SETTING
 from hangar.controlplane.backups import credential_purpose as backup_credential_purpose
 from hangar.controlplane.backups import password_purpose as backup_password_purpose
+from hangar.controlplane.idps import secret_purpose as idp_secret_purpose
 from hangar.controlplane.logsinks import credential_purpose
 from hangar.controlplane.routes import cert_key_purpose
 from hangar.controlplane.serverbackup import rewrap_repo_file
-from hangar.controlplane.idps import secret_purpose as idp_secret_purpose
 from hangar.controlplane.signins import refresh_purpose
 from hangar.controlplane.state import ControlPlane
 from hangar.crypto.rotation import (
@@ -35,10 +35,10 @@ from hangar.store.tables import (
     AppKey,
     BackupRepoRow,
     Certificate,
+    IdentityProvider,
     LogSinkRow,
     RootKey,
     Setting,
-    IdentityProvider,
     UserIdentity,
     Volume,
 )
