@@ -7,6 +7,7 @@ The tree::
     ├── ValidationError               a request or argument is malformed (HTTP 400/422)
     │   └── PayloadTooLarge           a body over the cap (HTTP 413)
     ├── AuthError                     no usable credentials (HTTP 401)
+    │   └── TooManyAttempts           too many failed attempts: wait (HTTP 429)
     ├── PermissionDenied              credentials valid, action not allowed (HTTP 403)
     ├── NotFound                      no such object, or not yours (HTTP 404)
     ├── Conflict                      the object exists or the change races another (HTTP 409)
@@ -39,6 +40,7 @@ __all__ = [
     "PayloadTooLarge",
     "PermissionDenied",
     "StoreError",
+    "TooManyAttempts",
     "ValidationError",
     "WaitTimeout",
     "audited",
@@ -89,6 +91,14 @@ class AuthError(HangarError):
     status = 401
     title = "Authentication required"
     code = "unauthenticated"
+
+
+class TooManyAttempts(AuthError):
+    """Too many failed attempts at a credential lately: refused until the backoff ends."""
+
+    status = 429
+    title = "Too many attempts"
+    code = "rate-limited"
 
 
 class PermissionDenied(HangarError):

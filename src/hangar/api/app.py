@@ -20,6 +20,7 @@ from hangar.api.routers import (
     certs,
     edge,
     execs,
+    factors,
     health,
     hosts,
     leases,
@@ -28,12 +29,14 @@ from hangar.api.routers import (
     machines,
     metrics,
     orgs,
+    policy,
     releases,
     secrets,
     system,
     tokens,
     wireguard,
 )
+from hangar.api.web import factors as web_factors
 from hangar.controlplane.state import ControlPlane
 
 __all__ = ["create_agent_app", "create_app"]
@@ -74,6 +77,8 @@ def create_app(cp: ControlPlane) -> FastAPI:
         wireguard,
         hosts,
         tokens,
+        factors,
+        policy,
         audit,
         system,
     ):
@@ -81,6 +86,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
     app.include_router(machines.by_id, responses=PROBLEM_RESPONSES)
     app.include_router(metrics.orgs, responses=PROBLEM_RESPONSES)
     app.include_router(metrics.apps, responses=PROBLEM_RESPONSES)
+    app.include_router(web_factors.router)
     install_problem_handlers(app)
     app.add_middleware(
         RequestContextMiddleware,

@@ -181,6 +181,10 @@ class Principal:
     roles: dict[str, Role] = field(default_factory=dict)
     # Each organization's choices for the configurable permissions.
     grants: dict[str, Grants] = field(default_factory=dict)
+    # The session this token is (None for a plain API token), and when a
+    # second factor was last verified behind it (None: never).
+    session_id: str | None = None
+    mfa_verified_at: dt.datetime | None = None
 
     def visible_orgs(self) -> list[str]:
         """Organizations this token may see at all."""

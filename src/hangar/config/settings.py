@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -54,6 +55,10 @@ class ServerSettings(BaseModel):
     audit_witness: list[str] = Field(default=[], max_length=8)
     max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
     tls_hostnames: list[str] = ["localhost", "127.0.0.1", "::1"]
+    # The API's public address (https://NAME[:PORT]) as people's browsers reach
+    # it: security keys are bound to its host name (the WebAuthn relying party)
+    # and its origin. Empty: https://<first of tls_hostnames>:<listen_port>.
+    public_url: str = Field(default="", max_length=300)
     log_level: str = Field(default="info", pattern="^(critical|error|warning|info|debug)$")
     # Hangar's own log lines on standard error: text, or one JSON object a line.
     log_format: Literal["text", "json"] = "text"
@@ -158,6 +163,28 @@ class ServerSettings(BaseModel):
         for url in urls:
             parse_witness_url(url, data_dir=data_dir)
         return urls
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url_is_an_origin(cls, value: str) -> str:
+        if value and not re.fullmatch(
+            r"https://[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?(:[0-9]{1,5})?", value
+        ):
+            raise ValueError(
+                f"{value!r} is not https://NAME[:PORT] (lowercase, no path): "
+                "security keys are bound to it"
+            )
+        return value
+
+    @property
+    def effective_public_url(self) -> str:
+        """The origin browsers use for the API's web pages (no trailing slash)."""
+        if self.public_url:
+            return self.public_url
+        host = self.tls_hostnames[0] if self.tls_hostnames else "localhost"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"https://{host}" + ("" if self.listen_port == 443 else f":{self.listen_port}")
 
     @property
     def effective_edge_dir(self) -> Path:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from hangar.controlplane.acme import ACCOUNT_PURPOSE, ACCOUNT_SETTING
+from hangar.controlplane.factors import totp_purpose
 from hangar.controlplane.logsinks import credential_purpose
 from hangar.controlplane.routes import cert_key_purpose
 from hangar.controlplane.state import ControlPlane
@@ -25,7 +26,7 @@ from hangar.crypto.rotation import (
     rewrap_file,
     root_key_purpose,
 )
-from hangar.store.tables import AppKey, Certificate, LogSinkRow, RootKey, Setting
+from hangar.store.tables import AppKey, Certificate, LogSinkRow, RootKey, Setting, UserFactor
 
 __all__ = ["Rotation", "rotate_kek"]
 
@@ -74,6 +75,13 @@ def _rewrap_rows(cp: ControlPlane) -> int:
                 fresh = rewrap(cp.keyring, sink.credential, purpose)
                 count += fresh != sink.credential
                 sink.credential = fresh
+        for factor in session.execute(
+            select(UserFactor).where(UserFactor.secret_wrapped.is_not(None))
+        ).scalars():
+            assert factor.secret_wrapped is not None
+            fresh = rewrap(cp.keyring, factor.secret_wrapped, totp_purpose(factor.id))
+            count += fresh != factor.secret_wrapped
+            factor.secret_wrapped = fresh
         account = session.get(Setting, ACCOUNT_SETTING)
         if account is not None:
             stored = json.loads(account.value)

@@ -133,7 +133,9 @@ def _changes(items: list[GrantItem]) -> list[tuple[Role, Permission]]:
     summary="Grant or revoke the configurable permissions (logs:read, machines:exec) per role",
 )
 def update_org(
-    org: str, body: OrgUpdate, access: Annotated[Access, requires(Permission.ORGS_WRITE)]
+    org: str,
+    body: OrgUpdate,
+    access: Annotated[Access, requires(Permission.ORGS_WRITE, step_up=True)],
 ) -> OrgOut:
     assert access.org is not None
     grants = orgs.set_grants(
@@ -176,7 +178,9 @@ def list_members(
     summary="Add a member (the user is created if new)",
 )
 def add_member(
-    org: str, body: MemberAdd, access: Annotated[Access, requires(Permission.MEMBERS_WRITE)]
+    org: str,
+    body: MemberAdd,
+    access: Annotated[Access, requires(Permission.MEMBERS_WRITE, step_up=True)],
 ) -> MemberOut:
     assert access.org is not None
     return _member_out(orgs.add_member(access.cp, access.ctx, access.org, body.email, body.role))
@@ -187,7 +191,7 @@ def set_role(
     org: str,
     email: str,
     body: MemberUpdate,
-    access: Annotated[Access, requires(Permission.MEMBERS_WRITE)],
+    access: Annotated[Access, requires(Permission.MEMBERS_WRITE, step_up=True)],
 ) -> MemberOut:
     assert access.org is not None
     return _member_out(orgs.set_role(access.cp, access.ctx, access.org, email, body.role))
@@ -195,7 +199,9 @@ def set_role(
 
 @router.delete("/{org}/members/{email}", status_code=204, summary="Remove a member")
 def remove_member(
-    org: str, email: str, access: Annotated[Access, requires(Permission.MEMBERS_WRITE)]
+    org: str,
+    email: str,
+    access: Annotated[Access, requires(Permission.MEMBERS_WRITE, step_up=True)],
 ) -> None:
     assert access.org is not None
     orgs.remove_member(access.cp, access.ctx, access.org, email)
