@@ -513,6 +513,8 @@ def make_recovery_codes(cp: ControlPlane, ctx: AuditContext, principal: Principa
 
 def begin_assertion(cp: ControlPlane, principal: Principal) -> tuple[str, dict[str, Any]]:
     """An assertion challenge for the caller's own security keys."""
+    with cp.db.read() as session:
+        _personal(session, principal)
     return begin_assertion_for(cp, user_id=principal.user_id, token_id=principal.token_id)
 
 
