@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from hangar.cli import factors
 from hangar.cli.client import Client, load_client_settings, save_login
 from hangar.cli.common import JsonOpt, client
 from hangar.cli.output import emit
@@ -15,6 +16,8 @@ from hangar.config.settings import client_config_path
 from hangar.errors import ValidationError
 
 app = typer.Typer(name="auth", help="Log in to a Hangar API.", no_args_is_help=True)
+app.add_typer(factors.app)
+app.command("step-up")(factors.step_up)
 
 
 @app.command()

@@ -148,3 +148,65 @@ def members_remove(ctx: typer.Context, org: Org, email: str, yes: YesOpt = False
     confirm(f"Remove {email} from {org}?", yes)
     client(ctx).request("DELETE", f"/v1/orgs/{org}/members/{email}")
     typer.echo(f"Removed {email} from {org}.")
+
+
+policy = typer.Typer(
+    name="policy",
+    help="An organization's identity policy: second factors required, step-up window.",
+    no_args_is_help=True,
+)
+app.add_typer(policy)
+
+POLICY_FIELDS = (
+    "require_mfa",
+    "accept_idp_mfa",
+    "allow_totp",
+    "step_up_minutes",
+    "automation_tokens",
+)
+
+
+def _policy_value(text: str) -> object:
+    """``true``/``false`` as booleans, whole numbers as numbers, anything else as text."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered.isdigit():
+        return int(lowered)
+    return text.strip()
+
+
+@policy.command("show")
+def policy_show(ctx: typer.Context, org: Org, json_out: JsonOpt = False) -> None:
+    """The organization's policy, every key with its value."""
+    fields(client(ctx).get(f"/v1/orgs/{org}/policy"), POLICY_FIELDS, json_out, width=19)
+
+
+@policy.command("set")
+def policy_set(
+    ctx: typer.Context,
+    org: Org,
+    settings: Annotated[
+        list[str],
+        typer.Argument(
+            help="KEY=VALUE, e.g. require_mfa=webauthn step_up_minutes=10 (keys: "
+            "require_mfa = webauthn|any|off, accept_idp_mfa, allow_totp, step_up_minutes, "
+            "automation_tokens)",
+            show_default=False,
+        ),
+    ],
+    json_out: JsonOpt = False,
+) -> None:
+    """Change policy keys (an admin, with a fresh second factor: `hangar auth step-up`).
+
+    Turning `require_mfa` on needs a factor of your own that the new policy
+    accepts, so an admin cannot lock themselves out.
+    """
+    changes: dict[str, object] = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValidationError(f"{item!r}: expected KEY=VALUE", hint="e.g. require_mfa=webauthn")
+        changes[key.strip()] = _policy_value(value)
+    data = client(ctx).request("PATCH", f"/v1/orgs/{org}/policy", json=changes)
+    fields(data, POLICY_FIELDS, json_out, width=19)

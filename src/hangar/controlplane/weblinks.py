@@ -29,7 +29,7 @@ __all__ = ["LINK_SECONDS", "TICKET_SECONDS", "WebTicket", "check_csrf", "make_li
 
 LINK_SECONDS = 600
 TICKET_SECONDS = 900
-PAGES = ("enrol",)
+PAGES = ("enrol", "step-up")
 
 
 def _now() -> dt.datetime:
@@ -63,7 +63,7 @@ def make_link(cp: ControlPlane, principal: Principal, *, page: str) -> tuple[str
             FactorChallenge(
                 id=new_id("lnk"),
                 user_id=principal.user_id,
-                purpose="link",
+                purpose=f"link:{page}",
                 challenge=hash_secret(code),
                 token_id=principal.token_id,
                 csrf=None,
@@ -75,8 +75,8 @@ def make_link(cp: ControlPlane, principal: Principal, *, page: str) -> tuple[str
     return f"{cp.settings.effective_public_url}/web/factors/{page}?code={code}", expires
 
 
-def open_link(cp: ControlPlane, code: str) -> tuple[str, WebTicket]:
-    """Spend a link's code: the cookie secret to set, and the ticket it stands for."""
+def open_link(cp: ControlPlane, code: str, *, page: str) -> tuple[str, WebTicket]:
+    """Spend a link's code to ``page``: the cookie secret to set, and its ticket."""
     now = _now()
     refused = AuthError(
         "this link is not valid: it was used, it expired, or it was never made",
@@ -87,7 +87,7 @@ def open_link(cp: ControlPlane, code: str) -> tuple[str, WebTicket]:
     with cp.db.write() as session:
         row = session.execute(
             select(FactorChallenge).where(
-                FactorChallenge.purpose == "link",
+                FactorChallenge.purpose == f"link:{page}",
                 FactorChallenge.challenge == hash_secret(code),
             )
         ).scalar_one_or_none()
@@ -107,7 +107,7 @@ def open_link(cp: ControlPlane, code: str) -> tuple[str, WebTicket]:
             FactorChallenge(
                 id=new_id("web"),
                 user_id=row.user_id,
-                purpose="web",
+                purpose=f"web:{page}",
                 challenge=hash_secret(cookie),
                 token_id=row.token_id,
                 csrf=csrf,
@@ -116,11 +116,14 @@ def open_link(cp: ControlPlane, code: str) -> tuple[str, WebTicket]:
                 used_at=None,
             )
         )
-    return cookie, ticket(cp, cookie)
+    return cookie, ticket(cp, cookie, page=page)
 
 
-def ticket(cp: ControlPlane, cookie: str | None) -> WebTicket:
-    """The ticket a page's cookie stands for; AuthError if none, expired, or its token is not."""
+def ticket(cp: ControlPlane, cookie: str | None, *, page: str) -> WebTicket:
+    """The ticket a page's cookie stands for; AuthError if none, expired, or its token is not.
+
+    A ticket serves the one page its link was made for.
+    """
     now = _now()
     refused = AuthError(
         "this page's sign-in expired or is missing",
@@ -134,7 +137,7 @@ def ticket(cp: ControlPlane, cookie: str | None) -> WebTicket:
             .join(Token, Token.id == FactorChallenge.token_id)
             .join(User, User.id == FactorChallenge.user_id)
             .where(
-                FactorChallenge.purpose == "web",
+                FactorChallenge.purpose == f"web:{page}",
                 FactorChallenge.challenge == hash_secret(cookie),
             )
         ).one_or_none()

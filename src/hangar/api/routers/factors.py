@@ -138,6 +138,17 @@ def webauthn_link(access: Annotated[Access, requires(Permission.FACTORS_WRITE)])
 
 
 @router.post(
+    "/step-up/link",
+    response_model=LinkOut,
+    status_code=201,
+    summary="A one-time link to the web page that steps up with a security key (10 minutes)",
+)
+def step_up_link(access: Annotated[Access, requires(Permission.FACTORS_WRITE)]) -> LinkOut:
+    url, expires = weblinks.make_link(access.cp, access.principal, page="step-up")
+    return LinkOut(url=url, expires_at=expires.isoformat())
+
+
+@router.post(
     "/factors/totp",
     response_model=TotpOut,
     status_code=201,

@@ -1,4 +1,5 @@
-"""Web pages for second factors: enrol a security key (``hangar auth factors add-webauthn``).
+"""Web pages for second factors: enrol a security key (``hangar auth factors
+add-webauthn``) and step up with one (``hangar auth step-up``).
 
 The CLI asks the API for a one-time link and opens it; the page then acts
 with a ``__Host-`` cookie ticket (``controlplane/weblinks.py``), sends its
@@ -37,11 +38,11 @@ def _ctx(request: Request, ticket: weblinks.WebTicket) -> AuditContext:
     )
 
 
-def _ticket(request: Request, cp: ControlPlane, *, post: bool) -> weblinks.WebTicket:
+def _ticket(request: Request, cp: ControlPlane, *, post: bool, page: str) -> weblinks.WebTicket:
     """The page's ticket; for a POST also its origin and CSRF token (raises on any miss)."""
     if post:
         check_origin(request, cp.settings.effective_public_url)
-    found = weblinks.ticket(cp, request.cookies.get(COOKIE))
+    found = weblinks.ticket(cp, request.cookies.get(COOKIE), page=page)
     if post:
         weblinks.check_csrf(found, request.headers.get("x-csrf-token"))
     return found
@@ -56,23 +57,30 @@ def static(name: str) -> Response:
     return static_file(name)
 
 
-@router.get("/factors/enrol", dependencies=[PUBLIC])
-def enrol_page(
-    request: Request, code: Annotated[str | None, Query(max_length=100)] = None
-) -> Response:
+def _landing(request: Request, code: str | None, page_name: str) -> weblinks.WebTicket | Response:
+    """A link's first visit (spend the code, set the cookie, drop the code from the address),
+    or a later one (the cookie's ticket); an error page if neither is good."""
     cp = control_plane(request)
     try:
         if code is not None:
-            cookie, ticket = weblinks.open_link(cp, code)
-            # The code is spent; send the browser on without it in the address.
-            response: Response = RedirectResponse("/web/factors/enrol", status_code=303)
+            cookie, _ = weblinks.open_link(cp, code, page=page_name)
+            response: Response = RedirectResponse(f"/web/factors/{page_name}", status_code=303)
             set_cookie(response, COOKIE, cookie, max_age=weblinks.TICKET_SECONDS)
             return security_headers(response)
-        ticket = _ticket(request, cp, post=False)
+        return _ticket(request, cp, post=False, page=page_name)
     except HangarError as exc:
         if exc.status in (401, 403):
             audit_unrecorded_refusal(request, exc.status, exc.message)
         return _error_page(exc)
+
+
+@router.get("/factors/enrol", dependencies=[PUBLIC])
+def enrol_page(
+    request: Request, code: Annotated[str | None, Query(max_length=100)] = None
+) -> Response:
+    ticket = _landing(request, code, "enrol")
+    if isinstance(ticket, Response):
+        return ticket
     email = html.escape(ticket.principal.email)
     body = (
         f"<p>Enrol a security key or passkey for <strong>{email}</strong>.</p>"
@@ -82,6 +90,51 @@ def enrol_page(
         '<p id="status" role="status"></p>'
     )
     return page("Security key", body, meta={"hangar-csrf": ticket.csrf, "hangar-page": "enrol"})
+
+
+@router.get("/factors/step-up", dependencies=[PUBLIC])
+def step_up_page(
+    request: Request, code: Annotated[str | None, Query(max_length=100)] = None
+) -> Response:
+    ticket = _landing(request, code, "step-up")
+    if isinstance(ticket, Response):
+        return ticket
+    email = html.escape(ticket.principal.email)
+    body = (
+        f"<p>Confirm it is you, <strong>{email}</strong>, with your security key.</p>"
+        '<form id="challenge" data-options="/web/factors/step-up/options" '
+        'data-verify="/web/factors/step-up">'
+        '<button id="challenge-button" type="submit">Use my security key</button></form>'
+        '<p id="status" role="status"></p>'
+    )
+    return page("Second factor", body, meta={"hangar-csrf": ticket.csrf, "hangar-page": "step-up"})
+
+
+@router.post("/factors/step-up/options", dependencies=[PUBLIC])
+def step_up_options(request: Request) -> Response:
+    cp = control_plane(request)
+    ticket = _ticket(request, cp, post=True, page="step-up")
+    challenge_id, options = factors.begin_assertion(cp, ticket.principal)
+    return _json({"challenge_id": challenge_id, "publicKey": options})
+
+
+@router.post("/factors/step-up", dependencies=[PUBLIC])
+def step_up_finish(
+    request: Request,
+    challenge_id: Annotated[str, Body(max_length=32)],
+    credential: Annotated[dict[str, Any], Body()],
+) -> Response:
+    cp = control_plane(request)
+    ticket = _ticket(request, cp, post=True, page="step-up")
+    when = factors.step_up(
+        cp,
+        _ctx(request, ticket),
+        ticket.principal,
+        method="webauthn",
+        challenge_id=challenge_id,
+        credential=credential,
+    )
+    return _json({"verified_at": when.isoformat()})
 
 
 def _error_page(exc: HangarError) -> Response:
@@ -95,7 +148,7 @@ def _error_page(exc: HangarError) -> Response:
 @router.post("/factors/enrol/options", dependencies=[PUBLIC])
 def enrol_options(request: Request) -> Response:
     cp = control_plane(request)
-    ticket = _ticket(request, cp, post=True)
+    ticket = _ticket(request, cp, post=True, page="enrol")
     challenge_id, options = factors.begin_webauthn(cp, ticket.principal)
     return _json({"challenge_id": challenge_id, "publicKey": options})
 
@@ -108,7 +161,7 @@ def enrol_finish(
     name: Annotated[str, Body(max_length=64)] = "security key",
 ) -> Response:
     cp = control_plane(request)
-    ticket = _ticket(request, cp, post=True)
+    ticket = _ticket(request, cp, post=True, page="enrol")
     row = factors.finish_webauthn(
         cp,
         _ctx(request, ticket),
