@@ -91,6 +91,13 @@ class Permission(Enum):
     LOG_SINKS_READ = ("log-sinks:read", Action.READ, Role.MEMBER)
     LOG_SINKS_WRITE = ("log-sinks:write", Action.WRITE, Role.ADMIN)
     AUDIT_SYSTEM_READ = ("audit:read-system", Action.READ, None)
+    # The installation's identity providers, and disabling users: operators only.
+    IDPS_READ = ("idps:read", Action.READ, None)
+    IDPS_WRITE = ("idps:write", Action.WRITE, None)
+    USERS_WRITE = ("users:write", Action.WRITE, None)
+    # A person's own sign-in sessions (no organization involved).
+    SESSIONS_READ = ("sessions:read", Action.READ, Role.VIEWER)
+    SESSIONS_REVOKE = ("sessions:revoke", Action.DELETE, Role.VIEWER)
 
     def __init__(self, label: str, action: Action, least_role: Role | None) -> None:
         self.label = label

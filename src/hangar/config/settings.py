@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -55,10 +54,6 @@ class ServerSettings(BaseModel):
     audit_witness: list[str] = Field(default=[], max_length=8)
     max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
     tls_hostnames: list[str] = ["localhost", "127.0.0.1", "::1"]
-    # The API's public address (https://NAME[:PORT]) as people's browsers reach
-    # it: security keys are bound to its host name (the WebAuthn relying party)
-    # and its origin. Empty: https://<first of tls_hostnames>:<listen_port>.
-    public_url: str = Field(default="", max_length=300)
     log_level: str = Field(default="info", pattern="^(critical|error|warning|info|debug)$")
     # Hangar's own log lines on standard error: text, or one JSON object a line.
     log_format: Literal["text", "json"] = "text"
@@ -104,6 +99,12 @@ class ServerSettings(BaseModel):
     # closed after http_keepalive_seconds.
     http_header_seconds: float = Field(default=20, ge=1, le=600)
     http_keepalive_seconds: float = Field(default=5, ge=1, le=600)
+    # The URL people's browsers reach this API at (identity providers redirect
+    # back to PUBLIC_URL/web/callback); empty: https://<first tls_hostname>:<listen_port>.
+    public_url: str = Field(default="", pattern=r"^$|^https://[A-Za-z0-9.:\[\]-]+(:[0-9]{1,5})?$")
+    # How often each signed-in person's identity provider is asked (with its
+    # refresh token) whether it still vouches for them; a refusal offboards them.
+    idp_check_seconds: float = Field(default=300, ge=30, le=86400)
     # Isolate this host's machines with nftables (off only to debug a host).
     firewall: bool = True
     # Answer machines' .internal names on this host (UDP/TCP 53 on a private address).
@@ -164,28 +165,6 @@ class ServerSettings(BaseModel):
             parse_witness_url(url, data_dir=data_dir)
         return urls
 
-    @field_validator("public_url")
-    @classmethod
-    def _public_url_is_an_origin(cls, value: str) -> str:
-        if value and not re.fullmatch(
-            r"https://[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?(:[0-9]{1,5})?", value
-        ):
-            raise ValueError(
-                f"{value!r} is not https://NAME[:PORT] (lowercase, no path): "
-                "security keys are bound to it"
-            )
-        return value
-
-    @property
-    def effective_public_url(self) -> str:
-        """The origin browsers use for the API's web pages (no trailing slash)."""
-        if self.public_url:
-            return self.public_url
-        host = self.tls_hostnames[0] if self.tls_hostnames else "localhost"
-        if ":" in host:
-            host = f"[{host}]"
-        return f"https://{host}" + ("" if self.listen_port == 443 else f":{self.listen_port}")
-
     @property
     def effective_edge_dir(self) -> Path:
         return self.effective_agent_dir / "edge"
@@ -194,6 +173,15 @@ class ServerSettings(BaseModel):
     def effective_agent_dir(self) -> Path:
         """Outside the 0700 data dir: machines' unprivileged uid must reach images in it."""
         return self.agent_dir or self.data_dir.with_name(self.data_dir.name + "-agent")
+
+    @property
+    def effective_public_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = self.tls_hostnames[0] if self.tls_hostnames else "localhost"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"https://{host}:{self.listen_port}"
 
     @property
     def effective_database_url(self) -> str:

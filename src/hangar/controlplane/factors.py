@@ -60,7 +60,7 @@ from hangar.errors import (
     Conflict,
     NotFound,
     PermissionDenied,
-    TooManyAttempts,
+    TooManyRequests,
     ValidationError,
     audited,
 )
@@ -774,8 +774,9 @@ def _check_backoff(cp: ControlPlane, ctx: AuditContext, principal: Principal) ->
     if row is None or row.locked_until is None or row.locked_until <= now:
         return
     wait = int((row.locked_until - now).total_seconds()) + 1
-    exc = TooManyAttempts(
+    exc = TooManyRequests(
         f"too many failed second-factor attempts: try again in {wait} seconds",
+        retry_after=wait,
         hint="each further failure doubles the wait",
     )
     _record(

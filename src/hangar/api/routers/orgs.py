@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field
@@ -205,3 +205,27 @@ def remove_member(
 ) -> None:
     assert access.org is not None
     orgs.remove_member(access.cp, access.ctx, access.org, email)
+
+
+class PolicyUpdate(BaseModel):
+    """Keys to set (``set``) and keys back to their defaults (``unset``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    set: dict[str, Any] = Field(default_factory=dict, max_length=16)
+    unset: list[str] = Field(default_factory=list, max_length=16)
+
+
+@router.get("/{org}/policy", summary="Show an organization's identity policy")
+def show_policy(org: str, access: Annotated[Access, requires(Permission.ORGS_READ)]) -> Any:
+    assert access.org is not None
+    return orgs.get_policy(access.cp, access.org).as_json()
+
+
+@router.patch("/{org}/policy", summary="Change an organization's identity policy")
+def set_policy(
+    org: str, body: PolicyUpdate, access: Annotated[Access, requires(Permission.ORGS_WRITE)]
+) -> Any:
+    assert access.org is not None
+    if not body.set and not body.unset:
+        raise ValidationError("nothing to change: give keys to set or unset")
+    return orgs.set_policy(access.cp, access.ctx, access.org, body.set, body.unset).as_json()

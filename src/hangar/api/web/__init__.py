@@ -1,1 +1,1 @@
-"""The few web pages a browser must show: served by the API over its TLS, no framework."""
+"""Hangar's few web pages, served by the API over its TLS (see ``frame.py``)."""

@@ -1,154 +1,124 @@
-"""Web pages for second factors: enrol a security key (``hangar auth factors
-add-webauthn``) and step up with one (``hangar auth step-up``).
+"""Web pages for second factors.
 
-The CLI asks the API for a one-time link and opens it; the page then acts
-with a ``__Host-`` cookie ticket (``controlplane/weblinks.py``), sends its
-CSRF token with each request, and calls ``navigator.credentials`` from
-``static/factors.js``. These routes are ``Public`` to the guard because the
-cookie, not a bearer token, authenticates them: each one checks the ticket,
-the CSRF token and the request's origin itself, before anything else.
+* ``/web/factors/enrol``: enrol a security key (``hangar auth factors
+  add-webauthn`` opens it) and ``/web/factors/step-up``: step up with one
+  (``hangar auth step-up``). The CLI asks the API for a one-time link; the
+  page then acts with a ``__Host-`` cookie ticket (``controlplane/weblinks.py``)
+  for the CLI's own login.
+* ``/web/signin/second-factor``: the sign-in step (``controlplane/signin_factor.py``),
+  bound to the pending sign-in's cookie.
+
+These routes are ``Public`` to the guard because a cookie, not a bearer
+token, authenticates them: each checks its cookie, and every POST the web
+frame's CSRF token and the request's origin, before anything else.
+Navigator calls live in ``static/factors.js``; no script runs inline.
 """
 
 from __future__ import annotations
 
-import html
 from typing import Annotated, Any
 
 from fastapi import Body, Query, Request, Response
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse
 
 from hangar.api.guard import PUBLIC, GuardedRouter, audit_unrecorded_refusal, control_plane
-from hangar.api.web.frame import check_origin, page, security_headers, set_cookie, static_file
+from hangar.api.web.frame import (
+    PENDING_COOKIE,
+    SESSION_COOKIE,
+    check_csrf,
+    clear_cookie,
+    csrf_field,
+    esc,
+    form_fields,
+    page,
+    redirect,
+    security_headers,
+    set_cookie,
+)
 from hangar.audit.log import AuditContext
-from hangar.controlplane import factors, weblinks
+from hangar.controlplane import factors, signin_factor, weblinks
+from hangar.controlplane.signins import Outcome
 from hangar.controlplane.state import ControlPlane
 from hangar.errors import HangarError
 
 router = GuardedRouter(prefix="/web", tags=["web"], include_in_schema=False)
 
 COOKIE = "__Host-hangar-factors"
+SCRIPTS = ("factors.js",)
 
 
-def _ctx(request: Request, ticket: weblinks.WebTicket) -> AuditContext:
+def _ctx(request: Request, email: str = "anonymous", token_id: str | None = None) -> AuditContext:
     return AuditContext(
-        actor=ticket.principal.email,
-        token_id=ticket.principal.token_id,
+        actor=email,
+        token_id=token_id,
         request_id=getattr(request.state, "request_id", None),
         client_addr=request.client.host if request.client else None,
     )
 
 
-def _ticket(request: Request, cp: ControlPlane, *, post: bool, page: str) -> weblinks.WebTicket:
-    """The page's ticket; for a POST also its origin and CSRF token (raises on any miss)."""
-    if post:
-        check_origin(request, cp.settings.effective_public_url)
-    found = weblinks.ticket(cp, request.cookies.get(COOKIE), page=page)
-    if post:
-        weblinks.check_csrf(found, request.headers.get("x-csrf-token"))
-    return found
+def _ticket(request: Request, cp: ControlPlane, *, page_name: str) -> weblinks.WebTicket:
+    """A POST's ticket, after its CSRF token and origin (raises on any miss)."""
+    check_csrf(request, request.headers.get("x-csrf-token"))
+    return weblinks.ticket(cp, request.cookies.get(COOKIE), page=page_name)
 
 
 def _json(data: Any, status: int = 200) -> Response:
     return security_headers(JSONResponse(data, status_code=status))
 
 
-@router.get("/static/{name}", dependencies=[PUBLIC])
-def static(name: str) -> Response:
-    return static_file(name)
+def _error_page(request: Request, exc: HangarError) -> Response:
+    if exc.status in (401, 403) and not exc.audited:
+        audit_unrecorded_refusal(request, exc.status, exc.message)
+    hint = f"<p class=muted>{esc(exc.hint)}</p>" if exc.hint else ""
+    status = exc.status if 400 <= exc.status < 500 else 500
+    return page(
+        request,
+        "Not possible",
+        f"<p class=error id=status>{esc(exc.message)}</p>{hint}",
+        status=status,
+    )
 
 
 def _landing(request: Request, code: str | None, page_name: str) -> weblinks.WebTicket | Response:
-    """A link's first visit (spend the code, set the cookie, drop the code from the address),
-    or a later one (the cookie's ticket); an error page if neither is good."""
+    """A link's first visit (spend the code, set the cookie, drop the code from the
+    address), or a later one (the cookie's ticket); an error page if neither is good."""
     cp = control_plane(request)
     try:
         if code is not None:
             cookie, _ = weblinks.open_link(cp, code, page=page_name)
-            response: Response = RedirectResponse(f"/web/factors/{page_name}", status_code=303)
+            response = redirect(f"/web/factors/{page_name}")
             set_cookie(response, COOKIE, cookie, max_age=weblinks.TICKET_SECONDS)
-            return security_headers(response)
-        return _ticket(request, cp, post=False, page=page_name)
+            return response
+        return weblinks.ticket(cp, request.cookies.get(COOKIE), page=page_name)
     except HangarError as exc:
-        if exc.status in (401, 403):
-            audit_unrecorded_refusal(request, exc.status, exc.message)
-        return _error_page(exc)
+        return _error_page(request, exc)
 
 
-@router.get("/factors/enrol", dependencies=[PUBLIC])
-def enrol_page(
-    request: Request, code: Annotated[str | None, Query(max_length=100)] = None
-) -> Response:
+Code = Annotated[str | None, Query(max_length=100)]
+
+
+@router.get("/factors/enrol", dependencies=[PUBLIC], response_model=None)
+def enrol_page(request: Request, code: Code = None) -> Response:
     ticket = _landing(request, code, "enrol")
     if isinstance(ticket, Response):
         return ticket
-    email = html.escape(ticket.principal.email)
     body = (
-        f"<p>Enrol a security key or passkey for <strong>{email}</strong>.</p>"
-        '<form id="enrol"><label for="name">Name</label> '
-        '<input id="name" name="name" maxlength="64" value="security key" required> '
-        '<button id="enrol-button" type="submit">Enrol a security key</button></form>'
-        '<p id="status" role="status"></p>'
+        "<p>Enrol a security key or passkey for "
+        f"<strong>{esc(ticket.principal.email)}</strong>.</p>"
+        '<form id=enrol data-options="/web/factors/enrol/options" '
+        'data-verify="/web/factors/enrol">'
+        f"{csrf_field(request)}<label for=name>Name</label> "
+        '<input id=name name=name maxlength=64 value="security key" required> '
+        "<button id=enrol-button type=submit>Enrol a security key</button></form>"
+        "<p id=status role=status></p>"
     )
-    return page("Security key", body, meta={"hangar-csrf": ticket.csrf, "hangar-page": "enrol"})
-
-
-@router.get("/factors/step-up", dependencies=[PUBLIC])
-def step_up_page(
-    request: Request, code: Annotated[str | None, Query(max_length=100)] = None
-) -> Response:
-    ticket = _landing(request, code, "step-up")
-    if isinstance(ticket, Response):
-        return ticket
-    email = html.escape(ticket.principal.email)
-    body = (
-        f"<p>Confirm it is you, <strong>{email}</strong>, with your security key.</p>"
-        '<form id="challenge" data-options="/web/factors/step-up/options" '
-        'data-verify="/web/factors/step-up">'
-        '<button id="challenge-button" type="submit">Use my security key</button></form>'
-        '<p id="status" role="status"></p>'
-    )
-    return page("Second factor", body, meta={"hangar-csrf": ticket.csrf, "hangar-page": "step-up"})
-
-
-@router.post("/factors/step-up/options", dependencies=[PUBLIC])
-def step_up_options(request: Request) -> Response:
-    cp = control_plane(request)
-    ticket = _ticket(request, cp, post=True, page="step-up")
-    challenge_id, options = factors.begin_assertion(cp, ticket.principal)
-    return _json({"challenge_id": challenge_id, "publicKey": options})
-
-
-@router.post("/factors/step-up", dependencies=[PUBLIC])
-def step_up_finish(
-    request: Request,
-    challenge_id: Annotated[str, Body(max_length=32)],
-    credential: Annotated[dict[str, Any], Body()],
-) -> Response:
-    cp = control_plane(request)
-    ticket = _ticket(request, cp, post=True, page="step-up")
-    when = factors.step_up(
-        cp,
-        _ctx(request, ticket),
-        ticket.principal,
-        method="webauthn",
-        challenge_id=challenge_id,
-        credential=credential,
-    )
-    return _json({"verified_at": when.isoformat()})
-
-
-def _error_page(exc: HangarError) -> Response:
-    hint = f"<p>{html.escape(exc.hint)}</p>" if exc.hint else ""
-    status = exc.status if 400 <= exc.status < 500 else 500
-    return page(
-        "Not possible", f'<p id="status">{html.escape(exc.message)}</p>{hint}', status=status
-    )
+    return page(request, "Security key", body, scripts=SCRIPTS)
 
 
 @router.post("/factors/enrol/options", dependencies=[PUBLIC])
 def enrol_options(request: Request) -> Response:
     cp = control_plane(request)
-    ticket = _ticket(request, cp, post=True, page="enrol")
+    ticket = _ticket(request, cp, page_name="enrol")
     challenge_id, options = factors.begin_webauthn(cp, ticket.principal)
     return _json({"challenge_id": challenge_id, "publicKey": options})
 
@@ -161,13 +131,148 @@ def enrol_finish(
     name: Annotated[str, Body(max_length=64)] = "security key",
 ) -> Response:
     cp = control_plane(request)
-    ticket = _ticket(request, cp, post=True, page="enrol")
+    ticket = _ticket(request, cp, page_name="enrol")
     row = factors.finish_webauthn(
         cp,
-        _ctx(request, ticket),
+        _ctx(request, ticket.principal.email, ticket.principal.token_id),
         ticket.principal,
         challenge_id=challenge_id,
         credential=credential,
         name=name,
     )
     return _json(factors.as_json(row), status=201)
+
+
+@router.get("/factors/step-up", dependencies=[PUBLIC], response_model=None)
+def step_up_page(request: Request, code: Code = None) -> Response:
+    ticket = _landing(request, code, "step-up")
+    if isinstance(ticket, Response):
+        return ticket
+    body = (
+        f"<p>Confirm it is you, <strong>{esc(ticket.principal.email)}</strong>, "
+        "with your security key.</p>"
+        '<form id=challenge data-options="/web/factors/step-up/options" '
+        f'data-verify="/web/factors/step-up">{csrf_field(request)}'
+        "<button id=challenge-button type=submit>Use my security key</button></form>"
+        "<p id=status role=status></p>"
+    )
+    return page(request, "Second factor", body, scripts=SCRIPTS)
+
+
+@router.post("/factors/step-up/options", dependencies=[PUBLIC])
+def step_up_options(request: Request) -> Response:
+    cp = control_plane(request)
+    ticket = _ticket(request, cp, page_name="step-up")
+    challenge_id, options = factors.begin_assertion(cp, ticket.principal)
+    return _json({"challenge_id": challenge_id, "publicKey": options})
+
+
+@router.post("/factors/step-up", dependencies=[PUBLIC])
+def step_up_finish(
+    request: Request,
+    challenge_id: Annotated[str, Body(max_length=32)],
+    credential: Annotated[dict[str, Any], Body()],
+) -> Response:
+    cp = control_plane(request)
+    ticket = _ticket(request, cp, page_name="step-up")
+    when = factors.step_up(
+        cp,
+        _ctx(request, ticket.principal.email, ticket.principal.token_id),
+        ticket.principal,
+        method="webauthn",
+        challenge_id=challenge_id,
+        credential=credential,
+    )
+    return _json({"verified_at": when.isoformat()})
+
+
+# --- the sign-in step ---------------------------------------------------------------
+
+
+def _go_on(outcome: Outcome, response: Response) -> Response:
+    if outcome.session_token is not None:
+        clear_cookie(response, PENDING_COOKIE)
+        set_cookie(response, SESSION_COOKIE, outcome.session_token, max_age=outcome.session_max_age)
+    return response
+
+
+@router.get("/signin/second-factor", dependencies=[PUBLIC], response_model=None)
+def signin_step(request: Request) -> Response:
+    cp = control_plane(request)
+    cookie = request.cookies.get(PENDING_COOKIE)
+    try:
+        passed = signin_factor.finish(cp, _ctx(request), cookie)
+        if passed is not None:
+            return _go_on(passed, redirect(passed.location))
+        found = signin_factor.need(cp, cookie)
+    except HangarError as exc:
+        return _error_page(request, exc)
+    parts = [f"<p>Signing in as <strong>{esc(found.email)}</strong>: show a second factor.</p>"]
+    if "webauthn" in found.methods:
+        parts.append(
+            '<form id=challenge data-options="/web/signin/second-factor/options" '
+            f'data-verify="/web/signin/second-factor/webauthn">{csrf_field(request)}'
+            "<button id=challenge-button type=submit>Use my security key</button></form>"
+            "<p id=status role=status></p>"
+        )
+    for method, label in (
+        ("totp", "Code from your authenticator app"),
+        ("recovery", "Recovery code"),
+    ):
+        if method in found.methods:
+            parts.append(
+                f'<form method=post action="/web/signin/second-factor/code">{csrf_field(request)}'
+                f'<input type=hidden name=method value="{method}">'
+                f"<label for={method}>{label}</label> "
+                f"<input id={method} name=code autocomplete=one-time-code maxlength=32 required> "
+                f"<button type=submit>Continue</button></form>"
+            )
+    return page(request, "Second factor", "".join(parts), scripts=SCRIPTS)
+
+
+@router.post("/signin/second-factor/options", dependencies=[PUBLIC])
+def signin_step_options(request: Request) -> Response:
+    cp = control_plane(request)
+    check_csrf(request, request.headers.get("x-csrf-token"))
+    challenge_id, options = signin_factor.begin(cp, request.cookies.get(PENDING_COOKIE))
+    return _json({"challenge_id": challenge_id, "publicKey": options})
+
+
+@router.post("/signin/second-factor/webauthn", dependencies=[PUBLIC])
+def signin_step_webauthn(
+    request: Request,
+    challenge_id: Annotated[str, Body(max_length=32)],
+    credential: Annotated[dict[str, Any], Body()],
+) -> Response:
+    cp = control_plane(request)
+    check_csrf(request, request.headers.get("x-csrf-token"))
+    outcome = signin_factor.verify(
+        cp,
+        _ctx(request),
+        request.cookies.get(PENDING_COOKIE),
+        method="webauthn",
+        challenge_id=challenge_id,
+        credential=credential,
+    )
+    return _go_on(outcome, _json({"next": outcome.location}))
+
+
+@router.post("/signin/second-factor/code", dependencies=[PUBLIC], response_model=None)
+async def signin_step_code(request: Request) -> Response:
+    fields = await form_fields(request)
+    check_csrf(request, fields.get("csrf"))
+    cp = control_plane(request)
+    method = fields.get("method", "")
+    if method not in ("totp", "recovery"):
+        return _error_page(request, HangarError("choose a TOTP or recovery code"))
+    try:
+        outcome = signin_factor.verify(
+            cp,
+            _ctx(request),
+            request.cookies.get(PENDING_COOKIE),
+            method=method,
+            code=fields.get("code", ""),
+        )
+    except HangarError as exc:
+        return _error_page(request, exc)
+    return _go_on(outcome, redirect(outcome.location))

@@ -3,12 +3,6 @@
 "use strict";
 
 (function () {
-  const csrf = document.querySelector('meta[name="hangar-csrf"]');
-  const pageName = document.querySelector('meta[name="hangar-page"]');
-  if (!csrf || !pageName) {
-    return;
-  }
-
   function status(text, kind) {
     const el = document.getElementById("status");
     el.textContent = text;
@@ -35,11 +29,12 @@
     return btoa(raw).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
   }
 
-  async function post(path, body) {
+  async function post(form, path, body) {
+    const csrf = form.querySelector('input[name="csrf"]').value;
     const response = await fetch(path, {
       method: "POST",
       credentials: "same-origin",
-      headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf.content },
+      headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
       body: JSON.stringify(body || {}),
     });
     const data = await response.json().catch(() => ({}));
@@ -101,14 +96,15 @@
 
   async function enrol(event) {
     event.preventDefault();
+    const form = event.target;
     const name = document.getElementById("name").value;
     try {
       status("Touch your security key…");
-      const started = await post("/web/factors/enrol/options");
+      const started = await post(form, form.dataset.options);
       const credential = await navigator.credentials.create({
         publicKey: creationOptions(started.publicKey),
       });
-      const factor = await post("/web/factors/enrol", {
+      const factor = await post(form, form.dataset.verify, {
         challenge_id: started.challenge_id,
         credential: attestationJSON(credential),
         name: name,
@@ -124,11 +120,11 @@
     const form = event.target;
     try {
       status("Touch your security key…");
-      const started = await post(form.dataset.options);
+      const started = await post(form, form.dataset.options);
       const credential = await navigator.credentials.get({
         publicKey: requestOptions(started.publicKey),
       });
-      const done = await post(form.dataset.verify, {
+      const done = await post(form, form.dataset.verify, {
         challenge_id: started.challenge_id,
         credential: assertionJSON(credential),
       });

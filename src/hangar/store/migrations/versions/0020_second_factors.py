@@ -1,7 +1,7 @@
 """second factors, recovery codes, step-ups and organizations' MFA policy
 
 Revision ID: 0020
-Revises: 0016
+Revises: 0019
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from alembic import op
 import hangar.store.tables
 
 revision = "0020"
-down_revision = "0016"
+down_revision = "0019"
 branch_labels = None
 depends_on = None
 
@@ -26,7 +26,6 @@ def upgrade() -> None:
         sa.Column("purpose", sa.String(length=16), nullable=False),
         sa.Column("challenge", sa.String(length=128), nullable=False),
         sa.Column("token_id", sa.String(length=32), nullable=True),
-        sa.Column("csrf", sa.String(length=64), nullable=True),
         sa.Column("created_at", hangar.store.tables.UTCDateTime(timezone=True), nullable=False),
         sa.Column("expires_at", hangar.store.tables.UTCDateTime(timezone=True), nullable=False),
         sa.Column("used_at", hangar.store.tables.UTCDateTime(timezone=True), nullable=True),

@@ -1,0 +1,336 @@
+"""Signing in through a real OpenID provider (oidc-provider-mock, on loopback).
+
+The browser is played by an httpx client following the provider's form and
+Hangar's redirects; the attacks are the ones a person in the middle, another
+site, or a former member would try.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from oidc_provider_mock import run_server_in_thread
+from sqlalchemy import select
+
+from hangar.api.app import create_app
+from hangar.controlplane.state import ControlPlane
+from hangar.store.tables import AuditEvent, WireguardPeer
+from tests.conftest import Installation, bearer, make_installation
+
+PUBLIC = "https://testserver"
+
+
+@dataclass
+class World:
+    cp: ControlPlane
+    api: TestClient
+    admin: dict[str, str]
+    issuer: str
+
+    def set_user(self, sub: str, **claims: object) -> None:
+        httpx.put(f"{self.issuer}/users/{sub}", json=claims).raise_for_status()
+
+    def idp_login(self, authorize_url: str, sub: str) -> str:
+        """Play the person at the provider: returns where it sends the browser back."""
+        parts = urlsplit(authorize_url)
+        response = httpx.post(
+            f"{self.issuer}{parts.path}?{parts.query}", data={"sub": sub}, follow_redirects=False
+        )
+        assert response.status_code in (302, 303), response.text[:300]
+        return response.headers["location"]
+
+    def sign_in(self, sub: str, client: TestClient | None = None, **params: str) -> httpx.Response:
+        """A whole browser sign-in; the response of Hangar's callback."""
+        client = client or self.api
+        start = client.get("/web/signin", params={"idp": "corp", **params}, follow_redirects=False)
+        assert start.status_code == 302, start.text
+        back = self.idp_login(start.headers["location"], sub)
+        assert back.startswith(PUBLIC + "/web/callback")
+        done = client.get(back.removeprefix(PUBLIC), follow_redirects=False)
+        # Every sign-in passes the second-factor step's page; with no factor
+        # enrolled it sends the browser straight on.
+        if done.headers.get("location") == "/web/signin/second-factor":
+            done = client.get("/web/signin/second-factor", follow_redirects=False)
+        return done
+
+
+@pytest.fixture
+def provider() -> Iterator[str]:
+    with run_server_in_thread(require_nonce=True) as server:
+        yield f"http://localhost:{server.server_port}"
+
+
+@pytest.fixture
+def world(tmp_path: Path, provider: str) -> Iterator[World]:
+    inst: Installation = make_installation(tmp_path / "data", public_url=PUBLIC)
+    cp = ControlPlane.open(inst.settings)
+    with TestClient(create_app(cp), base_url=PUBLIC, raise_server_exceptions=False) as api:
+        r = api.post(
+            "/v1/idps",
+            headers=inst.headers,
+            json={"name": "corp", "issuer": provider, "client_id": "hangar", "client_secret": "s3"},
+        )
+        assert r.status_code == 201, r.text
+        yield World(cp=cp, api=api, admin=inst.headers, issuer=provider)
+    cp.close()
+
+
+def _events(cp: ControlPlane, action: str) -> list[AuditEvent]:
+    with cp.db.read() as session:
+        return list(
+            session.execute(select(AuditEvent).where(AuditEvent.action == action)).scalars()
+        )
+
+
+def test_a_member_signs_in_in_the_browser_and_the_session_works(world: World) -> None:
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "bob@example.com"})
+    world.set_user("bob", email="bob@example.com", email_verified=True)
+    done = world.sign_in("bob")
+    assert done.status_code == 303 and done.headers["location"] == "/web/"
+    cookie = done.cookies.get("__Host-hangar-session") or world.api.cookies.get(
+        "__Host-hangar-session"
+    )
+    assert cookie
+    set_cookie = done.headers.get_list("set-cookie")
+    session_cookie = next(c for c in set_cookie if c.startswith("__Host-hangar-session="))
+    assert "Secure" in session_cookie and "HttpOnly" in session_cookie
+    assert "SameSite=strict" in session_cookie or "SameSite=Strict" in session_cookie
+    home = world.api.get("/web/")
+    assert home.status_code == 200 and "bob@example.com" in home.text
+    assert "default-src 'none'" in home.headers["content-security-policy"]
+    me = world.api.get("/v1/whoami", headers=bearer(cookie))
+    assert me.status_code == 200 and me.json()["email"] == "bob@example.com"
+    signins = _events(world.cp, "auth.signin")
+    assert any(e.actor == "bob@example.com" and e.outcome == "success" for e in signins)
+
+
+def test_a_stranger_is_refused_and_the_refusal_is_audited(world: World) -> None:
+    world.set_user("eve", email="eve@evil.example", email_verified=True)
+    done = world.sign_in("eve")
+    assert done.status_code == 401
+    assert "__Host-hangar-session" not in done.headers.get("set-cookie", "")
+    failures = [e for e in _events(world.cp, "auth.signin") if e.outcome == "failure"]
+    assert failures and "eve@evil.example" in failures[-1].target
+
+
+def test_a_replayed_callback_is_refused(world: World) -> None:
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "bob@example.com"})
+    world.set_user("bob", email="bob@example.com")
+    start = world.api.get("/web/signin", params={"idp": "corp"}, follow_redirects=False)
+    back = world.idp_login(start.headers["location"], "bob").removeprefix(PUBLIC)
+    pending = world.api.cookies.get("__Host-hangar-signin")
+    first = world.api.get(back, follow_redirects=False)
+    assert first.status_code == 303
+    world.api.cookies.set("__Host-hangar-signin", pending, domain="testserver.local")
+    again = world.api.get(back, follow_redirects=False, cookies={"__Host-hangar-signin": pending})
+    assert again.status_code == 401
+
+
+def test_a_callback_in_another_browser_is_refused(world: World) -> None:
+    """Login CSRF / session fixation: the state is bound to the browser that started."""
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "bob@example.com"})
+    world.set_user("bob", email="bob@example.com")
+    start = world.api.get("/web/signin", params={"idp": "corp"}, follow_redirects=False)
+    back = world.idp_login(start.headers["location"], "bob").removeprefix(PUBLIC)
+    with TestClient(world.api.app, base_url=PUBLIC) as victim:
+        assert victim.get(back, follow_redirects=False).status_code == 401
+
+
+def _pkce() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    digest = hashlib.sha256(verifier.encode()).digest()
+    return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def test_cli_loopback_sign_in_needs_the_pkce_verifier(world: World) -> None:
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "bob@example.com"})
+    world.set_user("bob", email="bob@example.com")
+    verifier, challenge = _pkce()
+    state = secrets.token_urlsafe(16)
+    done = world.sign_in(
+        "bob",
+        cli_redirect="http://127.0.0.1:53123/callback",
+        cli_challenge=challenge,
+        cli_state=state,
+    )
+    assert done.status_code == 303
+    target = urlsplit(done.headers["location"])
+    assert (target.scheme, target.netloc, target.path) == ("http", "127.0.0.1:53123", "/callback")
+    query = parse_qs(target.query)
+    assert query["state"] == [state]
+    code = query["code"][0]
+    wrong = world.api.post("/v1/auth/cli/token", json={"code": code, "code_verifier": _pkce()[0]})
+    assert wrong.status_code == 401
+    # The wrong verifier spent the code: the right one no longer helps.
+    right = world.api.post("/v1/auth/cli/token", json={"code": code, "code_verifier": verifier})
+    assert right.status_code == 401
+
+
+def test_cli_loopback_sign_in_issues_a_session(world: World) -> None:
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "bob@example.com"})
+    world.set_user("bob", email="bob@example.com")
+    verifier, challenge = _pkce()
+    done = world.sign_in(
+        "bob",
+        cli_redirect="http://127.0.0.1:53123/callback",
+        cli_challenge=challenge,
+        cli_state=secrets.token_urlsafe(16),
+    )
+    code = parse_qs(urlsplit(done.headers["location"]).query)["code"][0]
+    r = world.api.post("/v1/auth/cli/token", json={"code": code, "code_verifier": verifier})
+    assert r.status_code == 200, r.text
+    token = r.json()["token"]
+    assert world.api.get("/v1/orgs", headers=bearer(token)).status_code == 200
+    again = world.api.post("/v1/auth/cli/token", json={"code": code, "code_verifier": verifier})
+    assert again.status_code == 401
+    assert world.api.delete("/v1/auth/session", headers=bearer(token)).status_code == 204
+    assert world.api.get("/v1/orgs", headers=bearer(token)).status_code == 401
+
+
+@pytest.mark.parametrize(
+    "redirect",
+    [
+        "http://evil.example:53123/callback",
+        "https://127.0.0.1:53123/callback",
+        "http://127.0.0.1.evil.example:53123/callback",
+        "http://127.0.0.1:53123/elsewhere",
+        "http://127.0.0.1:53123/callback@evil.example",
+    ],
+)
+def test_the_cli_redirect_must_be_loopback(world: World, redirect: str) -> None:
+    _, challenge = _pkce()
+    r = world.api.get(
+        "/web/signin",
+        params={
+            "idp": "corp",
+            "cli_redirect": redirect,
+            "cli_challenge": challenge,
+            "cli_state": secrets.token_urlsafe(16),
+        },
+        follow_redirects=False,
+    )
+    assert r.status_code == 422 and "location" not in r.headers
+
+
+@pytest.mark.parametrize("target", ["https://evil.example/", "//evil.example/", "/web//evil"])
+def test_no_open_redirect_after_sign_in(world: World, target: str) -> None:
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "bob@example.com"})
+    world.set_user("bob", email="bob@example.com")
+    done = world.sign_in("bob", next=target)
+    assert done.status_code == 303 and done.headers["location"] == "/web/"
+
+
+def test_group_roles_make_members_just_in_time(world: World) -> None:
+    r = world.api.patch(
+        "/v1/orgs/acme/policy",
+        headers=world.admin,
+        json={"set": {"group_roles": {"eng": "member"}, "email_domains": ["example.com"]}},
+    )
+    assert r.status_code == 200, r.text
+    world.set_user("carol", email="carol@example.com", groups=["eng"])
+    assert world.sign_in("carol").status_code == 303
+    members = world.api.get("/v1/orgs/acme/members", headers=world.admin).json()["items"]
+    assert {"email": "carol@example.com", "role": "member"}.items() <= next(
+        m for m in members if m["email"] == "carol@example.com"
+    ).items()
+    world.set_user("dave", email="dave@other.example", groups=["eng"])
+    assert world.sign_in("dave").status_code == 401
+    assert any(e.action == "org.set_policy" for e in _events(world.cp, "org.set_policy"))
+
+
+def test_removing_a_member_ends_their_sessions_tokens_and_devices(world: World) -> None:
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "bob@example.com"})
+    world.set_user("bob", email="bob@example.com")
+    world.sign_in("bob")
+    cookie = world.api.cookies.get("__Host-hangar-session")
+    assert cookie
+    tok = world.api.post(
+        "/v1/tokens", headers=bearer(cookie), json={"kind": "org", "org": "acme"}
+    ).json()["token"]
+    assert world.api.get("/v1/orgs/acme", headers=bearer(tok)).status_code == 200
+    r = world.api.delete("/v1/orgs/acme/members/bob@example.com", headers=world.admin)
+    assert r.status_code == 204, r.text
+    assert world.api.get("/v1/whoami", headers=bearer(cookie)).status_code == 401
+    assert world.api.get("/v1/whoami", headers=bearer(tok)).status_code == 401
+    with world.cp.db.read() as session:
+        assert not session.execute(
+            select(WireguardPeer).where(WireguardPeer.created_by == "bob@example.com")
+        ).all()
+
+
+def test_a_disabled_user_cannot_sign_in_or_call(world: World) -> None:
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "bob@example.com"})
+    world.set_user("bob", email="bob@example.com")
+    world.sign_in("bob")
+    cookie = world.api.cookies.get("__Host-hangar-session")
+    r = world.api.post("/v1/users/bob@example.com/disable", headers=world.admin)
+    assert r.status_code == 200, r.text
+    assert world.api.get("/v1/whoami", headers=bearer(cookie or "")).status_code == 401
+    world.api.cookies.clear()
+    assert world.sign_in("bob").status_code == 401
+
+
+def test_device_sign_in_is_approved_by_a_signed_in_person(world: World) -> None:
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "bob@example.com"})
+    world.set_user("bob", email="bob@example.com")
+    start = world.api.post("/v1/auth/device").json()
+    poll = {"device_code": start["device_code"]}
+    assert world.api.post("/v1/auth/device/token", json=poll).json()["error"] == (
+        "authorization_pending"
+    )
+    world.sign_in("bob")
+    form = world.api.get("/web/device", params={"code": start["user_code"]})
+    assert form.status_code == 200 and start["user_code"] in form.text
+    # No CSRF token: refused, nothing approved.
+    bad = world.api.post("/web/device", data={"code": start["user_code"], "decision": "approve"})
+    assert bad.status_code == 403
+    csrf = world.api.cookies.get("__Host-hangar-csrf")
+    ok = world.api.post(
+        "/web/device",
+        data={"code": start["user_code"], "decision": "approve", "csrf": csrf or ""},
+    )
+    assert ok.status_code == 200, ok.text
+    got = world.api.post("/v1/auth/device/token", json=poll)
+    assert got.status_code == 200, got.text
+    assert world.api.get("/v1/whoami", headers=bearer(got.json()["token"])).json()["email"] == (
+        "bob@example.com"
+    )
+    assert world.api.post("/v1/auth/device/token", json=poll).json()["error"] == "expired_token"
+
+
+def test_signout_form_needs_csrf(world: World) -> None:
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "bob@example.com"})
+    world.set_user("bob", email="bob@example.com")
+    world.sign_in("bob")
+    cookie = world.api.cookies.get("__Host-hangar-session") or ""
+    assert world.api.post("/web/signout", data={"csrf": "forged"}).status_code == 403
+    assert world.api.get("/v1/whoami", headers=bearer(cookie)).status_code == 200
+    csrf = world.api.cookies.get("__Host-hangar-csrf") or ""
+    cross = world.api.post(
+        "/web/signout", data={"csrf": csrf}, headers={"Origin": "https://evil.example"}
+    )
+    assert cross.status_code == 403
+    assert world.api.post("/web/signout", data={"csrf": csrf}).status_code == 303
+    assert world.api.get("/v1/whoami", headers=bearer(cookie)).status_code == 401
+
+
+def test_failed_sign_ins_are_rate_limited(world: World) -> None:
+    for _ in range(5):
+        assert world.api.get("/web/callback", params={"state": "x", "code": "y"}).status_code == 401
+    limited = world.api.get("/web/callback", params={"state": "x", "code": "y"})
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+
+
+def test_the_bootstrap_token_is_break_glass(world: World) -> None:
+    before = len(_events(world.cp, "auth.break_glass"))
+    assert world.api.get("/v1/whoami", headers=world.admin).status_code == 200
+    assert len(_events(world.cp, "auth.break_glass")) == before + 1
