@@ -141,3 +141,12 @@ def test_telemetry_prints_its_ratio_table() -> None:
     has_line(out, rf"^GET  /v1/apps \(auth\)\s+{N}/s\s+{N}/s\s+{N}\s+>= 0.95$")
     has_line(out, r"^\s+to a file\s+to a sink\s+ratio$")
     has_line(out, rf"^log lines/s\s+{N}/s\s+{N}/s\s+{N}$")
+
+
+@pytest.mark.slow
+def test_identity_prints_its_ratio_table() -> None:
+    out = run_quick("identity.py", timeout=300)
+    has_line(out, r"^\s+API token\s+session\s+ratio\s+target$")
+    has_line(out, rf"^GET /v1/whoami\s+{N}/s\s+{N}/s\s+{N}\s+<= 1.2$")
+    has_line(out, rf"^authenticate\s+{N}/s\s+{N}/s\s+{N}\s+<= 1.2$")
+    has_line(out, rf"^\s+{N}ms\s+{N}ms$")

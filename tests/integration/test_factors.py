@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
 from hangar.api.app import create_app
+from hangar.auth.stepup import POLICY_KEYS
 from hangar.controlplane.state import ControlPlane
 from hangar.store.tables import AuditEvent, StepUp, UserFactor
 from tests.conftest import Installation, bearer, mint_token
@@ -296,7 +297,7 @@ def test_recovery_codes_work_once_and_are_stored_hashed(
 
 
 def _require(client: TestClient, h: dict[str, str], **policy: Any) -> None:
-    r = client.patch("/v1/orgs/acme/policy", headers=h, json=policy)
+    r = client.patch("/v1/orgs/acme/policy", headers=h, json={"set": policy})
     assert r.status_code == 200, r.text
 
 
@@ -313,7 +314,9 @@ def test_a_member_without_a_factor_is_refused_under_require_mfa(
     bob = bearer(mint_token(control_plane, "bob@example.com"))
     assert client.get("/v1/orgs/acme/members", headers=bob).status_code == 200
     # The admin turns the policy on only with a factor of their own, stepped up.
-    refused = client.patch("/v1/orgs/acme/policy", headers=h, json={"require_mfa": "webauthn"})
+    refused = client.patch(
+        "/v1/orgs/acme/policy", headers=h, json={"set": {"require_mfa": "webauthn"}}
+    )
     assert refused.status_code == 403 and refused.json()["type"].endswith("/mfa-required")
     key = _key()
     _enrol_key(client, h, key)
@@ -359,7 +362,8 @@ def test_sensitive_actions_need_a_fresh_step_up(
         client.delete("/v1/apps/web/secrets?name=K", headers=h),
         client.post("/v1/orgs/acme/members", headers=h, json={"email": "x@example.com"}),
         client.post("/v1/tokens", headers=h, json={"kind": "org", "org": "acme"}),
-        client.patch("/v1/orgs/acme/policy", headers=h, json={"require_mfa": "off"}),
+        client.patch("/v1/orgs/acme/policy", headers=h, json={"set": {"require_mfa": "off"}}),
+        client.patch("/v1/orgs/acme/policy", headers=h, json={"set": {"idle_timeout": 900}}),
         client.post("/v1/system/rotate-kek", headers=h),
     ):
         assert refused.status_code == 403, refused.text
@@ -367,7 +371,7 @@ def test_sensitive_actions_need_a_fresh_step_up(
     # Reading is not sensitive.
     assert client.get("/v1/apps/web/secrets", headers=h).status_code == 200
     denied = [e for e in _events(control_plane, "auth.step-up") if e.outcome == "denied"]
-    assert len(denied) == 6
+    assert len(denied) == 7
     # A new token of the same person carries no freshness of its own.
     fresh = bearer(mint_token(control_plane, "admin@example.com"))
     assert client.put("/v1/apps/web/secrets", headers=fresh, json=put).status_code == 403
@@ -433,10 +437,18 @@ def test_policy_keys_are_validated(client: TestClient, installation: Installatio
         {"allow_totp": "yes"},
         {"require_mfa_typo": "off"},
     ):
-        r = client.patch("/v1/orgs/acme/policy", headers=h, json=bad)
+        r = client.patch("/v1/orgs/acme/policy", headers=h, json={"set": bad})
         assert r.status_code == 422, (bad, r.text)
+    # Nothing half-written: a bad second-factor key stops a good sign-in key too.
+    r = client.patch(
+        "/v1/orgs/acme/policy",
+        headers=h,
+        json={"set": {"idle_timeout": 900, "step_up_minutes": 0}},
+    )
+    assert r.status_code == 422
     shown = client.get("/v1/orgs/acme/policy", headers=h).json()
-    assert shown == {
+    assert shown["idle_timeout"] != 900
+    assert {k: shown[k] for k in POLICY_KEYS} == {
         "require_mfa": "off",
         "accept_idp_mfa": False,
         "allow_totp": True,

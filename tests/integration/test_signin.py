@@ -8,6 +8,7 @@ site, or a former member would try.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import secrets
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from sqlalchemy import select
 
 from hangar.api.app import create_app
 from hangar.controlplane.state import ControlPlane
-from hangar.store.tables import AuditEvent, WireguardPeer
+from hangar.store.tables import AuditEvent, Org, WireguardPeer
 from tests.conftest import Installation, bearer, make_installation
 
 PUBLIC = "https://testserver"
@@ -130,8 +131,8 @@ def test_a_replayed_callback_is_refused(world: World) -> None:
     pending = world.api.cookies.get("__Host-hangar-signin")
     first = world.api.get(back, follow_redirects=False)
     assert first.status_code == 303
-    world.api.cookies.set("__Host-hangar-signin", pending, domain="testserver.local")
-    again = world.api.get(back, follow_redirects=False, cookies={"__Host-hangar-signin": pending})
+    world.api.cookies.set("__Host-hangar-signin", pending or "")
+    again = world.api.get(back, follow_redirects=False)
     assert again.status_code == 401
 
 
@@ -257,14 +258,36 @@ def test_removing_a_member_ends_their_sessions_tokens_and_devices(world: World) 
         "/v1/tokens", headers=bearer(cookie), json={"kind": "org", "org": "acme"}
     ).json()["token"]
     assert world.api.get("/v1/orgs/acme", headers=bearer(tok)).status_code == 200
+    _add_device(world.cp, "bob-laptop", "bob@example.com")
+    _add_device(world.cp, "admin-laptop", "admin@example.com")
     r = world.api.delete("/v1/orgs/acme/members/bob@example.com", headers=world.admin)
     assert r.status_code == 204, r.text
     assert world.api.get("/v1/whoami", headers=bearer(cookie)).status_code == 401
     assert world.api.get("/v1/whoami", headers=bearer(tok)).status_code == 401
     with world.cp.db.read() as session:
-        assert not session.execute(
-            select(WireguardPeer).where(WireguardPeer.created_by == "bob@example.com")
-        ).all()
+        left = session.execute(select(WireguardPeer.name)).scalars().all()
+    assert left == ["admin-laptop"]
+    removed = _events(world.cp, "member.remove")[-1]
+    assert '"bob-laptop"' in removed.detail and "tokens_revoked" in removed.detail
+
+
+def _add_device(cp: ControlPlane, name: str, email: str) -> None:
+    """A person's WireGuard device, as `hangar wireguard add` records it."""
+    with cp.db.write() as session:
+        org_id = session.execute(select(Org.id).where(Org.name == "acme")).scalar_one()
+        session.add(
+            WireguardPeer(
+                id=f"wg_{name}"[:32],
+                org_id=org_id,
+                name=name,
+                network="default",
+                public_key=base64.b64encode(secrets.token_bytes(32)).decode(),
+                address=f"fdaa:0:0:0:0:0:0:{secrets.randbelow(60000) + 1:x}",
+                gateway_host_id="host_local",
+                created_by=email,
+                created_at=dt.datetime.now(dt.UTC),
+            )
+        )
 
 
 def test_a_disabled_user_cannot_sign_in_or_call(world: World) -> None:
@@ -312,6 +335,7 @@ def test_signout_form_needs_csrf(world: World) -> None:
     world.set_user("bob", email="bob@example.com")
     world.sign_in("bob")
     cookie = world.api.cookies.get("__Host-hangar-session") or ""
+    assert world.api.get("/web/").status_code == 200  # the page that holds the form
     assert world.api.post("/web/signout", data={"csrf": "forged"}).status_code == 403
     assert world.api.get("/v1/whoami", headers=bearer(cookie)).status_code == 200
     csrf = world.api.cookies.get("__Host-hangar-csrf") or ""
@@ -319,7 +343,8 @@ def test_signout_form_needs_csrf(world: World) -> None:
         "/web/signout", data={"csrf": csrf}, headers={"Origin": "https://evil.example"}
     )
     assert cross.status_code == 403
-    assert world.api.post("/web/signout", data={"csrf": csrf}).status_code == 303
+    done = world.api.post("/web/signout", data={"csrf": csrf}, follow_redirects=False)
+    assert done.status_code == 303
     assert world.api.get("/v1/whoami", headers=bearer(cookie)).status_code == 401
 
 
@@ -334,3 +359,103 @@ def test_the_bootstrap_token_is_break_glass(world: World) -> None:
     before = len(_events(world.cp, "auth.break_glass"))
     assert world.api.get("/v1/whoami", headers=world.admin).status_code == 200
     assert len(_events(world.cp, "auth.break_glass")) == before + 1
+
+
+def test_a_user_the_idp_disables_is_offboarded_at_the_next_check(world: World) -> None:
+    from hangar.controlplane.identitycheck import check_identities
+
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "bob@example.com"})
+    world.set_user("bob", email="bob@example.com")
+    world.sign_in("bob")
+    cookie = world.api.cookies.get("__Host-hangar-session") or ""
+    tok = world.api.post(
+        "/v1/tokens", headers=bearer(cookie), json={"kind": "org", "org": "acme"}
+    ).json()["token"]
+    # The provider still vouches: nothing happens.
+    assert check_identities(world.cp) == 0
+    assert world.api.get("/v1/whoami", headers=bearer(cookie)).status_code == 200
+    # The provider disables bob (its refresh tokens for him stop working).
+    httpx.post(f"{world.issuer}/users/bob/revoke-tokens").raise_for_status()
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=world.cp.settings.idp_check_seconds + 1)
+    assert check_identities(world.cp, later) == 1
+    assert world.api.get("/v1/whoami", headers=bearer(cookie)).status_code == 401
+    assert world.api.get("/v1/whoami", headers=bearer(tok)).status_code == 401
+    assert [e.target for e in _events(world.cp, "user.idp_disabled")] == ["bob@example.com"]
+
+
+def test_sessions_end_when_expired_or_idle(world: World) -> None:
+    from hangar.store.tables import UserSession
+
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "bob@example.com"})
+    world.set_user("bob", email="bob@example.com")
+    world.sign_in("bob")
+    cookie = world.api.cookies.get("__Host-hangar-session") or ""
+    assert world.api.get("/v1/whoami", headers=bearer(cookie)).status_code == 200
+    with world.cp.db.write() as session:
+        row = session.execute(select(UserSession)).scalars().one()
+        row.last_seen_at -= dt.timedelta(seconds=row.idle_timeout_s + 5)
+    idle = world.api.get("/v1/whoami", headers=bearer(cookie))
+    assert idle.status_code == 401 and "automatic logoff" in idle.json()["detail"]
+    with world.cp.db.write() as session:
+        row = session.execute(select(UserSession)).scalars().one()
+        row.last_seen_at = dt.datetime.now(dt.UTC)
+        row.expires_at = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    expired = world.api.get("/v1/whoami", headers=bearer(cookie))
+    assert expired.status_code == 401 and "expired" in expired.json()["detail"]
+    failures = [e for e in _events(world.cp, "auth.authenticate") if e.outcome == "failure"]
+    assert len(failures) >= 2
+
+
+def test_an_org_requiring_another_idp_is_out_of_reach(world: World) -> None:
+    r = world.api.post(
+        "/v1/idps",
+        headers=world.admin,
+        json={"name": "other", "issuer": world.issuer, "client_id": "x"},
+    )
+    assert r.status_code == 201
+    world.api.post("/v1/orgs", headers=world.admin, json={"name": "beta"})
+    for org in ("acme", "beta"):
+        world.api.post(
+            f"/v1/orgs/{org}/members", headers=world.admin, json={"email": "bob@example.com"}
+        )
+    assert (
+        world.api.patch(
+            "/v1/orgs/beta/policy", headers=world.admin, json={"set": {"sso_idp": "other"}}
+        ).status_code
+        == 200
+    )
+    world.set_user("bob", email="bob@example.com")
+    world.sign_in("bob")
+    cookie = world.api.cookies.get("__Host-hangar-session") or ""
+    assert world.api.get("/v1/orgs/acme", headers=bearer(cookie)).status_code == 200
+    assert world.api.get("/v1/orgs/beta", headers=bearer(cookie)).status_code == 404
+
+
+def test_a_token_cannot_pose_as_a_session_nor_a_session_as_another(world: World) -> None:
+    from hangar.crypto.macaroons import Macaroon
+
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "bob@example.com"})
+    world.set_user("bob", email="bob@example.com")
+    world.sign_in("bob")
+    session_token = world.api.cookies.get("__Host-hangar-session") or ""
+    sid = world.api.get("/v1/auth/sessions", headers=bearer(session_token)).json()[0]["id"]
+    api_token = world.api.post(
+        "/v1/tokens", headers=bearer(session_token), json={"kind": "user"}
+    ).json()["token"]
+    posing = Macaroon.parse(api_token).attenuate(f"session = {sid}").serialize()
+    assert world.api.get("/v1/whoami", headers=bearer(posing)).status_code == 401
+    other = Macaroon.parse(session_token).attenuate("session = ses_0000000000000000").serialize()
+    assert world.api.get("/v1/whoami", headers=bearer(other)).status_code == 401
+    # An API token in the session cookie does not sign a browser in.
+    world.api.cookies.set("__Host-hangar-session", api_token)
+    page = world.api.get("/web/", follow_redirects=False)
+    assert page.status_code == 303 and page.headers["location"] == "/web/signin"
+
+
+def test_session_tokens_are_not_listed_as_api_tokens(world: World) -> None:
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "bob@example.com"})
+    world.set_user("bob", email="bob@example.com")
+    world.sign_in("bob")
+    session_token = world.api.cookies.get("__Host-hangar-session") or ""
+    listed = world.api.get("/v1/tokens", headers=bearer(session_token)).json()["items"]
+    assert all(t["kind"] != "session" for t in listed)

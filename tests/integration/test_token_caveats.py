@@ -21,7 +21,23 @@ from hangar.errors import AuthError, PermissionDenied, audited
 from hangar.store.tables import AuditEvent, Token
 from tests.conftest import Installation, bearer, mint_token
 
-PUBLIC_PATHS = {"/v1/healthz", "/v1/ca", "/v1/hosts/join"}
+PUBLIC_PATHS = {
+    "/v1/healthz",
+    "/v1/ca",
+    "/v1/hosts/join",
+    # Signing in: before anyone has credentials (tests/integration/test_signin.py).
+    "/v1/auth/idps",
+    "/v1/auth/cli/token",
+    "/v1/auth/device",
+    "/v1/auth/device/token",
+    # Web pages: the browser's session cookie, not a bearer token (WebGuard).
+    "/web/",
+    "/web/static/{name}",
+    "/web/signin",
+    "/web/callback",
+    "/web/device",
+    "/web/signout",
+}
 
 
 def _now() -> int:

@@ -29,7 +29,6 @@ from hangar.api.routers import (
     machines,
     metrics,
     orgs,
-    policy,
     releases,
     secrets,
     system,
@@ -83,7 +82,6 @@ def create_app(cp: ControlPlane) -> FastAPI:
         hosts,
         tokens,
         factors,
-        policy,
         audit,
         system,
     ):

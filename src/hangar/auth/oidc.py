@@ -240,16 +240,20 @@ class OidcClient:
     ) -> TokenResponse:
         """Trade an authorization code (and its PKCE verifier) for tokens."""
         doc = self.discover(provider)
-        return self._token_request(
-            provider,
-            doc,
-            {
-                "grant_type": "authorization_code",
-                "code": code,
-                "redirect_uri": redirect_uri,
-                "code_verifier": code_verifier,
-            },
-        )
+        try:
+            return self._token_request(
+                provider,
+                doc,
+                {
+                    "grant_type": "authorization_code",
+                    "code": code,
+                    "redirect_uri": redirect_uri,
+                    "code_verifier": code_verifier,
+                },
+            )
+        except _Refused as exc:
+            # A code used twice, for another client, or without its PKCE verifier.
+            raise OidcError(f"the identity provider refused the code: {exc.error}") from exc
 
     def refresh(self, provider: ProviderConfig, refresh_token: str) -> TokenResponse | None:
         """Use a refresh token; None when the provider refuses it (``invalid_grant``).

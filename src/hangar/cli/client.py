@@ -77,6 +77,13 @@ class Client:
             return response.json()
         return response.text
 
+    def raw(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The response as it came (for protocols whose errors are answers, as RFC 8628's)."""
+        try:
+            return self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise HangarError(f"request to {self.settings.api_url} failed: {exc}") from exc
+
     def stream_lines(self, path: str, params: dict[str, str]) -> Iterator[str]:
         """The lines of a streamed (NDJSON) response, as they arrive."""
         try:

@@ -23,6 +23,7 @@ from hangar.cli import (
     deploy,
     edge,
     hosts,
+    idps,
     logs,
     machines,
     metrics,
@@ -32,6 +33,7 @@ from hangar.cli import (
     server,
     status,
     tokens,
+    users,
     wireguard,
 )
 from hangar.cli.output import print_error
@@ -65,6 +67,8 @@ for module in (
     edge,
     tokens,
     wireguard,
+    idps,
+    users,
     audit,
     config,
     logs,

@@ -253,6 +253,7 @@ def finish_callback(
     ctx = _anon(client_addr, request_id)
     cp.signin_limiter.check(_limit_keys(client_addr))
     now = _now()
+    failure: AuthError | None = None
     with cp.db.write() as session:
         row = _pending(session, cookie)
         if (
@@ -263,29 +264,20 @@ def finish_callback(
         ):
             # No pending sign-in for this browser, another one's state, or a
             # state already used: a replay, a forged callback or a stale tab.
-            raise _fail(
-                cp,
-                ctx,
-                action="auth.signin",
-                target="callback",
-                exc=AuthError(
-                    "this sign-in is not valid here (its state does not match)",
-                    hint="start signing in again",
-                ),
+            failure = AuthError(
+                "this sign-in is not valid here (its state does not match)",
+                hint="start signing in again",
             )
-        if now >= row.expires_at:
+        elif now >= row.expires_at:
             session.delete(row)
-            raise _fail(
-                cp,
-                ctx,
-                action="auth.signin",
-                target="callback",
-                exc=AuthError("this sign-in has expired", hint="start signing in again"),
-            )
-        # The state is spent whatever happens next.
-        row.state = "used-" + secrets.token_hex(16)
-        pending_id, nonce, verifier = row.id, row.nonce, row.code_verifier
-        idp_row = session.get(IdentityProvider, row.idp_id)
+            failure = AuthError("this sign-in has expired", hint="start signing in again")
+        else:
+            # The state is spent whatever happens next.
+            row.state = "used-" + secrets.token_hex(16)
+            pending_id, nonce, verifier = row.id, row.nonce, row.code_verifier
+            idp_row = session.get(IdentityProvider, row.idp_id)
+    if failure is not None:
+        raise _fail(cp, ctx, action="auth.signin", target="callback", exc=failure)
     if idp_row is None:
         raise AuthError("the identity provider was removed", hint="start signing in again")
     if error or not code:
@@ -331,7 +323,6 @@ def _verified(
     refresh_token: str | None,
 ) -> Outcome:
     """A person the provider vouched for: find (or make) their user, apply policy, go on."""
-    subject = str(claims["sub"])[:255]
     raw_email = claims.get("email")
     if not isinstance(raw_email, str) or claims.get("email_verified") is False:
         raise _fail(
@@ -353,13 +344,39 @@ def _verified(
         ) from None
     cp.signin_limiter.check(_limit_keys(ctx.client_addr, email))
     groups = _groups(claims, groups_claim)
+    now = _now()
+    try:
+        return _verified_in(cp, ctx, pending_id, idp_row, claims, refresh_token, email, groups, now)
+    except _Refusal as refusal:
+        raise _fail(
+            cp, ctx, action="auth.signin", target=email, email=email, exc=refusal.exc
+        ) from None
+
+
+class _Refusal(Exception):
+    def __init__(self, exc: HangarError) -> None:
+        super().__init__(exc.message)
+        self.exc = exc
+
+
+def _verified_in(
+    cp: ControlPlane,
+    ctx: AuditContext,
+    pending_id: str,
+    idp_row: IdentityProvider,
+    claims: dict[str, Any],
+    refresh_token: str | None,
+    email: str,
+    groups: list[str],
+    now: dt.datetime,
+) -> Outcome:
     idp_ctx = AuditContext(
         actor=f"idp:{idp_row.name}",
         token_id=None,
         request_id=ctx.request_id,
         client_addr=ctx.client_addr,
     )
-    now = _now()
+    subject = str(claims["sub"])[:255]
     with cp.db.write() as session:
         row = session.get(PendingSignin, pending_id)
         assert row is not None
@@ -376,16 +393,11 @@ def _verified(
             and policy.allows_email(email)
         }
         if user is None and not jit:
-            raise _fail(
-                cp,
-                ctx,
-                action="auth.signin",
-                target=email,
-                email=email,
-                exc=SigninRefused(
+            raise _Refusal(
+                SigninRefused(
                     f"{email} is not a member of any organization here",
                     hint="ask an organization admin to add you",
-                ),
+                )
             )
         if user is None:
             user = User(id=new_id("usr"), email=email, is_operator=False, created_at=now)
@@ -437,8 +449,7 @@ def _verified(
                 )
             steps = run_checks(signin_ctx)
         except SigninRefused as exc:
-            session.rollback()
-            raise _fail(cp, ctx, action="auth.signin", target=email, email=email, exc=exc) from None
+            raise _Refusal(exc) from None
         for org_id, action, before, after in changed_roles:
             cp.audit.record(
                 session,
