@@ -14,9 +14,10 @@ Registered with the sign-in pipeline (``auth/signin.py``) as the step
   its own (``amr`` contains ``mfa``, ``hwk``, ``otp``, ``swk``, ``sc`` or
   ``fpt``, or ``acr`` names phishing-resistant MFA) and one of their
   organizations sets ``accept_idp_mfa``: that counts, and the step passes.
-* they have none otherwise: the step passes without a second factor. An
-  organization that requires one refuses the session at its door with a
-  hint to enrol (``mfapolicy.enforce_member``), and the session can enrol.
+* they have none otherwise (or none that their organizations accept): the
+  step passes without a second factor. An organization that requires one
+  refuses the session at its door with a hint to enrol
+  (``mfapolicy.enforce_member``), and the session can enrol one.
 
 Each outcome is audited (``auth.second-factor``), as are failures (as
 ``factor.verify``, with the same backoff as a step-up).
@@ -125,6 +126,10 @@ def need(cp: ControlPlane, cookie: str | None) -> Need:
             allowed &= set(policy.methods())
         methods = [m for m in ("webauthn", "totp", "recovery") if m in allowed]
         methods = [m for m in methods if m == "recovery" or m in kinds]
+        if methods == ["recovery"]:
+            # No factor of theirs counts here (only TOTP, where a key is required):
+            # the sign-in goes on without one, so they can enrol one that does.
+            methods = []
     amr = {str(a) for a in claims.get("amr") or []}
     acr = str(claims.get("acr") or "")
     idp_mfa = bool(amr & IDP_MFA_AMR or acr in IDP_MFA_ACR) and any(
