@@ -1,0 +1,201 @@
+"""Security keys in a real browser: Debian's chromium, a DevTools virtual authenticator,
+a real `hangar server run` over HTTPS, and the CLI that opens the pages."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from tests.e2e.test_cli_flow import HANGAR, Server, free_port, init, login, start, stop
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _spki_hash(port: int) -> str:
+    """The server certificate's SPKI SHA-256, for chromium to trust it as if a CA signed it."""
+    pem = ssl.get_server_certificate(("127.0.0.1", port))
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
+        pytest.fail("chromium is not installed: run `make deps`")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HANGAR_")}
+    env["HANGAR_CONFIG_DIR"] = str(tmp_path / "cli")
+    data_dir = tmp_path / "data"
+    token_file = tmp_path / "admin.token"
+    init(data_dir, token_file, env)
+    port = free_port()
+    # Browsers reach the API as https://localhost:PORT: the relying party is "localhost".
+    env["HANGAR_PUBLIC_URL"] = f"https://localhost:{port}"
+    proc = start(data_dir, env, port)
+    srv = Server(data_dir, f"https://localhost:{port}", token_file.read_text().strip(), env, proc)
+    try:
+        yield srv
+    finally:
+        stop(srv.process)
+
+
+@pytest.fixture
+def browser(server: Server) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    port = int(server.api.rsplit(":", 1)[1])
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--ignore-certificate-errors-spki-list={_spki_hash(port)}",
+            ],
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def _page_with_key(browser: Any) -> tuple[Any, Any, str]:
+    """A page with a virtual security key (CTAP2, user present and verified)."""
+    context = browser.new_context()
+    page = context.new_page()
+    cdp = context.new_cdp_session(page)
+    cdp.send("WebAuthn.enable", {"enableUI": False})
+    made = cdp.send(
+        "WebAuthn.addVirtualAuthenticator",
+        {
+            "options": {
+                "protocol": "ctap2",
+                "transport": "usb",
+                "hasResidentKey": True,
+                "hasUserVerification": True,
+                "isUserVerified": True,
+                "automaticPresenceSimulation": True,
+            }
+        },
+    )
+    return page, cdp, made["authenticatorId"]
+
+
+def _url_from(proc: subprocess.Popen[str]) -> str:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if "://" in line and "/web/factors/" in line:
+            return line.strip()
+    raise AssertionError("the CLI printed no link")
+
+
+def _api(server: Server) -> httpx.Client:
+    return httpx.Client(
+        base_url=server.api,
+        headers={"Authorization": f"Bearer {server.token}"},
+        verify=ssl.create_default_context(cafile=str(server.data_dir / "ca.crt")),
+    )
+
+
+def test_a_security_key_enrols_in_the_browser_and_steps_up_the_cli(
+    server: Server, browser: Any
+) -> None:
+    login(server)
+    page, cdp, authenticator = _page_with_key(browser)
+    # `hangar auth factors add-webauthn` prints the one-time link (no browser here opens it).
+    out = server.cli("auth", "factors", "add-webauthn", "--no-browser")
+    url = next(w for w in out.stdout.split() if "/web/factors/enrol?code=" in w)
+    page.goto(url)
+    # The code is spent and gone from the address; the page is strict.
+    assert page.url.endswith("/web/factors/enrol")
+    page.fill("#name", "virtual key")
+    page.click("#enrol-button")
+    page.wait_for_selector("#status.done", timeout=30_000)
+    listed = server.json("auth", "factors", "list")
+    assert isinstance(listed, dict)
+    keys = [f for f in listed["factors"] if f["kind"] == "webauthn"]
+    assert [k["name"] for k in keys] == ["virtual key"]
+    stored = cdp.send("WebAuthn.getCredentials", {"authenticatorId": authenticator})
+    assert len(stored["credentials"]) == 1
+    # The link works once: a second visit (another browser) is refused.
+    other = browser.new_context().new_page()
+    refused = other.goto(url)
+    assert refused is not None and refused.status == 401
+
+    # `hangar auth step-up` waits while the browser answers with the key.
+    proc = subprocess.Popen(
+        [*HANGAR, "auth", "step-up", "--no-browser"],
+        env={**server.env, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        page.goto(_url_from(proc))
+        page.click("#challenge-button")
+        page.wait_for_selector("#status.done", timeout=30_000)
+        out_text, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "Stepped up" in out_text
+    with _api(server) as api:
+        assert api.get("/v1/me/step-up").json()["verified_at"] is not None
+        after = api.get("/v1/me/factors").json()["factors"]
+    # The authenticator's counter moved past what enrolment stored.
+    assert [f["sign_count"] for f in after if f["kind"] == "webauthn"][0] >= 1
+
+
+def test_a_key_made_for_hangar_does_not_answer_another_origin(server: Server, browser: Any) -> None:
+    """The browser itself binds a credential to its relying party: a page at another
+    origin (the same server, reached by address) cannot use it, even with the id."""
+    login(server)
+    page, cdp, authenticator = _page_with_key(browser)
+    out = server.cli("auth", "factors", "add-webauthn", "--no-browser")
+    page.goto(next(w for w in out.stdout.split() if "/web/factors/enrol?code=" in w))
+    page.click("#enrol-button")
+    page.wait_for_selector("#status.done", timeout=30_000)
+    stored = cdp.send("WebAuthn.getCredentials", {"authenticatorId": authenticator})
+    cred_id = stored["credentials"][0]["credentialId"]
+    port = server.api.rsplit(":", 1)[1]
+    stranger = browser.new_context().new_page()
+    stranger.goto(f"https://127.0.0.1:{port}/v1/healthz")
+    result = stranger.evaluate(
+        """async (id) => {
+            const raw = Uint8Array.from(atob(id), c => c.charCodeAt(0));
+            try {
+                await navigator.credentials.get({publicKey: {
+                    challenge: new Uint8Array(32), rpId: "localhost",
+                    allowCredentials: [{type: "public-key", id: raw}], timeout: 5000}});
+                return "answered";
+            } catch (e) { return e.name; }
+        }""",
+        cred_id,
+    )
+    assert result in ("SecurityError", "NotAllowedError"), result
