@@ -459,3 +459,19 @@ def test_session_tokens_are_not_listed_as_api_tokens(world: World) -> None:
     session_token = world.api.cookies.get("__Host-hangar-session") or ""
     listed = world.api.get("/v1/tokens", headers=bearer(session_token)).json()["items"]
     assert all(t["kind"] != "session" for t in listed)
+
+
+def test_use_keeps_a_session_from_idling_out(world: World) -> None:
+    from hangar.store.tables import UserSession
+
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "bob@example.com"})
+    world.set_user("bob", email="bob@example.com")
+    world.sign_in("bob")
+    cookie = world.api.cookies.get("__Host-hangar-session") or ""
+    before = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    with world.cp.db.write() as session:
+        session.execute(select(UserSession)).scalars().one().last_seen_at = before
+    assert world.api.get("/v1/whoami", headers=bearer(cookie)).status_code == 200
+    with world.cp.db.read() as session:
+        seen = session.execute(select(UserSession)).scalars().one().last_seen_at
+    assert seen > before + dt.timedelta(minutes=4)

@@ -310,6 +310,37 @@ class OidcClient:
             refresh_token=refresh if isinstance(refresh, str) else None,
         )
 
+    def userinfo(self, provider: ProviderConfig, access_token: str, sub: str) -> dict[str, Any]:
+        """The UserInfo endpoint's claims, for a provider that keeps them out of the ID token.
+
+        OidcError unless its ``sub`` is the ID token's (OIDC Core 5.3.2: a
+        response for another person must not be used).
+        """
+        doc = self.discover(provider)
+        endpoint = doc.get("userinfo_endpoint")
+        if not isinstance(endpoint, str):
+            return {}
+        try:
+            with self._http() as client:
+                response = client.get(
+                    endpoint,
+                    headers={
+                        "Authorization": f"Bearer {access_token}",
+                        "Accept": "application/json",
+                    },
+                )
+        except httpx.HTTPError as exc:
+            raise OidcError(f"cannot reach the identity provider's userinfo: {exc}") from exc
+        if response.status_code != 200 or len(response.content) > MAX_DOCUMENT_BYTES:
+            raise OidcError(f"the identity provider's userinfo answered {response.status_code}")
+        try:
+            claims = response.json()
+        except ValueError as exc:
+            raise OidcError("the identity provider's userinfo is not JSON") from exc
+        if not isinstance(claims, dict) or claims.get("sub") != sub:
+            raise OidcError("the identity provider's userinfo is about someone else")
+        return claims
+
     def _keys(self, provider: ProviderConfig, kid: str | None) -> KeySet:
         """The provider's JWKS, fetched again for an unknown ``kid`` (bounded)."""
         cache = self._cache(provider.issuer)

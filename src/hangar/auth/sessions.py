@@ -114,24 +114,28 @@ class SessionService:
         return IssuedSession(row=row, token=token, token_id=token_row.id)
 
     def seen(self, principal: Principal, now: dt.datetime | None = None) -> None:
-        """Record that ``principal``'s session was used now, if it is due (see module doc)."""
+        """Record that ``principal``'s session was used now, if it is due (see module doc).
+
+        Most calls return at once: only when ``last_seen_at`` is older than
+        the session's touch step does one UPDATE (guarded, so concurrent
+        calls write it once) move it forward.
+        """
         if principal.session_id is None or principal.session_seen_at is None:
             return
         now = now or _utcnow()
-        # The shortest idle timeout a policy allows sets the step below which
-        # no session needs a write: most calls stop here without touching the store.
-        if (now - principal.session_seen_at).total_seconds() < touch_seconds(MIN_IDLE_TIMEOUT_S):
+        step = dt.timedelta(seconds=touch_seconds(principal.session_idle_s or MIN_IDLE_TIMEOUT_S))
+        if now - principal.session_seen_at < step:
             return
         with self._db.write() as session:
-            row = session.get(UserSession, principal.session_id)
-            if row is None or row.revoked_at is not None:
-                return
-            if (now - row.last_seen_at).total_seconds() >= touch_seconds(row.idle_timeout_s):
-                session.execute(
-                    update(UserSession)
-                    .where(UserSession.id == row.id, UserSession.last_seen_at < now)
-                    .values(last_seen_at=now)
+            session.execute(
+                update(UserSession)
+                .where(
+                    UserSession.id == principal.session_id,
+                    UserSession.revoked_at.is_(None),
+                    UserSession.last_seen_at < now - step,
                 )
+                .values(last_seen_at=now)
+            )
 
     def list_for(self, user_id: str, *, include_ended: bool = False) -> list[UserSession]:
         """The user's sessions, newest first (current ones only unless ``include_ended``)."""

@@ -209,8 +209,10 @@ class Principal:
     mfa_verified_at: dt.datetime | None = None
     # How the session's person authenticated (RFC 8176 values); empty for API tokens.
     amr: tuple[str, ...] = ()
-    # When the session was last seen before this call (for ``SessionService.seen``).
+    # When the session was last seen before this call, and its idle timeout
+    # (for ``SessionService.seen``).
     session_seen_at: dt.datetime | None = field(default=None, repr=False, compare=False)
+    session_idle_s: int = field(default=0, repr=False, compare=False)
 
     def visible_orgs(self) -> list[str]:
         """Organizations this token may see at all."""
@@ -451,6 +453,7 @@ class TokenService:
             mfa_verified_at=first.mfa_verified_at,
             amr=_amr(first.amr) if first.session_id is not None else (),
             session_seen_at=first.last_seen_at,
+            session_idle_s=first.idle_timeout_s or 0,
         )
 
     def mint_session(

@@ -297,6 +297,11 @@ def finish_callback(
             redirect_uri=cp.settings.effective_public_url + CALLBACK_PATH,
         )
         claims = cp.oidc.verify_id_token(provider, tokens.id_token, nonce=nonce)
+        wanted = ("email", "email_verified", provider.groups_claim)
+        if tokens.access_token and any(k not in claims for k in wanted):
+            # Providers may keep the scopes' claims for the UserInfo endpoint.
+            extra = cp.oidc.userinfo(provider, tokens.access_token, str(claims["sub"]))
+            claims = {**{k: extra[k] for k in wanted if k in extra}, **claims}
     except AuthError as exc:
         raise _fail(cp, ctx, action="auth.signin", target=idp_row.name, exc=exc) from None
     return _verified(
