@@ -484,3 +484,82 @@ def test_kek_rotation_rewraps_totp_secrets(
         session.execute(update(UserFactor).values(last_step=None))
     r = client.post("/v1/me/step-up", headers=h, json={"method": "totp", "code": totp.now()})
     assert r.status_code == 200, r.text
+
+
+def _open_link(client: TestClient, h: dict[str, str], kind: str = "factors/webauthn") -> str:
+    r = client.post(f"/v1/me/{kind}/link", headers=h)
+    assert r.status_code == 201, r.text
+    url = r.json()["url"]
+    assert url.startswith(ORIGIN + "/web/")
+    return str(url.removeprefix(ORIGIN))
+
+
+def _csrf_of(page_text: str) -> str:
+    import re
+
+    found = re.search(r'name=csrf value="([^"]+)"', page_text)
+    assert found, page_text
+    return found.group(1)
+
+
+def test_the_enrol_page_is_one_time_strict_and_csrf_protected(
+    client: TestClient, installation: Installation, control_plane: ControlPlane
+) -> None:
+    h = installation.headers
+    path = _open_link(client, h)
+    landed = client.get(path, follow_redirects=False)
+    assert landed.status_code == 303 and landed.headers["location"] == "/web/factors/enrol"
+    assert "__Host-hangar-factors" in landed.headers["set-cookie"]
+    for flag in ("Secure", "HttpOnly", "SameSite=strict", "Path=/"):
+        assert flag.lower() in landed.headers["set-cookie"].lower()
+    # The link is spent: opening it again (someone who saw it) gets nothing.
+    assert client.get(path, follow_redirects=False).status_code == 401
+    page = client.get("/web/factors/enrol")
+    assert page.status_code == 200
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert page.headers["x-frame-options"] == "DENY"
+    assert "<script>" not in page.text and "onclick" not in page.text
+    csrf = _csrf_of(page.text)
+    own = {"Origin": ORIGIN, "X-CSRF-Token": csrf}
+    # Another site's form post: no token, or another origin, or a guessed token.
+    for headers in (
+        {"Origin": ORIGIN},
+        {"Origin": "https://evil.example", "X-CSRF-Token": csrf},
+        {"Origin": ORIGIN, "X-CSRF-Token": "guess"},
+    ):
+        r = client.post("/web/factors/enrol/options", headers=headers)
+        assert r.status_code == 403, (headers, r.text)
+    started = client.post("/web/factors/enrol/options", headers=own)
+    assert started.status_code == 200, started.text
+    body = started.json()
+    key = _key()
+    done = client.post(
+        "/web/factors/enrol",
+        headers=own,
+        json={
+            "challenge_id": body["challenge_id"],
+            "credential": key.register(body["publicKey"]),
+            "name": "from the page",
+        },
+    )
+    assert done.status_code == 201, done.text
+    assert [f["name"] for f in client.get("/v1/me/factors", headers=h).json()["factors"]] == [
+        "from the page"
+    ]
+    # The ticket serves the one page it was made for: not the step-up page.
+    assert client.post("/web/factors/step-up/options", headers=own).status_code == 401
+    # A revoked login takes its page ticket with it.
+    me = client.get("/v1/whoami", headers=h).json()["token_id"]
+    assert client.delete(f"/v1/tokens/{me}", headers=h).status_code == 204
+    assert client.post("/web/factors/enrol/options", headers=own).status_code == 401
+    refusals = [e for e in _events(control_plane, "http.403") if e.outcome == "denied"]
+    assert len(refusals) >= 3
+
+
+def test_an_automation_token_gets_no_factor_page(
+    client: TestClient, installation: Installation, control_plane: ControlPlane
+) -> None:
+    ci = bearer(mint_token(control_plane, "admin@example.com", kind="org", org="acme"))
+    assert client.post("/v1/me/factors/webauthn/link", headers=ci).status_code == 403
+    assert client.post("/v1/me/step-up/link", headers=ci).status_code == 403
+    assert client.post("/v1/me/factors/totp", headers=ci, json={}).status_code == 403
