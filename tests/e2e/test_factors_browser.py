@@ -199,3 +199,33 @@ def test_a_key_made_for_hangar_does_not_answer_another_origin(server: Server, br
         cred_id,
     )
     assert result in ("SecurityError", "NotAllowedError"), result
+
+
+def test_totp_and_recovery_codes_through_the_cli(server: Server) -> None:
+    import pyotp
+
+    login(server)
+    made = server.json("auth", "factors", "add-totp", "--name", "phone")
+    assert isinstance(made, dict) and made["factor"]["confirmed"] is False
+    totp = pyotp.TOTP(made["secret"])
+    fid = made["factor"]["id"]
+    server.cli("auth", "factors", "confirm", fid, "--code", totp.now())
+    # With a factor, new recovery codes need a step-up first: a clear error and a hint.
+    refused = server.cli("auth", "factors", "recovery-codes", "--yes", check=False)
+    assert refused.returncode != 0
+    assert "error:" in refused.stderr and "hangar auth step-up" in refused.stderr
+    later = totp.at(time.time() + 30)
+    out = server.cli("auth", "step-up", "--totp", "--code", "-", stdin=later + "\n")
+    assert "Stepped up" in out.stdout
+    codes = server.json("auth", "factors", "recovery-codes")
+    assert isinstance(codes, dict) and len(codes["codes"]) == 10
+    # The same code again, within its window: refused.
+    again = server.cli("auth", "step-up", "--totp", "--code", later, check=False)
+    assert again.returncode != 0 and "already used" in again.stderr
+    server.cli("auth", "step-up", "--recovery", "--code", codes["codes"][0])
+    reused = server.cli("auth", "step-up", "--recovery", "--code", codes["codes"][0], check=False)
+    assert reused.returncode != 0
+    server.cli("auth", "factors", "remove", fid, "--yes")
+    listed = server.json("auth", "factors", "list")
+    assert isinstance(listed, dict) and listed["factors"] == []
+    assert listed["recovery_codes_left"] == 9
