@@ -229,3 +229,66 @@ def test_totp_and_recovery_codes_through_the_cli(server: Server) -> None:
     listed = server.json("auth", "factors", "list")
     assert isinstance(listed, dict) and listed["factors"] == []
     assert listed["recovery_codes_left"] == 9
+
+
+def test_signing_in_in_the_browser_asks_for_the_security_key(server: Server, browser: Any) -> None:
+    from oidc_provider_mock import run_server_in_thread
+
+    login(server)
+    with run_server_in_thread(require_nonce=True) as idp:
+        issuer = f"http://localhost:{idp.server_port}"
+        httpx.put(
+            f"{issuer}/users/bob", json={"email": "bob@example.com", "email_verified": True}
+        ).raise_for_status()
+        server.cli(
+            "idps", "add", "corp", "--issuer", issuer, "--client-id", "hangar",
+            "--client-secret-file", "-", stdin="s3\n",
+        )  # fmt: skip
+        server.cli("orgs", "members", "add", "acme", "bob@example.com")
+        page, _, _ = _page_with_key(browser)
+
+        def sign_in() -> None:
+            page.goto(f"{server.api}/web/signin?idp=corp")
+            page.fill('input[name="sub"]', "bob")
+            page.click('button[type="submit"]')
+
+        # bob's first sign-in: no factor yet, so nothing is asked.
+        sign_in()
+        try:
+            page.wait_for_url(f"{server.api}/web/", timeout=15_000)
+        except Exception:
+            raise AssertionError(page.url + "\n" + page.content()[:3000]) from None
+        assert "bob@example.com" in page.content()
+        session = next(
+            c["value"] for c in page.context.cookies() if c["name"] == "__Host-hangar-session"
+        )
+        bob = httpx.Client(
+            base_url=server.api,
+            headers={"Authorization": f"Bearer {session}"},
+            verify=ssl.create_default_context(cafile=str(server.data_dir / "ca.crt")),
+        )
+        with bob:
+            link = bob.post("/v1/me/factors/webauthn/link").json()["url"]
+            page.goto(link)
+            page.click("#enrol-button")
+            page.wait_for_selector("#status.done", timeout=30_000)
+            assert bob.get("/v1/me/step-up").json()["verified_at"] is None
+
+        # Signing in again: the identity provider is not enough any more.
+        page.context.clear_cookies()
+        sign_in()
+        page.wait_for_url(f"{server.api}/web/signin/second-factor")
+        assert page.locator("#challenge-button").count() == 1
+        page.click("#challenge-button")
+        page.wait_for_url(f"{server.api}/web/", timeout=30_000)
+        fresh = next(
+            c["value"] for c in page.context.cookies() if c["name"] == "__Host-hangar-session"
+        )
+        assert fresh != session
+        with httpx.Client(
+            base_url=server.api,
+            headers={"Authorization": f"Bearer {fresh}"},
+            verify=ssl.create_default_context(cafile=str(server.data_dir / "ca.crt")),
+        ) as again:
+            # The session carries its sign-in's second factor.
+            assert again.get("/v1/me/step-up").json()["verified_at"] is not None

@@ -61,6 +61,14 @@ class World:
         # enrolled it sends the browser straight on.
         if done.headers.get("location") == "/web/signin/second-factor":
             done = client.get("/web/signin/second-factor", follow_redirects=False)
+            refresh = done.headers.get("refresh", "")
+            if done.status_code == 200 and "url=" in refresh:
+                # The page moves the browser on by itself (a same-site navigation,
+                # so the new SameSite=Strict session cookie goes with it): report
+                # it as the redirect it is.
+                headers = [(k, v) for k, v in done.headers.multi_items() if k != "refresh"]
+                headers.append(("location", refresh.partition("url=")[2]))
+                done = httpx.Response(303, headers=headers, request=done.request)
         return done
 
 

@@ -196,6 +196,24 @@ def _go_on(outcome: Outcome, response: Response) -> Response:
     return response
 
 
+def _continue(request: Request, outcome: Outcome) -> Response:
+    """Where a sign-in goes on from a navigation that began at the identity provider.
+
+    A redirect would carry the browser on in that same cross-site navigation,
+    in which a SameSite=Strict session cookie set now is not sent: the next
+    page would see no one signed in. A page of ours that moves on by itself
+    (``Refresh``) starts a same-site navigation instead.
+    """
+    if outcome.session_token is None:
+        return redirect(outcome.location)
+    target = esc(outcome.location)
+    response = page(
+        request, "Signed in", f'<p>Signed in. <a id=continue href="{target}">Continue</a></p>'
+    )
+    response.headers["Refresh"] = f"0; url={outcome.location}"
+    return response
+
+
 @router.get("/signin/second-factor", dependencies=[PUBLIC], response_model=None)
 def signin_step(request: Request) -> Response:
     cp = control_plane(request)
@@ -203,7 +221,7 @@ def signin_step(request: Request) -> Response:
     try:
         passed = signin_factor.finish(cp, _ctx(request), cookie)
         if passed is not None:
-            return _go_on(passed, redirect(passed.location))
+            return _go_on(passed, _continue(request, passed))
         found = signin_factor.need(cp, cookie)
     except HangarError as exc:
         return _error_page(request, exc)
