@@ -111,7 +111,13 @@ def browser_login(
     settings: ClientSettings, idp: str | None, *, open_browser: bool = True
 ) -> dict[str, Any]:
     """Sign in through the browser and a loopback redirect; the session the API issued."""
-    anonymous = Client(settings, need_token=False)
+    with Client(settings, need_token=False) as anonymous:
+        return _browser_login(anonymous, settings, idp, open_browser=open_browser)
+
+
+def _browser_login(
+    anonymous: Client, settings: ClientSettings, idp: str | None, *, open_browser: bool
+) -> dict[str, Any]:
     name = _choose_idp(anonymous, idp)
     verifier, challenge = _pkce()
     state = secrets.token_urlsafe(24)
@@ -154,7 +160,11 @@ def browser_login(
 
 def device_login(settings: ClientSettings) -> dict[str, Any]:
     """Sign in with a device code (RFC 8628): someone approves it on Hangar's web page."""
-    anonymous = Client(settings, need_token=False)
+    with Client(settings, need_token=False) as anonymous:
+        return _device_login(anonymous)
+
+
+def _device_login(anonymous: Client) -> dict[str, Any]:
     start = anonymous.request("POST", "/v1/auth/device")
     typer.echo(f"To sign in, open {start['verification_uri']} and enter the code:", err=True)
     typer.echo(f"\n    {start['user_code']}\n", err=True)
@@ -234,7 +244,8 @@ def login(
         )
         token = str(issued["token"])
     settings = load_client_settings({**flags, "token": token})
-    me = Client(settings).get("/v1/whoami")
+    with Client(settings) as checked:
+        me = checked.get("/v1/whoami")
     path = save_login(settings)
     typer.echo(f"Logged in to {settings.api_url} as {me['email']} (token {me['token_id']}).")
     typer.echo(f"Saved to {path}.")
@@ -243,12 +254,14 @@ def login(
 @app.command()
 def whoami(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     """Show who the current token acts for and what it may do."""
-    me = client(ctx).get("/v1/whoami")
+    with client(ctx) as api:
+        me = api.get("/v1/whoami")
     if json_out:
         emit(me)
         return
     typer.echo(
         f"{me['email']}  token {me['token_id']}"
+        + (f"  session {me['session_id']}" if me.get("session_id") else "")
         + ("  (installation operator)" if me["operator"] else "")
     )
     typer.echo(f"  actions: {', '.join(me['actions'])}")
@@ -268,8 +281,12 @@ def logout(ctx: typer.Context) -> None:
         typer.echo("Not logged in.")
         return
     try:
-        client(ctx).request("DELETE", "/v1/auth/session")
-        typer.echo("Signed out: the session has ended.")
+        with client(ctx) as api:
+            if api.get("/v1/whoami").get("session_id"):
+                api.request("DELETE", "/v1/auth/session")
+                typer.echo("Signed out: the session has ended.")
+            else:
+                typer.echo("This is an API token: it stays valid (`hangar tokens revoke` ends it).")
     except HangarError as exc:
         typer.echo(f"The server did not end a session ({exc.message}).", err=True)
     path.unlink()
@@ -279,7 +296,8 @@ def logout(ctx: typer.Context) -> None:
 @sessions_app.command("list")
 def sessions_list(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     """Your current sessions: where they came from, when they end."""
-    rows = client(ctx).get("/v1/auth/sessions")
+    with client(ctx) as api:
+        rows = api.get("/v1/auth/sessions")
     for row in rows:
         row["this"] = "*" if row["current"] else ""
     listing(
@@ -302,5 +320,6 @@ def sessions_list(ctx: typer.Context, json_out: JsonOpt = False) -> None:
 def sessions_revoke(ctx: typer.Context, session_id: str, yes: YesOpt = False) -> None:
     """End one of your sessions (its tokens stop working at once)."""
     confirm(f"End session {session_id}?", yes)
-    client(ctx).request("DELETE", f"/v1/auth/sessions/{session_id}")
+    with client(ctx) as api:
+        api.request("DELETE", f"/v1/auth/sessions/{session_id}")
     typer.echo(f"Ended session {session_id}.")

@@ -4,7 +4,7 @@ Hangar's web pages are only what a browser must do (sign in, approve a
 device, what a second factor needs): server-rendered HTML, no JavaScript
 framework. Every page is sent with a strict Content-Security-Policy
 (``default-src 'none'``; styles and scripts only from ``/web/static/``;
-forms post only to Hangar; no framing), no caching, and no referrer.
+forms post only to Hangar; no framing), no caching, and no referrer to other sites.
 
 Cookies are ``__Host-`` (Secure, Path=/, no Domain: no other host can set
 or read them), HttpOnly and SameSite=Strict, except the pending sign-in's
@@ -65,7 +65,9 @@ def security_headers(response: Response) -> Response:
     headers["Content-Security-Policy"] = CSP
     headers["X-Content-Type-Options"] = "nosniff"
     headers["X-Frame-Options"] = "DENY"
-    headers["Referrer-Policy"] = "no-referrer"
+    # same-origin, not no-referrer: with no-referrer browsers send "Origin: null"
+    # on a form post, and the CSRF check could not tell it from another site's.
+    headers["Referrer-Policy"] = "same-origin"
     headers["Cache-Control"] = "no-store"
     headers["Cross-Origin-Opener-Policy"] = "same-origin"
     headers["Cross-Origin-Resource-Policy"] = "same-origin"
@@ -84,6 +86,7 @@ def page(
     *,
     status: int = 200,
     scripts: Iterable[str] = (),
+    refresh_to: str | None = None,
 ) -> HTMLResponse:
     """A whole page: ``body`` is HTML already escaped by the caller (``esc``).
 
@@ -91,6 +94,12 @@ def page(
     The response sets the CSRF cookie if the browser has none yet.
     """
     tags = "".join(f'<script src="/web/static/{esc(s)}" defer></script>' for s in scripts)
+    if refresh_to is not None:
+        # Onward from a page of Hangar's own, so the next request is same-site
+        # and carries the SameSite=Strict cookies (a redirect chain that began
+        # at the identity provider would not).
+        assert refresh_to.startswith("/") and not refresh_to.startswith("//")
+        tags += f'<meta http-equiv=refresh content="0;url={esc(refresh_to)}">'
     text = (
         "<!doctype html>\n<html lang=en><head><meta charset=utf-8>"
         '<meta name=viewport content="width=device-width, initial-scale=1">'

@@ -112,10 +112,17 @@ def callback(
         response = _error_page(request, exc)
         clear_cookie(response, PENDING_COOKIE)
         return response
-    response = redirect(outcome.location, status=303)
-    if outcome.session_token is not None:
-        clear_cookie(response, PENDING_COOKIE)
-        set_cookie(response, SESSION_COOKIE, outcome.session_token, max_age=outcome.session_max_age)
+    if outcome.session_token is None:
+        # To the CLI's loopback redirect, or to a sign-in step's page.
+        return redirect(outcome.location, status=303)
+    response = page(
+        request,
+        "Signed in",
+        f'<p><a href="{esc(outcome.location)}">Continue</a></p>',
+        refresh_to=outcome.location,
+    )
+    clear_cookie(response, PENDING_COOKIE)
+    set_cookie(response, SESSION_COOKIE, outcome.session_token, max_age=outcome.session_max_age)
     return response
 
 
