@@ -197,21 +197,17 @@ def _go_on(outcome: Outcome, response: Response) -> Response:
 
 
 def _continue(request: Request, outcome: Outcome) -> Response:
-    """Where a sign-in goes on from a navigation that began at the identity provider.
-
-    A redirect would carry the browser on in that same cross-site navigation,
-    in which a SameSite=Strict session cookie set now is not sent: the next
-    page would see no one signed in. A page of ours that moves on by itself
-    (``Refresh``) starts a same-site navigation instead.
-    """
+    """Onward from a navigation that began at the identity provider: as the callback
+    does, a page of Hangar's own moves the browser on, so the next request is
+    same-site and carries the new SameSite=Strict session cookie."""
     if outcome.session_token is None:
         return redirect(outcome.location)
-    target = esc(outcome.location)
-    response = page(
-        request, "Signed in", f'<p>Signed in. <a id=continue href="{target}">Continue</a></p>'
+    return page(
+        request,
+        "Signed in",
+        f'<p><a href="{esc(outcome.location)}">Continue</a></p>',
+        refresh_to=outcome.location,
     )
-    response.headers["Refresh"] = f"0; url={outcome.location}"
-    return response
 
 
 @router.get("/signin/second-factor", dependencies=[PUBLIC], response_model=None)
