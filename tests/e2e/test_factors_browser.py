@@ -219,6 +219,12 @@ def test_totp_and_recovery_codes_through_the_cli(server: Server) -> None:
     assert "Stepped up" in out.stdout
     codes = server.json("auth", "factors", "recovery-codes")
     assert isinstance(codes, dict) and len(codes["codes"]) == 10
+    server.cli("orgs", "policy", "set", "acme", "require_mfa=any", "step_up_minutes=10")
+    policy = server.json("orgs", "policy", "show", "acme")
+    assert isinstance(policy, dict)
+    assert policy["require_mfa"] == "any" and policy["step_up_minutes"] == 10
+    bad = server.cli("orgs", "policy", "set", "acme", "require_mfa=sms", check=False)
+    assert bad.returncode != 0 and "require_mfa" in bad.stderr
     # The same code again, within its window: refused.
     again = server.cli("auth", "step-up", "--totp", "--code", later, check=False)
     assert again.returncode != 0 and "already used" in again.stderr
