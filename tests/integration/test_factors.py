@@ -28,12 +28,6 @@ ORIGIN = "https://localhost:8443"
 
 
 @pytest.fixture
-def database_url() -> str:
-    """These run on SQLite: the store's own tests cover PostgreSQL."""
-    return ""
-
-
-@pytest.fixture
 def client(control_plane: ControlPlane) -> Iterator[TestClient]:
     # The public origin, so the pages' __Host- (Secure) cookies are sent back.
     with TestClient(create_app(control_plane), base_url=ORIGIN, raise_server_exceptions=False) as c:
