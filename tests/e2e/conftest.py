@@ -12,7 +12,6 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from oidc_provider_mock import run_server_in_thread
 
 from hangar.api.app import create_app
 from hangar.controlplane.state import ControlPlane
@@ -51,6 +50,9 @@ def served(tmp_path: Path) -> Iterator[Served]:
     while not server.started:
         assert time.monotonic() < deadline, "the API did not start"
         time.sleep(0.05)
+    # Imported here, under the test run's warning filters (it imports deprecated authlib parts).
+    from oidc_provider_mock import run_server_in_thread
+
     with run_server_in_thread(require_nonce=True) as provider:
         issuer = f"http://localhost:{provider.server_port}"
         with httpx.Client(base_url=public, verify=ca, headers=inst.headers) as api:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ssl
 import threading
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -114,3 +115,49 @@ def test_login_with_a_device_code(served: Served, capsys: pytest.CaptureFixture[
     cli.join(timeout=60)
     assert result == [0]
     assert "as bob@example.com" in capsys.readouterr().out
+
+
+def test_operator_and_admin_commands(
+    served: Served, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    public, _, headers, cp = served
+    ca_file = str(cp.settings.data_dir / "ca.crt")
+    token = headers["Authorization"].removeprefix("Bearer ")
+    assert run(["auth", "login", "--api", public, "--ca-cert", ca_file, "--token", token]) == 0
+    secret = tmp_path / "secret"
+    secret.write_text("kc-secret\n")
+    assert (
+        run(
+            [
+                "idps",
+                "add",
+                "kc",
+                "--issuer",
+                "https://sso.example/realms/r",
+                "--client-id",
+                "hangar",
+                "--client-secret-file",
+                str(secret),
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert run(["idps", "list", "--json"]) == 0
+    listed = capsys.readouterr().out
+    assert '"kc"' in listed and '"set"' in listed and "kc-secret" not in listed
+    assert (
+        run(["orgs", "policy", "set", "acme", "idle_timeout=15m", "email_domains=example.com"]) == 0
+    )
+    capsys.readouterr()
+    assert run(["orgs", "policy", "show", "acme", "--json"]) == 0
+    shown = capsys.readouterr().out
+    assert '"idle_timeout": 900' in shown and '"example.com"' in shown
+    assert run(["orgs", "policy", "set", "acme", "idle_timeout=1s"]) == 1
+    assert "idle_timeout" in capsys.readouterr().err
+    assert run(["orgs", "policy", "set", "acme", "no_such=1"]) == 1
+    assert "not an identity policy key" in capsys.readouterr().err
+    assert run(["users", "disable", "bob@example.com", "--yes", "--json"]) == 0
+    assert '"sessions_ended": 0' in capsys.readouterr().out
+    assert run(["users", "enable", "bob@example.com"]) == 0
+    assert run(["idps", "remove", "kc", "--yes"]) == 0

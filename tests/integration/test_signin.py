@@ -37,6 +37,7 @@ class World:
     api: TestClient
     admin: dict[str, str]
     issuer: str
+    inst: Installation
 
     def set_user(self, sub: str, **claims: object) -> None:
         httpx.put(f"{self.issuer}/users/{sub}", json=claims).raise_for_status()
@@ -85,7 +86,7 @@ def world(tmp_path: Path, provider: str) -> Iterator[World]:
             json={"name": "corp", "issuer": provider, "client_id": "hangar", "client_secret": "s3"},
         )
         assert r.status_code == 201, r.text
-        yield World(cp=cp, api=api, admin=inst.headers, issuer=provider)
+        yield World(cp=cp, api=api, admin=inst.headers, issuer=provider, inst=inst)
     cp.close()
 
 
@@ -368,10 +369,15 @@ def test_failed_sign_ins_are_rate_limited(world: World) -> None:
     assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
 
 
-def test_the_bootstrap_token_is_break_glass(world: World) -> None:
-    before = len(_events(world.cp, "auth.break_glass"))
+def test_the_bootstrap_token_is_break_glass(world: World, caplog: pytest.LogCaptureFixture) -> None:
     assert world.api.get("/v1/whoami", headers=world.admin).status_code == 200
-    assert len(_events(world.cp, "auth.break_glass")) == before + 1
+    assert _events(world.cp, "auth.break_glass") == []  # an everyday token is not
+    for n in (1, 2):
+        r = world.api.get("/v1/whoami", headers=world.inst.break_glass_headers)
+        assert r.status_code == 200
+        events = _events(world.cp, "auth.break_glass")
+        assert len(events) == n and events[-1].token_id == world.inst.init.token_id
+    assert "break-glass" in caplog.text
 
 
 def test_a_user_the_idp_disables_is_offboarded_at_the_next_check(world: World) -> None:
@@ -488,3 +494,82 @@ def test_use_keeps_a_session_from_idling_out(world: World) -> None:
     with world.cp.db.read() as session:
         seen = session.execute(select(UserSession)).scalars().one().last_seen_at
     assert seen > before + dt.timedelta(minutes=4)
+
+
+def test_a_planted_session_cookie_is_replaced_at_sign_in(world: World) -> None:
+    """Session fixation: whatever session cookie a browser held, signing in issues a new one."""
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "bob@example.com"})
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "eve@example.com"})
+    world.set_user("eve", email="eve@example.com")
+    world.set_user("bob", email="bob@example.com")
+    world.sign_in("eve")
+    planted = world.api.cookies.get("__Host-hangar-session") or ""
+    world.api.cookies.clear()
+    world.api.cookies.set("__Host-hangar-session", planted)
+    done = world.sign_in("bob")
+    assert signed_in_to(done) == "/web/"
+    issued = done.cookies.get("__Host-hangar-session")
+    assert issued and issued != planted
+    me = world.api.get("/v1/whoami", headers=bearer(issued)).json()
+    assert me["email"] == "bob@example.com"
+    # The attacker's own session is still only the attacker's.
+    assert world.api.get("/v1/whoami", headers=bearer(planted)).json()["email"] == "eve@example.com"
+
+
+def test_failed_sign_ins_are_limited_per_person_too(world: World) -> None:
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "bob@example.com"})
+    world.set_user("bob", email="bob@example.com")
+    world.set_user("eve", email="eve@elsewhere.example")
+    for _ in range(5):
+        assert world.sign_in("eve").status_code == 401
+    # As if eve came from a fresh address: the person's own count still holds her back.
+    world.cp.signin_limiter.succeeded(["addr:testclient"])
+    assert world.sign_in("eve").status_code == 429
+    # Others from that address are not held back by eve's failures.
+    world.cp.signin_limiter.succeeded(["addr:testclient"])
+    assert signed_in_to(world.sign_in("bob")) == "/web/"
+
+
+def test_a_registered_step_runs_before_the_session_is_issued(world: World) -> None:
+    """The pipeline's seam: a step (as a second factor registers one) holds the session back."""
+    from hangar.auth import signin
+    from hangar.controlplane import signins
+    from hangar.errors import AuthError
+
+    @dataclass(frozen=True)
+    class Extra:
+        name: str = "extra"
+        page: str = "/web/extra-step"
+
+        def applies(self, ctx: signin.SigninContext) -> bool:
+            return ctx.email == "bob@example.com"
+
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "bob@example.com"})
+    world.set_user("bob", email="bob@example.com", amr=["pwd"])
+    signin.register_step(Extra())
+    try:
+        held = world.sign_in("bob")
+        assert held.status_code == 303 and held.headers["location"] == "/web/extra-step"
+        assert not world.api.cookies.get("__Host-hangar-session")
+        cookie = world.api.cookies.get("__Host-hangar-signin")
+        with pytest.raises(AuthError):
+            signins.step_done(
+                world.cp, cookie, "other", signin.StepResult(), client_addr=None, request_id=None
+            )
+        outcome = signins.step_done(
+            world.cp,
+            cookie,
+            "extra",
+            signin.StepResult(amr=["hwk"], second_factor=True),
+            client_addr=None,
+            request_id=None,
+        )
+        assert outcome.session_token is not None
+        me = world.api.get("/v1/whoami", headers=bearer(outcome.session_token)).json()
+        assert me["mfa_verified_at"] is not None
+        with pytest.raises(AuthError):  # the pending sign-in is spent
+            signins.step_done(
+                world.cp, cookie, "extra", signin.StepResult(), client_addr=None, request_id=None
+            )
+    finally:
+        signin.STEPS[:] = [s for s in signin.STEPS if s.name != "extra"]

@@ -104,7 +104,12 @@ def authenticate(request: Request, cp: ControlPlane) -> Principal:
             principal = cp.tokens.authenticate(conn, token)
         cp.sessions.seen(principal)
         if principal.token_id == cp.break_glass_token_id():
-            cp.break_glass_used(principal, _client(request), _target(request))
+            cp.break_glass_used(
+                principal,
+                _client(request),
+                _target(request),
+                getattr(request.state, "request_id", None),
+            )
         return principal
     except AuthError as exc:
         API_AUTH_FAILURES.inc()

@@ -46,7 +46,8 @@ class Client:
     def __init__(self, settings: ClientSettings, *, need_token: bool = True) -> None:
         if need_token and not settings.token:
             raise AuthError(
-                "you are not logged in", hint="run `hangar auth login --api URL --token TOKEN`"
+                "you are not logged in",
+                hint="run `hangar auth login --api URL` (or with --token TOKEN)",
             )
         headers = {"User-Agent": "hangar-cli"}
         if settings.token:

@@ -25,28 +25,18 @@ Each outcome is audited (``auth.second-factor``), as are failures (as
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from hangar.audit.log import AuditContext
-from hangar.auth.signin import (
-    SigninContext,
-    StepResult,
-    complete_step,
-    pending_steps,
-    register_step,
-    step_named,
-)
+from hangar.auth.signin import SigninContext, StepResult, pending_steps, register_step
 from hangar.auth.stepup import MfaPolicy
 from hangar.auth.tokens import Principal, Scope
 from hangar.controlplane import factors, signins
 from hangar.controlplane.state import ControlPlane
-from hangar.crypto.digests import hash_secret
 from hangar.errors import AuthError
 from hangar.store.tables import Membership, OrgMfaPolicy, PendingSignin, User
 
@@ -83,12 +73,10 @@ class Need:
     idp_mfa: bool
 
 
-def _row(session: Session, cookie: str | None) -> PendingSignin:
-    now = dt.datetime.now(dt.UTC)
-    row = None
-    if cookie and len(cookie) <= 128:
-        row = session.get(PendingSignin, hash_secret(cookie))
-    if row is None or row.user_id is None or row.done_at is not None or now >= row.expires_at:
+def _row(cp: ControlPlane, cookie: str | None) -> PendingSignin:
+    """The browser's pending sign-in, waiting for this step; AuthError if there is none."""
+    row = signins.pending_for(cp, cookie)
+    if row is None:
         raise AuthError("this sign-in has expired or was never started", hint="sign in again")
     steps = pending_steps(row)
     if not steps or steps[0] != STEP.name:
@@ -97,8 +85,8 @@ def _row(session: Session, cookie: str | None) -> PendingSignin:
 
 
 def need(cp: ControlPlane, cookie: str | None) -> Need:
+    row = _row(cp, cookie)
     with cp.db.read() as session:
-        row = _row(session, cookie)
         assert row.user_id is not None
         user = session.get(User, row.user_id)
         assert user is not None
@@ -204,12 +192,7 @@ def finish(cp: ControlPlane, ctx: AuditContext, cookie: str | None) -> signins.O
 def _complete(
     cp: ControlPlane, ctx: AuditContext, cookie: str | None, result: StepResult, *, how: str
 ) -> signins.Outcome:
-    now = dt.datetime.now(dt.UTC)
     with cp.db.write() as session:
-        row = _row(session, cookie)
-        complete_step(session, row, STEP.name, result, now)
-        more = pending_steps(row)
-        row_id = row.id
         cp.audit.record(
             session,
             ctx,
@@ -218,8 +201,11 @@ def _complete(
             target=ctx.actor,
             detail={"method": how, "amr": result.amr, "second_factor": result.second_factor},
         )
-    if more:
-        return signins.Outcome(location=step_named(more[0]).page)
-    return signins.issue_from_pending(
-        cp, row_id, client_addr=ctx.client_addr, request_id=ctx.request_id
+    return signins.step_done(
+        cp,
+        cookie,
+        STEP.name,
+        result,
+        client_addr=ctx.client_addr,
+        request_id=ctx.request_id,
     )

@@ -28,6 +28,7 @@ from hangar.auth.signin import (
     SigninContext,
     SigninRefused,
     StepResult,
+    complete_step,
     pending_steps,
     proven,
     run_checks,
@@ -61,9 +62,11 @@ __all__ = [
     "exchange_cli_code",
     "finish_callback",
     "issue_from_pending",
+    "pending_for",
     "poll_device",
     "start_device",
     "start_signin",
+    "step_done",
 ]
 
 
@@ -512,6 +515,44 @@ def refresh_purpose(idp_id: str, subject: str) -> str:
 def _all_policies(session: Session) -> dict[str, IdentityPolicy]:
     org_ids = list(session.execute(select(OrgPolicyValue.org_id).distinct()).scalars())
     return load_policies(session, org_ids)
+
+
+def pending_for(cp: ControlPlane, cookie: str | None) -> PendingSignin | None:
+    """The browser's pending sign-in (by its ``__Host-hangar-signin`` cookie), if current.
+
+    For a sign-in step's page: the person is verified (``user_id`` is set)
+    and the sign-in is waiting for its steps.
+    """
+    with cp.db.read() as session:
+        row = _pending(session, cookie)
+    if row is None or row.user_id is None or row.done_at is not None or _now() >= row.expires_at:
+        return None
+    return row
+
+
+def step_done(
+    cp: ControlPlane,
+    cookie: str | None,
+    name: str,
+    result: StepResult,
+    *,
+    client_addr: str | None,
+    request_id: str | None,
+) -> Outcome:
+    """A step's page reports its step done: on to the next step's page, or the session.
+
+    AuthError when the browser has no pending sign-in waiting for ``name``.
+    """
+    now = _now()
+    with cp.db.write() as session:
+        row = _pending(session, cookie)
+        if row is None:
+            raise AuthError("this sign-in has expired", hint="sign in again")
+        complete_step(session, row, name, result, now)
+        remaining, pending_id = pending_steps(row), row.id
+    if remaining:
+        return Outcome(location=step_named(remaining[0]).page)
+    return issue_from_pending(cp, pending_id, client_addr=client_addr, request_id=request_id)
 
 
 def issue_from_pending(

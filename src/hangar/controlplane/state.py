@@ -89,7 +89,13 @@ class ControlPlane:
             self._break_glass.append(row.value if row is not None else "")
         return self._break_glass[0]
 
-    def break_glass_used(self, principal: Principal, client_addr: str | None, target: str) -> None:
+    def break_glass_used(
+        self,
+        principal: Principal,
+        client_addr: str | None,
+        target: str,
+        request_id: str | None = None,
+    ) -> None:
         """Record a use of the break-glass token: a distinct event and a warning, every time."""
         log.warning(
             "break-glass: the bootstrap token %s was used by %s from %s for %s",
@@ -101,7 +107,7 @@ class ControlPlane:
         ctx = AuditContext(
             actor=principal.email,
             token_id=principal.token_id,
-            request_id=None,
+            request_id=request_id,
             client_addr=client_addr,
         )
         with self.db.write() as session:

@@ -110,7 +110,19 @@ class DevicePoll(BaseModel):
     device_code: str = Field(min_length=16, max_length=128)
 
 
-@router.post("/device/token", dependencies=[PUBLIC], response_model=SessionIssued)
+class DeviceTokenError(BaseModel):
+    """RFC 8628 section 3.5: why there is no session yet."""
+
+    error: str = Field(description="authorization_pending, slow_down, expired_token, ...")
+    error_description: str
+
+
+@router.post(
+    "/device/token",
+    dependencies=[PUBLIC],
+    response_model=SessionIssued,
+    responses={400: {"model": DeviceTokenError, "description": "No session yet (RFC 8628)"}},
+)
 def device_token(body: DevicePoll, request: Request) -> Any:
     """Poll for the device's session; RFC 8628 errors (authorization_pending, ...) until then."""
     if body.grant_type != "urn:ietf:params:oauth:grant-type:device_code":

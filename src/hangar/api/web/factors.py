@@ -35,9 +35,9 @@ from hangar.api.web.frame import (
     security_headers,
     set_cookie,
 )
+from hangar.api.web.signin import render_outcome
 from hangar.audit.log import AuditContext
 from hangar.controlplane import factors, signin_factor, weblinks
-from hangar.controlplane.signins import Outcome
 from hangar.controlplane.state import ControlPlane
 from hangar.errors import HangarError
 
@@ -189,27 +189,6 @@ def step_up_finish(
 # --- the sign-in step ---------------------------------------------------------------
 
 
-def _go_on(outcome: Outcome, response: Response) -> Response:
-    if outcome.session_token is not None:
-        clear_cookie(response, PENDING_COOKIE)
-        set_cookie(response, SESSION_COOKIE, outcome.session_token, max_age=outcome.session_max_age)
-    return response
-
-
-def _continue(request: Request, outcome: Outcome) -> Response:
-    """Onward from a navigation that began at the identity provider: as the callback
-    does, a page of Hangar's own moves the browser on, so the next request is
-    same-site and carries the new SameSite=Strict session cookie."""
-    if outcome.session_token is None:
-        return redirect(outcome.location)
-    return page(
-        request,
-        "Signed in",
-        f'<p><a href="{esc(outcome.location)}">Continue</a></p>',
-        refresh_to=outcome.location,
-    )
-
-
 @router.get("/signin/second-factor", dependencies=[PUBLIC], response_model=None)
 def signin_step(request: Request) -> Response:
     cp = control_plane(request)
@@ -217,7 +196,7 @@ def signin_step(request: Request) -> Response:
     try:
         passed = signin_factor.finish(cp, _ctx(request), cookie)
         if passed is not None:
-            return _go_on(passed, _continue(request, passed))
+            return render_outcome(request, passed)
         found = signin_factor.need(cp, cookie)
     except HangarError as exc:
         return _error_page(request, exc)
@@ -268,7 +247,12 @@ def signin_step_webauthn(
         challenge_id=challenge_id,
         credential=credential,
     )
-    return _go_on(outcome, _json({"next": outcome.location}))
+    response = _json({"next": outcome.location})
+    if outcome.session_token is not None:
+        # The script moves the browser on from this page: a same-site navigation.
+        clear_cookie(response, PENDING_COOKIE)
+        set_cookie(response, SESSION_COOKIE, outcome.session_token, max_age=outcome.session_max_age)
+    return response
 
 
 @router.post("/signin/second-factor/code", dependencies=[PUBLIC], response_model=None)
@@ -289,4 +273,9 @@ async def signin_step_code(request: Request) -> Response:
         )
     except HangarError as exc:
         return _error_page(request, exc)
-    return _go_on(outcome, redirect(outcome.location))
+    # Posted from Hangar's own page: a redirect from here is same-site.
+    response = redirect(outcome.location)
+    if outcome.session_token is not None:
+        clear_cookie(response, PENDING_COOKIE)
+        set_cookie(response, SESSION_COOKIE, outcome.session_token, max_age=outcome.session_max_age)
+    return response

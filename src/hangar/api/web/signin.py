@@ -112,8 +112,19 @@ def callback(
         response = _error_page(request, exc)
         clear_cookie(response, PENDING_COOKIE)
         return response
+    return render_outcome(request, outcome)
+
+
+def render_outcome(request: Request, outcome: signins.Outcome) -> Response:
+    """Where a sign-in goes next, as the browser must be sent there.
+
+    To the CLI's loopback redirect or a step's page: a redirect. With a
+    session: a page of Hangar's own that sets the session cookie and goes on
+    (so the next request is same-site and carries the Strict cookie). A
+    sign-in step's page (``auth.signin.register_step``) answers with this
+    once ``signins.step_done`` returns.
+    """
     if outcome.session_token is None:
-        # To the CLI's loopback redirect, or to a sign-in step's page.
         return redirect(outcome.location, status=303)
     response = page(
         request,
