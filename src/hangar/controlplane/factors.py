@@ -1,4 +1,6 @@
-"""People's second factors: enrol, list, remove, and verify them; step-ups.
+"""People's second factors: enrol, list and remove them; the rules every use shares.
+
+Verifying one (a step-up, a sign-in's second factor) is ``stepups.py``.
 
 Every change is audited (``factor.add``, ``factor.confirm``, ``factor.remove``,
 ``factor.recovery-codes``), as is every verification, good or bad
@@ -35,17 +37,12 @@ from sqlalchemy.orm import Session
 from hangar.audit.log import AuditContext
 from hangar.auth.factors import (
     CHALLENGE_BYTES,
-    ClonedAuthenticator,
     FactorRejected,
     RelyingParty,
-    assertion_credential_id,
-    assertion_options,
     new_recovery_codes,
     new_totp_secret,
-    normalize_recovery_code,
     registration_options,
     totp_uri,
-    verify_assertion,
     verify_registration,
     verify_totp,
 )
@@ -78,21 +75,25 @@ from hangar.store.tables import (
 __all__ = [
     "CHALLENGE_SECONDS",
     "FactorList",
-    "begin_assertion",
     "begin_totp",
     "begin_webauthn",
+    "check_backoff",
     "confirm_totp",
     "factor_kinds",
     "finish_webauthn",
     "freshness",
     "list_factors",
     "make_recovery_codes",
+    "new_challenge",
+    "record_failure",
     "relying_party",
     "remove_factor",
-    "step_up",
+    "require_personal",
+    "reset_failures",
+    "spend_challenge",
     "step_up_time",
     "totp_purpose",
-    "verify_second_factor",
+    "totp_secret",
 ]
 
 CHALLENGE_SECONDS = 300
@@ -159,7 +160,7 @@ def _token_kind(session: Session, token_id: str) -> str | None:
     return session.execute(select(Token.kind).where(Token.id == token_id)).scalar_one_or_none()
 
 
-def _personal(session: Session, principal: Principal) -> None:
+def require_personal(session: Session, principal: Principal) -> None:
     """Refuse an automation token: a person's factors are managed by that person's own login."""
     if _token_kind(session, principal.token_id) in AUTOMATION_KINDS:
         raise PermissionDenied(
@@ -240,7 +241,7 @@ def _record(
 # --- WebAuthn enrolment -------------------------------------------------------------
 
 
-def _new_challenge(
+def new_challenge(
     session: Session, *, user_id: str, token_id: str, purpose: str
 ) -> tuple[str, bytes]:
     challenge = secrets.token_bytes(CHALLENGE_BYTES)
@@ -266,7 +267,7 @@ def _new_challenge(
     return row.id, challenge
 
 
-def _spend_challenge(
+def spend_challenge(
     cp: ControlPlane, *, challenge_id: str, user_id: str, token_id: str, purpose: str
 ) -> bytes:
     """The challenge's bytes, marked spent in a transaction of its own; AuthError if unusable."""
@@ -295,7 +296,7 @@ def _spend_challenge(
 def begin_webauthn(cp: ControlPlane, principal: Principal) -> tuple[str, dict[str, Any]]:
     """A registration challenge for the caller: its id and ``publicKey`` options."""
     with cp.db.write() as session:
-        _personal(session, principal)
+        require_personal(session, principal)
         existing = list(
             session.execute(
                 select(UserFactor.credential_id).where(
@@ -303,7 +304,7 @@ def begin_webauthn(cp: ControlPlane, principal: Principal) -> tuple[str, dict[st
                 )
             ).scalars()
         )
-        challenge_id, challenge = _new_challenge(
+        challenge_id, challenge = new_challenge(
             session, user_id=principal.user_id, token_id=principal.token_id, purpose="register"
         )
     options = registration_options(
@@ -328,10 +329,10 @@ def finish_webauthn(
     """Verify the browser's answer and store the new credential (public key only)."""
     name = validate_display_name(name or "security key", what="the factor name")
     with cp.db.read() as session:
-        _personal(session, principal)
+        require_personal(session, principal)
         _require_step_up_for_change(cp, ctx, session, principal, "factor.add")
         _check_count(session, principal.user_id)
-    challenge = _spend_challenge(
+    challenge = spend_challenge(
         cp,
         challenge_id=challenge_id,
         user_id=principal.user_id,
@@ -400,7 +401,7 @@ def begin_totp(
     secret = new_totp_secret()
     now = _now()
     with cp.db.read() as session:
-        _personal(session, principal)
+        require_personal(session, principal)
         _require_step_up_for_change(cp, ctx, session, principal, "factor.add")
         _check_count(session, principal.user_id)
     factor_id = new_id("fac")
@@ -435,17 +436,17 @@ def confirm_totp(
 ) -> UserFactor:
     """Confirm a TOTP factor with a code from it: only then does it count."""
     with cp.db.read() as session:
-        _personal(session, principal)
+        require_personal(session, principal)
         row = session.get(UserFactor, factor_id[:32])
     if row is None or row.user_id != principal.user_id or row.kind != "totp":
         raise NotFound(f"factor {factor_id!r} not found")
     if row.confirmed_at is not None:
         raise Conflict("this TOTP factor is already confirmed")
-    _check_backoff(cp, ctx, principal)
+    check_backoff(cp, ctx, principal)
     try:
-        step = verify_totp(_totp_secret(cp, row), code, last_step=row.last_step)
+        step = verify_totp(totp_secret(cp, row), code, last_step=row.last_step)
     except FactorRejected as exc:
-        _failed(cp, ctx, principal, "factor.confirm", exc, method="totp")
+        record_failure(cp, ctx, principal, "factor.confirm", exc, method="totp")
         raise audited(exc) from None
     with change(
         cp, ctx, org_id=None, action="factor.confirm", target=principal.email, wake=False
@@ -454,12 +455,12 @@ def confirm_totp(
         assert fresh is not None
         fresh.confirmed_at = fresh.last_used_at = _now()
         fresh.last_step = step
-        _reset_failures(session, principal.user_id)
+        reset_failures(session, principal.user_id)
         event.detail = {"factor": row.id, "kind": "totp"}
     return fresh
 
 
-def _totp_secret(cp: ControlPlane, row: UserFactor) -> str:
+def totp_secret(cp: ControlPlane, row: UserFactor) -> str:
     assert row.secret_wrapped is not None
     return cp.keyring.unwrap(row.secret_wrapped, purpose=totp_purpose(row.id)).decode()
 
@@ -471,7 +472,7 @@ def remove_factor(
     cp: ControlPlane, ctx: AuditContext, principal: Principal, factor_id: str
 ) -> None:
     with cp.db.read() as session:
-        _personal(session, principal)
+        require_personal(session, principal)
         row = session.get(UserFactor, factor_id[:32])
         if row is None or row.user_id != principal.user_id:
             raise NotFound(f"factor {factor_id!r} not found")
@@ -486,7 +487,7 @@ def remove_factor(
 def make_recovery_codes(cp: ControlPlane, ctx: AuditContext, principal: Principal) -> list[str]:
     """New recovery codes (shown once; stored only as digests); the old ones stop working."""
     with cp.db.read() as session:
-        _personal(session, principal)
+        require_personal(session, principal)
         _require_step_up_for_change(cp, ctx, session, principal, "factor.recovery-codes")
     codes = new_recovery_codes()
     now = _now()
@@ -508,266 +509,10 @@ def make_recovery_codes(cp: ControlPlane, ctx: AuditContext, principal: Principa
     return codes
 
 
-# --- verification and step-up -------------------------------------------------------
-
-
-def begin_assertion(cp: ControlPlane, principal: Principal) -> tuple[str, dict[str, Any]]:
-    """An assertion challenge for the caller's own security keys."""
-    with cp.db.read() as session:
-        _personal(session, principal)
-    return begin_assertion_for(cp, user_id=principal.user_id, token_id=principal.token_id)
-
-
-def begin_assertion_for(
-    cp: ControlPlane, *, user_id: str, token_id: str
-) -> tuple[str, dict[str, Any]]:
-    """An assertion challenge for ``user_id``'s keys, answerable only with ``token_id``."""
-    with cp.db.write() as session:
-        allow = [
-            c
-            for c in session.execute(
-                select(UserFactor.credential_id).where(
-                    UserFactor.user_id == user_id,
-                    UserFactor.kind == "webauthn",
-                    UserFactor.disabled_at.is_(None),
-                )
-            ).scalars()
-            if c
-        ]
-        if not allow:
-            raise NotFound(
-                "you have no security key enrolled",
-                hint="enrol one: `hangar auth factors add-webauthn`",
-            )
-        challenge_id, challenge = _new_challenge(
-            session, user_id=user_id, token_id=token_id, purpose="assert"
-        )
-    return challenge_id, assertion_options(relying_party(cp), challenge=challenge, allow=allow)
-
-
-def step_up(
-    cp: ControlPlane,
-    ctx: AuditContext,
-    principal: Principal,
-    *,
-    method: str,
-    code: str | None = None,
-    challenge_id: str | None = None,
-    credential: object = None,
-) -> dt.datetime:
-    """Verify a second factor and record it as fresh for this token; returns when."""
-    with cp.db.read() as session:
-        _personal(session, principal)
-    used = verify_second_factor(
-        cp,
-        ctx,
-        principal,
-        method=method,
-        code=code,
-        challenge_id=challenge_id,
-        credential=credential,
-        action="auth.step-up",
-    )
-    now = _now()
-    with change(
-        cp, ctx, org_id=None, action="auth.step-up", target=principal.email, wake=False
-    ) as (
-        session,
-        event,
-    ):
-        row = session.get(StepUp, principal.token_id)
-        if row is None:
-            session.add(
-                StepUp(
-                    token_id=principal.token_id,
-                    user_id=principal.user_id,
-                    verified_at=now,
-                    method=used,
-                )
-            )
-        else:
-            row.verified_at, row.method = now, used
-        event.detail = {"method": used, "token": principal.token_id}
-    return now
-
-
-def verify_second_factor(
-    cp: ControlPlane,
-    ctx: AuditContext,
-    principal: Principal,
-    *,
-    method: str,
-    code: str | None,
-    challenge_id: str | None,
-    credential: object,
-    action: str,
-    allowed: tuple[str, ...] = METHODS,
-) -> str:
-    """Verify one of the person's factors (``method``), with backoff; returns the method.
-
-    Failures are audited as ``factor.verify`` and counted; the caller records
-    the success in its own change.
-    """
-    if method not in METHODS:
-        raise ValidationError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
-    if method not in allowed:
-        raise PermissionDenied(
-            f"{method} does not satisfy this organization's policy",
-            hint=f"use one of: {', '.join(allowed)}",
-        )
-    _check_backoff(cp, ctx, principal)
-    try:
-        if method == "totp":
-            _verify_totp(cp, principal, code or "")
-        elif method == "recovery":
-            _use_recovery_code(cp, ctx, principal, code or "")
-        else:
-            if not challenge_id:
-                raise ValidationError("a security key answer needs its challenge_id")
-            _verify_webauthn(cp, ctx, principal, challenge_id, credential)
-    except FactorRejected as exc:
-        _failed(cp, ctx, principal, action, exc, method=method)
-        raise audited(exc) from None
-    with cp.db.write() as session:
-        _reset_failures(session, principal.user_id)
-    return method
-
-
-def _verify_totp(cp: ControlPlane, principal: Principal, code: str) -> None:
-    with cp.db.read() as session:
-        rows = list(
-            session.execute(
-                select(UserFactor).where(
-                    UserFactor.user_id == principal.user_id,
-                    UserFactor.kind == "totp",
-                    UserFactor.confirmed_at.is_not(None),
-                    UserFactor.disabled_at.is_(None),
-                )
-            ).scalars()
-        )
-    if not rows:
-        raise FactorRejected("you have no TOTP factor", hint="`hangar auth factors add-totp`")
-    last_error: FactorRejected | None = None
-    for row in rows:
-        try:
-            step = verify_totp(_totp_secret(cp, row), code, last_step=row.last_step)
-        except FactorRejected as exc:
-            last_error = exc
-            continue
-        with cp.db.write() as session:
-            # Accept the step only if no other request accepted it (or a later one) first.
-            taken = session.execute(
-                update(UserFactor)
-                .where(
-                    UserFactor.id == row.id,
-                    (UserFactor.last_step.is_(None)) | (UserFactor.last_step < step),
-                )
-                .values(last_step=step, last_used_at=_now())
-            )
-            if taken.rowcount == 1:  # type: ignore[attr-defined]
-                return
-        raise FactorRejected("this TOTP code was already used")
-    assert last_error is not None
-    raise last_error
-
-
-def _use_recovery_code(
-    cp: ControlPlane, ctx: AuditContext, principal: Principal, code: str
-) -> None:
-    digest = hash_secret(normalize_recovery_code(code))
-    with cp.db.write() as session:
-        spent = session.execute(
-            update(RecoveryCode)
-            .where(
-                RecoveryCode.user_id == principal.user_id,
-                RecoveryCode.digest == digest,
-                RecoveryCode.used_at.is_(None),
-            )
-            .values(used_at=_now())
-        )
-        if spent.rowcount != 1:  # type: ignore[attr-defined]
-            raise FactorRejected("the recovery code is not valid (or was already used)")
-        left = session.execute(
-            select(func.count())
-            .select_from(RecoveryCode)
-            .where(RecoveryCode.user_id == principal.user_id, RecoveryCode.used_at.is_(None))
-        ).scalar_one()
-        cp.audit.record(
-            session,
-            ctx,
-            org_id=None,
-            action="factor.recovery-code-used",
-            target=principal.email,
-            detail={"left": int(left)},
-        )
-
-
-def _verify_webauthn(
-    cp: ControlPlane,
-    ctx: AuditContext,
-    principal: Principal,
-    challenge_id: str,
-    credential: object,
-) -> None:
-    challenge = _spend_challenge(
-        cp,
-        challenge_id=challenge_id,
-        user_id=principal.user_id,
-        token_id=principal.token_id,
-        purpose="assert",
-    )
-    cred_id = assertion_credential_id(credential)
-    with cp.db.read() as session:
-        row = session.execute(
-            select(UserFactor).where(
-                UserFactor.credential_id == cred_id, UserFactor.user_id == principal.user_id
-            )
-        ).scalar_one_or_none()
-    if row is None or row.public_key is None:
-        raise FactorRejected("that security key is not enrolled for you")
-    if row.disabled_at is not None:
-        raise FactorRejected(
-            f"that security key was disabled: {row.disabled_reason}",
-            hint="enrol a new one",
-        )
-    try:
-        count = verify_assertion(
-            relying_party(cp),
-            credential,
-            challenge=challenge,
-            public_key=row.public_key,
-            stored_count=row.sign_count,
-        )
-    except ClonedAuthenticator as exc:
-        with cp.db.write() as session:
-            fresh = session.get(UserFactor, row.id)
-            assert fresh is not None
-            fresh.disabled_at = _now()
-            fresh.disabled_reason = "signature counter went back (possible clone)"
-            cp.audit.record(
-                session,
-                ctx,
-                org_id=None,
-                action="factor.cloned",
-                target=principal.email,
-                outcome="denied",
-                detail={"factor": row.id, "stored_count": row.sign_count, "reason": exc.message},
-            )
-        raise
-    with cp.db.write() as session:
-        moved = session.execute(
-            update(UserFactor)
-            .where(UserFactor.id == row.id, UserFactor.sign_count == row.sign_count)
-            .values(sign_count=count, last_used_at=_now())
-        )
-        if moved.rowcount != 1:  # type: ignore[attr-defined]
-            raise FactorRejected("the security key was used at the same moment elsewhere")
-
-
 # --- backoff ------------------------------------------------------------------------
 
 
-def _check_backoff(cp: ControlPlane, ctx: AuditContext, principal: Principal) -> None:
+def check_backoff(cp: ControlPlane, ctx: AuditContext, principal: Principal) -> None:
     now = _now()
     with cp.db.read() as session:
         row = session.get(FactorFailures, principal.user_id)
@@ -786,7 +531,7 @@ def _check_backoff(cp: ControlPlane, ctx: AuditContext, principal: Principal) ->
     raise audited(exc)
 
 
-def _failed(
+def record_failure(
     cp: ControlPlane,
     ctx: AuditContext,
     principal: Principal,
@@ -822,7 +567,7 @@ def _failed(
         )
 
 
-def _reset_failures(session: Session, user_id: str) -> None:
+def reset_failures(session: Session, user_id: str) -> None:
     session.execute(delete(FactorFailures).where(FactorFailures.user_id == user_id))
 
 

@@ -35,7 +35,7 @@ from hangar.audit.log import AuditContext
 from hangar.auth.signin import SigninContext, StepResult, pending_steps, register_step
 from hangar.auth.stepup import MfaPolicy
 from hangar.auth.tokens import Principal, Scope
-from hangar.controlplane import factors, signins
+from hangar.controlplane import factors, signins, stepups
 from hangar.controlplane.state import ControlPlane
 from hangar.errors import AuthError
 from hangar.store.tables import Membership, OrgMfaPolicy, PendingSignin, User
@@ -141,7 +141,7 @@ def begin(cp: ControlPlane, cookie: str | None) -> tuple[str, dict[str, Any]]:
     found = need(cp, cookie)
     if "webauthn" not in found.methods:
         raise AuthError("a security key is not a way for you to sign in here")
-    return factors.begin_assertion_for(cp, user_id=found.user_id, token_id=found.row_id[:32])
+    return stepups.begin_assertion_for(cp, user_id=found.user_id, token_id=found.row_id[:32])
 
 
 def verify(
@@ -162,7 +162,7 @@ def verify(
         request_id=ctx.request_id,
         client_addr=ctx.client_addr,
     )
-    used = factors.verify_second_factor(
+    used = stepups.verify_second_factor(
         cp,
         ctx,
         _principal(found),

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hangar.api.guard import Access, GuardedRouter, requires
 from hangar.auth.rbac import Permission
-from hangar.controlplane import factors, weblinks
+from hangar.controlplane import factors, stepups, weblinks
 from hangar.domain.names import PlainText
 
 router = GuardedRouter(prefix="/v1/me", tags=["factors"])
@@ -200,7 +200,7 @@ def recovery_codes(access: Annotated[Access, requires(Permission.FACTORS_WRITE)]
     summary="Start a step-up with a security key: options for navigator.credentials.get",
 )
 def step_up_options(access: Annotated[Access, requires(Permission.FACTORS_WRITE)]) -> ChallengeOut:
-    challenge_id, options = factors.begin_assertion(access.cp, access.principal)
+    challenge_id, options = stepups.begin_assertion(access.cp, access.principal)
     return ChallengeOut(challenge_id=challenge_id, public_key=options)
 
 
@@ -212,7 +212,7 @@ def step_up_options(access: Annotated[Access, requires(Permission.FACTORS_WRITE)
 def step_up(
     body: StepUpIn, access: Annotated[Access, requires(Permission.FACTORS_WRITE)]
 ) -> StepUpOut:
-    when = factors.step_up(
+    when = stepups.step_up(
         access.cp,
         access.ctx,
         access.principal,

@@ -37,7 +37,7 @@ from hangar.api.web.frame import (
 )
 from hangar.api.web.signin import render_outcome
 from hangar.audit.log import AuditContext
-from hangar.controlplane import factors, signin_factor, weblinks
+from hangar.controlplane import factors, signin_factor, stepups, weblinks
 from hangar.controlplane.state import ControlPlane
 from hangar.errors import HangarError
 
@@ -163,7 +163,7 @@ def step_up_page(request: Request, code: Code = None) -> Response:
 def step_up_options(request: Request) -> Response:
     cp = control_plane(request)
     ticket = _ticket(request, cp, page_name="step-up")
-    challenge_id, options = factors.begin_assertion(cp, ticket.principal)
+    challenge_id, options = stepups.begin_assertion(cp, ticket.principal)
     return _json({"challenge_id": challenge_id, "publicKey": options})
 
 
@@ -175,7 +175,7 @@ def step_up_finish(
 ) -> Response:
     cp = control_plane(request)
     ticket = _ticket(request, cp, page_name="step-up")
-    when = factors.step_up(
+    when = stepups.step_up(
         cp,
         _ctx(request, ticket.principal.email, ticket.principal.token_id),
         ticket.principal,
