@@ -286,7 +286,10 @@ def test_signing_in_in_the_browser_asks_for_the_security_key(server: Server, bro
         page.wait_for_url(f"{server.api}/web/signin/second-factor")
         assert page.locator("#challenge-button").count() == 1
         page.click("#challenge-button")
-        page.wait_for_url(f"{server.api}/web/", timeout=30_000)
+        try:
+            page.wait_for_url(f"{server.api}/web/", timeout=20_000)
+        except Exception:
+            raise AssertionError(page.url + "\n" + page.content()[:3000]) from None
         fresh = next(
             c["value"] for c in page.context.cookies() if c["name"] == "__Host-hangar-session"
         )

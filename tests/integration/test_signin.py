@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import html
 import re
 import secrets
 from collections.abc import Iterator
@@ -99,6 +100,15 @@ def signed_in_to(response: httpx.Response) -> str:
     return match.group(1)
 
 
+def cli_link(response: httpx.Response) -> str:
+    """The link a CLI sign-in's last page asks the person to follow (to the loopback)."""
+    assert response.status_code == 200, response.text[:300]
+    assert "__Host-hangar-session=" not in response.headers.get("set-cookie", "")
+    match = re.search(r'<a href="(http://[^"]*)">Sign in the command line</a>', response.text)
+    assert match is not None, response.text[:300]
+    return html.unescape(match.group(1))
+
+
 def _events(cp: ControlPlane, action: str) -> list[AuditEvent]:
     with cp.db.read() as session:
         return list(
@@ -177,8 +187,7 @@ def test_cli_loopback_sign_in_needs_the_pkce_verifier(world: World) -> None:
         cli_challenge=challenge,
         cli_state=state,
     )
-    assert done.status_code == 303
-    target = urlsplit(done.headers["location"])
+    target = urlsplit(cli_link(done))
     assert (target.scheme, target.netloc, target.path) == ("http", "127.0.0.1:53123", "/callback")
     query = parse_qs(target.query)
     assert query["state"] == [state]
@@ -200,7 +209,7 @@ def test_cli_loopback_sign_in_issues_a_session(world: World) -> None:
         cli_challenge=challenge,
         cli_state=secrets.token_urlsafe(16),
     )
-    code = parse_qs(urlsplit(done.headers["location"]).query)["code"][0]
+    code = parse_qs(urlsplit(cli_link(done)).query)["code"][0]
     r = world.api.post("/v1/auth/cli/token", json={"code": code, "code_verifier": verifier})
     assert r.status_code == 200, r.text
     token = r.json()["token"]
@@ -573,3 +582,16 @@ def test_a_registered_step_runs_before_the_session_is_issued(world: World) -> No
             )
     finally:
         signin.STEPS[:] = [s for s in signin.STEPS if s.name != "extra"]
+
+
+def test_a_device_page_sends_a_stranger_to_sign_in_and_back(world: World) -> None:
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "bob@example.com"})
+    world.set_user("bob", email="bob@example.com")
+    start = world.api.post("/v1/auth/device").json()
+    away = world.api.get("/web/device", params={"code": start["user_code"]}, follow_redirects=False)
+    assert away.status_code == 303
+    target = parse_qs(urlsplit(away.headers["location"]).query)["next"][0]
+    assert target == f"/web/device?code={start['user_code']}"
+    listing = world.api.get("/web/signin", params={"next": target})
+    assert "next=/web/device%3Fcode%3D" in listing.text
+    assert signed_in_to(world.sign_in("bob", next=target)) == target

@@ -89,9 +89,7 @@ def test_a_person_with_a_factor_must_use_it_to_sign_in(
     wrong = f"{(int(later) + 1) % 1_000_000:06d}"
     refused = _code(world.api, page, wrong)
     assert refused.status_code == 401 and "__Host-hangar-session" not in world.api.cookies
-    done = _code(world.api, page, later)
-    # A form posted from Hangar's own page: a same-site redirect carries the cookie.
-    assert done.status_code == 303 and done.headers["location"] == "/web/", done.text
+    assert signed_in_to(_code(world.api, page, later)) == "/web/"
     # The session carries the second factor: it is as fresh as a step-up.
     shown = world.api.get("/v1/me/step-up", headers=_session(world)).json()
     assert shown["verified_at"] is not None
@@ -111,7 +109,7 @@ def test_the_step_refuses_a_forged_form_and_a_reused_code(
         follow_redirects=False,
     )
     assert forged.status_code == 403
-    assert _code(world.api, page, code).status_code == 303
+    assert signed_in_to(_code(world.api, page, code)) == "/web/"
     # The same code for a second sign-in, within its window.
     world.api.cookies.clear()
     again = _up_to_step(world, "bob")

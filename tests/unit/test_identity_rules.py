@@ -119,3 +119,27 @@ def test_a_session_caveat_names_one_session() -> None:
         parse_caveats(("session = ses_1", "session = ses_2"))
     with pytest.raises(AuthError):
         parse_caveats(("session = ses_1,ses_2",))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://sso.example",
+        "ftp://sso.example",
+        "https://sso.example/?x=1",
+        "https://user:pw@sso.example",
+        "https://sso.example/#frag",
+    ],
+)
+def test_an_issuer_is_https_or_loopback(url: str) -> None:
+    from hangar.auth.oidc import check_issuer_url
+
+    with pytest.raises(ValidationError):
+        check_issuer_url(url)
+
+
+def test_loopback_issuers_may_be_http() -> None:
+    from hangar.auth.oidc import check_issuer_url
+
+    for url in ("http://localhost:8080", "http://127.0.0.1:9000/realms/x", "https://sso.example"):
+        assert check_issuer_url(url) == url

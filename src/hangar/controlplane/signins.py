@@ -11,7 +11,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from hangar.audit.log import AuditContext
@@ -39,7 +39,14 @@ from hangar.controlplane import idps
 from hangar.controlplane.changes import change, record_refusal
 from hangar.controlplane.state import ControlPlane
 from hangar.domain.names import normalize_email
-from hangar.errors import AuthError, HangarError, NotFound, ValidationError, audited
+from hangar.errors import (
+    AuthError,
+    HangarError,
+    NotFound,
+    TooManyRequests,
+    ValidationError,
+    audited,
+)
 from hangar.store.tables import (
     DeviceCode,
     IdentityProvider,
@@ -95,6 +102,19 @@ _LOOPBACK_REDIRECT = re.compile(r"^http://(127\.0\.0\.1|\[::1\]|localhost):([0-9
 _CHALLENGE = re.compile(r"^[A-Za-z0-9_-]{43}$")
 _CLIENT_STATE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 _NEXT = re.compile(r"^/web/[A-Za-z0-9/_-]{0,100}(\?[A-Za-z0-9=&_-]{0,100})?$")
+
+
+# Sign-ins and device codes waiting at once, installation-wide: a bound on
+# what anonymous callers can make the store hold.
+MAX_PENDING = 10_000
+
+
+def _refuse_when_full(session: Session, table: type[PendingSignin] | type[DeviceCode]) -> None:
+    waiting = session.execute(select(func.count()).select_from(table)).scalar_one()
+    if waiting >= MAX_PENDING:
+        raise TooManyRequests(
+            "too many sign-ins are under way: try again in a few minutes", retry_after=60
+        )
 
 
 def _now() -> dt.datetime:
@@ -203,8 +223,10 @@ def start_signin(
     )
     now = _now()
     with cp.db.write() as session:
-        # Pending sign-ins are short-lived: the expired ones go as new ones come.
+        # Pending sign-ins are short-lived: the expired ones go as new ones come,
+        # and no more than MAX_PENDING wait at once, whoever starts them.
         session.execute(delete(PendingSignin).where(PendingSignin.expires_at < now))
+        _refuse_when_full(session, PendingSignin)
         session.add(
             PendingSignin(
                 id=_digest(cookie),
@@ -234,6 +256,9 @@ class Outcome:
     location: str
     session_token: str | None = None
     session_max_age: int = 0
+    # The CLI's loopback redirect: the person confirms it with a click, so a
+    # sign-in link someone else made cannot hand a code to a listener of theirs.
+    to_cli: bool = False
 
 
 def _pending(session: Session, cookie: str | None) -> PendingSignin | None:
@@ -591,7 +616,7 @@ def issue_from_pending(
                 target=user.email,
                 detail={**detail, "stage": "cli code issued"},
             )
-            return Outcome(location=f"{row.return_to}&code={code}")
+            return Outcome(location=f"{row.return_to}&code={code}", to_cli=True)
         issued = _issue(cp, session, row, user, claims, done, via="web", client_addr=client_addr)
         row.done_at = now
         ctx = AuditContext(
@@ -727,6 +752,7 @@ def start_device(cp: ControlPlane, client_addr: str | None) -> DeviceStart:
     now = _now()
     with cp.db.write() as session:
         session.execute(delete(DeviceCode).where(DeviceCode.expires_at < now))
+        _refuse_when_full(session, DeviceCode)
         session.add(
             DeviceCode(
                 id=_digest(device_code),

@@ -16,6 +16,7 @@ Navigator calls live in ``static/factors.js``; no script runs inline.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from fastapi import Body, Query, Request, Response
@@ -24,9 +25,7 @@ from fastapi.responses import JSONResponse
 from hangar.api.guard import PUBLIC, GuardedRouter, audit_unrecorded_refusal, control_plane
 from hangar.api.web.frame import (
     PENDING_COOKIE,
-    SESSION_COOKIE,
     check_csrf,
-    clear_cookie,
     csrf_field,
     esc,
     form_fields,
@@ -39,7 +38,7 @@ from hangar.api.web.signin import render_outcome
 from hangar.audit.log import AuditContext
 from hangar.controlplane import factors, signin_factor, stepups, weblinks
 from hangar.controlplane.state import ControlPlane
-from hangar.errors import HangarError
+from hangar.errors import HangarError, ValidationError
 
 router = GuardedRouter(prefix="/web", tags=["web"], include_in_schema=False)
 
@@ -203,8 +202,12 @@ def signin_step(request: Request) -> Response:
     parts = [f"<p>Signing in as <strong>{esc(found.email)}</strong>: show a second factor.</p>"]
     if "webauthn" in found.methods:
         parts.append(
-            '<form id=challenge data-options="/web/signin/second-factor/options" '
-            f'data-verify="/web/signin/second-factor/webauthn">{csrf_field(request)}'
+            # The answer is posted as the form itself, so the page that comes back
+            # (the session's, or the command line's confirmation) is a page.
+            '<form id=challenge method=post action="/web/signin/second-factor/webauthn" '
+            'data-options="/web/signin/second-factor/options" data-submit=1>'
+            f"{csrf_field(request)}"
+            "<input type=hidden name=challenge_id><input type=hidden name=credential>"
             "<button id=challenge-button type=submit>Use my security key</button></form>"
             "<p id=status role=status></p>"
         )
@@ -231,28 +234,27 @@ def signin_step_options(request: Request) -> Response:
     return _json({"challenge_id": challenge_id, "publicKey": options})
 
 
-@router.post("/signin/second-factor/webauthn", dependencies=[PUBLIC])
-def signin_step_webauthn(
-    request: Request,
-    challenge_id: Annotated[str, Body(max_length=32)],
-    credential: Annotated[dict[str, Any], Body()],
-) -> Response:
+@router.post("/signin/second-factor/webauthn", dependencies=[PUBLIC], response_model=None)
+async def signin_step_webauthn(request: Request) -> Response:
+    fields = await form_fields(request)
+    check_csrf(request, fields.get("csrf"))
     cp = control_plane(request)
-    check_csrf(request, request.headers.get("x-csrf-token"))
-    outcome = signin_factor.verify(
-        cp,
-        _ctx(request),
-        request.cookies.get(PENDING_COOKIE),
-        method="webauthn",
-        challenge_id=challenge_id,
-        credential=credential,
-    )
-    response = _json({"next": outcome.location})
-    if outcome.session_token is not None:
-        # The script moves the browser on from this page: a same-site navigation.
-        clear_cookie(response, PENDING_COOKIE)
-        set_cookie(response, SESSION_COOKIE, outcome.session_token, max_age=outcome.session_max_age)
-    return response
+    try:
+        try:
+            credential = json.loads(fields.get("credential", ""))
+        except ValueError:
+            raise ValidationError("the security key's answer is not JSON") from None
+        outcome = signin_factor.verify(
+            cp,
+            _ctx(request),
+            request.cookies.get(PENDING_COOKIE),
+            method="webauthn",
+            challenge_id=fields.get("challenge_id", "")[:32],
+            credential=credential,
+        )
+    except HangarError as exc:
+        return _error_page(request, exc)
+    return render_outcome(request, outcome)
 
 
 @router.post("/signin/second-factor/code", dependencies=[PUBLIC], response_model=None)
@@ -273,9 +275,4 @@ async def signin_step_code(request: Request) -> Response:
         )
     except HangarError as exc:
         return _error_page(request, exc)
-    # Posted from Hangar's own page: a redirect from here is same-site.
-    response = redirect(outcome.location)
-    if outcome.session_token is not None:
-        clear_cookie(response, PENDING_COOKIE)
-        set_cookie(response, SESSION_COOKIE, outcome.session_token, max_age=outcome.session_max_age)
-    return response
+    return render_outcome(request, outcome)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import quote, urlsplit
 
 from fastapi import Query, Request
 from fastapi.responses import Response
@@ -55,7 +56,7 @@ def signin(
     """Choose an identity provider, or (with ``idp``) be sent to it."""
     cp = request.app.state.cp
     if not idp:
-        after = esc(signins.safe_next(next))
+        after = esc(quote(signins.safe_next(next), safe="/"))
         items = "".join(
             f'<li><a href="/web/signin?idp={esc(row.name)}&amp;next={after}">'
             f"Sign in with {esc(row.name)}</a></li>"
@@ -118,12 +119,25 @@ def callback(
 def render_outcome(request: Request, outcome: signins.Outcome) -> Response:
     """Where a sign-in goes next, as the browser must be sent there.
 
-    To the CLI's loopback redirect or a step's page: a redirect. With a
+    To the CLI's loopback redirect: a page whose link the person follows
+    (confirming they started it). To a step's page: a redirect. With a
     session: a page of Hangar's own that sets the session cookie and goes on
     (so the next request is same-site and carries the Strict cookie). A
     sign-in step's page (``auth.signin.register_step``) answers with this
     once ``signins.step_done`` returns.
     """
+    if outcome.to_cli:
+        port = urlsplit(outcome.location).port
+        body = (
+            "<p>A command-line sign-in (<code>hangar auth login</code>) on this computer is "
+            f"waiting on port <code>{esc(port)}</code>.</p>"
+            f'<p><a href="{esc(outcome.location)}">Sign in the command line</a></p>'
+            "<p class=muted>If you did not just run it, close this page: someone may be "
+            "trying to sign in as you.</p>"
+        )
+        response = page(request, "Sign in the command line", body)
+        clear_cookie(response, PENDING_COOKIE)
+        return response
     if outcome.session_token is None:
         return redirect(outcome.location, status=303)
     response = page(
@@ -142,7 +156,7 @@ def device(request: Request, web: Annotated[WebAccess, WEB], code: Text = "") ->
     """Enter (or confirm) the code a device shows, to let it sign in as you."""
     if web.principal is None:
         target = "/web/device" + (f"?code={signins.normalize_user_code(code)}" if code else "")
-        return redirect(f"/web/signin?next={target.replace('?', '%3F').replace('=', '%3D')}")
+        return redirect(f"/web/signin?next={quote(target, safe='/')}")
     found = signins.find_device(web.cp, code) if code else None
     if found is None:
         note = "<p class=error>No device is waiting with that code.</p>" if code else ""

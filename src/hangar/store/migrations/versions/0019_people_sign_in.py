@@ -159,8 +159,9 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("DELETE FROM settings WHERE key = 'break_glass_token_id'")
-    with op.batch_alter_table("users", schema=None) as batch_op:
-        batch_op.drop_column("disabled_at")
+    # A plain DROP COLUMN (SQLite 3.35 and later have it): SQLite's batch mode
+    # would copy and drop the users table, which other tables' keys refer to.
+    op.execute("ALTER TABLE users DROP COLUMN disabled_at")
 
     with op.batch_alter_table("tokens", schema=None) as batch_op:
         batch_op.drop_constraint(batch_op.f("fk_tokens_session_id_sessions"), type_="foreignkey")
