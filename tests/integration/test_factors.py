@@ -557,3 +557,35 @@ def test_an_automation_token_gets_no_factor_page(
     assert client.post("/v1/me/factors/webauthn/link", headers=ci).status_code == 403
     assert client.post("/v1/me/step-up/link", headers=ci).status_code == 403
     assert client.post("/v1/me/factors/totp", headers=ci, json={}).status_code == 403
+
+
+def test_an_operator_resets_the_factors_of_a_person_who_lost_them(
+    client: TestClient, installation: Installation, control_plane: ControlPlane
+) -> None:
+    h = installation.headers
+    _add_member(client, h, "bob@example.com", "member")
+    bob = bearer(mint_token(control_plane, "bob@example.com"))
+    _, totp = _enrol_totp(client, bob)
+    later = totp.at(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30))
+    assert (
+        client.post(
+            "/v1/me/step-up", headers=bob, json={"method": "totp", "code": later}
+        ).status_code
+        == 200
+    )
+    assert client.post("/v1/me/recovery-codes", headers=bob).status_code == 201
+    # bob cannot do it for himself, nor for anyone: it is an operator's power.
+    assert client.delete("/v1/users/admin@example.com/factors", headers=bob).status_code == 403
+    # The operator has a factor: the reset is held to a step-up like any sensitive action.
+    key = _key()
+    _enrol_key(client, h, key)
+    refused = client.delete("/v1/users/bob@example.com/factors", headers=h)
+    assert refused.status_code == 403 and refused.json()["type"].endswith("/step-up-required")
+    assert _assert_key(client, h, key).status_code == 200
+    done = client.delete("/v1/users/bob@example.com/factors", headers=h)
+    assert done.status_code == 200, done.text
+    assert done.json() == {"factors": 1, "recovery_codes": 10}
+    listed = client.get("/v1/me/factors", headers=bob).json()
+    assert listed == {"factors": [], "recovery_codes_left": 0}
+    assert [e.outcome for e in _events(control_plane, "factor.reset")] == ["success"]
+    assert client.delete("/v1/users/admin@example.com/factors", headers=h).status_code == 409

@@ -89,6 +89,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
     app.include_router(machines.by_id, responses=PROBLEM_RESPONSES)
     app.include_router(metrics.orgs, responses=PROBLEM_RESPONSES)
     app.include_router(metrics.apps, responses=PROBLEM_RESPONSES)
+    app.include_router(factors.users, responses=PROBLEM_RESPONSES)
     app.include_router(web_factors.router)
     for extra in (auth_routes.router, idp_routes.router, user_routes.router):
         app.include_router(extra, responses=PROBLEM_RESPONSES)

@@ -165,6 +165,29 @@ def recovery_codes(ctx: typer.Context, yes: YesOpt = False, json_out: JsonOpt = 
         typer.echo(f"  {code}")
 
 
+@app.command()
+def reset(
+    ctx: typer.Context,
+    email: Annotated[str, typer.Argument(help="the person's e-mail address")],
+    yes: YesOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Remove every factor and recovery code of a person who lost them all (operators).
+
+    They then sign in without a second factor and enrol again. Audited as
+    factor.reset; needs your own fresh step-up if you have a factor.
+    """
+    confirm(f"Remove every second factor and recovery code of {email}?", yes)
+    data = client(ctx).request("DELETE", f"/v1/users/{email}/factors")
+    if json_out:
+        emit(data)
+        return
+    typer.echo(
+        f"Removed {data['factors']} factor(s) and {data['recovery_codes']} recovery code(s) "
+        f"of {email}."
+    )
+
+
 def step_up(
     ctx: typer.Context,
     totp: Annotated[

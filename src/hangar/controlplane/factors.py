@@ -51,7 +51,7 @@ from hangar.auth.tokens import Principal, new_id
 from hangar.controlplane.changes import change
 from hangar.controlplane.state import ControlPlane
 from hangar.crypto.digests import hash_secret
-from hangar.domain.names import validate_display_name
+from hangar.domain.names import normalize_email, validate_display_name
 from hangar.errors import (
     AuthError,
     Conflict,
@@ -69,6 +69,7 @@ from hangar.store.tables import (
     RecoveryCode,
     StepUp,
     Token,
+    User,
     UserFactor,
 )
 
@@ -89,6 +90,7 @@ __all__ = [
     "relying_party",
     "remove_factor",
     "require_personal",
+    "reset_factors",
     "reset_failures",
     "spend_challenge",
     "step_up_time",
@@ -482,6 +484,33 @@ def remove_factor(
     ) as (session, event):
         session.execute(delete(UserFactor).where(UserFactor.id == row.id))
         event.detail = {"factor": row.id, "kind": row.kind, "name": row.name}
+
+
+def reset_factors(cp: ControlPlane, ctx: AuditContext, email: str) -> dict[str, int]:
+    """An operator removes every factor and recovery code of a person who lost them all.
+
+    Their sessions and tokens stay (they carry no fresher second factor than
+    before); the person then signs in without a second factor and enrols
+    again, as at first. Audited as ``factor.reset`` with what was removed.
+    """
+    email = normalize_email(email)
+    with change(cp, ctx, org_id=None, action="factor.reset", target=email, wake=False) as (
+        session,
+        event,
+    ):
+        user = session.execute(select(User).where(User.email == email)).scalar_one_or_none()
+        if user is None:
+            raise NotFound(f"no user {email}")
+        if ctx.actor == email:
+            raise Conflict("you cannot reset your own factors", hint="ask another operator")
+        factors_gone = session.execute(delete(UserFactor).where(UserFactor.user_id == user.id))
+        codes_gone = session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
+        session.execute(delete(FactorFailures).where(FactorFailures.user_id == user.id))
+        event.detail = {
+            "factors": int(factors_gone.rowcount),  # type: ignore[attr-defined]
+            "recovery_codes": int(codes_gone.rowcount),  # type: ignore[attr-defined]
+        }
+    return dict(event.detail)
 
 
 def make_recovery_codes(cp: ControlPlane, ctx: AuditContext, principal: Principal) -> list[str]:

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hangar.api.guard import Access, GuardedRouter, requires
 from hangar.auth.rbac import Permission
-from hangar.controlplane import factors, stepups, weblinks
+from hangar.controlplane import factors, mfapolicy, stepups, weblinks
 from hangar.domain.names import PlainText
 
 router = GuardedRouter(prefix="/v1/me", tags=["factors"])
@@ -232,3 +232,26 @@ def step_up(
 def step_up_status(access: Annotated[Access, requires(Permission.WHOAMI)]) -> StepUpOut:
     when = factors.freshness(access.cp, access.principal)
     return StepUpOut(verified_at=when.isoformat() if when else None)
+
+
+users = GuardedRouter(prefix="/v1/users", tags=["users"])
+
+
+class ResetOut(BaseModel):
+    factors: int
+    recovery_codes: int
+
+
+@users.delete(
+    "/{email}/factors",
+    response_model=ResetOut,
+    summary="Remove every second factor and recovery code of a person who lost them (operators)",
+)
+def reset_factors(
+    email: str, access: Annotated[Access, requires(Permission.USERS_WRITE)]
+) -> ResetOut:
+    access.check(access.perm, org=None, shown="users")
+    mfapolicy.enforce_step_up(
+        access.cp, access.ctx, access.principal, org=None, action="factor.reset"
+    )
+    return ResetOut(**factors.reset_factors(access.cp, access.ctx, email[:254]))
