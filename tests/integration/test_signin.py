@@ -77,8 +77,8 @@ def provider() -> Iterator[str]:
 
 
 @pytest.fixture
-def world(tmp_path: Path, provider: str) -> Iterator[World]:
-    inst: Installation = make_installation(tmp_path / "data", public_url=PUBLIC)
+def world(tmp_path: Path, provider: str, database_url: str) -> Iterator[World]:
+    inst: Installation = make_installation(tmp_path / "data", database_url, public_url=PUBLIC)
     cp = ControlPlane.open(inst.settings)
     with TestClient(create_app(cp), base_url=PUBLIC, raise_server_exceptions=False) as api:
         r = api.post(
@@ -595,3 +595,24 @@ def test_a_device_page_sends_a_stranger_to_sign_in_and_back(world: World) -> Non
     listing = world.api.get("/web/signin", params={"next": target})
     assert "next=/web/device%3Fcode%3D" in listing.text
     assert signed_in_to(world.sign_in("bob", next=target)) == target
+
+
+def test_another_provider_cannot_take_over_a_user_by_an_unverified_address(
+    world: World,
+) -> None:
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "bob@example.com"})
+    world.set_user("bob", email="bob@example.com", email_verified=True)
+    assert signed_in_to(world.sign_in("bob")) == "/web/"
+    r = world.api.post(
+        "/v1/idps",
+        headers=world.admin,
+        json={"name": "other", "issuer": world.issuer, "client_id": "x", "client_secret": "y"},
+    )
+    assert r.status_code == 201
+    # The same provider process stands in for another one: a new subject claiming bob's address.
+    world.set_user("mallory", email="bob@example.com")
+    world.api.cookies.clear()
+    start = world.api.get("/web/signin", params={"idp": "other"}, follow_redirects=False)
+    back = world.idp_login(start.headers["location"], "mallory").removeprefix(PUBLIC)
+    refused = world.api.get(back, follow_redirects=False)
+    assert refused.status_code == 401 and "another identity provider" in refused.text

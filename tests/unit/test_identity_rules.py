@@ -8,7 +8,8 @@ from hangar.auth.policy import IdentityPolicy, parse_assignments
 from hangar.auth.ratelimit import FailureLimiter
 from hangar.auth.rbac import Role
 from hangar.auth.tokens import parse_caveats
-from hangar.controlplane.signins import check_loopback_redirect, normalize_user_code, safe_next
+from hangar.controlplane.devicecodes import normalize_user_code
+from hangar.controlplane.signins import check_loopback_redirect, safe_next
 from hangar.errors import AuthError, TooManyRequests, ValidationError
 
 

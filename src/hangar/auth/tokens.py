@@ -495,6 +495,7 @@ class TokenService:
         return row, macaroon.serialize()
 
 
+@functools.lru_cache(maxsize=256)
 def _amr(text: str | None) -> tuple[str, ...]:
     try:
         values = json.loads(text or "[]")

@@ -11,7 +11,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from hangar.audit.log import AuditContext
@@ -34,7 +34,7 @@ from hangar.auth.signin import (
     run_checks,
     step_named,
 )
-from hangar.auth.tokens import Principal, new_id
+from hangar.auth.tokens import new_id
 from hangar.controlplane import idps
 from hangar.controlplane.changes import change, record_refusal
 from hangar.controlplane.state import ControlPlane
@@ -53,27 +53,28 @@ from hangar.store.tables import (
     Membership,
     OrgPolicyValue,
     PendingSignin,
-    Token,
     User,
     UserIdentity,
     UserSession,
 )
 
 __all__ = [
-    "DevicePending",
+    "MAX_PENDING",
     "Outcome",
     "Started",
     "check_loopback_redirect",
-    "decide_device",
+    "digest",
     "end_session",
     "exchange_cli_code",
+    "fail",
     "finish_callback",
     "issue_from_pending",
+    "limit_keys",
     "pending_for",
-    "poll_device",
-    "start_device",
+    "refuse_when_full",
     "start_signin",
     "step_done",
+    "utcnow",
 ]
 
 
@@ -94,10 +95,6 @@ def end_session(cp: ControlPlane, ctx: AuditContext, user_id: str, session_id: s
 PURPOSES = ("web", "cli")
 CALLBACK_PATH = "/web/callback"
 CLI_CODE_LIFETIME = dt.timedelta(minutes=2)
-DEVICE_LIFETIME = dt.timedelta(minutes=10)
-DEVICE_INTERVAL_S = 5
-# No ambiguous letters, no vowels (no words): 20**8 codes.
-_USER_CODE_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ"
 _LOOPBACK_REDIRECT = re.compile(r"^http://(127\.0\.0\.1|\[::1\]|localhost):([0-9]{1,5})/callback$")
 _CHALLENGE = re.compile(r"^[A-Za-z0-9_-]{43}$")
 _CLIENT_STATE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
@@ -109,7 +106,7 @@ _NEXT = re.compile(r"^/web/[A-Za-z0-9/_-]{0,100}(\?[A-Za-z0-9=&_-]{0,100})?$")
 MAX_PENDING = 10_000
 
 
-def _refuse_when_full(session: Session, table: type[PendingSignin] | type[DeviceCode]) -> None:
+def refuse_when_full(session: Session, table: type[PendingSignin] | type[DeviceCode]) -> None:
     waiting = session.execute(select(func.count()).select_from(table)).scalar_one()
     if waiting >= MAX_PENDING:
         raise TooManyRequests(
@@ -117,15 +114,15 @@ def _refuse_when_full(session: Session, table: type[PendingSignin] | type[Device
         )
 
 
-def _now() -> dt.datetime:
+def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _digest(secret: str) -> str:
+def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _limit_keys(client_addr: str | None, email: str | None = None) -> list[str]:
+def limit_keys(client_addr: str | None, email: str | None = None) -> list[str]:
     keys = [f"addr:{client_addr or '?'}"]
     if email:
         keys.append(f"user:{email}")
@@ -138,7 +135,7 @@ def _anon(client_addr: str | None, request_id: str | None = None) -> AuditContex
     )
 
 
-def _fail(
+def fail(
     cp: ControlPlane,
     ctx: AuditContext,
     *,
@@ -149,7 +146,7 @@ def _fail(
     org_id: str | None = None,
 ) -> HangarError:
     """Record a failed sign-in (audit and rate limit); returns ``exc`` to raise."""
-    cp.signin_limiter.failed(_limit_keys(ctx.client_addr, email))
+    cp.signin_limiter.failed(limit_keys(ctx.client_addr, email))
     record_refusal(
         cp,
         ctx,
@@ -197,7 +194,7 @@ def start_signin(
     next_page: str = "",
 ) -> Started:
     """A pending sign-in, and where to send the browser. Validates before writing."""
-    cp.signin_limiter.check(_limit_keys(client_addr))
+    cp.signin_limiter.check(limit_keys(client_addr))
     if purpose not in PURPOSES:
         raise ValidationError(f"unknown sign-in purpose {purpose!r}")
     return_to = safe_next(next_page)
@@ -221,15 +218,15 @@ def start_signin(
         nonce=nonce,
         code_challenge=challenge,
     )
-    now = _now()
+    now = utcnow()
     with cp.db.write() as session:
         # Pending sign-ins are short-lived: the expired ones go as new ones come,
         # and no more than MAX_PENDING wait at once, whoever starts them.
         session.execute(delete(PendingSignin).where(PendingSignin.expires_at < now))
-        _refuse_when_full(session, PendingSignin)
+        refuse_when_full(session, PendingSignin)
         session.add(
             PendingSignin(
-                id=_digest(cookie),
+                id=digest(cookie),
                 state=state,
                 nonce=nonce,
                 code_verifier=verifier,
@@ -264,7 +261,7 @@ class Outcome:
 def _pending(session: Session, cookie: str | None) -> PendingSignin | None:
     if not cookie or len(cookie) > 128:
         return None
-    return session.get(PendingSignin, _digest(cookie))
+    return session.get(PendingSignin, digest(cookie))
 
 
 def finish_callback(
@@ -279,8 +276,8 @@ def finish_callback(
 ) -> Outcome:
     """The identity provider's redirect back: verify everything, then run the pipeline."""
     ctx = _anon(client_addr, request_id)
-    cp.signin_limiter.check(_limit_keys(client_addr))
-    now = _now()
+    cp.signin_limiter.check(limit_keys(client_addr))
+    now = utcnow()
     failure: AuthError | None = None
     with cp.db.write() as session:
         row = _pending(session, cookie)
@@ -305,11 +302,11 @@ def finish_callback(
             pending_id, nonce, verifier = row.id, row.nonce, row.code_verifier
             idp_row = session.get(IdentityProvider, row.idp_id)
     if failure is not None:
-        raise _fail(cp, ctx, action="auth.signin", target="callback", exc=failure)
+        raise fail(cp, ctx, action="auth.signin", target="callback", exc=failure)
     if idp_row is None:
         raise AuthError("the identity provider was removed", hint="start signing in again")
     if error or not code:
-        raise _fail(
+        raise fail(
             cp,
             ctx,
             action="auth.signin",
@@ -331,7 +328,7 @@ def finish_callback(
             extra = cp.oidc.userinfo(provider, tokens.access_token, str(claims["sub"]))
             claims = {**{k: extra[k] for k in wanted if k in extra}, **claims}
     except AuthError as exc:
-        raise _fail(cp, ctx, action="auth.signin", target=idp_row.name, exc=exc) from None
+        raise fail(cp, ctx, action="auth.signin", target=idp_row.name, exc=exc) from None
     return _verified(
         cp, ctx, pending_id, idp_row, provider.groups_claim, claims, tokens.refresh_token
     )
@@ -358,7 +355,7 @@ def _verified(
     """A person the provider vouched for: find (or make) their user, apply policy, go on."""
     raw_email = claims.get("email")
     if not isinstance(raw_email, str) or claims.get("email_verified") is False:
-        raise _fail(
+        raise fail(
             cp,
             ctx,
             action="auth.signin",
@@ -368,20 +365,20 @@ def _verified(
     try:
         email = normalize_email(raw_email)
     except ValidationError as exc:
-        raise _fail(
+        raise fail(
             cp,
             ctx,
             action="auth.signin",
             target=idp_row.name,
             exc=AuthError(f"the identity provider's e-mail address: {exc.message}"),
         ) from None
-    cp.signin_limiter.check(_limit_keys(ctx.client_addr, email))
+    cp.signin_limiter.check(limit_keys(ctx.client_addr, email))
     groups = _groups(claims, groups_claim)
-    now = _now()
+    now = utcnow()
     try:
         return _verified_in(cp, ctx, pending_id, idp_row, claims, refresh_token, email, groups, now)
     except _Refusal as refusal:
-        raise _fail(
+        raise fail(
             cp, ctx, action="auth.signin", target=email, email=email, exc=refusal.exc
         ) from None
 
@@ -417,6 +414,23 @@ def _verified_in(
         user = session.get(User, identity.user_id) if identity is not None else None
         if user is None:
             user = session.execute(select(User).where(User.email == email)).scalar_one_or_none()
+            linked_elsewhere = (
+                user is not None
+                and session.execute(
+                    select(UserIdentity.idp_id).where(UserIdentity.user_id == user.id).limit(1)
+                ).first()
+            )
+            if linked_elsewhere and claims.get("email_verified") is not True:
+                # The person already signs in through another provider: taking
+                # over their user by e-mail needs a provider that vouches for
+                # the address (some leave unverified addresses unmarked).
+                raise _Refusal(
+                    SigninRefused(
+                        f"{email} signs in through another identity provider, and this one "
+                        "does not say the address is verified",
+                        hint="sign in through the provider you used before",
+                    )
+                )
         all_policies = _all_policies(session)
         jit = {
             org_id: role
@@ -525,7 +539,7 @@ def _verified_in(
                 "idle": idle,
             }
         )
-    cp.signin_limiter.succeeded(_limit_keys(None, email))
+    cp.signin_limiter.succeeded(limit_keys(None, email))
     if steps:
         return Outcome(location=step_named(steps[0]).page)
     return issue_from_pending(
@@ -534,7 +548,7 @@ def _verified_in(
 
 
 def refresh_purpose(idp_id: str, subject: str) -> str:
-    return f"idp-refresh-token:{idp_id}:{_digest(subject)}"
+    return f"idp-refresh-token:{idp_id}:{digest(subject)}"
 
 
 def _all_policies(session: Session) -> dict[str, IdentityPolicy]:
@@ -550,7 +564,7 @@ def pending_for(cp: ControlPlane, cookie: str | None) -> PendingSignin | None:
     """
     with cp.db.read() as session:
         row = _pending(session, cookie)
-    if row is None or row.user_id is None or row.done_at is not None or _now() >= row.expires_at:
+    if row is None or row.user_id is None or row.done_at is not None or utcnow() >= row.expires_at:
         return None
     return row
 
@@ -568,7 +582,7 @@ def step_done(
 
     AuthError when the browser has no pending sign-in waiting for ``name``.
     """
-    now = _now()
+    now = utcnow()
     with cp.db.write() as session:
         row = _pending(session, cookie)
         if row is None:
@@ -584,7 +598,7 @@ def issue_from_pending(
     cp: ControlPlane, pending_id: str, *, client_addr: str | None, request_id: str | None
 ) -> Outcome:
     """Every step is done: issue the session to whoever started the sign-in (audited)."""
-    now = _now()
+    now = utcnow()
     with cp.db.write() as session:
         row = session.get(PendingSignin, pending_id)
         if row is None or row.user_id is None or row.done_at is not None or now >= row.expires_at:
@@ -606,7 +620,7 @@ def issue_from_pending(
         }
         if row.purpose == "cli":
             code = secrets.token_urlsafe(32)
-            row.cli_code = _digest(code)
+            row.cli_code = digest(code)
             row.expires_at = min(row.expires_at, now + CLI_CODE_LIFETIME)
             cp.audit.record(
                 session,
@@ -677,11 +691,11 @@ def exchange_cli_code(
 ) -> IssuedSession:
     """The CLI's one-time code and its PKCE verifier, for its session (once)."""
     ctx = _anon(client_addr, request_id)
-    cp.signin_limiter.check(_limit_keys(client_addr))
-    now = _now()
+    cp.signin_limiter.check(limit_keys(client_addr))
+    now = utcnow()
     with cp.db.write() as session:
         row = session.execute(
-            select(PendingSignin).where(PendingSignin.cli_code == _digest(code[:128]))
+            select(PendingSignin).where(PendingSignin.cli_code == digest(code[:128]))
         ).scalar_one_or_none()
         ok = (
             row is not None
@@ -729,179 +743,4 @@ def exchange_cli_code(
                 },
             )
             return issued
-    raise _fail(cp, ctx, action="auth.signin", target="cli code", exc=failure)
-
-
-# ---------------------------------------------------------------- device codes
-
-
-@dataclass(frozen=True)
-class DeviceStart:
-    device_code: str
-    user_code: str
-    expires_in: int
-    interval: int
-
-
-def start_device(cp: ControlPlane, client_addr: str | None) -> DeviceStart:
-    """A device authorization request (RFC 8628 section 3.1)."""
-    cp.signin_limiter.check(_limit_keys(client_addr))
-    device_code = secrets.token_urlsafe(32)
-    raw = "".join(secrets.choice(_USER_CODE_ALPHABET) for _ in range(8))
-    user_code = f"{raw[:4]}-{raw[4:]}"
-    now = _now()
-    with cp.db.write() as session:
-        session.execute(delete(DeviceCode).where(DeviceCode.expires_at < now))
-        _refuse_when_full(session, DeviceCode)
-        session.add(
-            DeviceCode(
-                id=_digest(device_code),
-                user_code=user_code,
-                client_addr=(client_addr or "")[:64] or None,
-                created_at=now,
-                expires_at=now + DEVICE_LIFETIME,
-                interval_s=DEVICE_INTERVAL_S,
-                last_polled_at=None,
-                approved_session_id=None,
-                denied=False,
-                collected_at=None,
-            )
-        )
-    return DeviceStart(
-        device_code=device_code,
-        user_code=user_code,
-        expires_in=int(DEVICE_LIFETIME.total_seconds()),
-        interval=DEVICE_INTERVAL_S,
-    )
-
-
-def normalize_user_code(text: str) -> str:
-    letters = "".join(c for c in text.upper() if c.isalpha())[:8]
-    return f"{letters[:4]}-{letters[4:]}"
-
-
-def find_device(cp: ControlPlane, user_code: str) -> DeviceCode | None:
-    code = normalize_user_code(user_code)
-    with cp.db.read() as session:
-        row = session.execute(
-            select(DeviceCode).where(DeviceCode.user_code == code)
-        ).scalar_one_or_none()
-    if row is None or _now() >= row.expires_at or row.approved_session_id or row.denied:
-        return None
-    return row
-
-
-def decide_device(
-    cp: ControlPlane, ctx: AuditContext, principal: Principal, user_code: str, *, approve: bool
-) -> None:
-    """A signed-in person approves (or denies) a device's sign-in: it gets a session of its own."""
-    cp.signin_limiter.check(_limit_keys(ctx.client_addr, principal.email))
-    now = _now()
-    code = normalize_user_code(user_code)
-    failure: HangarError | None = None
-    with cp.db.write() as session:
-        row = session.execute(
-            select(DeviceCode).where(DeviceCode.user_code == code)
-        ).scalar_one_or_none()
-        if row is None or now >= row.expires_at or row.approved_session_id or row.denied:
-            failure = AuthError("no device is waiting with that code (wrong, used or expired)")
-        elif principal.session_id is None:
-            failure = AuthError("approving a device needs a sign-in session")
-        else:
-            source = session.get(UserSession, principal.session_id)
-            assert source is not None
-            if not approve:
-                row.denied = True
-                cp.audit.record(session, ctx, org_id=None, action="auth.device.deny", target=code)
-                return
-            issued = cp.sessions.issue(
-                session,
-                user_id=principal.user_id,
-                idp=source.idp,
-                lifetime=source.expires_at - now,
-                idle_timeout=dt.timedelta(seconds=source.idle_timeout_s),
-                via="device",
-                client_addr=row.client_addr,
-                org_ids=sorted(principal.scope.orgs) if principal.scope.orgs is not None else None,
-                amr=list(principal.amr),
-                mfa_verified_at=principal.mfa_verified_at,
-            )
-            # The token is minted again when the device collects it; this one is not shown.
-            session.execute(update(Token).where(Token.id == issued.token_id).values(revoked_at=now))
-            row.approved_session_id = issued.row.id
-            cp.audit.record(
-                session,
-                ctx,
-                org_id=None,
-                action="auth.device.approve",
-                target=code,
-                detail={"session": issued.row.id, "device_addr": row.client_addr},
-            )
-    if failure is not None:
-        raise _fail(
-            cp, ctx, action="auth.device.approve", target=code, exc=failure, email=principal.email
-        )
-
-
-class DevicePending(HangarError):
-    """RFC 8628's polling answers: authorization_pending, slow_down, expired_token, ..."""
-
-    status = 400
-
-    def __init__(self, error: str, message: str) -> None:
-        super().__init__(message)
-        self.error = error
-
-
-def poll_device(
-    cp: ControlPlane, device_code: str, client_addr: str | None, request_id: str | None
-) -> IssuedSession:
-    """The device's session once approved (once); DevicePending otherwise."""
-    now = _now()
-    with cp.db.write() as session:
-        row = session.get(DeviceCode, _digest(device_code[:128]))
-        if row is None:
-            cp.signin_limiter.check(_limit_keys(client_addr))
-            cp.signin_limiter.failed(_limit_keys(client_addr))
-            raise DevicePending("invalid_grant", "unknown device code")
-        if now >= row.expires_at or row.collected_at is not None:
-            raise DevicePending("expired_token", "the device code has expired")
-        if row.denied:
-            raise DevicePending("access_denied", "the sign-in was denied")
-        if row.approved_session_id is None:
-            last, row.last_polled_at = row.last_polled_at, now
-            if last is not None and (now - last).total_seconds() < row.interval_s:
-                row.interval_s = min(row.interval_s + 5, 60)
-                raise DevicePending("slow_down", "polling too fast")
-            raise DevicePending("authorization_pending", "waiting for approval")
-        target = session.get(UserSession, row.approved_session_id)
-        assert target is not None
-        user = session.get(User, target.user_id)
-        assert user is not None
-        token_row = (
-            session.execute(select(Token).where(Token.session_id == target.id)).scalars().first()
-        )
-        caveats = json.loads(token_row.caveats) if token_row is not None else []
-        orgs = next((c.split("=", 1)[1].strip() for c in caveats if c.startswith("org")), None)
-        new_row, token = cp.tokens.mint_session(
-            session,
-            user_id=user.id,
-            session_id=target.id,
-            expires_at=target.expires_at,
-            org_ids=orgs.split(",") if orgs and orgs != "none" else ([] if orgs else None),
-        )
-        row.collected_at = now
-        cp.audit.record(
-            session,
-            AuditContext(
-                actor=user.email,
-                token_id=new_row.id,
-                request_id=request_id,
-                client_addr=client_addr,
-            ),
-            org_id=None,
-            action="auth.signin",
-            target=user.email,
-            detail={"idp": target.idp, "via": "device", "session": target.id},
-        )
-        return IssuedSession(row=target, token=token, token_id=new_row.id)
+    raise fail(cp, ctx, action="auth.signin", target="cli code", exc=failure)

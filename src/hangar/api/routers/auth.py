@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hangar.api.guard import PUBLIC, Access, GuardedRouter, control_plane, requires
 from hangar.auth.rbac import Permission
-from hangar.controlplane import idps, signins
+from hangar.controlplane import devicecodes, idps, signins
 from hangar.errors import AuthError, ValidationError
 
 router = GuardedRouter(prefix="/v1/auth", tags=["auth"])
@@ -92,7 +92,7 @@ def cli_token(body: CliExchange, request: Request) -> SessionIssued:
 def device_start(request: Request) -> DeviceAuthorization:
     """A device authorization request (RFC 8628): show the user code, then poll."""
     cp = control_plane(request)
-    started = signins.start_device(cp, _client(request))
+    started = devicecodes.start_device(cp, _client(request))
     uri = cp.settings.effective_public_url + "/web/device"
     return DeviceAuthorization(
         device_code=started.device_code,
@@ -128,10 +128,10 @@ def device_token(body: DevicePoll, request: Request) -> Any:
     if body.grant_type != "urn:ietf:params:oauth:grant-type:device_code":
         raise ValidationError("grant_type must be urn:ietf:params:oauth:grant-type:device_code")
     try:
-        issued = signins.poll_device(
+        issued = devicecodes.poll_device(
             control_plane(request), body.device_code, _client(request), _rid(request)
         )
-    except signins.DevicePending as exc:
+    except devicecodes.DevicePending as exc:
         return JSONResponse(
             {"error": exc.error, "error_description": exc.message},
             status_code=400,

@@ -21,7 +21,7 @@ from hangar.api.web.frame import (
     redirect,
     set_cookie,
 )
-from hangar.controlplane import idps, signins
+from hangar.controlplane import devicecodes, idps, signins
 from hangar.errors import HangarError
 
 router = GuardedRouter(prefix="/web", tags=["web"], include_in_schema=False)
@@ -155,9 +155,9 @@ def render_outcome(request: Request, outcome: signins.Outcome) -> Response:
 def device(request: Request, web: Annotated[WebAccess, WEB], code: Text = "") -> Response:
     """Enter (or confirm) the code a device shows, to let it sign in as you."""
     if web.principal is None:
-        target = "/web/device" + (f"?code={signins.normalize_user_code(code)}" if code else "")
+        target = "/web/device" + (f"?code={devicecodes.normalize_user_code(code)}" if code else "")
         return redirect(f"/web/signin?next={quote(target, safe='/')}")
-    found = signins.find_device(web.cp, code) if code else None
+    found = devicecodes.find_device(web.cp, code) if code else None
     if found is None:
         note = "<p class=error>No device is waiting with that code.</p>" if code else ""
         body = (
@@ -186,7 +186,7 @@ async def device_decide(request: Request, web: Annotated[WebAccess, WEB]) -> Res
         return redirect("/web/signin?next=/web/device")
     approve = fields.get("decision") == "approve"
     try:
-        signins.decide_device(
+        devicecodes.decide_device(
             web.cp, web.ctx, web.principal, fields.get("code", "")[:16], approve=approve
         )
     except HangarError as exc:
