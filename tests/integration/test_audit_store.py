@@ -209,4 +209,4 @@ def test_migrations_are_idempotent(control_plane: ControlPlane) -> None:
     script = ScriptDirectory(str(Path(hangar.store.__file__).parent / "migrations"))
     with control_plane.db.read() as session:
         current = session.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
-    assert current == script.get_current_head() == "0019"
+    assert current == script.get_current_head() == "0020"

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from hangar.api.app import create_app
 from hangar.controlplane.state import ControlPlane
 from tests.conftest import bearer, make_installation
-from tests.integration.test_signin import signed_in_to
+from tests.integration.test_signin import signed_in_to, through_steps
 from tests.oidc.node import log_in, node_provider
 
 PUBLIC = "https://testserver"
@@ -58,7 +58,7 @@ def test_sign_in_with_pkce_against_a_certified_provider(world: tuple[TestClient,
     query = parse_qs(urlsplit(start.headers["location"]).query)
     assert query["code_challenge_method"] == ["S256"] and query["nonce"] and query["state"]
     back = log_in(start.headers["location"], "bob")
-    done = api.get(back.removeprefix(PUBLIC), follow_redirects=False)
+    done = through_steps(api, api.get(back.removeprefix(PUBLIC), follow_redirects=False))
     assert signed_in_to(done) == "/web/"
     token = api.cookies.get("__Host-hangar-session") or ""
     assert api.get("/v1/whoami", headers=bearer(token)).json()["email"] == "bob@example.com"

@@ -21,6 +21,7 @@ from hangar.api.routers import (
     certs,
     edge,
     execs,
+    factors,
     health,
     hosts,
     leases,
@@ -40,6 +41,7 @@ from hangar.api.routers import (
 from hangar.api.routers import auth as auth_routes
 from hangar.api.routers import idps as idp_routes
 from hangar.api.routers import users as user_routes
+from hangar.api.web import factors as web_factors
 from hangar.api.web import pages
 from hangar.api.web import signin as signin_pages
 from hangar.controlplane.state import ControlPlane
@@ -85,6 +87,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
         wireguard,
         hosts,
         tokens,
+        factors,
         audit,
         system,
     ):
@@ -92,6 +95,8 @@ def create_app(cp: ControlPlane) -> FastAPI:
     app.include_router(machines.by_id, responses=PROBLEM_RESPONSES)
     app.include_router(metrics.orgs, responses=PROBLEM_RESPONSES)
     app.include_router(metrics.apps, responses=PROBLEM_RESPONSES)
+    app.include_router(factors.users, responses=PROBLEM_RESPONSES)
+    app.include_router(web_factors.router)
     for extra in (auth_routes.router, idp_routes.router, user_routes.router):
         app.include_router(extra, responses=PROBLEM_RESPONSES)
     app.include_router(pages.router)

@@ -37,6 +37,7 @@ from starlette.routing import BaseRoute
 from hangar.audit.log import AuditContext
 from hangar.auth.rbac import Permission
 from hangar.auth.tokens import Principal
+from hangar.controlplane import mfapolicy
 from hangar.controlplane.changes import record_refusal
 from hangar.controlplane.state import ControlPlane
 from hangar.crypto.macaroons import Macaroon
@@ -203,10 +204,17 @@ class Access:
 
 
 class Guard:
-    """``Depends(Guard(Permission.X))``: the route needs permission X."""
+    """``Depends(Guard(Permission.X))``: the route needs permission X.
 
-    def __init__(self, perm: Permission) -> None:
+    Once the target organization is known, its second-factor policy applies:
+    a member without a factor it accepts is refused, and with
+    ``step_up=True`` (sensitive actions) so is a credential whose second
+    factor is older than the organization's ``step_up_minutes``.
+    """
+
+    def __init__(self, perm: Permission, *, step_up: bool = False) -> None:
         self.perm = perm
+        self.step_up = step_up
 
     async def __call__(self, request: Request) -> Access:
         # Runs on the event loop, not in the thread pool: its store reads are
@@ -244,6 +252,12 @@ class Guard:
             access.check(self.perm, org=org, shown=f"organization {name!r}")
         else:
             access.check_untargeted()
+        if access.org is not None:
+            mfapolicy.enforce_member(cp, ctx, principal, access.org)
+            if self.step_up:
+                mfapolicy.enforce_step_up(
+                    cp, ctx, principal, org=access.org, action=self.perm.label
+                )
         return access
 
 
@@ -422,8 +436,9 @@ class Public:
         return None
 
 
-def requires(perm: Permission) -> Any:
-    return Depends(Guard(perm))
+def requires(perm: Permission, *, step_up: bool = False) -> Any:
+    """The route needs ``perm``; ``step_up``: and a fresh second factor (sensitive actions)."""
+    return Depends(Guard(perm, step_up=step_up))
 
 
 PUBLIC: Any = Depends(Public())

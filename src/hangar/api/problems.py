@@ -53,7 +53,9 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: _doc("Conflicts with existing data"),
     413: _doc("Request body too large"),
     422: _doc("The request is malformed"),
-    429: _doc("Too many failed sign-in attempts: retry after Retry-After seconds"),
+    429: _doc(
+        "Too many failed attempts (sign-ins, second factors): retry after Retry-After seconds"
+    ),
     500: _doc("Unexpected server error"),
     503: _doc("The store is unavailable"),
 }

@@ -55,6 +55,8 @@ class Permission(Enum):
     """
 
     WHOAMI = ("whoami", Action.READ, Role.VIEWER)
+    # One's own second factors and step-ups (never another person's).
+    FACTORS_WRITE = ("factors:write", Action.WRITE, Role.VIEWER)
     ORGS_READ = ("orgs:read", Action.READ, Role.VIEWER)
     ORGS_CREATE = ("orgs:create", Action.CREATE, None)
     # Which roles hold the configurable permissions of the organization.

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import typer
 
+from hangar.cli import factors
 from hangar.cli.client import Client, load_client_settings, save_login
 from hangar.cli.common import JsonOpt, YesOpt, client
 from hangar.cli.output import confirm, emit, listing
@@ -32,6 +33,8 @@ sessions_app = typer.Typer(
     name="sessions", help="Your sign-in sessions: list them, end one.", no_args_is_help=True
 )
 app.add_typer(sessions_app)
+app.add_typer(factors.app)
+app.command("step-up")(factors.step_up)
 
 LOGIN_WAIT_SECONDS = 300.0
 

@@ -154,7 +154,8 @@ def members_remove(ctx: typer.Context, org: Org, email: str, yes: YesOpt = False
 
 policy = typer.Typer(
     name="policy",
-    help="How an organization's members must sign in (identity provider, domains, sessions).",
+    help="How an organization's members must sign in (identity provider, domains, sessions, "
+    "second factors).",
     no_args_is_help=True,
 )
 app.add_typer(policy)
@@ -225,7 +226,10 @@ def policy_set(
 
     Keys: sso_idp=NAME (members must sign in through it), email_domains=a.com,b.com,
     group_roles=GROUP:ROLE,... (just-in-time membership from IdP groups),
-    session_lifetime=12h, idle_timeout=1h.
+    session_lifetime=12h, idle_timeout=1h. Second factors: require_mfa=webauthn|any|off,
+    accept_idp_mfa=true|false, allow_totp=true|false, step_up_minutes=15,
+    automation_tokens=true|false. A policy change needs a fresh second factor
+    (`hangar auth step-up`) once the organization requires one.
     """
     values: dict[str, Any] = {}
     for item in assignments or []:

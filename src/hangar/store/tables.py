@@ -38,6 +38,8 @@ __all__ = [
     "Base",
     "Certificate",
     "DeviceCode",
+    "FactorChallenge",
+    "FactorFailures",
     "Host",
     "IdentityProvider",
     "JoinToken",
@@ -47,16 +49,20 @@ __all__ = [
     "Network",
     "Org",
     "OrgGrant",
+    "OrgMfaPolicy",
     "OrgPolicyValue",
     "PendingSignin",
+    "RecoveryCode",
     "Release",
     "RootKey",
     "Secret",
     "SecretVersion",
     "SecretVersionValue",
     "Setting",
+    "StepUp",
     "Token",
     "User",
+    "UserFactor",
     "UserIdentity",
     "UserSession",
     "Volume",
@@ -723,4 +729,93 @@ class VolumeSnapshotPolicy(Base):
     scheduled: Mapped[bool] = mapped_column(Boolean)
     keep_days: Mapped[int] = mapped_column(Integer)  # 1 to 60
     updated_by: Mapped[str] = mapped_column(String(254))
+class UserFactor(Base):
+    """A person's second factor: a WebAuthn credential (public key only) or a TOTP secret.
+
+    A TOTP secret is stored only wrapped by the KEK (purpose bound to the
+    factor's id); ``last_step`` is the last time step accepted, so a code is
+    never accepted twice. A WebAuthn credential whose signature counter went
+    back (a cloned authenticator) is disabled, with the reason.
+    """
+
+    __tablename__ = "user_factors"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # webauthn | totp
+    name: Mapped[str] = mapped_column(String(64))
+    # WebAuthn: the credential id (base64url), its COSE public key, its counter.
+    credential_id: Mapped[str | None] = mapped_column(String(1400), unique=True)
+    public_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    sign_count: Mapped[int] = mapped_column(Integer, default=0)
+    aaguid: Mapped[str | None] = mapped_column(String(36))
+    # TOTP: the secret wrapped by the KEK, and the last time step accepted.
+    secret_wrapped: Mapped[bytes | None] = mapped_column(LargeBinary)
+    last_step: Mapped[int | None] = mapped_column(Integer)
+    # A TOTP factor counts only once a code from it was confirmed.
+    confirmed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    disabled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    disabled_reason: Mapped[str | None] = mapped_column(String(200))
+
+
+class RecoveryCode(Base):
+    """A one-time recovery code, stored as its SHA-256 digest (the code was shown once)."""
+
+    __tablename__ = "recovery_codes"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class FactorChallenge(Base):
+    """A WebAuthn challenge handed out once; answered once, before it expires, or never."""
+
+    __tablename__ = "factor_challenges"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    # register | assert (WebAuthn); link | web (a web page's one-time link, its cookie)
+    purpose: Mapped[str] = mapped_column(String(16))
+    # base64url of a WebAuthn challenge; for link and web, the SHA-256 of the secret
+    challenge: Mapped[str] = mapped_column(String(128))
+    # The token (or session) it was handed to: no other may answer it.
+    token_id: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class FactorFailures(Base):
+    """Failed second-factor attempts of a person, for backoff (reset by a success)."""
+
+    __tablename__ = "factor_failures"
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class StepUp(Base):
+    """The newest second-factor assertion made through a token (or a session's token)."""
+
+    __tablename__ = "step_ups"
+    token_id: Mapped[str] = mapped_column(ForeignKey("tokens.id"), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    verified_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    method: Mapped[str] = mapped_column(String(16))  # webauthn | totp | recovery
+
+
+class OrgMfaPolicy(Base):
+    """An organization's second-factor policy; an organization without a row: all defaults."""
+
+    __tablename__ = "org_mfa_policies"
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id"), primary_key=True)
+    require_mfa: Mapped[str] = mapped_column(String(16))  # webauthn | any | off
+    accept_idp_mfa: Mapped[bool] = mapped_column(Boolean)
+    allow_totp: Mapped[bool] = mapped_column(Boolean)
+    step_up_minutes: Mapped[int] = mapped_column(Integer)
+    # Organization and app tokens may take sensitive actions without a step-up.
+    automation_tokens: Mapped[bool] = mapped_column(Boolean)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

@@ -110,7 +110,8 @@ def page(
     )
     response = HTMLResponse(text, status_code=status)
     if not request.cookies.get(CSRF_COOKIE):
-        set_cookie(response, CSRF_COOKIE, _new_csrf(request), max_age=12 * 3600)
+        # The token the page's forms were given (csrf_field ran first), else a new one.
+        set_cookie(response, CSRF_COOKIE, csrf_token(request), max_age=12 * 3600)
     return security_headers(response)  # type: ignore[return-value]
 
 
