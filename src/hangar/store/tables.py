@@ -729,6 +729,9 @@ class VolumeSnapshotPolicy(Base):
     scheduled: Mapped[bool] = mapped_column(Boolean)
     keep_days: Mapped[int] = mapped_column(Integer)  # 1 to 60
     updated_by: Mapped[str] = mapped_column(String(254))
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
 class UserFactor(Base):
     """A person's second factor: a WebAuthn credential (public key only) or a TOTP secret.
 
