@@ -61,6 +61,8 @@ bench: deps
 	$(PY) benchmarks/edge_throughput.py $(BENCH_ARGS)
 	$(PY) benchmarks/network_paths.py $(BENCH_ARGS)
 	$(PY) benchmarks/telemetry.py $(BENCH_ARGS)
+	$(PY) benchmarks/volumes.py $(BENCH_ARGS)
+	$(PY) benchmarks/identity.py $(BENCH_ARGS)
 
 # Re-pin every dependency (with hashes) after editing pyproject.toml.
 lock: venv

@@ -16,9 +16,11 @@ are what a machine sees, on this host, now.
     sudo .venv/bin/python benchmarks/volumes.py [--size-mb 1024] [--seconds 10] [--quick]
 
 Printed: MB/s (and IOPS for random I/O) per target, and each target's ratio
-against the plain directory. More rows (snapshot, backup and restore times)
-are added as ``Step`` functions in ``STEPS``: each gets the mounted volume
-and returns rows to print under the table.
+against the plain directory. More rows are added as ``Step`` functions in
+``STEPS``: each gets the mounted volume and returns rows to print under the
+table. ``_volume_backups.step`` adds snapshot, backup and restore times of
+``--size-mb`` of data (1 GiB by default), each against a baseline on the same
+plaintext in the same run: ``cp -a``, ``restic backup``, ``restic restore``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import _volume_backups
 from hangar.agent.volumes import _mounts
 from hangar.agent.volumes.base import VolumeLayout, VolumeSpec
 from hangar.agent.volumes.manager import VolumeManager
@@ -75,7 +78,7 @@ class Volume:
 Step = Callable[[Volume, argparse.Namespace], list[tuple[str, str]]]
 """A further measurement on the mounted volume: rows of (what, figure) to print."""
 
-STEPS: list[Step] = []
+STEPS: list[Step] = [_volume_backups.step]
 
 
 def fio(directory: Path, job: Job, size_mb: int, seconds: float) -> tuple[float, float]:

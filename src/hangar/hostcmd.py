@@ -41,6 +41,7 @@ def run(
     stdout: Stream = PIPE,
     stderr: Stream = PIPE,
     pass_fds: Sequence[int] = (),
+    cwd: str | None = None,
 ) -> Completed:
     """Run ``argv`` (never through a shell); raise CommandError if it fails."""
     args = list(argv)
@@ -54,6 +55,7 @@ def run(
             env=dict(env) if env is not None else None,
             check=False,
             pass_fds=tuple(pass_fds),
+            cwd=cwd,
         )
     except FileNotFoundError as exc:
         raise CommandError(args, 127, f"{args[0]} is not installed") from exc
@@ -72,6 +74,7 @@ def start(
     stdout: Stream = PIPE,
     stderr: Stream = PIPE,
     env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
 ) -> Process:
     """Start ``argv`` (never through a shell) and return it running.
 
@@ -86,6 +89,7 @@ def start(
             stdout=stdout,
             stderr=stderr,
             env=dict(env) if env is not None else None,
+            cwd=cwd,
         )
     except FileNotFoundError as exc:
         raise CommandError(args, 127, f"{args[0]} is not installed") from exc

@@ -18,7 +18,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from hangar.contract.assignments import Assignment, MachineStatus
 from hangar.contract.execs import MAX_OUTPUT, ExecOrder
 from hangar.contract.mesh import Peer
 from hangar.contract.names import Record
+from hangar.contract.volumejobs import VolumeJob, VolumeJobResult
 from hangar.contract.volumes import HostVolume
 from hangar.crypto.hostcert import certificate_window, csr_for, new_host_key
 from hangar.crypto.secretbox import Opener
@@ -338,6 +339,23 @@ class ApiLink:
         params = {"backend": backend, "grows_online": "true" if grows_online else "false"}
         found = self._call("GET", "/agent/v1/volumes", params=params).json()
         return [HostVolume.from_json(v) for v in found]
+
+    def volume_jobs(self, recipient: str) -> list[tuple[VolumeJob, dict[str, str] | None]]:
+        found = self._call(
+            "POST", "/agent/v1/volume-jobs/take", json={"public_key": recipient}
+        ).json()
+        return [(VolumeJob.from_json(j["job"]), j.get("sealed")) for j in found]
+
+    def volume_job_done(self, done: VolumeJobResult) -> None:
+        self._call("POST", f"/agent/v1/volume-jobs/{done.job_id}/done", json=done.to_json())
+
+    def volume_export(self, job_id: str, chunks: Iterator[bytes]) -> None:
+        self._call(
+            "POST",
+            f"/agent/v1/volume-jobs/{job_id}/export",
+            content=chunks,
+            headers={"Content-Type": "application/x-tar"},
+        )
 
     def renew_if_due(self, now: dt.datetime | None = None) -> bool:
         """Renew the certificate once two thirds of its lifetime have passed."""

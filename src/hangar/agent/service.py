@@ -26,6 +26,7 @@ from hangar.agent.appmetrics import AppMetrics
 from hangar.agent.edgemetrics import EdgeMetrics
 from hangar.agent.offload import Offload
 from hangar.agent.reconciler import Reconciler
+from hangar.agent.volumejobs import VolumeJobs
 from hangar.contract.assignments import Assignment, MachineStatus
 from hangar.contract.links import ControlPlaneLink
 from hangar.errors import HangarError
@@ -85,6 +86,8 @@ class Agent:
             raise HangarError("this host's mesh needs an endpoint", hint="set mesh_endpoint")
         self.link = link
         self.reconciler = reconciler
+        # Snapshots, backups and drills of this host's volumes, off the loop.
+        self.volume_jobs: VolumeJobs | None = None
         self.host_id = host_id
         self.edge = edge
         self.firewall = firewall
@@ -243,6 +246,12 @@ class Agent:
                     ", ".join(stale),
                     ", ".join(killed),
                 )
+        if self.volume_jobs is None:
+            self.volume_jobs = VolumeJobs(self.link, volumes)
+        try:
+            self.volume_jobs.poll()
+        except HangarError as exc:
+            log.warning("volume jobs: %s", exc.message)
 
     def ship_metrics(
         self, assignments: list[Assignment], statuses: Mapping[str, MachineStatus]

@@ -46,7 +46,8 @@ class Client:
     def __init__(self, settings: ClientSettings, *, need_token: bool = True) -> None:
         if need_token and not settings.token:
             raise AuthError(
-                "you are not logged in", hint="run `hangar auth login --api URL --token TOKEN`"
+                "you are not logged in",
+                hint="run `hangar auth login --api URL` (or with --token TOKEN)",
             )
         headers = {"User-Agent": "hangar-cli"}
         if settings.token:
@@ -58,6 +59,15 @@ class Client:
             verify=_verify(settings),
             timeout=settings.timeout,
         )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
@@ -77,6 +87,13 @@ class Client:
             return response.json()
         return response.text
 
+    def raw(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The response as it came (for protocols whose errors are answers, as RFC 8628's)."""
+        try:
+            return self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise HangarError(f"request to {self.settings.api_url} failed: {exc}") from exc
+
     def stream_lines(self, path: str, params: dict[str, str]) -> Iterator[str]:
         """The lines of a streamed (NDJSON) response, as they arrive."""
         try:
@@ -85,6 +102,20 @@ class Client:
                     response.read()
                     raise _problem(response)
                 yield from (line for line in response.iter_lines() if line)
+        except httpx.ConnectError as exc:
+            raise HangarError(
+                f"cannot reach the Hangar API at {self.settings.api_url}: {exc}",
+                hint="is `hangar server run` running?",
+            ) from exc
+
+    def stream_bytes(self, path: str) -> Iterator[bytes]:
+        """The body of a streamed binary response (a tar), as it arrives."""
+        try:
+            with self._http.stream("GET", path, timeout=None) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _problem(response)
+                yield from response.iter_bytes()
         except httpx.ConnectError as exc:
             raise HangarError(
                 f"cannot reach the Hangar API at {self.settings.api_url}: {exc}",

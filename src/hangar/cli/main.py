@@ -18,11 +18,13 @@ from hangar.cli import (
     apps,
     audit,
     auth,
+    backups,
     certs,
     config,
     deploy,
     edge,
     hosts,
+    idps,
     logs,
     machines,
     metrics,
@@ -32,6 +34,7 @@ from hangar.cli import (
     server,
     status,
     tokens,
+    users,
     volumes,
     wireguard,
 )
@@ -67,10 +70,13 @@ for module in (
     edge,
     tokens,
     wireguard,
+    idps,
+    users,
     audit,
     config,
     logs,
     releases,
+    backups,
 ):
     app.add_typer(module.app)
 app.command()(deploy.deploy)

@@ -14,7 +14,7 @@ import typer
 from hangar.cli.common import JsonOpt, YesOpt, client, duration
 from hangar.cli.output import confirm, emit
 from hangar.config.settings import ServerSettings, load_settings
-from hangar.errors import ConfigError, Conflict, HangarError, NotFound
+from hangar.errors import ConfigError, Conflict, HangarError, NotFound, ValidationError
 from hangar.hostfs import write_private
 
 if TYPE_CHECKING:
@@ -142,6 +142,12 @@ def init(
     typer.echo(
         f"  hangar auth login --api {api} --ca-cert {result.ca_cert} --token "
         f"{'$(cat ' + str(token_file) + ')' if token_file else '<token>'}"
+    )
+    typer.echo("  hangar idps add NAME --issuer URL --client-id ID --client-secret-file FILE")
+    typer.echo(
+        "\nThe admin token is the installation's break-glass access: every use is audited\n"
+        "(auth.break_glass) and logged as a warning. Keep it offline; day to day, sign in\n"
+        "through an identity provider (docs/identity.md)."
     )
 
 
@@ -392,3 +398,202 @@ def stop(
     typer.echo(
         "Nothing of Hangar runs on this host now." if result.removed else "Nothing was running."
     )
+
+
+def _credential(user: str | None, s3: bool, region: str) -> Any:
+    from hangar.cli.logsinks import _read_secret
+    from hangar.controlplane.backups import RepoCredential
+
+    if user is not None and s3:
+        raise ValidationError("give --user (REST) or --s3 (S3), not both")
+    if user is not None:
+        return RepoCredential("basic", user, _read_secret("Password"))
+    if s3:
+        key_id = _read_secret("Access key id")
+        return RepoCredential("s3", key_id, _read_secret("Secret access key"), region)
+    return None
+
+
+@app.command("backup-repo")
+def backup_repo(
+    url: Annotated[
+        str,
+        typer.Argument(
+            help="rest:https://host/path, s3:https://host/bucket, sftp:user@host:/path, or an"
+            " absolute path (another disk)"
+        ),
+    ],
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    kek_file: KekOpt = None,
+    kek_provider: ProviderOpt = None,
+    user: Annotated[
+        str | None,
+        typer.Option("--user", help="rest: HTTP basic auth as this user; password from stdin"),
+    ] = None,
+    s3: Annotated[
+        bool, typer.Option("--s3", help="s3: read the access key id, then the secret, from stdin")
+    ] = False,
+    region: Annotated[str, typer.Option("--region", help="s3: the bucket's region")] = "",
+    keep_daily: Annotated[
+        int, typer.Option("--keep-daily", min=0, max=366, help="daily backups kept")
+    ] = 7,
+    keep_weekly: Annotated[
+        int, typer.Option("--keep-weekly", min=0, max=520, help="weekly backups kept")
+    ] = 4,
+    keep_monthly: Annotated[
+        int, typer.Option("--keep-monthly", min=0, max=120, help="monthly backups kept")
+    ] = 12,
+    keep_last: Annotated[
+        int, typer.Option("--keep-last", min=0, max=1000, help="also keep the newest N backups")
+    ] = 0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Choose the restic repository `hangar server backup` writes to (created if empty).
+
+    Hangar generates the repository's password and keeps it, with the
+    backend's credential (read from stdin, never the command line), wrapped
+    by the KEK in DATA_DIR/backup-repo.json. Keep a copy of that file with
+    kek.key, apart from the repository: together they open it, and a restore
+    onto a new machine needs both. Run on the server's host, as the user
+    that owns the data directory.
+    """
+    from hangar.backups.restic import Retention
+    from hangar.controlplane.serverbackup import configure
+
+    settings = server_settings(data_dir, config, kek_file=kek_file, kek_provider=kek_provider)
+    credential = _credential(user, s3, region)
+    retention = Retention(keep_daily, keep_weekly, keep_monthly, last=keep_last)
+    location, created = configure(settings, url, credential=credential, retention=retention)
+    if json_out:
+        emit({"location": location, "created": created})
+        return
+    typer.echo(f"Server backups go to {location}{' (a new repository)' if created else ''}.")
+    typer.echo(
+        f"Keep {settings.data_dir / 'backup-repo.json'} and the KEK apart from the repository:"
+        " a restore needs both."
+    )
+
+
+@app.command()
+def backup(
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    database_url: DbOpt = None,
+    kek_file: KekOpt = None,
+    kek_provider: ProviderOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Back up the store and the key files into the server's restic repository.
+
+    A consistent copy of the store (SQLite's online backup, or pg_dump) while
+    the server runs, with ca.crt, ca.key.wrapped, audit-signing.key.wrapped,
+    audit-signing.pub, api.crt, api.key, server.toml and a manifest of their
+    checksums; never kek.key. Old backups are forgotten and pruned per the
+    repository's retention. Audited on the system chain. Run it from cron or
+    a systemd timer (docs/backups.md).
+    """
+    from hangar.controlplane.serverbackup import server_backup
+    from hangar.controlplane.state import ControlPlane
+
+    settings = server_settings(
+        data_dir, config, database_url=database_url, kek_file=kek_file, kek_provider=kek_provider
+    )
+    cp = ControlPlane.open(settings, migrate=False)
+    shown = [-1]
+
+    def progress(p: Any) -> None:
+        percent = int(p.percent * 100)
+        if not json_out and percent // 10 != shown[0]:
+            shown[0] = percent // 10
+            typer.echo(f"  {percent:3d}%  {p.bytes_done} of {p.bytes_total} bytes", err=True)
+
+    try:
+        result = server_backup(cp, progress=progress)
+    finally:
+        cp.close()
+    if json_out:
+        emit(vars(result))
+        return
+    typer.echo(
+        f"Backup {result.snapshot_id}: {len(result.files)} files, {result.bytes_processed} bytes"
+        f" ({result.bytes_added} new) in {result.seconds:.1f}s; keys wrapped by KEK"
+        f" {result.kek_id}; {result.forgotten} old backup(s) forgotten."
+    )
+
+
+@app.command("backup-list")
+def backup_list(
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    kek_file: KekOpt = None,
+    kek_provider: ProviderOpt = None,
+    repo_config: Annotated[
+        Path | None,
+        typer.Option(
+            "--repo-config", help="a kept copy of backup-repo.json (default: the data dir's)"
+        ),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """The server's backups in its repository, newest first."""
+    from hangar.cli.output import listing
+    from hangar.controlplane.serverbackup import list_server_backups
+
+    settings = server_settings(data_dir, config, kek_file=kek_file, kek_provider=kek_provider)
+    rows = [
+        {"id": s.short_id, "full_id": s.id, "time": s.time, "host": s.hostname}
+        for s in list_server_backups(settings, repo_config)
+    ]
+    listing(rows, [("id", "ID"), ("time", "TIME"), ("host", "HOST")], json_out)
+
+
+@app.command()
+def restore(
+    repo_config: Annotated[
+        Path,
+        typer.Option(
+            "--repo-config", help="the kept copy of backup-repo.json that opens the repository"
+        ),
+    ],
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    database_url: DbOpt = None,
+    kek_file: KekOpt = None,
+    kek_provider: ProviderOpt = None,
+    snapshot: Annotated[
+        str, typer.Option("--backup", help="which backup (`hangar server backup-list`)")
+    ] = "latest",
+    json_out: JsonOpt = False,
+) -> None:
+    """Restore a server backup into a new, empty data directory.
+
+    Give the KEK of the backup's time (--kek-file, or the provider's): a
+    backup taken before a rotate-kek needs the older KEK. Every file is
+    checked against the backup's manifest, and the KEK must unwrap the
+    restored keys, before anything is put in place. Then run
+    `hangar audit verify --data-dir DIR` and start the server.
+    """
+    from hangar.controlplane.serverbackup import server_restore
+
+    if not repo_config.is_file():
+        raise ConfigError(f"{repo_config} is not a file", hint="the kept copy of backup-repo.json")
+    settings = server_settings(
+        data_dir, config, database_url=database_url, kek_file=kek_file, kek_provider=kek_provider
+    )
+    if not json_out:
+        typer.echo(f"Restoring {snapshot} into {settings.data_dir}…", err=True)
+    result = server_restore(settings, repo_config, snapshot=snapshot)
+    kept = settings.data_dir / "kek.key"
+    if settings.kek_provider == "file" and not kept.exists():
+        write_private(kept, settings.effective_kek_file.read_bytes())
+    if json_out:
+        emit(vars(result))
+        return
+    typer.echo(
+        f"Restored backup {result.snapshot_id} of {result.created_at} ({result.database},"
+        f" keys wrapped by KEK {result.kek_id}) into {settings.data_dir}."
+    )
+    typer.echo("Next:")
+    typer.echo(f"  hangar audit verify --data-dir {settings.data_dir}")
+    typer.echo(f"  hangar server run --data-dir {settings.data_dir}")

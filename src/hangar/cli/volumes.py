@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
+from hangar.cli import snapshots
 from hangar.cli.common import AppOpt, JsonOpt, YesOpt, app_name, client
 from hangar.cli.output import confirm, emit, listing
 
@@ -152,3 +153,8 @@ def destroy(
         emit(data)
         return
     typer.echo(f"Destroyed volume {data['id']}: its key is gone; its host deletes its files.")
+
+
+app.add_typer(snapshots.app)
+app.command()(snapshots.fork)
+app.command()(snapshots.export)

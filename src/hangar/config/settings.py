@@ -84,6 +84,13 @@ class ServerSettings(BaseModel):
     # Log sink hosts (as written in the sink's URL) that may be shipped to
     # although they resolve to a loopback, private or this host's own address.
     allowed_log_sink_hosts: list[str] = []
+    # Backup repository hosts (as written in the repository's URL) that
+    # organizations may use although they resolve to a loopback, private or
+    # this host's own address.
+    allowed_backup_hosts: list[str] = []
+    # Where organizations may keep restic repositories on this server's disks
+    # (each under ROOT/ORG_ID/); unset: only rest: and s3: repositories.
+    backup_local_root: Path | None = None
     # Each log sink's disk buffer: records wait there while the sink is down;
     # past this many bytes the oldest are dropped (counted, and audited).
     log_sink_buffer_bytes: int = Field(default=64 << 20, ge=64 << 10, le=16 << 30)
@@ -99,6 +106,12 @@ class ServerSettings(BaseModel):
     # closed after http_keepalive_seconds.
     http_header_seconds: float = Field(default=20, ge=1, le=600)
     http_keepalive_seconds: float = Field(default=5, ge=1, le=600)
+    # The URL people's browsers reach this API at (identity providers redirect
+    # back to PUBLIC_URL/web/callback); empty: https://<first tls_hostname>:<listen_port>.
+    public_url: str = Field(default="", pattern=r"^$|^https://[A-Za-z0-9.:\[\]-]+(:[0-9]{1,5})?$")
+    # How often each signed-in person's identity provider is asked (with its
+    # refresh token) whether it still vouches for them; a refusal offboards them.
+    idp_check_seconds: float = Field(default=300, ge=30, le=86400)
     # Isolate this host's machines with nftables (off only to debug a host).
     firewall: bool = True
     # Answer machines' .internal names on this host (UDP/TCP 53 on a private address).
@@ -190,6 +203,15 @@ class ServerSettings(BaseModel):
     def effective_agent_dir(self) -> Path:
         """Outside the 0700 data dir: machines' unprivileged uid must reach images in it."""
         return self.agent_dir or self.data_dir.with_name(self.data_dir.name + "-agent")
+
+    @property
+    def effective_public_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = self.tls_hostnames[0] if self.tls_hostnames else "localhost"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"https://{host}:{self.listen_port}"
 
     @property
     def effective_database_url(self) -> str:

@@ -12,13 +12,14 @@ Machines on other hosts are reached through their agents' long poll instead.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 from hangar.contract.assignments import Assignment, MachineStatus
 from hangar.contract.execs import ExecResult
 from hangar.contract.mesh import Peer
 from hangar.contract.names import Record
+from hangar.contract.volumejobs import VolumeJob, VolumeJobResult
 from hangar.contract.volumes import HostVolume
 from hangar.domain.routing import RoutingTable
 
@@ -50,6 +51,19 @@ class ControlPlaneLink(Protocol):
     def volumes(self, backend: str, grows_online: bool) -> list[HostVolume]:
         """The volumes that live on this host; says which backend the host encrypts with,
         and whether it can grow a volume while a machine uses it."""
+        ...
+
+    def volume_jobs(self, recipient: str) -> list[tuple[VolumeJob, dict[str, str] | None]]:
+        """This host's pending volume jobs (now running); the repository's secrets of
+        those that need it, sealed to ``recipient`` (a one-time X25519 public key)."""
+        ...
+
+    def volume_job_done(self, done: VolumeJobResult) -> None:
+        """Report a job this host took as done or failed, with what it produced."""
+        ...
+
+    def volume_export(self, job_id: str, chunks: Iterator[bytes]) -> None:
+        """Upload an export job's tar, relayed to the person who asked for it."""
         ...
 
     def routes(self) -> RoutingTable:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import select
@@ -25,6 +25,7 @@ from hangar.contract.assignments import Assignment, MachineStatus
 from hangar.contract.mesh import Peer
 from hangar.contract.names import Record
 from hangar.contract.reports import without_query
+from hangar.contract.volumejobs import VolumeJob, VolumeJobResult
 from hangar.contract.volumes import HostVolume
 from hangar.controlplane.appmetrics import receive, receive_edge
 from hangar.controlplane.changes import change, record_refusal
@@ -35,6 +36,7 @@ from hangar.controlplane.logstore import LogStore
 from hangar.controlplane.mesh import mesh_peers, register_mesh
 from hangar.controlplane.secrets import deliver
 from hangar.controlplane.state import ControlPlane
+from hangar.controlplane.volumejobs import check_export, finish, take_jobs
 from hangar.controlplane.volumes import deliver_keys, host_volumes, report_backend
 from hangar.crypto.peercert import IssuedCert
 from hangar.domain.routing import RoutingTable
@@ -151,6 +153,24 @@ class AgentService:
                 report_backend(session, self.host_id, backend, grows_online)
         with self.cp.db.read() as session:
             return host_volumes(session, self.host_id)
+
+    def volume_jobs(self, recipient: str) -> list[tuple[VolumeJob, dict[str, str] | None]]:
+        """This host's pending volume jobs, taken (their repository sealed to ``recipient``)."""
+        return take_jobs(self.cp, self.ctx, self.host_id, recipient)
+
+    def volume_export_start(self, job_id: str) -> None:
+        """Begin the upload of an export job this host runs (refused for any other)."""
+        check_export(self.cp, self.host_id, job_id)
+        self.cp.exports.start(job_id)
+
+    def volume_export(self, job_id: str, chunks: Iterator[bytes]) -> None:
+        """An export job's tar, relayed to the person who asked."""
+        check_export(self.cp, self.host_id, job_id)
+        self.cp.exports.upload(job_id, chunks)
+
+    def volume_job_done(self, done: VolumeJobResult) -> None:
+        """What this host did of a job it took (audited)."""
+        finish(self.cp, self.ctx, self.host_id, done)
 
     def image(self, machine_id: str) -> tuple[ImageRef, str | None]:
         """A machine's image layout and the digest its release pinned (own machines only).

@@ -15,8 +15,14 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from hangar.controlplane.acme import ACCOUNT_PURPOSE, ACCOUNT_SETTING
+from hangar.controlplane.backups import credential_purpose as backup_credential_purpose
+from hangar.controlplane.backups import password_purpose as backup_password_purpose
+from hangar.controlplane.factors import totp_purpose
+from hangar.controlplane.idps import secret_purpose as idp_secret_purpose
 from hangar.controlplane.logsinks import credential_purpose
 from hangar.controlplane.routes import cert_key_purpose
+from hangar.controlplane.serverbackup import rewrap_repo_file
+from hangar.controlplane.signins import refresh_purpose
 from hangar.controlplane.state import ControlPlane
 from hangar.crypto.rotation import (
     WRAPPED_FILES,
@@ -26,7 +32,18 @@ from hangar.crypto.rotation import (
     root_key_purpose,
 )
 from hangar.crypto.volumekeys import volume_key_purpose
-from hangar.store.tables import AppKey, Certificate, LogSinkRow, RootKey, Setting, Volume
+from hangar.store.tables import (
+    AppKey,
+    BackupRepoRow,
+    Certificate,
+    IdentityProvider,
+    LogSinkRow,
+    RootKey,
+    Setting,
+    UserFactor,
+    UserIdentity,
+    Volume,
+)
 
 __all__ = ["Rotation", "rotate_kek"]
 
@@ -44,6 +61,7 @@ def rotate_kek(cp: ControlPlane) -> Rotation:
     count = 0
     for name, purpose in WRAPPED_FILES.items():
         count += rewrap_file(cp.keyring, cp.data_dir / name, purpose)
+    count += rewrap_repo_file(cp.keyring, cp.data_dir)
     # Twice: a key another request wrapped under the old KEK just before the
     # switch, and committed after the first pass read, is caught by the second.
     for _ in range(2):
@@ -80,6 +98,33 @@ def _rewrap_rows(cp: ControlPlane) -> int:
                 fresh = rewrap(cp.keyring, sink.credential, purpose)
                 count += fresh != sink.credential
                 sink.credential = fresh
+        for repo in session.execute(select(BackupRepoRow)).scalars():
+            fresh = rewrap(cp.keyring, repo.password, backup_password_purpose(repo.org_id))
+            count += fresh != repo.password
+            repo.password = fresh
+            if repo.credential is not None:
+                purpose = backup_credential_purpose(repo.org_id)
+                fresh = rewrap(cp.keyring, repo.credential, purpose)
+                count += fresh != repo.credential
+                repo.credential = fresh
+        for factor in session.execute(
+            select(UserFactor).where(UserFactor.secret_wrapped.is_not(None))
+        ).scalars():
+            assert factor.secret_wrapped is not None
+            fresh = rewrap(cp.keyring, factor.secret_wrapped, totp_purpose(factor.id))
+            count += fresh != factor.secret_wrapped
+            factor.secret_wrapped = fresh
+        for idp in session.execute(select(IdentityProvider)).scalars():
+            if idp.client_secret is not None:
+                fresh = rewrap(cp.keyring, idp.client_secret, idp_secret_purpose(idp.id))
+                count += fresh != idp.client_secret
+                idp.client_secret = fresh
+        for identity in session.execute(select(UserIdentity)).scalars():
+            if identity.refresh_token is not None:
+                purpose = refresh_purpose(identity.idp_id, identity.subject)
+                fresh = rewrap(cp.keyring, identity.refresh_token, purpose)
+                count += fresh != identity.refresh_token
+                identity.refresh_token = fresh
         account = session.get(Setting, ACCOUNT_SETTING)
         if account is not None:
             stored = json.loads(account.value)

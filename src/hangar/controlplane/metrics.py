@@ -1,4 +1,5 @@
-"""What the control plane shows Prometheus at scrape time: certificates' days to expiry.
+"""What the control plane shows Prometheus at scrape time: certificates' days to expiry,
+and when each organization's (and the server's own) last backup succeeded.
 
 Read from the store when Prometheus asks, so the figure is right after a
 restart and for certificates another replica renewed.
@@ -7,6 +8,7 @@ restart and for certificates another replica renewed.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from collections.abc import Iterator
 
@@ -16,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from hangar.store.db import Database
-from hangar.store.tables import App, Certificate
+from hangar.store.tables import App, BackupRepoRow, Certificate, Setting
 
 __all__ = ["ControlPlaneCollector"]
 
@@ -49,3 +51,36 @@ class ControlPlaneCollector(Collector):
                 continue
             expiry.add_metric([org_id, app, hostname], (not_after - now).total_seconds() / 86400)
         yield expiry
+        yield from self._backups()
+
+    def _backups(self) -> Iterator[Metric]:
+        orgs = GaugeMetricFamily(
+            "hangar_backup_last_success_timestamp_seconds",
+            "When the organization's last backup succeeded (Unix time); until its first,"
+            " when its repository was set, so a repository never backed up to alerts too.",
+            labels=["org"],
+        )
+        server = GaugeMetricFamily(
+            "hangar_server_backup_last_success_timestamp_seconds",
+            "When `hangar server backup` last succeeded (Unix time).",
+        )
+        try:
+            with self.db.read() as session:
+                rows = session.execute(
+                    select(
+                        BackupRepoRow.org_id,
+                        BackupRepoRow.last_success_at,
+                        BackupRepoRow.created_at,
+                    )
+                ).all()
+                setting = session.get(Setting, "server_backup")
+                last_server = json.loads(setting.value)["last_success_at"] if setting else None
+        except SQLAlchemyError as exc:
+            log.warning("backup metrics: %s", exc)
+            rows, last_server = [], None
+        for org_id, success, created in rows:
+            orgs.add_metric([org_id], (success or created).timestamp())
+        if last_server is not None:
+            server.add_metric([], dt.datetime.fromisoformat(last_server).timestamp())
+        yield orgs
+        yield server

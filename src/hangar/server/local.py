@@ -8,7 +8,7 @@ other direction: the API reaching this host's machines (exec, logs).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from hangar.agent.assemble import AgentOptions, build_agent
@@ -18,6 +18,7 @@ from hangar.contract.assignments import Assignment, MachineStatus
 from hangar.contract.execs import ExecResult
 from hangar.contract.mesh import Peer
 from hangar.contract.names import Record
+from hangar.contract.volumejobs import VolumeJob, VolumeJobResult
 from hangar.contract.volumes import HostVolume
 from hangar.controlplane.agents import AgentService
 from hangar.controlplane.machines import register_local_host
@@ -61,6 +62,15 @@ class StoreLink:
 
     def volumes(self, backend: str, grows_online: bool) -> list[HostVolume]:
         return self.service.volumes(backend, grows_online)
+
+    def volume_jobs(self, recipient: str) -> list[tuple[VolumeJob, dict[str, str] | None]]:
+        return self.service.volume_jobs(recipient)
+
+    def volume_job_done(self, done: VolumeJobResult) -> None:
+        self.service.volume_job_done(done)
+
+    def volume_export(self, job_id: str, chunks: Iterator[bytes]) -> None:
+        self.service.volume_export(job_id, chunks)
 
     def routes(self) -> RoutingTable:
         return self.service.routes()

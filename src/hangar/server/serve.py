@@ -26,19 +26,24 @@ from hangar.agent.service import Agent
 from hangar.api.app import create_agent_app, create_app
 from hangar.api.guard import PEER_CERT_SCOPE_KEY
 from hangar.config.settings import ServerSettings
+from hangar.controlplane import volumejobs
 from hangar.controlplane.acme import Issuer
 from hangar.controlplane.auditverify import AuditVerifier
 from hangar.controlplane.background import BackgroundLoop
 from hangar.controlplane.deployer import step_all
+from hangar.controlplane.identitycheck import IdentityChecks
 from hangar.controlplane.logshipper import LogShipper
 from hangar.controlplane.metrics import ControlPlaneCollector
 from hangar.controlplane.state import ControlPlane
+from hangar.errors import HangarError
 from hangar.server.local import LocalMachines, local_agent
 from hangar.telemetry.metrics import serve_metrics, serve_metrics_tls
 from hangar.telemetry.ownlogs import OwnLogShipper, OwnLogSink, configure_logging
 from hangar.tlsprofile import TLS12_CIPHERS
 
 log = logging.getLogger("hangar.server")
+# How often the loops look for scheduled snapshots and backups that are due.
+SCHEDULE_SECONDS = 60.0
 
 __all__ = ["serve"]
 
@@ -136,6 +141,7 @@ class Loops(BackgroundLoop):
         self.cp = cp
         self.agent = agent
         self._next_checkpoint = time.monotonic() + cp.settings.audit_checkpoint_seconds
+        self._next_schedule = time.monotonic()
         if agent is not None:
             agent.wake_on_finished_work(self.wake)
 
@@ -163,6 +169,14 @@ class Loops(BackgroundLoop):
             self._next_checkpoint = time.monotonic() + self.cp.settings.audit_checkpoint_seconds
             with self.cp.db.write() as session:
                 self.cp.audit.checkpoint_all(session)
+        if time.monotonic() >= self._next_schedule:
+            # Volumes' daily snapshots and organizations' scheduled backups: filed
+            # here, done by each volume's host off its own loop.
+            self._next_schedule = time.monotonic() + SCHEDULE_SECONDS
+            try:
+                volumejobs.due(self.cp)
+            except HangarError as exc:
+                log.warning("backup schedule: %s", exc.message)
         if self.agent is None:
             return None
         due = self.agent.tick(now)
@@ -290,9 +304,11 @@ def _serve(settings: ServerSettings) -> None:
             ca_file=settings.data_dir / "ca.crt",
         )
     shipper = LogShipper(cp)
+    identity_checks = IdentityChecks(cp)
     loops.start()
     issuer.start()
     shipper.start()
+    identity_checks.start()
     if verifier is not None:
         verifier.start()
     try:
@@ -304,6 +320,7 @@ def _serve(settings: ServerSettings) -> None:
             metrics.stop()
         if verifier is not None:
             verifier.stop()
+        identity_checks.stop()
         shipper.stop()
         issuer.stop()
         loops.stop()

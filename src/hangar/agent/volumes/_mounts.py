@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import json
@@ -19,6 +20,7 @@ __all__ = [
     "can_grow_online",
     "check_room",
     "daemons_serving",
+    "discard_unmade",
     "ext4_grow",
     "file_size_mb",
     "fs_size_mb",
@@ -312,6 +314,16 @@ def made(layout: VolumeLayout, spec: VolumeSpec) -> bool:
         return False
     write_handle(layout, VolumeSpec(spec.id, file_size_mb(backing), spec.encryption))
     return True
+
+
+def discard_unmade(layout: VolumeLayout, volume_id: str) -> None:
+    """Delete what a create that failed or was killed left (``volume.img`` and its
+    handle), to make the volume again from nothing; nothing else in its directory."""
+    handle = layout.handle(volume_id)
+    for path in (handle, handle.with_suffix(".tmp"), layout.backing(volume_id)):
+        path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        layout.dir(volume_id).rmdir()  # only if nothing else (snapshots) is there
 
 
 def can_grow_online() -> bool:

@@ -70,13 +70,13 @@ class GocryptfsDriver:
         if made:
             # What a create killed before its file system was whole left (never
             # mounted, so it holds nothing): made again from nothing.
-            shutil.rmtree(layout.dir(spec.id), ignore_errors=True)
+            _mounts.discard_unmade(layout, spec.id)
             layout.dir(spec.id).mkdir(parents=True, exist_ok=True, mode=0o700)
             try:
                 _mounts.make_sparse(backing, spec.size_mb)
                 _mounts.make_ext4(str(backing), spec.id)
             except BaseException:
-                shutil.rmtree(layout.dir(spec.id), ignore_errors=True)  # made again next time
+                _mounts.discard_unmade(layout, spec.id)  # made again next time
                 raise
             _mounts.write_handle(layout, spec)
         elif (

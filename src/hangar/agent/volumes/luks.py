@@ -75,12 +75,12 @@ class LuksDriver:
         if made:
             # What a create killed before its LUKS2 header was written left (never
             # opened, so it holds nothing): made again from nothing.
-            shutil.rmtree(layout.dir(spec.id), ignore_errors=True)
+            _mounts.discard_unmade(layout, spec.id)
             layout.dir(spec.id).mkdir(parents=True, exist_ok=True, mode=0o700)
             try:
                 _mounts.make_sparse(backing, spec.size_mb)
             except BaseException:
-                shutil.rmtree(layout.dir(spec.id), ignore_errors=True)
+                _mounts.discard_unmade(layout, spec.id)
                 raise
         grow = not made and _mounts.fs_size_mb(layout, spec.id) < spec.size_mb
         if grow:  # extended while unmounted; kept at its size if the disk cannot hold it
@@ -126,7 +126,7 @@ class LuksDriver:
         except CommandError:
             self.unmount(spec.id)
             if made:  # a half-made volume is made again from nothing next time
-                shutil.rmtree(layout.dir(spec.id), ignore_errors=True)
+                _mounts.discard_unmade(layout, spec.id)
             raise
         if made or os.stat(plain).st_uid == 0:
             # New, or made by a run killed before it gave the top to the machine's

@@ -15,7 +15,7 @@ import datetime as dt
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from fastapi import Query
+from fastapi import Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,13 +25,14 @@ from hangar.contract import VERSION, check_version
 from hangar.contract.assignments import Assignment, MachineStatus
 from hangar.contract.execs import MAX_OUTPUT, ExecOrder, ExecResult
 from hangar.contract.reports import Report
+from hangar.contract.volumejobs import VolumeJobResult
 from hangar.controlplane.agents import AgentService
 from hangar.controlplane.appmetrics import MAX_TEXT
 from hangar.controlplane.hostlink import assignments_version
 from hangar.crypto.secretbox import seal
 from hangar.crypto.volumekeys import seal_keys
 from hangar.domain.routing import edge_seal_context
-from hangar.errors import Conflict, IntegrityError, NotFound, ValidationError
+from hangar.errors import Conflict, HangarError, IntegrityError, NotFound, ValidationError
 from hangar.images.oci import ImageRef, Manifest, open_blob, read_manifest
 
 router = GuardedRouter(prefix="/agent/v1", tags=["agent"])
@@ -254,6 +255,55 @@ def host_volumes(
     grows_online: Annotated[bool, Query(description="can grow a volume in use")] = False,
 ) -> list[dict[str, Any]]:
     return [v.to_json() for v in _service(access).volumes(backend, grows_online)]
+
+
+class JobTaken(BaseModel):
+    job: dict[str, Any]
+    sealed: dict[str, str] | None
+
+
+@router.post(
+    "/volume-jobs/take",
+    response_model=list[JobTaken],
+    summary="This host's pending volume jobs; repository secrets sealed to a one-time key",
+)
+def take_volume_jobs(body: DeliveryIn, access: Annotated[HostAccess, HOST]) -> list[JobTaken]:
+    taken = _service(access).volume_jobs(body.public_key)
+    return [JobTaken(job=job.to_json(), sealed=sealed) for job, sealed in taken]
+
+
+@router.post("/volume-jobs/{job_id}/done", status_code=204, summary="Report a volume job")
+def volume_job_done(
+    job_id: Annotated[str, Path(max_length=40)],
+    body: dict[str, Any],
+    access: Annotated[HostAccess, HOST],
+) -> None:
+    done = VolumeJobResult.from_json(body)
+    if done.job_id != job_id:
+        raise ValidationError("the job id in the path and the body differ")
+    _service(access).volume_job_done(done)
+
+
+@router.post(
+    "/volume-jobs/{job_id}/export",
+    status_code=204,
+    summary="Upload an export job's tar, relayed to the person who asked",
+)
+async def volume_export(
+    job_id: Annotated[str, Path(max_length=40)],
+    request: Request,
+    access: Annotated[HostAccess, HOST],
+) -> None:
+    service = _service(access)
+    relay = access.cp.exports
+    await run_in_threadpool(service.volume_export_start, job_id)
+    try:
+        async for chunk in request.stream():
+            await run_in_threadpool(relay.push, job_id, chunk)
+    except BaseException:
+        relay.fail(job_id, HangarError(f"the upload of export {job_id} broke off"))
+        raise
+    await run_in_threadpool(relay.end, job_id)
 
 
 class RoutesOut(BaseModel):
