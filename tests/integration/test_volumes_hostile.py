@@ -118,7 +118,9 @@ def test_a_create_killed_before_mkfs_is_made_again(manager: VolumeManager) -> No
     layout, vid, key = manager.layout, _vid(), secrets.token_bytes(32)
     layout.dir(vid).mkdir(parents=True, mode=0o700)
     _mounts.make_sparse(layout.backing(vid), 64)
+    (layout.dir(vid) / "snapshots").mkdir()  # only what the create left is discarded
     plain = _mount(manager, vid, key)
+    assert (layout.dir(vid) / "snapshots").is_dir()
     (plain / "f").write_text("kept")
     assert os.stat(plain).st_uid == BASE_UID
     manager.release([vid])
