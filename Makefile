@@ -62,6 +62,7 @@ bench: deps
 	$(PY) benchmarks/network_paths.py $(BENCH_ARGS)
 	$(PY) benchmarks/telemetry.py $(BENCH_ARGS)
 	$(PY) benchmarks/volumes.py $(BENCH_ARGS)
+	$(PY) benchmarks/identity.py $(BENCH_ARGS)
 
 # Re-pin every dependency (with hashes) after editing pyproject.toml.
 lock: venv

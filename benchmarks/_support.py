@@ -42,7 +42,40 @@ def init_installation(work: Path, env: dict[str, str]) -> str:
         check=True,
         capture_output=True,
     )
-    return (work / "token").read_text().strip()
+    return everyday_token(work / "data")
+
+
+def everyday_token(data_dir: Path) -> str:
+    """A user token of the admin, minted in the store: not the bootstrap token.
+
+    The token `server init` prints is the installation's break-glass token,
+    each use of which is an audit event (a write) and a warning; measuring
+    with it would measure that.
+    """
+    import datetime as dt
+
+    from sqlalchemy import select
+
+    from hangar.config.settings import ServerSettings
+    from hangar.controlplane.state import ControlPlane
+    from hangar.store.tables import User
+
+    cp = ControlPlane.open(ServerSettings(data_dir=data_dir))
+    try:
+        with cp.db.write() as session:
+            user = session.execute(select(User).where(User.is_operator.is_(True))).scalars().first()
+            assert user is not None
+            _, token = cp.tokens.mint(
+                session,
+                user_id=user.id,
+                kind="user",
+                org_id=None,
+                ttl=dt.timedelta(days=1),
+                name="benchmark token",
+            )
+    finally:
+        cp.close()
+    return token
 
 
 def start_server(

@@ -132,13 +132,22 @@ def database_url(request: pytest.FixtureRequest) -> str:
 class Installation:
     settings: ServerSettings
     init: InitResult
+    # The admin's own user token: the tests' everyday credential. The token
+    # `server init` printed (``init.token``) is the break-glass token, each use
+    # of which is an audit event of its own; tests of that use it by name.
+    admin_token: str = ""
+    admin_token_id: str = ""
 
     @property
     def token(self) -> str:
-        return self.init.token
+        return self.admin_token or self.init.token
 
     @property
     def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    @property
+    def break_glass_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.init.token}"}
 
 
@@ -147,7 +156,27 @@ def make_installation(data_dir: Path, database_url: str = "", **settings: object
     result = init_server(
         config, org_name="acme", admin_email="admin@example.com", token_ttl=dt.timedelta(days=1)
     )
-    return Installation(config, result)
+    from sqlalchemy import select
+
+    from hangar.store.tables import User
+
+    cp = ControlPlane.open(config)
+    try:
+        with cp.db.write() as session:
+            user = session.execute(
+                select(User).where(User.email == "admin@example.com")
+            ).scalar_one()
+            row, token = cp.tokens.mint(
+                session,
+                user_id=user.id,
+                kind="user",
+                org_id=None,
+                ttl=dt.timedelta(days=1),
+                name="admin token",
+            )
+    finally:
+        cp.close()
+    return Installation(config, result, admin_token=token, admin_token_id=row.id)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ The tree::
     ├── NotFound                      no such object, or not yours (HTTP 404)
     ├── Conflict                      the object exists or the change races another (HTTP 409)
     ├── WaitTimeout                   what was waited for did not happen in time (HTTP 408)
+    ├── TooManyRequests               too many failed attempts: wait and retry (HTTP 429)
     ├── KeyMaterialError              a key file is missing, loose or does not decrypt
     ├── IntegrityError                stored data fails its cryptographic check
     ├── StoreError                    the database refused or is unreachable (HTTP 503)
@@ -39,6 +40,7 @@ __all__ = [
     "PayloadTooLarge",
     "PermissionDenied",
     "StoreError",
+    "TooManyRequests",
     "ValidationError",
     "WaitTimeout",
     "audited",
@@ -113,6 +115,18 @@ class WaitTimeout(HangarError):
     status = 408
     title = "Timed out waiting"
     code = "timeout"
+
+
+class TooManyRequests(HangarError):
+    """Too many failed attempts from one address or for one person: back off."""
+
+    status = 429
+    title = "Too many requests"
+    code = "too-many-requests"
+
+    def __init__(self, message: str, *, retry_after: float, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.retry_after = max(1, int(retry_after + 0.999))
 
 
 class UpstreamError(HangarError):

@@ -256,7 +256,7 @@ def test_errors_are_one_clear_line(server: Server) -> None:
     assert out.returncode == 1
     assert out.stderr.splitlines() == [
         "error: you are not logged in",
-        "hint: run `hangar auth login --api URL --token TOKEN`",
+        "hint: run `hangar auth login --api URL` (or with --token TOKEN)",
     ]
     debug = server.cli("--debug", "apps", "list", check=False)
     assert "Traceback" in debug.stderr

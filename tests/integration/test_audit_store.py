@@ -44,7 +44,7 @@ def test_every_mutation_is_an_event_with_context(
             select(AuditEvent).where(AuditEvent.chain == chain, AuditEvent.action == "app.create")
         ).scalar_one()
     assert event.actor == "admin@example.com" and event.target == "web"
-    assert event.outcome == "success" and event.token_id == installation.init.token_id
+    assert event.outcome == "success" and event.token_id == installation.admin_token_id
     assert event.request_id == r.headers["x-request-id"] and event.client_addr == "testclient"
     api.post("/v1/orgs/acme/members", headers=h, json={"email": "b@example.com", "role": "viewer"})
     api.patch("/v1/orgs/acme/members/b@example.com", headers=h, json={"role": "member"})
@@ -209,4 +209,4 @@ def test_migrations_are_idempotent(control_plane: ControlPlane) -> None:
     script = ScriptDirectory(str(Path(hangar.store.__file__).parent / "migrations"))
     with control_plane.db.read() as session:
         current = session.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
-    assert current == script.get_current_head() == "0018"
+    assert current == script.get_current_head() == "0020"

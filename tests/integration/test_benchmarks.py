@@ -144,6 +144,15 @@ def test_telemetry_prints_its_ratio_table() -> None:
 
 
 @pytest.mark.slow
+def test_identity_prints_its_ratio_table() -> None:
+    out = run_quick("identity.py", timeout=300)
+    has_line(out, r"^\s+API token\s+session\s+ratio\s+target$")
+    has_line(out, rf"^GET /v1/whoami\s+{N}/s\s+{N}/s\s+{N}\s+<= 1.2$")
+    has_line(out, rf"^authenticate\s+{N}/s\s+{N}/s\s+{N}\s+<= 1.2$")
+    has_line(out, rf"^\s+{N}ms\s+{N}ms$")
+
+
+@pytest.mark.slow
 @needs_root
 @pytest.mark.skipif(shutil.which("fio") is None, reason="fio is not installed (make deps)")
 def test_volumes_prints_each_target_against_a_plain_directory() -> None:

@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from hangar.api.app import create_app
 from hangar.audit.log import AuditContext
+from hangar.controlplane import idps
 from hangar.controlplane.machines import register_local_host
 from hangar.controlplane.secrets import deliver
 from hangar.controlplane.state import ControlPlane
@@ -22,7 +23,7 @@ from hangar.crypto.kek import Pkcs11KekProvider
 from hangar.crypto.keyring import Keyring
 from hangar.crypto.rotation import WRAPPED_FILES
 from hangar.errors import KeyMaterialError
-from hangar.store.tables import AppKey, AuditEvent, Machine, RootKey
+from hangar.store.tables import AppKey, AuditEvent, IdentityProvider, Machine, RootKey
 from tests.conftest import Installation, SoftHsm, bearer, make_installation, mint_token
 from tests.uploads import upload_layout
 
@@ -136,6 +137,8 @@ def test_the_kek_rotates_online_and_the_old_one_is_gone(
     h = installation.headers
     api.post("/v1/apps", headers=h, json={"name": "web"})
     api.put("/v1/apps/web/secrets", headers=h, json={"secrets": [{"name": "K", "value": "v"}]})
+    idp = {"name": "corp", "issuer": "https://sso.example", "client_id": "h", "client_secret": "s3"}
+    assert api.post("/v1/idps", headers=h, json=idp).status_code == 201
     kek_file = installation.settings.effective_kek_file
     old_kek = kek_file.read_text().strip()
 
@@ -173,7 +176,11 @@ def test_the_kek_rotates_online_and_the_old_one_is_gone(
     with control_plane.db.read() as session:
         blobs += list(session.execute(select(RootKey.wrapped)).scalars())
         blobs += list(session.execute(select(AppKey.wrapped)).scalars())
-    assert len(blobs) >= 4 and all(b[1:9] == kid for b in blobs)
+        provider = session.execute(select(IdentityProvider)).scalar_one()
+        assert provider.client_secret is not None
+        blobs.append(provider.client_secret)
+    assert len(blobs) >= 5 and all(b[1:9] == kid for b in blobs)
+    assert idps.provider_config(control_plane, provider).client_secret == "s3"
     again = ControlPlane.open(installation.settings)
     again.close()
     with control_plane.db.read() as session:

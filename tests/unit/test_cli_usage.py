@@ -165,7 +165,7 @@ def test_a_runtime_error_keeps_exit_1_and_its_one_line_form(
     _, err = capsys.readouterr()
     assert err.splitlines() == [
         "error: you are not logged in",
-        "hint: run `hangar auth login --api URL --token TOKEN`",
+        "hint: run `hangar auth login --api URL` (or with --token TOKEN)",
     ]
 
 

@@ -15,7 +15,7 @@ import ipaddress
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -24,7 +24,7 @@ from typing import Any
 from hangar.agent.health import HealthMonitor
 from hangar.agent.offload import Offload
 from hangar.agent.runtimes.base import MachineSpec, Runtime
-from hangar.agent.volumes.manager import VolumeManager
+from hangar.agent.volumes.manager import VolumeManager, check_destinations
 from hangar.contract.assignments import Assignment
 from hangar.domain.reconcile import Action, ActionKind, Desired, Observed, plan
 from hangar.errors import HangarError, IntegrityError, NotFound, ValidationError
@@ -321,6 +321,21 @@ class Reconciler:
             held.update(str(v) for v in self._meta(machine_id).get("volumes", []))
         return held
 
+    def kill_holders(self, volume_ids: Iterable[str]) -> list[str]:
+        """SIGKILL the running machines holding any of ``volume_ids`` (whose mount died):
+        each then stops, failed, and its restart policy starts it again, which mounts
+        the volume anew. The machines killed."""
+        wanted = set(volume_ids)
+        killed = []
+        for machine_id in self.runtime.list():
+            if not wanted & {str(v) for v in self._meta(machine_id).get("volumes", [])}:
+                continue
+            if self.runtime.state(machine_id).status != "running":
+                continue
+            self.runtime.signal(machine_id, "SIGKILL")
+            killed.append(machine_id)
+        return killed
+
     def _watch(self, want: Assignment, now: float) -> None:
         if want.address is not None:
             self.health.watch(
@@ -408,6 +423,7 @@ class Reconciler:
                     "backend",
                     hint="install gocryptfs (or cryptsetup, with device-mapper) on the host",
                 )
+            check_destinations(want, image.rootfs)
             # Delivered for this start only; the drivers pass them on stdin and drop them.
             keys = self.volume_key_source(want)
             # The machine's root owns each new volume; its user's group may write there.

@@ -229,8 +229,23 @@ class Agent:
         except HangarError as exc:
             log.warning("volumes: %s", exc.message)
             return
-        for error in volumes.sync(desired, self.reconciler.volumes_in_use()):
+        in_use = self.reconciler.volumes_in_use()
+        for error in volumes.sync(desired, in_use):
             log.warning("%s", error)
+        stale = volumes.stale(in_use)
+        if stale:
+            try:
+                killed = self.reconciler.kill_holders(stale)
+            except HangarError as exc:
+                log.warning("volumes %s lost their mounts: %s", ", ".join(stale), exc.message)
+                killed = []
+            if killed:
+                log.warning(
+                    "volumes %s lost their mounts: machines %s killed, to start again "
+                    "with them mounted anew",
+                    ", ".join(stale),
+                    ", ".join(killed),
+                )
         if self.volume_jobs is None:
             self.volume_jobs = VolumeJobs(self.link, volumes)
         try:

@@ -21,6 +21,7 @@ from hangar.api.routers import (
     certs,
     edge,
     execs,
+    factors,
     health,
     hosts,
     leases,
@@ -37,6 +38,12 @@ from hangar.api.routers import (
     volumes,
     wireguard,
 )
+from hangar.api.routers import auth as auth_routes
+from hangar.api.routers import idps as idp_routes
+from hangar.api.routers import users as user_routes
+from hangar.api.web import factors as web_factors
+from hangar.api.web import pages
+from hangar.api.web import signin as signin_pages
 from hangar.controlplane.state import ControlPlane
 
 __all__ = ["create_agent_app", "create_app"]
@@ -80,6 +87,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
         wireguard,
         hosts,
         tokens,
+        factors,
         audit,
         system,
     ):
@@ -87,6 +95,12 @@ def create_app(cp: ControlPlane) -> FastAPI:
     app.include_router(machines.by_id, responses=PROBLEM_RESPONSES)
     app.include_router(metrics.orgs, responses=PROBLEM_RESPONSES)
     app.include_router(metrics.apps, responses=PROBLEM_RESPONSES)
+    app.include_router(factors.users, responses=PROBLEM_RESPONSES)
+    app.include_router(web_factors.router)
+    for extra in (auth_routes.router, idp_routes.router, user_routes.router):
+        app.include_router(extra, responses=PROBLEM_RESPONSES)
+    app.include_router(pages.router)
+    app.include_router(signin_pages.router)
     install_problem_handlers(app)
     app.add_middleware(
         RequestContextMiddleware,

@@ -2,7 +2,9 @@
 
 Every API route must depend on exactly one ``Guard`` (it names the route's
 permission), ``HostGuard`` (the caller is a joined host, known by its client
-certificate) or ``Public`` (it says, visibly, that the route needs none).
+certificate), ``WebGuard`` (a web page: the browser's session cookie, if any,
+is checked as a bearer token would be) or ``Public`` (it says, visibly, that
+the route needs none).
 ``GuardedRouter`` refuses to register a route that has neither, and
 ``assert_routes_guarded`` checks a whole app the same way.
 
@@ -35,6 +37,7 @@ from starlette.routing import BaseRoute
 from hangar.audit.log import AuditContext
 from hangar.auth.rbac import Permission
 from hangar.auth.tokens import Principal
+from hangar.controlplane import mfapolicy
 from hangar.controlplane.changes import record_refusal
 from hangar.controlplane.state import ControlPlane
 from hangar.crypto.macaroons import Macaroon
@@ -47,12 +50,15 @@ __all__ = [
     "HOST",
     "PEER_CERT_SCOPE_KEY",
     "PUBLIC",
+    "WEB",
     "Access",
     "Guard",
     "GuardedRouter",
     "HostAccess",
     "HostGuard",
     "Public",
+    "WebAccess",
+    "WebGuard",
     "assert_routes_guarded",
     "audit_unrecorded_refusal",
     "iter_routes",
@@ -95,7 +101,16 @@ def authenticate(request: Request, cp: ControlPlane) -> Principal:
         if scheme.lower() != "bearer" or not token:
             raise AuthError("expected Authorization: Bearer <token>")
         with cp.db.connect() as conn:
-            return cp.tokens.authenticate(conn, token)
+            principal = cp.tokens.authenticate(conn, token)
+        cp.sessions.seen(principal)
+        if principal.token_id == cp.break_glass_token_id():
+            cp.break_glass_used(
+                principal,
+                _client(request),
+                _target(request),
+                getattr(request.state, "request_id", None),
+            )
+        return principal
     except AuthError as exc:
         API_AUTH_FAILURES.inc()
         record_refusal(
@@ -189,10 +204,17 @@ class Access:
 
 
 class Guard:
-    """``Depends(Guard(Permission.X))``: the route needs permission X."""
+    """``Depends(Guard(Permission.X))``: the route needs permission X.
 
-    def __init__(self, perm: Permission) -> None:
+    Once the target organization is known, its second-factor policy applies:
+    a member without a factor it accepts is refused, and with
+    ``step_up=True`` (sensitive actions) so is a credential whose second
+    factor is older than the organization's ``step_up_minutes``.
+    """
+
+    def __init__(self, perm: Permission, *, step_up: bool = False) -> None:
         self.perm = perm
+        self.step_up = step_up
 
     async def __call__(self, request: Request) -> Access:
         # Runs on the event loop, not in the thread pool: its store reads are
@@ -230,7 +252,67 @@ class Guard:
             access.check(self.perm, org=org, shown=f"organization {name!r}")
         else:
             access.check_untargeted()
+        if access.org is not None:
+            mfapolicy.enforce_member(cp, ctx, principal, access.org)
+            if self.step_up:
+                mfapolicy.enforce_step_up(
+                    cp, ctx, principal, org=access.org, action=self.perm.label
+                )
         return access
+
+
+@dataclass
+class WebAccess:
+    """What a web page receives: the signed-in person (None when not signed in)."""
+
+    cp: ControlPlane
+    principal: Principal | None
+    ctx: AuditContext
+
+
+# The cookie holding a browser's session token (``api/web/frame.py`` sets it).
+SESSION_COOKIE = "__Host-hangar-session"
+
+
+class WebGuard:
+    """``Depends(WebGuard())``: a web page; the session cookie, when sent, must be valid.
+
+    Only a sign-in session's token is accepted from the cookie (an API token
+    is not a browser's credential). A failed check is audited like a bearer
+    token's, and the page sees no one signed in.
+    """
+
+    async def __call__(self, request: Request) -> WebAccess:
+        cp = control_plane(request)
+        token = request.cookies.get(SESSION_COOKIE, "")
+        principal: Principal | None = None
+        if token:
+            try:
+                with cp.db.connect() as conn:
+                    principal = cp.tokens.authenticate(conn, token)
+                if principal.session_id is None:
+                    raise AuthError("a web page needs a sign-in session, not an API token")
+                cp.sessions.seen(principal)
+            except AuthError as exc:
+                principal = None
+                API_AUTH_FAILURES.inc()
+                record_refusal(
+                    cp,
+                    _anonymous(request, token),
+                    org_id=None,
+                    action="auth.authenticate",
+                    target=_target(request),
+                    reason=exc.message,
+                    outcome="failure",
+                )
+        ctx = AuditContext(
+            actor=principal.email if principal else "anonymous",
+            token_id=principal.token_id if principal else None,
+            request_id=getattr(request.state, "request_id", None),
+            client_addr=_client(request),
+        )
+        request.state.hangar_audit_ctx = ctx
+        return WebAccess(cp=cp, principal=principal, ctx=ctx)
 
 
 # Where the agent listener's protocol puts the verified client certificate (DER).
@@ -354,11 +436,13 @@ class Public:
         return None
 
 
-def requires(perm: Permission) -> Any:
-    return Depends(Guard(perm))
+def requires(perm: Permission, *, step_up: bool = False) -> Any:
+    """The route needs ``perm``; ``step_up``: and a fresh second factor (sensitive actions)."""
+    return Depends(Guard(perm, step_up=step_up))
 
 
 PUBLIC: Any = Depends(Public())
+WEB: Any = Depends(WebGuard())
 HOST: Any = Depends(HostGuard())
 
 
@@ -369,12 +453,14 @@ def _calls(dependant: Dependant) -> Iterator[Callable[..., Any] | None]:
 
 
 def _check_route(route: APIRoute) -> None:
-    markers = [c for c in _calls(route.dependant) if isinstance(c, Guard | HostGuard | Public)]
+    markers = [
+        c for c in _calls(route.dependant) if isinstance(c, Guard | HostGuard | Public | WebGuard)
+    ]
     if len(markers) != 1:
         methods = ",".join(sorted(route.methods or []))
         raise RuntimeError(
             f"route {methods} {route.path} must declare exactly one permission "
-            f"(Guard, HostGuard or Public); it declares {len(markers)}"
+            f"(Guard, HostGuard, WebGuard or Public); it declares {len(markers)}"
         )
 
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hangar.api.guard import audit_unrecorded_refusal
-from hangar.errors import HangarError
+from hangar.errors import HangarError, TooManyRequests
 
 __all__ = ["PROBLEM_RESPONSES", "Problem", "install_problem_handlers", "problem"]
 
@@ -53,6 +53,9 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: _doc("Conflicts with existing data"),
     413: _doc("Request body too large"),
     422: _doc("The request is malformed"),
+    429: _doc(
+        "Too many failed attempts (sign-ins, second factors): retry after Retry-After seconds"
+    ),
     500: _doc("Unexpected server error"),
     503: _doc("The store is unavailable"),
 }
@@ -99,7 +102,10 @@ async def _hangar_error(request: Request, exc: Exception) -> JSONResponse:
         log.error("request failed: %s", exc.message)
     if exc.status in (401, 403) and not exc.audited:
         _audit_refusal(request, exc.status, exc.message)
-    return problem(request, exc.status, exc.title, exc.message, code=exc.code, hint=exc.hint)
+    response = problem(request, exc.status, exc.title, exc.message, code=exc.code, hint=exc.hint)
+    if isinstance(exc, TooManyRequests):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

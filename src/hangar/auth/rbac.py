@@ -55,6 +55,8 @@ class Permission(Enum):
     """
 
     WHOAMI = ("whoami", Action.READ, Role.VIEWER)
+    # One's own second factors and step-ups (never another person's).
+    FACTORS_WRITE = ("factors:write", Action.WRITE, Role.VIEWER)
     ORGS_READ = ("orgs:read", Action.READ, Role.VIEWER)
     ORGS_CREATE = ("orgs:create", Action.CREATE, None)
     # Which roles hold the configurable permissions of the organization.
@@ -100,6 +102,13 @@ class Permission(Enum):
     BACKUPS_WRITE = ("backups:write", Action.WRITE, Role.ADMIN)
     # An export takes a volume's files off the platform, decrypted: admins only.
     VOLUMES_EXPORT = ("volumes:export", Action.READ, Role.ADMIN)
+    # The installation's identity providers, and disabling users: operators only.
+    IDPS_READ = ("idps:read", Action.READ, None)
+    IDPS_WRITE = ("idps:write", Action.WRITE, None)
+    USERS_WRITE = ("users:write", Action.WRITE, None)
+    # A person's own sign-in sessions (no organization involved).
+    SESSIONS_READ = ("sessions:read", Action.READ, Role.VIEWER)
+    SESSIONS_REVOKE = ("sessions:revoke", Action.DELETE, Role.VIEWER)
 
     def __init__(self, label: str, action: Action, least_role: Role | None) -> None:
         self.label = label

@@ -10,6 +10,8 @@ written exactly so, makes the whole token invalid)::
     actions = read[,write,...]     only these actions: a write-only token cannot read
     expires = <unix seconds>       not at or after this time
     not-before = <unix seconds>    not before this time
+    session = <session id>         a sign-in session's token: valid only while
+                                   that session is (see ``auth.sessions``)
 
 The same key may appear again (attenuation appends): lists intersect, the
 earliest ``expires`` and the latest ``not-before`` win, so no caveat added can
@@ -29,6 +31,7 @@ import json
 import re
 import secrets
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
@@ -37,9 +40,10 @@ from hangar.auth.rbac import CONFIGURABLE, NO_ROLE, Action, Grants, Permission, 
 from hangar.crypto.macaroons import Macaroon, TokenKeys
 from hangar.domain.names import validate_display_name
 from hangar.errors import AuthError, NotFound, PermissionDenied, ValidationError
-from hangar.store.tables import Membership, OrgGrant, RootKey, Token, User
+from hangar.store.tables import Membership, OrgGrant, RootKey, Token, User, UserSession
 
 __all__ = [
+    "SESSION_KIND",
     "TOKEN_KINDS",
     "Principal",
     "Scope",
@@ -50,6 +54,8 @@ __all__ = [
 ]
 
 TOKEN_KINDS = ("user", "org", "app", "readonly")
+# A sign-in session's token: minted only by ``mint_session``, never by `tokens create`.
+SESSION_KIND = "session"
 ALL_ACTIONS = frozenset(Action)
 
 
@@ -59,10 +65,18 @@ _AUTH_QUERY = (
         Token.org_id,
         Token.revoked_at,
         Token.expires_at,
+        Token.session_id,
         RootKey.wrapped,
         User.id.label("user_id"),
         User.email,
         User.is_operator,
+        User.disabled_at,
+        UserSession.expires_at.label("session_expires"),
+        UserSession.last_seen_at,
+        UserSession.idle_timeout_s,
+        UserSession.revoked_at.label("session_revoked"),
+        UserSession.mfa_verified_at,
+        UserSession.amr,
         Membership.org_id.label("member_org"),
         Membership.role,
         OrgGrant.permission.label("grant_perm"),
@@ -70,6 +84,7 @@ _AUTH_QUERY = (
     )
     .join(RootKey, RootKey.id == Token.key_id)
     .join(User, User.id == Token.user_id)
+    .outerjoin(UserSession, UserSession.id == Token.session_id)
     .outerjoin(Membership, Membership.user_id == User.id)
     # At most one row per configurable permission of each organization.
     .outerjoin(OrgGrant, OrgGrant.org_id == Membership.org_id)
@@ -94,6 +109,7 @@ class Scope:
     actions: frozenset[Action] = ALL_ACTIONS
     expires: int | None = None
     not_before: int | None = None
+    session: str | None = None
 
     @property
     def unrestricted_in_org(self) -> bool:
@@ -116,8 +132,8 @@ def _narrow(current: frozenset[str] | None, values: frozenset[str]) -> frozenset
 # One caveat: a known key, " = ", a value of visible ASCII. Anything else (a
 # look-alike key, a stray control character, a number in another script) is
 # refused rather than read generously.
-_KEYS = ("org", "apps", "actions", "expires", "not-before")
-_CAVEAT = re.compile(r"(org|apps|actions|expires|not-before) ?= ?([!-~]{1,1000})")
+_KEYS = ("org", "apps", "actions", "expires", "not-before", "session")
+_CAVEAT = re.compile(r"(org|apps|actions|expires|not-before|session) ?= ?([!-~]{1,1000})")
 _ITEM = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _STAMP = re.compile(r"-?[0-9]{1,15}")
 
@@ -152,6 +168,12 @@ def parse_caveats(caveats: tuple[str, ...]) -> Scope:
         if not all(_ITEM.fullmatch(part) for part in parts):
             raise AuthError(f"the token has a malformed caveat {caveat!r}")
         items = frozenset(parts)
+        if key == "session":
+            # One session, named the same by every caveat that names it.
+            if len(items) != 1 or (scope.session is not None and {scope.session} != items):
+                raise AuthError("the token is not valid")
+            scope = _replace(scope, session=parts[0])
+            continue
         if key == "org":
             scope = _replace(scope, orgs=_narrow(scope.orgs, items))
         elif key == "apps":
@@ -181,6 +203,16 @@ class Principal:
     roles: dict[str, Role] = field(default_factory=dict)
     # Each organization's choices for the configurable permissions.
     grants: dict[str, Grants] = field(default_factory=dict)
+    # The sign-in session this token stands for; None for API tokens.
+    session_id: str | None = None
+    # When the session's person last showed a second factor (None: never, or an API token).
+    mfa_verified_at: dt.datetime | None = None
+    # How the session's person authenticated (RFC 8176 values); empty for API tokens.
+    amr: tuple[str, ...] = ()
+    # When the session was last seen before this call, and its idle timeout
+    # (for ``SessionService.seen``).
+    session_seen_at: dt.datetime | None = field(default=None, repr=False, compare=False)
+    session_idle_s: int = field(default=0, repr=False, compare=False)
 
     def visible_orgs(self) -> list[str]:
         """Organizations this token may see at all."""
@@ -202,7 +234,7 @@ class Principal:
         Every caveat applies, to operators as to anyone.
         """
         self.check_action(perm)
-        if perm is Permission.WHOAMI:
+        if perm in _OWN:
             return
         if perm.least_role is None:
             if not self.is_operator or self.scope.orgs is not None or self.scope.apps is not None:
@@ -234,6 +266,8 @@ class Principal:
 
 
 _DEFAULT_GRANTS = Grants()
+# Permissions over the caller's own person, not any organization's objects.
+_OWN = frozenset({Permission.WHOAMI, Permission.SESSIONS_READ, Permission.SESSIONS_REVOKE})
 _CONFIGURABLE_BY_LABEL = {p.label: p for p in CONFIGURABLE}
 
 
@@ -380,8 +414,15 @@ class TokenService:
             if len(self._verified) >= 4096:
                 self._verified.clear()
             self._verified[token] = scope
+        if first.disabled_at is not None:
+            raise AuthError(
+                "this user is disabled",
+                hint="an installation operator can enable them: `hangar users enable`",
+            )
         if first.revoked_at is not None:
             raise AuthError("the token was revoked", hint="create a new one or log in again")
+        if first.session_id is not None or scope.session is not None:
+            _check_session(first, scope, now)
         expires_at = first.expires_at
         if expires_at is not None and now >= expires_at:
             raise AuthError(
@@ -408,4 +449,80 @@ class TokenService:
             scope=scope,
             roles=roles,
             grants=grants,
+            session_id=first.session_id,
+            mfa_verified_at=first.mfa_verified_at,
+            amr=_amr(first.amr) if first.session_id is not None else (),
+            session_seen_at=first.last_seen_at,
+            session_idle_s=first.idle_timeout_s or 0,
         )
+
+    def mint_session(
+        self,
+        session: Session,
+        *,
+        user_id: str,
+        session_id: str,
+        expires_at: dt.datetime,
+        org_ids: list[str] | None = None,
+    ) -> tuple[Token, str]:
+        """The token of sign-in session ``session_id`` (shown once, to whoever signed in).
+
+        It carries ``session = <id>`` and the session's expiry; ``org_ids``, when
+        given, limits it to those organizations (the ones whose identity policy
+        the sign-in satisfied).
+        """
+        caveats = [f"session = {session_id}", f"expires = {int(expires_at.timestamp())}"]
+        if org_ids is not None:
+            caveats.append(f"org = {','.join(sorted(org_ids)) or 'none'}")
+        key = self.root_key_for(session, None)
+        token_id = new_id("tok")
+        row = Token(
+            id=token_id,
+            org_id=None,
+            user_id=user_id,
+            key_id=key.id,
+            kind=SESSION_KIND,
+            name="sign-in session",
+            caveats=json.dumps(caveats),
+            created_at=_utcnow(),
+            expires_at=expires_at,
+            revoked_at=None,
+            session_id=session_id,
+        )
+        session.add(row)
+        identifier = json.dumps({"v": 1, "tid": token_id, "kid": key.id}, separators=(",", ":"))
+        macaroon = self._keys.mint(key.id, key.wrapped, identifier, tuple(caveats))
+        return row, macaroon.serialize()
+
+
+@functools.lru_cache(maxsize=256)
+def _amr(text: str | None) -> tuple[str, ...]:
+    try:
+        values = json.loads(text or "[]")
+    except ValueError:
+        return ()
+    return tuple(str(v) for v in values) if isinstance(values, list) else ()
+
+
+def _check_session(row: Any, scope: Scope, now: dt.datetime) -> None:
+    """Raise AuthError unless the session the token stands for is current.
+
+    A token naming a session must be the token of that very session, and a
+    session token must name its session: neither can stand in for the other.
+    """
+    if row.session_id is None or scope.session != row.session_id:
+        raise AuthError("the token is not valid")
+    if row.session_revoked is not None:
+        raise AuthError("the session has ended (signed out or revoked)", hint=_SIGN_IN)
+    if now >= row.session_expires:
+        raise AuthError("the session has expired", hint=_SIGN_IN)
+    idle = (now - row.last_seen_at).total_seconds()
+    if idle > row.idle_timeout_s:
+        raise AuthError(
+            f"the session was idle for more than {row.idle_timeout_s // 60} minutes "
+            "and has ended (automatic logoff)",
+            hint=_SIGN_IN,
+        )
+
+
+_SIGN_IN = "sign in again: `hangar auth login`"

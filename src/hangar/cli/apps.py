@@ -60,7 +60,13 @@ def show(ctx: typer.Context, name: Name, json_out: JsonOpt = False) -> None:
 
 @app.command()
 def destroy(ctx: typer.Context, name: Name, yes: YesOpt = False) -> None:
-    """Destroy an app. Asks first; --yes to skip (required without a terminal)."""
-    confirm(f"Destroy app {name}? This cannot be undone.", yes)
+    """Destroy an app: its machines, releases, secrets and volumes. Asks first; --yes
+    to skip (required without a terminal).
+
+    Its volumes' keys are deleted with it: their data is unreadable for good.
+    """
+    confirm(
+        f"Destroy app {name}, with its secrets and volumes? Their data cannot be recovered.", yes
+    )
     client(ctx).request("DELETE", f"/v1/apps/{name}")
     typer.echo(f"Destroyed app {name}.")

@@ -49,7 +49,8 @@ class Client:
     def __init__(self, settings: ClientSettings, *, need_token: bool = True) -> None:
         if need_token and not settings.token:
             raise AuthError(
-                "you are not logged in", hint="run `hangar auth login --api URL --token TOKEN`"
+                "you are not logged in",
+                hint="run `hangar auth login --api URL` (or with --token TOKEN)",
             )
         headers = {"User-Agent": "hangar-cli"}
         if settings.token:
@@ -61,6 +62,15 @@ class Client:
             verify=_verify(settings),
             timeout=settings.timeout,
         )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
@@ -90,6 +100,13 @@ class Client:
         backup, a drill): it may take up to ten minutes, so the client waits as long."""
         timeout = httpx.Timeout(self.settings.timeout, read=LONG_READ_SECONDS)
         return self.request(method, path, timeout=timeout, **kwargs)
+
+    def raw(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The response as it came (for protocols whose errors are answers, as RFC 8628's)."""
+        try:
+            return self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise HangarError(f"request to {self.settings.api_url} failed: {exc}") from exc
 
     def stream_lines(self, path: str, params: dict[str, str]) -> Iterator[str]:
         """The lines of a streamed (NDJSON) response, as they arrive."""

@@ -42,7 +42,10 @@ def duration(text: str) -> float:
 def client(ctx: typer.Context, *, need_token: bool = True) -> Client:
     """A client for the API named by --api, the environment or the login file."""
     flags: dict[str, Any] = dict((ctx.find_root().obj or {}).get("client_flags", {}))
-    return Client(load_client_settings(flags), need_token=need_token)
+    made = Client(load_client_settings(flags), need_token=need_token)
+    # Its connections close when the command ends (in a long-lived process too).
+    ctx.call_on_close(made.close)
+    return made
 
 
 def org_param(org: str | None) -> dict[str, Any]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from typing import Annotated, Any
 
 import typer
 
 from hangar.cli.common import JsonOpt, YesOpt, client
 from hangar.cli.output import confirm, emit, fields, table
+from hangar.config.appconfig import parse_duration
 from hangar.errors import ValidationError
 
 app = typer.Typer(name="orgs", help="Organizations and members.", no_args_is_help=True)
@@ -148,3 +150,95 @@ def members_remove(ctx: typer.Context, org: Org, email: str, yes: YesOpt = False
     confirm(f"Remove {email} from {org}?", yes)
     client(ctx).request("DELETE", f"/v1/orgs/{org}/members/{email}")
     typer.echo(f"Removed {email} from {org}.")
+
+
+policy = typer.Typer(
+    name="policy",
+    help="How an organization's members must sign in (identity provider, domains, sessions, "
+    "second factors).",
+    no_args_is_help=True,
+)
+app.add_typer(policy)
+
+
+def _seconds(text: str) -> int:
+    return int(parse_duration(text))
+
+
+def _list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _group_roles(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in _list(text):
+        group, sep, role = part.rpartition(":")
+        if not sep or not group:
+            raise ValidationError(f"{part!r} is not GROUP:ROLE", hint="e.g. group_roles=eng:member")
+        out[group] = role
+    return out
+
+
+# How each key's VALUE is read on the command line; a key not here is sent as JSON if it
+# parses as JSON (true, 15, ["a"]), else as text.
+POLICY_VALUES: dict[str, Any] = {
+    "sso_idp": str,
+    "email_domains": _list,
+    "group_roles": _group_roles,
+    "session_lifetime": _seconds,
+    "idle_timeout": _seconds,
+}
+
+
+def _policy_value(key: str, text: str) -> Any:
+    reader = POLICY_VALUES.get(key)
+    if reader is not None:
+        try:
+            return reader(text)
+        except ValueError as exc:
+            raise ValidationError(f"{key}: {exc}") from None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+@policy.command("show")
+def policy_show(ctx: typer.Context, org: Org, json_out: JsonOpt = False) -> None:
+    """The organization's identity policy (every key, defaults included)."""
+    data = client(ctx).get(f"/v1/orgs/{org}/policy")
+    fields(data, sorted(data), json_out, width=20)
+
+
+@policy.command("set")
+def policy_set(
+    ctx: typer.Context,
+    org: Org,
+    assignments: Annotated[
+        list[str] | None, typer.Argument(help="KEY=VALUE, e.g. sso_idp=okta idle_timeout=15m")
+    ] = None,
+    unset: Annotated[
+        list[str] | None, typer.Option(help="a key to put back to its default (repeatable)")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Change keys of the organization's identity policy (admins; audited).
+
+    Keys: sso_idp=NAME (members must sign in through it), email_domains=a.com,b.com,
+    group_roles=GROUP:ROLE,... (just-in-time membership from IdP groups),
+    session_lifetime=12h, idle_timeout=1h. Second factors: require_mfa=webauthn|any|off,
+    accept_idp_mfa=true|false, allow_totp=true|false, step_up_minutes=15,
+    automation_tokens=true|false. A policy change needs a fresh second factor
+    (`hangar auth step-up`) once the organization requires one.
+    """
+    values: dict[str, Any] = {}
+    for item in assignments or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValidationError(f"{item!r} is not KEY=VALUE")
+        values[key.strip()] = _policy_value(key.strip(), text)
+    body = {"set": values, "unset": unset or []}
+    if not values and not body["unset"]:
+        raise ValidationError("nothing to change", hint="give KEY=VALUE or --unset KEY")
+    data = client(ctx).request("PATCH", f"/v1/orgs/{org}/policy", json=body)
+    fields(data, sorted(data), json_out, width=20)

@@ -143,6 +143,12 @@ def init(
         f"  hangar auth login --api {api} --ca-cert {result.ca_cert} --token "
         f"{'$(cat ' + str(token_file) + ')' if token_file else '<token>'}"
     )
+    typer.echo("  hangar idps add NAME --issuer URL --client-id ID --client-secret-file FILE")
+    typer.echo(
+        "\nThe admin token is the installation's break-glass access: every use is audited\n"
+        "(auth.break_glass) and logged as a warning. Keep it offline; day to day, sign in\n"
+        "through an identity provider (docs/identity.md)."
+    )
 
 
 @app.command()

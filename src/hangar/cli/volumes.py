@@ -105,7 +105,7 @@ def list_(
 def show(
     ctx: typer.Context, volume: RefArg, app_: AppOpt = None, json_out: JsonOpt = False
 ) -> None:
-    """One volume."""
+    """One volume: its size, host, encryption, state and the machine holding it."""
     _show(client(ctx).get(f"/v1/apps/{app_name(app_)}/volumes/{volume}"), json_out)
 
 
@@ -137,7 +137,13 @@ def extend(
 
 
 @app.command()
-def destroy(ctx: typer.Context, volume: RefArg, app_: AppOpt = None, yes: YesOpt = False) -> None:
+def destroy(
+    ctx: typer.Context,
+    volume: RefArg,
+    app_: AppOpt = None,
+    yes: YesOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
     """Destroy a volume: its key is deleted at once, so its data is unreadable for good.
 
     A volume held by a machine is refused: destroy the machine first.
@@ -145,6 +151,9 @@ def destroy(ctx: typer.Context, volume: RefArg, app_: AppOpt = None, yes: YesOpt
     name = app_name(app_)
     confirm(f"Destroy volume {volume} of {name}? Its data cannot be recovered.", yes)
     data = client(ctx).request("DELETE", f"/v1/apps/{name}/volumes/{volume}")
+    if json_out:
+        emit(data)
+        return
     typer.echo(f"Destroyed volume {data['id']}: its key is gone; its host deletes its files.")
 
 

@@ -106,6 +106,12 @@ class ServerSettings(BaseModel):
     # closed after http_keepalive_seconds.
     http_header_seconds: float = Field(default=20, ge=1, le=600)
     http_keepalive_seconds: float = Field(default=5, ge=1, le=600)
+    # The URL people's browsers reach this API at (identity providers redirect
+    # back to PUBLIC_URL/web/callback); empty: https://<first tls_hostname>:<listen_port>.
+    public_url: str = Field(default="", pattern=r"^$|^https://[A-Za-z0-9.:\[\]-]+(:[0-9]{1,5})?$")
+    # How often each signed-in person's identity provider is asked (with its
+    # refresh token) whether it still vouches for them; a refusal offboards them.
+    idp_check_seconds: float = Field(default=300, ge=30, le=86400)
     # Isolate this host's machines with nftables (off only to debug a host).
     firewall: bool = True
     # Answer machines' .internal names on this host (UDP/TCP 53 on a private address).
@@ -197,6 +203,15 @@ class ServerSettings(BaseModel):
     def effective_agent_dir(self) -> Path:
         """Outside the 0700 data dir: machines' unprivileged uid must reach images in it."""
         return self.agent_dir or self.data_dir.with_name(self.data_dir.name + "-agent")
+
+    @property
+    def effective_public_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = self.tls_hostnames[0] if self.tls_hostnames else "localhost"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"https://{host}:{self.listen_port}"
 
     @property
     def effective_database_url(self) -> str:

@@ -109,11 +109,18 @@ def destroy_app(cp: ControlPlane, ctx: AuditContext, app: App) -> None:
     keys, host names, volumes and their keys."""
     with change(cp, ctx, org_id=app.org_id, action="app.destroy", target=app.name) as (
         session,
-        _,
+        event,
     ):
         row = session.get(App, app.id)
         if row is None:
             raise NotFound(f"app {app.name!r} not found")
+        # The volumes shredded with it, each named in the audit trail.
+        shredded = session.execute(
+            select(Volume.id, Volume.name).where(
+                Volume.app_id == row.id, Volume.state != "destroyed"
+            )
+        ).all()
+        event.detail = {"volumes_shredded": sorted(f"{name}/{vid}" for vid, name in shredded)}
         # Its machines' rows go; agents then remove the machines as unassigned.
         session.execute(delete(Machine).where(Machine.app_id == row.id))
         session.execute(delete(Release).where(Release.app_id == row.id))

@@ -25,7 +25,7 @@ from hangar.domain.names import validate_dns_label, validate_email
 from hangar.errors import ConfigError
 from hangar.hostfs import write_private
 from hangar.store.db import Database
-from hangar.store.tables import Membership, Org, User
+from hangar.store.tables import Membership, Org, Setting, User
 
 __all__ = ["InitResult", "init_server"]
 
@@ -69,7 +69,11 @@ def init_server(
     force: bool = False,
 ) -> InitResult:
     """Create everything a new installation needs; refuses to overwrite one."""
-    from hangar.controlplane.state import ControlPlane, kek_provider  # state imports ours
+    from hangar.controlplane.state import (  # state imports ours
+        BREAK_GLASS_SETTING,
+        ControlPlane,
+        kek_provider,
+    )
 
     validate_dns_label(org_name, what="organization name")
     admin_email = validate_email(admin_email)
@@ -128,6 +132,7 @@ def init_server(
                 ttl=token_ttl,
                 name="bootstrap admin token",
             )
+            session.add(Setting(key=BREAK_GLASS_SETTING, value=row.id))
             ctx = AuditContext(actor=admin_email, token_id=None, request_id=None, client_addr=None)
             cp.audit.record(session, ctx, org_id=None, action="server.init", target=str(data_dir))
             cp.audit.record(session, ctx, org_id=org.id, action="org.create", target=org_name)

@@ -24,7 +24,7 @@ from hangar.domain.jointoken import JoinToken as TokenText
 from hangar.domain.jointoken import format_join_token, parse_join_token
 from hangar.domain.names import validate_dns_label
 from hangar.errors import AuthError, Conflict, NotFound, ValidationError
-from hangar.store.tables import Host, JoinToken, Machine
+from hangar.store.tables import Host, JoinToken, Machine, Volume
 
 __all__ = [
     "IssuedCert",
@@ -167,6 +167,17 @@ def remove_host(session: Session, name: str) -> Host:
         raise Conflict(
             f"host {name!r} still has {live} machine(s)",
             hint="cordon it, then destroy or replace its machines first",
+        )
+    # A volume's data lives only on its host: removing the host would strand it.
+    volumes = session.execute(
+        select(func.count())
+        .select_from(Volume)
+        .where(Volume.host_id == host.id, Volume.state != "destroyed")
+    ).scalar_one()
+    if volumes:
+        raise Conflict(
+            f"host {name!r} still keeps {volumes} volume(s), whose data lives only there",
+            hint="destroy them first (`hangar volumes list --app APP` shows each one's host)",
         )
     host.state = "removed"
     host.cert_serial = host.prev_cert_serial = None

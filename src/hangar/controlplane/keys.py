@@ -17,9 +17,12 @@ from sqlalchemy import select
 from hangar.controlplane.acme import ACCOUNT_PURPOSE, ACCOUNT_SETTING
 from hangar.controlplane.backups import credential_purpose as backup_credential_purpose
 from hangar.controlplane.backups import password_purpose as backup_password_purpose
+from hangar.controlplane.factors import totp_purpose
+from hangar.controlplane.idps import secret_purpose as idp_secret_purpose
 from hangar.controlplane.logsinks import credential_purpose
 from hangar.controlplane.routes import cert_key_purpose
 from hangar.controlplane.serverbackup import rewrap_repo_file
+from hangar.controlplane.signins import refresh_purpose
 from hangar.controlplane.state import ControlPlane
 from hangar.crypto.rotation import (
     WRAPPED_FILES,
@@ -33,9 +36,12 @@ from hangar.store.tables import (
     AppKey,
     BackupRepoRow,
     Certificate,
+    IdentityProvider,
     LogSinkRow,
     RootKey,
     Setting,
+    UserFactor,
+    UserIdentity,
     Volume,
 )
 
@@ -101,6 +107,24 @@ def _rewrap_rows(cp: ControlPlane) -> int:
                 fresh = rewrap(cp.keyring, repo.credential, purpose)
                 count += fresh != repo.credential
                 repo.credential = fresh
+        for factor in session.execute(
+            select(UserFactor).where(UserFactor.secret_wrapped.is_not(None))
+        ).scalars():
+            assert factor.secret_wrapped is not None
+            fresh = rewrap(cp.keyring, factor.secret_wrapped, totp_purpose(factor.id))
+            count += fresh != factor.secret_wrapped
+            factor.secret_wrapped = fresh
+        for idp in session.execute(select(IdentityProvider)).scalars():
+            if idp.client_secret is not None:
+                fresh = rewrap(cp.keyring, idp.client_secret, idp_secret_purpose(idp.id))
+                count += fresh != idp.client_secret
+                idp.client_secret = fresh
+        for identity in session.execute(select(UserIdentity)).scalars():
+            if identity.refresh_token is not None:
+                purpose = refresh_purpose(identity.idp_id, identity.subject)
+                fresh = rewrap(cp.keyring, identity.refresh_token, purpose)
+                count += fresh != identity.refresh_token
+                identity.refresh_token = fresh
         account = session.get(Setting, ACCOUNT_SETTING)
         if account is not None:
             stored = json.loads(account.value)

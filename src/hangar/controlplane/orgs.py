@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from hangar.audit.log import AuditContext
+from hangar.auth.policy import IdentityPolicy, load_policy, parse_assignments, save_policy
 from hangar.auth.rbac import CONFIGURABLE, NO_ROLE, Grants, Permission, Role
 from hangar.auth.tokens import grants_from_rows, new_id
 from hangar.controlplane.changes import change
+from hangar.controlplane.offboard import offboard
 from hangar.controlplane.state import ControlPlane
 from hangar.domain.names import normalize_email, validate_dns_label
 from hangar.errors import Conflict, NotFound, ValidationError
-from hangar.store.tables import Membership, Org, OrgGrant, User
+from hangar.store.tables import IdentityProvider, Membership, Org, OrgGrant, User
 
 __all__ = [
     "add_member",
@@ -22,11 +25,13 @@ __all__ = [
     "find_org",
     "get_grants",
     "get_org",
+    "get_policy",
     "list_members",
     "list_orgs",
     "named_or_only",
     "remove_member",
     "set_grants",
+    "set_policy",
     "set_role",
 ]
 
@@ -178,11 +183,14 @@ def set_role(cp: ControlPlane, ctx: AuditContext, org: Org, email: str, role: Ro
 
 
 def remove_member(cp: ControlPlane, ctx: AuditContext, org: Org, email: str) -> None:
-    with change(cp, ctx, org_id=org.id, action="member.remove", wake=False) as (session, event):
+    """Remove a member and, at once, their sessions, tokens and devices (``offboard``)."""
+    with change(cp, ctx, org_id=org.id, action="member.remove") as (session, event):
         member = _member(session, org, email)
         _keep_an_admin(session, org, member)
         session.delete(member[0])
+        session.flush()
         event.target = member[1].email
+        event.detail = offboard(session, member[1], org_id=org.id).detail()
 
 
 def _grants(session: Session, org: Org) -> Grants:
@@ -257,4 +265,37 @@ def set_grants(
             elif row.least_role != value:
                 row.least_role, row.updated_at = value, now
         event.detail = {"from": before.as_labels(), "to": after.as_labels()}
+    return after
+
+
+def get_policy(cp: ControlPlane, org: Org) -> IdentityPolicy:
+    """``org``'s identity policy (defaults for keys never set)."""
+    with cp.db.read() as session:
+        return load_policy(session, org.id)
+
+
+def set_policy(
+    cp: ControlPlane, ctx: AuditContext, org: Org, assignments: dict[str, Any], unset: list[str]
+) -> IdentityPolicy:
+    """Change keys of ``org``'s identity policy; recorded as ``org.set_policy`` with each change.
+
+    Every key and value is checked before anything is written; a policy
+    naming an identity provider that does not exist is refused.
+    """
+    with change(cp, ctx, org_id=org.id, action="org.set_policy", target=org.name, wake=False) as (
+        session,
+        event,
+    ):
+        before = load_policy(session, org.id)
+        after = parse_assignments(before, assignments, unset=unset)
+        if (
+            after.sso_idp
+            and not session.execute(
+                select(IdentityProvider.id).where(IdentityProvider.name == after.sso_idp)
+            ).first()
+        ):
+            raise ValidationError(
+                f"no identity provider is called {after.sso_idp!r}", hint="hangar idps list"
+            )
+        event.detail = save_policy(session, org.id, before, after)
     return after

@@ -29,6 +29,8 @@ def list_tokens(
     if after is not None:
         query = query.where(Token.id > after)
     query = query.where(Token.org_id.is_(None) if org_id is None else Token.org_id == org_id)
+    # Sessions' tokens are listed as sessions (`hangar auth sessions list`).
+    query = query.where(Token.session_id.is_(None))
     if user_id is not None:
         query = query.where(Token.user_id == user_id)
     with cp.db.read() as session:

@@ -29,7 +29,10 @@ from hangar.controlplane.changes import change, record_refusal
 from hangar.controlplane.state import ControlPlane
 from hangar.crypto.volumekeys import new_volume_key, open_volume_key
 from hangar.domain.volumes import (
+    MAX_VOLUMES_PER_APP,
+    MAX_VOLUMES_PER_ORG,
     FreeVolume,
+    check_size,
     check_volume_name,
     format_size,
     pick_free,
@@ -107,18 +110,16 @@ def list_volumes(cp: ControlPlane, app: App, *, destroyed: bool = False) -> list
         return [_info(v, app.name, hosts.get(v.host_id, v.host_id)) for v in rows]
 
 
-def _find(session: Session, app: App, ref: str) -> Volume:
-    """The app's volume with id ``ref``, or the only live one named ``ref``."""
-    volume = session.get(Volume, ref)
+def _find(session: Session, app: App, ref: str, *, lock: bool = False) -> Volume:
+    """The app's volume with id ``ref``, or the only live one named ``ref``; with
+    ``lock``, locked to the end of the transaction (a machine taking it waits)."""
+    volume = session.get(Volume, ref, with_for_update=lock)
     if volume is not None and volume.app_id == app.id:
         return volume
-    named = list(
-        session.execute(
-            select(Volume).where(
-                Volume.app_id == app.id, Volume.name == ref, Volume.state != "destroyed"
-            )
-        ).scalars()
+    query = select(Volume).where(
+        Volume.app_id == app.id, Volume.name == ref, Volume.state != "destroyed"
     )
+    named = list(session.execute(query.with_for_update() if lock else query).scalars())
     if len(named) == 1:
         return named[0]
     if len(named) > 1:
@@ -167,6 +168,33 @@ def _pick_host(session: Session, host_name: str | None) -> Host:
     return min(ready, key=lambda h: (counts.get(h.id, 0), h.number))
 
 
+def _check_count(session: Session, app: App) -> None:
+    """Refuse a volume past the app's or its organization's bound (destroyed ones aside)."""
+    live = Volume.state != "destroyed"
+    in_app = (
+        session.scalar(
+            select(func.count()).select_from(Volume).where(Volume.app_id == app.id, live)
+        )
+        or 0
+    )
+    if in_app >= MAX_VOLUMES_PER_APP:
+        raise Conflict(
+            f"app {app.name} has {in_app} volumes: an app has at most {MAX_VOLUMES_PER_APP}",
+            hint=f"destroy one it no longer needs: `hangar volumes list --app {app.name}`",
+        )
+    in_org = (
+        session.scalar(
+            select(func.count()).select_from(Volume).where(Volume.org_id == app.org_id, live)
+        )
+        or 0
+    )
+    if in_org >= MAX_VOLUMES_PER_ORG:
+        raise Conflict(
+            f"the organization has {in_org} volumes: it has at most {MAX_VOLUMES_PER_ORG}",
+            hint="destroy volumes it no longer needs (`hangar volumes list --app APP`)",
+        )
+
+
 def create_volume(
     cp: ControlPlane,
     ctx: AuditContext,
@@ -179,10 +207,12 @@ def create_volume(
 ) -> VolumeInfo:
     """A new, empty, encrypted volume of ``app`` on one host (validated before any write)."""
     check_volume_name(name)
+    check_size(size_mb)
     with change(cp, ctx, org_id=app.org_id, action="volume.create", target=name) as (
         session,
         event,
     ):
+        _check_count(session, app)
         host = _pick_host(session, host_name)
         backend = host.volume_backend
         assert backend is not None
@@ -223,11 +253,12 @@ def extend_volume(
     A free volume grows when a machine next mounts it; a held one grows at once
     where its host can grow a mounted file system, else at its machine's next start.
     """
+    check_size(size_mb)
     with change(cp, ctx, org_id=app.org_id, action="volume.extend", target=ref) as (
         session,
         event,
     ):
-        volume = _find(session, app, ref)
+        volume = _find(session, app, ref, lock=True)
         if volume.state == "destroyed":
             raise Conflict(f"volume {volume.id} is destroyed")
         if size_mb <= volume.size_mb:
@@ -255,7 +286,7 @@ def destroy_volume(cp: ControlPlane, ctx: AuditContext, app: App, ref: str) -> V
         session,
         event,
     ):
-        volume = _find(session, app, ref)
+        volume = _find(session, app, ref, lock=True)
         if volume.state == "destroyed":
             raise Conflict(f"volume {volume.id} is destroyed already")
         if volume.machine_id is not None and session.get(Machine, volume.machine_id) is not None:
@@ -273,8 +304,10 @@ def destroy_volume(cp: ControlPlane, ctx: AuditContext, app: App, ref: str) -> V
 
 
 def _free(session: Session, app_id: str) -> list[FreeVolume]:
+    # Locked to the end of the transaction: on PostgreSQL, a machine made at the same
+    # time (a deploy beside a scale) waits here, then sees which volumes this one took.
     rows = session.execute(
-        select(Volume).where(Volume.app_id == app_id, Volume.state != "destroyed")
+        select(Volume).where(Volume.app_id == app_id, Volume.state != "destroyed").with_for_update()
     ).scalars()
     return [
         FreeVolume(v.id, v.name, v.host_id, v.machine_id, v.created_at.timestamp()) for v in rows
@@ -290,7 +323,13 @@ def attach(session: Session, app: App, sources: Sequence[str]) -> tuple[str | No
     if not sources:
         return None, []
     free = _free(session, app.id)
-    first = pick_free(free, sources[0], app.name)
+    # A volume on a host that takes machines first: one on a cordoned host only if
+    # no other is free (placement then says why the machine cannot run).
+    active = set(session.execute(select(Host.id).where(Host.state == "active")).scalars())
+    try:
+        first = pick_free([v for v in free if v.host_id in active], sources[0], app.name)
+    except Conflict:
+        first = pick_free(free, sources[0], app.name)
     chosen = [first]
     for source in sources[1:]:
         here = [v for v in free if v.host_id == first.host_id]

@@ -19,9 +19,12 @@ from hangar.errors import Conflict, ValidationError
 
 __all__ = [
     "MAX_SIZE_MB",
+    "MAX_VOLUMES_PER_APP",
+    "MAX_VOLUMES_PER_ORG",
     "MIN_SIZE_MB",
     "FreeVolume",
     "check_destination",
+    "check_size",
     "check_volume_name",
     "format_size",
     "parse_size",
@@ -30,6 +33,9 @@ __all__ = [
 
 MIN_SIZE_MB = 64
 MAX_SIZE_MB = 500 * 1024  # 500 GB, as Fly.io's largest volume
+# Volumes not destroyed: each is a loop device and a mount on its host.
+MAX_VOLUMES_PER_APP = 64
+MAX_VOLUMES_PER_ORG = 256
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,29}$")
 _SIZE = re.compile(r"^\s*([0-9]{1,7})\s*(mb|mib|m|gb|gib|g)?\s*$", re.IGNORECASE | re.ASCII)
 _DEST = re.compile(r"^/[A-Za-z0-9._/@+-]{1,511}$")
@@ -58,7 +64,11 @@ def parse_size(text: str) -> int:
             f"bad volume size {text!r}", hint="say it as 1gb, 10gb or 512mb (a number alone is GB)"
         )
     number, unit = int(found.group(1)), (found.group(2) or "gb").lower()
-    size = number if unit.startswith("m") else number * 1024
+    return check_size(number if unit.startswith("m") else number * 1024)
+
+
+def check_size(size: int) -> int:
+    """``size`` (MB) if a volume may be that large; else ValidationError."""
     if not MIN_SIZE_MB <= size <= MAX_SIZE_MB:
         raise ValidationError(
             f"volume size {format_size(size)} is out of range",
@@ -83,10 +93,17 @@ def check_destination(path: str) -> str:
             f"mount destination {path!r} is not an absolute path of plain characters",
             hint='say it as destination = "/data"',
         )
-    if posixpath.normpath(path) != path or "/./" in path + "/" or "/../" in path + "/":
+    # normpath keeps a leading "//" (POSIX lets it mean something else): "//proc"
+    # would pass every check below, and runc mounts it on /proc.
+    if (
+        posixpath.normpath(path) != path
+        or "//" in path
+        or "/./" in path + "/"
+        or "/../" in path + "/"
+    ):
         raise ValidationError(
             f"mount destination {path!r} is not normalized",
-            hint=f"write it as {posixpath.normpath(path)!r}",
+            hint=f"write it as {'/' + posixpath.normpath(path).lstrip('/')!r}",
         )
     for tree in _RUNTIME_TREES:
         if path == tree or path.startswith(tree + "/"):

@@ -31,6 +31,7 @@ from hangar.controlplane.acme import Issuer
 from hangar.controlplane.auditverify import AuditVerifier
 from hangar.controlplane.background import BackgroundLoop
 from hangar.controlplane.deployer import step_all
+from hangar.controlplane.identitycheck import IdentityChecks
 from hangar.controlplane.logshipper import LogShipper
 from hangar.controlplane.metrics import ControlPlaneCollector
 from hangar.controlplane.state import ControlPlane
@@ -303,9 +304,11 @@ def _serve(settings: ServerSettings) -> None:
             ca_file=settings.data_dir / "ca.crt",
         )
     shipper = LogShipper(cp)
+    identity_checks = IdentityChecks(cp)
     loops.start()
     issuer.start()
     shipper.start()
+    identity_checks.start()
     if verifier is not None:
         verifier.start()
     try:
@@ -317,6 +320,7 @@ def _serve(settings: ServerSettings) -> None:
             metrics.stop()
         if verifier is not None:
             verifier.stop()
+        identity_checks.stop()
         shipper.stop()
         issuer.stop()
         loops.stop()

@@ -37,7 +37,11 @@ __all__ = [
     "AuditHead",
     "Base",
     "Certificate",
+    "DeviceCode",
+    "FactorChallenge",
+    "FactorFailures",
     "Host",
+    "IdentityProvider",
     "JoinToken",
     "Machine",
     "MachineEvent",
@@ -45,14 +49,22 @@ __all__ = [
     "Network",
     "Org",
     "OrgGrant",
+    "OrgMfaPolicy",
+    "OrgPolicyValue",
+    "PendingSignin",
+    "RecoveryCode",
     "Release",
     "RootKey",
     "Secret",
     "SecretVersion",
     "SecretVersionValue",
     "Setting",
+    "StepUp",
     "Token",
     "User",
+    "UserFactor",
+    "UserIdentity",
+    "UserSession",
     "Volume",
     "WireguardPeer",
 ]
@@ -103,6 +115,9 @@ class User(Base):
     email: Mapped[str] = mapped_column(String(254), unique=True)
     is_operator: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    # Set by an operator (`hangar users disable`) or when the user's identity
+    # provider stops vouching for them: no sign-in, no session, no token.
+    disabled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
 
 class Membership(Base):
@@ -160,6 +175,128 @@ class Token(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # The sign-in session this token stands for (kind "session"); None for API tokens.
+    session_id: Mapped[str | None] = mapped_column(ForeignKey("sessions.id"), index=True)
+
+
+class UserSession(Base):
+    """A person's signed-in session: what a session token (kind "session") stands for.
+
+    Checked on every call: past ``expires_at``, idle for more than
+    ``idle_timeout_s`` since ``last_seen_at``, or revoked, the token is refused.
+    ``mfa_verified_at`` and ``amr`` say when and how a second factor was shown.
+    """
+
+    __tablename__ = "sessions"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    # The identity provider's name the person signed in through ("" for none).
+    idp: Mapped[str] = mapped_column(String(63))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    last_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    idle_timeout_s: Mapped[int] = mapped_column(Integer)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    mfa_verified_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # JSON list of authentication methods (RFC 8176 values), e.g. ["pwd", "hwk"].
+    amr: Mapped[str] = mapped_column(Text, default="[]")
+    # Where the session was started from (client address) and by what ("cli", "device", "web").
+    client_addr: Mapped[str | None] = mapped_column(String(64))
+    via: Mapped[str] = mapped_column(String(16), default="web")
+
+
+class IdentityProvider(Base):
+    """An OpenID Connect provider the operator configured; its client secret is KEK-wrapped."""
+
+    __tablename__ = "identity_providers"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    issuer: Mapped[str] = mapped_column(String(500))
+    client_id: Mapped[str] = mapped_column(String(255))
+    # Wrapped by the KEK under a purpose bound to this provider; None for a public client.
+    client_secret: Mapped[bytes | None] = mapped_column(LargeBinary)
+    scopes: Mapped[str] = mapped_column(String(500))
+    # The ID-token claim holding the person's groups (for organizations' group_roles).
+    groups_claim: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[str] = mapped_column(String(254))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class UserIdentity(Base):
+    """A user as one identity provider knows them (its ``sub``), and what it last said."""
+
+    __tablename__ = "user_identities"
+    idp_id: Mapped[str] = mapped_column(ForeignKey("identity_providers.id"), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(255), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    # JSON list of the groups the last ID token named.
+    groups: Mapped[str] = mapped_column(Text, default="[]")
+    # The provider's refresh token, wrapped by the KEK: used to ask it, now and
+    # then, whether it still vouches for the person (offboarding at the IdP).
+    refresh_token: Mapped[bytes | None] = mapped_column(LargeBinary)
+    last_signin_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    checked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class OrgPolicyValue(Base):
+    """One key of an organization's identity policy (``hangar orgs policy``), as JSON."""
+
+    __tablename__ = "org_policies"
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class PendingSignin(Base):
+    """A sign-in under way: from the start of the IdP redirect to the session it issues.
+
+    Bound to the browser by a ``__Host-`` cookie holding a secret whose
+    SHA-256 is ``id``; ``state``, ``nonce`` and the PKCE verifier are for the
+    IdP leg; ``steps`` lists what must still happen before a session is issued.
+    """
+
+    __tablename__ = "pending_signins"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(String(64), unique=True)
+    nonce: Mapped[str] = mapped_column(String(64))
+    code_verifier: Mapped[str] = mapped_column(String(128))
+    idp_id: Mapped[str] = mapped_column(ForeignKey("identity_providers.id"))
+    # "web" (the browser gets the session), "cli" (a loopback redirect) or "device".
+    purpose: Mapped[str] = mapped_column(String(16))
+    # For "cli": the loopback redirect and the CLI's PKCE challenge; for "device": the user code.
+    return_to: Mapped[str] = mapped_column(String(500), default="")
+    client_challenge: Mapped[str] = mapped_column(String(128), default="")
+    org_hint: Mapped[str] = mapped_column(String(63), default="")
+    user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id"))
+    # JSON: the steps still to do, the claims that matter, the factors shown.
+    steps: Mapped[str] = mapped_column(Text, default="[]")
+    claims: Mapped[str] = mapped_column(Text, default="{}")
+    client_addr: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    # The one-time code handed to the CLI's loopback redirect (its SHA-256), once verified.
+    cli_code: Mapped[str | None] = mapped_column(String(64), unique=True)
+    done_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class DeviceCode(Base):
+    """A device authorization grant (RFC 8628): a headless CLI waits while a person approves."""
+
+    __tablename__ = "device_codes"
+    # SHA-256 of the device code the CLI polls with.
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_code: Mapped[str] = mapped_column(String(16), unique=True)
+    client_addr: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    interval_s: Mapped[int] = mapped_column(Integer)
+    last_polled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # Set when a signed-in person approves (or denies) the code on the web page.
+    approved_session_id: Mapped[str | None] = mapped_column(ForeignKey("sessions.id"))
+    denied: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Set once the CLI has collected its session: a code gives one session only.
+    collected_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
 
 class AuditHead(Base):
@@ -592,4 +729,96 @@ class VolumeSnapshotPolicy(Base):
     scheduled: Mapped[bool] = mapped_column(Boolean)
     keep_days: Mapped[int] = mapped_column(Integer)  # 1 to 60
     updated_by: Mapped[str] = mapped_column(String(254))
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class UserFactor(Base):
+    """A person's second factor: a WebAuthn credential (public key only) or a TOTP secret.
+
+    A TOTP secret is stored only wrapped by the KEK (purpose bound to the
+    factor's id); ``last_step`` is the last time step accepted, so a code is
+    never accepted twice. A WebAuthn credential whose signature counter went
+    back (a cloned authenticator) is disabled, with the reason.
+    """
+
+    __tablename__ = "user_factors"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # webauthn | totp
+    name: Mapped[str] = mapped_column(String(64))
+    # WebAuthn: the credential id (base64url), its COSE public key, its counter.
+    credential_id: Mapped[str | None] = mapped_column(String(1400), unique=True)
+    public_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    sign_count: Mapped[int] = mapped_column(Integer, default=0)
+    aaguid: Mapped[str | None] = mapped_column(String(36))
+    # TOTP: the secret wrapped by the KEK, and the last time step accepted.
+    secret_wrapped: Mapped[bytes | None] = mapped_column(LargeBinary)
+    last_step: Mapped[int | None] = mapped_column(Integer)
+    # A TOTP factor counts only once a code from it was confirmed.
+    confirmed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    disabled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    disabled_reason: Mapped[str | None] = mapped_column(String(200))
+
+
+class RecoveryCode(Base):
+    """A one-time recovery code, stored as its SHA-256 digest (the code was shown once)."""
+
+    __tablename__ = "recovery_codes"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class FactorChallenge(Base):
+    """A WebAuthn challenge handed out once; answered once, before it expires, or never."""
+
+    __tablename__ = "factor_challenges"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    # register | assert (WebAuthn); link | web (a web page's one-time link, its cookie)
+    purpose: Mapped[str] = mapped_column(String(16))
+    # base64url of a WebAuthn challenge; for link and web, the SHA-256 of the secret
+    challenge: Mapped[str] = mapped_column(String(128))
+    # The token (or session) it was handed to: no other may answer it.
+    token_id: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class FactorFailures(Base):
+    """Failed second-factor attempts of a person, for backoff (reset by a success)."""
+
+    __tablename__ = "factor_failures"
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class StepUp(Base):
+    """The newest second-factor assertion made through a token (or a session's token)."""
+
+    __tablename__ = "step_ups"
+    token_id: Mapped[str] = mapped_column(ForeignKey("tokens.id"), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    verified_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    method: Mapped[str] = mapped_column(String(16))  # webauthn | totp | recovery
+
+
+class OrgMfaPolicy(Base):
+    """An organization's second-factor policy; an organization without a row: all defaults."""
+
+    __tablename__ = "org_mfa_policies"
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id"), primary_key=True)
+    require_mfa: Mapped[str] = mapped_column(String(16))  # webauthn | any | off
+    accept_idp_mfa: Mapped[bool] = mapped_column(Boolean)
+    allow_totp: Mapped[bool] = mapped_column(Boolean)
+    step_up_minutes: Mapped[int] = mapped_column(Integer)
+    # Organization and app tokens may take sensitive actions without a step-up.
+    automation_tokens: Mapped[bool] = mapped_column(Boolean)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import json
+import logging
 import os
+import stat
 import time
 from pathlib import Path
 
 from hangar import hostcmd
 from hangar.agent.volumes.base import HANDLE_VERSION, VolumeLayout, VolumeSpec
-from hangar.errors import CommandError
+from hangar.errors import CommandError, Conflict
 
 __all__ = [
     "can_grow_online",
+    "check_room",
     "daemons_serving",
+    "discard_unmade",
     "ext4_grow",
     "file_size_mb",
     "fs_size_mb",
     "grow_file",
+    "grow_file_if_room",
+    "has_ext4",
     "is_stale",
+    "made",
     "make_ext4",
     "make_sparse",
     "mount_points",
@@ -34,6 +42,7 @@ __all__ = [
 ]
 
 MB = 1 << 20
+log = logging.getLogger("hangar.agent.volumes")
 
 
 def _unescape(path: str) -> str:
@@ -93,8 +102,22 @@ def unmount(point: Path, *, lazy: bool = False) -> None:
         hostcmd.run(["umount", "-l", str(point)], timeout=60)
 
 
-def daemons_serving(point: Path) -> list[int]:
-    """Pids of processes whose command line names ``point`` (a FUSE daemon serving it)."""
+def _host_program(entry: Path, program: str) -> bool:
+    """Whether the process ``entry`` (a /proc/PID) runs ``program`` in this host's
+    user namespace. A machine's processes run in a user namespace of their own, so
+    none passes, whatever it names itself or its arguments. (Not by uid: a gocryptfs
+    daemon takes on its callers' uids as it serves them.)"""
+    try:
+        same_userns = os.readlink(entry / "ns" / "user") == os.readlink("/proc/self/ns/user")
+        exe = os.readlink(entry / "exe")
+    except OSError:
+        return False
+    return same_userns and Path(exe.removesuffix(" (deleted)")).name == program
+
+
+def daemons_serving(point: Path, program: str = "gocryptfs") -> list[int]:
+    """Pids of the host's ``program`` processes whose command line names ``point`` (the
+    FUSE daemon serving it); never a process of a machine that merely names it."""
     wanted = str(point).encode()
     found = []
     for entry in Path("/proc").iterdir():
@@ -104,7 +127,7 @@ def daemons_serving(point: Path) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if wanted in argv:
+        if wanted in argv and _host_program(entry, program):
             found.append(int(entry.name))
     return found
 
@@ -159,8 +182,51 @@ def own_top(plain: Path, owner: int, group: int | None) -> None:
     os.chmod(plain, 0o755 if group is None else 0o2775)
 
 
+def _unallocated(path: Path) -> int:
+    """Bytes a sparse file may still take on its disk (0 if it is no file)."""
+    try:
+        found = os.lstat(path)
+    except OSError:
+        return 0
+    if not stat.S_ISREG(found.st_mode):
+        return 0
+    return max(0, found.st_size - found.st_blocks * 512)
+
+
+def check_room(path: Path, size_mb: int) -> None:
+    """Refuse a volume file of ``size_mb`` that its host's disk could not hold whole.
+
+    Volume files are sparse: each takes blocks as its machine writes. The disk's free
+    blocks must hold what every volume of the host may still take, or a machine
+    filling its volume would fill the host's disk under every other one.
+    """
+    here = path.parent
+    disk = os.statvfs(here.parent)
+    free = disk.f_bavail * disk.f_frsize
+    promised = sum(
+        _unallocated(other / path.name)
+        for other in here.parent.iterdir()
+        if other.name != here.name and other.is_dir() and not other.is_symlink()
+    )
+    try:
+        allocated = os.lstat(path).st_blocks * 512
+    except FileNotFoundError:
+        allocated = 0
+    need = size_mb * MB - allocated
+    if need > free - promised:
+        raise Conflict(
+            f"volume {here.name} of {size_mb} MB does not fit on this host: its disk has "
+            f"{free // MB} MB free, and {promised // MB} MB of that may yet be written to "
+            "its other volumes",
+            hint="free disk space on the host, or make the volume on another host "
+            "(`hangar volumes create NAME --host HOST`)",
+        )
+
+
 def make_sparse(path: Path, size_mb: int) -> None:
-    """A new sparse file of ``size_mb`` (0600); its blocks are allocated as written."""
+    """A new sparse file of ``size_mb`` (0600); its blocks are allocated as written.
+    Refused (Conflict) if the host's disk could not hold it whole."""
+    check_room(path, size_mb)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         os.ftruncate(fd, size_mb * MB)
@@ -169,12 +235,26 @@ def make_sparse(path: Path, size_mb: int) -> None:
 
 
 def grow_file(path: Path, size_mb: int) -> None:
+    """Grow the file to ``size_mb``; refused (Conflict) if the host's disk could not
+    hold it whole."""
     fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
     try:
         if os.fstat(fd).st_size < size_mb * MB:
+            check_room(path, size_mb)
             os.ftruncate(fd, size_mb * MB)
     finally:
         os.close(fd)
+
+
+def grow_file_if_room(path: Path, size_mb: int) -> bool:
+    """``grow_file``, or False (and a warning) where the host's disk could not hold the
+    volume grown: a volume being mounted keeps its size rather than fail its machine."""
+    try:
+        grow_file(path, size_mb)
+    except Conflict as exc:
+        log.warning("%s; it keeps its size for now", exc.message)
+        return False
+    return True
 
 
 def file_size_mb(path: Path) -> int:
@@ -203,6 +283,47 @@ def fs_size_mb(layout: VolumeLayout, volume_id: str) -> int:
     handle = layout.read_handle(volume_id) or {}
     size = handle.get("size_mb", 0)
     return size if isinstance(size, int) else 0
+
+
+def _starts_with(path: Path, magic: bytes, offset: int = 0) -> bool:
+    try:
+        with open(path, "rb") as image:
+            image.seek(offset)
+            return image.read(len(magic)) == magic
+    except OSError:
+        return False
+
+
+def has_ext4(path: Path) -> bool:
+    """Whether ``path`` holds an ext4 superblock (its magic, written last by mkfs)."""
+    return _starts_with(path, b"\x53\xef", 1024 + 0x38)
+
+
+def made(layout: VolumeLayout, spec: VolumeSpec) -> bool:
+    """Whether the volume's file system was made whole. Its handle is written once it is,
+    before it is first mounted: with neither a handle nor a file system, ``volume.img``
+    is what a create killed half-way left, and never held data. A file system whose
+    handle was lost gets one again (at the file's size)."""
+    if layout.handle(spec.id).exists():
+        return True
+    backing = layout.backing(spec.id)
+    if spec.encryption == "luks2":
+        # Formatted: whether its ext4 was made too is seen once it is open.
+        return _starts_with(backing, b"LUKS\xba\xbe")
+    if not has_ext4(backing):
+        return False
+    write_handle(layout, VolumeSpec(spec.id, file_size_mb(backing), spec.encryption))
+    return True
+
+
+def discard_unmade(layout: VolumeLayout, volume_id: str) -> None:
+    """Delete what a create that failed or was killed left (``volume.img`` and its
+    handle), to make the volume again from nothing; nothing else in its directory."""
+    handle = layout.handle(volume_id)
+    for path in (handle, handle.with_suffix(".tmp"), layout.backing(volume_id)):
+        path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        layout.dir(volume_id).rmdir()  # only if nothing else (snapshots) is there
 
 
 def can_grow_online() -> bool:

@@ -66,21 +66,24 @@ class GocryptfsDriver:
             return plain
         _mounts.unmount(plain, lazy=True)  # a stale mount left by a killed daemon
         backing = layout.backing(spec.id)
-        made = not backing.exists()
+        made = not _mounts.made(layout, spec)
         if made:
+            # What a create killed before its file system was whole left (never
+            # mounted, so it holds nothing): made again from nothing.
+            _mounts.discard_unmade(layout, spec.id)
             layout.dir(spec.id).mkdir(parents=True, exist_ok=True, mode=0o700)
             try:
                 _mounts.make_sparse(backing, spec.size_mb)
                 _mounts.make_ext4(str(backing), spec.id)
             except BaseException:
-                shutil.rmtree(layout.dir(spec.id), ignore_errors=True)  # made again next time
+                _mounts.discard_unmade(layout, spec.id)  # made again next time
                 raise
             _mounts.write_handle(layout, spec)
         elif (
             _mounts.fs_size_mb(layout, spec.id) < spec.size_mb
             and _mounts.mount_source(lower) is None
+            and _mounts.grow_file_if_room(backing, spec.size_mb)  # extended while unmounted
         ):
-            _mounts.grow_file(backing, spec.size_mb)  # extended while unmounted
             _mounts.ext4_grow(str(backing), mounted=False)
             _mounts.write_handle(layout, spec)
         _mounts.mount_points(layout, spec.id, owner, lower, plain)
@@ -90,13 +93,7 @@ class GocryptfsDriver:
                 timeout=60,
             )
         cipher = self._cipher(spec.id)
-        if not cipher.exists():
-            cipher.mkdir(mode=0o700)
-            fd = os.open(cipher / "gocryptfs.diriv", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o440)
-            try:
-                os.write(fd, secrets.token_bytes(16))
-            finally:
-                os.close(fd)
+        self._make_tree(spec.id, cipher)
         try:
             hostcmd.run(
                 [
@@ -116,9 +113,32 @@ class GocryptfsDriver:
         except CommandError:
             _mounts.unmount(lower)
             raise
-        if made:
+        if made or os.stat(plain).st_uid == 0:
+            # New, or made by a run killed before it gave the top to the machine's
+            # root (no machine can give a file to the host's root).
             _mounts.own_top(plain, owner, group)
         return plain
+
+    def _make_tree(self, volume_id: str, cipher: Path) -> None:
+        """The empty gocryptfs tree: ``cipher/`` and its ``gocryptfs.diriv``, written whole
+        (renamed into place), so a run killed half-way leaves a tree made again next time."""
+        diriv = cipher / "gocryptfs.diriv"
+        if diriv.exists():
+            return
+        cipher.mkdir(mode=0o700, exist_ok=True)
+        if any(cipher.iterdir()):
+            raise IntegrityError(
+                f"volume {volume_id}'s encrypted tree has files but no gocryptfs.diriv"
+            )
+        tmp = cipher.parent / "gocryptfs.diriv.new"
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o440)
+        try:
+            os.write(fd, secrets.token_bytes(16))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, diriv)
 
     def unmount(self, volume_id: str) -> None:
         plain, lower = self.layout.plain(volume_id), self.layout.lower(volume_id)

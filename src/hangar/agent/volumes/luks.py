@@ -14,6 +14,7 @@ volume in use) needs no key. ``destroy`` erases the key slots
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -30,6 +31,11 @@ KEY_BYTES = 64
 
 def mapper_name(volume_id: str) -> str:
     return f"hangar-{volume_id}"
+
+
+def _is_ext4(device: Path) -> bool:
+    probed = hostcmd.run(["blkid", "-p", "-s", "TYPE", "-o", "value", str(device)], check=False)
+    return probed.returncode == 0 and probed.stdout.strip() == b"ext4"
 
 
 @register("luks2")
@@ -65,13 +71,20 @@ class LuksDriver:
         plain, backing = layout.plain(spec.id), layout.backing(spec.id)
         if self.mounted(spec.id):
             return plain
-        made = not backing.exists()
+        made = not _mounts.made(layout, spec)
         if made:
+            # What a create killed before its LUKS2 header was written left (never
+            # opened, so it holds nothing): made again from nothing.
+            _mounts.discard_unmade(layout, spec.id)
             layout.dir(spec.id).mkdir(parents=True, exist_ok=True, mode=0o700)
-            _mounts.make_sparse(backing, spec.size_mb)
+            try:
+                _mounts.make_sparse(backing, spec.size_mb)
+            except BaseException:
+                _mounts.discard_unmade(layout, spec.id)
+                raise
         grow = not made and _mounts.fs_size_mb(layout, spec.id) < spec.size_mb
-        if grow:
-            _mounts.grow_file(backing, spec.size_mb)  # extended while unmounted
+        if grow:  # extended while unmounted; kept at its size if the disk cannot hold it
+            grow = _mounts.grow_file_if_room(backing, spec.size_mb)
         loop = self._loop_of(backing)
         if loop is None:
             attached = hostcmd.run(["losetup", "--find", "--show", str(backing)], timeout=60)
@@ -96,7 +109,10 @@ class LuksDriver:
                     input=key,
                     timeout=120,
                 )  # fmt: skip
-            if made:
+            # A create killed after luksFormat left a container with no file system
+            # in it (no handle yet): made now.
+            unmade = not made and not layout.handle(spec.id).exists() and not _is_ext4(device)
+            if made or unmade:
                 _mounts.make_ext4(str(device), spec.id)
             elif grow:
                 hostcmd.run(["cryptsetup", "resize", mapper_name(spec.id)], timeout=60)
@@ -110,9 +126,11 @@ class LuksDriver:
         except CommandError:
             self.unmount(spec.id)
             if made:  # a half-made volume is made again from nothing next time
-                shutil.rmtree(layout.dir(spec.id), ignore_errors=True)
+                _mounts.discard_unmade(layout, spec.id)
             raise
-        if made:
+        if made or os.stat(plain).st_uid == 0:
+            # New, or made by a run killed before it gave the top to the machine's
+            # root (no machine can give a file to the host's root).
             _mounts.own_top(plain, owner, group)
         return plain
 

@@ -14,6 +14,9 @@ left without its mount, is undone; mounts that still work are adopted.
 from __future__ import annotations
 
 import logging
+import os
+import stat
+from collections import deque
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -21,11 +24,70 @@ from hangar.agent.volumes import _mounts, registry
 from hangar.agent.volumes.base import VolumeDriver, VolumeLayout, VolumeSpec
 from hangar.contract.assignments import Assignment
 from hangar.contract.volumes import HostVolume
-from hangar.errors import ConfigError, HangarError, PermissionDenied
+from hangar.domain.volumes import check_destination
+from hangar.errors import ConfigError, HangarError, PermissionDenied, ValidationError
 
-__all__ = ["VolumeManager"]
+__all__ = ["VolumeManager", "check_destinations", "resolve_in_root"]
 
 log = logging.getLogger("hangar.agent.volumes")
+
+
+_MAX_LINKS = 40  # as the kernel's path walk
+
+
+def resolve_in_root(root: Path, path: str) -> str:
+    """Where ``path`` leads inside the image root ``root``, its symlinks followed as
+    the machine would see them: never above ``root`` (``..`` stops there, an absolute
+    target starts from it). What does not exist is taken as written."""
+    parts = deque(p for p in path.split("/") if p)
+    current: list[str] = []
+    links = 0
+    missing = False
+    while parts:
+        part = parts.popleft()
+        if part == ".":
+            continue
+        if part == "..":
+            if current:
+                current.pop()
+            continue
+        if not missing:
+            here = root.joinpath(*current, part)
+            try:
+                found = os.lstat(here)
+            except OSError:
+                missing = True
+            else:
+                if stat.S_ISLNK(found.st_mode):
+                    links += 1
+                    if links > _MAX_LINKS:
+                        raise ValidationError(f"{path} in the image is a loop of symlinks")
+                    target = os.readlink(here)
+                    if target.startswith("/"):
+                        current = []
+                    parts.extendleft(reversed([p for p in target.split("/") if p]))
+                    continue
+        current.append(part)
+    return "/" + "/".join(current)
+
+
+def check_destinations(want: Assignment, rootfs: Path) -> None:
+    """Refuse a mount whose destination the image made a symlink to a place no volume
+    may go (/dev, /proc, /run, a system directory...), before anything is mounted."""
+    for mount in want.mounts:
+        check_destination(mount.destination)  # as hangar.toml was checked (a release kept
+        # from before a rule was added is checked again here)
+        resolved = resolve_in_root(rootfs, mount.destination)
+        if resolved == mount.destination:
+            continue
+        try:
+            check_destination(resolved)
+        except ValidationError as exc:
+            raise ValidationError(
+                f"mount destination {mount.destination} is a symlink in the image to "
+                f"{resolved}: {exc.message}",
+                hint="mount the volume on a directory of its own (not a symlink in the image)",
+            ) from exc
 
 
 class VolumeManager:
@@ -70,6 +132,16 @@ class VolumeManager:
         """Unmount volumes a machine no longer runs with."""
         for volume_id in volume_ids:
             self.driver.unmount(volume_id)
+
+    def stale(self, in_use: Iterable[str]) -> list[str]:
+        """Volumes held here whose plaintext mount lost its daemon (a gocryptfs killed or
+        crashed): the machines holding them see only errors until they start again."""
+        return sorted(
+            volume_id
+            for volume_id in set(in_use)
+            if _mounts.mount_source(self.layout.plain(volume_id)) is not None
+            and _mounts.is_stale(self.layout.plain(volume_id))
+        )
 
     def sync(self, desired: Sequence[HostVolume], in_use: Iterable[str]) -> list[str]:
         """Destroy volumes no longer listed, unmount those no machine here holds, grow

@@ -37,7 +37,7 @@ def exec_machine(
     app: str,
     machine_id: str,
     body: ExecIn,
-    access: Annotated[Access, requires(Permission.MACHINES_EXEC)],
+    access: Annotated[Access, requires(Permission.MACHINES_EXEC, step_up=True)],
 ) -> ExecOut:
     assert access.app is not None
     result = run_in_machine(

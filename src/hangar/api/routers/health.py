@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated
 
 from fastapi import Request
@@ -29,6 +30,9 @@ class WhoAmI(BaseModel):
     apps: list[str] | None
     actions: list[str]
     expires: int | None
+    # The sign-in session this token stands for (None for an API token).
+    session_id: str | None = None
+    mfa_verified_at: dt.datetime | None = None
 
 
 @router.get("/healthz", response_model=Health, summary="Is the API up")
@@ -60,4 +64,6 @@ def whoami(access: Annotated[Access, requires(Permission.WHOAMI)]) -> WhoAmI:
         apps=sorted(scope.apps) if scope.apps is not None else None,
         actions=sorted(a.value for a in scope.actions),
         expires=scope.expires,
+        session_id=p.session_id,
+        mfa_verified_at=p.mfa_verified_at,
     )

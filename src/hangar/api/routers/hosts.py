@@ -194,7 +194,7 @@ def join(body: JoinIn, request: Request, _: Annotated[None, PUBLIC]) -> JoinOut:
 @router.delete(
     "/{host}",
     status_code=204,
-    summary="Remove a host (with no machines left): its certificate stops working",
+    summary="Remove a host (with no machines or volumes left): its certificate stops working",
 )
 def remove(host: str, access: Annotated[Access, requires(Permission.HOSTS_WRITE)]) -> None:
     access.check(access.perm, org=None, shown=f"host {host!r}")

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from hangar.api.guard import Access, GuardedRouter, requires
 from hangar.api.pagination import Limit, Page, decode_cursor, page_of
+from hangar.auth.policy import parse_assignments
 from hangar.auth.rbac import CONFIGURABLE, Grants, Permission, Role
-from hangar.controlplane import orgs
+from hangar.auth.stepup import POLICY_KEYS, MfaPolicy
+from hangar.controlplane import mfapolicy, orgs
 from hangar.domain.names import DnsLabel, EmailAddress
 from hangar.errors import ValidationError
 from hangar.store.tables import Org
@@ -133,7 +135,9 @@ def _changes(items: list[GrantItem]) -> list[tuple[Role, Permission]]:
     summary="Grant or revoke the configurable permissions (logs:read, machines:exec) per role",
 )
 def update_org(
-    org: str, body: OrgUpdate, access: Annotated[Access, requires(Permission.ORGS_WRITE)]
+    org: str,
+    body: OrgUpdate,
+    access: Annotated[Access, requires(Permission.ORGS_WRITE, step_up=True)],
 ) -> OrgOut:
     assert access.org is not None
     grants = orgs.set_grants(
@@ -176,7 +180,9 @@ def list_members(
     summary="Add a member (the user is created if new)",
 )
 def add_member(
-    org: str, body: MemberAdd, access: Annotated[Access, requires(Permission.MEMBERS_WRITE)]
+    org: str,
+    body: MemberAdd,
+    access: Annotated[Access, requires(Permission.MEMBERS_WRITE, step_up=True)],
 ) -> MemberOut:
     assert access.org is not None
     return _member_out(orgs.add_member(access.cp, access.ctx, access.org, body.email, body.role))
@@ -187,7 +193,7 @@ def set_role(
     org: str,
     email: str,
     body: MemberUpdate,
-    access: Annotated[Access, requires(Permission.MEMBERS_WRITE)],
+    access: Annotated[Access, requires(Permission.MEMBERS_WRITE, step_up=True)],
 ) -> MemberOut:
     assert access.org is not None
     return _member_out(orgs.set_role(access.cp, access.ctx, access.org, email, body.role))
@@ -195,7 +201,59 @@ def set_role(
 
 @router.delete("/{org}/members/{email}", status_code=204, summary="Remove a member")
 def remove_member(
-    org: str, email: str, access: Annotated[Access, requires(Permission.MEMBERS_WRITE)]
+    org: str,
+    email: str,
+    access: Annotated[Access, requires(Permission.MEMBERS_WRITE, step_up=True)],
 ) -> None:
     assert access.org is not None
     orgs.remove_member(access.cp, access.ctx, access.org, email)
+
+
+class PolicyUpdate(BaseModel):
+    """Keys to set (``set``) and keys back to their defaults (``unset``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    set: dict[str, Any] = Field(default_factory=dict, max_length=16)
+    unset: list[str] = Field(default_factory=list, max_length=16)
+
+
+@router.get("/{org}/policy", summary="Show an organization's identity policy")
+def show_policy(org: str, access: Annotated[Access, requires(Permission.ORGS_READ)]) -> Any:
+    assert access.org is not None
+    return {
+        **orgs.get_policy(access.cp, access.org).as_json(),
+        **mfapolicy.get_policy(access.cp, access.org.id).as_dict(),
+    }
+
+
+@router.patch(
+    "/{org}/policy",
+    summary="Change an organization's identity policy (a sensitive action: it needs a step-up)",
+)
+def set_policy(
+    org: str, body: PolicyUpdate, access: Annotated[Access, requires(Permission.ORGS_WRITE)]
+) -> Any:
+    assert access.org is not None
+    if not body.set and not body.unset:
+        raise ValidationError("nothing to change: give keys to set or unset")
+    # The second-factor keys go to their own policy; every other key is the
+    # sign-in policy's, which refuses any it does not know.
+    mfa_set = {k: v for k, v in body.set.items() if k in POLICY_KEYS}
+    mfa_unset = [k for k in body.unset if k in POLICY_KEYS]
+    rest_set = {k: v for k, v in body.set.items() if k not in POLICY_KEYS}
+    rest_unset = [k for k in body.unset if k not in POLICY_KEYS]
+    # Both halves are validated before either is written.
+    parse_assignments(orgs.get_policy(access.cp, access.org), rest_set, unset=rest_unset)
+    mfa = mfapolicy.get_policy(access.cp, access.org.id)
+    defaults = MfaPolicy().as_dict()
+    mfa_changes = {**{k: defaults[k] for k in mfa_unset}, **mfa_set}
+    mfa.with_changes(mfa_changes)
+    if mfa_changes:
+        mfa = mfapolicy.set_policy(access.cp, access.ctx, access.principal, access.org, mfa_changes)
+    identity = orgs.get_policy(access.cp, access.org)
+    if rest_set or rest_unset:
+        mfapolicy.enforce_step_up(
+            access.cp, access.ctx, access.principal, org=access.org, action="org.set_policy"
+        )
+        identity = orgs.set_policy(access.cp, access.ctx, access.org, rest_set, rest_unset)
+    return {**identity.as_json(), **mfa.as_dict()}

@@ -83,7 +83,9 @@ def _changed(done: SecretsChange) -> ChangeOut:
     summary="Set secrets atomically; unless staged, roll them out to the app's machines",
 )
 def set_(
-    app: str, body: SecretsIn, access: Annotated[Access, requires(Permission.SECRETS_WRITE)]
+    app: str,
+    body: SecretsIn,
+    access: Annotated[Access, requires(Permission.SECRETS_WRITE, step_up=True)],
 ) -> ChangeOut:
     assert access.app is not None
     values = [(secret.name, secret.value) for secret in body.secrets]
@@ -99,7 +101,7 @@ def set_(
 )
 def unset(
     app: str,
-    access: Annotated[Access, requires(Permission.SECRETS_WRITE)],
+    access: Annotated[Access, requires(Permission.SECRETS_WRITE, step_up=True)],
     name: Annotated[list[str] | None, Query(max_length=1000)] = None,
     all: bool = False,
     stage: bool = False,

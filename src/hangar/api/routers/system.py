@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hangar.api.guard import Access, GuardedRouter, requires
 from hangar.auth.rbac import Permission
+from hangar.controlplane import mfapolicy
 from hangar.controlplane.system import MAX_SCRAPER_DAYS, issue_scraper_cert, rotate_keys
 
 router = GuardedRouter(prefix="/v1/system", tags=["system"])
@@ -28,6 +29,9 @@ class RotationOut(BaseModel):
 )
 def rotate(access: Annotated[Access, requires(Permission.KEYS_ROTATE)]) -> RotationOut:
     access.check(access.perm, org=None, shown="keys")
+    mfapolicy.enforce_step_up(
+        access.cp, access.ctx, access.principal, org=None, action=access.perm.label
+    )
     done = rotate_keys(access.cp, access.ctx)
     return RotationOut(kek_id=done.kek_id, retired=done.retired, rewrapped=done.rewrapped)
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from hangar.api.guard import Access, GuardedRouter, requires
 from hangar.api.pagination import Limit, Page, decode_cursor, page_of
 from hangar.auth.rbac import Permission, Role
-from hangar.controlplane import apps, orgs, tokens
+from hangar.controlplane import apps, mfapolicy, orgs, tokens
 from hangar.domain.names import DisplayName, PlainText
 from hangar.errors import NotFound, PermissionDenied, ValidationError
 from hangar.store.tables import Org, Token
@@ -147,6 +147,13 @@ def create_token(
             if body.app is None:
                 raise ValidationError("an app token needs an app", hint="pass --app NAME")
             apps.find_app(access.cp, org, body.app)
+    # A token acts as its maker: making one is held to the organization's
+    # step-up window (a user token: to the strictest of the maker's organizations).
+    strict = org if org is not None else mfapolicy.strictest_org(access.cp, principal.user_id)
+    if strict is not None:
+        mfapolicy.enforce_step_up(
+            access.cp, access.ctx, principal, org=strict, action=access.perm.label
+        )
     row, token = tokens.create_token(
         access.cp,
         access.ctx,

@@ -1,0 +1,1 @@
+"""A certified OpenID provider (npm oidc-provider) run by the tests."""
