@@ -1,7 +1,7 @@
-"""What a command's help says reaches the reader: every --help renders; in volumes and
-backups, brackets in help texts (`[[mounts]]`, `bucket[/prefix]`) are not eaten as
-markup, and each command's summary in its group's list is one line, not a sentence
-broken where the source was."""
+"""What a command's help says reaches the reader: every --help renders; brackets in
+help texts (`[[mounts]]`, `bucket[/prefix]`, `[build] image`) are not eaten as markup,
+and each command's summary in its group's list is one line, not a sentence broken
+where the source was."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 from hangar.cli.main import app
 
 ROOT = typer.main.get_command(app)
-GROUPS = ("volumes", "backups")
 
 
 def _leaves(command: Any, path: tuple[str, ...]) -> list[tuple[tuple[str, ...], Any]]:
@@ -28,8 +27,9 @@ def _leaves(command: Any, path: tuple[str, ...]) -> list[tuple[tuple[str, ...], 
     return out
 
 
-LEAVES = [leaf for group in GROUPS for leaf in _leaves(ROOT.commands[group], (group,))]  # type: ignore[attr-defined]
 EVERY = _leaves(ROOT, ())[1:]
+LEAVES = EVERY
+GROUPS = sorted(name for name, c in ROOT.commands.items() if hasattr(c, "commands"))  # type: ignore[attr-defined]
 
 
 def _flat(text: str) -> str:

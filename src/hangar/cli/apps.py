@@ -60,8 +60,9 @@ def show(ctx: typer.Context, name: Name, json_out: JsonOpt = False) -> None:
 
 @app.command()
 def destroy(ctx: typer.Context, name: Name, yes: YesOpt = False) -> None:
-    """Destroy an app: its machines, releases, secrets and volumes. Asks first; --yes
-    to skip (required without a terminal).
+    """Destroy an app: its machines, releases, secrets and volumes.
+
+    Asks first; --yes to skip (required without a terminal).
 
     Its volumes' keys are deleted with it: their data is unreadable for good.
     """

@@ -26,12 +26,12 @@ def deploy(
             "--image",
             "-i",
             help="a layout here (PATH or oci:PATH:TAG, uploaded), docker://REF or sha256:DIGEST"
-            " (default: [build] image)",
+            " (default: \\[build] image)",
         ),
     ] = None,
     strategy: Annotated[
         str | None,
-        typer.Option(help="rolling, canary, bluegreen or immediate (default: [deploy] strategy)"),
+        typer.Option(help="rolling, canary, bluegreen or immediate (default: \\[deploy] strategy)"),
     ] = None,
     app: AppOpt = None,
     detach: Annotated[bool, typer.Option(help="return once the release is created")] = False,

@@ -114,8 +114,9 @@ def join_token(
 
 @app.command()
 def remove(ctx: typer.Context, host: HostArg, yes: YesOpt = False) -> None:
-    """Remove a host with no machines or volumes left; its certificate stops working
-    at once."""
+    """Remove a host with no machines or volumes left.
+
+    Its certificate stops working at once."""
     confirm(f"Remove host {host}?", yes)
     client(ctx).request("DELETE", f"/v1/hosts/{host}")
     typer.echo(f"Host {host} is removed.")

@@ -34,9 +34,11 @@ def _responses(by_class: dict[str, float]) -> str:
 
 
 def metrics(ctx: typer.Context, app: AppOpt = None, json_out: JsonOpt = False) -> None:
-    """An app's key figures: each machine's CPU time, memory, processes, network traffic
-    and its own metrics' scrape; and at each edge host, the app's requests by status
-    class and average response time.
+    """An app's key figures: its machines' resources and traffic, and its edge requests.
+
+    Each machine's CPU time, memory, processes, network traffic and its own
+    metrics' scrape; and at each edge host, the app's requests by status class
+    and average response time.
 
     Machines' figures are collected by their hosts every 15 seconds, the
     network's from the hosts' nftables counters; the edge's are read from

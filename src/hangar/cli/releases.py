@@ -72,8 +72,9 @@ def rollback(
     detach: Annotated[bool, typer.Option(help="return once the release is created")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Deploy an earlier release's image (by digest), configuration and secrets version
-    as a new release.
+    """Deploy an earlier release again, as a new release.
+
+    Its image (by digest), configuration and secrets version.
 
     It rolls out like any deploy (health-gated, with its strategy); its machines
     receive the secret values the earlier release ran with. The app's current

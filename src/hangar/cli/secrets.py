@@ -103,8 +103,10 @@ def unset(
 
 @app.command("list")
 def list_(ctx: typer.Context, app_: AppOpt = None, json_out: JsonOpt = False) -> None:
-    """Names, digests, versions and who set them, and the app's current secrets version
-    (each change to the deployed secrets makes the next one); values are never shown."""
+    """Names, digests, versions and who set them; values are never shown.
+
+    Also the app's current secrets version (each change to the deployed
+    secrets makes the next one)."""
     items = client(ctx).get(f"/v1/apps/{app_name(app_)}/secrets")
     if json_out:
         emit(items)

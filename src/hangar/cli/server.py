@@ -277,8 +277,10 @@ def metrics_cert(
     days: Annotated[int, typer.Option(help="how long the certificate lasts (1 to 397 days)")] = 90,
     json_out: JsonOpt = False,
 ) -> None:
-    """A client certificate for a Prometheus on another host to scrape the metrics listener
-    over mutual TLS (metrics_tls_port in server.toml).
+    """A client certificate for a Prometheus on another host to scrape metrics.
+
+    It scrapes the metrics listener over mutual TLS (metrics_tls_port in
+    server.toml).
 
     The key is made here and never leaves this machine; the server signs its
     request (installation operators only, audited as metrics.cert). Point
