@@ -15,6 +15,7 @@ import secrets
 from dataclasses import dataclass
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
 
 from hangar.audit.log import AuditContext
 from hangar.auth.sessions import IssuedSession
@@ -165,6 +166,7 @@ def poll_device(
 ) -> IssuedSession:
     """The device's session once approved (once); DevicePending otherwise."""
     now = utcnow()
+    pending: DevicePending | None = None
     with cp.db.write() as session:
         row = session.get(DeviceCode, digest(device_code[:128]))
         if row is None:
@@ -176,39 +178,60 @@ def poll_device(
         if row.denied:
             raise DevicePending("access_denied", "the sign-in was denied")
         if row.approved_session_id is None:
+            # Answered once the transaction commits: raising inside it would
+            # roll back the poll's time and the longer interval (RFC 8628 3.5).
             last, row.last_polled_at = row.last_polled_at, now
             if last is not None and (now - last).total_seconds() < row.interval_s:
                 row.interval_s = min(row.interval_s + 5, 60)
-                raise DevicePending("slow_down", "polling too fast")
-            raise DevicePending("authorization_pending", "waiting for approval")
-        target = session.get(UserSession, row.approved_session_id)
-        assert target is not None
-        user = session.get(User, target.user_id)
-        assert user is not None
-        token_row = (
-            session.execute(select(Token).where(Token.session_id == target.id)).scalars().first()
-        )
-        caveats = json.loads(token_row.caveats) if token_row is not None else []
-        orgs = next((c.split("=", 1)[1].strip() for c in caveats if c.startswith("org")), None)
-        new_row, token = cp.tokens.mint_session(
-            session,
-            user_id=user.id,
-            session_id=target.id,
-            expires_at=target.expires_at,
-            org_ids=orgs.split(",") if orgs and orgs != "none" else ([] if orgs else None),
-        )
-        row.collected_at = now
-        cp.audit.record(
-            session,
-            AuditContext(
-                actor=user.email,
-                token_id=new_row.id,
-                request_id=request_id,
-                client_addr=client_addr,
-            ),
-            org_id=None,
-            action="auth.signin",
-            target=user.email,
-            detail={"idp": target.idp, "via": "device", "session": target.id},
-        )
-        return IssuedSession(row=target, token=token, token_id=new_row.id)
+                pending = DevicePending(
+                    "slow_down", f"polling too fast: wait {row.interval_s} s between polls"
+                )
+            else:
+                pending = DevicePending("authorization_pending", "waiting for approval")
+        else:
+            issued = _collect(session, cp, row, now, client_addr, request_id)
+    if pending is not None:
+        raise pending
+    return issued
+
+
+def _collect(
+    session: Session,
+    cp: ControlPlane,
+    row: DeviceCode,
+    now: dt.datetime,
+    client_addr: str | None,
+    request_id: str | None,
+) -> IssuedSession:
+    """The approved device's token, minted once (inside the poll's transaction)."""
+    target = session.get(UserSession, row.approved_session_id)
+    assert target is not None
+    user = session.get(User, target.user_id)
+    assert user is not None
+    token_row = (
+        session.execute(select(Token).where(Token.session_id == target.id)).scalars().first()
+    )
+    caveats = json.loads(token_row.caveats) if token_row is not None else []
+    orgs = next((c.split("=", 1)[1].strip() for c in caveats if c.startswith("org")), None)
+    new_row, token = cp.tokens.mint_session(
+        session,
+        user_id=user.id,
+        session_id=target.id,
+        expires_at=target.expires_at,
+        org_ids=orgs.split(",") if orgs and orgs != "none" else ([] if orgs else None),
+    )
+    row.collected_at = now
+    cp.audit.record(
+        session,
+        AuditContext(
+            actor=user.email,
+            token_id=new_row.id,
+            request_id=request_id,
+            client_addr=client_addr,
+        ),
+        org_id=None,
+        action="auth.signin",
+        target=user.email,
+        detail={"idp": target.idp, "via": "device", "session": target.id},
+    )
+    return IssuedSession(row=target, token=token, token_id=new_row.id)

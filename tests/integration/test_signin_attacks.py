@@ -1,0 +1,103 @@
+"""Signing in as an attacker, an operator and a new person would try it.
+
+RFC 8628 polling as the RFC writes it, and the edges of sessions, pages
+and second-factor steps that the happy paths do not reach.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+
+from hangar.store.tables import DeviceCode
+from tests.conftest import bearer
+from tests.integration.test_signin import (  # noqa: F401
+    World,
+    provider,
+    world,
+)
+
+# The sign-in tests' fixtures (a provider on loopback, Hangar beside it) are used as they are.
+
+GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+
+
+def _approve(world: World, user_code: str) -> None:  # noqa: F811
+    world.sign_in("bob")
+    csrf = world.api.cookies.get("__Host-hangar-csrf") or ""
+    ok = world.api.post(
+        "/web/device", data={"code": user_code, "decision": "approve", "csrf": csrf}
+    )
+    assert ok.status_code == 200, ok.text
+
+
+def test_device_token_takes_the_rfc_form(world: World) -> None:  # noqa: F811
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "bob@example.com"})
+    world.set_user("bob", email="bob@example.com")
+    start = world.api.post("/v1/auth/device").json()
+    form = {"grant_type": GRANT, "device_code": start["device_code"], "client_id": "hangar-cli"}
+    pending = world.api.post("/v1/auth/device/token", data=form)
+    assert pending.status_code == 400, pending.text
+    assert pending.json()["error"] == "authorization_pending"
+    assert pending.headers["cache-control"] == "no-store"
+    _approve(world, start["user_code"])
+    got = world.api.post("/v1/auth/device/token", data=form)
+    assert got.status_code == 200, got.text
+    assert got.headers["cache-control"] == "no-store"
+    assert world.api.get("/v1/whoami", headers=bearer(got.json()["token"])).json()["email"] == (
+        "bob@example.com"
+    )
+
+
+def test_device_token_errors_are_the_rfcs(world: World) -> None:  # noqa: F811
+    start = world.api.post("/v1/auth/device").json()
+    wrong = {"grant_type": "password", "device_code": start["device_code"]}
+    r = world.api.post("/v1/auth/device/token", data=wrong)
+    assert (r.status_code, r.json()["error"]) == (400, "unsupported_grant_type")
+    r = world.api.post("/v1/auth/device/token", data={"grant_type": GRANT})
+    assert (r.status_code, r.json()["error"]) == (400, "invalid_request")
+    r = world.api.post(
+        "/v1/auth/device/token",
+        content=b"\xff\xfe",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert (r.status_code, r.json()["error"]) == (400, "invalid_request")
+    r = world.api.post(
+        "/v1/auth/device/token", content=b"device_code=x", headers={"content-type": "text/plain"}
+    )
+    assert (r.status_code, r.json()["error"]) == (400, "invalid_request")
+    r = world.api.post("/v1/auth/device/token", data={"grant_type": GRANT, "device_code": "z" * 40})
+    assert (r.status_code, r.json()["error"]) == (400, "invalid_grant")
+
+
+def test_polling_too_fast_slows_the_device_down_and_it_stays_slowed(
+    world: World,  # noqa: F811
+) -> None:
+    start = world.api.post("/v1/auth/device").json()
+    with world.cp.db.write() as session:
+        session.execute(update(DeviceCode).values(interval_s=55))
+    form = {"grant_type": GRANT, "device_code": start["device_code"]}
+    first = world.api.post("/v1/auth/device/token", data=form)
+    assert first.json()["error"] == "authorization_pending"
+    # Well within 55 seconds of the first poll: slow down, and the interval grows (and is kept).
+    second = world.api.post("/v1/auth/device/token", data=form)
+    assert second.json()["error"] == "slow_down", second.text
+    with world.cp.db.read() as session:
+        row = session.execute(select(DeviceCode)).scalar_one()
+    assert row.interval_s == 60 and row.last_polled_at is not None
+    third = world.api.post("/v1/auth/device/token", data=form)
+    assert third.json()["error"] == "slow_down"
+
+
+def test_a_denied_device_gets_access_denied(world: World) -> None:  # noqa: F811
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "bob@example.com"})
+    world.set_user("bob", email="bob@example.com")
+    start = world.api.post("/v1/auth/device").json()
+    world.sign_in("bob")
+    csrf = world.api.cookies.get("__Host-hangar-csrf") or ""
+    r = world.api.post(
+        "/web/device", data={"code": start["user_code"], "decision": "deny", "csrf": csrf}
+    )
+    assert r.status_code == 200, r.text
+    form = {"grant_type": GRANT, "device_code": start["device_code"]}
+    got = world.api.post("/v1/auth/device/token", data=form)
+    assert (got.status_code, got.json()["error"]) == (400, "access_denied")
