@@ -6,8 +6,12 @@ and second-factor steps that the happy paths do not reach.
 
 from __future__ import annotations
 
+import datetime as dt
+import time
+
 from sqlalchemy import select, update
 
+from hangar.crypto.macaroons import Macaroon
 from hangar.store.tables import DeviceCode
 from tests.conftest import bearer
 from tests.integration.test_signin import (  # noqa: F401
@@ -101,3 +105,70 @@ def test_a_denied_device_gets_access_denied(world: World) -> None:  # noqa: F811
     form = {"grant_type": GRANT, "device_code": start["device_code"]}
     got = world.api.post("/v1/auth/device/token", data=form)
     assert (got.status_code, got.json()["error"]) == (400, "access_denied")
+
+
+def _narrowed(token: str, *caveats: str) -> str:
+    return Macaroon.parse(token).attenuate(*caveats).serialize()
+
+
+def test_a_narrowed_session_token_cannot_act_as_the_person_on_web_pages(
+    world: World,  # noqa: F811
+) -> None:
+    """A read-only copy of a session's token (given to a script) approves no device:
+    the device would get a whole session, writes and all."""
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "bob@example.com"})
+    world.set_user("bob", email="bob@example.com")
+    world.sign_in("bob")
+    whole = world.api.cookies.get("__Host-hangar-session") or ""
+    start = world.api.post("/v1/auth/device").json()
+    for caveat in ("actions = read", "apps = web"):
+        world.api.cookies.set("__Host-hangar-session", _narrowed(whole, caveat))
+        form = world.api.get("/web/device", params={"code": start["user_code"]})
+        assert "Approve only if you started it" not in form.text
+        csrf = world.api.cookies.get("__Host-hangar-csrf") or ""
+        world.api.post(
+            "/web/device", data={"code": start["user_code"], "decision": "approve", "csrf": csrf}
+        )
+        poll = {"grant_type": GRANT, "device_code": start["device_code"]}
+        got = world.api.post("/v1/auth/device/token", data=poll)
+        assert got.status_code == 400 and got.json()["error"] != "access_denied", got.text
+        with world.cp.db.write() as session:
+            session.execute(update(DeviceCode).values(last_polled_at=None))
+
+
+def test_a_device_approved_with_a_shorter_lived_copy_ends_with_it(
+    world: World,  # noqa: F811
+) -> None:
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "bob@example.com"})
+    world.set_user("bob", email="bob@example.com")
+    world.sign_in("bob")
+    whole = world.api.cookies.get("__Host-hangar-session") or ""
+    soon = int(time.time()) + 1800
+    world.api.cookies.set("__Host-hangar-session", _narrowed(whole, f"expires = {soon}"))
+    start = world.api.post("/v1/auth/device").json()
+    csrf = world.api.cookies.get("__Host-hangar-csrf") or ""
+    ok = world.api.post(
+        "/web/device", data={"code": start["user_code"], "decision": "approve", "csrf": csrf}
+    )
+    assert ok.status_code == 200, ok.text
+    got = world.api.post(
+        "/v1/auth/device/token", data={"grant_type": GRANT, "device_code": start["device_code"]}
+    )
+    assert got.status_code == 200, got.text
+    ends = dt.datetime.fromisoformat(got.json()["expires_at"])
+    assert ends <= dt.datetime.fromtimestamp(soon, dt.UTC)
+
+
+def test_a_device_whose_approving_person_signed_out_collects_nothing(
+    world: World,  # noqa: F811
+) -> None:
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "bob@example.com"})
+    world.set_user("bob", email="bob@example.com")
+    start = world.api.post("/v1/auth/device").json()
+    _approve(world, start["user_code"])
+    r = world.api.post("/v1/users/bob@example.com/disable", headers=world.admin)
+    assert r.status_code == 200, r.text
+    got = world.api.post(
+        "/v1/auth/device/token", data={"grant_type": GRANT, "device_code": start["device_code"]}
+    )
+    assert (got.status_code, got.json()["error"]) == (400, "expired_token"), got.text

@@ -18,7 +18,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from hangar.audit.log import AuditContext
-from hangar.auth.sessions import IssuedSession
+from hangar.auth.sessions import IssuedSession, is_current
 from hangar.auth.tokens import Principal
 from hangar.controlplane.signins import digest, fail, limit_keys, refuse_when_full, utcnow
 from hangar.controlplane.state import ControlPlane
@@ -122,17 +122,22 @@ def decide_device(
                 row.denied = True
                 cp.audit.record(session, ctx, org_id=None, action="auth.device.deny", target=code)
                 return
+            ends = source.expires_at
+            if principal.scope.expires is not None:
+                # Never longer than the approving token (an attenuated copy may end sooner).
+                ends = min(ends, dt.datetime.fromtimestamp(principal.scope.expires, dt.UTC))
             issued = cp.sessions.issue(
                 session,
                 user_id=principal.user_id,
                 idp=source.idp,
-                lifetime=source.expires_at - now,
+                lifetime=ends - now,
                 idle_timeout=dt.timedelta(seconds=source.idle_timeout_s),
                 via="device",
                 client_addr=row.client_addr,
                 org_ids=sorted(principal.scope.orgs) if principal.scope.orgs is not None else None,
                 amr=list(principal.amr),
                 mfa_verified_at=principal.mfa_verified_at,
+                now=now,
             )
             # The token is minted again when the device collects it; this one is not shown.
             session.execute(update(Token).where(Token.id == issued.token_id).values(revoked_at=now))
@@ -206,6 +211,9 @@ def _collect(
     """The approved device's token, minted once (inside the poll's transaction)."""
     target = session.get(UserSession, row.approved_session_id)
     assert target is not None
+    if not is_current(target, now):
+        # Ended before the device collected it (signed out, removed, disabled).
+        raise DevicePending("expired_token", "the approved sign-in has ended")
     user = session.get(User, target.user_id)
     assert user is not None
     token_row = (
