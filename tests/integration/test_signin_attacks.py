@@ -11,8 +11,10 @@ import time
 
 from sqlalchemy import select, update
 
+from hangar.auth.policy import IdentityPolicy, save_policy
+from hangar.auth.rbac import Role
 from hangar.crypto.macaroons import Macaroon
-from hangar.store.tables import DeviceCode
+from hangar.store.tables import DeviceCode, Org
 from tests.conftest import bearer
 from tests.integration.test_signin import (  # noqa: F401
     World,
@@ -172,3 +174,41 @@ def test_a_device_whose_approving_person_signed_out_collects_nothing(
         "/v1/auth/device/token", data={"grant_type": GRANT, "device_code": start["device_code"]}
     )
     assert (got.status_code, got.json()["error"]) == (400, "expired_token"), got.text
+
+
+def test_group_roles_need_the_provider_whose_groups_they_are(world: World) -> None:  # noqa: F811
+    r = world.api.patch(
+        "/v1/orgs/acme/policy", headers=world.admin, json={"set": {"group_roles": {"ops": "admin"}}}
+    )
+    assert r.status_code == 422 and "sso_idp" in r.text, r.text
+    shown = world.api.get("/v1/orgs/acme/policy", headers=world.admin)
+    assert shown.status_code == 200 and '"ops"' not in shown.text, shown.text
+
+
+def test_another_providers_group_of_the_same_name_grants_nothing(
+    world: World,  # noqa: F811
+) -> None:
+    """Another tenant's provider (added by the operator for them) names a group
+    like one of acme's: its people must not become acme's admins."""
+    r = world.api.post(
+        "/v1/idps",
+        headers=world.admin,
+        json={
+            "name": "theirs",
+            "issuer": world.issuer,
+            "client_id": "theirs",
+            "client_secret": "s4",
+        },
+    )
+    assert r.status_code == 201, r.text
+    # A policy written before group_roles needed sso_idp.
+    with world.cp.db.write() as session:
+        org_id = session.execute(select(Org.id).where(Org.name == "acme")).scalar_one()
+        save_policy(
+            session, org_id, IdentityPolicy(), IdentityPolicy(group_roles={"ops": Role.ADMIN})
+        )
+    world.set_user("mallory", email="mallory@example.com", groups=["ops"])
+    got = world.sign_in("mallory", idp="theirs")
+    assert got.status_code == 401, got.text
+    members = world.api.get("/v1/orgs/acme/members", headers=world.admin).json()["items"]
+    assert "mallory@example.com" not in {m["email"] for m in members}

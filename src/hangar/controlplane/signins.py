@@ -435,8 +435,9 @@ def _verified_in(
         jit = {
             org_id: role
             for org_id, policy in all_policies.items()
+            # Groups are the organization's own provider's only (see auth.policy).
             if (role := policy.role_for_groups(groups)) is not None
-            and policy.sso_idp in ("", idp_row.name)
+            and policy.sso_idp == idp_row.name
             and policy.allows_email(email)
         }
         if user is None and not jit:
