@@ -212,3 +212,24 @@ def test_another_providers_group_of_the_same_name_grants_nothing(
     assert got.status_code == 401, got.text
     members = world.api.get("/v1/orgs/acme/members", headers=world.admin).json()["items"]
     assert "mallory@example.com" not in {m["email"] for m in members}
+
+
+def test_every_web_answer_carries_the_pages_headers_errors_too(world: World) -> None:  # noqa: F811
+    answers = [
+        world.api.get("/web/no-such-page"),
+        world.api.request("OPTIONS", "/web/signin"),
+        world.api.post("/web/signout", content=b"{}", headers={"content-type": "application/json"}),
+        world.api.post("/web/device", content=b"x" * 20000),
+        world.api.get("/web/signin", params={"idp": "<script>alert(1)</script>"}),
+        world.api.get("/web/device", follow_redirects=False),
+    ]
+    for answer in answers:
+        where = (answer.request.method, answer.request.url.path, answer.status_code)
+        csp = answer.headers.get("content-security-policy", "")
+        assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp, where
+        assert answer.headers.get("x-frame-options") == "DENY", where
+        assert answer.headers.get("x-content-type-options") == "nosniff", where
+        assert "<script>" not in answer.text, where
+    static = world.api.get("/web/static/hangar.css")
+    assert static.headers["cache-control"] == "public, max-age=300"
+    assert static.headers.get("x-frame-options") == "DENY"
