@@ -18,6 +18,7 @@ from hangar.store.tables import DeviceCode, Org
 from tests.conftest import bearer
 from tests.integration.test_signin import (  # noqa: F401
     World,
+    _events,
     provider,
     world,
 )
@@ -233,3 +234,31 @@ def test_every_web_answer_carries_the_pages_headers_errors_too(world: World) -> 
     static = world.api.get("/web/static/hangar.css")
     assert static.headers["cache-control"] == "public, max-age=300"
     assert static.headers.get("x-frame-options") == "DENY"
+
+
+def test_a_new_sso_idp_ends_sessions_through_other_providers(world: World) -> None:  # noqa: F811
+    """A session made before the policy named its provider must not keep reaching
+    the organization for the rest of its lifetime (hours, up to a week)."""
+    r = world.api.post(
+        "/v1/idps",
+        headers=world.admin,
+        json={"name": "other", "issuer": world.issuer, "client_id": "x", "client_secret": "s5"},
+    )
+    assert r.status_code == 201, r.text
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "bob@example.com"})
+    world.set_user("bob", email="bob@example.com", email_verified=True)
+    world.sign_in("bob", idp="other")
+    through_other = world.api.cookies.get("__Host-hangar-session") or ""
+    assert world.api.get("/v1/orgs/acme", headers=bearer(through_other)).status_code == 200
+    world.api.cookies.clear()
+    again = world.sign_in("bob")
+    assert again.status_code == 200, again.text
+    through_corp = world.api.cookies.get("__Host-hangar-session") or ""
+    r = world.api.patch(
+        "/v1/orgs/acme/policy", headers=world.admin, json={"set": {"sso_idp": "corp"}}
+    )
+    assert r.status_code == 200, r.text
+    assert world.api.get("/v1/orgs/acme", headers=bearer(through_other)).status_code == 401
+    assert world.api.get("/v1/orgs/acme", headers=bearer(through_corp)).status_code == 200
+    ended = [e for e in _events(world.cp, "org.set_policy") if e.detail]
+    assert any("sessions_ended" in (e.detail or "") for e in ended), [e.detail for e in ended]
