@@ -262,3 +262,22 @@ def test_a_new_sso_idp_ends_sessions_through_other_providers(world: World) -> No
     assert world.api.get("/v1/orgs/acme", headers=bearer(through_corp)).status_code == 200
     ended = [e for e in _events(world.cp, "org.set_policy") if e.detail]
     assert any("sessions_ended" in (e.detail or "") for e in ended), [e.detail for e in ended]
+
+
+def test_searching_for_device_codes_on_the_approval_page_is_limited_and_audited(
+    world: World,  # noqa: F811
+) -> None:
+    world.api.post("/v1/orgs/acme/members", headers=world.admin, json={"email": "bob@example.com"})
+    world.set_user("bob", email="bob@example.com")
+    start = world.api.post("/v1/auth/device").json()
+    world.sign_in("bob")
+    statuses = [
+        world.api.get("/web/device", params={"code": f"BBBB-BBB{c}"}).status_code
+        for c in "CDFGHJKLMN"
+    ]
+    assert statuses[0] == 200 and 429 in statuses, statuses
+    # Limited, the right code is not shown either (it could be the one guessed).
+    found = world.api.get("/web/device", params={"code": start["user_code"]})
+    assert found.status_code == 429 and "Approve only if" not in found.text
+    misses = [e for e in _events(world.cp, "auth.device.lookup") if e.outcome == "failure"]
+    assert len(misses) >= 5 and all(e.actor == "bob@example.com" for e in misses)

@@ -88,13 +88,30 @@ def normalize_user_code(text: str) -> str:
     return f"{letters[:4]}-{letters[4:]}"
 
 
-def find_device(cp: ControlPlane, user_code: str) -> DeviceCode | None:
+def find_device(
+    cp: ControlPlane, ctx: AuditContext, principal: Principal, user_code: str
+) -> DeviceCode | None:
+    """The device waiting with ``user_code``, for its approval page.
+
+    A look-up is an attempt like an approval: limited per address and person,
+    and a miss is a failure (audited), so codes cannot be searched for on
+    this page either.
+    """
+    cp.signin_limiter.check(limit_keys(ctx.client_addr, principal.email))
     code = normalize_user_code(user_code)
     with cp.db.read() as session:
         row = session.execute(
             select(DeviceCode).where(DeviceCode.user_code == code)
         ).scalar_one_or_none()
     if row is None or utcnow() >= row.expires_at or row.approved_session_id or row.denied:
+        fail(
+            cp,
+            ctx,
+            action="auth.device.lookup",
+            target=code,
+            exc=AuthError("no device is waiting with that code (wrong, used or expired)"),
+            email=principal.email,
+        )
         return None
     return row
 
