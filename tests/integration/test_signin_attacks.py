@@ -20,6 +20,7 @@ from tests.integration.test_signin import (  # noqa: F401
     World,
     _events,
     provider,
+    signed_in_to,
     world,
 )
 
@@ -281,3 +282,24 @@ def test_searching_for_device_codes_on_the_approval_page_is_limited_and_audited(
     assert found.status_code == 429 and "Approve only if" not in found.text
     misses = [e for e in _events(world.cp, "auth.device.lookup") if e.outcome == "failure"]
     assert len(misses) >= 5 and all(e.actor == "bob@example.com" for e in misses)
+
+
+def test_another_provider_cannot_take_an_operator_over_by_e_mail(
+    world: World,  # noqa: F811
+) -> None:
+    """A provider added for one tenant vouches for the operator's address: the
+    operator's installation-wide powers must not follow."""
+    world.set_user("root", email="admin@example.com", email_verified=True)
+    signed_in_to(world.sign_in("root"))
+    r = world.api.post(
+        "/v1/idps",
+        headers=world.admin,
+        json={"name": "theirs", "issuer": world.issuer, "client_id": "t", "client_secret": "s6"},
+    )
+    assert r.status_code == 201, r.text
+    world.api.cookies.clear()
+    world.set_user("mallory", email="admin@example.com", email_verified=True)
+    got = world.sign_in("mallory", idp="theirs")
+    assert got.status_code == 401 and "operator" in got.text, got.text
+    refused = [e for e in _events(world.cp, "auth.signin") if e.outcome == "failure"]
+    assert any(e.target == "admin@example.com" for e in refused)

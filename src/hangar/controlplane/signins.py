@@ -420,6 +420,17 @@ def _verified_in(
                     select(UserIdentity.idp_id).where(UserIdentity.user_id == user.id).limit(1)
                 ).first()
             )
+            if linked_elsewhere and user is not None and user.is_operator:
+                # An operator's powers are installation-wide: no organization's
+                # sso_idp guards them, so no second provider takes them over by
+                # e-mail, verified or not (removing the old provider unlinks).
+                raise _Refusal(
+                    SigninRefused(
+                        f"{email} is an operator who signs in through another identity "
+                        "provider; an operator is not linked to a second one by e-mail",
+                        hint="sign in through the provider you used before",
+                    )
+                )
             if linked_elsewhere and claims.get("email_verified") is not True:
                 # The person already signs in through another provider: taking
                 # over their user by e-mail needs a provider that vouches for
