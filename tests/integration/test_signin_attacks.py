@@ -9,10 +9,12 @@ from __future__ import annotations
 import datetime as dt
 import time
 
+import pytest
 from sqlalchemy import select, update
 
 from hangar.auth.policy import IdentityPolicy, save_policy
 from hangar.auth.rbac import Role
+from hangar.controlplane import devicecodes, signins
 from hangar.crypto.macaroons import Macaroon
 from hangar.store.tables import DeviceCode, Org
 from tests.conftest import bearer
@@ -303,3 +305,20 @@ def test_another_provider_cannot_take_an_operator_over_by_e_mail(
     assert got.status_code == 401 and "operator" in got.text, got.text
     refused = [e for e in _events(world.cp, "auth.signin") if e.outcome == "failure"]
     assert any(e.target == "admin@example.com" for e in refused)
+
+
+def test_one_address_cannot_fill_the_waiting_sign_ins_for_everyone(
+    world: World,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(signins, "MAX_PENDING_PER_ADDR", 3)
+    for _ in range(3):
+        assert world.api.post("/v1/auth/device").status_code == 200
+    refused = world.api.post("/v1/auth/device")
+    assert refused.status_code == 429, refused.text
+    for _ in range(3):
+        started = world.api.get("/web/signin", params={"idp": "corp"}, follow_redirects=False)
+        assert started.status_code == 302, started.text
+    assert world.api.get("/web/signin", params={"idp": "corp"}).status_code == 429
+    # Someone else, elsewhere, still can.
+    assert devicecodes.start_device(world.cp, "198.51.100.7").user_code

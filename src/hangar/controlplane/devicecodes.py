@@ -60,7 +60,7 @@ def start_device(cp: ControlPlane, client_addr: str | None) -> DeviceStart:
     now = utcnow()
     with cp.db.write() as session:
         session.execute(delete(DeviceCode).where(DeviceCode.expires_at < now))
-        refuse_when_full(session, DeviceCode)
+        refuse_when_full(session, DeviceCode, client_addr)
         session.add(
             DeviceCode(
                 id=digest(device_code),
