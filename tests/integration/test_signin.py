@@ -257,7 +257,13 @@ def test_group_roles_make_members_just_in_time(world: World) -> None:
     r = world.api.patch(
         "/v1/orgs/acme/policy",
         headers=world.admin,
-        json={"set": {"group_roles": {"eng": "member"}, "email_domains": ["example.com"]}},
+        json={
+            "set": {
+                "sso_idp": "corp",
+                "group_roles": {"eng": "member"},
+                "email_domains": ["example.com"],
+            }
+        },
     )
     assert r.status_code == 200, r.text
     world.set_user("carol", email="carol@example.com", groups=["eng"])

@@ -52,7 +52,12 @@ def test_the_limiter_memory_is_bounded() -> None:
 def test_policy_keys_and_values_are_checked() -> None:
     policy = parse_assignments(
         IdentityPolicy(),
-        {"email_domains": ["Example.COM"], "group_roles": {"eng": "admin"}, "idle_timeout": 900},
+        {
+            "sso_idp": "corp",
+            "email_domains": ["Example.COM"],
+            "group_roles": {"eng": "admin"},
+            "idle_timeout": 900,
+        },
         unset=[],
     )
     assert policy.email_domains == ["example.com"]
@@ -65,10 +70,13 @@ def test_policy_keys_and_values_are_checked() -> None:
         {"group_roles": {"eng": "owner"}},
         {"email_domains": ["not a domain"]},
         {"sso_idp": "Bad Name"},
+        {"group_roles": {"eng": "member"}},
     ):
         with pytest.raises(ValidationError):
             parse_assignments(IdentityPolicy(), bad, unset=[])
     assert parse_assignments(policy, {}, unset=["group_roles"]).group_roles == {}
+    with pytest.raises(ValidationError, match="group_roles needs sso_idp"):
+        parse_assignments(policy, {}, unset=["sso_idp"])
 
 
 @pytest.mark.parametrize(

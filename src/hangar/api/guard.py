@@ -277,8 +277,9 @@ SESSION_COOKIE = "__Host-hangar-session"
 class WebGuard:
     """``Depends(WebGuard())``: a web page; the session cookie, when sent, must be valid.
 
-    Only a sign-in session's token is accepted from the cookie (an API token
-    is not a browser's credential). A failed check is audited like a bearer
+    Only a sign-in session's own token is accepted from the cookie (an API
+    token is not a browser's credential, nor is a session token narrowed
+    to some apps or actions). A failed check is audited like a bearer
     token's, and the page sees no one signed in.
     """
 
@@ -292,6 +293,11 @@ class WebGuard:
                     principal = cp.tokens.authenticate(conn, token)
                 if principal.session_id is None:
                     raise AuthError("a web page needs a sign-in session, not an API token")
+                scope = principal.scope
+                if not scope.unrestricted_in_org or scope.not_before is not None:
+                    # A narrowed copy of a session's token (apps, actions) must not
+                    # act as the whole person: approving a device, a second factor.
+                    raise AuthError("a web page needs a sign-in session's own token")
                 cp.sessions.seen(principal)
             except AuthError as exc:
                 principal = None

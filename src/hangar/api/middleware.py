@@ -18,6 +18,7 @@ from urllib.parse import unquote_to_bytes
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from hangar.api.web.frame import SECURITY_HEADERS
 from hangar.domain.names import find_invisible
 from hangar.errors import PayloadTooLarge
 
@@ -25,6 +26,9 @@ __all__ = ["RequestContextMiddleware"]
 
 # Image uploads (a tar of an OCI layout) have their own, larger cap.
 _UPLOAD_PATH = re.compile(r"^/v1/apps/[^/]+/images$")
+
+
+_WEB_HEADERS = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
 
 
 class RequestContextMiddleware:
@@ -41,10 +45,17 @@ class RequestContextMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         header = request_id.encode()
 
+        path = scope.get("path", "")
+        web = path == "/web" or path.startswith("/web/")
+
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", header))
+                if web:
+                    # Every answer under /web/, errors too, with the pages' headers.
+                    present = {name.lower() for name, _ in headers}
+                    headers.extend(h for h in _WEB_HEADERS if h[0] not in present)
                 message["headers"] = headers
             await send(message)
 

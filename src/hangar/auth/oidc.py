@@ -72,6 +72,8 @@ DISCOVERY_TTL_SECONDS = 3600.0
 LEEWAY_SECONDS = 60
 MAX_DOCUMENT_BYTES = 512 * 1024
 HTTP_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+# The whole of one exchange with a provider, however slowly it trickles.
+HTTP_DEADLINE_SECONDS = 20.0
 
 
 class OidcError(AuthError):
@@ -162,20 +164,28 @@ class OidcClient:
     def _http(self) -> httpx.Client:
         return httpx.Client(timeout=HTTP_TIMEOUT, transport=self._transport, follow_redirects=False)
 
-    def _get_json(self, url: str) -> dict[str, Any]:
+    def _fetch(self, method: str, url: str, what: str, **kwargs: Any) -> tuple[int, bytes]:
+        """``(status, body)`` of one request: the body read to MAX_DOCUMENT_BYTES at
+        most, and the whole exchange within HTTP_DEADLINE_SECONDS (a provider
+        sending a byte every few seconds holds no thread for longer)."""
+        deadline = time.monotonic() + HTTP_DEADLINE_SECONDS
         try:
-            with self._http() as client, client.stream("GET", url) as response:
-                if response.status_code != 200:
-                    raise OidcError(
-                        f"the identity provider answered {response.status_code} for {url}"
-                    )
+            with self._http() as client, client.stream(method, url, **kwargs) as response:
                 body = b""
                 for chunk in response.iter_bytes():
                     body += chunk
                     if len(body) > MAX_DOCUMENT_BYTES:
-                        raise OidcError(f"the identity provider's {url} is too large")
+                        raise OidcError(f"the identity provider's {what} is too large")
+                    if time.monotonic() > deadline:
+                        raise OidcError(f"the identity provider's {what} is too slow")
+                return response.status_code, body
         except httpx.HTTPError as exc:
-            raise OidcError(f"cannot reach the identity provider at {url}: {exc}") from exc
+            raise OidcError(f"cannot reach the identity provider's {what}: {exc}") from exc
+
+    def _get_json(self, url: str) -> dict[str, Any]:
+        status, body = self._fetch("GET", url, url)
+        if status != 200:
+            raise OidcError(f"the identity provider answered {status} for {url}")
         try:
             data = json.loads(body)
         except ValueError as exc:
@@ -280,25 +290,21 @@ class OidcClient:
             auth = httpx.BasicAuth(provider.client_id, provider.client_secret)
         else:
             form = {**form, "client_id": provider.client_id}
+        status, raw = self._fetch(
+            "POST",
+            doc["token_endpoint"],
+            "token response",
+            data=form,
+            auth=auth if auth is not None else httpx.USE_CLIENT_DEFAULT,
+            headers={"Accept": "application/json"},
+        )
         try:
-            with self._http() as client:
-                response = client.post(
-                    doc["token_endpoint"],
-                    data=form,
-                    auth=auth if auth is not None else httpx.USE_CLIENT_DEFAULT,
-                    headers={"Accept": "application/json"},
-                )
-        except httpx.HTTPError as exc:
-            raise OidcError(f"cannot reach the identity provider's token endpoint: {exc}") from exc
-        if len(response.content) > MAX_DOCUMENT_BYTES:
-            raise OidcError("the identity provider's token response is too large")
-        try:
-            body = response.json()
+            body = json.loads(raw)
         except ValueError as exc:
             raise OidcError("the identity provider's token response is not JSON") from exc
-        if response.status_code != 200 or not isinstance(body, dict):
+        if status != 200 or not isinstance(body, dict):
             error = body.get("error") if isinstance(body, dict) else None
-            raise _Refused(str(error or response.status_code))
+            raise _Refused(str(error or status))
         id_token = body.get("id_token")
         if not isinstance(id_token, str):
             raise OidcError("the identity provider's token response has no ID token")
@@ -320,21 +326,16 @@ class OidcClient:
         endpoint = doc.get("userinfo_endpoint")
         if not isinstance(endpoint, str):
             return {}
+        status, raw = self._fetch(
+            "GET",
+            endpoint,
+            "userinfo",
+            headers={"Authorization": f"Bearer {access_token}", "Accept": "application/json"},
+        )
+        if status != 200:
+            raise OidcError(f"the identity provider's userinfo answered {status}")
         try:
-            with self._http() as client:
-                response = client.get(
-                    endpoint,
-                    headers={
-                        "Authorization": f"Bearer {access_token}",
-                        "Accept": "application/json",
-                    },
-                )
-        except httpx.HTTPError as exc:
-            raise OidcError(f"cannot reach the identity provider's userinfo: {exc}") from exc
-        if response.status_code != 200 or len(response.content) > MAX_DOCUMENT_BYTES:
-            raise OidcError(f"the identity provider's userinfo answered {response.status_code}")
-        try:
-            claims = response.json()
+            claims = json.loads(raw)
         except ValueError as exc:
             raise OidcError("the identity provider's userinfo is not JSON") from exc
         if not isinstance(claims, dict) or claims.get("sub") != sub:

@@ -9,7 +9,8 @@ has its default. The keys (``hangar orgs policy set ORG KEY=VALUE``):
 ``email_domains``     the e-mail domains members' addresses may have ([] : any)
 ``group_roles``       IdP group -> role (admin, member, viewer): a person in
                       such a group becomes a member with that role when they
-                      sign in (just-in-time), and their role follows the groups
+                      sign in (just-in-time), and their role follows the groups;
+                      only with ``sso_idp`` set (groups are that provider's)
 ``session_lifetime``  seconds a session lasts (900 .. 604800; 43200)
 ``idle_timeout``      seconds of inactivity that end a session (300 .. 86400; 3600)
 
@@ -179,7 +180,7 @@ def parse_assignments(
         values[key] = defaults[key]
     values.update(assignments)
     try:
-        return IdentityPolicy.model_validate(values)
+        policy = IdentityPolicy.model_validate(values)
     except Exception as exc:
         errors = getattr(exc, "errors", None)
         if callable(errors):
@@ -187,3 +188,11 @@ def parse_assignments(
             where = ".".join(str(p) for p in first.get("loc", ()))
             raise ValidationError(f"policy {where}: {first.get('msg')}") from None
         raise ValidationError(f"invalid policy: {exc}") from None
+    if policy.group_roles and not policy.sso_idp:
+        # A group's name means something at one provider only: any other
+        # provider's administrator could put people in a group of that name.
+        raise ValidationError(
+            "group_roles needs sso_idp: the provider whose groups they are",
+            hint="e.g. hangar orgs policy set ORG sso_idp=corp group_roles=eng:member",
+        )
+    return policy

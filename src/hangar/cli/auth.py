@@ -216,6 +216,7 @@ def login(
     ca_cert: Annotated[
         Path | None, typer.Option(help="CA certificate to trust (the server's DATA_DIR/ca.crt)")
     ] = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """Sign in and store the session (mode 0600) for later commands.
 
@@ -247,6 +248,17 @@ def login(
     with Client(settings) as checked:
         me = checked.get("/v1/whoami")
     path = save_login(settings)
+    if json_out:
+        emit(
+            {
+                "api_url": settings.api_url,
+                "email": me["email"],
+                "token_id": me["token_id"],
+                "session_id": me.get("session_id"),
+                "saved_to": str(path),
+            }
+        )
+        return
     typer.echo(f"Logged in to {settings.api_url} as {me['email']} (token {me['token_id']}).")
     typer.echo(f"Saved to {path}.")
 
@@ -270,26 +282,46 @@ def whoami(ctx: typer.Context, json_out: JsonOpt = False) -> None:
 
 
 @app.command()
-def logout(ctx: typer.Context) -> None:
+def logout(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     """End this sign-in session on the server and forget it here.
 
     An API token stored with --token is only forgotten (it stays valid:
-    revoke it with `hangar tokens revoke`).
+    revoke it with `hangar tokens revoke`). If the server cannot be reached,
+    nothing is forgotten: the session would stay valid with no one holding
+    it to end it.
     """
     path = client_config_path()
     if not path.exists():
-        typer.echo("Not logged in.")
+        if json_out:
+            emit({"ended": None, "removed": None})
+        else:
+            typer.echo("Not logged in.")
         return
+    ended: str | None = None
+    note = ""
     try:
         with client(ctx) as api:
             if api.get("/v1/whoami").get("session_id"):
                 api.request("DELETE", "/v1/auth/session")
-                typer.echo("Signed out: the session has ended.")
+                ended, note = "session", "Signed out: the session has ended."
             else:
-                typer.echo("This is an API token: it stays valid (`hangar tokens revoke` ends it).")
+                ended = "nothing"
+                note = "This is an API token: it stays valid (`hangar tokens revoke` ends it)."
     except HangarError as exc:
-        typer.echo(f"The server did not end a session ({exc.message}).", err=True)
+        if exc.status == 401:
+            # The server no longer accepts it (ended, expired): only forget it.
+            ended, note = "already", f"The session had already ended ({exc.message})."
+        else:
+            raise HangarError(
+                f"the server did not end the session: {exc.message}",
+                hint="run `hangar auth logout` again once it answers; "
+                f"the session stays saved in {path} until then",
+            ) from exc
     path.unlink()
+    if json_out:
+        emit({"ended": ended, "removed": str(path)})
+        return
+    typer.echo(note)
     typer.echo(f"Removed {path}.")
 
 

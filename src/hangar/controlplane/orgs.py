@@ -11,13 +11,14 @@ from sqlalchemy.orm import Session
 from hangar.audit.log import AuditContext
 from hangar.auth.policy import IdentityPolicy, load_policy, parse_assignments, save_policy
 from hangar.auth.rbac import CONFIGURABLE, NO_ROLE, Grants, Permission, Role
+from hangar.auth.sessions import SessionService
 from hangar.auth.tokens import grants_from_rows, new_id
 from hangar.controlplane.changes import change
 from hangar.controlplane.offboard import offboard
 from hangar.controlplane.state import ControlPlane
 from hangar.domain.names import normalize_email, validate_dns_label
 from hangar.errors import Conflict, NotFound, ValidationError
-from hangar.store.tables import IdentityProvider, Membership, Org, OrgGrant, User
+from hangar.store.tables import IdentityProvider, Membership, Org, OrgGrant, User, UserSession
 
 __all__ = [
     "add_member",
@@ -298,4 +299,36 @@ def set_policy(
                 f"no identity provider is called {after.sso_idp!r}", hint="hangar idps list"
             )
         event.detail = save_policy(session, org.id, before, after)
+        ended = _end_sessions_outside(session, org.id, before, after)
+        if ended:
+            event.detail["sessions_ended"] = ended
     return after
+
+
+def _end_sessions_outside(
+    session: Session, org_id: str, before: IdentityPolicy, after: IdentityPolicy
+) -> int:
+    """End the members' sessions a tightened policy no longer admits (how many).
+
+    A session's organizations are fixed when it is made: one made through
+    another provider (or for an address now outside the domains) would
+    otherwise keep reaching the organization for the rest of its lifetime.
+    """
+    if after.sso_idp == before.sso_idp and after.email_domains == before.email_domains:
+        return 0
+    now = dt.datetime.now(dt.UTC)
+    rows = session.execute(
+        select(UserSession.id, UserSession.idp, User.email)
+        .join(Membership, Membership.user_id == UserSession.user_id)
+        .join(User, User.id == UserSession.user_id)
+        .where(
+            Membership.org_id == org_id,
+            UserSession.revoked_at.is_(None),
+            UserSession.expires_at > now,
+        )
+    ).all()
+    ended = 0
+    for session_id, idp, email in rows:
+        if (after.sso_idp and idp != after.sso_idp) or not after.allows_email(email):
+            ended += SessionService.revoke(session, session_id, now)
+    return ended

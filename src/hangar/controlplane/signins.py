@@ -104,13 +104,29 @@ _NEXT = re.compile(r"^/web/[A-Za-z0-9/_-]{0,100}(\?[A-Za-z0-9=&_-]{0,100})?$")
 # Sign-ins and device codes waiting at once, installation-wide: a bound on
 # what anonymous callers can make the store hold.
 MAX_PENDING = 10_000
+# ... and from one address, so that one caller cannot fill the installation's
+# bound and lock everyone else out of signing in (generous for a shared NAT).
+MAX_PENDING_PER_ADDR = 100
 
 
-def refuse_when_full(session: Session, table: type[PendingSignin] | type[DeviceCode]) -> None:
+def refuse_when_full(
+    session: Session, table: type[PendingSignin] | type[DeviceCode], client_addr: str | None
+) -> None:
     waiting = session.execute(select(func.count()).select_from(table)).scalar_one()
     if waiting >= MAX_PENDING:
         raise TooManyRequests(
             "too many sign-ins are under way: try again in a few minutes", retry_after=60
+        )
+    addr = (client_addr or "")[:64] or None
+    if addr is None:
+        return
+    mine = session.execute(
+        select(func.count()).select_from(table).where(table.client_addr == addr)
+    ).scalar_one()
+    if mine >= MAX_PENDING_PER_ADDR:
+        raise TooManyRequests(
+            f"too many sign-ins are under way from {addr}: finish or wait for some to expire",
+            retry_after=60,
         )
 
 
@@ -223,7 +239,7 @@ def start_signin(
         # Pending sign-ins are short-lived: the expired ones go as new ones come,
         # and no more than MAX_PENDING wait at once, whoever starts them.
         session.execute(delete(PendingSignin).where(PendingSignin.expires_at < now))
-        refuse_when_full(session, PendingSignin)
+        refuse_when_full(session, PendingSignin, client_addr)
         session.add(
             PendingSignin(
                 id=digest(cookie),
@@ -420,6 +436,17 @@ def _verified_in(
                     select(UserIdentity.idp_id).where(UserIdentity.user_id == user.id).limit(1)
                 ).first()
             )
+            if linked_elsewhere and user is not None and user.is_operator:
+                # An operator's powers are installation-wide: no organization's
+                # sso_idp guards them, so no second provider takes them over by
+                # e-mail, verified or not (removing the old provider unlinks).
+                raise _Refusal(
+                    SigninRefused(
+                        f"{email} is an operator who signs in through another identity "
+                        "provider; an operator is not linked to a second one by e-mail",
+                        hint="sign in through the provider you used before",
+                    )
+                )
             if linked_elsewhere and claims.get("email_verified") is not True:
                 # The person already signs in through another provider: taking
                 # over their user by e-mail needs a provider that vouches for
@@ -435,8 +462,9 @@ def _verified_in(
         jit = {
             org_id: role
             for org_id, policy in all_policies.items()
+            # Groups are the organization's own provider's only (see auth.policy).
             if (role := policy.role_for_groups(groups)) is not None
-            and policy.sso_idp in ("", idp_row.name)
+            and policy.sso_idp == idp_row.name
             and policy.allows_email(email)
         }
         if user is None and not jit:

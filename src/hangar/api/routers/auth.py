@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
 from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError as PydanticValidationError
 
 from hangar.api.guard import PUBLIC, Access, GuardedRouter, control_plane, requires
 from hangar.auth.rbac import Permission
@@ -104,10 +108,17 @@ def device_start(request: Request) -> DeviceAuthorization:
     )
 
 
+_DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+_MAX_POLL_BYTES = 1024
+
+
 class DevicePoll(BaseModel):
+    """RFC 8628 section 3.4, as a form (the RFC) or as JSON."""
+
     model_config = ConfigDict(extra="forbid")
-    grant_type: str = "urn:ietf:params:oauth:grant-type:device_code"
+    grant_type: str = _DEVICE_GRANT
     device_code: str = Field(min_length=16, max_length=128)
+    client_id: str | None = Field(default=None, max_length=128)
 
 
 class DeviceTokenError(BaseModel):
@@ -117,32 +128,95 @@ class DeviceTokenError(BaseModel):
     error_description: str
 
 
+def _oauth_error(error: str, description: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": error, "error_description": description},
+        status_code=400,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def _poll_fields(request: Request) -> dict[str, Any]:
+    """The poll's fields from an URL-encoded form (RFC 8628) or a JSON object."""
+    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    body = await request.body()
+    if len(body) > _MAX_POLL_BYTES:
+        raise ValidationError("the request is too large")
+    try:
+        if kind == "application/x-www-form-urlencoded":
+            fields: dict[str, Any] = {}
+            for key, value in parse_qsl(
+                body.decode("ascii"), max_num_fields=8, strict_parsing=True
+            ):
+                if key in fields:
+                    raise ValidationError(f"{key} is given twice")
+                fields[key] = value
+            return fields
+        if kind == "application/json":
+            parsed = json.loads(body)
+            if isinstance(parsed, dict):
+                return parsed
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValidationError("the request body is malformed") from exc
+    raise ValidationError(
+        "expected a form (application/x-www-form-urlencoded) or a JSON object",
+        hint="send grant_type and device_code as RFC 8628 section 3.4 describes",
+    )
+
+
 @router.post(
     "/device/token",
     dependencies=[PUBLIC],
     response_model=SessionIssued,
     responses={400: {"model": DeviceTokenError, "description": "No session yet (RFC 8628)"}},
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": DevicePoll.model_json_schema(
+                        ref_template="#/components/schemas/{model}"
+                    )
+                },
+                "application/json": {
+                    "schema": DevicePoll.model_json_schema(
+                        ref_template="#/components/schemas/{model}"
+                    )
+                },
+            },
+            "required": True,
+        }
+    },
 )
-def device_token(body: DevicePoll, request: Request) -> Any:
+async def device_token(request: Request) -> Any:
     """Poll for the device's session; RFC 8628 errors (authorization_pending, ...) until then."""
-    if body.grant_type != "urn:ietf:params:oauth:grant-type:device_code":
-        raise ValidationError("grant_type must be urn:ietf:params:oauth:grant-type:device_code")
     try:
-        issued = devicecodes.poll_device(
-            control_plane(request), body.device_code, _client(request), _rid(request)
+        fields = await _poll_fields(request)
+    except ValidationError as exc:
+        return _oauth_error("invalid_request", exc.message)
+    if fields.get("grant_type", _DEVICE_GRANT) != _DEVICE_GRANT:
+        return _oauth_error("unsupported_grant_type", f"grant_type must be {_DEVICE_GRANT}")
+    try:
+        body = DevicePoll.model_validate(fields)
+    except PydanticValidationError as exc:
+        where = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors())
+        return _oauth_error("invalid_request", f"invalid or missing: {where}")
+    try:
+        issued = await run_in_threadpool(
+            devicecodes.poll_device,
+            control_plane(request),
+            body.device_code,
+            _client(request),
+            _rid(request),
         )
     except devicecodes.DevicePending as exc:
-        return JSONResponse(
-            {"error": exc.error, "error_description": exc.message},
-            status_code=400,
-            headers={"Cache-Control": "no-store"},
-        )
-    return SessionIssued(
+        return _oauth_error(exc.error, exc.message)
+    out = SessionIssued(
         token=issued.token,
         session_id=issued.row.id,
         expires_at=issued.row.expires_at,
         idle_timeout_s=issued.row.idle_timeout_s,
     )
+    return JSONResponse(out.model_dump(mode="json"), headers={"Cache-Control": "no-store"})
 
 
 @router.get("/sessions", response_model=list[SessionOut], summary="Your sign-in sessions")

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hangar.api.guard import Access, GuardedRouter, requires
 from hangar.auth.rbac import Permission
-from hangar.controlplane import idps
+from hangar.controlplane import idps, mfapolicy
 from hangar.store.tables import IdentityProvider
 
 router = GuardedRouter(prefix="/v1/idps", tags=["idps"])
@@ -56,6 +56,9 @@ def list_idps(access: Annotated[Access, requires(Permission.IDPS_READ)]) -> list
 
 @router.post("", response_model=IdpOut, status_code=201, summary="Add an identity provider")
 def add_idp(body: IdpCreate, access: Annotated[Access, requires(Permission.IDPS_WRITE)]) -> IdpOut:
+    # A provider vouches for people: adding or removing one (which forgets
+    # its links) is a sensitive installation-wide action, like a KEK rotation.
+    mfapolicy.enforce_step_up(access.cp, access.ctx, access.principal, org=None, action="idps.add")
     row = idps.add_idp(
         access.cp,
         access.ctx,
@@ -71,4 +74,7 @@ def add_idp(body: IdpCreate, access: Annotated[Access, requires(Permission.IDPS_
 
 @router.delete("/{name}", status_code=204, summary="Remove an identity provider")
 def remove_idp(name: str, access: Annotated[Access, requires(Permission.IDPS_WRITE)]) -> None:
+    mfapolicy.enforce_step_up(
+        access.cp, access.ctx, access.principal, org=None, action="idps.remove"
+    )
     idps.remove_idp(access.cp, access.ctx, name)

@@ -36,6 +36,7 @@ from hangar.errors import PermissionDenied, ValidationError
 __all__ = [
     "CSRF_COOKIE",
     "PENDING_COOKIE",
+    "SECURITY_HEADERS",
     "SESSION_COOKIE",
     "STATIC_DIR",
     "check_csrf",
@@ -60,17 +61,24 @@ CSP = (
 )
 
 
-def security_headers(response: Response) -> Response:
-    headers = response.headers
-    headers["Content-Security-Policy"] = CSP
-    headers["X-Content-Type-Options"] = "nosniff"
-    headers["X-Frame-Options"] = "DENY"
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
     # same-origin, not no-referrer: with no-referrer browsers send "Origin: null"
     # on a form post, and the CSRF check could not tell it from another site's.
-    headers["Referrer-Policy"] = "same-origin"
-    headers["Cache-Control"] = "no-store"
-    headers["Cross-Origin-Opener-Policy"] = "same-origin"
-    headers["Cross-Origin-Resource-Policy"] = "same-origin"
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+
+
+def security_headers(response: Response) -> Response:
+    """The headers every ``/web/`` response carries (the API's middleware adds
+    those missing to the ones no page made: errors, 404, 405)."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers[name] = value
     return response
 
 

@@ -157,7 +157,10 @@ def device(request: Request, web: Annotated[WebAccess, WEB], code: Text = "") ->
     if web.principal is None:
         target = "/web/device" + (f"?code={devicecodes.normalize_user_code(code)}" if code else "")
         return redirect(f"/web/signin?next={quote(target, safe='/')}")
-    found = devicecodes.find_device(web.cp, code) if code else None
+    try:
+        found = devicecodes.find_device(web.cp, web.ctx, web.principal, code) if code else None
+    except HangarError as exc:
+        return _error_page(request, exc)
     if found is None:
         note = "<p class=error>No device is waiting with that code.</p>" if code else ""
         body = (
