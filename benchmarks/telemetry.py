@@ -133,6 +133,7 @@ def ship_logs(lines: int) -> dict[str, float]:
     import datetime as dt
 
     from hangar.audit.log import AuditContext
+    from hangar.auth.tokens import new_id
     from hangar.config.settings import ServerSettings
     from hangar.controlplane.bootstrap import init_server
     from hangar.controlplane.logshipper import LogShipper
@@ -154,7 +155,7 @@ def ship_logs(lines: int) -> dict[str, float]:
         with cp.db.write() as session:
             host = register_local_host(session, name="bench", region="local").id
             org = session.query(Org).one()
-            app = App(id="app_bench", org_id=org.id, name="bench", created_by="bench")
+            app = App(id=new_id("app"), org_id=org.id, name="bench", created_by="bench")
             app.created_at = dt.datetime.now(dt.UTC)
             session.add(app)
             session.flush()
