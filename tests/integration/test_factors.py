@@ -589,3 +589,23 @@ def test_an_operator_resets_the_factors_of_a_person_who_lost_them(
     assert listed == {"factors": [], "recovery_codes_left": 0}
     assert [e.outcome for e in _events(control_plane, "factor.reset")] == ["success"]
     assert client.delete("/v1/users/admin@example.com/factors", headers=h).status_code == 409
+
+
+
+def test_a_refused_policy_change_changes_neither_half(
+    client: TestClient, installation: Installation, control_plane: ControlPlane
+) -> None:
+    # A request with second-factor and sign-in keys is judged before either half
+    # is written: refused, it changes nothing.
+    h = installation.headers
+    ci = bearer(mint_token(control_plane, "admin@example.com", kind="org", org="acme"))
+    key = _key()
+    _enrol_key(client, h, key)
+    assert _assert_key(client, h, key).status_code == 200
+    _require(client, h, require_mfa="webauthn", automation_tokens=True, idle_timeout=900)
+    before = client.get("/v1/orgs/acme/policy", headers=h).json()
+    body = {"set": {"step_up_minutes": 5, "idle_timeout": 600}}
+    r = client.patch("/v1/orgs/acme/policy", headers=ci, json=body)
+    assert r.status_code == 403, r.text
+    assert client.get("/v1/orgs/acme/policy", headers=h).json() == before
+    assert before["idle_timeout"] == 900 and before["step_up_minutes"] != 5

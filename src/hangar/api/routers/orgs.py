@@ -248,12 +248,15 @@ def set_policy(
     defaults = MfaPolicy().as_dict()
     mfa_changes = {**{k: defaults[k] for k in mfa_unset}, **mfa_set}
     mfa.with_changes(mfa_changes)
-    if mfa_changes:
-        mfa = mfapolicy.set_policy(access.cp, access.ctx, access.principal, access.org, mfa_changes)
-    identity = orgs.get_policy(access.cp, access.org)
+    # The sign-in half's step-up is checked before either half is written, so a
+    # refused request changes nothing.
     if rest_set or rest_unset:
         mfapolicy.enforce_step_up(
             access.cp, access.ctx, access.principal, org=access.org, action="org.set_policy"
         )
+    if mfa_changes:
+        mfa = mfapolicy.set_policy(access.cp, access.ctx, access.principal, access.org, mfa_changes)
+    identity = orgs.get_policy(access.cp, access.org)
+    if rest_set or rest_unset:
         identity = orgs.set_policy(access.cp, access.ctx, access.org, rest_set, rest_unset)
     return {**identity.as_json(), **mfa.as_dict()}
