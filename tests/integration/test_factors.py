@@ -591,7 +591,6 @@ def test_an_operator_resets_the_factors_of_a_person_who_lost_them(
     assert client.delete("/v1/users/admin@example.com/factors", headers=h).status_code == 409
 
 
-
 def test_a_refused_policy_change_changes_neither_half(
     client: TestClient, installation: Installation, control_plane: ControlPlane
 ) -> None:
