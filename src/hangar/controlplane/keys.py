@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 
@@ -70,61 +72,33 @@ def rotate_kek(cp: ControlPlane) -> Rotation:
     return Rotation(kek_id=new_id, retired=sorted(before - {new_id}), rewrapped=count)
 
 
+# Every column that holds a blob wrapped by the KEK: its table, its attribute,
+# and the purpose the blob was wrapped under (bound to its row).
+_WRAPPED_COLUMNS: tuple[tuple[type[Any], str, Callable[[Any], str]], ...] = (
+    (RootKey, "wrapped", lambda r: root_key_purpose(r.id)),
+    (AppKey, "wrapped", lambda r: app_key_purpose(r.app_id, r.version)),
+    (Certificate, "key_wrapped", lambda r: cert_key_purpose(r.id)),
+    (Volume, "key_wrapped", lambda r: volume_key_purpose(r.id)),
+    (LogSinkRow, "credential", lambda r: credential_purpose(r.org_id, r.id)),
+    (BackupRepoRow, "password", lambda r: backup_password_purpose(r.org_id)),
+    (BackupRepoRow, "credential", lambda r: backup_credential_purpose(r.org_id)),
+    (UserFactor, "secret_wrapped", lambda r: totp_purpose(r.id)),
+    (IdentityProvider, "client_secret", lambda r: idp_secret_purpose(r.id)),
+    (UserIdentity, "refresh_token", lambda r: refresh_purpose(r.idp_id, r.subject)),
+)
+
+
 def _rewrap_rows(cp: ControlPlane) -> int:
     count = 0
     with cp.db.write() as session:
-        for root in session.execute(select(RootKey)).scalars():
-            fresh = rewrap(cp.keyring, root.wrapped, root_key_purpose(root.id))
-            count += fresh != root.wrapped
-            root.wrapped = fresh
-        for app_key in session.execute(select(AppKey)).scalars():
-            purpose = app_key_purpose(app_key.app_id, app_key.version)
-            fresh = rewrap(cp.keyring, app_key.wrapped, purpose)
-            count += fresh != app_key.wrapped
-            app_key.wrapped = fresh
-        for cert in session.execute(select(Certificate)).scalars():
-            if cert.key_wrapped is not None:
-                fresh = rewrap(cp.keyring, cert.key_wrapped, cert_key_purpose(cert.id))
-                count += fresh != cert.key_wrapped
-                cert.key_wrapped = fresh
-        for volume in session.execute(select(Volume)).scalars():
-            if volume.key_wrapped is not None:
-                fresh = rewrap(cp.keyring, volume.key_wrapped, volume_key_purpose(volume.id))
-                count += fresh != volume.key_wrapped
-                volume.key_wrapped = fresh
-        for sink in session.execute(select(LogSinkRow)).scalars():
-            if sink.credential is not None:
-                purpose = credential_purpose(sink.org_id, sink.id)
-                fresh = rewrap(cp.keyring, sink.credential, purpose)
-                count += fresh != sink.credential
-                sink.credential = fresh
-        for repo in session.execute(select(BackupRepoRow)).scalars():
-            fresh = rewrap(cp.keyring, repo.password, backup_password_purpose(repo.org_id))
-            count += fresh != repo.password
-            repo.password = fresh
-            if repo.credential is not None:
-                purpose = backup_credential_purpose(repo.org_id)
-                fresh = rewrap(cp.keyring, repo.credential, purpose)
-                count += fresh != repo.credential
-                repo.credential = fresh
-        for factor in session.execute(
-            select(UserFactor).where(UserFactor.secret_wrapped.is_not(None))
-        ).scalars():
-            assert factor.secret_wrapped is not None
-            fresh = rewrap(cp.keyring, factor.secret_wrapped, totp_purpose(factor.id))
-            count += fresh != factor.secret_wrapped
-            factor.secret_wrapped = fresh
-        for idp in session.execute(select(IdentityProvider)).scalars():
-            if idp.client_secret is not None:
-                fresh = rewrap(cp.keyring, idp.client_secret, idp_secret_purpose(idp.id))
-                count += fresh != idp.client_secret
-                idp.client_secret = fresh
-        for identity in session.execute(select(UserIdentity)).scalars():
-            if identity.refresh_token is not None:
-                purpose = refresh_purpose(identity.idp_id, identity.subject)
-                fresh = rewrap(cp.keyring, identity.refresh_token, purpose)
-                count += fresh != identity.refresh_token
-                identity.refresh_token = fresh
+        for model, attribute, purpose in _WRAPPED_COLUMNS:
+            for row in session.execute(select(model)).scalars():
+                blob = getattr(row, attribute)
+                if blob is None:
+                    continue
+                fresh = rewrap(cp.keyring, blob, purpose(row))
+                count += fresh != blob
+                setattr(row, attribute, fresh)
         account = session.get(Setting, ACCOUNT_SETTING)
         if account is not None:
             stored = json.loads(account.value)
