@@ -17,6 +17,7 @@ from hangar.api.guard import (
     GuardedRouter,
     HostGuard,
     Public,
+    WebGuard,
     assert_routes_guarded,
     iter_routes,
 )
@@ -30,7 +31,7 @@ def _markers(route: APIRoute) -> list[object]:
     stack = list(route.dependant.dependencies)
     while stack:
         dep = stack.pop()
-        if isinstance(dep.call, Guard | HostGuard | Public):
+        if isinstance(dep.call, Guard | HostGuard | Public | WebGuard):
             out.append(dep.call)
         stack.extend(dep.dependencies)
     return out
@@ -47,14 +48,29 @@ def test_every_route_declares_exactly_one_permission(control_plane: ControlPlane
         assert not isinstance(markers[0], HostGuard), f"agents' route on the public API: {route}"
         if isinstance(markers[0], Public):
             public.append(route.path)
+        if isinstance(markers[0], WebGuard):
+            # A browser's page: its cookie is checked, and it lives under /web/.
+            assert route.path.startswith("/web/"), route.path
     # The join route's credential is the join token in its body; ACME answers
-    # are public by design (the ACME server fetches them through the edge).
-    assert sorted(public) == [
+    # are public by design (the ACME server fetches them through the edge);
+    # signing in happens before anyone has credentials. Public web pages check
+    # their own one-time cookie (a pending sign-in, a page's link) themselves.
+    assert sorted(p for p in public if not p.startswith("/web/")) == [
         "/.well-known/acme-challenge/{token}",
+        "/v1/auth/cli/token",
+        "/v1/auth/device",
+        "/v1/auth/device/token",
+        "/v1/auth/idps",
         "/v1/ca",
         "/v1/healthz",
         "/v1/hosts/join",
     ]
+    assert {p.split("/")[2] for p in public if p.startswith("/web/")} == {
+        "callback",
+        "factors",
+        "signin",
+        "static",
+    }
 
 
 def test_the_agents_api_has_only_host_guarded_routes(control_plane: ControlPlane) -> None:
