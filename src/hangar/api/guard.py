@@ -79,6 +79,16 @@ def _client(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
+def audit_context(request: Request, actor: str, token_id: str | None = None) -> AuditContext:
+    """The audit context of a request: who acts, with which token, from where."""
+    return AuditContext(
+        actor=actor,
+        token_id=token_id,
+        request_id=getattr(request.state, "request_id", None),
+        client_addr=_client(request),
+    )
+
+
 def _claimed_token_id(token: str) -> str | None:
     try:
         tid = json.loads(Macaroon.parse(token).identifier).get("tid")
@@ -223,12 +233,7 @@ class Guard:
         # than running them. Handlers that can run long stay synchronous.
         cp = control_plane(request)
         principal = authenticate(request, cp)
-        ctx = AuditContext(
-            actor=principal.email,
-            token_id=principal.token_id,
-            request_id=getattr(request.state, "request_id", None),
-            client_addr=_client(request),
-        )
+        ctx = audit_context(request, principal.email, principal.token_id)
         access = Access(cp=cp, principal=principal, perm=self.perm, ctx=ctx)
         request.state.hangar_access = access
         params = request.path_params
@@ -311,11 +316,10 @@ class WebGuard:
                     reason=exc.message,
                     outcome="failure",
                 )
-        ctx = AuditContext(
-            actor=principal.email if principal else "anonymous",
-            token_id=principal.token_id if principal else None,
-            request_id=getattr(request.state, "request_id", None),
-            client_addr=_client(request),
+        ctx = audit_context(
+            request,
+            principal.email if principal else "anonymous",
+            principal.token_id if principal else None,
         )
         request.state.hangar_audit_ctx = ctx
         return WebAccess(cp=cp, principal=principal, ctx=ctx)
@@ -350,12 +354,7 @@ class HostGuard:
         # A malformed certificate's refusal is audited by the error handler.
         peer = PeerIdentity.from_der(der)
         host_id, serial = peer.host_id, peer.serial
-        ctx = AuditContext(
-            actor=f"host:{host_id or '?'}",
-            token_id=None,
-            request_id=getattr(request.state, "request_id", None),
-            client_addr=_client(request),
-        )
+        ctx = audit_context(request, f"host:{host_id or '?'}")
         request.state.hangar_audit_ctx = ctx
         with cp.db.read() as session:
             host = session.get(Host, host_id) if host_id else None
@@ -423,12 +422,7 @@ def audit_unrecorded_refusal(request: Request, status: int, reason: str) -> None
 
 def _anonymous(request: Request, token: str) -> AuditContext:
     """The audit context of a caller not (yet) authenticated: the token id it claims, if any."""
-    return AuditContext(
-        actor="anonymous",
-        token_id=_claimed_token_id(token) if token else None,
-        request_id=getattr(request.state, "request_id", None),
-        client_addr=_client(request),
-    )
+    return audit_context(request, "anonymous", _claimed_token_id(token) if token else None)
 
 
 def _target(request: Request) -> str:

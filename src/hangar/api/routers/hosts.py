@@ -8,8 +8,7 @@ from typing import Annotated
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from hangar.api.guard import PUBLIC, Access, GuardedRouter, control_plane, requires
-from hangar.audit.log import AuditContext
+from hangar.api.guard import PUBLIC, Access, GuardedRouter, audit_context, control_plane, requires
 from hangar.auth.rbac import Permission
 from hangar.controlplane import host_admin
 from hangar.errors import NotFound
@@ -171,12 +170,7 @@ class JoinOut(BaseModel):
 def join(body: JoinIn, request: Request, _: Annotated[None, PUBLIC]) -> JoinOut:
     """Public: the join token is the credential. Refusals are audited."""
     cp = control_plane(request)
-    ctx = AuditContext(
-        actor=f"host:{body.name}",
-        token_id=None,
-        request_id=getattr(request.state, "request_id", None),
-        client_addr=request.client.host if request.client else None,
-    )
+    ctx = audit_context(request, f"host:{body.name}")
     host, issued = host_admin.join(
         cp, ctx, body.token, body.csr, name=body.name, memory_mb=body.memory_mb
     )

@@ -22,7 +22,13 @@ from typing import Annotated, Any
 from fastapi import Body, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from hangar.api.guard import PUBLIC, GuardedRouter, audit_unrecorded_refusal, control_plane
+from hangar.api.guard import (
+    PUBLIC,
+    GuardedRouter,
+    audit_context,
+    audit_unrecorded_refusal,
+    control_plane,
+)
 from hangar.api.web.frame import (
     PENDING_COOKIE,
     check_csrf,
@@ -47,12 +53,7 @@ SCRIPTS = ("factors.js",)
 
 
 def _ctx(request: Request, email: str = "anonymous", token_id: str | None = None) -> AuditContext:
-    return AuditContext(
-        actor=email,
-        token_id=token_id,
-        request_id=getattr(request.state, "request_id", None),
-        client_addr=request.client.host if request.client else None,
-    )
+    return audit_context(request, email, token_id)
 
 
 def _ticket(request: Request, cp: ControlPlane, *, page_name: str) -> weblinks.WebTicket:
